@@ -1,0 +1,176 @@
+"""One job: config values -> model and inputs -> measurements -> one MLflow run -> console.
+
+Plain functions on plain values (an ``AppConfig``), no DictConfig: the Hydra entry point only composes and calls.
+A failure after the run exists marks it FAILED with the reason as the ``error`` tag and returns (the sweep goes
+on); whatever was measured before the failure is already logged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from hydra.utils import instantiate
+from mlflow.tracking import MlflowClient
+from torch import nn
+
+from gflops_track.app import console
+from gflops_track.app.schema import AppConfig
+from gflops_track.hardware import fingerprint
+from gflops_track.profiler import profile, resolve_device
+from gflops_track.result import ProfileResult
+from gflops_track.timing import measure_latency
+from gflops_track.tracking.run_logger import log_cost, log_fingerprint, log_timing
+from gflops_track.tracking.store import (
+    ERROR_TAG,
+    PARENT_RUN_ENV,
+    PARENT_TAG,
+    connect,
+    ensure_experiment,
+    redact_uri,
+    resolve_tracking_uri,
+)
+
+MAX_ERROR_TAG = 5000
+failed_jobs: list[str] = []  # run names (or config keys) of jobs that failed in this process
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    run_name: str
+    run_id: str | None
+    status: str  # FINISHED or FAILED
+    result: ProfileResult | None = None
+    error: str = ""
+
+
+def model_short_name(target: str) -> str:
+    """'gflops_track.models.ResidualBlock' -> 'residual_block'."""
+    class_name = target.rsplit(".", 1)[-1]
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", class_name).lower()
+
+
+def job_device(config: AppConfig) -> torch.device:
+    if config.device.type == "cuda" and config.device.index is not None:
+        return resolve_device(f"cuda:{config.device.index}")
+    return resolve_device(config.device.type)
+
+
+def run_name_for(config: AppConfig, device: torch.device) -> str:
+    return config.tracking.run_name.format(
+        model=model_short_name(config.model["_target_"]),
+        norm_fn=config.norm_fn.name,
+        batch_size=config.batch.size,
+        device=device.type,
+    )
+
+
+def build_model(model_config: dict[str, Any]) -> nn.Module:
+    """Instantiate ``model._target_`` with the other keys as kwargs (this imports and runs that code)."""
+    model = instantiate(model_config, _convert_="all")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model._target_={model_config['_target_']!r} built a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def build_inputs(config: AppConfig, device: torch.device) -> torch.Tensor:
+    """A random input created directly on ``device``: (batch.size, *input.shape), or for image models
+    (batch.size, in_planes|in_channels, batch.height, batch.width)."""
+    if config.input.shape is not None:
+        shape = [config.batch.size, *config.input.shape]
+    else:
+        channels = config.model.get("in_planes", config.model.get("in_channels"))
+        shape = [config.batch.size, int(channels), config.batch.height, config.batch.width]
+    return torch.randn(shape, device=device)
+
+
+def measure(config: AppConfig, device: torch.device, title: str, log: bool) -> ProfileResult:
+    """Build, count (logged at once when ``log``), then time (logged again)."""
+    model = build_model(config.model)
+    inputs = build_inputs(config, device)
+    with console.job_progress(title) as progress:
+        result = profile(
+            model,
+            inputs,
+            device,
+            measure_speed=False,
+            compare_thop=config.counting.thop,
+            compare_torch=config.counting.torch_check,
+            prefer_meta=config.counting.meta,
+            on_progress=progress,
+        )
+        if log:
+            log_cost(result)
+        if config.timing.enabled:
+            timing = measure_latency(
+                model, (inputs,), warmup=config.timing.warmup, repeats=config.timing.repeats, on_progress=progress
+            )
+            result = replace(result, timing=timing)
+            if log:
+                log_timing(result)
+    return result
+
+
+def _open_run(client: MlflowClient, config: AppConfig, run_name: str, in_sweep: bool) -> str:
+    """The run this job logs into: nested under the sweep's parent, the one ``mlflow run`` made, or a new one."""
+    parent = os.environ.get(PARENT_RUN_ENV) if in_sweep else None
+    launched_by_mlflow = os.environ.get("MLFLOW_RUN_ID")
+    if in_sweep and not parent:
+        parent = launched_by_mlflow
+    if parent:
+        experiment_id = client.get_run(parent).info.experiment_id
+        return client.create_run(experiment_id, run_name=run_name, tags={PARENT_TAG: parent}).info.run_id
+    if launched_by_mlflow:
+        client.set_tag(launched_by_mlflow, "mlflow.runName", run_name)
+        return launched_by_mlflow
+    experiment_id = ensure_experiment(client, config.tracking.experiment)
+    return client.create_run(experiment_id, run_name=run_name).info.run_id
+
+
+def run_job(
+    config: AppConfig, params: dict[str, str], config_yaml: str, launch_dir: Path, in_sweep: bool
+) -> JobOutcome:
+    """Profile one configuration into one MLflow run; never raises for a failure inside the job."""
+    device = job_device(config)
+    run_name = run_name_for(config, device)
+    if not config.tracking.enabled:
+        return _run_untracked(config, device, run_name)
+    uri = resolve_tracking_uri(config.tracking.uri, launch_dir)
+    client = connect(uri)
+    run_id = _open_run(client, config, run_name, in_sweep)
+    params = {**params, "tracking.uri": redact_uri(uri)}
+    try:
+        with mlflow.start_run(run_id=run_id):
+            try:
+                mlflow.log_params(params)
+                mlflow.log_text(config_yaml, "config.yaml")
+                mlflow.set_tags({"norm_fn": config.norm_fn.name, "device": str(device)})
+                log_fingerprint(fingerprint(device))
+                result = measure(config, device, run_name, log=True)
+            except BaseException as error:
+                mlflow.set_tag(ERROR_TAG, f"{type(error).__name__}: {error}"[:MAX_ERROR_TAG])
+                raise
+    except Exception as error:
+        failed_jobs.append(run_name)
+        message = f"{type(error).__name__}: {error}"
+        console.print_job_failure(run_name, run_id, message)
+        return JobOutcome(run_name, run_id, "FAILED", error=message)
+    console.print_summary(result, run_name, run_id)
+    return JobOutcome(run_name, run_id, "FINISHED", result=result)
+
+
+def _run_untracked(config: AppConfig, device: torch.device, run_name: str) -> JobOutcome:
+    try:
+        result = measure(config, device, run_name, log=False)
+    except Exception as error:
+        failed_jobs.append(run_name)
+        message = f"{type(error).__name__}: {error}"
+        console.print_job_failure(run_name, None, message)
+        return JobOutcome(run_name, None, "FAILED", error=message)
+    console.print_summary(result, run_name, None)
+    return JobOutcome(run_name, None, "FINISHED", result=result)

@@ -1,0 +1,58 @@
+"""The thin Hydra entry point: compose -> validate -> run the job -> exit code."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from gflops_track.app import console, job
+from gflops_track.app.preflight import preflight
+from gflops_track.app.schema import ConfigError, register_schema, to_app_config
+from gflops_track.tracking.run_logger import flatten_params
+
+EXIT_CONFIG_ERROR = 2
+EXIT_JOB_FAILED = 1
+
+
+def config_dir() -> str:
+    """conf/ shipped inside the installed package, else the repository's top-level conf/ (editable install)."""
+    packaged = Path(__file__).resolve().parents[1] / "conf"
+    return str(packaged if packaged.is_dir() else Path(__file__).resolve().parents[3] / "conf")
+
+
+CONFIG_DIR = config_dir()
+register_schema()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def hydra_app(cfg: DictConfig) -> None:
+    hydra_config = HydraConfig.get()
+    try:
+        config = to_app_config(cfg)
+    except ConfigError as error:  # normally caught by preflight; here when Hydra was called in another way
+        console.print_config_errors(error.errors)
+        job.failed_jobs.append("invalid config")
+        return
+    job.run_job(
+        config,
+        params=flatten_params(OmegaConf.to_container(cfg, resolve=True)),
+        config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+        launch_dir=Path(hydra_config.runtime.cwd),
+        in_sweep=hydra_config.mode == RunMode.MULTIRUN,
+    )
+
+
+def main() -> None:
+    """``python -m gflops_track [overrides]``; exits 2 on a config error (no run created), 1 if any job failed."""
+    errors = preflight(sys.argv[1:], CONFIG_DIR)
+    if errors:
+        console.print_config_errors(errors)
+        sys.exit(EXIT_CONFIG_ERROR)
+    hydra_app()
+    if job.failed_jobs:
+        sys.exit(EXIT_JOB_FAILED if "invalid config" not in job.failed_jobs else EXIT_CONFIG_ERROR)

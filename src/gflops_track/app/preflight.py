@@ -1,0 +1,97 @@
+"""Check every job of a command line before Hydra starts anything (so a bad value never creates a run).
+
+The overrides are parsed with Hydra's own parser and expanded into jobs with its basic sweeper's rules; each job's
+config is composed and validated. Group choices (``norm_fn=foo``) are checked against the options that exist.
+Command lines with flags this module does not know (``--help``, ``--cfg``, ...) are left to Hydra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from gflops_track.app.schema import ConfigError, register_schema, to_app_config
+
+MULTIRUN_FLAGS = {"-m", "--multirun"}
+VALUE_FLAGS = {"-cn": "config_name", "--config-name": "config_name", "-cd": "config_dir", "--config-dir": "config_dir"}
+
+
+def _split_argv(argv: Sequence[str]) -> tuple[list[str], dict[str, str]] | None:
+    """Overrides and the flags we understand; None when another flag is present."""
+    overrides: list[str] = []
+    flags: dict[str, str] = {}
+    items = iter(argv)
+    for item in items:
+        name, _, inline = item.partition("=")
+        if item in MULTIRUN_FLAGS:
+            continue
+        if name in VALUE_FLAGS:
+            flags[VALUE_FLAGS[name]] = inline or next(items, "")
+        elif item.startswith("-"):
+            return None
+        else:
+            overrides.append(item)
+    return overrides, flags
+
+
+def _cause_line(error: BaseException) -> str:
+    cause = error.__cause__ or error
+    key = getattr(cause, "full_key", None)
+    first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    return f"{key}: {first}" if key else first
+
+
+def _group_choice_errors(overrides: list[str]) -> list[str]:
+    loader = GlobalHydra.instance().config_loader()
+    errors = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        if override.package or "." in key or key.startswith("hydra") or override.is_delete():
+            continue
+        options = loader.get_group_options(key)
+        if not options:
+            continue
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        for value in values:
+            if str(value) not in options:
+                errors.append(f"{key}={value!r} is not allowed: choose one of {', '.join(sorted(options))}")
+    return errors
+
+
+def preflight(argv: Sequence[str], config_dir: str, config_name: str = "config") -> list[str]:
+    """Problems with any job the command line would run, one line each (empty: go ahead)."""
+    split = _split_argv(argv)
+    if split is None:
+        return []
+    overrides, flags = split
+    checked = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    register_schema()
+    GlobalHydra.instance().clear()
+    errors: list[str] = []
+    try:
+        with initialize_config_dir(config_dir=flags.get("config_dir", config_dir), version_base="1.3"):
+            try:
+                errors = _group_choice_errors(checked)
+                if errors:
+                    return errors
+                parsed = OverridesParser.create().parse_overrides(checked)
+                jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+            except (HydraException, OmegaConfBaseException, ValueError) as error:
+                return [_cause_line(error)]
+            for job_overrides in jobs:
+                try:
+                    to_app_config(compose(flags.get("config_name", config_name), overrides=job_overrides))
+                except ConfigError as error:
+                    errors += [e for e in error.errors if e not in errors]
+                except (HydraException, OmegaConfBaseException) as error:
+                    line = _cause_line(error)
+                    errors += [line] if line not in errors else []
+    finally:
+        GlobalHydra.instance().clear()
+    return errors

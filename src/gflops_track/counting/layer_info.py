@@ -1,0 +1,91 @@
+"""The per-layer breakdown: one row per module with its own parameters and the cost of what ran directly in it."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from gflops_track.counting.op_counter import ScopeTally
+
+ROOT_LABEL = "(root)"
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """One module. ``macs``/``flops`` are *self* costs (ops run in this module, not in its children), so the
+    column sums equal the model totals; ``params`` are the module's own (shared tensors listed once)."""
+
+    name: str
+    type: str
+    depth: int
+    output_shape: str
+    params: int
+    calls: int
+    macs: int
+    flops: int
+    flops_share: float  # of the model's total FLOPs, 0..1
+    ops: str  # ATen ops that ran directly here, e.g. "convolution x1"
+
+
+LAYER_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LayerCost))
+
+
+def describe_shape(value: Any) -> str:
+    """Shape of a module output: '[2, 384, 32, 32]', or a tuple/list/dict of such."""
+    if isinstance(value, torch.Tensor):
+        return str(list(value.shape))
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{key}: {describe_shape(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(describe_shape(item) for item in value) + ")"
+    return type(value).__name__
+
+
+def build_layer_table(model: nn.Module, scopes: Mapping[str, ScopeTally]) -> list[LayerCost]:
+    """Rows in ``named_modules`` order (a module shared under several names appears once, under its first name)."""
+    total_flops = sum(sum(tally.flops.values()) for tally in scopes.values())
+    seen_params: set[int] = set()
+    rows = []
+    for name, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if id(p) not in seen_params]
+        seen_params.update(id(p) for p in own)
+        tally = scopes.get(name)
+        flops = sum(tally.flops.values()) if tally else 0
+        rows.append(
+            LayerCost(
+                name=name or ROOT_LABEL,
+                type=type(module).__name__,
+                depth=name.count(".") + 1 if name else 0,
+                output_shape=tally.output_shape if tally else "",
+                params=sum(p.numel() for p in own),
+                calls=tally.calls if tally else 0,
+                macs=tally.macs if tally else 0,
+                flops=flops,
+                flops_share=flops / total_flops if total_flops else 0.0,
+                ops=", ".join(f"{op.removeprefix('aten.')} x{n}" for op, n in sorted(tally.ops.items()))
+                if tally
+                else "",
+            )
+        )
+    return rows
+
+
+def layers_to_csv(layers: list[LayerCost]) -> str:
+    """The table as CSV text (header = ``LAYER_COLUMNS``)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=LAYER_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(asdict(layer) for layer in layers)
+    return buffer.getvalue()
+
+
+def layers_to_columns(layers: list[LayerCost]) -> dict[str, list[Any]]:
+    """Column-oriented form (what ``mlflow.log_table`` takes)."""
+    return {column: [getattr(layer, column) for layer in layers] for column in LAYER_COLUMNS}

@@ -1,0 +1,463 @@
+"""Counting rules as data: one table from ATen op to a small cost function (the fvcore pattern).
+
+Convention (also in README.md, "Counting convention"):
+
+* 1 MAC (multiply-accumulate) = 2 FLOPs. MACs are counted for dense ops only (convolution, matmul, attention).
+* Every other op is counted in FLOPs per element, one FLOP per elementary arithmetic operation; a transcendental
+  (exp, log, tanh, erf, sqrt) counts as one FLOP, a comparison (max, ReLU) as one FLOP.
+* Per-channel or per-group scalar work (e.g. ``rsqrt(var + eps)`` once per channel) is not counted: it is O(C), not
+  O(elements).
+
+Adding an op is one line in ``FLOP_RULES`` (or ``ZERO_COST_OPS`` for pure data movement). An op in neither table is
+reported as *uncounted*, never silently counted as zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import torch
+
+aten = torch.ops.aten
+
+
+class Category(StrEnum):
+    """Where a FLOP goes in the breakdown."""
+
+    DENSE = "conv_matmul"  # convolution, matmul, attention products: 2 FLOPs per MAC
+    BIAS = "bias"  # bias adds of conv/linear/addmm
+    NORM = "norm"  # batch/group/instance/layer/RMS norm
+    ACTIVATION = "activation"  # ReLU, GELU, softmax, ...
+    ELEMENTWISE = "elementwise"  # add, mul, reductions, ...
+    POOLING = "pool_resample"  # pooling and interpolation
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """Cost of one op call: MACs (dense ops only) and FLOPs by category."""
+
+    macs: int = 0
+    flops: Mapping[Category, int] = field(default_factory=dict)
+
+    @property
+    def total_flops(self) -> int:
+        return sum(self.flops.values())
+
+
+@dataclass(frozen=True)
+class OpCall:
+    """One dispatched op: its arguments bound to their schema names, and its output."""
+
+    name: str
+    args: Mapping[str, Any]
+    out: Any
+
+    def tensor(self, *names: str) -> torch.Tensor | None:
+        """The first of the named arguments that is a tensor (ops name their main input 'self' or 'input')."""
+        for name in names:
+            value = self.args.get(name)
+            if isinstance(value, torch.Tensor):
+                return value
+        return None
+
+    @property
+    def spatial_dims(self) -> int:
+        """1, 2 or 3 for ops named ``*1d``/``*2d``/``*3d``."""
+        return next((int(d) for d in "123" if f"{d}d" in self.name), 2)
+
+    @property
+    def out_tensor(self) -> torch.Tensor:
+        out = self.out
+        while isinstance(out, (tuple, list)):
+            out = out[0]
+        return out
+
+
+Rule = Callable[[OpCall], OpCost]
+
+
+def bind_arguments(func: torch._ops.OpOverload, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Map positional and keyword arguments of an ATen call to the names in its schema (defaults filled in)."""
+    bound: dict[str, Any] = {}
+    for position, schema_arg in enumerate(func._schema.arguments):
+        if position < len(args):
+            bound[schema_arg.name] = args[position]
+        elif schema_arg.name in kwargs:
+            bound[schema_arg.name] = kwargs[schema_arg.name]
+        elif schema_arg.has_default_value():
+            bound[schema_arg.name] = schema_arg.default_value
+    return bound
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Dense ops: MACs, 2 FLOPs each, plus their bias adds
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _dense(macs: int, bias_flops: int = 0) -> OpCost:
+    flops = {Category.DENSE: 2 * macs}
+    if bias_flops:
+        flops[Category.BIAS] = bias_flops
+    return OpCost(macs=macs, flops=flops)
+
+
+def convolution(call: OpCall) -> OpCost:
+    """MACs = N * C_out * prod(out spatial) * (C_in/groups) * prod(kernel); transposed: per *input* position.
+
+    Weight is (C_out, C_in/groups, *k) for a plain conv and (C_in, C_out/groups, *k) for a transposed one, so both
+    are ``positions * weight[1:].numel()`` with positions taken from the output (plain) or the input (transposed).
+    """
+    x, weight, out = call.tensor("input"), call.tensor("weight"), call.out_tensor
+    assert x is not None and weight is not None
+    per_position = math.prod(weight.shape[1:])
+    transposed = bool(call.args.get("transposed", False))
+    positions = x.numel() if transposed else out.numel()
+    bias_flops = out.numel() if call.tensor("bias") is not None else 0
+    return _dense(positions * per_position, bias_flops)
+
+
+def convolution_no_bias(call: OpCall) -> OpCost:
+    """Backend convolutions (cudnn/mkldnn variants) that carry their bias, if any, as a separate op."""
+    x, weight, out = call.tensor("self", "input"), call.tensor("weight"), call.out_tensor
+    assert x is not None and weight is not None
+    return _dense(out.numel() * math.prod(weight.shape[1:]))
+
+
+def _scaled_extra(call: OpCall, elements: int) -> int:
+    """Extra FLOPs for alpha != 1 (scale the product) and beta not in (0, 1) (scale the added term)."""
+    extra = 0
+    if call.args.get("alpha", 1) != 1:
+        extra += elements
+    if call.args.get("beta", 1) not in (0, 1):
+        extra += elements
+    return extra
+
+
+def mm(call: OpCall) -> OpCost:
+    """(M, K) @ (K, N): M*N*K MACs."""
+    a, b = call.tensor("self"), call.tensor("mat2")
+    assert a is not None and b is not None
+    return _dense(a.shape[0] * a.shape[1] * b.shape[1])
+
+
+def addmm(call: OpCall) -> OpCost:
+    """bias + (M, K) @ (K, N): M*N*K MACs and M*N bias FLOPs (more when alpha/beta scale)."""
+    a, b = call.tensor("mat1"), call.tensor("mat2")
+    assert a is not None and b is not None
+    out_elements = a.shape[0] * b.shape[1]
+    bias_flops = out_elements if call.args.get("beta", 1) != 0 else 0
+    return _dense(a.shape[0] * a.shape[1] * b.shape[1], bias_flops + _scaled_extra(call, out_elements))
+
+
+def bmm(call: OpCall) -> OpCost:
+    """(B, M, K) @ (B, K, N): B*M*N*K MACs."""
+    a, b = call.tensor("self"), call.tensor("mat2")
+    assert a is not None and b is not None
+    return _dense(a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2])
+
+
+def baddbmm(call: OpCall) -> OpCost:
+    """bias + (B, M, K) @ (B, K, N): B*M*N*K MACs and B*M*N bias FLOPs."""
+    a, b = call.tensor("batch1"), call.tensor("batch2")
+    assert a is not None and b is not None
+    out_elements = a.shape[0] * a.shape[1] * b.shape[2]
+    bias_flops = out_elements if call.args.get("beta", 1) != 0 else 0
+    return _dense(out_elements * a.shape[2], bias_flops + _scaled_extra(call, out_elements))
+
+
+def mv(call: OpCall) -> OpCost:
+    """(M, K) @ (K,): M*K MACs."""
+    a = call.tensor("self")
+    assert a is not None
+    return _dense(a.shape[0] * a.shape[1])
+
+
+def dot(call: OpCall) -> OpCost:
+    """(K,) . (K,): K MACs."""
+    a = call.tensor("self")
+    assert a is not None
+    return _dense(a.numel())
+
+
+def attention(call: OpCall) -> OpCost:
+    """Fused scaled-dot-product attention, q (B,H,L,E), k (B,H,S,E), v (B,H,S,Ev).
+
+    MACs = B*H*L*S*E (Q K^T) + B*H*L*S*Ev (P V); on the B*H*L*S scores: 1 FLOP scale (elementwise),
+    5 FLOPs softmax (activation), 1 FLOP for an additive mask when one is given (elementwise).
+    """
+    q, k, v = (call.tensor(name) for name in ("query", "key", "value"))
+    assert q is not None and k is not None and v is not None
+    batch_heads = math.prod(q.shape[:-2])
+    length, source = q.shape[-2], k.shape[-2]
+    scores = batch_heads * length * source
+    macs = scores * q.shape[-1] + scores * v.shape[-1]
+    has_mask = any(call.tensor(name) is not None for name in ("attn_mask", "attn_bias"))
+    return OpCost(
+        macs=macs,
+        flops={
+            Category.DENSE: 2 * macs,
+            Category.ELEMENTWISE: scores * (2 if has_mask else 1),
+            Category.ACTIVATION: scores * SOFTMAX_FLOPS_PER_ELEMENT,
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Normalisation: statistics 4 FLOPs/element (mean: add; variance: sub, square, add), normalise 2 (sub mean, mul
+# rstd), affine 1 per weight (mul) and 1 per bias (add). RMS norm: statistics 2 (square, add), normalise 1 (mul).
+# ---------------------------------------------------------------------------------------------------------------------
+
+NORM_STATS_FLOPS = 4
+NORM_APPLY_FLOPS = 2
+RMS_STATS_FLOPS = 2
+RMS_APPLY_FLOPS = 1
+
+
+def _norm(
+    call: OpCall, *, computes_stats: bool, stats: int = NORM_STATS_FLOPS, apply: int = NORM_APPLY_FLOPS
+) -> OpCost:
+    x = call.tensor("input")
+    assert x is not None
+    per_element = (stats if computes_stats else 0) + apply
+    per_element += sum(call.tensor(name) is not None for name in ("weight", "bias"))
+    return OpCost(flops={Category.NORM: per_element * x.numel()})
+
+
+def batch_norm(call: OpCall) -> OpCost:
+    """Reads ``training``: batch statistics are computed in training mode (and by InstanceNorm, which runs
+    batch_norm with training=True on a (1, N*C, ...) view); eval mode uses the running statistics."""
+    return _norm(call, computes_stats=bool(call.args.get("training", False)))
+
+
+def batch_norm_legit_no_training(call: OpCall) -> OpCost:
+    return _norm(call, computes_stats=False)
+
+
+def stats_norm(call: OpCall) -> OpCost:
+    """Group and layer norm always compute their statistics from the input."""
+    return _norm(call, computes_stats=True)
+
+
+def rms_norm(call: OpCall) -> OpCost:
+    return _norm(call, computes_stats=True, stats=RMS_STATS_FLOPS, apply=RMS_APPLY_FLOPS)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Per-element ops: FLOPs = cost * output elements (output shape already includes broadcasting)
+# ---------------------------------------------------------------------------------------------------------------------
+
+SOFTMAX_FLOPS_PER_ELEMENT = 5  # max, subtract, exp, sum, divide
+
+
+def per_element(flops_per_element: int, category: Category) -> Rule:
+    def rule(call: OpCall) -> OpCost:
+        return OpCost(flops={category: flops_per_element * call.out_tensor.numel()})
+
+    rule.__doc__ = f"{flops_per_element} FLOP(s) per output element ({category})."
+    return rule
+
+
+def activation(flops_per_element: int) -> Rule:
+    return per_element(flops_per_element, Category.ACTIVATION)
+
+
+def elementwise(flops_per_element: int) -> Rule:
+    return per_element(flops_per_element, Category.ELEMENTWISE)
+
+
+def add_sub(call: OpCall) -> OpCost:
+    """a + alpha*b: 1 FLOP per output element, 2 when alpha != 1."""
+    per = 1 if call.args.get("alpha", 1) == 1 else 2
+    return OpCost(flops={Category.ELEMENTWISE: per * call.out_tensor.numel()})
+
+
+def gelu(call: OpCall) -> OpCost:
+    """Exact 0.5*x*(1+erf(x/sqrt2)): 5 FLOPs; tanh form 0.5*x*(1+tanh(sqrt(2/pi)*(x+0.044715x^3))): 9 FLOPs."""
+    per = 9 if call.args.get("approximate", "none") == "tanh" else 5
+    return OpCost(flops={Category.ACTIVATION: per * call.out_tensor.numel()})
+
+
+def reduction(call: OpCall) -> OpCost:
+    """sum/mean/max-style reductions: one FLOP per *input* element (binary max/min: one per output element)."""
+    x = call.tensor("self", "input")
+    assert x is not None
+    elements = call.out_tensor.numel() if call.tensor("other") is not None else x.numel()
+    return OpCost(flops={Category.ELEMENTWISE: elements})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pooling and interpolation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def window_pool(call: OpCall) -> OpCost:
+    """Max/avg pooling: prod(kernel) FLOPs per output element (compares, or adds plus the divide)."""
+    kernel = call.args.get("kernel_size")
+    sizes = list(kernel) if isinstance(kernel, (list, tuple)) else [int(kernel)]
+    if len(sizes) == 1:  # [k] means k in every spatial dim
+        sizes = sizes * call.spatial_dims
+    window = math.prod(sizes)
+    return OpCost(flops={Category.POOLING: window * call.out_tensor.numel()})
+
+
+def adaptive_pool(call: OpCall) -> OpCost:
+    """Adaptive pooling visits each input element once: one FLOP per input element (exact for divisible sizes)."""
+    x = call.tensor("self")
+    assert x is not None
+    return OpCost(flops={Category.POOLING: x.numel()})
+
+
+LERP_FLOPS = 3  # a + w*(b - a)
+CUBIC_FLOPS = 7  # 4 taps: 4 mul + 3 add
+
+
+def interpolation(lerps: int, per_lerp: int = LERP_FLOPS) -> Rule:
+    """linear: 1 lerp, bilinear: 3, trilinear: 7 (3 FLOPs each); bicubic: 5 cubic passes (7 FLOPs each)."""
+
+    def rule(call: OpCall) -> OpCost:
+        return OpCost(flops={Category.POOLING: lerps * per_lerp * call.out_tensor.numel()})
+
+    return rule
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The tables
+# ---------------------------------------------------------------------------------------------------------------------
+
+FLOP_RULES: dict[Any, Rule] = {
+    # dense
+    aten.convolution: convolution,
+    aten._convolution: convolution,
+    aten.cudnn_convolution: convolution_no_bias,
+    aten.cudnn_convolution_transpose: convolution,
+    aten.mkldnn_convolution: convolution,
+    aten.mm: mm,
+    aten.addmm: addmm,
+    aten.bmm: bmm,
+    aten.baddbmm: baddbmm,
+    aten.mv: mv,
+    aten.dot: dot,
+    aten._scaled_dot_product_flash_attention: attention,
+    aten._scaled_dot_product_efficient_attention: attention,
+    aten._scaled_dot_product_cudnn_attention: attention,
+    aten._scaled_dot_product_flash_attention_for_cpu: attention,
+    # normalisation
+    aten.native_batch_norm: batch_norm,
+    aten._native_batch_norm_legit: batch_norm,
+    aten._native_batch_norm_legit_functional: batch_norm,
+    aten._native_batch_norm_legit_no_training: batch_norm_legit_no_training,
+    aten.cudnn_batch_norm: batch_norm,
+    aten.miopen_batch_norm: batch_norm,
+    aten.native_group_norm: stats_norm,
+    aten.native_layer_norm: stats_norm,
+    aten._fused_rms_norm: rms_norm,
+    # activations
+    aten.relu: activation(1),
+    aten.relu_: activation(1),
+    aten.threshold: activation(1),
+    aten.threshold_: activation(1),
+    aten.hardtanh: activation(2),
+    aten.hardtanh_: activation(2),
+    aten.leaky_relu: activation(2),
+    aten.leaky_relu_: activation(2),
+    aten._prelu_kernel: activation(2),
+    aten.elu: activation(4),
+    aten.elu_: activation(4),
+    aten.gelu: gelu,
+    aten.gelu_: gelu,
+    aten.sigmoid: activation(4),
+    aten.sigmoid_: activation(4),
+    aten.tanh: activation(1),
+    aten.tanh_: activation(1),
+    aten.silu: activation(5),
+    aten.silu_: activation(5),
+    aten.mish: activation(5),
+    aten.hardswish: activation(5),
+    aten.hardswish_: activation(5),
+    aten.hardsigmoid: activation(4),
+    aten.hardsigmoid_: activation(4),
+    aten.softplus: activation(3),
+    aten._softmax: activation(SOFTMAX_FLOPS_PER_ELEMENT),
+    aten._safe_softmax: activation(SOFTMAX_FLOPS_PER_ELEMENT),
+    aten._log_softmax: activation(SOFTMAX_FLOPS_PER_ELEMENT + 1),
+    # elementwise arithmetic (broadcast output elements)
+    aten.add: add_sub,
+    aten.add_: add_sub,
+    aten.sub: add_sub,
+    aten.sub_: add_sub,
+    aten.rsub: add_sub,
+    aten.mul: elementwise(1),
+    aten.mul_: elementwise(1),
+    aten.div: elementwise(1),
+    aten.div_: elementwise(1),
+    aten.neg: elementwise(1),
+    aten.abs: elementwise(1),
+    aten.exp: elementwise(1),
+    aten.log: elementwise(1),
+    aten.sqrt: elementwise(1),
+    aten.rsqrt: elementwise(1),
+    aten.reciprocal: elementwise(1),
+    aten.pow: elementwise(1),
+    aten.erf: elementwise(1),
+    aten.clamp: elementwise(2),
+    aten.clamp_: elementwise(2),
+    aten.clamp_min: elementwise(1),
+    aten.clamp_min_: elementwise(1),
+    aten.maximum: elementwise(1),
+    aten.minimum: elementwise(1),
+    aten.where: elementwise(1),
+    aten.addcmul: elementwise(2),
+    aten.addcdiv: elementwise(2),
+    aten.lerp: elementwise(3),
+    aten.native_dropout: elementwise(2),  # training only: mask multiply and 1/(1-p) scale
+    # reductions
+    aten.sum: reduction,
+    aten.mean: reduction,
+    aten.amax: reduction,
+    aten.amin: reduction,
+    aten.max: reduction,
+    aten.min: reduction,
+    aten.var: reduction,
+    aten.var_mean: reduction,
+    aten.std: reduction,
+    # pooling and interpolation
+    aten.max_pool1d: window_pool,
+    aten.max_pool2d: window_pool,
+    aten.max_pool3d: window_pool,
+    aten.max_pool2d_with_indices: window_pool,
+    aten.max_pool3d_with_indices: window_pool,
+    aten.avg_pool1d: window_pool,
+    aten.avg_pool2d: window_pool,
+    aten.avg_pool3d: window_pool,
+    aten._adaptive_avg_pool2d: adaptive_pool,
+    aten._adaptive_avg_pool3d: adaptive_pool,
+    aten.adaptive_max_pool2d: adaptive_pool,
+    aten.adaptive_max_pool3d: adaptive_pool,
+    aten.upsample_linear1d: interpolation(1),
+    aten.upsample_bilinear2d: interpolation(3),
+    aten._upsample_bilinear2d_aa: interpolation(3),
+    aten.upsample_trilinear3d: interpolation(7),
+    aten.upsample_bicubic2d: interpolation(5, CUBIC_FLOPS),
+}
+
+# Data movement, views and tensor creation: no arithmetic, deliberately counted as 0 FLOPs.
+ZERO_COST_OPS: frozenset[Any] = frozenset(
+    {
+        aten.view, aten._unsafe_view, aten.reshape, aten._reshape_alias, aten.t, aten.transpose, aten.permute,
+        aten.expand, aten.squeeze, aten.unsqueeze, aten.flatten, aten.alias, aten.detach, aten.lift_fresh,
+        aten.as_strided, aten.slice, aten.select, aten.narrow, aten.split, aten.split_with_sizes, aten.unbind,
+        aten.chunk, aten.cat, aten.stack, aten.clone, aten.contiguous, aten.copy_, aten._to_copy, aten.empty,
+        aten.empty_like, aten.empty_strided, aten.new_empty, aten.new_empty_strided, aten.zeros, aten.zeros_like,
+        aten.ones, aten.ones_like, aten.full, aten.full_like, aten.fill_, aten.zero_, aten.new_zeros, aten.new_ones,
+        aten.scalar_tensor, aten.arange, aten.constant_pad_nd, aten.reflection_pad2d, aten.replication_pad2d,
+        aten.pixel_shuffle, aten.pixel_unshuffle, aten.embedding, aten.index, aten.index_select, aten.gather,
+        aten.upsample_nearest1d, aten.upsample_nearest2d, aten.upsample_nearest3d, aten._upsample_nearest_exact2d,
+        aten.roll, aten.flip, aten.repeat, aten.unfold, aten.im2col, aten.col2im, aten.sym_size, aten.sym_stride,
+        aten.sym_numel, aten.sym_storage_offset, aten.is_same_size, aten._local_scalar_dense, aten.item,
+        aten.randn, aten.rand, aten.randn_like, aten.rand_like, aten.bernoulli,
+    }
+)  # fmt: skip

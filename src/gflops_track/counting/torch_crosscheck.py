@@ -1,0 +1,58 @@
+"""Cross-check against PyTorch's own counter, ``torch.utils.flop_counter.FlopCounterMode``.
+
+FlopCounterMode counts only dense ops (conv, matmul, attention) and no bias, norm or elementwise work, so the
+comparison is made on the ops it has a formula for: there our conv/matmul FLOPs must equal its figure exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from gflops_track.counting.execution import run_counting_forward
+from gflops_track.counting.op_counter import CostReport
+
+
+@dataclass(frozen=True)
+class TorchCount:
+    """FlopCounterMode's total, and how it compares with our dense FLOPs on the ops it counts."""
+
+    flops: int
+    flops_by_op: dict[str, int]
+    our_flops_on_same_ops: int
+    notes: list[str]
+
+    @property
+    def agrees(self) -> bool:
+        return self.flops == self.our_flops_on_same_ops
+
+
+def torch_flop_count(
+    model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any], ours: CostReport, prefer_meta: bool = True
+) -> TorchCount:
+    """Run FlopCounterMode over the same forward and compare op by op with ``ours``."""
+    counters: list[FlopCounterMode] = []
+
+    def fresh_counter() -> FlopCounterMode:
+        counters.append(FlopCounterMode(display=False))
+        return counters[-1]
+
+    run_counting_forward(model, args, kwargs, fresh_counter, prefer_meta)
+    theirs = {f"aten.{op.__name__}": flops for op, flops in counters[-1].get_flop_counts().get("Global", {}).items()}
+    registry = {f"aten.{op.__name__}" for op in counters[-1].flop_registry}
+    ours_same = {op: flops for op, flops in ours.dense_flops_by_op.items() if op in registry}
+    notes = [
+        f"{op}: torch FlopCounterMode {theirs.get(op, 0):,} FLOPs, gflops-track {ours_same.get(op, 0):,} FLOPs"
+        for op in sorted(set(theirs) | set(ours_same))
+        if theirs.get(op, 0) != ours_same.get(op, 0)
+    ]
+    return TorchCount(
+        flops=sum(theirs.values()),
+        flops_by_op=theirs,
+        our_flops_on_same_ops=sum(ours_same.values()),
+        notes=notes,
+    )
