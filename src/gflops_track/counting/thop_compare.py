@@ -6,8 +6,8 @@ counts a module shared under two names twice, and leaves hooks and buffers behin
 copies only (the user's module is never touched), twice:
 
 * ``raw``: plain thop, exactly as the seed document calls it;
-* ``patched``: with our ``custom_ops`` for the module types it has no rule for (GroupNorm / RMSNorm priced the way thop
-  prices its other norms; any other parametrised module type gets its parameters counted).
+* ``patched``: with our ``custom_ops`` for the module types it has no rule for (GroupNorm / RMSNorm priced by thop's
+  own norm rule; any other parametrised module type gets its parameters counted).
 
 The explanation compares thop's per-module figure with our MACs for the same module and names the reason.
 """
@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from gflops_track.counting.layer_info import LayerCost
@@ -30,12 +29,6 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.GroupNorm,
     *(getattr(nn, name) for name in ("RMSNorm",) if hasattr(nn, name)),
 )
-
-
-def _count_norm_like_thop(module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: Any) -> None:
-    """thop's own norm formula (``count_normalization``): numel, doubled when the norm is affine."""
-    affine = getattr(module, "affine", False) or getattr(module, "elementwise_affine", False)
-    module.total_ops += inputs[0].numel() * (2 if affine else 1)
 
 
 def _count_nothing(module: nn.Module, _inputs: Any, _output: Any) -> None:
@@ -58,6 +51,7 @@ class ThopCount:
 
 def _custom_ops(model: nn.Module) -> dict[type[nn.Module], Any]:
     from thop.profile import register_hooks
+    from thop.vision.basic_hooks import count_normalization
 
     custom: dict[type[nn.Module], Any] = {}
     for module in model.modules():
@@ -65,7 +59,7 @@ def _custom_ops(model: nn.Module) -> dict[type[nn.Module], Any]:
         if kind in register_hooks or kind in custom:
             continue
         if isinstance(module, NORM_TYPES):
-            custom[kind] = _count_norm_like_thop
+            custom[kind] = count_normalization  # thop's own norm rule: 2 per element, doubled when affine
         elif next(module.children(), None) is None and next(module.parameters(recurse=False), None) is not None:
             custom[kind] = _count_nothing
     return custom

@@ -1,0 +1,41 @@
+"""Shared test helpers: a real MLflow SQLite store in a temp dir, and the CLI run as users run it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a user's shell: no inherited MLflow run or URI unless a test sets one."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "GFLOPS_TRACK_"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH", "")]))
+    env["COLUMNS"] = "200"
+    env.update(extra)
+    return env
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 600, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m gflops_track ARGS`` in ``cwd``."""
+    return subprocess.run(
+        [sys.executable, "-m", "gflops_track", *args],
+        cwd=cwd,
+        env=cli_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def store_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'store.db'}"
