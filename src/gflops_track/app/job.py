@@ -62,12 +62,15 @@ def job_device(config: AppConfig) -> torch.device:
 
 
 def run_name_for(config: AppConfig, device: torch.device) -> str:
-    return config.tracking.run_name.format(
+    """tracking.run_name filled in; ``{norm_fn}`` is the model's own norm_fn argument (empty segment dropped for
+    models without one)."""
+    name = config.tracking.run_name.format(
         model=model_short_name(config.model["_target_"]),
-        norm_fn=config.norm_fn.name,
+        norm_fn=config.model.get("norm_fn", ""),
         batch_size=config.batch.size,
         device=device.type,
     )
+    return re.sub(r"-{2,}", "-", name).strip("-")
 
 
 def build_model(model_config: dict[str, Any]) -> nn.Module:
@@ -149,7 +152,7 @@ def run_job(
             try:
                 mlflow.log_params(params)
                 mlflow.log_text(config_yaml, "config.yaml")
-                mlflow.set_tags({"norm_fn": config.norm_fn.name, "device": str(device)})
+                mlflow.set_tags({"model_target": config.model["_target_"], "device": str(device)})
                 log_fingerprint(fingerprint(device))
                 result = measure(config, device, run_name, log=True)
             except BaseException as error:

@@ -47,6 +47,21 @@ def _cause_line(error: BaseException) -> str:
     return f"{key}: {first}" if key else first
 
 
+def _syntax_errors(overrides: list[str]) -> list[str]:
+    """Overrides Hydra's grammar rejects, each named (Hydra's own message does not say which one)."""
+    errors = []
+    for override in overrides:
+        try:
+            OverridesParser.create().parse_override(override)
+        except HydraException as error:
+            lines = [line for line in str(error).splitlines()[1:] if line.strip() and not line.startswith("See ")]
+            errors.append(
+                f"{override!r} is not a valid override ({lines[0] if lines else error}); write key=value, and quote values "
+                "that hold braces, brackets or commas, e.g. key='{a}-{b}'"
+            )
+    return errors
+
+
 def _group_choice_errors(overrides: list[str]) -> list[str]:
     loader = GlobalHydra.instance().config_loader()
     errors = []
@@ -73,7 +88,9 @@ def preflight(argv: Sequence[str], config_dir: str, config_name: str = "config")
     checked = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
     register_schema()
     GlobalHydra.instance().clear()
-    errors: list[str] = []
+    errors = _syntax_errors(checked)
+    if errors:
+        return errors
     try:
         with initialize_config_dir(config_dir=flags.get("config_dir", config_dir), version_base="1.3"):
             try:

@@ -125,8 +125,23 @@ def validate(config: AppConfig) -> list[str]:
     errors += _positive("timing.repeats", config.timing.repeats)
     if not config.tracking.experiment.strip():
         errors.append("tracking.experiment='' is not allowed: give the MLflow experiment a name")
+    errors += _run_name_errors(config.tracking.run_name)
     errors += _model_errors(config)
     return errors
+
+
+RUN_NAME_FIELDS = ("model", "norm_fn", "batch_size", "device")
+
+
+def _run_name_errors(template: str) -> list[str]:
+    try:
+        template.format(**dict.fromkeys(RUN_NAME_FIELDS, "x"))
+    except (KeyError, IndexError, ValueError):
+        return [
+            f"tracking.run_name={template!r} is not allowed: use only the fields "
+            + ", ".join(f"{{{name}}}" for name in RUN_NAME_FIELDS)
+        ]
+    return []
 
 
 def _model_errors(config: AppConfig) -> list[str]:

@@ -1,0 +1,149 @@
+"""The command as users run it: the seed sweep, bad input, failing jobs, non-image models, runs inside `mlflow run`.
+
+Every test logs to a real MLflow SQLite store in a temp dir and reads the runs back with MlflowClient.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import run_cli
+from test_seed_block import CONV_MACS, CONV_PARAMS, NORM_PARAMS, expected_seed_flops
+
+pytestmark = pytest.mark.slow
+QUICK = ["timing.warmup=1", "timing.repeats=3"]
+
+
+def all_runs(uri: str) -> list:
+    client = MlflowClient(uri)
+    experiments = client.search_experiments()
+    return client.search_runs([e.experiment_id for e in experiments]) if experiments else []
+
+
+def test_seed_sweep_exact_command(tmp_path: Path) -> None:
+    """`python -m gflops_track -m norm_fn=group,batch,instance` into the default store ./mlflow.db."""
+    done = run_cli(["-m", "norm_fn=group,batch,instance"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = all_runs(uri)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep_overrides"] == "norm_fn=group,batch,instance"
+    assert parent.data.metrics["jobs"] == 3 and parent.data.metrics["failed_jobs"] == 0
+    by_norm = {run.data.params["norm_fn.name"]: run for run in children}
+    assert set(by_norm) == {"group", "batch", "instance"}
+    client = MlflowClient(uri)
+    for norm, run in by_norm.items():
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.run_name == f"residual_block-{norm}-b2-cpu"
+        params = run.data.params
+        assert params["model.planes"] == "384" and params["batch.size"] == "2" and params["input.shape"] == "null"
+        assert params["model._target_"] == "gflops_track.models.ResidualBlock"
+        metrics = run.data.metrics
+        assert metrics["params"] == CONV_PARAMS + NORM_PARAMS[norm]
+        assert metrics["macs"] == 2 * CONV_MACS == 5_435_817_984
+        assert metrics["flops"] == sum(expected_seed_flops(norm).values())
+        for category, flops in expected_seed_flops(norm).items():
+            assert metrics[f"flops_{category}"] == flops
+        assert metrics["torch_flop_counter_flops"] == 2 * 2 * CONV_MACS
+        assert metrics["latency_median_ms"] > 0 and metrics["timed_iterations"] == 50
+        assert metrics["achieved_gflop_per_s"] == pytest.approx(metrics["flops"] / metrics["latency_median_ms"] / 1e6)
+        assert run.data.tags["hardware"].startswith("cpu:") and run.data.tags["torch_version"] == torch.__version__
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "layers.csv", "layers.json", "summary.txt", "latency_samples.json"} <= artifacts
+        layers_csv = Path(client.download_artifacts(run.info.run_id, "layers.csv", str(tmp_path))).read_text()
+        assert layers_csv.splitlines()[0].startswith("name,type,depth,output_shape,params")
+        samples = json.loads(Path(client.download_artifacts(run.info.run_id, "latency_samples.json")).read_text())
+        assert len(samples["latency_ms"]) == 50
+    assert "comparison.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "sweep" in done.stdout and "residual_block-instance-b2-cpu" in done.stdout
+    assert "thop counts" in done.stdout  # the disagreement with thop is said, not hidden
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["norm_fn=foo"], "norm_fn='foo' is not allowed: choose one of batch, group, instance, none"),
+        (["-m", "norm_fn=group,foo"], "norm_fn='foo' is not allowed: choose one of batch, group, instance, none"),
+        (["batch.size=-1"], "batch.size=-1 is not allowed: it must be an integer >= 1"),
+        (["-m", "batch.size=2,0"], "batch.size=0 is not allowed: it must be an integer >= 1"),
+        (["model.planes=100"], "model.planes=100 is not allowed with norm_fn='group': it must be a multiple of 8"),
+        (["batch.size=abc"], "batch.size: Value 'abc' of type 'str' could not be converted to Integer"),
+        (["model=custom"], "model._target_=??? is not allowed: this key must be set"),
+        (["tracking.run_name='{nope}'"], "tracking.run_name='{nope}' is not allowed: use only the fields"),
+        (["batch.size={2}"], "'batch.size={2}' is not a valid override (no viable alternative at input '{2}')"),
+        (["device=gpu"], "device='gpu' is not allowed: choose one of auto, cpu, cuda"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_creates_no_run(tmp_path: Path, args: list[str], message: str) -> None:
+    done = run_cli(args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "multirun").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_creates_no_run(tmp_path: Path) -> None:
+    done = run_cli(["device=cuda"], cwd=tmp_path)
+    assert done.returncode == 2
+    assert "device='cuda' is not allowed on this machine: it has no CUDA device" in done.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_failing_job_is_marked_failed_and_sweep_goes_on(tmp_path: Path, store_uri: str) -> None:
+    model = ["model=custom", "model._target_=fixture_models.FailsOnBatchSize", "+model.in_channels=3"]
+    done = run_cli(
+        ["-m", "batch.size=2,3,4", *model, "+model.fail_on=3", *QUICK], cwd=tmp_path, MLFLOW_TRACKING_URI=store_uri
+    )
+    assert done.returncode == 1
+    runs = {run.info.run_name: run for run in all_runs(store_uri)}
+    failed = runs["fails_on_batch_size-b3-cpu"]
+    assert failed.info.status == "FAILED"
+    assert "planted failure for batch size 3" in failed.data.tags["error"]
+    for name in ("fails_on_batch_size-b2-cpu", "fails_on_batch_size-b4-cpu"):
+        assert runs[name].info.status == "FINISHED"
+        assert runs[name].data.metrics["macs"] == int(name[-5]) * 4 * 3 * 32 * 32  # N * C_out * C_in * H * W
+    parent = next(r for r in runs.values() if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.info.status == "FAILED" and parent.data.metrics["failed_jobs"] == 1
+    assert not (tmp_path / "mlflow.db").exists()  # MLFLOW_TRACKING_URI was honoured
+
+
+def test_non_image_model_with_explicit_input_shape(tmp_path: Path, store_uri: str) -> None:
+    args = ["model=custom", "model._target_=torch.nn.Linear", "+model.in_features=256", "+model.out_features=512"]
+    done = run_cli(
+        [*args, "input.shape=[128,256]", "batch.size=4", *QUICK], cwd=tmp_path, MLFLOW_TRACKING_URI=store_uri
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = all_runs(store_uri)
+    rows = 4 * 128
+    assert run.data.metrics["macs"] == rows * 256 * 512
+    assert run.data.metrics["flops_bias"] == rows * 512
+    assert run.data.metrics["params"] == 256 * 512 + 512
+    assert run.data.params["input.shape"] == "[128, 256]"
+    assert run.info.run_name == "linear-b4-cpu"
+
+
+def test_inside_mlflow_run_logs_into_that_run(tmp_path: Path, store_uri: str) -> None:
+    """MLFLOW_RUN_ID set (as `mlflow run` does): a single job logs into it, a sweep nests under it."""
+    client = MlflowClient(store_uri)
+    outer = client.create_run(client.create_experiment("outer")).info.run_id
+    single = run_cli(["norm_fn=none", *QUICK], cwd=tmp_path, MLFLOW_TRACKING_URI=store_uri, MLFLOW_RUN_ID=outer)
+    assert single.returncode == 0, single.stderr[-3000:]
+    (run,) = all_runs(store_uri)
+    assert run.info.run_id == outer and run.data.metrics["macs"] == 2 * CONV_MACS
+    sweep_outer = client.create_run(client.get_experiment_by_name("outer").experiment_id).info.run_id
+    sweep = run_cli(
+        ["-m", "norm_fn=none,batch", *QUICK], cwd=tmp_path, MLFLOW_TRACKING_URI=store_uri, MLFLOW_RUN_ID=sweep_outer
+    )
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    nested = [r for r in all_runs(store_uri) if r.data.tags.get("mlflow.parentRunId") == sweep_outer]
+    assert len(nested) == 2 and len(all_runs(store_uri)) == 4

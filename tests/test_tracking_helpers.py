@@ -1,0 +1,54 @@
+"""Params flattening, tracking-URI precedence and redaction, the per-job run logging into a real store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+from gflops_track import profile
+from gflops_track.models import ResidualBlock
+from gflops_track.tracking.run_logger import TRUNCATION_MARK, flatten_params, log_cost, log_timing
+from gflops_track.tracking.store import child_runs, connect, ensure_experiment, redact_uri, resolve_tracking_uri
+
+
+def test_flatten_params_dot_keys_json_lists_and_limit() -> None:
+    flat = flatten_params({"batch": {"size": 2}, "input": {"shape": [128, 256]}, "uri": None, "long": "x" * 7000})
+    assert flat["batch.size"] == "2" and flat["input.shape"] == "[128, 256]" and flat["uri"] == "null"
+    assert len(flat["long"]) == MAX_PARAM_VAL_LENGTH and flat["long"].endswith(TRUNCATION_MARK)
+
+
+def test_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert resolve_tracking_uri(None, tmp_path) == "http://127.0.0.1:5000"
+    assert resolve_tracking_uri("sqlite:////data/x.db", tmp_path) == "sqlite:////data/x.db"
+
+
+def test_redact_uri_hides_password_only() -> None:
+    assert redact_uri("http://alice:s3cret@host:5000/path") == "http://alice:***@host:5000/path"
+    assert redact_uri("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
+
+
+def test_log_result_into_real_store(store_uri: str) -> None:
+    client = connect(store_uri)
+    experiment_id = ensure_experiment(client, "unit")
+    assert ensure_experiment(client, "unit") == experiment_id  # idempotent
+    parent = client.create_run(experiment_id, run_name="parent").info.run_id
+    child = client.create_run(experiment_id, run_name="child", tags={"mlflow.parentRunId": parent}).info.run_id
+    result = profile(ResidualBlock(16, 16, "batch"), torch.randn(2, 16, 8, 8), warmup=1, repeats=4)
+    with mlflow.start_run(run_id=child):
+        log_cost(result)
+        log_timing(result)
+    run = client.get_run(child)
+    assert run.data.metrics["macs"] == result.macs == 2 * (2 * 16 * 8 * 8 * 16 * 9)
+    assert run.data.metrics["latency_median_ms"] == pytest.approx(result.median_latency_ms)
+    assert run.data.tags["torch_flop_counter_agrees"] == "true"
+    assert [r.info.run_id for r in child_runs(client, parent)] == [child]
+    assert mlflow.active_run() is None
+    MlflowClient(store_uri).set_terminated(parent)
