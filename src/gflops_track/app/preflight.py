@@ -55,8 +55,9 @@ def _syntax_errors(overrides: list[str]) -> list[str]:
             OverridesParser.create().parse_override(override)
         except HydraException as error:
             lines = [line for line in str(error).splitlines()[1:] if line.strip() and not line.startswith("See ")]
+            detail = lines[0] if lines else str(error)
             errors.append(
-                f"{override!r} is not a valid override ({lines[0] if lines else error}); write key=value, and quote values "
+                f"{override!r} is not a valid override ({detail}); write key=value, and quote values "
                 "that hold braces, brackets or commas, e.g. key='{a}-{b}'"
             )
     return errors

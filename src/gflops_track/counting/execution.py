@@ -3,8 +3,10 @@
 Counting runs on the ``meta`` device when it can: parameters, buffers and inputs are swapped for meta tensors for the
 duration of the pass and the original objects put back after (no copy of the model, no memory for activations, ~14x
 faster than a real forward on this machine). The swap is our own: ``torch.func.functional_call`` leaves a module
-shared under two names (the seed's ``norm3``) with meta parameters after the call. If the model cannot run on meta (an op without a meta kernel, data-dependent control flow), counting
-falls back to a real forward on the model's own device, and says so.
+shared under two names (the seed's ``norm3``) with meta parameters after the call.
+
+If the model cannot run on meta (an op without a meta kernel, data-dependent control flow), counting falls back to a
+real forward on the model's own device, and says so.
 """
 
 from __future__ import annotations
