@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,6 @@ from gflops_track.app.schema import AppConfig
 from gflops_track.hardware import fingerprint
 from gflops_track.profiler import profile, resolve_device
 from gflops_track.result import ProfileResult
-from gflops_track.timing import measure_latency
 from gflops_track.tracking.run_logger import log_cost, log_fingerprint, log_timing
 from gflops_track.tracking.store import (
     ERROR_TAG,
@@ -69,6 +68,7 @@ def run_name_for(config: AppConfig, device: torch.device) -> str:
         norm_fn=config.model.get("norm_fn", ""),
         batch_size=config.batch.size,
         device=device.type,
+        dtype=config.precision.dtype,
     )
     return re.sub(r"-{2,}", "-", name).strip("-")
 
@@ -93,7 +93,7 @@ def build_inputs(config: AppConfig, device: torch.device) -> torch.Tensor:
 
 
 def measure(config: AppConfig, device: torch.device, title: str, log: bool) -> ProfileResult:
-    """Build, count (logged at once when ``log``), then time (logged again)."""
+    """Build, count (logged at once when ``log``: nothing measured is lost if timing fails), then time and log."""
     model = build_model(config.model)
     inputs = build_inputs(config, device)
     with console.job_progress(title) as progress:
@@ -101,21 +101,19 @@ def measure(config: AppConfig, device: torch.device, title: str, log: bool) -> P
             model,
             inputs,
             device,
-            measure_speed=False,
+            timing=config.timing.options(),
+            runtime=config.runtime_options(),
+            measure_speed=config.timing.enabled,
+            measure_peak=config.peak.measure,
+            peak_cache_dir=Path(config.peak.cache_dir) if config.peak.cache_dir else None,
             compare_thop=config.counting.thop,
             compare_torch=config.counting.torch_check,
             prefer_meta=config.counting.meta,
             on_progress=progress,
+            on_cost=log_cost if log else None,
         )
-        if log:
-            log_cost(result)
-        if config.timing.enabled:
-            timing = measure_latency(
-                model, (inputs,), warmup=config.timing.warmup, repeats=config.timing.repeats, on_progress=progress
-            )
-            result = replace(result, timing=timing)
-            if log:
-                log_timing(result)
+    if log:
+        log_timing(result, title)
     return result
 
 

@@ -16,6 +16,8 @@ from omegaconf import MISSING
 
 from gflops_track.models.residual_block import NORM_CHOICES, residual_block_arg_errors
 from gflops_track.profiler import DEVICE_CHOICES
+from gflops_track.runtime import RuntimeOptions
+from gflops_track.timing import TimingOptions
 
 SCHEMA_NAME = "gflops_track_schema"
 RESIDUAL_BLOCK_TARGETS = ("gflops_track.models.ResidualBlock", "gflops_track.models.residual_block.ResidualBlock")
@@ -48,7 +50,45 @@ class InputConfig:
 class TimingConfig:
     enabled: bool = True
     warmup: int = 10
-    repeats: int = 50
+    warmup_max_s: float = 5.0
+    min_repeats: int = 30
+    target_precision: float = 0.01
+    max_time_s: float = 10.0
+    max_repeats: int = 10_000
+    cuda_graph: bool = False
+    flush_l2: bool = False
+
+    def options(self) -> TimingOptions:
+        return TimingOptions(
+            warmup=self.warmup,
+            warmup_max_s=self.warmup_max_s,
+            min_repeats=self.min_repeats,
+            max_repeats=self.max_repeats,
+            target_precision=self.target_precision,
+            max_time_s=self.max_time_s,
+            cuda_graph=self.cuda_graph,
+            flush_l2=self.flush_l2,
+        )
+
+
+@dataclass
+class PrecisionConfig:
+    dtype: str = "fp32"
+    mode: str = "autocast"
+
+
+@dataclass
+class RuntimeConfig:
+    memory_format: str = "contiguous"
+    cudnn_benchmark: bool = False
+    threads: int | None = None
+    compile: str = "off"
+
+
+@dataclass
+class PeakConfig:
+    measure: bool = True
+    cache_dir: str | None = None
 
 
 @dataclass
@@ -63,7 +103,7 @@ class TrackingConfig:
     enabled: bool = True
     uri: str | None = None
     experiment: str = "gflops-track"
-    run_name: str = "{model}-{norm_fn}-b{batch_size}-{device}"
+    run_name: str = "{model}-{norm_fn}-b{batch_size}-{device}-{dtype}"
 
 
 @dataclass
@@ -75,9 +115,31 @@ class AppConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     input: InputConfig = field(default_factory=InputConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     timing: TimingConfig = field(default_factory=TimingConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    peak: PeakConfig = field(default_factory=PeakConfig)
     counting: CountingConfig = field(default_factory=CountingConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def runtime_options(self) -> RuntimeOptions:
+        return RuntimeOptions(
+            dtype=self.precision.dtype,
+            dtype_mode=self.precision.mode,
+            memory_format=self.runtime.memory_format,
+            cudnn_benchmark=self.runtime.cudnn_benchmark,
+            threads=self.runtime.threads,
+            compile=self.runtime.compile,
+        )
+
+
+RUNTIME_KEYS = {  # RuntimeOptions field -> the config key that sets it
+    "dtype": "precision.dtype",
+    "dtype_mode": "precision.mode",
+    "memory_format": "runtime.memory_format",
+    "threads": "runtime.threads",
+    "compile": "runtime.compile",
+}
 
 
 def register_schema() -> None:
@@ -121,8 +183,8 @@ def validate(config: AppConfig) -> list[str]:
         or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in config.input.shape)
     ):
         errors.append(f"input.shape={config.input.shape!r} is not allowed: it must be a list of integers >= 1")
-    errors += _positive("timing.warmup", config.timing.warmup, minimum=0)
-    errors += _positive("timing.repeats", config.timing.repeats)
+    errors += [f"timing.{name}{message}" for name, message in config.timing.options().problems()]
+    errors += [f"{RUNTIME_KEYS[name]}{message}" for name, message in config.runtime_options().problems()]
     if not config.tracking.experiment.strip():
         errors.append("tracking.experiment='' is not allowed: give the MLflow experiment a name")
     errors += _run_name_errors(config.tracking.run_name)
@@ -130,7 +192,7 @@ def validate(config: AppConfig) -> list[str]:
     return errors
 
 
-RUN_NAME_FIELDS = ("model", "norm_fn", "batch_size", "device")
+RUN_NAME_FIELDS = ("model", "norm_fn", "batch_size", "device", "dtype")
 
 
 def _run_name_errors(template: str) -> list[str]:

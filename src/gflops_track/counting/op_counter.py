@@ -13,13 +13,28 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.hooks import RemovableHandle
 
 from gflops_track.counting.execution import CountingPass, run_counting_forward
 from gflops_track.counting.layer_info import LayerCost, build_layer_table, describe_shape
-from gflops_track.counting.rules import FLOP_RULES, ZERO_COST_OPS, Category, OpCall, OpCost, bind_arguments
+from gflops_track.counting.rules import (
+    FLOP_RULES,
+    NO_TRAFFIC_OPS,
+    ZERO_COST_OPS,
+    Category,
+    OpCall,
+    OpCost,
+    bind_arguments,
+)
+
+
+def tensor_bytes(value: Any) -> int:
+    """Bytes of every tensor inside nested containers (works on meta tensors: numel x element size)."""
+    return sum(leaf.numel() * leaf.element_size() for leaf in tree_leaves(value) if isinstance(leaf, torch.Tensor))
 
 
 @dataclass
@@ -33,6 +48,8 @@ class ScopeTally:
     uncounted: Counter[str] = field(default_factory=Counter)
     calls: int = 0
     output_shape: str = ""
+    bytes_moved: int = 0
+    output_bytes: int = 0
 
     def add(self, op_name: str, cost: OpCost) -> None:
         self.macs += cost.macs
@@ -55,6 +72,8 @@ class CostReport:
     dense_flops_by_op: dict[str, int]  # "aten.convolution" -> its conv/matmul FLOPs (for the FlopCounterMode check)
     backend: str
     backend_note: str = ""
+    bytes_moved: int = 0  # unfused model: every op reads its tensor inputs and writes its outputs once
+    min_bytes: int = 0  # lower bound: parameters + buffers + model inputs + model outputs, once each
 
 
 class _CountingMode(TorchDispatchMode):
@@ -81,7 +100,9 @@ class _CountingMode(TorchDispatchMode):
         if name is not None and self._stack and self._stack[-1] == name:
             self._stack.pop()
             tally = self._scope(name)
-            tally.output_shape = tally.output_shape or describe_shape(output)
+            if not tally.output_shape:
+                tally.output_shape = describe_shape(output)
+                tally.output_bytes = tensor_bytes(output)
 
     def __enter__(self) -> _CountingMode:
         self._handles = [
@@ -109,6 +130,8 @@ class _CountingMode(TorchDispatchMode):
             tally.ops[op_name] += 1
         else:
             tally.uncounted[op_name] += 1
+        if packet not in NO_TRAFFIC_OPS:
+            tally.bytes_moved += tensor_bytes((args, kwargs)) + tensor_bytes(out)
         return out
 
 
@@ -128,6 +151,8 @@ def count_cost(
 
     counting_pass: CountingPass = run_counting_forward(model, args, kwargs or {}, fresh_counter, prefer_meta)
     scopes = attempts[-1].scopes
+    state_bytes = tensor_bytes(list(model.parameters()) + list(model.buffers()))
+    root = scopes.get("", ScopeTally())
     layers = build_layer_table(model, scopes)
     by_category: Counter[str] = Counter({str(category): 0 for category in Category})
     op_calls: Counter[str] = Counter()
@@ -150,4 +175,6 @@ def count_cost(
         dense_flops_by_op={op: flops for op, flops in dense_by_op.items() if flops},
         backend=counting_pass.backend,
         backend_note=counting_pass.note,
+        bytes_moved=sum(tally.bytes_moved for tally in scopes.values()),
+        min_bytes=state_bytes + tensor_bytes((tuple(args), dict(kwargs or {}))) + root.output_bytes,
     )

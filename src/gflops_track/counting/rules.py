@@ -461,3 +461,15 @@ ZERO_COST_OPS: frozenset[Any] = frozenset(
         aten.randn, aten.rand, aten.randn_like, aten.rand_like, aten.bernoulli,
     }
 )  # fmt: skip
+
+# Views, metadata queries and allocations: no memory traffic in the byte model (everything else reads all its tensor
+# inputs and writes its outputs once).
+NO_TRAFFIC_OPS: frozenset[Any] = frozenset(
+    {
+        aten.view, aten._unsafe_view, aten._reshape_alias, aten.t, aten.transpose, aten.permute, aten.expand,
+        aten.squeeze, aten.unsqueeze, aten.alias, aten.detach, aten.lift_fresh, aten.as_strided, aten.slice,
+        aten.select, aten.split, aten.split_with_sizes, aten.unbind, aten.chunk, aten.narrow, aten.empty,
+        aten.empty_like, aten.empty_strided, aten.new_empty, aten.new_empty_strided, aten.sym_size, aten.sym_stride,
+        aten.sym_numel, aten.sym_storage_offset, aten.is_same_size,
+    }
+)  # fmt: skip

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -12,6 +14,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 from gflops_track.counting.layer_info import layers_to_columns, layers_to_csv
 from gflops_track.formatting import summary_text
 from gflops_track.hardware import Fingerprint
+from gflops_track.plots import roofline_png
 from gflops_track.result import ProfileResult
 
 TRUNCATION_MARK = "...[truncated]"
@@ -51,14 +54,27 @@ def log_cost(result: ProfileResult) -> None:
     if result.thop is not None and not result.thop.error:
         tags["thop_agrees"] = str(result.thop.macs == result.macs).lower()
     mlflow.set_tags(tags)
+    mlflow.log_params({f"effective.{key}": value for key, value in result.settings.items()})
     mlflow.log_text(layers_to_csv(result.layers), "layers.csv")
     mlflow.log_table(layers_to_columns(result.layers), "layers.json")
     mlflow.log_text(summary_text(result), "summary.txt")
 
 
-def log_timing(result: ProfileResult) -> None:
-    """Latency metrics, the raw samples and the updated summary."""
+def log_timing(result: ProfileResult, run_name: str) -> None:
+    """Latency, conditions and peak metrics, the raw samples, the roofline plot and the final summary."""
     mlflow.log_metrics(result.metrics())
-    if result.timing is not None:
-        mlflow.log_dict({"latency_ms": list(result.timing.latency.samples_ms)}, "latency_samples.json")
+    timing = result.timing
+    if timing is not None:
+        samples = {"latency_ms": list(timing.latency.samples_ms)}
+        if timing.graph_latency is not None:
+            samples["graph_latency_ms"] = list(timing.graph_latency.samples_ms)
+        mlflow.log_dict(samples, "latency_samples.json")
+        if timing.conditions.throttle_reasons:
+            mlflow.set_tag("gpu_throttle_reasons", ",".join(timing.conditions.throttle_reasons))
+        mlflow.set_tag("timing_suspect", str(bool(timing.conditions.warnings)).lower())
+    point = result.roofline_point(run_name)
+    roofs = result.roofs()
+    if point is not None and roofs:
+        with tempfile.TemporaryDirectory() as folder:
+            mlflow.log_artifact(str(roofline_png(Path(folder) / "roofline.png", roofs, [point], run_name)))
     mlflow.log_text(summary_text(result), "summary.txt")

@@ -1,0 +1,118 @@
+"""Vendor peak throughput and memory bandwidth, and a theoretical CPU peak.
+
+GPU figures are *dense* (no 2:4 structured sparsity): datasheets of Hopper/Blackwell (and the L4, which gives only
+sparse figures) headline the sparse number, which is twice the dense one, so those are halved here and the comment
+says so. GeForce tensor-core FP16/BF16 figures are with FP32 accumulate (what PyTorch uses), which runs at half the
+FP16-accumulate rate those cards advertise. TFLOP/s per dtype; memory bandwidth in GB/s (10^9 bytes/s).
+An unknown device gets no figure (``None``), never another card's.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import psutil
+import torch
+
+from gflops_track.hardware import cpu_model_name
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    name: str
+    tflops: dict[str, float]  # dtype -> dense TFLOP/s: fp32 (no tensor cores), tf32, fp16, bf16
+    bandwidth_gb_s: float
+    source: str
+
+
+# Matched in order against torch.cuda.get_device_name(): more specific patterns first.
+GPU_SPECS: list[tuple[str, GpuSpec]] = [
+    # NVIDIA H200 Tensor Core GPU datasheet (2024), H200 SXM column; sparse figures halved.
+    (r"H200", GpuSpec("H200 SXM", {"fp32": 67, "tf32": 494.5, "fp16": 989.5, "bf16": 989.5}, 4800, "H200 datasheet")),
+    # NVIDIA H100 Tensor Core GPU datasheet (2023), H100 NVL column; sparse figures halved.
+    (r"H100 NVL", GpuSpec("H100 NVL", {"fp32": 60, "tf32": 417.5, "fp16": 835.5, "bf16": 835.5}, 3900, "H100 datasheet")),
+    # Same datasheet, H100 PCIe column; sparse figures halved.
+    (r"H100.*PCIe", GpuSpec("H100 PCIe", {"fp32": 51, "tf32": 378, "fp16": 756, "bf16": 756}, 2000, "H100 datasheet")),
+    # Same datasheet, H100 SXM column; sparse figures halved.
+    (r"H100", GpuSpec("H100 SXM", {"fp32": 67, "tf32": 494.5, "fp16": 989.5, "bf16": 989.5}, 3350, "H100 datasheet")),
+    # NVIDIA HGX B200 datasheet (2024): 8-GPU figures divided by 8; sparse figures halved.
+    (r"B200", GpuSpec("B200", {"fp32": 75, "tf32": 1125, "fp16": 2250, "bf16": 2250}, 8000, "HGX B200 datasheet")),
+    # NVIDIA A100 Tensor Core GPU datasheet (2021): dense figures given beside the sparse ones.
+    (r"A100.*80GB.*PCIe|A100.*PCIe.*80GB",
+     GpuSpec("A100 80GB PCIe", {"fp32": 19.5, "tf32": 156, "fp16": 312, "bf16": 312}, 1935, "A100 datasheet")),
+    (r"A100.*SXM.*80GB|A100.*80GB",
+     GpuSpec("A100 80GB SXM", {"fp32": 19.5, "tf32": 156, "fp16": 312, "bf16": 312}, 2039, "A100 datasheet")),
+    (r"A100", GpuSpec("A100 40GB", {"fp32": 19.5, "tf32": 156, "fp16": 312, "bf16": 312}, 1555, "A100 datasheet")),
+    # NVIDIA L40S datasheet (2023); sparse figures halved.
+    (r"L40S", GpuSpec("L40S", {"fp32": 91.6, "tf32": 183, "fp16": 362, "bf16": 362}, 864, "L40S datasheet")),
+    # NVIDIA L4 datasheet (2023) gives sparse tensor figures only (TF32 120, FP16/BF16 242): halved.
+    (r"\bL4\b", GpuSpec("L4", {"fp32": 30.3, "tf32": 60, "fp16": 121, "bf16": 121}, 300, "L4 datasheet")),
+    # NVIDIA A10 datasheet (2021): dense figures given beside the sparse ones.
+    (r"\bA10\b", GpuSpec("A10", {"fp32": 31.2, "tf32": 62.5, "fp16": 125, "bf16": 125}, 600, "A10 datasheet")),
+    # NVIDIA T4 datasheet (2019): mixed-precision FP16/FP32 65 TFLOPS; no TF32/BF16 (Turing).
+    (r"\bT4\b", GpuSpec("T4", {"fp32": 8.1, "fp16": 65}, 320, "T4 datasheet")),
+    # NVIDIA V100 datasheet (2020): SXM2 and PCIe columns; no TF32/BF16 (Volta).
+    (r"V100.*PCIE|V100.*PCIe", GpuSpec("V100 PCIe", {"fp32": 14, "fp16": 112}, 900, "V100 datasheet")),
+    (r"V100", GpuSpec("V100 SXM2", {"fp32": 15.7, "fp16": 125}, 900, "V100 datasheet")),
+    # NVIDIA Ampere GA102 architecture whitepaper, RTX 3090: tensor FP16/BF16 with FP32 accumulate (dense) 71.
+    (r"RTX 3090", GpuSpec("RTX 3090", {"fp32": 35.6, "tf32": 35.6, "fp16": 71, "bf16": 71}, 936, "GA102 whitepaper")),
+    # NVIDIA Ada Lovelace architecture whitepaper, RTX 4090: tensor FP16/BF16 with FP32 accumulate (dense) 165.2.
+    (r"RTX 4090", GpuSpec("RTX 4090", {"fp32": 82.6, "tf32": 82.6, "fp16": 165.2, "bf16": 165.2}, 1008, "AD102 whitepaper")),
+]  # fmt: skip
+
+
+def gpu_spec(device_name: str) -> GpuSpec | None:
+    """The datasheet entry for a CUDA device name, or None when we have none (never another card's)."""
+    for pattern, spec in GPU_SPECS:
+        if re.search(pattern, device_name, flags=re.IGNORECASE):
+            return spec
+    return None
+
+
+def spec_tflops(spec: GpuSpec, dtype: str) -> float | None:
+    """Dense peak for the dtype the run computes in; fp32 with TF32 allowed counts as tf32."""
+    return spec.tflops.get(dtype)
+
+
+@dataclass(frozen=True)
+class CpuPeakEstimate:
+    """cores x clock x FP32 FLOPs per cycle; an estimate (VMs often report the TSC rate as the clock)."""
+
+    gflop_per_s: float
+    cores: int
+    clock_ghz: float
+    flops_per_cycle: int
+    basis: str
+
+
+def _cpu_clock_ghz() -> float:
+    frequency = psutil.cpu_freq()
+    if frequency is not None and (frequency.max or frequency.current):
+        return (frequency.max or frequency.current) / 1000
+    return 0.0
+
+
+def fp32_flops_per_cycle(capability: str, cpu_model: str) -> tuple[int, str]:
+    """FP32 FLOPs per core per cycle for the vector ISA torch dispatches to.
+
+    AVX-512 with two FMA units: 2 units x 16 lanes x 2 (FMA) = 64. Zen 4 runs AVX-512 as two 256-bit halves: 32.
+    AVX2 + FMA: 2 units x 8 lanes x 2 = 32. Otherwise (SSE, NEON without more knowledge): 2 x 4 x 2 = 16.
+    """
+    amd = "AMD" in cpu_model.upper()
+    if capability.startswith("AVX512"):
+        return (32, "AVX-512 on AMD (Zen 4 executes 512-bit as 2x256)") if amd else (64, "AVX-512, 2 FMA units")
+    if capability.startswith("AVX2"):
+        return 32, "AVX2 + FMA, 2 units"
+    return 16, "4-wide SIMD FMA, 2 units"
+
+
+def cpu_peak_estimate(threads: int | None = None) -> CpuPeakEstimate | None:
+    """Theoretical FP32 peak of the cores torch uses; None when the clock is unknown."""
+    clock = _cpu_clock_ghz()
+    if clock <= 0:
+        return None
+    physical = psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+    cores = min(physical, threads or torch.get_num_threads())
+    per_cycle, basis = fp32_flops_per_cycle(torch.backends.cpu.get_cpu_capability(), cpu_model_name())
+    return CpuPeakEstimate(cores * clock * per_cycle, cores, clock, per_cycle, basis)

@@ -1,0 +1,136 @@
+"""How the module runs while it is measured: dtype, precision flags, memory format, threads, torch.compile.
+
+``runtime_context`` applies the options and restores every global flag it touched on exit; ``prepare`` returns the
+module and inputs in the requested dtype and memory format and the forward callable to time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_map
+
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "tf32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
+DTYPE_MODES = ("autocast", "convert")
+MEMORY_FORMATS = ("contiguous", "channels_last")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """``dtype``: fp32 (strict IEEE fp32: TF32 off), tf32 (TF32 tensor cores allowed), fp16, bf16 — the latter two
+    through ``autocast`` or by converting module and inputs (``convert``)."""
+
+    dtype: str = "fp32"
+    dtype_mode: str = "autocast"
+    memory_format: str = "contiguous"
+    cudnn_benchmark: bool = False
+    threads: int | None = None
+    compile: str = "off"
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(field, "=value is not allowed: ...") per invalid option; callers prefix the key they expose."""
+        allowed = {
+            "dtype": tuple(DTYPES),
+            "dtype_mode": DTYPE_MODES,
+            "memory_format": MEMORY_FORMATS,
+            "compile": COMPILE_MODES,
+        }
+        found = [
+            (name, f"={getattr(self, name)!r} is not allowed: choose one of {', '.join(choices)}")
+            for name, choices in allowed.items()
+            if getattr(self, name) not in choices
+        ]
+        if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
+            found.append(("threads", f"={self.threads!r} is not allowed: it must be null or an integer >= 1"))
+        return found
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def converts(self) -> bool:
+        return self.dtype in ("fp16", "bf16") and self.dtype_mode == "convert"
+
+    @property
+    def autocasts(self) -> bool:
+        return self.dtype in ("fp16", "bf16") and self.dtype_mode == "autocast"
+
+
+def effective_settings() -> dict[str, str]:
+    """The global precision and threading settings in force now (logged with every run)."""
+    return {
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cuda_matmul_allow_tf32": str(torch.backends.cuda.matmul.allow_tf32).lower(),
+        "cudnn_allow_tf32": str(torch.backends.cudnn.allow_tf32).lower(),
+        "cudnn_benchmark": str(torch.backends.cudnn.benchmark).lower(),
+        "torch_num_threads": str(torch.get_num_threads()),
+    }
+
+
+@contextlib.contextmanager
+def runtime_context(options: RuntimeOptions) -> Iterator[None]:
+    """Set TF32, cuDNN benchmark and thread count for the duration; restore them after."""
+    saved = (
+        torch.get_float32_matmul_precision(),
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+        torch.get_num_threads(),
+    )
+    tf32 = options.dtype == "tf32"
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = options.cudnn_benchmark
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
+    try:
+        yield
+    finally:
+        precision, allow_tf32, benchmark, threads = saved
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cudnn.allow_tf32 = allow_tf32
+        torch.backends.cudnn.benchmark = benchmark
+        torch.set_num_threads(threads)
+
+
+def _convert_tensor(value: Any, options: RuntimeOptions) -> Any:
+    if not isinstance(value, torch.Tensor):
+        return value
+    if options.converts and value.is_floating_point():
+        value = value.to(options.torch_dtype)
+    if options.memory_format == "channels_last" and value.dim() == 4:
+        value = value.contiguous(memory_format=torch.channels_last)
+    return value
+
+
+def prepare(
+    model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any], options: RuntimeOptions, device: torch.device
+) -> tuple[Callable[[], Any], tuple[Any, ...], dict[str, Any]]:
+    """Convert module (in place) and inputs as asked; return (forward to time, args, kwargs)."""
+    if options.converts:
+        model.to(options.torch_dtype)
+    if options.memory_format == "channels_last":
+        model.to(memory_format=torch.channels_last)
+    args, kwargs = tree_map(lambda v: _convert_tensor(v, options), (tuple(args), dict(kwargs)))
+    target: Callable[..., Any] = model
+    if options.compile != "off":
+        target = torch.compile(model, mode=None if options.compile == "default" else options.compile)
+
+    def forward() -> Any:
+        if options.autocasts:
+            with torch.autocast(device_type=device.type, dtype=options.torch_dtype):
+                return target(*args, **kwargs)
+        return target(*args, **kwargs)
+
+    return forward, args, kwargs
