@@ -26,6 +26,7 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 600, **env: str) -> subprocess.CompletedProcess[str]:
     """``python -m gflops_track ARGS`` in ``cwd``."""
+    env.setdefault("XDG_CACHE_HOME", str(cwd / ".cache"))  # the peak-probe cache stays in the test's temp dir
     return subprocess.run(
         [sys.executable, "-m", "gflops_track", *args],
         cwd=cwd,

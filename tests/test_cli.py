@@ -16,7 +16,7 @@ from conftest import run_cli
 from test_seed_block import CONV_MACS, CONV_PARAMS, NORM_PARAMS, expected_seed_flops
 
 pytestmark = pytest.mark.slow
-QUICK = ["timing.warmup=1", "timing.repeats=3"]
+QUICK = ["timing.warmup=1", "timing.min_repeats=3", "timing.max_time_s=0.5", "peak.measure=false"]
 
 
 def all_runs(uri: str) -> list:
@@ -43,7 +43,7 @@ def test_seed_sweep_exact_command(tmp_path: Path) -> None:
     for norm, run in by_norm.items():
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert run.info.run_name == f"residual_block-{norm}-b2-cpu"
+        assert run.info.run_name == f"residual_block-{norm}-b2-cpu-fp32"
         params = run.data.params
         assert params["model.planes"] == "384" and params["batch.size"] == "2" and params["input.shape"] == "null"
         assert params["model._target_"] == "gflops_track.models.ResidualBlock"
@@ -54,15 +54,25 @@ def test_seed_sweep_exact_command(tmp_path: Path) -> None:
         for category, flops in expected_seed_flops(norm).items():
             assert metrics[f"flops_{category}"] == flops
         assert metrics["torch_flop_counter_flops"] == 2 * 2 * CONV_MACS
-        assert metrics["latency_median_ms"] > 0 and metrics["timed_iterations"] == 50
+        assert metrics["latency_median_ms"] > 0 and metrics["timed_iterations"] >= 30
+        assert metrics["latency_ci95_low_ms"] <= metrics["latency_median_ms"] <= metrics["latency_ci95_high_ms"]
+        assert (metrics["latency_precision"] <= 0.01) == bool(metrics["precision_target_met"])
+        assert metrics["measured_peak_gflop_per_s"] > 0 and metrics["utilization_vs_measured_peak"] > 0
         assert metrics["achieved_gflop_per_s"] == pytest.approx(metrics["flops"] / metrics["latency_median_ms"] / 1e6)
         assert run.data.tags["hardware"].startswith("cpu:") and run.data.tags["torch_version"] == torch.__version__
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"config.yaml", "layers.csv", "layers.json", "summary.txt", "latency_samples.json"} <= artifacts
+        assert {
+            "config.yaml",
+            "layers.csv",
+            "layers.json",
+            "summary.txt",
+            "latency_samples.json",
+            "roofline.png",
+        } <= artifacts
         layers_csv = Path(client.download_artifacts(run.info.run_id, "layers.csv", str(tmp_path))).read_text()
         assert layers_csv.splitlines()[0].startswith("name,type,depth,output_shape,params")
         samples = json.loads(Path(client.download_artifacts(run.info.run_id, "latency_samples.json")).read_text())
-        assert len(samples["latency_ms"]) == 50
+        assert len(samples["latency_ms"]) == metrics["timed_iterations"]
     assert "comparison.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert "sweep" in done.stdout and "residual_block-instance-b2-cpu" in done.stdout
     assert "thop counts" in done.stdout  # the disagreement with thop is said, not hidden
@@ -81,6 +91,12 @@ def test_seed_sweep_exact_command(tmp_path: Path) -> None:
         (["tracking.run_name='{nope}'"], "tracking.run_name='{nope}' is not allowed: use only the fields"),
         (["batch.size={2}"], "'batch.size={2}' is not a valid override (no viable alternative at input '{2}')"),
         (["device=gpu"], "device='gpu' is not allowed: choose one of auto, cpu, cuda"),
+        (["precision=fp8"], "precision='fp8' is not allowed: choose one of bf16, fp16, fp32, tf32"),
+        (["timing.min_repeats=0"], "timing.min_repeats=0 is not allowed: it must be an integer >= 1"),
+        (
+            ["runtime.compile=fast"],
+            "runtime.compile='fast' is not allowed: choose one of off, default, reduce-overhead",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_line_and_creates_no_run(tmp_path: Path, args: list[str], message: str) -> None:
@@ -106,12 +122,13 @@ def test_failing_job_is_marked_failed_and_sweep_goes_on(tmp_path: Path, store_ur
     )
     assert done.returncode == 1
     runs = {run.info.run_name: run for run in all_runs(store_uri)}
-    failed = runs["fails_on_batch_size-b3-cpu"]
+    failed = runs["fails_on_batch_size-b3-cpu-fp32"]
     assert failed.info.status == "FAILED"
     assert "planted failure for batch size 3" in failed.data.tags["error"]
-    for name in ("fails_on_batch_size-b2-cpu", "fails_on_batch_size-b4-cpu"):
-        assert runs[name].info.status == "FINISHED"
-        assert runs[name].data.metrics["macs"] == int(name[-5]) * 4 * 3 * 32 * 32  # N * C_out * C_in * H * W
+    for batch in (2, 4):
+        finished = runs[f"fails_on_batch_size-b{batch}-cpu-fp32"]
+        assert finished.info.status == "FINISHED"
+        assert finished.data.metrics["macs"] == batch * 4 * 3 * 32 * 32  # N * C_out * C_in * H * W
     parent = next(r for r in runs.values() if "mlflow.parentRunId" not in r.data.tags)
     assert parent.info.status == "FAILED" and parent.data.metrics["failed_jobs"] == 1
     assert not (tmp_path / "mlflow.db").exists()  # MLFLOW_TRACKING_URI was honoured
@@ -129,7 +146,7 @@ def test_non_image_model_with_explicit_input_shape(tmp_path: Path, store_uri: st
     assert run.data.metrics["flops_bias"] == rows * 512
     assert run.data.metrics["params"] == 256 * 512 + 512
     assert run.data.params["input.shape"] == "[128, 256]"
-    assert run.info.run_name == "linear-b4-cpu"
+    assert run.info.run_name == "linear-b4-cpu-fp32"
 
 
 def test_inside_mlflow_run_logs_into_that_run(tmp_path: Path, store_uri: str) -> None:
@@ -147,3 +164,33 @@ def test_inside_mlflow_run_logs_into_that_run(tmp_path: Path, store_uri: str) ->
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     nested = [r for r in all_runs(store_uri) if r.data.tags.get("mlflow.parentRunId") == sweep_outer]
     assert len(nested) == 2 and len(all_runs(store_uri)) == 4
+
+
+SMALL_BLOCK = ["model.in_planes=32", "model.planes=32"]
+
+
+def test_batch_size_sweep_logs_a_throughput_curve(tmp_path: Path, store_uri: str) -> None:
+    done = run_cli(["-m", "batch.size=1,2,4", *SMALL_BLOCK, *QUICK], cwd=tmp_path, MLFLOW_TRACKING_URI=store_uri)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = all_runs(store_uri)
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    client = MlflowClient(store_uri)
+    assert "throughput_vs_batch_size.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    children = sorted((r for r in runs if r is not parent), key=lambda r: int(r.data.params["batch.size"]))
+    for run in children:  # throughput = batch / median latency
+        batch = int(run.data.params["batch.size"])
+        expected = batch / (run.data.metrics["latency_median_ms"] / 1e3)
+        assert run.data.metrics["throughput_samples_per_s"] == pytest.approx(expected)
+
+
+def test_precision_and_thread_options_are_applied_and_logged(tmp_path: Path, store_uri: str) -> None:
+    args = ["precision=bf16", "runtime.threads=1", "runtime.memory_format=channels_last", *SMALL_BLOCK, *QUICK]
+    done = run_cli(args, cwd=tmp_path, MLFLOW_TRACKING_URI=store_uri)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = all_runs(store_uri)
+    assert run.info.run_name == "residual_block-group-b2-cpu-bf16"
+    params = run.data.params
+    assert params["precision.dtype"] == "bf16" and params["precision.mode"] == "autocast"
+    assert params["runtime.threads"] == "1" and params["effective.torch_num_threads"] == "1"
+    assert params["effective.float32_matmul_precision"] == "highest"
+    assert run.data.metrics["cond_threads"] == 1

@@ -9,6 +9,7 @@ from gflops_track import profile
 from gflops_track.counting.op_counter import count_cost
 from gflops_track.counting.thop_compare import thop_count
 from gflops_track.models import ResidualBlock
+from gflops_track.timing import TimingOptions
 
 N, C, H, W = 2, 384, 32, 32
 E = N * C * H * W  # elements of one activation map: 786,432
@@ -100,7 +101,7 @@ def test_profiling_leaves_module_untouched_and_usable() -> None:
     hooks = {name: (dict(m._forward_hooks), dict(m._forward_pre_hooks)) for name, m in block.named_modules()}
     tensors = {name: (id(t), t.device) for name, t in block.state_dict(keep_vars=True).items()}
     x = torch.randn(2, 16, 12, 12)
-    result = profile(block, x, warmup=1, repeats=2)
+    result = profile(block, x, timing=TimingOptions(warmup=1, min_repeats=2, max_time_s=1))
     assert list(block.state_dict()) == keys
     assert {name: (id(t), t.device) for name, t in block.state_dict(keep_vars=True).items()} == tensors
     assert {name: module.training for name, module in block.named_modules()} == modes

@@ -12,6 +12,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from gflops_track import profile
 from gflops_track.models import ResidualBlock
+from gflops_track.timing import TimingOptions
 from gflops_track.tracking.run_logger import TRUNCATION_MARK, flatten_params, log_cost, log_timing
 from gflops_track.tracking.store import child_runs, connect, ensure_experiment, redact_uri, resolve_tracking_uri
 
@@ -35,20 +36,32 @@ def test_redact_uri_hides_password_only() -> None:
     assert redact_uri("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
 
 
-def test_log_result_into_real_store(store_uri: str) -> None:
+def test_log_result_into_real_store(store_uri: str, tmp_path: Path) -> None:
     client = connect(store_uri)
     experiment_id = ensure_experiment(client, "unit")
     assert ensure_experiment(client, "unit") == experiment_id  # idempotent
     parent = client.create_run(experiment_id, run_name="parent").info.run_id
     child = client.create_run(experiment_id, run_name="child", tags={"mlflow.parentRunId": parent}).info.run_id
-    result = profile(ResidualBlock(16, 16, "batch"), torch.randn(2, 16, 8, 8), warmup=1, repeats=4)
+    quick = TimingOptions(warmup=1, min_repeats=4, max_time_s=1)
+    result = profile(
+        ResidualBlock(16, 16, "batch"),
+        torch.randn(2, 16, 8, 8),
+        timing=quick,
+        measure_peak=True,
+        peak_cache_dir=tmp_path,
+    )
     with mlflow.start_run(run_id=child):
         log_cost(result)
-        log_timing(result)
+        log_timing(result, "child")
     run = client.get_run(child)
     assert run.data.metrics["macs"] == result.macs == 2 * (2 * 16 * 8 * 8 * 16 * 9)
     assert run.data.metrics["latency_median_ms"] == pytest.approx(result.median_latency_ms)
     assert run.data.tags["torch_flop_counter_agrees"] == "true"
+    assert run.data.params["effective.float32_matmul_precision"] == "highest"
+    artifacts = {a.path for a in client.list_artifacts(child)}
+    assert {"roofline.png", "latency_samples.json", "summary.txt", "layers.csv"} <= artifacts
+    png = Path(client.download_artifacts(child, "roofline.png", str(tmp_path)))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert [r.info.run_id for r in child_runs(client, parent)] == [child]
     assert mlflow.active_run() is None
     MlflowClient(store_uri).set_terminated(parent)

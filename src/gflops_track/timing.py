@@ -3,7 +3,7 @@
 * ``torch.inference_mode()``; inputs already on the device; the caller puts the module in eval mode;
 * the first call is timed on its own (``cold_start_ms``: allocator, algorithm selection, compilation);
 * warm-up by count *and* by time: at least ``warmup`` iterations, then on until the latency settles (median of the
-  last 5 within ``SETTLE_TOLERANCE`` of the 5 before) or ``warmup_max_s`` runs out;
+  last 5 within ``SETTLE_TOLERANCE`` of the 5 before, and likewise for the last 3) or ``warmup_max_s`` runs out;
 * adaptive repetition: timed iterations continue until the 95% confidence interval of the median is within
   ``target_precision`` of it (half-width / median, distribution-free order-statistic interval) with at least
   ``min_repeats`` samples, or ``max_time_s`` / ``max_repeats`` runs out. The achieved precision, the sample count and
@@ -183,11 +183,16 @@ def _cpu_peak_rss() -> int:
 
 
 def _settled(times: list[float]) -> bool:
+    """The latest 5 and the latest 3 iterations agree (medians within SETTLE_TOLERANCE) with the ones before them:
+    two window sizes, so a change in the last two iterations is not hidden inside a median of five."""
     if len(times) < 2 * SETTLE_WINDOW:
         return False
-    recent = statistics.median(times[-SETTLE_WINDOW:])
-    before = statistics.median(times[-2 * SETTLE_WINDOW : -SETTLE_WINDOW])
-    return abs(recent - before) <= SETTLE_TOLERANCE * before
+    for window in (SETTLE_WINDOW, 3):
+        recent = statistics.median(times[-window:])
+        before = statistics.median(times[-2 * window : -window])
+        if abs(recent - before) > SETTLE_TOLERANCE * before:
+            return False
+    return True
 
 
 class _Timer:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from mlflow.entities import Run
 from omegaconf import DictConfig
 
 from gflops_track.app import console, job
+from gflops_track.plots import throughput_curve_png
 from gflops_track.tracking.store import (
     ERROR_TAG,
     PARENT_RUN_ENV,
@@ -53,6 +56,21 @@ def comparison_csv(runs: list[Run]) -> str:
     return buffer.getvalue()
 
 
+def throughput_series(runs: list[Run]) -> dict[str, list[tuple[int, float]]]:
+    """Throughput (samples/s) by batch size, one series per variant (run name without its batch part, plus the
+    hardware), when the finished runs differ in ``batch.size``; empty otherwise."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for run in runs:
+        throughput = run.data.metrics.get("throughput_samples_per_s")
+        batch = run.data.params.get("batch.size")
+        if run.info.status != "FINISHED" or throughput is None or batch is None:
+            continue
+        label = f"{re.sub(r'-b[0-9]+', '', run.info.run_name)} ({run.data.tags.get('hardware', '?')})"
+        series.setdefault(label, []).append((int(batch), throughput))
+    batch_sizes = {batch for points in series.values() for batch, _ in points}
+    return series if len(batch_sizes) > 1 else {}
+
+
 class MlflowSweepCallback(Callback):
     """on_multirun_start: create the parent run; on_multirun_end: compare the children, close the parent."""
 
@@ -86,6 +104,12 @@ class MlflowSweepCallback(Callback):
         failed = [run for run in runs if run.info.status != "FINISHED"]
         console.print_sweep_table(runs, self.parent_run_id)
         client.log_text(self.parent_run_id, comparison_csv(runs), "comparison.csv")
+        curve = throughput_series(runs)
+        if curve:
+            with tempfile.TemporaryDirectory() as folder:
+                path = throughput_curve_png(Path(folder) / "throughput_vs_batch_size.png", curve, "throughput")
+                client.log_artifact(self.parent_run_id, str(path))
+            console.console.print(f"throughput-vs-batch-size curve logged to the sweep's run {self.parent_run_id}")
         client.log_metric(self.parent_run_id, "jobs", len(runs))
         client.log_metric(self.parent_run_id, "failed_jobs", len(failed))
         if self.owns_parent:

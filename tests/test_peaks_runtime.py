@@ -1,0 +1,132 @@
+"""Vendor peak table, CPU peak estimate, measured-peak probes and their cache, the byte model, runtime options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from gflops_track import profile
+from gflops_track.counting.op_counter import count_cost
+from gflops_track.peaks import cpu_peak_estimate, fp32_flops_per_cycle, gpu_spec, spec_tflops
+from gflops_track.plots import Roof, RooflinePoint, roofline_png, throughput_curve_png
+from gflops_track.probes import measured_peak
+from gflops_track.runtime import RuntimeOptions, effective_settings, runtime_context
+from gflops_track.timing import TimingOptions
+
+QUICK = TimingOptions(warmup=1, min_repeats=3, max_time_s=0.5)
+
+
+@pytest.mark.parametrize(
+    ("device_name", "card", "bf16", "bandwidth"),
+    [
+        ("NVIDIA H100 80GB HBM3", "H100 SXM", 989.5, 3350),  # datasheet: 1,979 TFLOPS with sparsity -> /2
+        ("NVIDIA H100 PCIe", "H100 PCIe", 756, 2000),
+        ("NVIDIA H100 NVL", "H100 NVL", 835.5, 3900),
+        ("NVIDIA H200", "H200 SXM", 989.5, 4800),
+        ("NVIDIA B200", "B200", 2250, 8000),
+        ("NVIDIA A100-SXM4-80GB", "A100 80GB SXM", 312, 2039),
+        ("NVIDIA A100 80GB PCIe", "A100 80GB PCIe", 312, 1935),
+        ("NVIDIA A100-PCIE-40GB", "A100 40GB", 312, 1555),
+        ("NVIDIA A10", "A10", 125, 600),  # not an A100
+        ("NVIDIA L4", "L4", 121, 300),  # datasheet gives 242 with sparsity only
+        ("NVIDIA L40S", "L40S", 362, 864),
+        ("NVIDIA GeForce RTX 3090", "RTX 3090", 71, 936),  # FP32 accumulate: half the FP16-accumulate rate
+        ("NVIDIA GeForce RTX 4090", "RTX 4090", 165.2, 1008),
+    ],
+)
+def test_gpu_spec_table_dense_figures(device_name: str, card: str, bf16: float, bandwidth: float) -> None:
+    spec = gpu_spec(device_name)
+    assert spec is not None and spec.name == card
+    assert spec_tflops(spec, "bf16") == bf16 and spec.bandwidth_gb_s == bandwidth and spec.source
+
+
+def test_old_cards_and_unknown_devices_have_no_figure() -> None:
+    t4, v100 = gpu_spec("Tesla T4"), gpu_spec("Tesla V100-SXM2-16GB")
+    assert t4 is not None and spec_tflops(t4, "fp16") == 65 and spec_tflops(t4, "bf16") is None
+    assert v100 is not None and v100.name == "V100 SXM2" and spec_tflops(v100, "tf32") is None
+    assert gpu_spec("NVIDIA GeForce GTX 1080") is None  # never another card's figure
+
+
+def test_cpu_flops_per_cycle_and_estimate() -> None:
+    assert fp32_flops_per_cycle("AVX512", "Intel(R) Xeon(R) Platinum 8375C")[0] == 2 * 16 * 2
+    assert fp32_flops_per_cycle("AVX512", "AMD EPYC 9654")[0] == 32
+    assert fp32_flops_per_cycle("AVX2", "AMD EPYC 7B13")[0] == 2 * 8 * 2
+    assert fp32_flops_per_cycle("DEFAULT", "ARM")[0] == 16
+    estimate = cpu_peak_estimate()
+    if estimate is not None:
+        assert estimate.gflop_per_s == pytest.approx(estimate.cores * estimate.clock_ghz * estimate.flops_per_cycle)
+
+
+def test_measured_peak_is_cached_per_machine(tmp_path: Path) -> None:
+    first = measured_peak(torch.device("cpu"), "fp32", "cpu:test x1", tmp_path)
+    assert not first.cached and first.gemm_gflop_per_s > 0 and first.bandwidth_gb_s > 0
+    assert first.bandwidth_buffer_mib >= 256
+    again = measured_peak(torch.device("cpu"), "fp32", "cpu:test x1", tmp_path)
+    assert again.cached and again.gemm_gflop_per_s == first.gemm_gflop_per_s
+    other = measured_peak(torch.device("cpu"), "bf16", "cpu:test x1", tmp_path)
+    assert not other.cached  # another dtype is another probe
+
+
+def test_byte_model_of_a_matmul() -> None:
+    """Linear without bias on (rows, d_in): t() moves nothing; mm reads x and W and writes out, once each."""
+    rows, d_in, d_out = 64, 32, 16
+    report = count_cost(nn.Linear(d_in, d_out, bias=False), (torch.randn(rows, d_in),))
+    expected = 4 * (rows * d_in + d_in * d_out + rows * d_out)  # fp32 bytes
+    assert report.bytes_moved == expected
+    assert report.min_bytes == expected  # params + input + output: the same three tensors
+
+
+def test_utilization_and_intensity_metrics(tmp_path: Path) -> None:
+    result = profile(
+        nn.Linear(512, 512), torch.randn(64, 512), timing=QUICK, measure_peak=True, peak_cache_dir=tmp_path
+    )
+    metrics = result.metrics()
+    assert metrics["arithmetic_intensity_flop_per_byte"] == pytest.approx(result.flops / result.bytes_moved)
+    assert metrics["utilization_vs_measured_peak"] == pytest.approx(
+        metrics["achieved_gflop_per_s"] / metrics["measured_peak_gflop_per_s"]
+    )
+    assert [roof.label for roof in result.roofs()][-1] == "measured"
+
+
+def test_roofline_and_throughput_pngs(tmp_path: Path) -> None:
+    roof = Roof("measured", gflop_per_s=200.0, bandwidth_gb_s=20.0)
+    assert roof.ridge == 10.0  # FLOP/byte where the roofs meet
+    path = roofline_png(tmp_path / "r.png", [roof], [RooflinePoint("run", 50.0, 150.0)], "seed")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    curve = throughput_curve_png(tmp_path / "t.png", {"a": [(1, 10.0), (2, 18.0)]}, "t")
+    assert curve.stat().st_size > 5_000
+
+
+def test_runtime_context_sets_and_restores_flags() -> None:
+    before = effective_settings()
+    with runtime_context(RuntimeOptions(dtype="tf32", threads=1, cudnn_benchmark=True)):
+        inside = effective_settings()
+        assert inside["float32_matmul_precision"] == "high" and inside["cudnn_allow_tf32"] == "true"
+        assert inside["torch_num_threads"] == "1" and inside["cudnn_benchmark"] == "true"
+    with runtime_context(RuntimeOptions(dtype="fp32")):
+        assert effective_settings()["float32_matmul_precision"] == "highest"
+    assert effective_settings() == before
+
+
+@pytest.mark.parametrize("mode", ["autocast", "convert"])
+def test_bf16_profiles_with_same_counts(mode: str) -> None:
+    block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+    x = torch.randn(2, 8, 16, 16)
+    fp32 = profile(block, x, measure_speed=False, compare_thop=False)
+    bf16 = profile(block, x, timing=QUICK, runtime=RuntimeOptions(dtype="bf16", dtype_mode=mode), compare_thop=False)
+    assert bf16.macs == fp32.macs and bf16.flops == fp32.flops
+    assert bf16.timing is not None and bf16.timing.latency.median_ms > 0
+    if mode == "convert":
+        assert next(block.parameters()).dtype == torch.bfloat16
+        assert bf16.bytes_moved < fp32.bytes_moved  # 2-byte elements
+
+
+def test_channels_last_and_bad_options() -> None:
+    conv = nn.Conv2d(4, 4, 1)
+    result = profile(conv, torch.randn(1, 4, 8, 8), timing=QUICK, runtime=RuntimeOptions(memory_format="channels_last"))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and result.macs == 8 * 8 * 4 * 4
+    with pytest.raises(ValueError, match="dtype='fp8' is not allowed"):
+        profile(conv, torch.randn(1, 4, 8, 8), runtime=RuntimeOptions(dtype="fp8"))
