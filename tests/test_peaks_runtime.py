@@ -130,3 +130,13 @@ def test_channels_last_and_bad_options() -> None:
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) and result.macs == 8 * 8 * 4 * 4
     with pytest.raises(ValueError, match="dtype='fp8' is not allowed"):
         profile(conv, torch.randn(1, 4, 8, 8), runtime=RuntimeOptions(dtype="fp8"))
+
+
+@pytest.mark.slow
+def test_torch_compile_is_timed_and_counted_on_the_eager_module() -> None:
+    """torch.compile (inductor, needs a C++ compiler on CPU): its compile time lands in the cold start."""
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU())
+    options = TimingOptions(warmup=2, min_repeats=5, max_time_s=1)
+    result = profile(model, torch.randn(8, 64), timing=options, runtime=RuntimeOptions(compile="default"))
+    assert result.macs == 8 * 64 * 64 and result.runtime.compile == "default"
+    assert result.timing is not None and result.timing.cold_start_ms > 10 * result.timing.latency.median_ms
