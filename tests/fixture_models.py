@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 
@@ -17,4 +19,18 @@ class FailsOnBatchSize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] == self.fail_on:
             raise RuntimeError(f"planted failure for batch size {self.fail_on}")
+        return self.conv(x)
+
+
+class Sleeper(nn.Module):
+    """A 1x1 conv plus a fixed sleep: a module whose latency a test sets, for the regression gate."""
+
+    def __init__(self, in_channels: int, ms: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 2, kernel_size=1)
+        self.ms = ms
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "meta":
+            time.sleep(self.ms / 1e3)
         return self.conv(x)

@@ -175,7 +175,8 @@ def test_batch_size_sweep_logs_a_throughput_curve(tmp_path: Path, store_uri: str
     runs = all_runs(store_uri)
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     client = MlflowClient(store_uri)
-    assert "throughput_vs_batch_size.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    charts = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "report/throughput_vs_batch_size.png" in charts
     children = sorted((r for r in runs if r is not parent), key=lambda r: int(r.data.params["batch.size"]))
     for run in children:  # throughput = batch / median latency
         batch = int(run.data.params["batch.size"])

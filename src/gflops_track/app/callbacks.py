@@ -7,68 +7,25 @@ through an environment variable, so launchers that run jobs in other processes s
 
 from __future__ import annotations
 
-import csv
-import io
 import os
-import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from mlflow.entities import Run
 from omegaconf import DictConfig
 
 from gflops_track.app import console, job
-from gflops_track.plots import throughput_curve_png
+from gflops_track.compare.cli import log_report
+from gflops_track.compare.render import rich_table
+from gflops_track.compare.rows import build_rows
 from gflops_track.tracking.store import (
-    ERROR_TAG,
     PARENT_RUN_ENV,
     child_runs,
     connect,
     ensure_experiment,
+    redact_uri,
     resolve_tracking_uri,
 )
-
-COMPARISON_METRICS = (
-    "params", "gmacs", "gflops", "thop_macs", "latency_median_ms", "latency_cv",
-    "throughput_samples_per_s", "achieved_gflop_per_s", "peak_memory_mib",
-)  # fmt: skip
-
-
-def comparison_csv(runs: list[Run]) -> str:
-    """One row per job: name, status, hardware, error and the headline metrics (with units in their names)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["run_name", "run_id", "status", "hardware", *COMPARISON_METRICS, ERROR_TAG])
-    for run in runs:
-        metrics = run.data.metrics
-        writer.writerow(
-            [
-                run.info.run_name,
-                run.info.run_id,
-                run.info.status,
-                run.data.tags.get("hardware", ""),
-                *(metrics.get(key, "") for key in COMPARISON_METRICS),
-                run.data.tags.get(ERROR_TAG, ""),
-            ]
-        )
-    return buffer.getvalue()
-
-
-def throughput_series(runs: list[Run]) -> dict[str, list[tuple[int, float]]]:
-    """Throughput (samples/s) by batch size, one series per variant (run name without its batch part, plus the
-    hardware), when the finished runs differ in ``batch.size``; empty otherwise."""
-    series: dict[str, list[tuple[int, float]]] = {}
-    for run in runs:
-        throughput = run.data.metrics.get("throughput_samples_per_s")
-        batch = run.data.params.get("batch.size")
-        if run.info.status != "FINISHED" or throughput is None or batch is None:
-            continue
-        label = f"{re.sub(r'-b[0-9]+', '', run.info.run_name)} ({run.data.tags.get('hardware', '?')})"
-        series.setdefault(label, []).append((int(batch), throughput))
-    batch_sizes = {batch for points in series.values() for batch, _ in points}
-    return series if len(batch_sizes) > 1 else {}
 
 
 class MlflowSweepCallback(Callback):
@@ -102,14 +59,14 @@ class MlflowSweepCallback(Callback):
         client = connect(self.uri)
         runs = child_runs(client, self.parent_run_id)
         failed = [run for run in runs if run.info.status != "FINISHED"]
-        console.print_sweep_table(runs, self.parent_run_id)
-        client.log_text(self.parent_run_id, comparison_csv(runs), "comparison.csv")
-        curve = throughput_series(runs)
-        if curve:
-            with tempfile.TemporaryDirectory() as folder:
-                path = throughput_curve_png(Path(folder) / "throughput_vs_batch_size.png", curve, "throughput")
-                client.log_artifact(self.parent_run_id, str(path))
-            console.console.print(f"throughput-vs-batch-size curve logged to the sweep's run {self.parent_run_id}")
+        rows = build_rows(runs)
+        title = f"sweep {self.parent_run_id}: {len(runs)} job(s)"
+        console.console.print(rich_table(rows, title))
+        try:
+            log_report(client, self.parent_run_id, rows, title, redact_uri(self.uri))
+            console.console.print(f"comparison report.html logged to the sweep's run {self.parent_run_id}")
+        except Exception as error:  # the report is a view of runs already safe in the store
+            console.error_console.print(f"[yellow]sweep report not written: {type(error).__name__}: {error}[/yellow]")
         client.log_metric(self.parent_run_id, "jobs", len(runs))
         client.log_metric(self.parent_run_id, "failed_jobs", len(failed))
         if self.owns_parent:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from mlflow.entities import Run
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -13,7 +12,6 @@ from rich.table import Table
 from gflops_track.formatting import summary_rows
 from gflops_track.result import ProfileResult
 from gflops_track.timing import ProgressCallback
-from gflops_track.tracking.store import ERROR_TAG
 
 console = Console()
 error_console = Console(stderr=True)
@@ -60,30 +58,3 @@ def print_config_errors(errors: Sequence[str]) -> None:
 def print_job_failure(run_name: str, run_id: str | None, error: str) -> None:
     where = f" (MLflow run {run_id} marked FAILED)" if run_id else ""
     error_console.print(f"[red]job {run_name} failed{where}:[/red] {error}", highlight=False, soft_wrap=True)
-
-
-def _metric(run: Run, key: str, fmt: str) -> str:
-    value = run.data.metrics.get(key)
-    return "" if value is None else format(value, fmt)
-
-
-def print_sweep_table(runs: Sequence[Run], parent_run_id: str) -> None:
-    """One row per job of the sweep, as logged in MLflow."""
-    table = Table(title=f"sweep {parent_run_id}: {len(runs)} job(s)")
-    for column in ("run", "status", "hardware", "params", "GMACs", "GFLOPs", "median ms", "GFLOP/s", "samples/s"):
-        table.add_column(column, justify="right" if column not in ("run", "status", "hardware") else "left")
-    for run in runs:
-        status = run.info.status
-        error = run.data.tags.get(ERROR_TAG, "")
-        table.add_row(
-            run.info.run_name,
-            f"[green]{status}[/green]" if status == "FINISHED" else f"[red]{status}[/red] {error[:60]}",
-            run.data.tags.get("hardware", ""),
-            _metric(run, "params", ",.0f"),
-            _metric(run, "gmacs", ",.3f"),
-            _metric(run, "gflops", ",.3f"),
-            _metric(run, "latency_median_ms", ",.3f"),
-            _metric(run, "achieved_gflop_per_s", ",.1f"),
-            _metric(run, "throughput_samples_per_s", ",.1f"),
-        )
-    console.print(table)

@@ -1,0 +1,1 @@
+"""Comparing runs across hardware and variants: tables, plots, an HTML report and a regression gate."""

@@ -1,0 +1,124 @@
+"""``gflops-track compare`` / ``python -m gflops_track.compare``: tables, plots, HTML report, regression gate.
+
+Exit codes: 0 fine; 1 the regression gate found a regression; 2 bad arguments or nothing to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+from rich.console import Console
+
+from gflops_track.compare.charts import comparison_charts
+from gflops_track.compare.gate import judge, pair_rows, parse_threshold
+from gflops_track.compare.render import csv_table, html_report, markdown_table, rich_table
+from gflops_track.compare.rows import Row, build_rows, expand, latency_samples, select_runs
+from gflops_track.tracking.store import connect, redact_uri, resolve_tracking_uri
+
+EXIT_REGRESSION = 1
+EXIT_USAGE = 2
+REPORT_ARTIFACT = "report.html"
+
+
+def write_report(rows: Sequence[Row], path: Path, title: str, source: str, charts_dir: Path | None = None) -> Path:
+    """The HTML report with every chart the rows support, embedded (charts kept in ``charts_dir`` when given)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        charts = comparison_charts(rows, charts_dir or Path(scratch))
+        path.write_text(html_report(rows, charts, title, source), encoding="utf-8")
+    return path
+
+
+def log_report(client: MlflowClient, run_id: str, rows: Sequence[Row], title: str, source: str) -> None:
+    """Attach report.html, its charts (report/*.png) and comparison.csv to a run (the sweep's parent), so the
+    comparison opens from the MLflow UI."""
+    client.log_text(run_id, csv_table(rows), "comparison.csv")
+    with tempfile.TemporaryDirectory() as folder:
+        charts = Path(folder) / "charts"
+        charts.mkdir()
+        report = write_report(rows, Path(folder) / REPORT_ARTIFACT, title, source, charts)
+        client.log_artifact(run_id, str(report))
+        client.log_artifacts(run_id, str(charts), "report")
+
+
+def parser() -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(
+        prog="gflops-track compare",
+        description="Compare gflops-track runs across hardware and variants; gate on latency regressions.",
+    )
+    cli.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db")
+    select = cli.add_argument_group("which runs (default: every run of every experiment, sweep parents left out)")
+    select.add_argument("--experiment", action="append", default=[], help="experiment name (repeatable)")
+    select.add_argument("--sweep", help="a sweep's parent run id: its jobs")
+    select.add_argument("--run-id", action="append", default=[], help="a run id (repeatable)")
+    select.add_argument("--filter", default="", help="MLflow filter string, e.g. \"params.norm_fn.name = 'group'\"")
+    output = cli.add_argument_group("output")
+    output.add_argument("--baseline-row", help="run id or run name the 'speed vs baseline' column is relative to")
+    output.add_argument("--format", choices=("rich", "markdown", "csv"), default="rich")
+    output.add_argument("--output", type=Path, help="write the markdown/csv table here instead of stdout")
+    output.add_argument("--html", type=Path, help="write the self-contained HTML report (tables + plots) here")
+    output.add_argument("--log-report", action="store_true", help="with --sweep: attach report.html to the sweep run")
+    gate = cli.add_argument_group("regression gate (exit 1 on a regression)")
+    gate.add_argument("--baseline", help="run id or sweep id of the reference")
+    gate.add_argument("--candidate", help="run id or sweep id to check against it")
+    gate.add_argument("--threshold", default="5%", help="allowed slowdown, e.g. 5%% or 0.05 (default 5%%)")
+    return cli
+
+
+def run_gate(client: MlflowClient, baseline: str, candidate: str, threshold_text: str, console: Console) -> int:
+    threshold = parse_threshold(threshold_text)
+    base_rows = build_rows(expand(client, baseline))
+    cand_rows = build_rows(expand(client, candidate))
+    pairs, unmatched = pair_rows(base_rows, cand_rows)
+    if not pairs:
+        console.print(f"[red]no timed runs with the same name in {baseline} and {candidate}[/red]")
+        return EXIT_USAGE
+    verdicts = [
+        judge(b, c, threshold, latency_samples(client, b.run_id), latency_samples(client, c.run_id)) for b, c in pairs
+    ]
+    for verdict in verdicts:
+        style = "red" if verdict.regression else "green"
+        console.print(f"[{style}]{verdict.describe(threshold)}[/{style}]", highlight=False)
+    for name in unmatched:
+        console.print(f"[yellow]not compared (present on one side only): {name}[/yellow]")
+    regressions = [v for v in verdicts if v.regression]
+    console.print(f"{len(regressions)} regression(s) in {len(verdicts)} compared row(s), threshold {threshold:.1%}")
+    return EXIT_REGRESSION if regressions else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    console = Console(width=200) if args.format != "rich" or args.output else Console()
+    uri = resolve_tracking_uri(args.tracking_uri, Path.cwd())
+    client = connect(uri)
+    try:
+        if args.baseline or args.candidate:
+            if not (args.baseline and args.candidate):
+                raise ValueError("--baseline and --candidate go together")
+            return run_gate(client, args.baseline, args.candidate, args.threshold, console)
+        runs = select_runs(client, args.experiment, args.sweep, args.run_id, args.filter)
+        if not runs:
+            console.print(f"[red]no runs selected in {redact_uri(uri)}[/red]")
+            return EXIT_USAGE
+        rows = build_rows(runs, args.baseline_row)
+    except ValueError as error:
+        Console(stderr=True).print(f"[red]gflops-track compare:[/red] {error}", highlight=False)
+        return EXIT_USAGE
+    title = f"gflops-track comparison ({(args.sweep and f'sweep {args.sweep}') or f'{len(rows)} runs'})"
+    text = {"markdown": markdown_table, "csv": csv_table}.get(args.format)
+    if text is None:
+        console.print(rich_table(rows, title))
+    elif args.output:
+        args.output.write_text(text(rows), encoding="utf-8")
+    else:
+        sys.stdout.write(text(rows))
+    if args.html:
+        write_report(rows, args.html, title, redact_uri(uri))
+        console.print(f"HTML report written to {args.html}")
+    if args.log_report and args.sweep:
+        log_report(client, args.sweep, rows, title, redact_uri(uri))
+    return 0

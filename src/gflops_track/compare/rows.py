@@ -1,0 +1,133 @@
+"""Runs selected from MLflow, as comparison rows: one per run, grouped by hardware and variant."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from gflops_track.tracking.store import ERROR_TAG, PARENT_TAG, child_runs
+
+SAMPLES_ARTIFACT = "latency_samples.json"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One run's headline numbers (units in the names); ``None`` where the run did not log the metric."""
+
+    run_id: str
+    run_name: str
+    status: str
+    hardware: str
+    batch_size: int | None
+    params: float | None
+    gmacs: float | None
+    gflops: float | None
+    median_ms: float | None
+    ci_low_ms: float | None
+    ci_high_ms: float | None
+    throughput_samples_per_s: float | None
+    achieved_gflop_per_s: float | None
+    utilization_vs_measured_peak: float | None
+    utilization_vs_spec_peak: float | None
+    arithmetic_intensity: float | None
+    measured_peak_gflop_per_s: float | None
+    measured_bandwidth_gb_per_s: float | None
+    spec_peak_gflop_per_s: float | None
+    spec_bandwidth_gb_per_s: float | None
+    error: str = ""
+    relative_speed: float | None = None  # baseline median / this median: > 1 is faster than the baseline
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.hardware, self.run_name)
+
+
+def row_from_run(run: Run) -> Row:
+    metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
+    batch = params.get("batch.size")
+    return Row(
+        run_id=run.info.run_id,
+        run_name=run.info.run_name or run.info.run_id,
+        status=run.info.status,
+        hardware=tags.get("hardware", "?"),
+        batch_size=int(batch) if batch and batch.isdigit() else None,
+        params=metrics.get("params"),
+        gmacs=metrics.get("gmacs"),
+        gflops=metrics.get("gflops"),
+        median_ms=metrics.get("latency_median_ms"),
+        ci_low_ms=metrics.get("latency_ci95_low_ms"),
+        ci_high_ms=metrics.get("latency_ci95_high_ms"),
+        throughput_samples_per_s=metrics.get("throughput_samples_per_s"),
+        achieved_gflop_per_s=metrics.get("achieved_gflop_per_s"),
+        utilization_vs_measured_peak=metrics.get("utilization_vs_measured_peak"),
+        utilization_vs_spec_peak=metrics.get("utilization_vs_spec_peak"),
+        arithmetic_intensity=metrics.get("arithmetic_intensity_flop_per_byte"),
+        measured_peak_gflop_per_s=metrics.get("measured_peak_gflop_per_s"),
+        measured_bandwidth_gb_per_s=metrics.get("measured_bandwidth_gb_per_s"),
+        spec_peak_gflop_per_s=metrics.get("spec_peak_gflop_per_s"),
+        spec_bandwidth_gb_per_s=metrics.get("spec_bandwidth_gb_per_s"),
+        error=tags.get(ERROR_TAG, ""),
+    )
+
+
+def build_rows(runs: Sequence[Run], baseline: str | None = None) -> list[Row]:
+    """Rows sorted by hardware then variant, each with its speed relative to the baseline row (a run id or run
+    name; default: the first row that has a latency)."""
+    rows = sorted((row_from_run(run) for run in runs), key=lambda row: row.key)
+    timed = [row for row in rows if row.median_ms]
+    if not timed:
+        return rows
+    chosen = next((row for row in timed if baseline in (row.run_id, row.run_name)), None)
+    if baseline is not None and chosen is None:
+        raise ValueError(f"--baseline-row={baseline!r} names no timed run among the {len(rows)} selected")
+    reference = (chosen or timed[0]).median_ms
+    assert reference is not None
+    return [replace(row, relative_speed=reference / row.median_ms if row.median_ms else None) for row in rows]
+
+
+def select_runs(
+    client: MlflowClient,
+    experiments: Sequence[str] = (),
+    sweep: str | None = None,
+    run_ids: Sequence[str] = (),
+    filter_string: str = "",
+) -> list[Run]:
+    """Runs by sweep (the parent's children), by run ids, or by experiment names (default: all experiments) with an
+    optional MLflow filter string. Sweep parents themselves are left out of experiment-wide selections."""
+    if sweep:
+        return child_runs(client, sweep)
+    if run_ids:
+        return [client.get_run(run_id) for run_id in run_ids]
+    if experiments:
+        found = [client.get_experiment_by_name(name) for name in experiments]
+        missing = [name for name, experiment in zip(experiments, found, strict=True) if experiment is None]
+        if missing:
+            raise ValueError(f"--experiment={missing[0]!r} does not exist in this tracking store")
+        ids = [experiment.experiment_id for experiment in found if experiment is not None]
+    else:
+        ids = [experiment.experiment_id for experiment in client.search_experiments()]
+    runs = client.search_runs(ids, filter_string=filter_string, max_results=10_000) if ids else []
+    parents = {run.data.tags.get(PARENT_TAG) for run in runs}
+    return [run for run in runs if run.info.run_id not in parents]
+
+
+def expand(client: MlflowClient, run_or_sweep: str) -> list[Run]:
+    """A sweep id means its children; a plain run id means that run."""
+    children = child_runs(client, run_or_sweep)
+    return children or [client.get_run(run_or_sweep)]
+
+
+def latency_samples(client: MlflowClient, run_id: str) -> list[float] | None:
+    """The raw per-iteration latencies (ms) the run stored, or None when it has none."""
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = client.download_artifacts(run_id, SAMPLES_ARTIFACT, folder)
+        except Exception:
+            return None
+        return json.loads(Path(path).read_text()).get("latency_ms")

@@ -1,0 +1,190 @@
+"""Comparison reports and the regression gate, on real sweeps in a temp store; the HTML report in real Chromium."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image, ImageStat
+
+from conftest import cli_env, run_cli
+from gflops_track.compare.gate import bootstrap_ratio, parse_threshold
+
+pytestmark = pytest.mark.slow
+QUICK = ["timing.warmup=1", "timing.min_repeats=20", "timing.max_time_s=1", "peak.measure=false", "counting.thop=false"]
+SLEEPER = ["model=custom", "model._target_=fixture_models.Sleeper", "+model.in_channels=3", "batch.height=8"]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def compare(cwd: Path, uri: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gflops_track.compare", "--tracking-uri", uri, *args],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def sweep(cwd: Path, uri: str, *args: str) -> str:
+    """Run a sweep; return its parent run id."""
+    done = run_cli(["-m", *args, *QUICK], cwd=cwd, MLFLOW_TRACKING_URI=uri)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], order_by=["start_time DESC"])
+    return next(r.info.run_id for r in runs if "sweep_overrides" in r.data.tags)
+
+
+class TableReader(HTMLParser):
+    """Collects the cells of <table id="runs"> by row, with each row's data-run-id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[str, list[str]] = {}
+        self.images = 0
+        self._row: str | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        if tag == "tr" and attributes.get("data-run-id"):
+            self._row = attributes["data-run-id"]
+            self.rows[self._row] = []
+        elif tag == "td" and self._row:
+            self._cell = []
+        elif tag == "img" and (attributes.get("src") or "").startswith("data:image/png;base64,"):
+            self.images += 1
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self._row and self._cell is not None:
+            self.rows[self._row].append("".join(self._cell))
+            self._cell = None
+        elif tag == "tr":
+            self._row = None
+
+
+@pytest.fixture(scope="module")
+def norm_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """A real sweep of two norms x two batch sizes of a small residual block."""
+    cwd = tmp_path_factory.mktemp("sweep")
+    uri = f"sqlite:///{cwd / 'store.db'}"
+    parent = sweep(cwd, uri, "norm_fn=group,none", "batch.size=1,2", "model.in_planes=32", "model.planes=32")
+    return cwd, uri, parent
+
+
+def test_csv_and_markdown_numbers_equal_the_runs_metrics(norm_sweep: tuple[Path, str, str]) -> None:
+    cwd, uri, parent = norm_sweep
+    done = compare(cwd, uri, "--sweep", parent, "--format", "csv")
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    client = MlflowClient(uri)
+    assert len(rows) == 4
+    baseline = float(rows[0]["median_ms"])
+    for row in rows:
+        metrics = client.get_run(row["run_id"]).data.metrics
+        assert float(row["median_ms"]) == metrics["latency_median_ms"]
+        assert float(row["ci_low_ms"]) == metrics["latency_ci95_low_ms"]
+        assert float(row["gflops"]) == metrics["gflops"] and float(row["params"]) == metrics["params"]
+        assert float(row["achieved_gflop_per_s"]) == metrics["achieved_gflop_per_s"]
+        assert float(row["relative_speed"]) == pytest.approx(baseline / metrics["latency_median_ms"])
+    markdown = compare(cwd, uri, "--sweep", parent, "--format", "markdown", "--baseline-row", rows[1]["run_name"])
+    assert markdown.returncode == 0 and markdown.stdout.startswith("| hardware | variant |")
+    assert "| 1.00x |" in markdown.stdout and rows[3]["run_name"] in markdown.stdout
+
+
+def test_selection_by_experiment_filter_and_run_ids(norm_sweep: tuple[Path, str, str]) -> None:
+    cwd, uri, _ = norm_sweep
+    everything = compare(cwd, uri, "--experiment", "gflops-track", "--format", "csv")
+    assert len(list(csv.DictReader(io.StringIO(everything.stdout)))) == 4  # the sweep parent is left out
+    grouped = compare(cwd, uri, "--filter", "params.`norm_fn.name` = 'group'", "--format", "csv")
+    names = [row["run_name"] for row in csv.DictReader(io.StringIO(grouped.stdout))]
+    assert len(names) == 2 and all("-group-" in name for name in names)
+    first = next(csv.DictReader(io.StringIO(everything.stdout)))["run_id"]
+    assert len(list(csv.DictReader(io.StringIO(compare(cwd, uri, "--run-id", first, "--format", "csv").stdout)))) == 1
+    missing = compare(cwd, uri, "--experiment", "nope")
+    assert missing.returncode == 2 and "--experiment='nope' does not exist" in missing.stderr
+
+
+def test_sweep_end_logs_report_whose_numbers_equal_metrics(norm_sweep: tuple[Path, str, str], tmp_path: Path) -> None:
+    _, uri, parent = norm_sweep
+    client = MlflowClient(uri)
+    artifacts = {a.path for a in client.list_artifacts(parent)}
+    assert {"report.html", "comparison.csv", "report"} <= artifacts
+    charts = {Path(a.path).name for a in client.list_artifacts(parent, "report")}
+    assert {"achieved_gflops.png", "latency.png", "flops_vs_latency.png", "throughput_vs_batch_size.png"} <= charts
+    page = Path(client.download_artifacts(parent, "report.html", str(tmp_path))).read_text()
+    reader = TableReader()
+    reader.feed(page)
+    assert reader.images >= 4 and len(reader.rows) == 4
+    for run_id, cells in reader.rows.items():
+        metrics = client.get_run(run_id).data.metrics
+        assert cells[5] == f"{metrics['gflops']:,.3f}"
+        assert cells[6].startswith(f"{metrics['latency_median_ms']:,.3f} [")
+        assert cells[8] == f"{metrics['achieved_gflop_per_s']:,.1f}"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (installed by .ci/run)")
+def test_html_report_renders_in_headless_chromium(norm_sweep: tuple[Path, str, str], tmp_path: Path) -> None:
+    cwd, uri, parent = norm_sweep
+    report = tmp_path / "report.html"
+    assert compare(cwd, uri, "--sweep", parent, "--html", str(report)).returncode == 0
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,1600",
+    ]  # fmt: skip
+    shot = tmp_path / "shot.png"
+    assert CHROMIUM is not None
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", report.as_uri()], capture_output=True, timeout=120)
+    image = Image.open(shot).convert("L")
+    assert image.size == (1280, 1600)
+    assert ImageStat.Stat(image).stddev[0] > 20  # not a blank page: text, table borders and plots
+    assert len(image.getcolors(maxcolors=1 << 16) or []) > 50
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120)
+    reader = TableReader()
+    reader.feed(dom.stdout)
+    client = MlflowClient(uri)
+    names = {client.get_run(run_id).info.run_name for run_id in reader.rows}
+    assert len(names) == 4 and all(cells[1] in names for cells in reader.rows.values())
+
+
+def test_regression_gate(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'gate.db'}"
+    fast = sweep(tmp_path, uri, *SLEEPER, "+model.ms=4", "batch.size=1,2")
+    same = sweep(tmp_path, uri, *SLEEPER, "+model.ms=4", "batch.size=1,2")
+    slow = sweep(tmp_path, uri, *SLEEPER, "+model.ms=6", "batch.size=1,2")
+    regressed = compare(tmp_path, uri, "--baseline", fast, "--candidate", slow, "--threshold", "5%")
+    assert regressed.returncode == 1, regressed.stdout + regressed.stderr
+    assert regressed.stdout.count("REGRESSION") == 2 and "2 regression(s) in 2 compared row(s)" in regressed.stdout
+    assert "sleeper-b1-cpu-fp32" in regressed.stdout and "bootstrap of stored samples" in regressed.stdout
+    unchanged = compare(tmp_path, uri, "--baseline", fast, "--candidate", same, "--threshold", "5%")
+    assert unchanged.returncode == 0 and "0 regression(s)" in unchanged.stdout
+    tolerated = compare(tmp_path, uri, "--baseline", fast, "--candidate", slow, "--threshold", "80%")
+    assert tolerated.returncode == 0
+    client = MlflowClient(uri)
+    one_slow_run = next(r.info.run_id for r in client.search_runs(["1"]) if r.info.run_name == "sleeper-b1-cpu-fp32")
+    single = compare(tmp_path, uri, "--baseline", fast, "--candidate", one_slow_run)
+    assert "not compared (present on one side only): sleeper-b2-cpu-fp32" in single.stdout
+    bad = compare(tmp_path, uri, "--baseline", fast, "--candidate", slow, "--threshold", "lots")
+    assert bad.returncode == 2 and "--threshold='lots' is not allowed" in bad.stderr
+
+
+def test_bootstrap_ratio_and_threshold_parsing() -> None:
+    baseline = [10.0 + 0.1 * (i % 7) for i in range(50)]
+    doubled = [2 * value for value in baseline]
+    low, high = bootstrap_ratio(baseline, doubled)
+    assert 1.9 < low <= 2.0 <= high < 2.1
+    assert bootstrap_ratio(baseline, doubled) == (low, high)  # seeded: the gate is repeatable
+    assert parse_threshold("5%") == 0.05 and parse_threshold("0.05") == 0.05
