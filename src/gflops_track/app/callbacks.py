@@ -12,12 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from gflops_track.app import console, job
 from gflops_track.compare.cli import log_report
 from gflops_track.compare.render import rich_table
 from gflops_track.compare.rows import build_rows
+from gflops_track.tracking import spool
+from gflops_track.tracking.recorder import TRACKING_ERRORS
+from gflops_track.tracking.run_logger import RunRecord
+from gflops_track.tracking.spool import SPOOL_FOLDER
 from gflops_track.tracking.store import (
     PARENT_RUN_ENV,
     child_runs,
@@ -35,41 +40,62 @@ class MlflowSweepCallback(Callback):
         self.parent_run_id: str | None = None
         self.owns_parent = False
         self.uri = ""
+        self.spool_dir = Path(SPOOL_FOLDER)
+        self.spooled_parent: spool.SpooledRun | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         tracking = config.tracking
         if not tracking.enabled:
             return
         self.uri = resolve_tracking_uri(tracking.uri, Path.cwd())
-        client = connect(self.uri)
         overrides = " ".join(config.hydra.overrides.task)
+        self.spool_dir = Path(config.hydra.sweep.dir) / SPOOL_FOLDER
         launched_by_mlflow = os.environ.get("MLFLOW_RUN_ID")
-        if launched_by_mlflow:
-            self.parent_run_id, self.owns_parent = launched_by_mlflow, False
-        else:
-            experiment_id = ensure_experiment(client, tracking.experiment)
-            run = client.create_run(experiment_id, run_name=f"sweep {overrides}".strip())
-            self.parent_run_id, self.owns_parent = run.info.run_id, True
-        client.set_tag(self.parent_run_id, "sweep_overrides", overrides)
-        os.environ[PARENT_RUN_ENV] = self.parent_run_id
+        try:
+            client = connect(self.uri)
+            if launched_by_mlflow:
+                self.parent_run_id, self.owns_parent = launched_by_mlflow, False
+            else:
+                experiment_id = ensure_experiment(client, tracking.experiment)
+                run = client.create_run(experiment_id, run_name=f"sweep {overrides}".strip())
+                self.parent_run_id, self.owns_parent = run.info.run_id, True
+            client.set_tag(self.parent_run_id, "sweep_overrides", overrides)
+            os.environ[PARENT_RUN_ENV] = self.parent_run_id
+        except TRACKING_ERRORS as error:
+            self.spooled_parent = spool.SpooledRun.new(tracking.experiment, f"sweep {overrides}".strip())
+            spool.write(self.spool_dir, self.spooled_parent, RunRecord(tags={"sweep_overrides": overrides}))
+            os.environ[PARENT_RUN_ENV] = spool.SPOOL_PARENT_PREFIX + self.spooled_parent.spool_id
+            console.print_warning(
+                f"tracking store {redact_uri(self.uri)} not reachable ({type(error).__name__}): the sweep is kept in "
+                f"{self.spool_dir.parent} — upload it later with: gflops-track sync {self.spool_dir.parent}"
+            )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        os.environ.pop(PARENT_RUN_ENV, None)
+        if self.spooled_parent is not None:
+            self.spooled_parent.status = "FAILED" if job.failed_jobs else "FINISHED"
+            spool.write(self.spool_dir, self.spooled_parent, RunRecord())
+            return
         if self.parent_run_id is None:
             return
-        client = connect(self.uri)
-        runs = child_runs(client, self.parent_run_id)
+        try:
+            self._report(connect(self.uri), self.parent_run_id)
+        except TRACKING_ERRORS as error:
+            console.print_warning(f"sweep summary not written to {redact_uri(self.uri)}: {type(error).__name__}")
+
+    def _report(self, client: MlflowClient, parent_run_id: str) -> None:
+        runs = child_runs(client, parent_run_id)
         failed = [run for run in runs if run.info.status != "FINISHED"]
         rows = build_rows(runs)
-        title = f"sweep {self.parent_run_id}: {len(runs)} job(s)"
+        title = f"sweep {parent_run_id}: {len(runs)} job(s)"
         console.console.print(rich_table(rows, title))
         try:
-            log_report(client, self.parent_run_id, rows, title, redact_uri(self.uri))
-            console.console.print(f"comparison report.html logged to the sweep's run {self.parent_run_id}")
+            log_report(client, parent_run_id, rows, title, redact_uri(self.uri))
+            console.console.print(f"comparison report.html logged to the sweep's run {parent_run_id}")
         except Exception as error:  # the report is a view of runs already safe in the store
-            console.error_console.print(f"[yellow]sweep report not written: {type(error).__name__}: {error}[/yellow]")
-        client.log_metric(self.parent_run_id, "jobs", len(runs))
-        client.log_metric(self.parent_run_id, "failed_jobs", len(failed))
+            console.print_warning(f"sweep report not written: {type(error).__name__}: {error}")
+        client.log_metric(parent_run_id, "jobs", len(runs))
+        client.log_metric(parent_run_id, "failed_jobs", len(failed))
         if self.owns_parent:
-            client.set_terminated(self.parent_run_id, "FAILED" if failed else "FINISHED")
+            client.set_terminated(parent_run_id, "FAILED" if failed or job.failed_jobs else "FINISHED")
         job.failed_jobs.extend(run.info.run_name for run in failed if run.info.run_name not in job.failed_jobs)
-        os.environ.pop(PARENT_RUN_ENV, None)

@@ -55,6 +55,10 @@ def print_config_errors(errors: Sequence[str]) -> None:
     error_console.print("No MLflow run was created.", highlight=False)
 
 
+def print_warning(message: str) -> None:
+    error_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+
+
 def print_job_failure(run_name: str, run_id: str | None, error: str) -> None:
     where = f" (MLflow run {run_id} marked FAILED)" if run_id else ""
     error_console.print(f"[red]job {run_name} failed{where}:[/red] {error}", highlight=False, soft_wrap=True)

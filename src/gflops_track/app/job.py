@@ -7,16 +7,13 @@ on); whatever was measured before the failure is already logged.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import torch
 from hydra.utils import instantiate
-from mlflow.tracking import MlflowClient
 from torch import nn
 
 from gflops_track.app import console
@@ -24,18 +21,11 @@ from gflops_track.app.schema import AppConfig
 from gflops_track.hardware import fingerprint
 from gflops_track.profiler import profile, resolve_device
 from gflops_track.result import ProfileResult
-from gflops_track.tracking.run_logger import log_cost, log_fingerprint, log_timing
-from gflops_track.tracking.store import (
-    ERROR_TAG,
-    PARENT_RUN_ENV,
-    PARENT_TAG,
-    connect,
-    ensure_experiment,
-    redact_uri,
-    resolve_tracking_uri,
-)
+from gflops_track.tracking.recorder import Recorder
+from gflops_track.tracking.run_logger import cost_record, start_record, timing_record
+from gflops_track.tracking.spool import SPOOL_FOLDER
+from gflops_track.tracking.store import redact_uri, resolve_tracking_uri
 
-MAX_ERROR_TAG = 5000
 failed_jobs: list[str] = []  # run names (or config keys) of jobs that failed in this process
 
 
@@ -92,8 +82,8 @@ def build_inputs(config: AppConfig, device: torch.device) -> torch.Tensor:
     return torch.randn(shape, device=device)
 
 
-def measure(config: AppConfig, device: torch.device, title: str, log: bool) -> ProfileResult:
-    """Build, count (logged at once when ``log``: nothing measured is lost if timing fails), then time and log."""
+def measure(config: AppConfig, device: torch.device, title: str, recorder: Recorder | None) -> ProfileResult:
+    """Build, count (recorded at once: nothing measured is lost if timing fails), then time and record."""
     model = build_model(config.model)
     inputs = build_inputs(config, device)
     with console.job_progress(title) as progress:
@@ -110,64 +100,49 @@ def measure(config: AppConfig, device: torch.device, title: str, log: bool) -> P
             compare_torch=config.counting.torch_check,
             prefer_meta=config.counting.meta,
             on_progress=progress,
-            on_cost=log_cost if log else None,
+            on_cost=(lambda counted: recorder.log(cost_record(counted))) if recorder else None,
         )
-    if log:
-        log_timing(result, title)
+    if recorder is not None:
+        recorder.log(timing_record(result, title))
     return result
 
 
-def _open_run(client: MlflowClient, config: AppConfig, run_name: str, in_sweep: bool) -> str:
-    """The run this job logs into: nested under the sweep's parent, the one ``mlflow run`` made, or a new one."""
-    parent = os.environ.get(PARENT_RUN_ENV) if in_sweep else None
-    launched_by_mlflow = os.environ.get("MLFLOW_RUN_ID")
-    if in_sweep and not parent:
-        parent = launched_by_mlflow
-    if parent:
-        experiment_id = client.get_run(parent).info.experiment_id
-        return client.create_run(experiment_id, run_name=run_name, tags={PARENT_TAG: parent}).info.run_id
-    if launched_by_mlflow:
-        client.set_tag(launched_by_mlflow, "mlflow.runName", run_name)
-        return launched_by_mlflow
-    experiment_id = ensure_experiment(client, config.tracking.experiment)
-    return client.create_run(experiment_id, run_name=run_name).info.run_id
-
-
 def run_job(
-    config: AppConfig, params: dict[str, str], config_yaml: str, launch_dir: Path, in_sweep: bool
+    config: AppConfig, params: dict[str, str], config_yaml: str, launch_dir: Path, output_dir: Path, in_sweep: bool
 ) -> JobOutcome:
-    """Profile one configuration into one MLflow run; never raises for a failure inside the job."""
+    """Profile one configuration into one MLflow run (or the spool in ``output_dir`` if the store fails); never
+    raises for a failure inside the job."""
     device = job_device(config)
     run_name = run_name_for(config, device)
     if not config.tracking.enabled:
         return _run_untracked(config, device, run_name)
     uri = resolve_tracking_uri(config.tracking.uri, launch_dir)
-    client = connect(uri)
-    run_id = _open_run(client, config, run_name, in_sweep)
+    recorder = Recorder(
+        uri, config.tracking.experiment, run_name, in_sweep, output_dir / SPOOL_FOLDER, console.print_warning
+    )
+    recorder.open()
+    tags = {"model_target": config.model["_target_"], "device": str(device)}
     params = {**params, "tracking.uri": redact_uri(uri)}
     try:
-        with mlflow.start_run(run_id=run_id):
-            try:
-                mlflow.log_params(params)
-                mlflow.log_text(config_yaml, "config.yaml")
-                mlflow.set_tags({"model_target": config.model["_target_"], "device": str(device)})
-                log_fingerprint(fingerprint(device))
-                result = measure(config, device, run_name, log=True)
-            except BaseException as error:
-                mlflow.set_tag(ERROR_TAG, f"{type(error).__name__}: {error}"[:MAX_ERROR_TAG])
-                raise
+        recorder.log(start_record(params, config_yaml, tags, fingerprint(device)))
+        result = measure(config, device, run_name, recorder)
     except Exception as error:
         failed_jobs.append(run_name)
         message = f"{type(error).__name__}: {error}"
-        console.print_job_failure(run_name, run_id, message)
-        return JobOutcome(run_name, run_id, "FAILED", error=message)
-    console.print_summary(result, run_name, run_id)
-    return JobOutcome(run_name, run_id, "FINISHED", result=result)
+        recorder.finish("FAILED", message)
+        console.print_job_failure(run_name, recorder.run_id, message)
+        return JobOutcome(run_name, recorder.run_id, "FAILED", error=message)
+    except BaseException as interrupt:  # Ctrl-C, SIGTERM: the run is KILLED, the interrupt goes on
+        recorder.finish("KILLED", f"{type(interrupt).__name__}: interrupted")
+        raise
+    recorder.finish("FINISHED")
+    console.print_summary(result, run_name, recorder.run_id)
+    return JobOutcome(run_name, recorder.run_id, "FINISHED", result=result)
 
 
 def _run_untracked(config: AppConfig, device: torch.device, run_name: str) -> JobOutcome:
     try:
-        result = measure(config, device, run_name, log=False)
+        result = measure(config, device, run_name, None)
     except Exception as error:
         failed_jobs.append(run_name)
         message = f"{type(error).__name__}: {error}"

@@ -43,6 +43,7 @@ def hydra_app(cfg: DictConfig) -> None:
         params=flatten_params(OmegaConf.to_container(cfg, resolve=True)),
         config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
         launch_dir=Path(hydra_config.runtime.cwd),
+        output_dir=Path(hydra_config.runtime.output_dir),
         in_sweep=hydra_config.mode == RunMode.MULTIRUN,
     )
 

@@ -1,14 +1,21 @@
-"""How a ProfileResult becomes an MLflow run: params, metrics, tags and artifacts (into the active run)."""
+"""How a ProfileResult becomes the content of an MLflow run: params, metrics, tags and artifact files.
+
+Records are plain data, so the same record can go to the tracking store or, when the store is out of reach, to the
+local spool (``spool.py``) and later be uploaded unchanged.
+"""
 
 from __future__ import annotations
 
 import json
 import tempfile
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from gflops_track.counting.layer_info import layers_to_columns, layers_to_csv
@@ -40,41 +47,85 @@ def flatten_params(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def log_fingerprint(fingerprint: Fingerprint) -> None:
-    """Hardware and software facts as tags (empty facts are left out)."""
-    mlflow.set_tags({key: value for key, value in fingerprint.as_tags().items() if value})
+@dataclass
+class RunRecord:
+    """Part of a run's content. ``files`` maps artifact paths to their bytes."""
+
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    def merge(self, other: RunRecord) -> RunRecord:
+        return RunRecord(
+            {**self.params, **other.params},
+            {**self.metrics, **other.metrics},
+            {**self.tags, **other.tags},
+            {**self.files, **other.files},
+        )
 
 
-def log_cost(result: ProfileResult) -> None:
-    """Counts, cross-checks and the per-layer table: logged as soon as counting is done."""
-    mlflow.log_metrics(result.metrics())
+def start_record(params: Mapping[str, str], config_yaml: str, tags: Mapping[str, str], facts: Fingerprint) -> RunRecord:
+    """What a run holds before anything is measured: the resolved config and where it runs."""
+    fingerprint_tags = {key: value for key, value in facts.as_tags().items() if value}
+    return RunRecord(
+        params=dict(params), tags={**fingerprint_tags, **tags}, files={"config.yaml": config_yaml.encode()}
+    )
+
+
+def cost_record(result: ProfileResult) -> RunRecord:
+    """Counts, cross-checks and the per-layer table: recorded as soon as counting is done."""
     tags = {"model": result.model_name, "count_backend": result.count_backend}
     if result.torch_count is not None:
         tags["torch_flop_counter_agrees"] = str(result.torch_count.agrees).lower()
     if result.thop is not None and not result.thop.error:
         tags["thop_agrees"] = str(result.thop.macs == result.macs).lower()
-    mlflow.set_tags(tags)
-    mlflow.log_params({f"effective.{key}": value for key, value in result.settings.items()})
-    mlflow.log_text(layers_to_csv(result.layers), "layers.csv")
-    mlflow.log_table(layers_to_columns(result.layers), "layers.json")
-    mlflow.log_text(summary_text(result), "summary.txt")
+    return RunRecord(
+        params={f"effective.{key}": value for key, value in result.settings.items()},
+        metrics=result.metrics(),
+        tags=tags,
+        files={
+            "layers.csv": layers_to_csv(result.layers).encode(),
+            "layers.json": json.dumps(layers_to_columns(result.layers)).encode(),
+            "summary.txt": summary_text(result).encode(),
+        },
+    )
 
 
-def log_timing(result: ProfileResult, run_name: str) -> None:
+def timing_record(result: ProfileResult, run_name: str) -> RunRecord:
     """Latency, conditions and peak metrics, the raw samples, the roofline plot and the final summary."""
-    mlflow.log_metrics(result.metrics())
+    record = RunRecord(metrics=result.metrics(), files={"summary.txt": summary_text(result).encode()})
     timing = result.timing
     if timing is not None:
         samples = {"latency_ms": list(timing.latency.samples_ms)}
         if timing.graph_latency is not None:
             samples["graph_latency_ms"] = list(timing.graph_latency.samples_ms)
-        mlflow.log_dict(samples, "latency_samples.json")
+        record.files["latency_samples.json"] = json.dumps(samples).encode()
         if timing.conditions.throttle_reasons:
-            mlflow.set_tag("gpu_throttle_reasons", ",".join(timing.conditions.throttle_reasons))
-        mlflow.set_tag("timing_suspect", str(bool(timing.conditions.warnings)).lower())
+            record.tags["gpu_throttle_reasons"] = ",".join(timing.conditions.throttle_reasons)
+        record.tags["timing_suspect"] = str(bool(timing.conditions.warnings)).lower()
     point = result.roofline_point(run_name)
     roofs = result.roofs()
     if point is not None and roofs:
         with tempfile.TemporaryDirectory() as folder:
-            mlflow.log_artifact(str(roofline_png(Path(folder) / "roofline.png", roofs, [point], run_name)))
-    mlflow.log_text(summary_text(result), "summary.txt")
+            path = roofline_png(Path(folder) / "roofline.png", roofs, [point], run_name)
+            record.files["roofline.png"] = path.read_bytes()
+    return record
+
+
+def write_to_mlflow(client: MlflowClient, run_id: str, record: RunRecord) -> None:
+    """Params, metrics and tags in one batch call (MLflow splits batches over its limits); then the files."""
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(key, float(value), now, 0) for key, value in record.metrics.items()],
+        params=[Param(key, value) for key, value in record.params.items()],
+        tags=[RunTag(key, value) for key, value in record.tags.items()],
+    )
+    if record.files:
+        with tempfile.TemporaryDirectory() as folder:
+            for name, content in record.files.items():
+                path = Path(folder) / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(content)
+            client.log_artifacts(run_id, folder)
