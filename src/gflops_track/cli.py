@@ -1,13 +1,14 @@
-"""The ``gflops-track`` console command: ``run`` (the Hydra app) and ``compare``."""
+"""The ``gflops-track`` console command: ``run`` (the Hydra app), ``compare`` and ``sync``."""
 
 from __future__ import annotations
 
 import sys
 
-USAGE = """usage: gflops-track {run,compare} ...
+USAGE = """usage: gflops-track {run,compare,sync} ...
 
   run [hydra overrides]   profile and track, e.g. gflops-track run -m norm_fn=group,batch,instance
   compare [options]       compare runs, write reports, gate on regressions (gflops-track compare --help)
+  sync [folders]          upload runs spooled while the tracking server was unreachable (gflops-track sync --help)
 """
 
 
@@ -22,6 +23,14 @@ def main() -> None:
         from gflops_track.compare.cli import main as compare_main
 
         sys.exit(compare_main(rest))
+    elif command == "sync":
+        from gflops_track.tracking.sync_cli import main as sync_main
+
+        sys.exit(sync_main(rest))
     else:
         sys.stderr.write(USAGE)
         sys.exit(0 if command in ("-h", "--help") else 2)
+
+
+if __name__ == "__main__":
+    main()

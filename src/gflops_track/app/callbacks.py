@@ -80,8 +80,14 @@ class MlflowSweepCallback(Callback):
             return
         try:
             self._report(connect(self.uri), self.parent_run_id)
-        except TRACKING_ERRORS as error:
-            console.print_warning(f"sweep summary not written to {redact_uri(self.uri)}: {type(error).__name__}")
+        except TRACKING_ERRORS as error:  # keep the parent's ending for `gflops-track sync` to apply
+            ending = spool.SpooledRun.new(config.tracking.experiment, "sweep", run_id=self.parent_run_id)
+            ending.status = "FAILED" if job.failed_jobs else "FINISHED"
+            directory = spool.write(self.spool_dir, ending, RunRecord())
+            console.print_warning(
+                f"tracking store {redact_uri(self.uri)} failed at the end of the sweep ({type(error).__name__}); "
+                f"the sweep's ending is kept in {directory} — gflops-track sync {self.spool_dir.parent}"
+            )
 
     def _report(self, client: MlflowClient, parent_run_id: str) -> None:
         runs = child_runs(client, parent_run_id)

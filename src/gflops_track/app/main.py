@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from gflops_track.app.schema import ConfigError, register_schema, to_app_config
 from gflops_track.tracking.run_logger import flatten_params
 
 EXIT_CONFIG_ERROR = 2
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 EXIT_JOB_FAILED = 1
 
 
@@ -50,10 +52,14 @@ def hydra_app(cfg: DictConfig) -> None:
 
 def main() -> None:
     """``python -m gflops_track [overrides]``; exits 2 on a config error (no run created), 1 if any job failed."""
-    errors = preflight(sys.argv[1:], CONFIG_DIR)
-    if errors:
-        console.print_config_errors(errors)
+    for name, value in HTTP_DEFAULTS.items():  # a dead server must not stall every call for minutes of retries
+        os.environ.setdefault(name, value)
+    checked = preflight(sys.argv[1:], CONFIG_DIR)
+    if checked.errors:
+        console.print_config_errors(checked.errors)
         sys.exit(EXIT_CONFIG_ERROR)
+    for warning in checked.warnings:
+        console.print_warning(warning)
     hydra_app()
     if job.failed_jobs:
         sys.exit(EXIT_JOB_FAILED if "invalid config" not in job.failed_jobs else EXIT_CONFIG_ERROR)

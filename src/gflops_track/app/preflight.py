@@ -8,6 +8,8 @@ Command lines with flags this module does not know (``--help``, ``--cfg``, ...) 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -16,7 +18,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from gflops_track.app.schema import ConfigError, register_schema, to_app_config
+from gflops_track.app.schema import AppConfig, ConfigError, register_schema, to_app_config
+from gflops_track.tracking.store import reachability, resolve_tracking_uri
 
 MULTIRUN_FLAGS = {"-m", "--multirun"}
 VALUE_FLAGS = {"-cn": "config_name", "--config-name": "config_name", "-cd": "config_dir", "--config-dir": "config_dir"}
@@ -80,31 +83,53 @@ def _group_choice_errors(overrides: list[str]) -> list[str]:
     return errors
 
 
-def preflight(argv: Sequence[str], config_dir: str, config_name: str = "config") -> list[str]:
-    """Problems with any job the command line would run, one line each (empty: go ahead)."""
+@dataclass
+class Preflight:
+    """Problems that stop the command (one line each) and warnings to show before it runs."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def preflight(argv: Sequence[str], config_dir: str, config_name: str = "config") -> Preflight:
+    """Check every job the command line would run, then the tracking server the first one would log to."""
     split = _split_argv(argv)
     if split is None:
-        return []
+        return Preflight()
+    errors, configs = _check_jobs(split, config_dir, config_name)
+    if errors or not configs or not configs[0].tracking.enabled:
+        return Preflight(errors)
+    tracking_errors, warnings = reachability(resolve_tracking_uri(configs[0].tracking.uri, Path.cwd()))
+    return Preflight(tracking_errors, warnings)
+
+
+def _check_jobs(
+    split: tuple[list[str], dict[str, str]], config_dir: str, config_name: str
+) -> tuple[list[str], list[AppConfig]]:
+    """Problems with any job (one line each), and the valid jobs' configs."""
     overrides, flags = split
     checked = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
     register_schema()
     GlobalHydra.instance().clear()
+    configs: list[AppConfig] = []
     errors = _syntax_errors(checked)
     if errors:
-        return errors
+        return errors, configs
     try:
         with initialize_config_dir(config_dir=flags.get("config_dir", config_dir), version_base="1.3"):
             try:
                 errors = _group_choice_errors(checked)
                 if errors:
-                    return errors
+                    return errors, configs
                 parsed = OverridesParser.create().parse_overrides(checked)
                 jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
             except (HydraException, OmegaConfBaseException, ValueError) as error:
-                return [_cause_line(error)]
+                return [_cause_line(error)], configs
             for job_overrides in jobs:
                 try:
-                    to_app_config(compose(flags.get("config_name", config_name), overrides=job_overrides))
+                    configs.append(
+                        to_app_config(compose(flags.get("config_name", config_name), overrides=job_overrides))
+                    )
                 except ConfigError as error:
                     errors += [e for e in error.errors if e not in errors]
                 except (HydraException, OmegaConfBaseException) as error:
@@ -112,4 +137,4 @@ def preflight(argv: Sequence[str], config_dir: str, config_name: str = "config")
                     errors += [line] if line not in errors else []
     finally:
         GlobalHydra.instance().clear()
-    return errors
+    return errors, configs

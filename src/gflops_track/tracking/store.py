@@ -7,6 +7,8 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
+import requests
+from filelock import FileLock
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
@@ -35,9 +37,18 @@ def redact_uri(uri: str) -> str:
 
 
 def connect(uri: str) -> MlflowClient:
-    """Point the fluent API and a client at ``uri`` (always explicitly: MLflow's default follows the cwd)."""
+    """Point the fluent API and a client at ``uri`` (always explicitly: MLflow's default follows the cwd).
+
+    A SQLite store is opened under a file lock: the first opening creates its schema, and MLflow's migration breaks
+    when several processes (parallel sweeps, joblib workers) run it at once on a fresh file.
+    """
     mlflow.set_tracking_uri(uri)
-    return MlflowClient(tracking_uri=uri)
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    with FileLock(f"{uri.removeprefix('sqlite:///')}.lock"):
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)  # opens the store: creates and migrates it if needed
+    return client
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
@@ -63,3 +74,33 @@ def child_runs(client: MlflowClient, parent_run_id: str) -> list[Run]:
         order_by=["attributes.start_time ASC"],
         max_results=10_000,
     )
+
+
+def reachability(uri: str, timeout_s: float = 5.0) -> tuple[list[str], list[str]]:
+    """(errors, warnings) about a tracking server, before anything is measured: refused credentials are an error
+    (fix them first), an unreachable server a warning (results go to the local spool)."""
+    if urlsplit(uri).scheme not in ("http", "https"):
+        return [], []
+    username, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = requests.get(
+            f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
+            params={"max_results": 1},
+            auth=(username, password or "") if username else None,
+            headers=headers,
+            timeout=timeout_s,
+        )
+    except requests.RequestException as error:
+        return [], [
+            f"tracking server {redact_uri(uri)} is not reachable ({type(error).__name__}): runs will be kept in a "
+            "local spool in the job's output directory; upload them later with: gflops-track sync"
+        ]
+    if response.status_code in (401, 403):
+        who = f"user {username!r}" if username else "no credentials"
+        return [
+            f"tracking server {redact_uri(uri)} refused {who} (HTTP {response.status_code}): set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to valid credentials"
+        ], []
+    return [], []

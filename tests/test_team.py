@@ -1,0 +1,255 @@
+"""Team setups, for real: `mlflow run`, a real `mlflow server` on 127.0.0.1 (plain and basic-auth), the offline spool
+and `gflops-track sync`, parallel writers on one SQLite store, and Hydra's joblib and submitit launchers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+
+from conftest import cli_env, run_cli
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+QUICK = [
+    "timing.warmup=1",
+    "timing.min_repeats=3",
+    "timing.max_time_s=0.3",
+    "peak.measure=false",
+    "counting.thop=false",
+]
+SMALL = ["model.in_planes=16", "model.planes=16", "batch.height=8", "batch.width=8"]
+PASSWORD = "s3cret-Passw0rd!"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """A real `mlflow server` (SQLite backend, artifacts served by the server), stopped by its PID."""
+
+    def __init__(self, folder: Path, port: int, auth: bool = False) -> None:
+        self.folder, self.port, self.auth = folder, port, auth
+        self.uri = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Server:
+        env = cli_env()
+        command = [
+            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+            "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
+            "--artifacts-destination", str(self.folder / "artifacts"), "--workers", "1",
+        ]  # fmt: skip
+        if self.auth:
+            config = self.folder / "auth.ini"
+            config.write_text(
+                "[mlflow]\ndefault_permission = READ\n"
+                f"database_uri = sqlite:///{self.folder / 'auth.db'}\nadmin_username = admin\n"
+                f"admin_password = {PASSWORD}\n"
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            )
+            env.update(MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_FLASK_SERVER_SECRET_KEY="test-only-key")
+            command += ["--app-name", "basic-auth"]
+        log = (self.folder / "server.log").open("ab")
+        self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.uri}/health", timeout=1).ok:
+                    return self
+            except requests.RequestException:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"mlflow server did not start: {(self.folder / 'server.log').read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)  # the server and its uvicorn workers, by PID
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = Server(tmp_path_factory.mktemp("server"), free_port()).start()
+    yield running
+    running.stop()
+
+
+def runs_in(uri: str, **auth: str) -> list:
+    for key, value in auth.items():
+        os.environ[key] = value
+    try:
+        client = MlflowClient(uri)
+        return client.search_runs([e.experiment_id for e in client.search_experiments()])
+    finally:
+        for key in auth:
+            os.environ.pop(key, None)
+
+
+def test_sweep_against_a_real_server(tmp_path: Path, server: Server) -> None:
+    done = run_cli(["-m", "norm_fn=group,none", *SMALL, *QUICK], cwd=tmp_path, MLFLOW_TRACKING_URI=server.uri)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = [r for r in runs_in(server.uri) if "norm_fn=group,none" in r.data.tags.get("sweep_overrides", "x")]
+    (parent,) = runs
+    children = [r for r in runs_in(server.uri) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 and all(child.info.status == "FINISHED" for child in children)
+    client = MlflowClient(server.uri)
+    artifacts = {a.path for a in client.list_artifacts(children[0].info.run_id)}  # served by the server
+    assert {"config.yaml", "layers.csv", "summary.txt"} <= artifacts
+    assert children[0].data.params["tracking.uri"] == server.uri
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_basic_auth_server(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    secured = Server(tmp_path_factory.mktemp("auth"), free_port(), auth=True).start()
+    try:
+        wrong = run_cli(
+            [*SMALL, *QUICK], cwd=tmp_path, MLFLOW_TRACKING_URI=secured.uri,
+            MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD="not-it",
+        )  # fmt: skip
+        assert wrong.returncode == 2
+        assert f"tracking server {secured.uri} refused user 'admin' (HTTP 401)" in wrong.stderr
+        assert "not-it" not in wrong.stderr + wrong.stdout
+        good = run_cli(
+            ["-m", "norm_fn=group,none", *SMALL, *QUICK], cwd=tmp_path, MLFLOW_TRACKING_URI=secured.uri,
+            MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=PASSWORD,
+        )  # fmt: skip
+        assert good.returncode == 0, good.stderr[-3000:]
+        runs = runs_in(secured.uri, MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=PASSWORD)
+        assert len(runs) == 3  # no run from the refused attempt
+    finally:
+        secured.stop()
+    for path in [secured.folder / "server.db", *(secured.folder / "artifacts").rglob("*"), *tmp_path.rglob("*")]:
+        if path.is_file():
+            assert PASSWORD.encode() not in path.read_bytes(), path  # no credential in any param, tag or artifact
+
+
+def test_unreachable_server_spools_then_sync_uploads_once(tmp_path: Path, server: Server) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    done = run_cli(["-m", "norm_fn=group,none", *SMALL, *QUICK], cwd=tmp_path, MLFLOW_TRACKING_URI=dead)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "is not reachable" in done.stderr and "gflops-track sync" in done.stderr
+    spooled = list((tmp_path / "multirun").rglob("mlflow_spool/*/run.json"))
+    assert len(spooled) == 3  # the sweep and its two jobs
+    before = {r.info.run_id for r in runs_in(server.uri)}
+    sync = [sys.executable, "-m", "gflops_track.cli", "sync", "--tracking-uri", server.uri]
+    first = subprocess.run([*sync, "multirun"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert "3 run(s) uploaded" in first.stdout
+    second = subprocess.run([*sync, "multirun"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True)
+    assert "0 run(s) uploaded, 3 already" in second.stdout
+    new = [r for r in runs_in(server.uri) if r.info.run_id not in before]
+    assert len(new) == 3  # idempotent: no duplicates
+    parent = next(r for r in new if "mlflow.parentRunId" not in r.data.tags)
+    children = [r for r in new if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 and all(c.info.status == "FINISHED" and c.data.metrics["macs"] > 0 for c in children)
+    assert parent.info.status == "FINISHED"
+
+
+def test_server_failing_mid_sweep_loses_nothing(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    folder = tmp_path_factory.mktemp("dying")
+    port = free_port()
+    dying = Server(folder, port).start()
+
+    def kill_after_first_job() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if any(r.info.status == "FINISHED" for r in runs_in(dying.uri) if "mlflow.parentRunId" in r.data.tags):
+                    dying.stop()
+                    return
+            except Exception:
+                pass
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_after_first_job)
+    killer.start()
+    sleepers = ["model=custom", "model._target_=fixture_models.Sleeper", "+model.in_channels=3", "batch.height=8"]
+    timing = ["timing.warmup=1", "timing.min_repeats=30", "timing.max_time_s=2", "peak.measure=false"]
+    done = run_cli(["-m", "+model.ms=40,41,42", *sleepers, *timing], cwd=tmp_path, MLFLOW_TRACKING_URI=dying.uri)
+    killer.join()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "not reachable" in done.stderr or "failed at the end of the sweep" in done.stderr
+    restarted = Server(folder, port).start()
+    try:
+        sync = subprocess.run(
+            [sys.executable, "-m", "gflops_track.cli", "sync", "--tracking-uri", restarted.uri, "multirun"],
+            cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert sync.returncode == 0, sync.stdout + sync.stderr
+        runs = runs_in(restarted.uri)
+        parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert sorted(r.data.params["model.ms"] for r in children) == ["40", "41", "42"]
+        assert all(r.info.status == "FINISHED" and r.data.metrics["latency_median_ms"] > 40 for r in children)
+        assert parent.info.status == "FINISHED"
+    finally:
+        restarted.stop()
+
+
+def test_two_sweeps_in_parallel_into_one_fresh_sqlite_store(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'shared.db'}"
+    env = cli_env(MLFLOW_TRACKING_URI=uri, XDG_CACHE_HOME=str(tmp_path / ".cache"))
+    command = [sys.executable, "-m", "gflops_track", "-m", *SMALL, *QUICK]
+    sweeps = [
+        subprocess.Popen([*command, f"norm_fn={norms}"], cwd=tmp_path / name, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for name, norms in (("a", "group,batch,none"), ("b", "instance,group,none"))
+        if (tmp_path / name).mkdir() is None
+    ]  # fmt: skip
+    for process in sweeps:
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err[-3000:]
+    runs = runs_in(uri)
+    parents = [r for r in runs if "sweep_overrides" in r.data.tags]
+    assert len(parents) == 2 and len(runs) == 2 + 6  # no run lost
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_mlflow_run_logs_into_its_own_run(tmp_path: Path, store_uri: str) -> None:
+    """`mlflow run . --env-manager local -P overrides="..."`: one run, the one `mlflow run` created."""
+    if shutil.which("mlflow", path=str(Path(sys.executable).parent)) is None:
+        pytest.skip("mlflow CLI not installed beside this interpreter")
+    overrides = " ".join(["norm_fn=batch", "batch.size=4", *SMALL, *QUICK, f"hydra.run.dir={tmp_path / 'out'}"])
+    env = cli_env(MLFLOW_TRACKING_URI=store_uri, XDG_CACHE_HOME=str(tmp_path / ".cache"))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    done = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "-P", f"overrides={overrides}",
+         "-P", "timing.warmup=2"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = runs_in(store_uri)
+    assert run.info.status == "FINISHED" and run.info.run_name == "residual_block-batch-b4-cpu-fp32"
+    assert run.data.params["batch.size"] == "4" and run.data.params["timing.warmup"] == "2"  # undeclared -P works
+    assert run.data.metrics["macs"] == 2 * (4 * 16 * 8 * 8 * 16 * 9)
+    sweep = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "sweep", "--env-manager", "local",
+         "-P", f"overrides=norm_fn=group,none {' '.join([*SMALL, *QUICK])} hydra.sweep.dir={tmp_path / 'multi'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    outer = [
+        r for r in runs_in(store_uri) if r.info.run_id != run.info.run_id and "mlflow.parentRunId" not in r.data.tags
+    ]
+    assert len(outer) == 1
+    nested = [r for r in runs_in(store_uri) if r.data.tags.get("mlflow.parentRunId") == outer[0].info.run_id]
+    assert len(nested) == 2
