@@ -253,3 +253,41 @@ def test_mlflow_run_logs_into_its_own_run(tmp_path: Path, store_uri: str) -> Non
     assert len(outer) == 1
     nested = [r for r in runs_in(store_uri) if r.data.tags.get("mlflow.parentRunId") == outer[0].info.run_id]
     assert len(nested) == 2
+
+
+def sweep_runs(uri: str) -> tuple[object, list]:
+    runs = runs_in(uri)
+    (parent,) = [r for r in runs if "sweep_overrides" in r.data.tags]
+    return parent, [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+
+
+def test_joblib_counting_sweep_and_parallel_timing_warning(tmp_path: Path, store_uri: str) -> None:
+    counting = run_cli(
+        ["-m", "hydra/launcher=joblib_counting", "norm_fn=group,batch,none", *SMALL, "timing.enabled=false"],
+        cwd=tmp_path, MLFLOW_TRACKING_URI=store_uri,
+    )  # fmt: skip
+    assert counting.returncode == 0, counting.stderr[-3000:]
+    assert "corrupt each other" not in counting.stderr
+    parent, children = sweep_runs(store_uri)
+    assert len(children) == 3 and parent.info.status == "FINISHED"
+    assert all(r.data.metrics["macs"] == 2 * (2 * 16 * 8 * 8 * 16 * 9) for r in children)
+    assert all("latency_median_ms" not in r.data.metrics for r in children)
+    timed = run_cli(
+        ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "norm_fn=group,none", *SMALL, *QUICK],
+        cwd=tmp_path, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'timed.db'}",
+    )  # fmt: skip
+    assert timed.returncode == 0 and "JoblibLauncher runs this sweep's jobs in parallel" in timed.stderr
+
+
+def test_submitit_launcher_local_executor(tmp_path: Path, store_uri: str) -> None:
+    """The SLURM path of hydra-submitit-launcher, run with submitit's local executor: jobs in other processes
+    still end up as one parent run with its children."""
+    done = run_cli(
+        ["-m", "hydra/launcher=submitit_local", "norm_fn=group,none", *SMALL, *QUICK],
+        cwd=tmp_path, MLFLOW_TRACKING_URI=store_uri,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    parent, children = sweep_runs(store_uri)
+    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
+    assert parent.data.metrics["jobs"] == 2
+    assert list((tmp_path / "multirun").rglob("*_submitted.pkl"))  # really went through submitit

@@ -32,6 +32,8 @@ from gflops_track.tracking.store import (
     resolve_tracking_uri,
 )
 
+PARALLEL_LAUNCHERS = ("JoblibLauncher", "LocalLauncher")  # hydra-joblib-launcher; hydra-submitit-launcher (local)
+
 
 class MlflowSweepCallback(Callback):
     """on_multirun_start: create the parent run; on_multirun_end: compare the children, close the parent."""
@@ -44,6 +46,13 @@ class MlflowSweepCallback(Callback):
         self.spooled_parent: spool.SpooledRun | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        launcher = str(config.hydra.launcher.get("_target_", ""))
+        if config.timing.enabled and launcher.endswith(PARALLEL_LAUNCHERS):
+            console.print_warning(
+                f"{launcher.rsplit('.', 1)[-1]} runs this sweep's jobs in parallel on this machine: their timings "
+                "share the device and corrupt each other. Use timing.enabled=false for counting-only sweeps, the "
+                "default launcher for timing, or one node per job (hydra/launcher=slurm_gpu)."
+            )
         tracking = config.tracking
         if not tracking.enabled:
             return
