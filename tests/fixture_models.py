@@ -34,3 +34,46 @@ class Sleeper(nn.Module):
         if x.device.type != "meta":
             time.sleep(self.ms / 1e3)
         return self.conv(x)
+
+
+class TwoInputsDictOutput(nn.Module):
+    """Two positional inputs and a keyword input; returns a dict holding a tensor and a tuple."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(features, features)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
+        out = self.linear(x) + y
+        return {"out": out * mask if mask is not None else out, "parts": (x, y)}
+
+
+class WrongChannels(nn.Module):
+    """Expects one channel more than it is given: torch itself rejects the input shape."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels + 1, 4, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Raises(nn.Module):
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("forward exploded on purpose")
+
+
+class SoftmaxOnly(nn.Module):
+    """No parameters at all: profiled like any module (params = 0)."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(x, dim=1)

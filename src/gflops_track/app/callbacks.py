@@ -32,6 +32,15 @@ from gflops_track.tracking.store import (
     resolve_tracking_uri,
 )
 
+_active: list[MlflowSweepCallback] = []  # the sweep in progress in this process, for end_interrupted_sweep
+
+
+def end_interrupted_sweep() -> None:
+    """After Ctrl-C or SIGTERM (Hydra then never calls on_multirun_end): mark the sweep's own run KILLED."""
+    while _active:
+        _active.pop().end_killed()
+
+
 PARALLEL_LAUNCHERS = ("JoblibLauncher", "LocalLauncher")  # hydra-joblib-launcher; hydra-submitit-launcher (local)
 
 
@@ -44,6 +53,7 @@ class MlflowSweepCallback(Callback):
         self.uri = ""
         self.spool_dir = Path(SPOOL_FOLDER)
         self.spooled_parent: spool.SpooledRun | None = None
+        self.experiment = ""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         launcher = str(config.hydra.launcher.get("_target_", ""))
@@ -56,6 +66,8 @@ class MlflowSweepCallback(Callback):
         tracking = config.tracking
         if not tracking.enabled:
             return
+        _active.append(self)
+        self.experiment = tracking.experiment
         self.uri = resolve_tracking_uri(tracking.uri, Path.cwd())
         overrides = " ".join(config.hydra.overrides.task)
         self.spool_dir = Path(config.hydra.sweep.dir) / SPOOL_FOLDER
@@ -79,7 +91,22 @@ class MlflowSweepCallback(Callback):
                 f"{self.spool_dir.parent} — upload it later with: gflops-track sync {self.spool_dir.parent}"
             )
 
+    def end_killed(self) -> None:
+        os.environ.pop(PARENT_RUN_ENV, None)
+        if self.spooled_parent is not None:
+            self.spooled_parent.status = "KILLED"
+            spool.write(self.spool_dir, self.spooled_parent, RunRecord())
+        elif self.parent_run_id is not None and self.owns_parent:
+            try:
+                connect(self.uri).set_terminated(self.parent_run_id, "KILLED")
+            except TRACKING_ERRORS:
+                ending = spool.SpooledRun.new(self.experiment, "sweep", run_id=self.parent_run_id)
+                ending.status = "KILLED"
+                spool.write(self.spool_dir, ending, RunRecord())
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self in _active:
+            _active.remove(self)
         os.environ.pop(PARENT_RUN_ENV, None)
         if self.spooled_parent is not None:
             self.spooled_parent.status = "FAILED" if job.failed_jobs else "FINISHED"

@@ -71,26 +71,31 @@ def build_model(model_config: dict[str, Any]) -> nn.Module:
     return model
 
 
-def build_inputs(config: AppConfig, device: torch.device) -> torch.Tensor:
-    """A random input created directly on ``device``: (batch.size, *input.shape), or for image models
-    (batch.size, in_planes|in_channels, batch.height, batch.width)."""
+def build_inputs(config: AppConfig, device: torch.device) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]:
+    """Random inputs created directly on ``device``, each (batch.size, *per-sample shape): the first from
+    input.shape (image models: (in_planes|in_channels, batch.height, batch.width)), then input.args and input.kwargs.
+    A size that cannot be allocated fails here, inside the job, as a FAILED run."""
+    batch = config.batch.size
     if config.input.shape is not None:
-        shape = [config.batch.size, *config.input.shape]
+        first = list(config.input.shape)
     else:
         channels = config.model.get("in_planes", config.model.get("in_channels"))
-        shape = [config.batch.size, int(channels), config.batch.height, config.batch.width]
-    return torch.randn(shape, device=device)
+        first = [int(channels), config.batch.height, config.batch.width]
+    args = tuple(torch.randn([batch, *shape], device=device) for shape in [first, *config.input.args])
+    kwargs = {name: torch.randn([batch, *shape], device=device) for name, shape in config.input.kwargs.items()}
+    return args, kwargs
 
 
 def measure(config: AppConfig, device: torch.device, title: str, recorder: Recorder | None) -> ProfileResult:
     """Build, count (recorded at once: nothing measured is lost if timing fails), then time and record."""
     model = build_model(config.model)
-    inputs = build_inputs(config, device)
+    args, kwargs = build_inputs(config, device)
     with console.job_progress(title) as progress:
         result = profile(
             model,
-            inputs,
+            args,
             device,
+            kwargs=kwargs,
             timing=config.timing.options(),
             runtime=config.runtime_options(),
             measure_speed=config.timing.enabled,

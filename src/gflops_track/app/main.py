@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from gflops_track.app import console, job
+from gflops_track.app import callbacks, console, job
 from gflops_track.app.preflight import preflight
 from gflops_track.app.schema import ConfigError, register_schema, to_app_config
 from gflops_track.tracking.run_logger import flatten_params
@@ -19,6 +20,16 @@ from gflops_track.tracking.run_logger import flatten_params
 EXIT_CONFIG_ERROR = 2
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 EXIT_JOB_FAILED = 1
+EXIT_SIGINT = 130  # 128 + SIGINT, as shells report it
+EXIT_SIGTERM = 143  # 128 + SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt so every run is ended on the way out."""
+
+
+def _raise_terminated(_signum: int, _frame: object) -> None:
+    raise Terminated()
 
 
 def config_dir() -> str:
@@ -60,6 +71,14 @@ def main() -> None:
         sys.exit(EXIT_CONFIG_ERROR)
     for warning in checked.warnings:
         console.print_warning(warning)
-    hydra_app()
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        hydra_app()
+    except (KeyboardInterrupt, Terminated) as interrupt:
+        # the job in flight already marked its run KILLED; finished runs stay as they are
+        callbacks.end_interrupted_sweep()
+        name = "SIGTERM" if isinstance(interrupt, Terminated) else "SIGINT (Ctrl-C)"
+        console.print_warning(f"stopped by {name}: the run in progress is marked KILLED, finished runs are kept")
+        sys.exit(EXIT_SIGTERM if isinstance(interrupt, Terminated) else EXIT_SIGINT)
     if job.failed_jobs:
         sys.exit(EXIT_JOB_FAILED if "invalid config" not in job.failed_jobs else EXIT_CONFIG_ERROR)

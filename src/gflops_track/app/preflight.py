@@ -19,7 +19,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from gflops_track.app.schema import AppConfig, ConfigError, register_schema, to_app_config
-from gflops_track.tracking.store import reachability, resolve_tracking_uri
+from gflops_track.tracking.store import reachability, resolve_tracking_uri, store_problems
 
 MULTIRUN_FLAGS = {"-m", "--multirun"}
 VALUE_FLAGS = {"-cn": "config_name", "--config-name": "config_name", "-cd": "config_dir", "--config-dir": "config_dir"}
@@ -99,8 +99,10 @@ def preflight(argv: Sequence[str], config_dir: str, config_name: str = "config")
     errors, configs = _check_jobs(split, config_dir, config_name)
     if errors or not configs or not configs[0].tracking.enabled:
         return Preflight(errors)
-    tracking_errors, warnings = reachability(resolve_tracking_uri(configs[0].tracking.uri, Path.cwd()))
-    return Preflight(tracking_errors, warnings)
+    tracking = configs[0].tracking
+    uri = resolve_tracking_uri(tracking.uri, Path.cwd())
+    tracking_errors, warnings = reachability(uri)
+    return Preflight(tracking_errors + store_problems(uri, tracking.experiment), warnings)
 
 
 def _check_jobs(

@@ -43,7 +43,9 @@ class BatchConfig:
 
 @dataclass
 class InputConfig:
-    shape: list[int] | None = None
+    shape: list[int] | None = None  # per-sample shape of the first positional input
+    args: list[list[int]] = field(default_factory=list)  # per-sample shapes of further positional inputs
+    kwargs: dict[str, list[int]] = field(default_factory=dict)  # keyword inputs: name -> per-sample shape
 
 
 @dataclass

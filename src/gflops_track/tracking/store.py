@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -36,6 +38,13 @@ def redact_uri(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (also in its ``sqlite:///file:...?mode=ro&uri=true`` form)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").removeprefix("file:").split("?", 1)[0])
+
+
 def connect(uri: str) -> MlflowClient:
     """Point the fluent API and a client at ``uri`` (always explicitly: MLflow's default follows the cwd).
 
@@ -43,9 +52,10 @@ def connect(uri: str) -> MlflowClient:
     when several processes (parallel sweeps, joblib workers) run it at once on a fresh file.
     """
     mlflow.set_tracking_uri(uri)
-    if not uri.startswith("sqlite:///"):
+    database = sqlite_path(uri)
+    if database is None:
         return MlflowClient(tracking_uri=uri)
-    with FileLock(f"{uri.removeprefix('sqlite:///')}.lock"):
+    with FileLock(f"{database}.lock"):
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)  # opens the store: creates and migrates it if needed
     return client
@@ -104,3 +114,29 @@ def reachability(uri: str, timeout_s: float = 5.0) -> tuple[list[str], list[str]
             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to valid credentials"
         ], []
     return [], []
+
+
+def store_problems(uri: str, experiment: str) -> list[str]:
+    """Open a database or file store and make one harmless write (create the experiment, or tag it), so a typo in the
+    URI, a read-only or corrupt store fails with one clear line before anything is measured. Servers: see
+    ``reachability``."""
+    if urlsplit(uri).scheme in ("http", "https"):
+        return []
+    mlflow_logger = logging.getLogger("mlflow")
+    level = mlflow_logger.level
+    mlflow_logger.setLevel(logging.CRITICAL)  # MLflow logs the failing SQL with a traceback; we say it in one line
+    try:
+        client = connect(uri)
+        existing = client.get_experiment_by_name(experiment)
+        experiment_id = ensure_experiment(client, experiment)
+        if existing is not None:
+            client.set_experiment_tag(experiment_id, "gflops_track.write_check", str(int(time.time())))
+    except Exception as error:
+        first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        return [
+            f"tracking.uri={redact_uri(uri)!r} cannot be used: {first[:300]} (a store URI looks like "
+            "sqlite:///path/to/mlflow.db, postgresql://user@host/db or http://host:5000, and must be writable)"
+        ]
+    finally:
+        mlflow_logger.setLevel(level)
+    return []
