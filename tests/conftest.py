@@ -12,6 +12,11 @@ import torch
 
 TESTS_DIR = Path(__file__).resolve().parent
 
+SMALL_BLOCK = ["model.in_planes=16", "model.planes=16", "batch.height=8", "batch.width=8"]  # a 16-channel 8x8 block
+QUICK_NO_THOP = [
+    "timing.warmup=1", "timing.min_repeats=3", "timing.max_time_s=0.3", "peak.measure=false", "counting.thop=false",
+]  # fmt: skip
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 

@@ -13,19 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
+from conftest import QUICK_NO_THOP as QUICK
+from conftest import SMALL_BLOCK as SMALL
 from conftest import cli_env, run_cli
 from gflops_track.app.main import CONFIG_DIR
 from gflops_track.app.preflight import preflight
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["model.in_planes=16", "model.planes=16", "batch.height=8", "batch.width=8"]
-QUICK = [
-    "timing.warmup=1",
-    "timing.min_repeats=3",
-    "timing.max_time_s=0.3",
-    "peak.measure=false",
-    "counting.thop=false",
-]
 CONFIG_KEYS = [
     "model.in_planes", "model.planes", "model.stride", "model.norm_fn", "model._target_", "norm_fn", "device",
     "device.index", "batch.size", "batch.height", "batch.width", "input.shape", "input.args", "precision",

@@ -18,18 +18,12 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
+from conftest import QUICK_NO_THOP as QUICK
+from conftest import SMALL_BLOCK as SMALL
 from conftest import cli_env, run_cli
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-QUICK = [
-    "timing.warmup=1",
-    "timing.min_repeats=3",
-    "timing.max_time_s=0.3",
-    "peak.measure=false",
-    "counting.thop=false",
-]
-SMALL = ["model.in_planes=16", "model.planes=16", "batch.height=8", "batch.width=8"]
 PASSWORD = "s3cret-Passw0rd!"
 
 

@@ -10,6 +10,20 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+
+def save_figure(figure: Figure, axes: Axes, path: Path, title: str, grid: bool = True) -> Path:
+    """Title, grid and legend, then write the PNG and free the figure."""
+    axes.set_title(title)
+    if grid:
+        axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
 
 
 @dataclass(frozen=True)
@@ -52,13 +66,7 @@ def roofline_png(path: Path, roofs: Sequence[Roof], points: Sequence[RooflinePoi
     axes.set_yscale("log")
     axes.set_xlabel("arithmetic intensity (FLOP/byte)")
     axes.set_ylabel("GFLOP/s")
-    axes.set_title(title)
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, axes, path, title)
 
 
 def throughput_curve_png(path: Path, series: dict[str, list[tuple[int, float]]], title: str) -> Path:
@@ -70,10 +78,4 @@ def throughput_curve_png(path: Path, series: dict[str, list[tuple[int, float]]],
     axes.set_xscale("log", base=2)
     axes.set_xlabel("batch size")
     axes.set_ylabel("throughput (samples/s)")
-    axes.set_title(title)
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, axes, path, title)

@@ -7,7 +7,7 @@ and what is allowed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -61,16 +61,8 @@ class TimingConfig:
     flush_l2: bool = False
 
     def options(self) -> TimingOptions:
-        return TimingOptions(
-            warmup=self.warmup,
-            warmup_max_s=self.warmup_max_s,
-            min_repeats=self.min_repeats,
-            max_repeats=self.max_repeats,
-            target_precision=self.target_precision,
-            max_time_s=self.max_time_s,
-            cuda_graph=self.cuda_graph,
-            flush_l2=self.flush_l2,
-        )
+        """The timing engine's options (every field but ``enabled`` has the same name there)."""
+        return TimingOptions(**{f.name: getattr(self, f.name) for f in fields(TimingOptions)})
 
 
 @dataclass

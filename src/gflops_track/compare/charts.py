@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gflops_track.compare.rows import Row
-from gflops_track.plots import Roof, RooflinePoint, plt, roofline_png, throughput_curve_png
+from gflops_track.plots import Roof, RooflinePoint, plt, roofline_png, save_figure, throughput_curve_png
 
 
 def throughput_series(rows: Sequence[Row]) -> dict[str, list[tuple[int, float]]]:
@@ -50,12 +50,7 @@ def _grouped_bars(path: Path, rows: Sequence[Row], value: str, error: bool, ylab
     axes.set_xticks([v + width * (len(hardware) - 1) / 2 for v in range(len(variants))])
     axes.set_xticklabels(variants, rotation=20, ha="right", fontsize="small")
     axes.set_ylabel(ylabel)
-    axes.set_title(title)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, axes, path, title, grid=False)
 
 
 def _flops_vs_latency(path: Path, rows: Sequence[Row]) -> Path:
@@ -69,13 +64,7 @@ def _flops_vs_latency(path: Path, rows: Sequence[Row]) -> Path:
             )
     axes.set_xlabel("GFLOPs per forward pass")
     axes.set_ylabel("median latency (ms)")
-    axes.set_title("FLOPs vs latency")
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, axes, path, "FLOPs vs latency")
 
 
 def _roofs(rows: Sequence[Row]) -> list[Roof]:
