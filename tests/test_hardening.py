@@ -20,13 +20,24 @@ from gflops_track.app.main import CONFIG_DIR
 from gflops_track.app.preflight import preflight
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_KEYS = [
-    "model.in_planes", "model.planes", "model.stride", "model.norm_fn", "model._target_", "norm_fn", "device",
-    "device.index", "batch.size", "batch.height", "batch.width", "input.shape", "input.args", "precision",
-    "precision.mode", "timing.warmup", "timing.min_repeats", "timing.max_repeats", "timing.target_precision",
-    "timing.max_time_s", "timing.warmup_max_s", "timing.cuda_graph", "runtime.memory_format", "runtime.threads",
-    "runtime.compile", "peak.measure", "counting.meta", "tracking.experiment", "tracking.run_name",
-]  # fmt: skip
+
+
+def config_keys() -> list[str]:
+    """Every leaf key of the composed default config, plus the choice groups."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from gflops_track.app.schema import register_schema
+    from gflops_track.tracking.run_logger import flatten_params
+
+    register_schema()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        config = compose("config")
+    leaves = flatten_params(OmegaConf.to_container(config, resolve=True))
+    return [*sorted(leaves), "model", "norm_fn", "device", "batch", "precision", "input.kwargs.mask"]
+
+
+CONFIG_KEYS = config_keys()
 VALUES = st.one_of(
     st.integers(min_value=-3, max_value=10**6).map(str),
     st.floats(allow_nan=True, allow_infinity=True, width=32).map(str),
