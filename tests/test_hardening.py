@@ -201,3 +201,44 @@ def test_soak_short_form() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "20/20" in done.stdout and "INCOMPLETE" not in done.stdout
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A 256 KiB tmpfs, nearly filled: a full disk for artifacts (needs root to mount; skipped otherwise)."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    filler = mount_point / "filler"
+    try:
+        filler.write_bytes(b"\0" * (256 - 8) * 1024)
+        yield mount_point, filler
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.mark.slow
+def test_full_artifact_disk_spools_then_sync_completes_the_run(tmp_path: Path, store_uri: str, tiny_disk) -> None:
+    mount_point, filler = tiny_disk
+    client = MlflowClient(store_uri)
+    client.create_experiment("gflops-track", artifact_location=(mount_point / "artifacts").as_uri())
+    done = run_cli([*SMALL, *QUICK], cwd=tmp_path, MLFLOW_TRACKING_URI=store_uri)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "No space left on device" in done.stderr and "gflops-track sync" in done.stderr
+    (run,) = all_runs(store_uri)
+    assert run.data.metrics["macs"] > 0  # what reached the store before the disk filled is kept
+    filler.unlink()  # space again
+    sync = subprocess.run(
+        [sys.executable, "-m", "gflops_track.cli", "sync", "--tracking-uri", store_uri, "outputs"],
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert sync.returncode == 0, sync.stdout + sync.stderr
+    (synced,) = all_runs(store_uri)  # the same run, completed; no duplicate
+    assert synced.info.run_id == run.info.run_id and synced.info.status == "FINISHED"
+    assert {"summary.txt", "layers.csv", "latency_samples.json"} <= {
+        a.path for a in client.list_artifacts(synced.info.run_id)
+    }

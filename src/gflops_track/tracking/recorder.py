@@ -107,6 +107,6 @@ class Recorder:
         directory = spool.write(self.spool_dir, self.spooled, merged)
         reason = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}" if error else "the sweep is spooled"
         self.announce(
-            f"tracking store {redact_uri(self.uri)} not reachable ({reason}); run {self.run_name} is kept in "
+            f"tracking store {redact_uri(self.uri)} failed ({reason}); run {self.run_name} is kept in "
             f"{directory} — upload it later with: gflops-track sync {self.spool_dir.parent}"
         )
