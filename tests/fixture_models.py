@@ -23,7 +23,8 @@ class FailsOnBatchSize(nn.Module):
 
 
 class Sleeper(nn.Module):
-    """A 1x1 conv plus a fixed sleep: a module whose latency a test sets, for the regression gate."""
+    """A 1x1 conv plus a fixed busy wait: a module whose latency a test sets (for the regression gate and the
+    interrupt tests). A busy wait, not time.sleep: sleeps on VMs overshoot by whole milliseconds of timer slack."""
 
     def __init__(self, in_channels: int, ms: float) -> None:
         super().__init__()
@@ -32,7 +33,9 @@ class Sleeper(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "meta":
-            time.sleep(self.ms / 1e3)
+            until = time.perf_counter() + self.ms / 1e3
+            while time.perf_counter() < until:
+                pass
         return self.conv(x)
 
 

@@ -173,7 +173,7 @@ def test_regression_gate(tmp_path: Path) -> None:
     # see, so the no-false-alarm check uses a threshold above what such drift reaches
     unchanged = compare(tmp_path, uri, "--baseline", fast, "--candidate", same, "--threshold", "30%")
     assert unchanged.returncode == 0 and "0 regression(s)" in unchanged.stdout
-    tolerated = compare(tmp_path, uri, "--baseline", fast, "--candidate", slow, "--threshold", "150%")
+    tolerated = compare(tmp_path, uri, "--baseline", fast, "--candidate", slow, "--threshold", "300%")
     assert tolerated.returncode == 0
     client = MlflowClient(uri)
     one_slow_run = next(r.info.run_id for r in client.search_runs(["1"]) if r.info.run_name == "sleeper-b1-cpu-fp32")
