@@ -15,7 +15,7 @@ from gflops_track.counting.execution import eval_mode
 from gflops_track.counting.op_counter import count_cost
 from gflops_track.counting.thop_compare import ThopCount, thop_count
 from gflops_track.counting.torch_crosscheck import torch_flop_count
-from gflops_track.hardware import fingerprint
+from gflops_track.hardware import Fingerprint, fingerprint
 from gflops_track.peaks import cpu_peak_estimate, gpu_spec, spec_tflops
 from gflops_track.probes import measured_peak
 from gflops_track.result import ProfileResult
@@ -123,6 +123,7 @@ def profile(
     prefer_meta: bool = True,
     on_progress: ProgressCallback | None = None,
     on_cost: Callable[[ProfileResult], None] | None = None,
+    facts: Fingerprint | None = None,
 ) -> ProfileResult:
     """Profile ``model(*inputs, **kwargs)``; ``model`` and inputs are moved to ``device`` (and converted to the
     runtime dtype / memory format when asked).
@@ -131,6 +132,7 @@ def profile(
     train/eval flags as they were. ``flops``/``macs`` are for the whole batch (dim 0 of the first input).
     ``on_cost`` receives the result once counting is done, before timing, so a caller can keep it safe.
     ``measure_peak`` runs the GEMM and bandwidth probes (cached per machine) for utilization vs measured peak.
+    ``facts``: the fingerprint, when the caller already took it (under the same runtime options).
     """
     target = resolve_device(device)
     runtime = runtime or RuntimeOptions()
@@ -183,7 +185,7 @@ def profile(
             layers=cost.layers,
             bytes_moved=cost.bytes_moved,
             min_bytes=cost.min_bytes,
-            fingerprint=fingerprint(target),
+            fingerprint=facts or fingerprint(target),
             runtime=runtime,
             settings=effective_settings(),
             thop=thop,

@@ -18,9 +18,10 @@ from torch import nn
 
 from gflops_track.app import console
 from gflops_track.app.schema import AppConfig
-from gflops_track.hardware import fingerprint
+from gflops_track.hardware import Fingerprint, fingerprint
 from gflops_track.profiler import profile, resolve_device
 from gflops_track.result import ProfileResult
+from gflops_track.runtime import runtime_context
 from gflops_track.tracking.recorder import Recorder
 from gflops_track.tracking.run_logger import cost_record, start_record, timing_record
 from gflops_track.tracking.spool import SPOOL_FOLDER
@@ -86,7 +87,9 @@ def build_inputs(config: AppConfig, device: torch.device) -> tuple[tuple[torch.T
     return args, kwargs
 
 
-def measure(config: AppConfig, device: torch.device, title: str, recorder: Recorder | None) -> ProfileResult:
+def measure(
+    config: AppConfig, device: torch.device, title: str, recorder: Recorder | None, facts: Fingerprint | None = None
+) -> ProfileResult:
     """Build, count (recorded at once: nothing measured is lost if timing fails), then time and record."""
     model = build_model(config.model)
     args, kwargs = build_inputs(config, device)
@@ -106,6 +109,7 @@ def measure(config: AppConfig, device: torch.device, title: str, recorder: Recor
             prefer_meta=config.counting.meta,
             on_progress=progress,
             on_cost=(lambda counted: recorder.log(cost_record(counted))) if recorder else None,
+            facts=facts,
         )
     if recorder is not None:
         recorder.log(timing_record(result, title))
@@ -128,9 +132,11 @@ def run_job(
     recorder.open()
     tags = {"model_target": config.model["_target_"], "device": str(device)}
     params = {**params, "tracking.uri": redact_uri(uri)}
+    with runtime_context(config.runtime_options()):  # the thread count in the tags is the one the run uses
+        facts = fingerprint(device)
     try:
-        recorder.log(start_record(params, config_yaml, tags, fingerprint(device)))
-        result = measure(config, device, run_name, recorder)
+        recorder.log(start_record(params, config_yaml, tags, facts))
+        result = measure(config, device, run_name, recorder, facts)
     except Exception as error:
         failed_jobs.append(run_name)
         message = f"{type(error).__name__}: {error}"
