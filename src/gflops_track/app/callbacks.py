@@ -91,6 +91,13 @@ class MlflowSweepCallback(Callback):
                 f"{self.spool_dir.parent} — upload it later with: gflops-track sync {self.spool_dir.parent}"
             )
 
+    def _spool_ending(self, status: str) -> Path:
+        """Keep the parent run's final status for `gflops-track sync` when the store fails at the end."""
+        assert self.parent_run_id is not None
+        ending = spool.SpooledRun.new(self.experiment, "sweep", run_id=self.parent_run_id)
+        ending.status = status
+        return spool.write(self.spool_dir, ending, RunRecord())
+
     def end_killed(self) -> None:
         os.environ.pop(PARENT_RUN_ENV, None)
         if self.spooled_parent is not None:
@@ -100,9 +107,7 @@ class MlflowSweepCallback(Callback):
             try:
                 connect(self.uri).set_terminated(self.parent_run_id, "KILLED")
             except TRACKING_ERRORS:
-                ending = spool.SpooledRun.new(self.experiment, "sweep", run_id=self.parent_run_id)
-                ending.status = "KILLED"
-                spool.write(self.spool_dir, ending, RunRecord())
+                self._spool_ending("KILLED")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self in _active:
@@ -117,9 +122,7 @@ class MlflowSweepCallback(Callback):
         try:
             self._report(connect(self.uri), self.parent_run_id)
         except TRACKING_ERRORS as error:  # keep the parent's ending for `gflops-track sync` to apply
-            ending = spool.SpooledRun.new(config.tracking.experiment, "sweep", run_id=self.parent_run_id)
-            ending.status = "FAILED" if job.failed_jobs else "FINISHED"
-            directory = spool.write(self.spool_dir, ending, RunRecord())
+            directory = self._spool_ending("FAILED" if job.failed_jobs else "FINISHED")
             console.print_warning(
                 f"tracking store {redact_uri(self.uri)} failed at the end of the sweep ({type(error).__name__}); "
                 f"the sweep's ending is kept in {directory} — gflops-track sync {self.spool_dir.parent}"

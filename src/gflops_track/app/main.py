@@ -18,6 +18,7 @@ from gflops_track.app.schema import ConfigError, register_schema, to_app_config
 from gflops_track.tracking.run_logger import flatten_params
 
 EXIT_CONFIG_ERROR = 2
+INVALID_CONFIG = "invalid config"  # stands in failed_jobs for a job whose config failed validation inside Hydra
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 EXIT_JOB_FAILED = 1
 EXIT_SIGINT = 130  # 128 + SIGINT, as shells report it
@@ -49,7 +50,7 @@ def hydra_app(cfg: DictConfig) -> None:
         config = to_app_config(cfg)
     except ConfigError as error:  # normally caught by preflight; here when Hydra was called in another way
         console.print_config_errors(error.errors)
-        job.failed_jobs.append("invalid config")
+        job.failed_jobs.append(INVALID_CONFIG)
         return
     job.run_job(
         config,
@@ -81,4 +82,4 @@ def main() -> None:
         console.print_warning(f"stopped by {name}: the run in progress is marked KILLED, finished runs are kept")
         sys.exit(EXIT_SIGTERM if isinstance(interrupt, Terminated) else EXIT_SIGINT)
     if job.failed_jobs:
-        sys.exit(EXIT_JOB_FAILED if "invalid config" not in job.failed_jobs else EXIT_CONFIG_ERROR)
+        sys.exit(EXIT_CONFIG_ERROR if INVALID_CONFIG in job.failed_jobs else EXIT_JOB_FAILED)

@@ -43,10 +43,6 @@ class OpCost:
     macs: int = 0
     flops: Mapping[Category, int] = field(default_factory=dict)
 
-    @property
-    def total_flops(self) -> int:
-        return sum(self.flops.values())
-
 
 @dataclass(frozen=True)
 class OpCall:
