@@ -30,11 +30,11 @@ import torch.utils.benchmark as torch_benchmark
 from rich.console import Console
 from rich.table import Table
 
-from gflops_track import profile
+from gflops_track import CountOptions, profile
 from gflops_track.counting.execution import eval_mode
 from gflops_track.models import ResidualBlock
 from gflops_track.timing import TimingOptions, measure_latency
-from gflops_track.tracking.run_logger import cost_record, timing_record, write_to_mlflow
+from gflops_track.tracking.records import cost_record, peak_record, timing_record, write_to_mlflow
 from gflops_track.tracking.store import connect, ensure_experiment
 
 SEED_SHAPE = (2, 384, 32, 32)
@@ -80,7 +80,7 @@ def repeatability(device: torch.device, repeats: int) -> list[tuple[str, str]]:
     x = torch.randn(SEED_SHAPE)
     medians, samples = [], []
     for _ in range(repeats):
-        result = profile(model, x, device, compare_thop=False, compare_torch=False)
+        result = profile(model, x, device, counting=CountOptions(thop=False, torch_check=False))
         assert result.timing is not None
         medians.append(result.timing.latency.median_ms)
         samples.append(result.timing.timed_iterations)
@@ -109,10 +109,12 @@ def overhead(work: Path) -> list[tuple[str, str]]:
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name("gflops-track")
     assert experiment is not None
-    runs = [r for r in client.search_runs([experiment.experiment_id]) if "norm_fn.name" in r.data.params]
+    runs = [r for r in client.search_runs([experiment.experiment_id]) if "model.norm_fn" in r.data.params]
     latest = sorted(runs, key=lambda r: r.info.start_time)[-3:]
     calls = {
-        r.data.params["norm_fn.name"]: int(1 + r.data.metrics["warmup_iterations"] + r.data.metrics["timed_iterations"])
+        r.data.params["model.norm_fn"]: int(
+            1 + r.data.metrics["warmup_iterations"] + r.data.metrics["timed_iterations"]
+        )
         for r in latest
     }
     start = time.perf_counter()
@@ -136,7 +138,8 @@ def logging_time(work: Path) -> list[tuple[str, str]]:
         run_id = client.create_run(experiment, run_name=f"log-{index}").info.run_id
         start = time.perf_counter()
         write_to_mlflow(client, run_id, cost_record(result))
-        write_to_mlflow(client, run_id, timing_record(result, f"log-{index}"))
+        write_to_mlflow(client, run_id, timing_record(result))
+        write_to_mlflow(client, run_id, peak_record(result, f"log-{index}"))
         client.set_terminated(run_id)
         seconds.append(time.perf_counter() - start)
     return [("MLflow logging per run (s), 3 runs", ", ".join(f"{s:.2f}" for s in seconds))]

@@ -37,7 +37,7 @@ def test_seed_sweep_exact_command(tmp_path: Path) -> None:
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.tags["sweep_overrides"] == "norm_fn=group,batch,instance"
     assert parent.data.metrics["jobs"] == 3 and parent.data.metrics["failed_jobs"] == 0
-    by_norm = {run.data.params["norm_fn.name"]: run for run in children}
+    by_norm = {run.data.params["model.norm_fn"]: run for run in children}
     assert set(by_norm) == {"group", "batch", "instance"}
     client = MlflowClient(uri)
     for norm, run in by_norm.items():

@@ -108,7 +108,7 @@ def test_selection_by_experiment_filter_and_run_ids(norm_sweep: tuple[Path, str,
     cwd, uri, _ = norm_sweep
     everything = compare(cwd, uri, "--experiment", "gflops-track", "--format", "csv")
     assert len(list(csv.DictReader(io.StringIO(everything.stdout)))) == 4  # the sweep parent is left out
-    grouped = compare(cwd, uri, "--filter", "params.`norm_fn.name` = 'group'", "--format", "csv")
+    grouped = compare(cwd, uri, "--filter", "params.`model.norm_fn` = 'group'", "--format", "csv")
     names = [row["run_name"] for row in csv.DictReader(io.StringIO(grouped.stdout))]
     assert len(names) == 2 and all("-group-" in name for name in names)
     first = next(csv.DictReader(io.StringIO(everything.stdout)))["run_id"]

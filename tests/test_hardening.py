@@ -28,7 +28,7 @@ def config_keys() -> list[str]:
     from omegaconf import OmegaConf
 
     from gflops_track.app.schema import register_schema
-    from gflops_track.tracking.run_logger import flatten_params
+    from gflops_track.tracking.records import flatten_params
 
     register_schema()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

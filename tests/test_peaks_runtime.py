@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from gflops_track import profile
+from gflops_track import CountOptions, PeakOptions, profile
 from gflops_track.counting.op_counter import count_cost
-from gflops_track.peaks import cpu_peak_estimate, fp32_flops_per_cycle, gpu_spec, spec_tflops
-from gflops_track.plots import Roof, RooflinePoint, roofline_png, throughput_curve_png
+from gflops_track.peaks import Roof, RooflinePoint, cpu_peak_estimate, fp32_flops_per_cycle, gpu_spec, spec_tflops
+from gflops_track.plots import roofline_png, throughput_curve_png
 from gflops_track.probes import measured_peak
 from gflops_track.runtime import RuntimeOptions, effective_settings, runtime_context
 from gflops_track.timing import TimingOptions
@@ -81,7 +81,7 @@ def test_byte_model_of_a_matmul() -> None:
 
 def test_utilization_and_intensity_metrics(tmp_path: Path) -> None:
     result = profile(
-        nn.Linear(512, 512), torch.randn(64, 512), timing=QUICK, measure_peak=True, peak_cache_dir=tmp_path
+        nn.Linear(512, 512), torch.randn(64, 512), timing=QUICK, peak=PeakOptions(measure=True, cache_dir=tmp_path)
     )
     metrics = result.metrics()
     assert metrics["arithmetic_intensity_flop_per_byte"] == pytest.approx(result.flops / result.bytes_moved)
@@ -115,8 +115,10 @@ def test_runtime_context_sets_and_restores_flags() -> None:
 def test_bf16_profiles_with_same_counts(mode: str) -> None:
     block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
     x = torch.randn(2, 8, 16, 16)
-    fp32 = profile(block, x, measure_speed=False, compare_thop=False)
-    bf16 = profile(block, x, timing=QUICK, runtime=RuntimeOptions(dtype="bf16", dtype_mode=mode), compare_thop=False)
+    fp32 = profile(block, x, timing=False, counting=CountOptions(thop=False))
+    bf16 = profile(
+        block, x, timing=QUICK, runtime=RuntimeOptions(dtype="bf16", dtype_mode=mode), counting=CountOptions(thop=False)
+    )
     assert bf16.macs == fp32.macs and bf16.flops == fp32.flops
     assert bf16.timing is not None and bf16.timing.latency.median_ms > 0
     if mode == "convert":

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from conftest import requires_cuda
-from gflops_track import profile
+from gflops_track import CountOptions, PeakOptions, profile
 from gflops_track.conditions import suspicions
 from gflops_track.timing import LatencyStats, TimingOptions, measure_latency, median_ci, percentile
 
@@ -124,7 +124,7 @@ def test_conditions_recorded_and_judged() -> None:
 
 def test_cpu_profile_restores_mode_and_derives_throughput() -> None:
     model = nn.Sequential(nn.Linear(256, 256, bias=False), nn.Dropout(0.5)).train()
-    result = profile(model, torch.randn(32, 256), timing=QUICK, compare_thop=False)
+    result = profile(model, torch.randn(32, 256), timing=QUICK, counting=CountOptions(thop=False))
     assert model.training  # eval() only while counting and timing
     assert result.flops == 2 * 32 * 256 * 256
     assert result.timing is not None and result.timing.timer == "perf_counter"
@@ -137,7 +137,7 @@ def test_cpu_profile_restores_mode_and_derives_throughput() -> None:
 
 def test_cuda_only_options_on_cpu_are_noted() -> None:
     options = TimingOptions(warmup=1, min_repeats=3, max_time_s=0.5, cuda_graph=True, flush_l2=True)
-    result = profile(nn.ReLU(), torch.randn(8), timing=options, compare_thop=False)
+    result = profile(nn.ReLU(), torch.randn(8), timing=options, counting=CountOptions(thop=False))
     assert any("CUDA graph replay is GPU-only" in note for note in result.notes)
     assert any("L2 flushing is GPU-only" in note for note in result.notes)
 
@@ -145,7 +145,7 @@ def test_cuda_only_options_on_cpu_are_noted() -> None:
 def test_cuda_requested_without_cuda_is_a_clear_error() -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    with pytest.raises(ValueError, match="device='cuda' is not allowed here"):
+    with pytest.raises(ValueError, match="device='cuda' is not allowed on this machine"):
         profile(nn.ReLU(), torch.randn(2), device="cuda")
 
 
@@ -154,7 +154,7 @@ def test_cuda_requested_without_cuda_is_a_clear_error() -> None:
 def test_cuda_timing_events_graph_flush_and_memory() -> None:
     model = nn.Conv2d(64, 64, 3, padding=1)
     options = TimingOptions(warmup=5, min_repeats=20, max_time_s=2, cuda_graph=True, flush_l2=True)
-    result = profile(model, torch.randn(8, 64, 56, 56), device="cuda", timing=options, measure_peak=True)
+    result = profile(model, torch.randn(8, 64, 56, 56), device="cuda", timing=options, peak=PeakOptions(measure=True))
     timing = result.timing
     assert timing is not None and timing.timer == "cuda_event" and timing.memory_kind == "cuda_max_allocated"
     assert timing.l2_flushed and timing.graph_latency is not None and timing.graph_latency.median_ms > 0
@@ -172,6 +172,16 @@ def test_cuda_counts_equal_cpu_counts() -> None:
     from gflops_track.models import ResidualBlock
 
     x = torch.randn(2, 64, 16, 16)
-    on_cpu = profile(ResidualBlock(64, 64, "group"), x, device="cpu", measure_speed=False, compare_thop=False)
-    on_gpu = profile(ResidualBlock(64, 64, "group"), x, device="cuda", measure_speed=False, compare_thop=False)
+    on_cpu = profile(ResidualBlock(64, 64, "group"), x, device="cpu", timing=False, counting=CountOptions(thop=False))
+    on_gpu = profile(ResidualBlock(64, 64, "group"), x, device="cuda", timing=False, counting=CountOptions(thop=False))
     assert on_gpu.flops_by_category == on_cpu.flops_by_category and on_gpu.macs == on_cpu.macs
+
+
+def test_pre_options_keywords_still_work_with_a_deprecation_warning() -> None:
+    model = nn.Linear(8, 4)
+    with pytest.warns(DeprecationWarning, match="compare_thop"):
+        old = profile(model, torch.randn(2, 8), measure_speed=False, compare_thop=False)
+    new = profile(model, torch.randn(2, 8), timing=False, counting=CountOptions(thop=False))
+    assert old.timing is None and old.thop is None and old.macs == new.macs == 2 * 8 * 4
+    with pytest.raises(TypeError, match="'warmup'"):
+        profile(model, torch.randn(2, 8), warmup=3)

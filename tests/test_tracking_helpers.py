@@ -9,13 +9,14 @@ import torch
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-from gflops_track import profile
+from gflops_track import PeakOptions, profile
 from gflops_track.models import ResidualBlock
 from gflops_track.timing import TimingOptions
-from gflops_track.tracking.run_logger import (
+from gflops_track.tracking.records import (
     TRUNCATION_MARK,
     cost_record,
     flatten_params,
+    peak_record,
     timing_record,
     write_to_mlflow,
 )
@@ -52,11 +53,11 @@ def test_log_result_into_real_store(store_uri: str, tmp_path: Path) -> None:
         ResidualBlock(16, 16, "batch"),
         torch.randn(2, 16, 8, 8),
         timing=quick,
-        measure_peak=True,
-        peak_cache_dir=tmp_path,
+        peak=PeakOptions(measure=True, cache_dir=tmp_path),
     )
     write_to_mlflow(client, child, cost_record(result))
-    write_to_mlflow(client, child, timing_record(result, "child"))
+    write_to_mlflow(client, child, timing_record(result))
+    write_to_mlflow(client, child, peak_record(result, "child"))
     run = client.get_run(child)
     assert run.data.metrics["macs"] == result.macs == 2 * (2 * 16 * 8 * 8 * 16 * 9)
     assert run.data.metrics["latency_median_ms"] == pytest.approx(result.median_latency_ms)

@@ -1,14 +1,34 @@
 """gflops-track: what a PyTorch module costs (params, MACs, FLOPs) and how fast it runs, tracked in MLflow.
 
-The core API below imports neither MLflow nor Hydra::
+The core API imports neither MLflow, Hydra nor matplotlib. One call does everything::
 
     from gflops_track import profile
     result = profile(model, torch.randn(2, 384, 32, 32), device="cpu")
     print(result.macs, result.flops, result.median_latency_ms)
+
+or run the steps yourself: ``count`` -> ``measure`` -> ``rate`` (see ``profiler.py``).
 """
 
-from gflops_track.profiler import profile, resolve_device
-from gflops_track.result import ProfileResult
+from gflops_track.peak_report import PeakOptions, PeakReport, compare_with_peaks
+from gflops_track.profiler import CountOptions, count, measure, profile, rate, resolve_device
+from gflops_track.result import CountResult, ProfileResult
+from gflops_track.runtime import RuntimeOptions
+from gflops_track.timing import TimingOptions, TimingResult
 
-__all__ = ["ProfileResult", "profile", "resolve_device"]
+__all__ = [
+    "CountOptions",
+    "CountResult",
+    "PeakOptions",
+    "PeakReport",
+    "ProfileResult",
+    "RuntimeOptions",
+    "TimingOptions",
+    "TimingResult",
+    "compare_with_peaks",
+    "count",
+    "measure",
+    "profile",
+    "rate",
+    "resolve_device",
+]
 __version__ = "0.1.0"

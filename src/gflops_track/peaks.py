@@ -116,3 +116,26 @@ def cpu_peak_estimate(threads: int | None = None) -> CpuPeakEstimate | None:
     cores = min(physical, threads or torch.get_num_threads())
     per_cycle, basis = fp32_flops_per_cycle(torch.backends.cpu.get_cpu_capability(), cpu_model_name())
     return CpuPeakEstimate(cores * clock * per_cycle, cores, clock, per_cycle, basis)
+
+
+@dataclass(frozen=True)
+class Roof:
+    """A compute roof (GFLOP/s) and a memory roof (GB/s), e.g. the vendor's or the measured ones."""
+
+    label: str
+    gflop_per_s: float
+    bandwidth_gb_s: float
+
+    @property
+    def ridge(self) -> float:
+        """Arithmetic intensity (FLOP/byte) where the memory roof meets the compute roof."""
+        return self.gflop_per_s / self.bandwidth_gb_s
+
+
+@dataclass(frozen=True)
+class RooflinePoint:
+    """One run on the roofline: arithmetic intensity (FLOP/byte) and achieved GFLOP/s."""
+
+    label: str
+    intensity: float
+    gflop_per_s: float

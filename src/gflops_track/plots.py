@@ -1,55 +1,46 @@
-"""Plots (matplotlib, PNG, no display needed): the roofline and the throughput-vs-batch-size curve."""
+"""Plots (matplotlib, PNG, no display needed): the roofline and the throughput-vs-batch-size curve.
+
+Figures are built with ``matplotlib.figure.Figure`` directly: no pyplot state and no backend switch, so importing
+this module never changes how a notebook draws, and matplotlib is only imported when a plot is written.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
+from gflops_track.peaks import Roof, RooflinePoint
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["Roof", "RooflinePoint", "new_figure", "roofline_png", "save_figure", "throughput_curve_png"]
+
+
+def new_figure(width: float = 7, height: float = 4.5) -> tuple[Figure, Axes]:
+    """A figure with one axes, detached from pyplot (freed when it goes out of scope)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=110)
+    return figure, figure.add_subplot()
 
 
 def save_figure(figure: Figure, axes: Axes, path: Path, title: str, grid: bool = True) -> Path:
-    """Title, grid and legend, then write the PNG and free the figure."""
+    """Title, grid and legend, then write the PNG."""
     axes.set_title(title)
     if grid:
         axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path)
-    plt.close(figure)
     return path
-
-
-@dataclass(frozen=True)
-class Roof:
-    """A compute roof (GFLOP/s) and a memory roof (GB/s), e.g. the vendor's or the measured ones."""
-
-    label: str
-    gflop_per_s: float
-    bandwidth_gb_s: float
-
-    @property
-    def ridge(self) -> float:
-        """Arithmetic intensity (FLOP/byte) where the memory roof meets the compute roof."""
-        return self.gflop_per_s / self.bandwidth_gb_s
-
-
-@dataclass(frozen=True)
-class RooflinePoint:
-    label: str
-    intensity: float  # FLOP/byte
-    gflop_per_s: float
 
 
 def roofline_png(path: Path, roofs: Sequence[Roof], points: Sequence[RooflinePoint], title: str) -> Path:
     """Log-log roofline: attainable GFLOP/s = min(compute roof, intensity x bandwidth), with the runs on it."""
-    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=110)
+    figure, axes = new_figure()
     intensities = [p.intensity for p in points] + [r.ridge for r in roofs]
     low = min(intensities, default=1.0) / 10
     high = max(intensities, default=100.0) * 10
@@ -71,7 +62,7 @@ def roofline_png(path: Path, roofs: Sequence[Roof], points: Sequence[RooflinePoi
 
 def throughput_curve_png(path: Path, series: dict[str, list[tuple[int, float]]], title: str) -> Path:
     """Throughput (samples/s) against batch size, one line per variant."""
-    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=110)
+    figure, axes = new_figure()
     for label, points in sorted(series.items()):
         ordered = sorted(points)
         axes.plot([b for b, _ in ordered], [t for _, t in ordered], marker="o", label=label)

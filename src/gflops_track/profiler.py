@@ -1,204 +1,270 @@
-"""``profile(model, inputs, ...)``: count, cross-check, time and fingerprint one module. No MLflow, no Hydra."""
+"""The pipeline's steps as plain functions, and ``profile``, a thin facade that runs them in order.
+
+    count(model, inputs)    -> CountResult   params, MACs, FLOPs, per-layer table, thop and FlopCounterMode beside ours
+    measure(model, inputs)  -> TimingResult  latency statistics under the runtime options (timing.py)
+    rate(cost, timing, ...)  -> PeakReport    vendor / estimated / measured peaks (peak_report.py)
+    profile(model, inputs)  -> ProfileResult all of the above, with the fingerprint
+
+The Hydra app calls the steps itself (count -> log -> time -> log); Python users call ``profile``. No MLflow, no Hydra.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
-from pathlib import Path
+import copy
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 from gflops_track.counting.execution import eval_mode
 from gflops_track.counting.op_counter import count_cost
-from gflops_track.counting.thop_compare import ThopCount, thop_count
+from gflops_track.counting.thop_compare import thop_count, thop_notes
 from gflops_track.counting.torch_crosscheck import torch_flop_count
 from gflops_track.hardware import Fingerprint, fingerprint
-from gflops_track.peaks import cpu_peak_estimate, gpu_spec, spec_tflops
-from gflops_track.probes import measured_peak
-from gflops_track.result import ProfileResult
+from gflops_track.peak_report import PeakOptions, PeakReport, compare_with_peaks
+from gflops_track.result import CountResult, ProfileResult, achieved_gflop_per_s
 from gflops_track.runtime import RuntimeOptions, effective_settings, prepare, runtime_context
-from gflops_track.timing import ProgressCallback, TimingOptions, measure_latency
+from gflops_track.timing import ProgressCallback, TimingOptions, TimingResult, measure_latency
+from gflops_track.validation import device_problems
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+Inputs = torch.Tensor | Sequence[Any]
+
+
+@dataclass(frozen=True)
+class CountOptions:
+    """``meta``: count on meta tensors (no memory, fast), falling back to a real forward when meta fails;
+    ``thop``: run thop on a copy and explain where it differs; ``torch_check``: cross-check the dense FLOPs with
+    ``torch.utils.flop_counter.FlopCounterMode``; ``extra_rules``: counting rules for your own ops, ``{op: rule}``
+    (see ``counting/rules.py``), for this call only."""
+
+    meta: bool = True
+    thop: bool = True
+    torch_check: bool = True
+    extra_rules: Mapping[Any, Any] = field(default_factory=dict)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """'auto' -> cuda when available, else cpu. Asking for CUDA without CUDA is an error, not a silent CPU run."""
     if isinstance(device, torch.device):
-        resolved = device
-    elif device == "auto":
-        resolved = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        kind, index = device.type, device.index
     else:
-        try:
-            resolved = torch.device(device)
-        except RuntimeError as error:
-            raise ValueError(f"device={device!r} is not allowed: use one of {', '.join(DEVICE_CHOICES)}") from error
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device={str(device)!r} is not allowed here: this machine has no CUDA device (use cpu or auto)"
-        )
-    if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"device={str(device)!r} is not allowed: use one of {', '.join(DEVICE_CHOICES)}")
-    return resolved
+        kind, _, index_text = str(device).partition(":")
+        index = int(index_text) if index_text.isdigit() else None
+        if index_text and index is None:
+            kind = str(device)
+    problems = device_problems(kind, index, key="device")
+    if problems:
+        raise ValueError("; ".join(problems))
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(kind, index) if index is not None and kind == "cuda" else torch.device(kind)
 
 
-def _shapes(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[list[int]]:
-    return [list(t.shape) for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+def _as_call(inputs: Inputs, kwargs: Mapping[str, Any] | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A lone tensor is one positional argument; a sequence is the positional arguments."""
+    return ((inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)), dict(kwargs or {})
 
 
-def _thop_notes(thop: ThopCount, macs: int, params: int) -> list[str]:
-    """What the console and the run say about thop's figure when it is not ours."""
-    if thop.error:
-        return [thop.error]
-    notes = []
-    if thop.macs != macs or thop.raw_macs != macs:
-        notes.append(
-            f"thop counts {thop.raw_macs:,} MACs as the seed runs it and {thop.macs:,} with our custom_ops; "
-            f"gflops-track counts {macs:,} MACs. Why:"
-        )
-        notes.extend(f"  - {reason}" for reason in thop.reasons or ["(thop with custom_ops agrees with us)"])
-    if thop.raw_params != params or thop.params != params:
-        notes.append(
-            f"thop reports {thop.raw_params:,} params as the seed runs it and {thop.params:,} with our custom_ops; "
-            f"the true count (shared tensors once) is {params:,}"
-        )
-    return notes
+def input_shapes(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[list[int]]:
+    """Shapes of every tensor in the call, nested lists, tuples and dicts included (pytree order)."""
+    return [list(leaf.shape) for leaf in tree_leaves((tuple(args), dict(kwargs))) if isinstance(leaf, torch.Tensor)]
 
 
-def _peaks(
-    result: ProfileResult, device: torch.device, runtime: RuntimeOptions, measure_peak: bool, cache_dir: Path | None
-) -> ProfileResult:
-    """Attach vendor/estimated peaks and (optionally) the measured ones; say when a peak is unknown."""
-    notes = list(result.notes)
-    spec, spec_tflops_value, cpu_estimate, measured = None, None, None, None
-    if device.type == "cuda":
-        spec = gpu_spec(result.fingerprint.gpu_name)
-        spec_tflops_value = spec_tflops(spec, runtime.dtype) if spec else None
-        if spec is None:
-            notes.append(f"no vendor peak known for {result.fingerprint.gpu_name!r}: utilization vs spec not reported")
-        elif spec_tflops_value is None:
-            notes.append(f"{spec.name} has no {runtime.dtype} peak in its datasheet: utilization vs spec not reported")
-    else:
-        cpu_estimate = cpu_peak_estimate()
-    if measure_peak:
-        measured = measured_peak(device, runtime.dtype, result.fingerprint.hardware, cache_dir)
-    achieved = result.achieved_gflop_per_s
-    if achieved and cpu_estimate is not None and achieved > cpu_estimate.gflop_per_s:
-        notes.append(
-            f"achieved {achieved:,.1f} GFLOP/s exceeds the estimated CPU peak {cpu_estimate.gflop_per_s:,.1f} "
-            f"({cpu_estimate.cores} cores x {cpu_estimate.clock_ghz:.2f} GHz x {cpu_estimate.flops_per_cycle}): the "
-            "reported clock is likely the base (TSC) rate, not the boost clock; trust the measured peak"
-        )
-    if achieved and measured is not None and achieved > measured.gemm_gflop_per_s:
-        notes.append(
-            f"achieved {achieved:,.1f} GFLOP/s exceeds the GEMM probe's {measured.gemm_gflop_per_s:,.1f}: the probe "
-            "is a floor of the true peak on this device (its kernels or sizes are not the fastest ones here)"
-        )
-    return replace(
-        result,
-        gpu_spec=spec,
-        spec_gflop_per_s=spec_tflops_value * 1e3 if spec_tflops_value else None,
-        cpu_peak=cpu_estimate,
-        measured_peak=measured,
-        notes=notes,
-    )
+def _placed(
+    model: nn.Module, inputs: Inputs, kwargs: Mapping[str, Any] | None, device: torch.device, runtime: RuntimeOptions
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Model and inputs on ``device``, converted to the runtime's dtype and memory format (the model in place)."""
+    problems = runtime.problems()
+    if problems:
+        raise ValueError("; ".join(f"{name}{message}" for name, message in problems))
+    args, kwargs = _as_call(inputs, kwargs)
+    model.to(device)
+    args, kwargs = tree_map(lambda v: v.to(device) if isinstance(v, torch.Tensor) else v, (args, kwargs))
+    if not input_shapes(args, kwargs):
+        raise ValueError("inputs must contain at least one tensor")
+    return args, kwargs
 
 
-def profile(
+def _no_progress(phase: str, done: int, total: int) -> None:
+    """The default progress callback: say nothing."""
+
+
+def count(
     model: nn.Module,
-    inputs: torch.Tensor | Sequence[Any],
+    inputs: Inputs,
     device: str | torch.device = "cpu",
     *,
     kwargs: Mapping[str, Any] | None = None,
-    timing: TimingOptions | None = None,
     runtime: RuntimeOptions | None = None,
-    measure_speed: bool = True,
-    measure_peak: bool = False,
-    peak_cache_dir: Path | None = None,
-    compare_thop: bool = True,
-    compare_torch: bool = True,
-    prefer_meta: bool = True,
+    options: CountOptions | None = None,
     on_progress: ProgressCallback | None = None,
-    on_cost: Callable[[ProfileResult], None] | None = None,
-    facts: Fingerprint | None = None,
-) -> ProfileResult:
-    """Profile ``model(*inputs, **kwargs)``; ``model`` and inputs are moved to ``device`` (and converted to the
-    runtime dtype / memory format when asked).
-
-    Counting runs in eval mode (on meta tensors when possible) and leaves the module's state_dict, hooks and
-    train/eval flags as they were. ``flops``/``macs`` are for the whole batch (dim 0 of the first input).
-    ``on_cost`` receives the result once counting is done, before timing, so a caller can keep it safe.
-    ``measure_peak`` runs the GEMM and bandwidth probes (cached per machine) for utilization vs measured peak.
-    ``facts``: the fingerprint, when the caller already took it (under the same runtime options).
-    """
+) -> CountResult:
+    """Params, MACs and FLOPs of ``model(*inputs, **kwargs)`` for the whole batch (dim 0 of the first input), by
+    category and by layer, with thop's figure and FlopCounterMode's beside ours. Counting runs in eval mode (on meta
+    tensors when possible) and leaves the module's state_dict, hooks and train/eval flags as they were."""
     target = resolve_device(device)
     runtime = runtime or RuntimeOptions()
-    timing_options = timing or TimingOptions()
-    problems = runtime.problems() + timing_options.problems()
-    if problems:
-        raise ValueError("; ".join(f"{name}{message}" for name, message in problems))
-    args = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
-    kwargs = dict(kwargs or {})
-    model.to(target)
-    args, kwargs = tree_map(lambda v: v.to(target) if isinstance(v, torch.Tensor) else v, (args, kwargs))
-    shapes = _shapes(args, kwargs)
-    if not shapes:
-        raise ValueError("inputs must contain at least one tensor")
-    report = on_progress or (lambda phase, done, total: None)
-
+    options = options or CountOptions()
+    report = on_progress or _no_progress
+    args, kwargs = _placed(model, inputs, kwargs, target, runtime)
     with runtime_context(runtime):
-        forward, args, kwargs = prepare(model, args, kwargs, runtime, target)
+        _forward, args, kwargs = prepare(model, args, kwargs, runtime, target)
         report("counting", 0, 1)
-        cost = count_cost(model, args, kwargs, prefer_meta=prefer_meta)
+        rules = {"extra_rules": options.extra_rules} if options.extra_rules else {}  # TODO(merge): counting's API
+        cost = count_cost(model, args, kwargs, prefer_meta=options.meta, **rules)
         notes = [cost.backend_note] if cost.backend_note else []
         if cost.uncounted_ops:
             listed = ", ".join(f"{op} x{calls}" for op, calls in cost.uncounted_ops.items())
             notes.append(f"ops with no counting rule (not included in FLOPs): {listed}")
         torch_count = None
-        if compare_torch:
+        if options.torch_check:
             report("torch FlopCounterMode", 0, 1)
-            torch_count = torch_flop_count(model, args, kwargs, cost, prefer_meta=prefer_meta)
+            torch_count = torch_flop_count(model, args, kwargs, cost, prefer_meta=options.meta)
             notes.extend(f"counters disagree: {note}" for note in torch_count.notes)
         thop = None
-        if compare_thop and kwargs:
+        if options.thop and kwargs:
             notes.append("thop not run: thop.profile passes positional inputs only")
-        elif compare_thop:
+        elif options.thop:
             report("thop", 0, 1)
-            thop = thop_count(model, args, cost)
-            notes.extend(_thop_notes(thop, cost.macs, cost.params))
-        if timing_options.flush_l2 and target.type != "cuda":
-            notes.append("L2 flushing is GPU-only: CPU timings ran with warm caches")
-        result = ProfileResult(
-            model_name=type(model).__name__,
-            device=str(target),
-            input_shapes=shapes,
-            batch_size=shapes[0][0] if shapes[0] else 1,
-            params=cost.params,
-            macs=cost.macs,
-            flops=cost.flops,
-            flops_by_category=cost.flops_by_category,
-            uncounted_ops=cost.uncounted_ops,
-            count_backend=cost.backend,
-            layers=cost.layers,
-            bytes_moved=cost.bytes_moved,
-            min_bytes=cost.min_bytes,
-            fingerprint=facts or fingerprint(target),
-            runtime=runtime,
-            settings=effective_settings(),
-            thop=thop,
-            torch_count=torch_count,
-            notes=notes,
-        )
-        if on_cost is not None:
-            on_cost(result)
-        if measure_speed:
-            with eval_mode(model):
-                timed = measure_latency(forward, target, timing_options, on_progress)
-            result = replace(result, timing=timed, notes=result.notes + timed.notes)
-    if measure_speed or measure_peak:
-        report("peak", 0, 1)
-        result = _peaks(result, target, runtime, measure_peak, peak_cache_dir)
-    return result
+            thop = _thop_off_device(model, args, cost, target)
+            notes.extend(thop_notes(thop, cost.macs, cost.params))
+    shapes = input_shapes(args, kwargs)
+    return CountResult(
+        model_name=type(model).__name__,
+        device=str(target),
+        input_shapes=shapes,
+        batch_size=shapes[0][0] if shapes[0] else 1,
+        params=cost.params,
+        macs=cost.macs,
+        flops=cost.flops,
+        flops_by_category=cost.flops_by_category,
+        uncounted_ops=cost.uncounted_ops,
+        count_backend=cost.backend,
+        layers=cost.layers,
+        bytes_moved=cost.bytes_moved,
+        min_bytes=cost.min_bytes,
+        thop=thop,
+        torch_count=torch_count,
+        notes=notes,
+    )
+
+
+def _thop_off_device(model: nn.Module, args: tuple[Any, ...], cost: Any, device: torch.device) -> Any:
+    """thop runs real forwards: on a GPU run they go to a CPU copy, so the timed cold start stays cold."""
+    if device.type == "cpu":
+        return thop_count(model, args, cost)
+    on_cpu = tree_map(lambda v: v.cpu() if isinstance(v, torch.Tensor) else v, args)
+    return thop_count(copy.deepcopy(model).cpu(), on_cpu, cost)
+
+
+def measure(
+    model: nn.Module,
+    inputs: Inputs,
+    device: str | torch.device = "cpu",
+    *,
+    kwargs: Mapping[str, Any] | None = None,
+    runtime: RuntimeOptions | None = None,
+    options: TimingOptions | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> TimingResult:
+    """Latency of ``model(*inputs, **kwargs)`` in eval mode under the runtime options (dtype, memory format,
+    threads, torch.compile), timed as ``timing.py`` describes; the module's flags are restored after."""
+    target = resolve_device(device)
+    runtime = runtime or RuntimeOptions()
+    options = options or TimingOptions()
+    problems = options.problems()
+    if problems:
+        raise ValueError("; ".join(f"{name}{message}" for name, message in problems))
+    args, kwargs = _placed(model, inputs, kwargs, target, runtime)
+    with runtime_context(runtime):
+        forward, _args, _kwargs = prepare(model, args, kwargs, runtime, target)
+        with eval_mode(model):
+            timed = measure_latency(forward, target, options, on_progress)
+    if options.flush_l2 and target.type != "cuda":
+        return replace(timed, notes=[*timed.notes, "L2 flushing is GPU-only: CPU timings ran with warm caches"])
+    return timed
+
+
+LEGACY_FLAGS = {  # profile()'s old keyword -> how it maps onto the options objects
+    "measure_speed": "timing=False",
+    "measure_peak": "peak=PeakOptions(measure=...)",
+    "peak_cache_dir": "peak=PeakOptions(cache_dir=...)",
+    "compare_thop": "counting=CountOptions(thop=...)",
+    "compare_torch": "counting=CountOptions(torch_check=...)",
+    "prefer_meta": "counting=CountOptions(meta=...)",
+}
+
+
+def _legacy_options(
+    legacy: dict[str, Any], counting: CountOptions, timing: TimingOptions | bool, peak: PeakOptions
+) -> tuple[CountOptions, TimingOptions | bool, PeakOptions]:
+    """Map profile()'s pre-0.2 keywords onto the options objects, with a DeprecationWarning."""
+    unknown = sorted(set(legacy) - set(LEGACY_FLAGS))
+    if unknown:
+        raise TypeError(f"profile() got an unexpected keyword argument {unknown[0]!r}")
+    for name in legacy:
+        warnings.warn(f"profile({name}=...) is deprecated: use {LEGACY_FLAGS[name]}", DeprecationWarning, stacklevel=3)
+    counting = CountOptions(
+        meta=legacy.get("prefer_meta", counting.meta),
+        thop=legacy.get("compare_thop", counting.thop),
+        torch_check=legacy.get("compare_torch", counting.torch_check),
+        extra_rules=counting.extra_rules,
+    )
+    if legacy.get("measure_speed") is False:
+        timing = False
+    peak = PeakOptions(
+        measure=legacy.get("measure_peak", peak.measure), cache_dir=legacy.get("peak_cache_dir", peak.cache_dir)
+    )
+    return counting, timing, peak
+
+
+def profile(
+    model: nn.Module,
+    inputs: Inputs,
+    device: str | torch.device = "cpu",
+    *,
+    kwargs: Mapping[str, Any] | None = None,
+    runtime: RuntimeOptions | None = None,
+    counting: CountOptions | None = None,
+    timing: TimingOptions | bool = True,
+    peak: PeakOptions | None = None,
+    on_progress: ProgressCallback | None = None,
+    **legacy: Any,
+) -> ProfileResult:
+    """Count, time (``timing=False`` skips it; ``True`` uses the default ``TimingOptions``) and set against the
+    device's peaks; ``model`` and inputs are moved to ``device``."""
+    runtime = runtime or RuntimeOptions()
+    counting, timing, peak = _legacy_options(legacy, counting or CountOptions(), timing, peak or PeakOptions())
+    target = resolve_device(device)
+    cost = count(model, inputs, target, kwargs=kwargs, runtime=runtime, options=counting, on_progress=on_progress)
+    facts, settings = where_it_runs(target, runtime)
+    timed = None
+    if timing is not False:
+        options = timing if isinstance(timing, TimingOptions) else TimingOptions()
+        timed = measure(model, inputs, target, kwargs=kwargs, runtime=runtime, options=options, on_progress=on_progress)
+    peaks = rate(cost, timed, target, runtime, facts, peak) if timed is not None or peak.measure else None
+    return ProfileResult(cost, facts, runtime, settings, timed, peaks)
+
+
+def where_it_runs(device: torch.device, runtime: RuntimeOptions) -> tuple[Fingerprint, dict[str, str]]:
+    """The fingerprint and the effective flags, taken under the run's runtime options (its thread count)."""
+    with runtime_context(runtime):
+        return fingerprint(device), effective_settings()
+
+
+def rate(
+    cost: CountResult,
+    timing: TimingResult | None,
+    device: torch.device,
+    runtime: RuntimeOptions,
+    facts: Fingerprint,
+    options: PeakOptions | None = None,
+) -> PeakReport:
+    """The peak step: the device's peaks for the run's dtype and thread count, and notes where one is beaten."""
+    achieved = achieved_gflop_per_s(cost.flops, timing.latency.median_ms if timing else None)
+    with runtime_context(runtime):  # the CPU estimate and the probes use the run's thread count
+        return compare_with_peaks(device, runtime.dtype, facts.hardware, facts.gpu_name, achieved, options)

@@ -1,15 +1,22 @@
-"""What a profile produces: one dataclass that the tracking layer logs and the console prints."""
+"""What the steps produce: ``CountResult`` (count), ``TimingResult`` (measure, in timing.py), ``PeakReport`` (peaks,
+in peak_report.py), and ``ProfileResult``, which holds all three with the fingerprint and names every metric.
+
+Units: ``params`` in parameters, ``macs`` in multiply-accumulates, ``flops`` in floating-point operations
+(1 MAC = 2 FLOPs for the dense part), bytes in bytes, latency in milliseconds, throughput in samples per second,
+``achieved_gflop_per_s`` = flops / median latency / 1e9, peaks in GFLOP/s and GB/s (10^9 bytes/s).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gflops_track import names
 from gflops_track.counting.layer_info import LayerCost
 from gflops_track.counting.thop_compare import ThopCount
 from gflops_track.counting.torch_crosscheck import TorchCount
 from gflops_track.hardware import Fingerprint
-from gflops_track.peaks import CpuPeakEstimate, GpuSpec
-from gflops_track.plots import Roof, RooflinePoint
+from gflops_track.peak_report import PeakReport
+from gflops_track.peaks import CpuPeakEstimate, GpuSpec, Roof, RooflinePoint
 from gflops_track.probes import MeasuredPeak
 from gflops_track.runtime import RuntimeOptions
 from gflops_track.timing import LatencyStats, TimingResult
@@ -17,18 +24,9 @@ from gflops_track.timing import LatencyStats, TimingResult
 MIB = 2**20
 
 
-def _ratio(numerator: float | None, denominator: float | None) -> float | None:
-    return numerator / denominator if numerator is not None and denominator else None
-
-
 @dataclass(frozen=True)
-class ProfileResult:
-    """Cost (whole batch) and speed of one module on one input, and where it was measured.
-
-    Units: ``params`` in parameters, ``macs`` in multiply-accumulates, ``flops`` in floating-point operations
-    (1 MAC = 2 FLOPs for the dense part), bytes in bytes, latency in milliseconds, throughput in samples per second,
-    ``achieved_gflop_per_s`` = flops / median latency / 1e9, peaks in GFLOP/s and GB/s (10^9 bytes/s).
-    """
+class CountResult:
+    """Whole-batch cost of one forward pass of one module on one input, with the cross-checks and their notes."""
 
     model_name: str
     device: str
@@ -41,19 +39,103 @@ class ProfileResult:
     uncounted_ops: dict[str, int]
     count_backend: str
     layers: list[LayerCost]
-    fingerprint: Fingerprint
     bytes_moved: int = 0  # unfused byte model: every op reads its inputs and writes its outputs once
     min_bytes: int = 0  # lower bound: params + buffers + model inputs + outputs once
-    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
-    settings: dict[str, str] = field(default_factory=dict)  # effective precision/threading flags
     thop: ThopCount | None = None
     torch_count: TorchCount | None = None
+    notes: list[str] = field(default_factory=list)  # counter disagreements and caveats
+
+    @property
+    def arithmetic_intensity(self) -> float | None:
+        """FLOPs per byte under the unfused byte model (a lower bound on the real intensity)."""
+        return self.flops / self.bytes_moved if self.bytes_moved else None
+
+    def metrics(self) -> dict[str, float]:
+        """Counts and cross-checks under names that carry their unit."""
+        values: dict[str, float] = {
+            names.PARAMS: self.params,
+            names.MACS: self.macs,
+            names.GMACS: self.macs / 1e9,
+            names.FLOPS: self.flops,
+            names.GFLOPS: self.flops / 1e9,
+            names.UNCOUNTED_OP_CALLS: sum(self.uncounted_ops.values()),
+            **{f"{names.FLOPS_CATEGORY_PREFIX}{category}": flops for category, flops in self.flops_by_category.items()},
+            names.BYTES_MOVED_MIB: self.bytes_moved / MIB,
+            names.MIN_BYTES_MIB: self.min_bytes / MIB,
+        }
+        if self.bytes_moved:
+            values[names.INTENSITY] = self.flops / self.bytes_moved
+        if self.min_bytes:
+            values[names.INTENSITY_MAX] = self.flops / self.min_bytes
+        if self.thop is not None and not self.thop.error:
+            values[names.THOP_MACS] = self.thop.macs
+            values[names.THOP_PARAMS] = self.thop.params
+            values[names.THOP_RAW_MACS] = self.thop.raw_macs
+            values[names.THOP_RAW_PARAMS] = self.thop.raw_params
+        if self.torch_count is not None:
+            values[names.TORCH_FLOPS] = self.torch_count.flops
+        return values
+
+
+def _share(achieved: float | None, peak: float | None) -> float | None:
+    return achieved / peak if achieved is not None and peak else None
+
+
+def achieved_gflop_per_s(flops: int, median_ms: float | None) -> float | None:
+    """FLOPs / median latency, in GFLOP/s (10^9 FLOP per second)."""
+    return flops / (median_ms / 1e3) / 1e9 if median_ms else None
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    """Cost (whole batch), speed and peaks of one module on one input, and where it was measured."""
+
+    cost: CountResult
+    fingerprint: Fingerprint
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    settings: dict[str, str] = field(default_factory=dict)  # effective precision/threading flags
     timing: TimingResult | None = None
-    gpu_spec: GpuSpec | None = None
-    spec_gflop_per_s: float | None = None  # vendor dense peak for the run's dtype (GPU)
-    cpu_peak: CpuPeakEstimate | None = None  # theoretical estimate (CPU)
-    measured_peak: MeasuredPeak | None = None
-    notes: list[str] = field(default_factory=list)  # counter disagreements and caveats, shown and logged
+    peaks: PeakReport | None = None
+
+    # What was counted (the count step's fields, read through).
+    model_name = property(lambda self: self.cost.model_name)
+    device = property(lambda self: self.cost.device)
+    input_shapes = property(lambda self: self.cost.input_shapes)
+    batch_size = property(lambda self: self.cost.batch_size)
+    params = property(lambda self: self.cost.params)
+    macs = property(lambda self: self.cost.macs)
+    flops = property(lambda self: self.cost.flops)
+    flops_by_category = property(lambda self: self.cost.flops_by_category)
+    uncounted_ops = property(lambda self: self.cost.uncounted_ops)
+    count_backend = property(lambda self: self.cost.count_backend)
+    layers = property(lambda self: self.cost.layers)
+    bytes_moved = property(lambda self: self.cost.bytes_moved)
+    min_bytes = property(lambda self: self.cost.min_bytes)
+    thop = property(lambda self: self.cost.thop)
+    torch_count = property(lambda self: self.cost.torch_count)
+    arithmetic_intensity = property(lambda self: self.cost.arithmetic_intensity)
+
+    @property
+    def gpu_spec(self) -> GpuSpec | None:
+        return self.peaks.gpu_spec if self.peaks else None
+
+    @property
+    def spec_gflop_per_s(self) -> float | None:
+        return self.peaks.spec_gflop_per_s if self.peaks else None
+
+    @property
+    def cpu_peak(self) -> CpuPeakEstimate | None:
+        return self.peaks.cpu_peak if self.peaks else None
+
+    @property
+    def measured_peak(self) -> MeasuredPeak | None:
+        return self.peaks.measured if self.peaks else None
+
+    @property
+    def notes(self) -> list[str]:
+        """Every step's notes in pipeline order: counting, timing (with its conditions), peaks."""
+        timing_notes = self.timing.notes if self.timing else []
+        return [*self.cost.notes, *timing_notes, *(self.peaks.notes if self.peaks else [])]
 
     @property
     def median_latency_ms(self) -> float | None:
@@ -66,25 +148,26 @@ class ProfileResult:
 
     @property
     def achieved_gflop_per_s(self) -> float | None:
-        median = self.median_latency_ms
-        return self.flops / (median / 1e3) / 1e9 if median else None
+        return achieved_gflop_per_s(self.flops, self.median_latency_ms)
 
     @property
-    def arithmetic_intensity(self) -> float | None:
-        """FLOPs per byte under the unfused byte model (a lower bound on the real intensity)."""
-        return _ratio(self.flops, self.bytes_moved)
+    def utilization_vs_spec(self) -> float | None:
+        """Achieved GFLOP/s over the vendor's dense peak for the run's dtype (GPU); unitless."""
+        return _share(self.achieved_gflop_per_s, self.spec_gflop_per_s)
+
+    @property
+    def utilization_vs_estimate(self) -> float | None:
+        """Achieved GFLOP/s over the theoretical CPU estimate; unitless."""
+        return _share(self.achieved_gflop_per_s, self.cpu_peak.gflop_per_s if self.cpu_peak else None)
+
+    @property
+    def utilization_vs_measured(self) -> float | None:
+        """Achieved GFLOP/s over the measured probe peak; unitless."""
+        measured = self.measured_peak
+        return _share(self.achieved_gflop_per_s, measured.gemm_gflop_per_s if measured else None)
 
     def roofs(self) -> list[Roof]:
-        """The device's roofs we know: vendor spec (GPU), CPU estimate paired with measured bandwidth, measured."""
-        roofs = []
-        if self.gpu_spec is not None and self.spec_gflop_per_s:
-            roofs.append(Roof(f"{self.gpu_spec.name} spec", self.spec_gflop_per_s, self.gpu_spec.bandwidth_gb_s))
-        measured = self.measured_peak
-        if self.cpu_peak is not None and measured is not None:
-            roofs.append(Roof("CPU estimate", self.cpu_peak.gflop_per_s, measured.bandwidth_gb_s))
-        if measured is not None:
-            roofs.append(Roof("measured", measured.gemm_gflop_per_s, measured.bandwidth_gb_s))
-        return roofs
+        return self.peaks.roofs() if self.peaks else []
 
     def roofline_point(self, label: str) -> RooflinePoint | None:
         if self.arithmetic_intensity is None or self.achieved_gflop_per_s is None:
@@ -92,31 +175,8 @@ class ProfileResult:
         return RooflinePoint(label, self.arithmetic_intensity, self.achieved_gflop_per_s)
 
     def metrics(self) -> dict[str, float]:
-        """Every measured number under a name that carries its unit."""
-        values: dict[str, float] = {
-            "params": self.params,
-            "macs": self.macs,
-            "gmacs": self.macs / 1e9,
-            "flops": self.flops,
-            "gflops": self.flops / 1e9,
-            "uncounted_op_calls": sum(self.uncounted_ops.values()),
-            **{f"flops_{category}": flops for category, flops in self.flops_by_category.items()},
-            "bytes_moved_mib": self.bytes_moved / MIB,
-            "min_bytes_mib": self.min_bytes / MIB,
-        }
-        if self.bytes_moved:
-            values["arithmetic_intensity_flop_per_byte"] = self.flops / self.bytes_moved
-        if self.min_bytes:
-            values["arithmetic_intensity_max_flop_per_byte"] = self.flops / self.min_bytes
-        if self.thop is not None and not self.thop.error:
-            values.update(
-                thop_macs=self.thop.macs,
-                thop_params=self.thop.params,
-                thop_raw_macs=self.thop.raw_macs,
-                thop_raw_params=self.thop.raw_params,
-            )
-        if self.torch_count is not None:
-            values["torch_flop_counter_flops"] = self.torch_count.flops
+        """Every measured number under a name that carries its unit (see ``names``)."""
+        values = self.cost.metrics()
         if self.timing is not None:
             values.update(self._timing_metrics(self.timing))
         values.update(self._peak_metrics())
@@ -124,56 +184,58 @@ class ProfileResult:
 
     def _timing_metrics(self, timing: TimingResult) -> dict[str, float]:
         values = {
-            **_latency_metrics("latency", timing.latency),
-            "latency_cold_start_ms": timing.cold_start_ms,
-            "precision_target": timing.target_precision,
-            "precision_target_met": float(timing.precision_met),
-            "throughput_samples_per_s": self.throughput_samples_per_s or 0.0,
-            "achieved_gflop_per_s": self.achieved_gflop_per_s or 0.0,
-            "peak_memory_mib": timing.peak_memory_bytes / MIB,
-            "warmup_iterations": timing.warmup_iterations,
-            "warmup_s": timing.warmup_s,
-            "warmup_settled": float(timing.warmup_settled),
-            "timed_iterations": timing.timed_iterations,
-            "l2_flushed": float(timing.l2_flushed),
-            **{f"cond_{key}": value for key, value in timing.conditions.metrics.items()},
+            **latency_metrics(names.LATENCY_PREFIX, timing.latency),
+            names.COLD_START_MS: timing.cold_start_ms,
+            names.PRECISION_TARGET: timing.target_precision,
+            names.PRECISION_TARGET_MET: float(timing.precision_met),
+            names.THROUGHPUT: self.throughput_samples_per_s or 0.0,
+            names.ACHIEVED: self.achieved_gflop_per_s or 0.0,
+            names.PEAK_MEMORY_MIB: timing.peak_memory_bytes / MIB,
+            names.WARMUP_ITERATIONS: timing.warmup_iterations,
+            names.WARMUP_S: timing.warmup_s,
+            names.WARMUP_SETTLED: float(timing.warmup_settled),
+            names.TIMED_ITERATIONS: timing.timed_iterations,
+            names.L2_FLUSHED: float(timing.l2_flushed),
+            **{f"{names.CONDITION_PREFIX}{key}": value for key, value in timing.conditions.metrics.items()},
         }
         if timing.graph_latency is not None:
-            values.update(_latency_metrics("graph_latency", timing.graph_latency))
-            values["graph_achieved_gflop_per_s"] = self.flops / (timing.graph_latency.median_ms / 1e3) / 1e9
+            values.update(latency_metrics(names.GRAPH_LATENCY_PREFIX, timing.graph_latency))
+            values[names.GRAPH_ACHIEVED] = achieved_gflop_per_s(self.flops, timing.graph_latency.median_ms) or 0.0
         return values
 
     def _peak_metrics(self) -> dict[str, float]:
-        achieved = self.achieved_gflop_per_s
         values: dict[str, float] = {}
         if self.spec_gflop_per_s and self.gpu_spec is not None:
-            values["spec_peak_gflop_per_s"] = self.spec_gflop_per_s
-            values["spec_bandwidth_gb_per_s"] = self.gpu_spec.bandwidth_gb_s
-            if achieved is not None:
-                values["utilization_vs_spec_peak"] = achieved / self.spec_gflop_per_s
+            values[names.SPEC_PEAK] = self.spec_gflop_per_s
+            values[names.SPEC_BANDWIDTH] = self.gpu_spec.bandwidth_gb_s
         if self.cpu_peak is not None:
-            values["cpu_estimated_peak_gflop_per_s"] = self.cpu_peak.gflop_per_s
-            if achieved is not None:
-                values["utilization_vs_estimated_peak"] = achieved / self.cpu_peak.gflop_per_s
+            values[names.CPU_ESTIMATED_PEAK] = self.cpu_peak.gflop_per_s
         if self.measured_peak is not None:
-            values["measured_peak_gflop_per_s"] = self.measured_peak.gemm_gflop_per_s
-            values["measured_bandwidth_gb_per_s"] = self.measured_peak.bandwidth_gb_s
-            if achieved is not None:
-                values["utilization_vs_measured_peak"] = achieved / self.measured_peak.gemm_gflop_per_s
+            values[names.MEASURED_PEAK] = self.measured_peak.gemm_gflop_per_s
+            values[names.MEASURED_BANDWIDTH] = self.measured_peak.bandwidth_gb_s
+        for key, share in (
+            (names.UTILIZATION_SPEC, self.utilization_vs_spec),
+            (names.UTILIZATION_ESTIMATE, self.utilization_vs_estimate),
+            (names.UTILIZATION_MEASURED, self.utilization_vs_measured),
+        ):
+            if share is not None:
+                values[key] = share
         return values
 
 
-def _latency_metrics(prefix: str, latency: LatencyStats) -> dict[str, float]:
-    return {
-        f"{prefix}_mean_ms": latency.mean_ms,
-        f"{prefix}_median_ms": latency.median_ms,
-        f"{prefix}_std_ms": latency.std_ms,
-        f"{prefix}_min_ms": latency.min_ms,
-        f"{prefix}_max_ms": latency.max_ms,
-        f"{prefix}_p90_ms": latency.p90_ms,
-        f"{prefix}_p95_ms": latency.p95_ms,
-        f"{prefix}_cv": latency.cv,
-        f"{prefix}_ci95_low_ms": latency.ci_low_ms,
-        f"{prefix}_ci95_high_ms": latency.ci_high_ms,
-        f"{prefix}_precision": latency.precision,
+def latency_metrics(prefix: str, latency: LatencyStats) -> dict[str, float]:
+    """``{prefix}_median_ms`` etc. for every statistic in ``names.LATENCY_STATS``."""
+    stats = {
+        "mean_ms": latency.mean_ms,
+        "median_ms": latency.median_ms,
+        "std_ms": latency.std_ms,
+        "min_ms": latency.min_ms,
+        "max_ms": latency.max_ms,
+        "p90_ms": latency.p90_ms,
+        "p95_ms": latency.p95_ms,
+        "cv": latency.cv,
+        "ci95_low_ms": latency.ci_low_ms,
+        "ci95_high_ms": latency.ci_high_ms,
+        "precision": latency.precision,
     }
+    return {f"{prefix}_{name}": stats[name] for name in names.LATENCY_STATS}

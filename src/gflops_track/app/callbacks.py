@@ -1,8 +1,10 @@
-"""Hydra callback that makes a multirun sweep one MLflow parent run with its jobs nested under it.
+"""Hydra callback that makes a multirun sweep one MLflow run with its jobs nested under it.
 
-The parent (and the store, with its schema migration) is created once in the launching process before any job
-starts: a fresh SQLite store hit by several writers at once breaks in MLflow's migration. Jobs find the parent
-through an environment variable, so launchers that run jobs in other processes see it too.
+The sweep's run (and the store, with its schema migration) is created once in the launching process before any job
+starts: a fresh SQLite store hit by several writers at once breaks in MLflow's migration. Jobs find it through an
+environment variable, so launchers that run jobs in other processes see it too. The sweep's run is a ``Recorder``
+like a job's: it spools when the store is out of reach, and the ledger (``outcomes.py``) knows how to end it if the
+command is interrupted.
 """
 
 from __future__ import annotations
@@ -15,45 +17,33 @@ from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from gflops_track.app import console, job
+from gflops_track import names
+from gflops_track.app import console
+from gflops_track.app.outcomes import FAILED, FINISHED, KILLED, OutcomeLedger, sweep_key
 from gflops_track.compare.cli import log_report
 from gflops_track.compare.render import rich_table
 from gflops_track.compare.rows import build_rows
-from gflops_track.tracking import spool
-from gflops_track.tracking.recorder import TRACKING_ERRORS
-from gflops_track.tracking.run_logger import RunRecord
+from gflops_track.tracking.recorder import TRACKING_ERRORS, Recorder, RunTarget
+from gflops_track.tracking.records import RunRecord
 from gflops_track.tracking.spool import SPOOL_FOLDER
-from gflops_track.tracking.store import (
-    PARENT_RUN_ENV,
-    child_runs,
-    connect,
-    ensure_experiment,
-    redact_uri,
-    resolve_tracking_uri,
-)
-
-_active: list[MlflowSweepCallback] = []  # the sweep in progress in this process, for end_interrupted_sweep
-
-
-def end_interrupted_sweep() -> None:
-    """After Ctrl-C or SIGTERM (Hydra then never calls on_multirun_end): mark the sweep's own run KILLED."""
-    while _active:
-        _active.pop().end_killed()
-
+from gflops_track.tracking.store import PARENT_RUN_ENV, child_runs, redact_uri, resolve_tracking_uri
 
 PARALLEL_LAUNCHERS = ("JoblibLauncher", "LocalLauncher")  # hydra-joblib-launcher; hydra-submitit-launcher (local)
 
 
+def end_interrupted_sweeps(ledger: OutcomeLedger) -> None:
+    """After Ctrl-C or SIGTERM (Hydra then never calls on_multirun_end): mark the sweep's own run KILLED."""
+    os.environ.pop(PARENT_RUN_ENV, None)
+    for state in ledger.open_sweeps():
+        Recorder.resume(state, console.print_warning).finish(KILLED)
+        ledger.close_sweep(sweep_key(state))
+
+
 class MlflowSweepCallback(Callback):
-    """on_multirun_start: create the parent run; on_multirun_end: compare the children, close the parent."""
+    """on_multirun_start: open the sweep's run; on_multirun_end: compare the children, close the sweep's run."""
 
     def __init__(self) -> None:
-        self.parent_run_id: str | None = None
-        self.owns_parent = False
-        self.uri = ""
-        self.spool_dir = Path(SPOOL_FOLDER)
-        self.spooled_parent: spool.SpooledRun | None = None
-        self.experiment = ""
+        self.recorder: Recorder | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         launcher = str(config.hydra.launcher.get("_target_", ""))
@@ -66,81 +56,47 @@ class MlflowSweepCallback(Callback):
         tracking = config.tracking
         if not tracking.enabled:
             return
-        _active.append(self)
-        self.experiment = tracking.experiment
-        self.uri = resolve_tracking_uri(tracking.uri, Path.cwd())
         overrides = " ".join(config.hydra.overrides.task)
-        self.spool_dir = Path(config.hydra.sweep.dir) / SPOOL_FOLDER
-        launched_by_mlflow = os.environ.get("MLFLOW_RUN_ID")
-        try:
-            client = connect(self.uri)
-            if launched_by_mlflow:
-                self.parent_run_id, self.owns_parent = launched_by_mlflow, False
-            else:
-                experiment_id = ensure_experiment(client, tracking.experiment)
-                run = client.create_run(experiment_id, run_name=f"sweep {overrides}".strip())
-                self.parent_run_id, self.owns_parent = run.info.run_id, True
-            client.set_tag(self.parent_run_id, "sweep_overrides", overrides)
-            os.environ[PARENT_RUN_ENV] = self.parent_run_id
-        except TRACKING_ERRORS as error:
-            self.spooled_parent = spool.SpooledRun.new(tracking.experiment, f"sweep {overrides}".strip())
-            spool.write(self.spool_dir, self.spooled_parent, RunRecord(tags={"sweep_overrides": overrides}))
-            os.environ[PARENT_RUN_ENV] = spool.SPOOL_PARENT_PREFIX + self.spooled_parent.spool_id
-            console.print_warning(
-                f"tracking store {redact_uri(self.uri)} not reachable ({type(error).__name__}): the sweep is kept in "
-                f"{self.spool_dir.parent} — upload it later with: gflops-track sync {self.spool_dir.parent}"
-            )
-
-    def _spool_ending(self, status: str) -> Path:
-        """Keep the parent run's final status for `gflops-track sync` when the store fails at the end."""
-        assert self.parent_run_id is not None
-        ending = spool.SpooledRun.new(self.experiment, "sweep", run_id=self.parent_run_id)
-        ending.status = status
-        return spool.write(self.spool_dir, ending, RunRecord())
-
-    def end_killed(self) -> None:
-        os.environ.pop(PARENT_RUN_ENV, None)
-        if self.spooled_parent is not None:
-            self.spooled_parent.status = "KILLED"
-            spool.write(self.spool_dir, self.spooled_parent, RunRecord())
-        elif self.parent_run_id is not None and self.owns_parent:
-            try:
-                connect(self.uri).set_terminated(self.parent_run_id, "KILLED")
-            except TRACKING_ERRORS:
-                self._spool_ending("KILLED")
+        uri = resolve_tracking_uri(tracking.uri, Path.cwd())
+        target = RunTarget.for_sweep(uri, tracking.experiment, f"sweep {overrides}".strip())
+        self.recorder = Recorder(target, Path(config.hydra.sweep.dir) / SPOOL_FOLDER, console.print_warning)
+        self.recorder.open(RunRecord(tags={names.SWEEP_OVERRIDES_TAG: overrides}))
+        os.environ[PARENT_RUN_ENV] = self.recorder.reference
+        ledger = OutcomeLedger.current()
+        if ledger is not None:
+            ledger.open_sweep(self.recorder.state())
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if self in _active:
-            _active.remove(self)
         os.environ.pop(PARENT_RUN_ENV, None)
-        if self.spooled_parent is not None:
-            self.spooled_parent.status = "FAILED" if job.failed_jobs else "FINISHED"
-            spool.write(self.spool_dir, self.spooled_parent, RunRecord())
+        recorder = self.recorder
+        if recorder is None:
             return
-        if self.parent_run_id is None:
-            return
-        try:
-            self._report(connect(self.uri), self.parent_run_id)
-        except TRACKING_ERRORS as error:  # keep the parent's ending for `gflops-track sync` to apply
-            directory = self._spool_ending("FAILED" if job.failed_jobs else "FINISHED")
-            console.print_warning(
-                f"tracking store {redact_uri(self.uri)} failed at the end of the sweep ({type(error).__name__}); "
-                f"the sweep's ending is kept in {directory} — gflops-track sync {self.spool_dir.parent}"
-            )
+        ledger = OutcomeLedger.current()
+        failed_here = ledger is not None and ledger.exit_code() != 0
+        if recorder.spooled is None and recorder.client is not None and recorder.run_id is not None:
+            try:
+                failed_here = self._report(recorder.client, recorder.run_id, recorder.target.uri) or failed_here
+            except TRACKING_ERRORS as error:
+                console.print_warning(
+                    f"tracking store {redact_uri(recorder.target.uri)} failed at the end of the sweep "
+                    f"({type(error).__name__}); the sweep's ending is kept for gflops-track sync"
+                )
+        recorder.finish(FAILED if failed_here else FINISHED)
+        if ledger is not None:
+            ledger.close_sweep(sweep_key(recorder.state()))
 
-    def _report(self, client: MlflowClient, parent_run_id: str) -> None:
+    def _report(self, client: MlflowClient, parent_run_id: str, uri: str) -> bool:
+        """Print and log the comparison of the sweep's jobs; True when one of them did not finish."""
         runs = child_runs(client, parent_run_id)
-        failed = [run for run in runs if run.info.status != "FINISHED"]
+        failed = [run for run in runs if run.info.status != FINISHED]
         rows = build_rows(runs)
         title = f"sweep {parent_run_id}: {len(runs)} job(s)"
         console.console.print(rich_table(rows, title))
         try:
-            log_report(client, parent_run_id, rows, title, redact_uri(self.uri))
+            log_report(client, parent_run_id, rows, title, redact_uri(uri))
             console.console.print(f"comparison report.html logged to the sweep's run {parent_run_id}")
         except Exception as error:  # the report is a view of runs already safe in the store
             console.print_warning(f"sweep report not written: {type(error).__name__}: {error}")
-        client.log_metric(parent_run_id, "jobs", len(runs))
-        client.log_metric(parent_run_id, "failed_jobs", len(failed))
-        if self.owns_parent:
-            client.set_terminated(parent_run_id, "FAILED" if failed or job.failed_jobs else "FINISHED")
-        job.failed_jobs.extend(run.info.run_name for run in failed if run.info.run_name not in job.failed_jobs)
+        client.log_metric(parent_run_id, names.JOBS, len(runs))
+        client.log_metric(parent_run_id, names.FAILED_JOBS, len(failed))
+        return bool(failed)

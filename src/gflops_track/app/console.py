@@ -8,9 +8,10 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from gflops_track.formatting import summary_rows
 from gflops_track.result import ProfileResult
+from gflops_track.summary import summary_rows
 from gflops_track.timing import ProgressCallback
 
 console = Console()
@@ -38,27 +39,30 @@ def job_progress(title: str) -> Iterator[ProgressCallback]:
 
 
 def print_summary(result: ProfileResult, run_name: str, run_id: str | None) -> None:
-    table = Table(title=f"{run_name}" + (f"  (MLflow run {run_id})" if run_id else ""), show_header=False)
-    table.add_column(style="bold")
-    table.add_column(justify="right")
+    """The run's summary table, then its notes. Every string from the run is shown as text, never as rich markup."""
+    title = Text(run_name + (f"  (MLflow run {run_id})" if run_id else ""))
+    table = Table(title=title, show_header=False)
+    table.add_column(style="bold", overflow="fold")
+    table.add_column(justify="right", overflow="fold")
     for label, value in summary_rows(result):
-        table.add_row(label, value)
+        table.add_row(Text(label), Text(value))
     console.print(table)
     if result.notes:
-        console.print("[yellow]notes:[/yellow]\n" + "\n".join(result.notes), highlight=False)
+        console.print(Text("notes:", style="yellow"), Text("\n".join(result.notes)), sep="\n", highlight=False)
 
 
-def print_config_errors(errors: Sequence[str]) -> None:
+def print_config_errors(errors: Sequence[str], run_created: bool = False) -> None:
     """Config problems: one line each, naming the key, the value and what is allowed."""
     for error in errors:
-        error_console.print(f"[red]gflops-track: invalid config:[/red] {error}", highlight=False, soft_wrap=True)
-    error_console.print("No MLflow run was created.", highlight=False)
+        error_console.print(Text("gflops-track: invalid config: ", style="red") + Text(error), soft_wrap=True)
+    if not run_created:
+        error_console.print("No MLflow run was created.", highlight=False)
 
 
 def print_warning(message: str) -> None:
-    error_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+    error_console.print(Text("warning: ", style="yellow") + Text(message), soft_wrap=True)
 
 
 def print_job_failure(run_name: str, run_id: str | None, error: str) -> None:
     where = f" (MLflow run {run_id} marked FAILED)" if run_id else ""
-    error_console.print(f"[red]job {run_name} failed{where}:[/red] {error}", highlight=False, soft_wrap=True)
+    error_console.print(Text(f"job {run_name} failed{where}: ", style="red") + Text(error), soft_wrap=True)

@@ -8,7 +8,7 @@ on); whatever was measured before the failure is already logged.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,27 +16,17 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
+from gflops_track import names
 from gflops_track.app import console
+from gflops_track.app.outcomes import FAILED, FINISHED, KILLED, JobOutcome
 from gflops_track.app.schema import AppConfig
-from gflops_track.hardware import Fingerprint, fingerprint
-from gflops_track.profiler import profile, resolve_device
+from gflops_track.hardware import Fingerprint
+from gflops_track.profiler import count, measure, rate, resolve_device, where_it_runs
 from gflops_track.result import ProfileResult
-from gflops_track.runtime import runtime_context
-from gflops_track.tracking.recorder import Recorder
-from gflops_track.tracking.run_logger import cost_record, start_record, timing_record
+from gflops_track.tracking.recorder import Recorder, RunTarget
+from gflops_track.tracking.records import cost_record, peak_record, start_record, timing_record
 from gflops_track.tracking.spool import SPOOL_FOLDER
 from gflops_track.tracking.store import redact_uri, resolve_tracking_uri
-
-failed_jobs: list[str] = []  # run names (or config keys) of jobs that failed in this process
-
-
-@dataclass(frozen=True)
-class JobOutcome:
-    run_name: str
-    run_id: str | None
-    status: str  # FINISHED or FAILED
-    result: ProfileResult | None = None
-    error: str = ""
 
 
 def model_short_name(target: str) -> str:
@@ -46,9 +36,11 @@ def model_short_name(target: str) -> str:
 
 
 def job_device(config: AppConfig) -> torch.device:
-    if config.device.type == "cuda" and config.device.index is not None:
+    """device.type resolved ('auto' -> cuda when available); device.index applies whenever that is CUDA."""
+    device = resolve_device(config.device.type)
+    if device.type == "cuda" and config.device.index is not None:
         return resolve_device(f"cuda:{config.device.index}")
-    return resolve_device(config.device.type)
+    return device
 
 
 def run_name_for(config: AppConfig, device: torch.device) -> str:
@@ -58,7 +50,7 @@ def run_name_for(config: AppConfig, device: torch.device) -> str:
         model=model_short_name(config.model["_target_"]),
         norm_fn=config.model.get("norm_fn", ""),
         batch_size=config.batch.size,
-        device=device.type,
+        device=str(device),  # "cpu", "cuda" or "cuda:1": runs on two GPUs of one machine never share a name
         dtype=config.precision.dtype,
     )
     return re.sub(r"-{2,}", "-", name).strip("-")
@@ -87,32 +79,38 @@ def build_inputs(config: AppConfig, device: torch.device) -> tuple[tuple[torch.T
     return args, kwargs
 
 
-def measure(
-    config: AppConfig, device: torch.device, title: str, recorder: Recorder | None, facts: Fingerprint | None = None
+def profile_job(
+    config: AppConfig,
+    device: torch.device,
+    title: str,
+    facts: Fingerprint,
+    settings: dict[str, str],
+    recorder: Recorder | None,
 ) -> ProfileResult:
-    """Build, count (recorded at once: nothing measured is lost if timing fails), then time and record."""
+    """Build, then count -> log -> time -> log -> peaks -> log: whatever a later step fails on, what the steps
+    before it measured is already recorded."""
+    record = recorder.log if recorder is not None else (lambda _record: None)
     model = build_model(config.model)
     args, kwargs = build_inputs(config, device)
+    runtime = config.runtime_options()
     with console.job_progress(title) as progress:
-        result = profile(
-            model,
-            args,
-            device,
-            kwargs=kwargs,
-            timing=config.timing.options(),
-            runtime=config.runtime_options(),
-            measure_speed=config.timing.enabled,
-            measure_peak=config.peak.measure,
-            peak_cache_dir=Path(config.peak.cache_dir) if config.peak.cache_dir else None,
-            compare_thop=config.counting.thop,
-            compare_torch=config.counting.torch_check,
-            prefer_meta=config.counting.meta,
-            on_progress=progress,
-            on_cost=(lambda counted: recorder.log(cost_record(counted))) if recorder else None,
-            facts=facts,
+        cost = count(
+            model, args, device, kwargs=kwargs, runtime=runtime, options=config.count_options(), on_progress=progress
         )
-    if recorder is not None:
-        recorder.log(timing_record(result, title))
+        result = ProfileResult(cost, facts, runtime, settings)
+        record(cost_record(result))
+        if config.timing.enabled:
+            timing = measure(
+                model, args, device, kwargs=kwargs, runtime=runtime, options=config.timing_options(),
+                on_progress=progress,
+            )  # fmt: skip
+            result = replace(result, timing=timing)
+            record(timing_record(result))
+        peak = config.peak_options()
+        if config.timing.enabled or peak.measure:
+            progress("peak", 0, 1)
+            result = replace(result, peaks=rate(cost, result.timing, device, runtime, facts, peak))
+            record(peak_record(result, title))
     return result
 
 
@@ -120,44 +118,36 @@ def run_job(
     config: AppConfig, params: dict[str, str], config_yaml: str, launch_dir: Path, output_dir: Path, in_sweep: bool
 ) -> JobOutcome:
     """Profile one configuration into one MLflow run (or the spool in ``output_dir`` if the store fails); never
-    raises for a failure inside the job."""
+    raises for a failure inside the job (SystemExit from the user's model included): the run is FAILED, the reason
+    is its ``error`` tag, and the sweep goes on. An interrupt ends the run KILLED and goes on."""
     device = job_device(config)
     run_name = run_name_for(config, device)
-    if not config.tracking.enabled:
-        return _run_untracked(config, device, run_name)
-    uri = resolve_tracking_uri(config.tracking.uri, launch_dir)
-    recorder = Recorder(
-        uri, config.tracking.experiment, run_name, in_sweep, output_dir / SPOOL_FOLDER, console.print_warning
-    )
-    recorder.open()
-    tags = {"model_target": config.model["_target_"], "device": str(device)}
-    params = {**params, "tracking.uri": redact_uri(uri)}
-    with runtime_context(config.runtime_options()):  # the thread count in the tags is the one the run uses
-        facts = fingerprint(device)
+    facts, settings = where_it_runs(device, config.runtime_options())
+    recorder = None
+    if config.tracking.enabled:
+        uri = resolve_tracking_uri(config.tracking.uri, launch_dir)
+        target = RunTarget.for_job(uri, config.tracking.experiment, run_name, in_sweep)
+        recorder = Recorder(target, output_dir / SPOOL_FOLDER, console.print_warning)
     try:
-        recorder.log(start_record(params, config_yaml, tags, facts))
-        result = measure(config, device, run_name, recorder, facts)
-    except Exception as error:
-        failed_jobs.append(run_name)
+        if recorder is not None:
+            tags = {names.MODEL_TARGET_TAG: config.model["_target_"], names.DEVICE_TAG: str(device)}
+            params = {**params, "tracking.uri": redact_uri(recorder.target.uri)}
+            recorder.open(start_record(params, config_yaml, tags, facts))
+        result = profile_job(config, device, run_name, facts, settings, recorder)
+    except (Exception, SystemExit) as error:
         message = f"{type(error).__name__}: {error}"
-        recorder.finish("FAILED", message)
-        console.print_job_failure(run_name, recorder.run_id, message)
-        return JobOutcome(run_name, recorder.run_id, "FAILED", error=message)
-    except BaseException as interrupt:  # Ctrl-C, SIGTERM: the run is KILLED, the interrupt goes on
-        recorder.finish("KILLED", f"{type(interrupt).__name__}: interrupted")
+        if recorder is not None:
+            recorder.finish(FAILED, message)
+        run_id = recorder.run_id if recorder else None
+        console.print_job_failure(run_name, run_id, message)
+        return JobOutcome(run_name, run_id, FAILED, message)
+    except BaseException as interrupt:  # Ctrl-C, SIGTERM, SIGHUP: the run is KILLED, the interrupt goes on
+        if recorder is not None:
+            recorder.finish(KILLED, f"{type(interrupt).__name__}: interrupted")
         raise
-    recorder.finish("FINISHED")
-    console.print_summary(result, run_name, recorder.run_id)
-    return JobOutcome(run_name, recorder.run_id, "FINISHED", result=result)
-
-
-def _run_untracked(config: AppConfig, device: torch.device, run_name: str) -> JobOutcome:
-    try:
-        result = measure(config, device, run_name, None)
-    except Exception as error:
-        failed_jobs.append(run_name)
-        message = f"{type(error).__name__}: {error}"
-        console.print_job_failure(run_name, None, message)
-        return JobOutcome(run_name, None, "FAILED", error=message)
-    console.print_summary(result, run_name, None)
-    return JobOutcome(run_name, None, "FINISHED", result=result)
+    run_id = None
+    if recorder is not None:
+        recorder.finish(FINISHED)
+        run_id = recorder.run_id
+    console.print_summary(result, run_name, run_id)
+    return JobOutcome(run_name, run_id, FINISHED)

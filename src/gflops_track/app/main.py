@@ -1,4 +1,4 @@
-"""The thin Hydra entry point: compose -> validate -> run the job -> exit code."""
+"""The thin Hydra entry point: preflight -> compose -> run the job -> exit code from the jobs' outcomes."""
 
 from __future__ import annotations
 
@@ -12,25 +12,30 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from gflops_track.app import callbacks, console, job
+from gflops_track.app import console
+from gflops_track.app.callbacks import end_interrupted_sweeps
+from gflops_track.app.job import run_job
+from gflops_track.app.outcomes import FAILED, INVALID_CONFIG, JobOutcome, OutcomeLedger
 from gflops_track.app.preflight import preflight
 from gflops_track.app.schema import ConfigError, register_schema, to_app_config
-from gflops_track.tracking.run_logger import flatten_params
+from gflops_track.tracking.records import flatten_params
 
 EXIT_CONFIG_ERROR = 2
-INVALID_CONFIG = "invalid config"  # stands in failed_jobs for a job whose config failed validation inside Hydra
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
-EXIT_JOB_FAILED = 1
-EXIT_SIGINT = 130  # 128 + SIGINT, as shells report it
-EXIT_SIGTERM = 143  # 128 + SIGTERM
+SIGNAL_EXITS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}  # 128 + signal number, as shells say
+NOT_LOGGED = ("norm_fn",)  # top-level keys logged through the model (model.norm_fn) when they apply to it
 
 
 class Terminated(BaseException):
-    """SIGTERM, raised in the main thread like KeyboardInterrupt so every run is ended on the way out."""
+    """SIGTERM or SIGHUP, raised in the main thread like KeyboardInterrupt so every run is ended on the way out."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
-def _raise_terminated(_signum: int, _frame: object) -> None:
-    raise Terminated()
+def _raise_terminated(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
 
 
 def config_dir() -> str:
@@ -44,26 +49,33 @@ register_schema()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def hydra_app(cfg: DictConfig) -> None:
+def hydra_app(cfg: DictConfig) -> JobOutcome:
     hydra_config = HydraConfig.get()
     try:
         config = to_app_config(cfg)
     except ConfigError as error:  # normally caught by preflight; here when Hydra was called in another way
-        console.print_config_errors(error.errors)
-        job.failed_jobs.append(INVALID_CONFIG)
-        return
-    job.run_job(
-        config,
-        params=flatten_params(OmegaConf.to_container(cfg, resolve=True)),
-        config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
-        launch_dir=Path(hydra_config.runtime.cwd),
-        output_dir=Path(hydra_config.runtime.output_dir),
-        in_sweep=hydra_config.mode == RunMode.MULTIRUN,
-    )
+        console.print_config_errors(error.errors, run_created=hydra_config.mode == RunMode.MULTIRUN)
+        return JobOutcome(hydra_config.job.override_dirname, None, INVALID_CONFIG, "; ".join(error.errors))
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(container, dict)
+        return run_job(
+            config,
+            params=flatten_params({key: value for key, value in container.items() if key not in NOT_LOGGED}),
+            config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+            launch_dir=Path(hydra_config.runtime.cwd),
+            output_dir=Path(hydra_config.runtime.output_dir),
+            in_sweep=hydra_config.mode == RunMode.MULTIRUN,
+        )
+    except Exception as error:  # a fault of ours past the job's own handling: this job failed, the sweep goes on
+        message = f"{type(error).__name__}: {error}"
+        console.print_job_failure(hydra_config.job.override_dirname or "job", None, message)
+        return JobOutcome(hydra_config.job.override_dirname, None, FAILED, message)
 
 
 def main() -> None:
-    """``python -m gflops_track [overrides]``; exits 2 on a config error (no run created), 1 if any job failed."""
+    """``python -m gflops_track [overrides]``; exits 2 on a config error (no run created), 1 if any job failed,
+    128 + the signal's number when interrupted (SIGINT 130, SIGTERM 143, SIGHUP 129)."""
     for name, value in HTTP_DEFAULTS.items():  # a dead server must not stall every call for minutes of retries
         os.environ.setdefault(name, value)
     checked = preflight(sys.argv[1:], CONFIG_DIR)
@@ -72,14 +84,19 @@ def main() -> None:
         sys.exit(EXIT_CONFIG_ERROR)
     for warning in checked.warnings:
         console.print_warning(warning)
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_terminated)
+    ledger = OutcomeLedger.create()
     try:
         hydra_app()
+        code = ledger.exit_code()
     except (KeyboardInterrupt, Terminated) as interrupt:
         # the job in flight already marked its run KILLED; finished runs stay as they are
-        callbacks.end_interrupted_sweep()
-        name = "SIGTERM" if isinstance(interrupt, Terminated) else "SIGINT (Ctrl-C)"
+        end_interrupted_sweeps(ledger)
+        signum = interrupt.signum if isinstance(interrupt, Terminated) else signal.SIGINT
+        name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
         console.print_warning(f"stopped by {name}: the run in progress is marked KILLED, finished runs are kept")
-        sys.exit(EXIT_SIGTERM if isinstance(interrupt, Terminated) else EXIT_SIGINT)
-    if job.failed_jobs:
-        sys.exit(EXIT_CONFIG_ERROR if INVALID_CONFIG in job.failed_jobs else EXIT_JOB_FAILED)
+        code = SIGNAL_EXITS[signal.Signals(signum)]
+    finally:
+        ledger.remove()
+    sys.exit(code)

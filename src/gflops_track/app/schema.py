@@ -7,25 +7,61 @@ and what is allowed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any
+import difflib
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
 
-import torch
+from hydra._internal.utils import _locate
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from gflops_track.models.residual_block import NORM_CHOICES, residual_block_arg_errors
-from gflops_track.profiler import DEVICE_CHOICES
+from gflops_track.peak_report import PeakOptions
+from gflops_track.profiler import CountOptions
 from gflops_track.runtime import RuntimeOptions
 from gflops_track.timing import TimingOptions
+from gflops_track.validation import device_problems, integer_problems
 
 SCHEMA_NAME = "gflops_track_schema"
+MAX_EXPERIMENT_NAME = 500  # MLflow's limit (mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH)
 RESIDUAL_BLOCK_TARGETS = ("gflops_track.models.ResidualBlock", "gflops_track.models.residual_block.ResidualBlock")
 
 
-@dataclass
-class NormConfig:
-    name: str = "group"
+def config_node(
+    name: str,
+    options: type,
+    exclude: Sequence[str] = (),
+    rename: Mapping[str, str] | None = None,
+    extra: Sequence[tuple[str, type, Any]] = (),
+    defaults: Mapping[str, Any] | None = None,
+) -> type:
+    """A mutable config dataclass whose fields, types and defaults are the core options dataclass's own (``rename``:
+    option field -> config key; ``extra``: config-only fields first; ``defaults``: where the app deliberately
+    differs from the library). The defaults are written once, in the core."""
+    hints = get_type_hints(options)
+    rename = rename or {}
+    defaults = defaults or {}
+    node_fields: list[tuple[str, Any, Any]] = [(key, kind, field(default=value)) for key, kind, value in extra]
+    for option in fields(options):
+        if option.name in exclude:
+            continue
+        key = rename.get(option.name, option.name)
+        node_fields.append((key, hints[option.name], field(default=defaults.get(key, option.default))))
+    return make_dataclass(name, node_fields)
+
+
+TimingConfig = config_node("TimingConfig", TimingOptions, extra=[("enabled", bool, True)])
+PRECISION_KEYS = {"dtype": "dtype", "dtype_mode": "mode"}  # RuntimeOptions field -> key under precision.
+PrecisionConfig = config_node(
+    "PrecisionConfig", RuntimeOptions, exclude=[f.name for f in fields(RuntimeOptions) if f.name not in PRECISION_KEYS],
+    rename=PRECISION_KEYS,
+)  # fmt: skip
+RuntimeConfig = config_node("RuntimeConfig", RuntimeOptions, exclude=list(PRECISION_KEYS))
+PeakConfig = config_node("PeakConfig", PeakOptions, defaults={"measure": True})  # the app measures peaks
+CountingConfig = config_node("CountingConfig", CountOptions, exclude=["extra_rules"])
 
 
 @dataclass
@@ -49,50 +85,6 @@ class InputConfig:
 
 
 @dataclass
-class TimingConfig:
-    enabled: bool = True
-    warmup: int = 10
-    warmup_max_s: float = 5.0
-    min_repeats: int = 30
-    target_precision: float = 0.01
-    max_time_s: float = 10.0
-    max_repeats: int = 10_000
-    cuda_graph: bool = False
-    flush_l2: bool = False
-
-    def options(self) -> TimingOptions:
-        """The timing engine's options (every field but ``enabled`` has the same name there)."""
-        return TimingOptions(**{f.name: getattr(self, f.name) for f in fields(TimingOptions)})
-
-
-@dataclass
-class PrecisionConfig:
-    dtype: str = "fp32"
-    mode: str = "autocast"
-
-
-@dataclass
-class RuntimeConfig:
-    memory_format: str = "contiguous"
-    cudnn_benchmark: bool = False
-    threads: int | None = None
-    compile: str = "off"
-
-
-@dataclass
-class PeakConfig:
-    measure: bool = True
-    cache_dir: str | None = None
-
-
-@dataclass
-class CountingConfig:
-    meta: bool = True
-    thop: bool = True
-    torch_check: bool = True
-
-
-@dataclass
 class TrackingConfig:
     enabled: bool = True
     uri: str | None = None
@@ -105,7 +97,7 @@ class AppConfig:
     """The whole job configuration, as plain values (what the job functions take)."""
 
     model: dict[str, Any] = MISSING
-    norm_fn: NormConfig = field(default_factory=NormConfig)
+    norm_fn: str = "group"  # the residual block's norm (model.norm_fn: ${norm_fn}); -m norm_fn=group,batch sweeps it
     device: DeviceConfig = field(default_factory=DeviceConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     input: InputConfig = field(default_factory=InputConfig)
@@ -117,23 +109,33 @@ class AppConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def runtime_options(self) -> RuntimeOptions:
-        return RuntimeOptions(
-            dtype=self.precision.dtype,
-            dtype_mode=self.precision.mode,
-            memory_format=self.runtime.memory_format,
-            cudnn_benchmark=self.runtime.cudnn_benchmark,
-            threads=self.runtime.threads,
-            compile=self.runtime.compile,
-        )
+        precision = {field_name: getattr(self.precision, key) for field_name, key in PRECISION_KEYS.items()}
+        return RuntimeOptions(**precision, **_values(self.runtime))
+
+    def timing_options(self) -> TimingOptions:
+        return TimingOptions(**_values(self.timing, exclude=("enabled",)))
+
+    def count_options(self) -> CountOptions:
+        return CountOptions(**_values(self.counting))
+
+    def peak_options(self) -> PeakOptions:
+        cache_dir = self.peak.cache_dir
+        return PeakOptions(measure=self.peak.measure, cache_dir=Path(cache_dir) if cache_dir else None)
+
+    def uses_norm_fn(self) -> bool:
+        """Whether the model takes the top-level ``norm_fn`` (the residual block does; a custom model need not)."""
+        return self.model.get("norm_fn") == self.norm_fn and self.model.get("_target_") in RESIDUAL_BLOCK_TARGETS
 
 
-RUNTIME_KEYS = {  # RuntimeOptions field -> the config key that sets it
-    "dtype": "precision.dtype",
-    "dtype_mode": "precision.mode",
-    "memory_format": "runtime.memory_format",
-    "threads": "runtime.threads",
-    "compile": "runtime.compile",
-}
+def _values(node: Any, exclude: Sequence[str] = ()) -> dict[str, Any]:
+    return {f.name: getattr(node, f.name) for f in fields(node) if f.name not in exclude}
+
+
+def option_key(node: str, option: str) -> str:
+    """The config key that sets a core option field, e.g. ('runtime', 'dtype') -> 'precision.dtype'."""
+    if node == "runtime" and option in PRECISION_KEYS:
+        return f"precision.{PRECISION_KEYS[option]}"
+    return f"{node}.{option}"
 
 
 def register_schema() -> None:
@@ -148,39 +150,25 @@ class ConfigError(ValueError):
         self.errors = errors
 
 
-def _positive(key: str, value: Any, minimum: int = 1) -> list[str]:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        return [f"{key}={value!r} is not allowed: it must be an integer >= {minimum}"]
-    return []
-
-
 def validate(config: AppConfig) -> list[str]:
     """All problems with ``config``, one line each (empty when it is valid)."""
-    errors: list[str] = []
-    if config.norm_fn.name not in NORM_CHOICES:
-        errors.append(f"norm_fn={config.norm_fn.name!r} is not allowed: choose one of {', '.join(NORM_CHOICES)}")
-    device = config.device.type
-    if device not in DEVICE_CHOICES:
-        errors.append(f"device={device!r} is not allowed: choose one of {', '.join(DEVICE_CHOICES)}")
-    elif device == "cuda" and not torch.cuda.is_available():
-        errors.append("device='cuda' is not allowed on this machine: it has no CUDA device (use device=cpu or auto)")
-    elif device == "cuda" and config.device.index is not None and config.device.index >= torch.cuda.device_count():
-        errors.append(
-            f"device.index={config.device.index!r} is not allowed: this machine has "
-            f"{torch.cuda.device_count()} CUDA device(s), indices 0..{torch.cuda.device_count() - 1}"
-        )
-    errors += _positive("batch.size", config.batch.size)
-    errors += _positive("batch.height", config.batch.height)
-    errors += _positive("batch.width", config.batch.width)
-    if config.input.shape is not None and (
-        not config.input.shape
-        or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in config.input.shape)
-    ):
+    errors = device_problems(config.device.type, config.device.index)
+    errors += integer_problems("batch.size", config.batch.size)
+    errors += integer_problems("batch.height", config.batch.height)
+    errors += integer_problems("batch.width", config.batch.width)
+    if config.input.shape is not None and (not config.input.shape or any(
+        integer_problems("", d) for d in config.input.shape
+    )):  # fmt: skip
         errors.append(f"input.shape={config.input.shape!r} is not allowed: it must be a list of integers >= 1")
-    errors += [f"timing.{name}{message}" for name, message in config.timing.options().problems()]
-    errors += [f"{RUNTIME_KEYS[name]}{message}" for name, message in config.runtime_options().problems()]
+    errors += [f"{option_key('timing', name)}{message}" for name, message in config.timing_options().problems()]
+    errors += [f"{option_key('runtime', name)}{message}" for name, message in config.runtime_options().problems()]
     if not config.tracking.experiment.strip():
         errors.append("tracking.experiment='' is not allowed: give the MLflow experiment a name")
+    elif len(config.tracking.experiment) > MAX_EXPERIMENT_NAME:
+        errors.append(
+            f"tracking.experiment={config.tracking.experiment[:40]!r}... ({len(config.tracking.experiment)} characters)"
+            f" is not allowed: MLflow takes experiment names of at most {MAX_EXPERIMENT_NAME} characters"
+        )
     errors += _run_name_errors(config.tracking.run_name)
     errors += _model_errors(config)
     return errors
@@ -205,14 +193,20 @@ def _model_errors(config: AppConfig) -> list[str]:
     target = model.get("_target_")
     if not isinstance(target, str) or not target.strip():
         return [f"model._target_={target!r} is not allowed: it must name an importable nn.Module class"]
+    unknown = model_argument_errors(model)
+    if unknown:
+        return unknown
     if target in RESIDUAL_BLOCK_TARGETS:
         kwargs = {key: model.get(key) for key in ("in_planes", "planes", "norm_fn", "stride")}
         kwargs["norm_fn"] = kwargs["norm_fn"] if kwargs["norm_fn"] is not None else "group"
         kwargs["stride"] = kwargs["stride"] if kwargs["stride"] is not None else 1
-        problems = residual_block_arg_errors(**kwargs)
-        if config.norm_fn.name not in NORM_CHOICES:  # already reported under its own key
-            problems = [p for p in problems if not p.startswith("norm_fn=")]
-        return [f"model.{problem}" for problem in problems]
+        problems = [f"model.{problem}" for problem in residual_block_arg_errors(**kwargs)]
+        if config.uses_norm_fn() and config.norm_fn not in NORM_CHOICES:  # name the key the user typed
+            problems = [p for p in problems if not p.startswith("model.norm_fn=")]
+            problems.insert(
+                0, f"norm_fn={config.norm_fn!r} is not allowed: choose one of {', '.join(sorted(NORM_CHOICES))}"
+            )
+        return problems
     if config.input.shape is None and not any(key in model for key in ("in_planes", "in_channels")):
         return [
             f"input.shape=None is not allowed for model._target_={target!r}: give the per-sample input shape, "
@@ -221,11 +215,53 @@ def _model_errors(config: AppConfig) -> list[str]:
     return []
 
 
+def unknown_keys(node: Any, schema: type, prefix: str = "") -> list[str]:
+    """Keys added with ``+`` that the schema does not have (they would be silently ignored), one line each with the
+    closest known key. ``model.*`` is free-form (a custom model's arguments): see ``model_argument_errors``."""
+    known = {f.name: f for f in fields(schema)}
+    hints = get_type_hints(schema)
+    errors = []
+    for key in node:
+        dotted = f"{prefix}{key}"
+        if key == "hydra" and not prefix:
+            continue
+        if key not in known:
+            close = difflib.get_close_matches(str(key), list(known), n=1)
+            hint = f"did you mean {prefix}{close[0]}?" if close else f"known keys: {', '.join(sorted(known))}"
+            errors.append(f"{dotted} is not a known key ({hint}); unknown keys would be ignored, so they are refused")
+            continue
+        kind = hints[key]
+        if is_dataclass(kind) and OmegaConf.is_dict(node[key]):
+            errors += unknown_keys(node[key], kind, f"{dotted}.")
+    return errors
+
+
+def model_argument_errors(model: Mapping[str, Any]) -> list[str]:
+    """``model.*`` keys that the model class's constructor does not take (checked when the class imports and has
+    no ``**kwargs``; an import failure is the job's to report, as a FAILED run)."""
+    target = model.get("_target_")
+    try:
+        signature = inspect.signature(_locate(str(target)))
+    except Exception:
+        return []
+    parameters = signature.parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return []
+    accepted = {p.name for p in parameters}
+    return [
+        f"model.{key} is not allowed: {target} takes {', '.join(sorted(accepted)) or 'no arguments'}"
+        for key in model
+        if not str(key).startswith("_") and key not in accepted
+    ]
+
+
 def to_app_config(config: Any) -> AppConfig:
     """Resolve a composed DictConfig into plain values and validate them; raise ``ConfigError`` when invalid."""
-    from omegaconf import OmegaConf
     from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+    unknown = unknown_keys(config, AppConfig)
+    if unknown:
+        raise ConfigError(unknown)
     try:
         app_config = OmegaConf.to_object(config)
     except MissingMandatoryValue as error:

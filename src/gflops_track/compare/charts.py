@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gflops_track.compare.rows import Row
-from gflops_track.plots import Roof, RooflinePoint, plt, roofline_png, save_figure, throughput_curve_png
+from gflops_track.peaks import Roof, RooflinePoint
+from gflops_track.plots import new_figure, roofline_png, save_figure, throughput_curve_png
 
 
 def throughput_series(rows: Sequence[Row]) -> dict[str, list[tuple[int, float]]]:
@@ -28,7 +29,7 @@ def _grouped_bars(path: Path, rows: Sequence[Row], value: str, error: bool, ylab
     timed = [row for row in rows if getattr(row, value) is not None]
     hardware = sorted({row.hardware for row in timed})
     variants = sorted({row.run_name for row in timed})
-    figure, axes = plt.subplots(figsize=(max(7, 1.2 * len(variants) * len(hardware)), 4.5), dpi=110)
+    figure, axes = new_figure(max(7, 1.2 * len(variants) * len(hardware)))
     width = 0.8 / max(1, len(hardware))
     for index, machine in enumerate(hardware):
         by_variant = {row.run_name: row for row in timed if row.hardware == machine}
@@ -54,7 +55,7 @@ def _grouped_bars(path: Path, rows: Sequence[Row], value: str, error: bool, ylab
 
 
 def _flops_vs_latency(path: Path, rows: Sequence[Row]) -> Path:
-    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=110)
+    figure, axes = new_figure()
     for machine in sorted({row.hardware for row in rows}):
         points = [r for r in rows if r.hardware == machine and r.gflops is not None and r.median_ms is not None]
         axes.scatter([r.gflops for r in points], [r.median_ms for r in points], label=machine)

@@ -55,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
     select.add_argument("--experiment", action="append", default=[], help="experiment name (repeatable)")
     select.add_argument("--sweep", help="a sweep's parent run id: its jobs")
     select.add_argument("--run-id", action="append", default=[], help="a run id (repeatable)")
-    select.add_argument("--filter", default="", help="MLflow filter string, e.g. \"params.norm_fn.name = 'group'\"")
+    select.add_argument("--filter", default="", help="MLflow filter string, e.g. \"params.`model.norm_fn` = 'group'\"")
     output = cli.add_argument_group("output")
     output.add_argument("--baseline-row", help="run id or run name the 'speed vs baseline' column is relative to")
     output.add_argument("--format", choices=("rich", "markdown", "csv"), default="rich")

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.table import Table
+from rich.text import Text
 
 from gflops_track.compare.rows import Row
 
@@ -63,8 +64,8 @@ def rich_table(rows: Sequence[Row], title: str) -> Table:
     for name, _ in COLUMNS:
         table.add_column(name, justify="left" if name in ("hardware", "variant", "status") else "right")
     for row in rows:
-        cells = [fmt(row) for _, fmt in COLUMNS]
-        cells[2] = f"[green]{cells[2]}[/green]" if row.status == "FINISHED" else f"[red]{cells[2]}[/red]"
+        cells = [Text(fmt(row)) for _, fmt in COLUMNS]  # run names and errors are text, never rich markup
+        cells[2].stylize("green" if row.status == "FINISHED" else "red")
         table.add_row(*cells)
     return table
 

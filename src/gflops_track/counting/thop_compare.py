@@ -159,3 +159,22 @@ def thop_count(model: nn.Module, args: Sequence[Any], ours: CostReport) -> ThopC
         unruled_types=unruled,
         reasons=explain_difference(ours, layers, macs, model, unruled),
     )
+
+
+def thop_notes(thop: ThopCount, macs: int, params: int) -> list[str]:
+    """What the console and the run say about thop's figure when it is not ours."""
+    if thop.error:
+        return [thop.error]
+    notes = []
+    if thop.macs != macs or thop.raw_macs != macs:
+        notes.append(
+            f"thop counts {thop.raw_macs:,} MACs as the seed runs it and {thop.macs:,} with our custom_ops; "
+            f"gflops-track counts {macs:,} MACs. Why:"
+        )
+        notes.extend(f"  - {reason}" for reason in thop.reasons or ["(thop with custom_ops agrees with us)"])
+    if thop.raw_params != params or thop.params != params:
+        notes.append(
+            f"thop reports {thop.raw_params:,} params as the seed runs it and {thop.params:,} with our custom_ops; "
+            f"the true count (shared tensors once) is {params:,}"
+        )
+    return notes

@@ -1,77 +1,101 @@
-"""One job's run: records go to the tracking store while it answers, and to the local spool from the moment it does
-not, so nothing measured is lost. The user is told, with the command that uploads the spool later."""
+"""One MLflow run, a job's or a sweep's: records go to the tracking store while it answers, and to the local spool
+from the moment it does not, so nothing measured is lost. The user is told, with the command that uploads the spool.
+
+Where the run comes from: a job in a sweep is nested under the sweep's run (found through ``PARENT_RUN_ENV``); a job
+or sweep launched by ``mlflow run`` logs into the run MLflow made (``MLFLOW_RUN_ID``), which MLflow itself ends;
+otherwise a new run is created in the experiment.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from gflops_track import names
 from gflops_track.tracking import spool
-from gflops_track.tracking.run_logger import RunRecord, write_to_mlflow
-from gflops_track.tracking.store import (
-    ERROR_TAG,
-    PARENT_RUN_ENV,
-    PARENT_TAG,
-    connect,
-    ensure_experiment,
-    redact_uri,
-)
+from gflops_track.tracking.records import RunRecord, write_to_mlflow
+from gflops_track.tracking.store import PARENT_RUN_ENV, connect, ensure_experiment, launched_by_mlflow, redact_uri
 
 TRACKING_ERRORS: tuple[type[BaseException], ...] = (MlflowException, requests.RequestException, OSError)
 MAX_ERROR_TAG = 5000
 
 
-class Recorder:
-    """Opens the job's run (nested under the sweep's parent, or the one ``mlflow run`` made, or a new one) and logs
-    records into it; switches to the spool in ``spool_dir`` when the store fails."""
+@dataclass(frozen=True)
+class RunTarget:
+    """Which run a recorder writes: nested under ``parent`` (a run id, or ``spool:<id>`` of a spooled sweep), the
+    existing run ``reuse`` (made by ``mlflow run``), or a new one; ``ends_run``: whether ``finish`` sets its final
+    status (not for a run MLflow made and ends itself)."""
 
-    def __init__(
-        self,
-        uri: str,
-        experiment: str,
-        run_name: str,
-        in_sweep: bool,
-        spool_dir: Path,
-        announce: Callable[[str], None],
-    ) -> None:
-        self.uri = uri
-        self.experiment = experiment
-        self.run_name = run_name
+    uri: str
+    experiment: str
+    run_name: str
+    parent: str = ""
+    reuse: str = ""
+    ends_run: bool = True
+
+    @classmethod
+    def for_job(cls, uri: str, experiment: str, run_name: str, in_sweep: bool) -> RunTarget:
+        launched = launched_by_mlflow()
+        if in_sweep:
+            return cls(uri, experiment, run_name, parent=os.environ.get(PARENT_RUN_ENV, "") or launched)
+        return cls(uri, experiment, run_name, reuse=launched)
+
+    @classmethod
+    def for_sweep(cls, uri: str, experiment: str, run_name: str) -> RunTarget:
+        launched = launched_by_mlflow()
+        return cls(uri, experiment, run_name, reuse=launched, ends_run=not launched)
+
+
+class Recorder:
+    """Opens the target run and logs records into it; switches to the spool in ``spool_dir`` when the store fails."""
+
+    def __init__(self, target: RunTarget, spool_dir: Path, announce: Callable[[str], None]) -> None:
+        self.target = target
         self.spool_dir = spool_dir
         self.announce = announce
         self.client: MlflowClient | None = None
         self.run_id: str | None = None
         self.spooled: spool.SpooledRun | None = None
         self.history: list[RunRecord] = []
-        launched_by_mlflow = os.environ.get("MLFLOW_RUN_ID", "")
-        parent = os.environ.get(PARENT_RUN_ENV, "") if in_sweep else ""
-        self.parent = parent or (launched_by_mlflow if in_sweep else "")
-        self.reuse = "" if in_sweep else launched_by_mlflow
 
-    def open(self) -> None:
-        if self.parent.startswith(spool.SPOOL_PARENT_PREFIX):
+    @property
+    def reference(self) -> str:
+        """How children find this run: its run id, or ``spool:<id>`` while it lives in the spool."""
+        if self.spooled is not None:
+            return spool.SPOOL_PARENT_PREFIX + self.spooled.spool_id
+        return self.run_id or ""
+
+    def open(self, record: RunRecord | None = None) -> None:
+        """Create (or find) the run, then log ``record`` into it."""
+        if self.target.parent.startswith(spool.SPOOL_PARENT_PREFIX):
             self._to_spool(None)  # the sweep itself could not reach the store
-            return
-        try:
-            self.client = connect(self.uri)
-            self.run_id = self._open_run(self.client)
-        except TRACKING_ERRORS as error:
-            self._to_spool(error)
+        else:
+            try:
+                self.client = connect(self.target.uri)
+                self.run_id = self._open_run(self.client)
+            except TRACKING_ERRORS as error:
+                self._to_spool(error)
+        if record is not None:
+            self.log(record)
 
     def _open_run(self, client: MlflowClient) -> str:
-        if self.parent:
-            experiment_id = client.get_run(self.parent).info.experiment_id
-            return client.create_run(experiment_id, run_name=self.run_name, tags={PARENT_TAG: self.parent}).info.run_id
-        if self.reuse:
-            client.set_tag(self.reuse, "mlflow.runName", self.run_name)
-            return self.reuse
-        experiment_id = ensure_experiment(client, self.experiment)
-        return client.create_run(experiment_id, run_name=self.run_name).info.run_id
+        target = self.target
+        if target.parent:
+            experiment_id = client.get_run(target.parent).info.experiment_id
+            tags = {names.PARENT_TAG: target.parent}
+            return client.create_run(experiment_id, run_name=target.run_name, tags=tags).info.run_id
+        if target.reuse:
+            client.set_tag(target.reuse, "mlflow.runName", target.run_name)
+            return target.reuse
+        experiment_id = ensure_experiment(client, target.experiment)
+        return client.create_run(experiment_id, run_name=target.run_name).info.run_id
 
     def log(self, record: RunRecord) -> None:
         self.history.append(record)
@@ -87,10 +111,12 @@ class Recorder:
     def finish(self, status: str, error: str = "") -> None:
         """End the run FINISHED, FAILED or KILLED (with the reason as the ``error`` tag)."""
         if error:
-            self.log(RunRecord(tags={ERROR_TAG: error[:MAX_ERROR_TAG]}))
+            self.log(RunRecord(tags={names.ERROR_TAG: error[:MAX_ERROR_TAG]}))
         if self.spooled is not None:
             self.spooled.status = status
             spool.write(self.spool_dir, self.spooled, RunRecord())
+            return
+        if not self.target.ends_run:
             return
         assert self.client is not None and self.run_id is not None
         try:
@@ -100,13 +126,37 @@ class Recorder:
             self.finish(status)
 
     def _to_spool(self, error: BaseException | None) -> None:
-        self.spooled = spool.SpooledRun.new(self.experiment, self.run_name, self.parent, self.run_id or "")
+        target = self.target
+        self.spooled = spool.SpooledRun.new(target.experiment, target.run_name, target.parent, self.run_id or "")
         merged = RunRecord()
         for record in self.history:
             merged = merged.merge(record)
         directory = spool.write(self.spool_dir, self.spooled, merged)
         reason = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}" if error else "the sweep is spooled"
         self.announce(
-            f"tracking store {redact_uri(self.uri)} failed ({reason}); run {self.run_name} is kept in "
+            f"tracking store {redact_uri(target.uri)} failed ({reason}); run {target.run_name} is kept in "
             f"{directory} — upload it later with: gflops-track sync {self.spool_dir.parent}"
         )
+
+    def state(self) -> dict[str, Any]:
+        """What another place in this process needs to end the run (see ``resume``): plain JSON values."""
+        return {
+            "target": vars(self.target),
+            "spool_dir": str(self.spool_dir),
+            "run_id": self.run_id,
+            "spool_id": self.spooled.spool_id if self.spooled else None,
+        }
+
+    @classmethod
+    def resume(cls, state: Mapping[str, Any], announce: Callable[[str], None]) -> Recorder:
+        """A recorder for a run another recorder opened (e.g. to end a sweep's run after Ctrl-C)."""
+        recorder = cls(RunTarget(**state["target"]), Path(state["spool_dir"]), announce)
+        recorder.run_id = state["run_id"]
+        if state["spool_id"]:
+            recorder.spooled = spool.load(recorder.spool_dir / state["spool_id"])
+        else:
+            try:
+                recorder.client = connect(recorder.target.uri)
+            except TRACKING_ERRORS as error:
+                recorder._to_spool(error)
+        return recorder

@@ -1,131 +1,25 @@
-"""How a ProfileResult becomes the content of an MLflow run: params, metrics, tags and artifact files.
+"""Deprecated: renamed ``gflops_track.tracking.records`` (what it holds); this alias goes in the next release."""
 
-Records are plain data, so the same record can go to the tracking store or, when the store is out of reach, to the
-local spool (``spool.py``) and later be uploaded unchanged.
-"""
+import warnings
 
-from __future__ import annotations
+from gflops_track.tracking.records import (
+    RunRecord,
+    cost_record,
+    flatten_params,
+    peak_record,
+    start_record,
+    timing_record,
+    write_to_mlflow,
+)
 
-import json
-import tempfile
-import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+warnings.warn("gflops_track.tracking.run_logger is now gflops_track.tracking.records", DeprecationWarning, stacklevel=2)
 
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
-from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
-
-from gflops_track.counting.layer_info import layers_to_columns, layers_to_csv
-from gflops_track.formatting import summary_text
-from gflops_track.hardware import Fingerprint
-from gflops_track.plots import roofline_png
-from gflops_track.result import ProfileResult
-
-TRUNCATION_MARK = "...[truncated]"
-
-
-def _param_value(value: Any) -> str:
-    text = json.dumps(value) if isinstance(value, (list, tuple, dict)) else ("null" if value is None else str(value))
-    if len(text) > MAX_PARAM_VAL_LENGTH:
-        text = text[: MAX_PARAM_VAL_LENGTH - len(TRUNCATION_MARK)] + TRUNCATION_MARK
-    return text
-
-
-def flatten_params(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config -> {'batch.size': '2', 'input.shape': '[128, 256]', ...}: dot keys, lists as JSON, values cut
-    to MLflow's param length limit."""
-    flat: dict[str, str] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten_params(value, f"{dotted}."))
-        else:
-            flat[dotted] = _param_value(value)
-    return flat
-
-
-@dataclass
-class RunRecord:
-    """Part of a run's content. ``files`` maps artifact paths to their bytes."""
-
-    params: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-    files: dict[str, bytes] = field(default_factory=dict)
-
-    def merge(self, other: RunRecord) -> RunRecord:
-        return RunRecord(
-            {**self.params, **other.params},
-            {**self.metrics, **other.metrics},
-            {**self.tags, **other.tags},
-            {**self.files, **other.files},
-        )
-
-
-def start_record(params: Mapping[str, str], config_yaml: str, tags: Mapping[str, str], facts: Fingerprint) -> RunRecord:
-    """What a run holds before anything is measured: the resolved config and where it runs."""
-    fingerprint_tags = {key: value for key, value in facts.as_tags().items() if value}
-    return RunRecord(
-        params=dict(params), tags={**fingerprint_tags, **tags}, files={"config.yaml": config_yaml.encode()}
-    )
-
-
-def cost_record(result: ProfileResult) -> RunRecord:
-    """Counts, cross-checks and the per-layer table: recorded as soon as counting is done."""
-    tags = {"model": result.model_name, "count_backend": result.count_backend}
-    if result.torch_count is not None:
-        tags["torch_flop_counter_agrees"] = str(result.torch_count.agrees).lower()
-    if result.thop is not None and not result.thop.error:
-        tags["thop_agrees"] = str(result.thop.macs == result.macs).lower()
-    return RunRecord(
-        params={f"effective.{key}": value for key, value in result.settings.items()},
-        metrics=result.metrics(),
-        tags=tags,
-        files={
-            "layers.csv": layers_to_csv(result.layers).encode(),
-            "layers.json": json.dumps(layers_to_columns(result.layers)).encode(),
-            "summary.txt": summary_text(result).encode(),
-        },
-    )
-
-
-def timing_record(result: ProfileResult, run_name: str) -> RunRecord:
-    """Latency, conditions and peak metrics, the raw samples, the roofline plot and the final summary."""
-    record = RunRecord(metrics=result.metrics(), files={"summary.txt": summary_text(result).encode()})
-    timing = result.timing
-    if timing is not None:
-        samples = {"latency_ms": list(timing.latency.samples_ms)}
-        if timing.graph_latency is not None:
-            samples["graph_latency_ms"] = list(timing.graph_latency.samples_ms)
-        record.files["latency_samples.json"] = json.dumps(samples).encode()
-        if timing.conditions.throttle_reasons:
-            record.tags["gpu_throttle_reasons"] = ",".join(timing.conditions.throttle_reasons)
-        record.tags["timing_suspect"] = str(bool(timing.conditions.warnings)).lower()
-    point = result.roofline_point(run_name)
-    roofs = result.roofs()
-    if point is not None and roofs:
-        with tempfile.TemporaryDirectory() as folder:
-            path = roofline_png(Path(folder) / "roofline.png", roofs, [point], run_name)
-            record.files["roofline.png"] = path.read_bytes()
-    return record
-
-
-def write_to_mlflow(client: MlflowClient, run_id: str, record: RunRecord) -> None:
-    """Params, metrics and tags in one batch call (MLflow splits batches over its limits); then the files."""
-    now = int(time.time() * 1000)
-    client.log_batch(
-        run_id,
-        metrics=[Metric(key, float(value), now, 0) for key, value in record.metrics.items()],
-        params=[Param(key, value) for key, value in record.params.items()],
-        tags=[RunTag(key, value) for key, value in record.tags.items()],
-    )
-    if record.files:
-        with tempfile.TemporaryDirectory() as folder:
-            for name, content in record.files.items():
-                path = Path(folder) / name
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(content)
-            client.log_artifacts(run_id, folder)
+__all__ = [
+    "RunRecord",
+    "cost_record",
+    "flatten_params",
+    "peak_record",
+    "start_record",
+    "timing_record",
+    "write_to_mlflow",
+]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from gflops_track.tracking.run_logger import RunRecord, write_to_mlflow
+from gflops_track.tracking.records import RunRecord, write_to_mlflow
 from gflops_track.tracking.store import PARENT_TAG, ensure_experiment
 
 SPOOL_FOLDER = "mlflow_spool"
@@ -119,3 +119,8 @@ def sync(client: MlflowClient, roots: Iterable[Path]) -> list[tuple[Path, str, b
     nothing the second time."""
     uploaded: dict[str, str] = {}
     return [(directory, *upload(client, directory, uploaded)) for directory in find(roots)]
+
+
+def load(directory: Path) -> SpooledRun:
+    """The spooled run kept in ``directory`` (its run.json)."""
+    return SpooledRun(**json.loads((directory / "run.json").read_text()))

@@ -140,3 +140,8 @@ def store_problems(uri: str, experiment: str) -> list[str]:
     finally:
         mlflow_logger.setLevel(level)
     return []
+
+
+def launched_by_mlflow() -> str:
+    """The run ``mlflow run`` created for this process (``MLFLOW_RUN_ID``), or ''."""
+    return os.environ.get("MLFLOW_RUN_ID", "")

@@ -1,0 +1,117 @@
+"""What each job of a command ended as, and so the command's exit code.
+
+Jobs may run in other processes (joblib, submitit), so outcomes are not kept in a Python list: the entry point opens
+a ledger file and names it in ``LEDGER_ENV``; Hydra's ``on_job_end`` (in whichever process ran the job) appends one
+JSON line per job, and the sweep's callback writes what is needed to end the sweep's run after an interrupt. The
+entry point reads the ledger back for the exit code, then deletes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+LEDGER_ENV = "GFLOPS_TRACK_LEDGER"
+FINISHED, FAILED, KILLED, INVALID_CONFIG = "FINISHED", "FAILED", "KILLED", "INVALID_CONFIG"
+EXIT_OK, EXIT_JOB_FAILED, EXIT_CONFIG_ERROR = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How one job ended: FINISHED, FAILED (``error`` says why), KILLED, or INVALID_CONFIG (no run was made)."""
+
+    run_name: str
+    run_id: str | None
+    status: str
+    error: str = ""
+
+
+class OutcomeLedger:
+    """An append-only file of JSON lines: ``{"job": JobOutcome}`` and ``{"sweep": state}`` / ``{"sweep_ended": id}``.
+    Each line is written with one ``write`` on a file opened for appending, so lines from several processes never
+    interleave."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def create(cls) -> OutcomeLedger:
+        """A new empty ledger, named in the environment so every job of this command (any process) finds it."""
+        handle, name = tempfile.mkstemp(prefix="gflops-track-ledger-", suffix=".jsonl")
+        os.close(handle)
+        os.environ[LEDGER_ENV] = name
+        return cls(Path(name))
+
+    @classmethod
+    def current(cls) -> OutcomeLedger | None:
+        """The ledger of the command this process belongs to, if any."""
+        name = os.environ.get(LEDGER_ENV)
+        return cls(Path(name)) if name else None
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as stream:
+            stream.write(json.dumps(entry) + "\n")
+
+    def _entries(self) -> list[dict[str, Any]]:
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def record(self, outcome: JobOutcome) -> None:
+        self._append({"job": asdict(outcome)})
+
+    def outcomes(self) -> list[JobOutcome]:
+        return [JobOutcome(**entry["job"]) for entry in self._entries() if "job" in entry]
+
+    def open_sweep(self, state: dict[str, Any]) -> None:
+        """The sweep's run is open: ``state`` is what ``Recorder.resume`` needs to end it after an interrupt."""
+        self._append({"sweep": state})
+
+    def close_sweep(self, key: str) -> None:
+        self._append({"sweep_ended": key})
+
+    def open_sweeps(self) -> list[dict[str, Any]]:
+        """Sweep runs opened and not ended (the one an interrupt left behind)."""
+        entries = self._entries()
+        ended = {entry["sweep_ended"] for entry in entries if "sweep_ended" in entry}
+        return [entry["sweep"] for entry in entries if "sweep" in entry and sweep_key(entry["sweep"]) not in ended]
+
+    def exit_code(self) -> int:
+        """2 when a job's config was invalid, 1 when a job failed (or was killed), else 0."""
+        statuses = {outcome.status for outcome in self.outcomes()}
+        if INVALID_CONFIG in statuses:
+            return EXIT_CONFIG_ERROR
+        return EXIT_JOB_FAILED if statuses & {FAILED, KILLED} else EXIT_OK
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+        os.environ.pop(LEDGER_ENV, None)
+
+
+def sweep_key(state: dict[str, Any]) -> str:
+    """A sweep's identity in the ledger: its run id, or its spool id while spooled."""
+    return str(state.get("run_id") or state.get("spool_id"))
+
+
+class OutcomeCallback(Callback):
+    """Hydra's ``on_job_end``, in the process that ran the job: write its outcome to the ledger."""
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        ledger = OutcomeLedger.current()
+        if ledger is None:
+            return
+        if job_return.status == JobStatus.COMPLETED and isinstance(job_return.return_value, JobOutcome):
+            ledger.record(job_return.return_value)
+        elif job_return.status == JobStatus.FAILED:
+            error = job_return._return_value  # the exception the task function raised
+            ledger.record(JobOutcome(str(config.hydra.job.get("override_dirname", "")), None, FAILED, repr(error)))

@@ -1,0 +1,95 @@
+"""The peak step: which peaks apply to a run on this device, and what a reader must know about them.
+
+GPU: the vendor's dense datasheet figure for the run's dtype (none for an unknown card: never another card's).
+CPU: a theoretical estimate (cores x clock x FLOPs per cycle). Either device: optionally the measured probes (cached
+per machine). A run that beats a peak gets a note saying which figure to trust.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from gflops_track.peaks import CpuPeakEstimate, GpuSpec, Roof, cpu_peak_estimate, gpu_spec
+from gflops_track.probes import MeasuredPeak, measured_peak
+
+
+@dataclass(frozen=True)
+class PeakOptions:
+    """``measure``: run the GEMM and bandwidth probes (seconds once per machine, then cached in ``cache_dir``,
+    default ``~/.cache/gflops-track``) for utilization vs measured peak."""
+
+    measure: bool = False
+    cache_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class PeakReport:
+    """The peaks that apply to one run; GFLOP/s and GB/s (10^9 bytes/s)."""
+
+    gpu_spec: GpuSpec | None = None
+    spec_gflop_per_s: float | None = None  # vendor dense peak for the run's dtype (GPU)
+    cpu_peak: CpuPeakEstimate | None = None  # theoretical estimate (CPU)
+    measured: MeasuredPeak | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def roofs(self) -> list[Roof]:
+        """The roofs we know: vendor spec (GPU), CPU estimate paired with measured bandwidth, measured."""
+        roofs = []
+        if self.gpu_spec is not None and self.spec_gflop_per_s:
+            roofs.append(Roof(f"{self.gpu_spec.name} spec", self.spec_gflop_per_s, self.gpu_spec.bandwidth_gb_s))
+        if self.cpu_peak is not None and self.measured is not None:
+            roofs.append(Roof("CPU estimate", self.cpu_peak.gflop_per_s, self.measured.bandwidth_gb_s))
+        if self.measured is not None:
+            roofs.append(Roof("measured", self.measured.gemm_gflop_per_s, self.measured.bandwidth_gb_s))
+        return roofs
+
+
+def _spec_notes(device_name: str, spec: GpuSpec | None, dtype: str) -> list[str]:
+    if spec is None:
+        return [f"no vendor peak known for {device_name!r}: utilization vs spec not reported"]
+    if spec.tflops.get(dtype) is None:
+        return [f"{spec.name} has no {dtype} peak in its datasheet: utilization vs spec not reported"]
+    return []
+
+
+def _beaten_notes(achieved: float | None, estimate: CpuPeakEstimate | None, measured: MeasuredPeak | None) -> list[str]:
+    notes = []
+    if achieved and estimate is not None and achieved > estimate.gflop_per_s:
+        notes.append(
+            f"achieved {achieved:,.1f} GFLOP/s exceeds the estimated CPU peak {estimate.gflop_per_s:,.1f} "
+            f"({estimate.cores} cores x {estimate.clock_ghz:.2f} GHz x {estimate.flops_per_cycle}): the "
+            "reported clock is likely the base (TSC) rate, not the boost clock; trust the measured peak"
+        )
+    if achieved and measured is not None and achieved > measured.gemm_gflop_per_s:
+        notes.append(
+            f"achieved {achieved:,.1f} GFLOP/s exceeds the GEMM probe's {measured.gemm_gflop_per_s:,.1f}: the probe "
+            "is a floor of the true peak on this device (its kernels or sizes are not the fastest ones here)"
+        )
+    return notes
+
+
+def compare_with_peaks(
+    device: torch.device,
+    dtype: str,
+    hardware: str,
+    device_name: str,
+    achieved_gflop_per_s: float | None,
+    options: PeakOptions | None = None,
+) -> PeakReport:
+    """The peaks for ``device`` running in ``dtype`` (``hardware``: the fingerprint's label, the probe cache key;
+    ``device_name``: the GPU name the datasheet is looked up by), with notes where a peak is unknown or beaten."""
+    options = options or PeakOptions()
+    spec, spec_gflop_per_s, estimate, notes = None, None, None, []
+    if device.type == "cuda":
+        spec = gpu_spec(device_name)
+        tflops = spec.tflops.get(dtype) if spec else None
+        spec_gflop_per_s = tflops * 1e3 if tflops else None
+        notes += _spec_notes(device_name, spec, dtype)
+    else:
+        estimate = cpu_peak_estimate()
+    measured = measured_peak(device, dtype, hardware, options.cache_dir) if options.measure else None
+    notes += _beaten_notes(achieved_gflop_per_s, estimate, measured)
+    return PeakReport(spec, spec_gflop_per_s, estimate, measured, notes)
