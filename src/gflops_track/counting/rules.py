@@ -265,6 +265,9 @@ def stats_norm(call: OpCall) -> OpCost:
 
 
 def rms_norm(call: OpCall) -> OpCost:
+    """``_fused_rms_norm`` and ``rms_norm(input, normalized_shape, weight?, eps?)``: statistics 2 (square, add),
+    normalise 1, weight 1 per element. ``F.rms_norm`` is priced as a whole (``COMPOSITE_RULES``): on CPU and meta ATen
+    decomposes it into pow, mean, add, rsqrt and mul before any kernel runs, which would land in "elementwise"."""
     return _norm(call, computes_stats=True, stats=RMS_STATS_FLOPS, apply=RMS_APPLY_FLOPS)
 
 
@@ -493,15 +496,16 @@ FLOP_RULES: dict[Any, Rule] = {
     aten.upsample_bicubic2d: interpolation(5, CUBIC_FLOPS),
 }
 
-# Views, in-place restrides, metadata queries and allocations: no arithmetic (0 FLOPs) and no memory traffic in the
-# byte model (everything else reads all its tensor inputs and writes its outputs once).
+# Views, in-place restrides, metadata queries (``prim.device``: fake tensors ask it) and allocations: no arithmetic
+# (0 FLOPs) and no memory traffic in the byte model (everything else reads all its tensor inputs and writes its
+# outputs once).
 VIEW_AND_METADATA_OPS: frozenset[Any] = frozenset(
     {
         aten.view, aten._unsafe_view, aten._reshape_alias, aten.t, aten.transpose, aten.permute, aten.expand,
         aten.squeeze, aten.unsqueeze, aten.alias, aten.detach, aten.lift_fresh, aten.as_strided, aten.as_strided_,
         aten.slice, aten.select, aten.split, aten.split_with_sizes, aten.unbind, aten.chunk, aten.narrow, aten.empty,
         aten.empty_like, aten.empty_strided, aten.new_empty, aten.new_empty_strided, aten.sym_size, aten.sym_stride,
-        aten.sym_numel, aten.sym_storage_offset, aten.is_same_size,
+        aten.sym_numel, aten.sym_storage_offset, aten.is_same_size, torch.ops.prim.device, torch.ops.prim.layout,
     }
 )  # fmt: skip
 
@@ -544,4 +548,6 @@ COMPOSITE_RULES: dict[Callable[..., Any], CompositeRule] = {
     torch._C._nn.adaptive_avg_pool2d: CompositeRule(aten.adaptive_avg_pool2d, adaptive_pool),
     F.adaptive_avg_pool3d: CompositeRule(aten.adaptive_avg_pool3d, adaptive_pool),
     torch._C._nn.adaptive_avg_pool3d: CompositeRule(aten.adaptive_avg_pool3d, adaptive_pool),
+    F.rms_norm: CompositeRule(aten.rms_norm, rms_norm),
+    torch.rms_norm: CompositeRule(aten.rms_norm, rms_norm),
 }
