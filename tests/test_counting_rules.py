@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from conftest import requires_cuda
 from gflops_track.counting import rules
 from gflops_track.counting.op_counter import count_cost
 from gflops_track.counting.rules import (
@@ -501,3 +502,98 @@ def test_execution_module_is_a_deprecated_alias() -> None:
     assert "counting_forward" in str(caught[0].message)
     assert execution.run_counting_forward is counting_forward.run_counting_forward
     assert execution.eval_mode is counting_forward.eval_mode
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Rules of your own, per call
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("gflops_test::scaled_square", mutates_args=())
+def scaled_square(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """scale * x * x: 2 FLOPs per element."""
+    return scale * x * x
+
+
+@scaled_square.register_fake
+def _(x: torch.Tensor, scale: float) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+def scaled_square_rule(call: OpCall) -> OpCost:
+    """2 FLOPs (square, scale) per element of ``x``, read by its schema name."""
+    x = call.tensor("x")
+    assert x is not None and call.args["scale"] == 3.0
+    return OpCost(flops={Category.ELEMENTWISE: 2 * x.numel()})
+
+
+@pytest.mark.parametrize("meta", [True, False], ids=["meta", "real"])
+def test_extra_rules_price_a_custom_op_for_one_call(meta: bool) -> None:
+    op = torch.ops.gflops_test.scaled_square
+    model = Functional(lambda t: op(t, 3.0) + 1)
+    x = torch.randn(3, 4, 5)
+    without = count_cost(model, (x,), prefer_meta=meta)
+    assert without.uncounted_ops == {"gflops_test.scaled_square (in Functional)": 1}
+    assert without.flops == x.numel()  # the + 1 only
+    with_rule = count_cost(model, (x,), None, meta, extra_rules={op: scaled_square_rule})
+    assert with_rule.uncounted_ops == {}
+    assert with_rule.flops_by_category["elementwise"] == 2 * x.numel() + x.numel()
+    assert op not in FLOP_RULES  # the global table is untouched ...
+    assert (
+        count_cost(model, (x,), prefer_meta=meta).uncounted_ops == without.uncounted_ops
+    )  # ... and so is the next call
+
+
+@pytest.mark.parametrize("op", [torch.ops.aten.mm, torch.ops.aten.mm.default, torch.ops.aten.view])
+def test_extra_rule_for_an_op_that_has_one_is_an_error(op: Any) -> None:
+    name = "aten.mm" if "mm" in str(op) else "aten.view"
+    with pytest.raises(ValueError, match=rf"extra_rules\[{name}\] is not allowed: {name} already has a rule"):
+        count_cost(nn.Linear(2, 2), (torch.randn(1, 2),), extra_rules={op: scaled_square_rule})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bytes under autocast
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("meta", [True, False], ids=["fake", "real"])
+def test_autocast_bytes_are_priced_in_the_autocast_dtype(meta: bool) -> None:
+    """Conv2d -> ReLU -> Flatten -> Linear under bf16 autocast on CPU. Autocast casts the conv's input, weight and bias
+    and the linear's weight and bias (each cast reads 4 and writes 2 bytes per element); conv, ReLU and addmm then read
+    and write 2-byte tensors, half their fp32 traffic. FLOPs and MACs do not change."""
+    n, c_in, c_out, size, classes = 2, 3, 8, 6, 10
+    model = nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(c_out * 36, 10))
+    x = torch.randn(n, c_in, size, size)
+    xn, wc, yn = x.numel(), c_out * c_in * 9, n * c_out * size * size  # 216, 216, 576
+    features = c_out * size * size  # 288
+    conv, relu = (xn + wc + c_out) + yn, yn + yn  # elements read + written
+    addmm = (classes + n * features + features * classes) + n * classes
+    casts = xn + wc + c_out + features * classes + classes  # elements cast fp32 -> bf16
+    fp32 = count_cost(model, (x,), prefer_meta=meta)
+    bf16 = count_cost(model, (x,), None, meta, autocast_dtype=torch.bfloat16, device_type="cpu")
+    assert fp32.bytes_moved == 4 * (conv + relu + addmm) == 22_616
+    assert bf16.bytes_moved == 2 * (conv + relu + addmm) + (4 + 2) * casts == 31_288
+    assert bf16.min_bytes == fp32.min_bytes - 2 * n * classes  # stored fp32 weights and input; a bf16 output
+    assert (bf16.macs, bf16.flops_by_category) == (fp32.macs, fp32.flops_by_category)
+    assert bf16.uncounted_ops == {}
+    assert bf16.backend == ("fake" if meta else "real")
+    assert next(model.parameters()).device.type == "cpu"  # the user's tensors are back
+
+
+def test_autocast_with_another_device_type_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"device_type='cuda' is not allowed here: the model and inputs are on cpu"):
+        count_cost(nn.Linear(2, 2), (torch.randn(1, 2),), autocast_dtype=torch.bfloat16, device_type="cuda")
+    with pytest.raises(ValueError, match=r"autocast_dtype=torch.float64 is not allowed"):
+        count_cost(nn.Linear(2, 2), (torch.randn(1, 2),), autocast_dtype=torch.float64)
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_autocast_bytes_on_cuda_fake_tensors() -> None:
+    """On CUDA the fake tensors are CUDA tensors, so autocast('cuda') casts them: fp16 halves the linear's traffic."""
+    model = nn.Linear(64, 32, bias=False).cuda()
+    x = torch.randn(16, 64, device="cuda")
+    fp16 = count_cost(model, (x,), autocast_dtype=torch.float16, device_type="cuda")
+    casts = (4 + 2) * (16 * 64 + 64 * 32)
+    assert fp16.backend == "fake"
+    assert fp16.bytes_moved == 2 * (16 * 64 + 64 * 32 + 16 * 32) + casts

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.hooks import RemovableHandle
 
 from gflops_track.counting.counting_forward import run_counting_forward
@@ -39,7 +40,15 @@ from gflops_track.counting.rules import (
 )
 from gflops_track.counting.scope import ScopeTally, describe_shape, tensor_bytes
 
-__all__ = ["CostReport", "ScopeTally", "count_cost", "op_label", "tensor_bytes", "validate_extra_rules"]
+__all__ = [
+    "CostReport",
+    "ScopeTally",
+    "count_cost",
+    "op_label",
+    "tensor_bytes",
+    "validate_autocast",
+    "validate_extra_rules",
+]
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,30 @@ def validate_extra_rules(extra_rules: Mapping[Any, Rule] | None) -> dict[Any, Ru
             )
         rules[packet] = rule
     return rules
+
+
+AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def validate_autocast(
+    model: nn.Module,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    autocast_dtype: torch.dtype | None,
+    device_type: str,
+) -> None:
+    """Autocast acts per device type: one whose tensors are elsewhere would silently leave every op in fp32."""
+    if autocast_dtype is None:
+        return
+    if autocast_dtype not in AUTOCAST_DTYPES:
+        raise ValueError(f"autocast_dtype={autocast_dtype} is not allowed: use torch.float16 or torch.bfloat16")
+    tensors = [*model.parameters(), *model.buffers(), *(leaf for leaf in tree_leaves((args, kwargs)))]
+    devices = sorted({leaf.device.type for leaf in tensors if isinstance(leaf, torch.Tensor)})
+    if devices and devices != [device_type]:
+        raise ValueError(
+            f"device_type={device_type!r} is not allowed here: the model and inputs are on {', '.join(devices)}, "
+            "and autocast only casts tensors of its own device type"
+        )
 
 
 class _CompositeCalls(TorchFunctionMode):
@@ -217,6 +250,7 @@ def count_cost(
     MACs and FLOPs do not depend on it.
     """
     rules = validate_extra_rules(extra_rules)
+    validate_autocast(model, args, kwargs or {}, autocast_dtype, device_type)
     module_names = {id(module): name for name, module in model.named_modules()}
     counting_pass = run_counting_forward(
         model,
