@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gflops_track import CountOptions, profile
-from gflops_track.counting.execution import eval_mode
+from gflops_track.counting.counting_forward import eval_mode
 from gflops_track.models import ResidualBlock
 from gflops_track.timing import TimingOptions, measure_latency
 from gflops_track.tracking.records import cost_record, peak_record, timing_record, write_to_mlflow

@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+from torch import nn
 
 from gflops_track import profile
 from gflops_track.counting.op_counter import count_cost
-from gflops_track.counting.thop_compare import thop_count
+from gflops_track.counting.thop_compare import (
+    ORIGINAL_THOP,
+    ULTRALYTICS_THOP,
+    ThopCount,
+    thop_count,
+    thop_distribution,
+    thop_has_rule,
+    thop_notes,
+    thop_version_label,
+)
 from gflops_track.models import ResidualBlock
 from gflops_track.timing import TimingOptions
 
+SRC = Path(__file__).resolve().parents[1] / "src"
 N, C, H, W = 2, 384, 32, 32
 E = N * C * H * W  # elements of one activation map: 786,432
 CONV_MACS = N * C * H * W * C * 3 * 3  # one 3x3 conv, 384 -> 384 channels, stride 1, padding 1
@@ -109,3 +126,70 @@ def test_profiling_leaves_module_untouched_and_usable() -> None:
     assert block(x).shape == (2, 32, 6, 6)  # no leftover hook raising AttributeError: 'total_ops'
     assert result.thop is not None and result.thop.params > result.params  # thop counted shared norm3 twice
     assert any("shared under several names (norm3, downsample.1)" in note for note in result.notes)
+
+
+def test_thop_notes_on_stride_two_group_block() -> None:
+    """Every figure of the notes by formula (original thop 0.1.1: the distribution the dev extra pins)."""
+    if thop_distribution()[0] != ORIGINAL_THOP:
+        pytest.skip("figures are thop 0.1.1's; ultralytics-thop counts this block differently")
+    n, c_in, c_out, size = 2, 16, 32, 6  # (2, 16, 12, 12) -> 6x6 after the stride-2 conv
+    block = ResidualBlock(c_in, c_out, "group", stride=2)
+    x = torch.randn(n, c_in, 12, 12)
+    ours = count_cost(block, (x,))
+    thop = thop_count(block, (x,), ours)
+    macs = n * c_out * size * size * (c_in * 9 + c_out * 9 + c_in)  # conv1, conv2, 1x1 downsample conv
+    thop_norm = 2 * 2 * n * c_out * size * size  # thop's norm rule: 2 per element, x2 affine
+    # norm1, norm2 once each; norm3 (also named downsample.1) has two hooks and is summed under both names
+    patched = macs + 2 * thop_norm + 2 * (2 * thop_norm)
+    params = (c_out * c_in * 9 + c_out) + (c_out * c_out * 9 + c_out) + (c_out * c_in + c_out) + 3 * 2 * c_out
+    assert (ours.macs, ours.params, thop.distribution) == (macs, params, ORIGINAL_THOP) == (1_032_192, 14_624, "thop")
+    assert thop_notes(thop, ours.macs, ours.params) == [
+        f"thop counts {macs:,} MACs as the seed runs it and {patched:,} with our custom_ops; "
+        f"gflops-track counts {macs:,} MACs. Why:",
+        f"  - GroupNorm (norm1, norm2, norm3): thop {2 * thop_norm + 2 * thop_norm:+,} MACs vs ours; thop counts this "
+        "work as MACs; we count it as FLOPs in its category (no multiply-accumulate)",
+        f"  - module shared under several names (norm3, downsample.1): thop hooks and counts it once per name "
+        f"({2 * thop_norm:+,} MACs)",
+        "  - thop has no rule for GroupNorm (raw thop counts 0 MACs and drops their parameters)",
+        f"thop reports {params - 3 * 2 * c_out:,} params as the seed runs it and {params + 2 * c_out:,} with our "
+        f"custom_ops; the true count (shared tensors once) is {params:,}",
+    ]
+
+
+def test_thop_notes_say_only_the_error_when_thop_failed() -> None:
+    failed = ThopCount(0, 0, 0, 0, error="thop failed: RuntimeError: boom")
+    assert thop_notes(failed, 10, 10) == ["thop failed: RuntimeError: boom"]
+
+
+def test_thop_distribution_is_the_installed_thop() -> None:
+    name, version = thop_distribution()
+    assert (name, version) == (ORIGINAL_THOP, importlib.metadata.version("thop"))
+    assert thop_version_label() == f"thop {version}"
+
+
+def test_thop_distribution_follows_the_module_python_imports(tmp_path: Path) -> None:
+    """A site directory holding ultralytics-thop's layout (a ``thop`` package and its dist-info), put first on the
+    path: the installed original thop is still found by name, but the module Python imports is ultralytics-thop's."""
+    (tmp_path / "thop").mkdir()
+    (tmp_path / "thop" / "__init__.py").write_text('__version__ = "2.2.3"\n')
+    info = tmp_path / "ultralytics_thop-2.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ultralytics-thop\nVersion: 2.2.3\n")
+    (info / "top_level.txt").write_text("thop\n")
+    (info / "RECORD").write_text(
+        "thop/__init__.py,,\nultralytics_thop-2.2.3.dist-info/METADATA,,\nultralytics_thop-2.2.3.dist-info/RECORD,,\n"
+    )
+    code = "from gflops_track.counting.thop_compare import thop_distribution as d; print(*d())"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(SRC)])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [ULTRALYTICS_THOP, "2.2.3"]
+
+
+def test_thop_rule_lookup_per_distribution() -> None:
+    """ultralytics-thop registers norms through their base classes; the original thop looks the exact type up."""
+    hooks = {nn.modules.batchnorm._NormBase: object(), nn.Conv2d: object()}
+    assert thop_has_rule(nn.BatchNorm2d, hooks, ULTRALYTICS_THOP)
+    assert not thop_has_rule(nn.BatchNorm2d, hooks, ORIGINAL_THOP)
+    assert thop_has_rule(nn.Conv2d, hooks, ORIGINAL_THOP) and thop_has_rule(nn.Conv2d, hooks, ULTRALYTICS_THOP)
+    assert not thop_has_rule(nn.GroupNorm, hooks, ULTRALYTICS_THOP)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves, tree_map
 
-from gflops_track.counting.execution import eval_mode
+from gflops_track.counting.counting_forward import eval_mode
 from gflops_track.counting.op_counter import count_cost
 from gflops_track.counting.thop_compare import thop_count, thop_notes
 from gflops_track.counting.torch_crosscheck import torch_flop_count
@@ -114,8 +114,15 @@ def count(
     with runtime_context(runtime):
         _forward, args, kwargs = prepare(model, args, kwargs, runtime, target)
         report("counting", 0, 1)
-        rules = {"extra_rules": options.extra_rules} if options.extra_rules else {}  # TODO(merge): counting's API
-        cost = count_cost(model, args, kwargs, prefer_meta=options.meta, **rules)
+        cost = count_cost(
+            model,
+            args,
+            kwargs,
+            prefer_meta=options.meta,
+            extra_rules=options.extra_rules,
+            autocast_dtype=runtime.torch_dtype if runtime.autocasts else None,  # bytes priced in autocast's dtypes
+            device_type=target.type,
+        )
         notes = [cost.backend_note] if cost.backend_note else []
         if cost.uncounted_ops:
             listed = ", ".join(f"{op} x{calls}" for op, calls in cost.uncounted_ops.items())

@@ -6,13 +6,11 @@ import csv
 import io
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from gflops_track.counting.op_counter import ScopeTally
+from gflops_track.counting.scope import ScopeTally
 
 ROOT_LABEL = "(root)"
 
@@ -35,17 +33,6 @@ class LayerCost:
 
 
 LAYER_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LayerCost))
-
-
-def describe_shape(value: Any) -> str:
-    """Shape of a module output: '[2, 384, 32, 32]', or a tuple/list/dict of such."""
-    if isinstance(value, torch.Tensor):
-        return str(list(value.shape))
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{key}: {describe_shape(item)}" for key, item in value.items()) + "}"
-    if isinstance(value, (tuple, list)):
-        return "(" + ", ".join(describe_shape(item) for item in value) + ")"
-    return type(value).__name__
 
 
 def build_layer_table(model: nn.Module, scopes: Mapping[str, ScopeTally]) -> list[LayerCost]:

@@ -4,58 +4,51 @@ Counting at the dispatch level sees what really runs: functional ops (``x + y``,
 shared under several names (counted once per call, never once per name), and what a module decomposes into
 (InstanceNorm runs ``batch_norm`` with ``training=True``). Global module hooks attribute each op to the innermost
 module that is running, so the per-layer table's "self" columns add up exactly to the totals.
+
+A few public functions are rewritten by ATen before any kernel runs, into ops that say less than the function did
+(``adaptive_avg_pool2d(x, 1)`` becomes ``mean``; ``scaled_dot_product_attention`` becomes the math fallback or a
+fused kernel depending on backend and mode). A companion ``TorchFunctionMode`` sees those calls first and prices
+each as a whole with ``rules.COMPOSITE_RULES``, so the figure does not depend on which kernel the dispatcher picks.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.hooks import RemovableHandle
 
-from gflops_track.counting.execution import CountingPass, run_counting_forward
-from gflops_track.counting.layer_info import LayerCost, build_layer_table, describe_shape
+from gflops_track.counting.counting_forward import run_counting_forward
+from gflops_track.counting.layer_info import LayerCost, build_layer_table
 from gflops_track.counting.rules import (
+    COMPOSITE_RULES,
     FLOP_RULES,
     NO_TRAFFIC_OPS,
     ZERO_COST_OPS,
     Category,
+    CompositeRule,
     OpCall,
-    OpCost,
+    Rule,
     bind_arguments,
 )
+from gflops_track.counting.scope import ScopeTally, describe_shape, tensor_bytes
 
-
-def tensor_bytes(value: Any) -> int:
-    """Bytes of every tensor inside nested containers (works on meta tensors: numel x element size)."""
-    return sum(leaf.numel() * leaf.element_size() for leaf in tree_leaves(value) if isinstance(leaf, torch.Tensor))
-
-
-@dataclass
-class ScopeTally:
-    """What ran directly inside one module (not inside its children)."""
-
-    macs: int = 0
-    flops: Counter[str] = field(default_factory=Counter)
-    ops: Counter[str] = field(default_factory=Counter)
-    dense_flops_by_op: Counter[str] = field(default_factory=Counter)
-    uncounted: Counter[str] = field(default_factory=Counter)
-    calls: int = 0
-    output_shape: str = ""
-    bytes_moved: int = 0
-    output_bytes: int = 0
-
-    def add(self, op_name: str, cost: OpCost) -> None:
-        self.macs += cost.macs
-        self.flops.update({str(category): flops for category, flops in cost.flops.items()})
-        self.ops[op_name] += 1
-        self.dense_flops_by_op[op_name] += cost.flops.get(Category.DENSE, 0)
+__all__ = [
+    "CostReport",
+    "ScopeTally",
+    "count_cost",
+    "op_label",
+    "tensor_bytes",
+    "validate_autocast",
+    "validate_extra_rules",
+]
 
 
 @dataclass(frozen=True)
@@ -68,7 +61,6 @@ class CostReport:
     flops_by_category: dict[str, int]
     layers: list[LayerCost]
     uncounted_ops: dict[str, int]  # "aten.op (in module)" -> calls; never silently zero
-    op_calls: dict[str, int]  # every op that ran (counted or zero-cost) -> calls
     dense_flops_by_op: dict[str, int]  # "aten.convolution" -> its conv/matmul FLOPs (for the FlopCounterMode check)
     backend: str
     backend_note: str = ""
@@ -76,18 +68,96 @@ class CostReport:
     min_bytes: int = 0  # lower bound: parameters + buffers + model inputs + model outputs, once each
 
 
+def op_label(packet: Any) -> str:
+    """'aten.mm' for ``torch.ops.aten.mm``; 'mylib.op' for a custom ``torch.library`` op; 'aten.<name>' for
+    anything else with a name (FlopCounterMode's registry also holds higher-order ops)."""
+    qualified = getattr(packet, "_qualified_op_name", None)
+    return qualified.replace("::", ".") if qualified else f"aten.{packet.__name__}"
+
+
+def validate_extra_rules(extra_rules: Mapping[Any, Rule] | None) -> dict[Any, Rule]:
+    """Per-call rules keyed by op packet (an ``OpOverload`` stands for its packet). An op that already has a rule
+    or is deliberately zero-cost is refused: registering a rule twice is an error, not a silent override."""
+    rules: dict[Any, Rule] = {}
+    for op, rule in (extra_rules or {}).items():
+        packet = getattr(op, "_overloadpacket", op)
+        if not isinstance(packet, torch._ops.OpOverloadPacket):
+            raise ValueError(f"extra_rules key {op!r} is not allowed: use an op such as torch.ops.mylib.my_op")
+        if not callable(rule):
+            raise ValueError(
+                f"extra_rules[{op_label(packet)}]={rule!r} is not allowed: use a function (OpCall) -> OpCost"
+            )
+        tables = {"FLOP_RULES": FLOP_RULES, "ZERO_COST_OPS": ZERO_COST_OPS, "extra_rules (twice)": rules}
+        where = next((name for name, table in tables.items() if packet in table), None)
+        if where is not None:
+            raise ValueError(
+                f"extra_rules[{op_label(packet)}] is not allowed: {op_label(packet)} already has a rule in {where}; "
+                "registering a rule twice is an error (give rules only for ops listed as uncounted)"
+            )
+        rules[packet] = rule
+    return rules
+
+
+AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def validate_autocast(
+    model: nn.Module,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    autocast_dtype: torch.dtype | None,
+    device_type: str,
+) -> None:
+    """Autocast acts per device type: one whose tensors are elsewhere would silently leave every op in fp32."""
+    if autocast_dtype is None:
+        return
+    if autocast_dtype not in AUTOCAST_DTYPES:
+        raise ValueError(f"autocast_dtype={autocast_dtype} is not allowed: use torch.float16 or torch.bfloat16")
+    tensors = [*model.parameters(), *model.buffers(), *(leaf for leaf in tree_leaves((args, kwargs)))]
+    devices = sorted({leaf.device.type for leaf in tensors if isinstance(leaf, torch.Tensor)})
+    if devices and devices != [device_type]:
+        raise ValueError(
+            f"device_type={device_type!r} is not allowed here: the model and inputs are on {', '.join(devices)}, "
+            "and autocast only casts tensors of its own device type"
+        )
+
+
+class _CompositeCalls(TorchFunctionMode):
+    """Hands the public functions of ``COMPOSITE_RULES`` to the counter, which prices each one as a whole."""
+
+    def __init__(self, counter: _CountingMode) -> None:
+        super().__init__()
+        self.counter = counter
+
+    def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        try:
+            composite = COMPOSITE_RULES.get(func)
+        except TypeError:  # an unhashable callable is no composite
+            composite = None
+        if composite is None:
+            return func(*args, **kwargs)
+        return self.counter.run_composite(func, composite, args, kwargs)
+
+
 class _CountingMode(TorchDispatchMode):
     """Prices each op and files it under the module that is running (hooks keep a stack of module names)."""
 
-    def __init__(self, module_names: Mapping[int, str]) -> None:
+    def __init__(self, module_names: Mapping[int, str], extra_rules: Mapping[Any, Rule] | None = None) -> None:
         super().__init__()
         self.module_names = module_names
+        self.rules: Mapping[Any, Rule] = {**FLOP_RULES, **(extra_rules or {})}
         self.scopes: dict[str, ScopeTally] = {}
         self._stack: list[str] = []
         self._handles: list[RemovableHandle] = []
+        self._composite_mode = _CompositeCalls(self)
+        self._inner_dense: Counter[str] | None = None  # set while a composite runs: dense FLOPs of its inner ops
 
     def _scope(self, name: str) -> ScopeTally:
         return self.scopes.setdefault(name, ScopeTally())
+
+    def _current(self) -> ScopeTally:
+        return self._scope(self._stack[-1] if self._stack else "")
 
     def _enter_module(self, module: nn.Module, _args: Any) -> None:
         name = self.module_names.get(id(module))
@@ -109,6 +179,7 @@ class _CountingMode(TorchDispatchMode):
             nn.modules.module.register_module_forward_pre_hook(self._enter_module),
             nn.modules.module.register_module_forward_hook(self._leave_module, always_call=True),
         ]
+        self._composite_mode.__enter__()
         return super().__enter__()
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -116,14 +187,40 @@ class _CountingMode(TorchDispatchMode):
             handle.remove()
         self._handles = []
         super().__exit__(*exc_info)
+        self._composite_mode.__exit__(*exc_info)
+
+    def run_composite(
+        self, func: Callable[..., Any], composite: CompositeRule, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> Any:
+        """Run ``func`` with its inner ops unpriced, then price the call with the composite's rule."""
+        if self._inner_dense is not None:  # nested inside another composite: that one prices everything
+            return func(*args, **kwargs)
+        self._inner_dense = Counter()
+        try:
+            out = func(*args, **kwargs)
+        finally:
+            inner_dense, self._inner_dense = self._inner_dense, None
+        overload = composite.schema.default
+        first = overload._schema.arguments[0].name
+        named = {first if key == "input" else key: value for key, value in kwargs.items()}
+        cost = composite.rule(OpCall(str(overload), bind_arguments(overload, args, named), out))
+        tally = self._current()
+        tally.add(op_label(composite.schema), cost, dense_by_op=inner_dense)
+        tally.bytes_moved += tensor_bytes((args, kwargs)) + tensor_bytes(out)
+        return out
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         packet = func._overloadpacket
-        tally = self._scope(self._stack[-1] if self._stack else "")
-        op_name = f"aten.{packet.__name__}"
-        rule = FLOP_RULES.get(packet)
+        op_name = op_label(packet)
+        rule = self.rules.get(packet)
+        if self._inner_dense is not None:  # inside a composite: only feed the cross-check with its dense FLOPs
+            if rule is not None:
+                dense = rule(OpCall(str(func), bind_arguments(func, args, kwargs), out)).flops.get(Category.DENSE, 0)
+                self._inner_dense[op_name] += dense
+            return out
+        tally = self._current()
         if rule is not None:
             tally.add(op_name, rule(OpCall(str(func), bind_arguments(func, args, kwargs), out)))
         elif packet in ZERO_COST_OPS:
@@ -140,27 +237,40 @@ def count_cost(
     args: Sequence[Any],
     kwargs: Mapping[str, Any] | None = None,
     prefer_meta: bool = True,
+    *,
+    extra_rules: Mapping[Any, Rule] | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    device_type: str = "cpu",
 ) -> CostReport:
-    """Count params, MACs and FLOPs (by category and by layer) of ``model(*args, **kwargs)`` in eval mode."""
+    """Count params, MACs and FLOPs (by category and by layer) of ``model(*args, **kwargs)`` in eval mode.
+
+    ``extra_rules`` ({op packet: rule}) price ops of your own for this call only; an op that already has a rule is
+    a ``ValueError``. With ``autocast_dtype`` the pass runs under ``torch.autocast(device_type, autocast_dtype)``
+    (on fake tensors of that device type), so the byte model sees the casts and the 2-byte tensors the run sees;
+    MACs and FLOPs do not depend on it.
+    """
+    rules = validate_extra_rules(extra_rules)
+    validate_autocast(model, args, kwargs or {}, autocast_dtype, device_type)
     module_names = {id(module): name for name, module in model.named_modules()}
-    attempts: list[_CountingMode] = []
-
-    def fresh_counter() -> _CountingMode:
-        attempts.append(_CountingMode(module_names))
-        return attempts[-1]
-
-    counting_pass: CountingPass = run_counting_forward(model, args, kwargs or {}, fresh_counter, prefer_meta)
-    scopes = attempts[-1].scopes
+    counting_pass = run_counting_forward(
+        model,
+        args,
+        kwargs or {},
+        lambda: _CountingMode(module_names, rules),
+        prefer_meta,
+        autocast_dtype=autocast_dtype,
+        device_type=device_type,
+    )
+    assert counting_pass.counter is not None
+    scopes = counting_pass.counter.scopes
     state_bytes = tensor_bytes(list(model.parameters()) + list(model.buffers()))
     root = scopes.get("", ScopeTally())
     layers = build_layer_table(model, scopes)
     by_category: Counter[str] = Counter({str(category): 0 for category in Category})
-    op_calls: Counter[str] = Counter()
     dense_by_op: Counter[str] = Counter()
     uncounted: dict[str, int] = {}
     for scope_name, tally in scopes.items():
         by_category.update(tally.flops)
-        op_calls.update(tally.ops)
         dense_by_op.update(tally.dense_flops_by_op)
         for op_name, calls in tally.uncounted.items():
             uncounted[f"{op_name} (in {scope_name or type(model).__name__})"] = calls
@@ -171,7 +281,6 @@ def count_cost(
         flops_by_category=dict(by_category),
         layers=layers,
         uncounted_ops=uncounted,
-        op_calls=dict(op_calls),
         dense_flops_by_op={op: flops for op, flops in dense_by_op.items() if flops},
         backend=counting_pass.backend,
         backend_note=counting_pass.note,

@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 aten = torch.ops.aten
 
@@ -101,26 +102,41 @@ def _dense(macs: int, bias_flops: int = 0) -> OpCost:
     return OpCost(macs=macs, flops=flops)
 
 
-def convolution(call: OpCall) -> OpCost:
-    """MACs = N * C_out * prod(out spatial) * (C_in/groups) * prod(kernel); transposed: per *input* position.
+def _conv_macs(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, transposed: bool) -> int:
+    """``positions * weight[1:].numel()``, positions from the output (plain) or the input (transposed)."""
+    return (x.numel() if transposed else out.numel()) * math.prod(weight.shape[1:])
 
+
+def convolution(call: OpCall) -> OpCost:
+    """``aten.convolution``/``_convolution(input, weight, bias, ..., transposed, ...)``.
+
+    MACs = N * C_out * prod(out spatial) * (C_in/groups) * prod(kernel); transposed: per *input* position.
     Weight is (C_out, C_in/groups, *k) for a plain conv and (C_in, C_out/groups, *k) for a transposed one, so both
     are ``positions * weight[1:].numel()`` with positions taken from the output (plain) or the input (transposed).
+    Bias: 1 FLOP per output element.
     """
     x, weight, out = call.tensor("input"), call.tensor("weight"), call.out_tensor
     assert x is not None and weight is not None
-    per_position = math.prod(weight.shape[1:])
-    transposed = bool(call.args.get("transposed", False))
-    positions = x.numel() if transposed else out.numel()
     bias_flops = out.numel() if call.tensor("bias") is not None else 0
-    return _dense(positions * per_position, bias_flops)
+    return _dense(_conv_macs(x, weight, out, bool(call.args["transposed"])), bias_flops)
 
 
-def convolution_no_bias(call: OpCall) -> OpCost:
-    """Backend convolutions (cudnn/mkldnn variants) that carry their bias, if any, as a separate op."""
-    x, weight, out = call.tensor("self", "input"), call.tensor("weight"), call.out_tensor
+def backend_convolution(call: OpCall) -> OpCost:
+    """Backend convolutions ``cudnn_convolution(self, weight, ...)`` (no bias argument: its bias, if any, runs as a
+    separate add) and ``mkldnn_convolution(self, weight, bias?, ...)``: MACs as ``convolution``, output positions;
+    bias 1 FLOP per output element when given."""
+    x, weight, out = call.tensor("self"), call.tensor("weight"), call.out_tensor
     assert x is not None and weight is not None
-    return _dense(out.numel() * math.prod(weight.shape[1:]))
+    bias_flops = out.numel() if call.tensor("bias") is not None else 0
+    return _dense(_conv_macs(x, weight, out, transposed=False), bias_flops)
+
+
+def backend_convolution_transpose(call: OpCall) -> OpCost:
+    """``cudnn_convolution_transpose(self, weight, ...)``: weight (C_in, C_out/groups, *k), MACs = input elements *
+    (C_out/groups) * prod(kernel) (per *input* position); no bias argument."""
+    x, weight, out = call.tensor("self"), call.tensor("weight"), call.out_tensor
+    assert x is not None and weight is not None
+    return _dense(_conv_macs(x, weight, out, transposed=True))
 
 
 def _scaled_extra(call: OpCall, elements: int) -> int:
@@ -180,10 +196,17 @@ def dot(call: OpCall) -> OpCost:
 
 
 def attention(call: OpCall) -> OpCost:
-    """Fused scaled-dot-product attention, q (B,H,L,E), k (B,H,S,E), v (B,H,S,Ev).
+    """Scaled-dot-product attention, q (B,H,L,E), k (B,H,S,E), v (B,H,S,Ev), priced as one fused op.
 
-    MACs = B*H*L*S*E (Q K^T) + B*H*L*S*Ev (P V); on the B*H*L*S scores: 1 FLOP scale (elementwise),
-    5 FLOPs softmax (activation), 1 FLOP for an additive mask when one is given (elementwise).
+    MACs = B*H*L*S*E (Q K^T) + B*H*L*S*Ev (P V); on the B*H*L*S scores: 1 FLOP for the scale (elementwise),
+    5 FLOPs softmax (activation), 1 FLOP for a mask (``attn_mask``/``attn_bias`` given, or ``is_causal``;
+    elementwise), 2 FLOPs for dropout when ``dropout_p > 0`` (elementwise, as ``native_dropout``).
+
+    Reads the names shared by ``aten.scaled_dot_product_attention`` and the fused kernels
+    (``_scaled_dot_product_{flash,efficient,cudnn}_attention``, ``..._flash_attention_for_cpu``). The scale is
+    1 per score because that is what the fused kernels do; the math fallback scales q and k instead (B*H*(L+S)*E
+    FLOPs), so ``F.scaled_dot_product_attention`` is priced by this rule as a whole (``COMPOSITE_RULES``) whatever
+    kernel the dispatcher picks, and meta and real forwards agree.
     """
     q, k, v = (call.tensor(name) for name in ("query", "key", "value"))
     assert q is not None and k is not None and v is not None
@@ -191,12 +214,15 @@ def attention(call: OpCall) -> OpCost:
     length, source = q.shape[-2], k.shape[-2]
     scores = batch_heads * length * source
     macs = scores * q.shape[-1] + scores * v.shape[-1]
-    has_mask = any(call.tensor(name) is not None for name in ("attn_mask", "attn_bias"))
+    has_mask = any(call.tensor(name) is not None for name in ("attn_mask", "attn_bias")) or bool(
+        call.args.get("is_causal", False)
+    )
+    dropout = 2 if call.args.get("dropout_p", 0.0) else 0
     return OpCost(
         macs=macs,
         flops={
             Category.DENSE: 2 * macs,
-            Category.ELEMENTWISE: scores * (2 if has_mask else 1),
+            Category.ELEMENTWISE: scores * (1 + (1 if has_mask else 0) + dropout),
             Category.ACTIVATION: scores * SOFTMAX_FLOPS_PER_ELEMENT,
         },
     )
@@ -239,6 +265,9 @@ def stats_norm(call: OpCall) -> OpCost:
 
 
 def rms_norm(call: OpCall) -> OpCost:
+    """``_fused_rms_norm`` and ``rms_norm(input, normalized_shape, weight?, eps?)``: statistics 2 (square, add),
+    normalise 1, weight 1 per element. ``F.rms_norm`` is priced as a whole (``COMPOSITE_RULES``): on CPU and meta ATen
+    decomposes it into pow, mean, add, rsqrt and mul before any kernel runs, which would land in "elementwise"."""
     return _norm(call, computes_stats=True, stats=RMS_STATS_FLOPS, apply=RMS_APPLY_FLOPS)
 
 
@@ -263,6 +292,17 @@ def activation(flops_per_element: int) -> Rule:
 
 def elementwise(flops_per_element: int) -> Rule:
     return per_element(flops_per_element, Category.ELEMENTWISE)
+
+
+def comparison(call: OpCall) -> OpCost:
+    """eq/ne/lt/gt/le/ge, logical_and/or/xor/not, bitwise_and/or/xor/not: 1 FLOP per output element (a comparison
+    or a logical operation, broadcast shape). Shifted-window attention builds its mask with these."""
+    return OpCost(flops={Category.ELEMENTWISE: call.out_tensor.numel()})
+
+
+def masked_fill(call: OpCall) -> OpCost:
+    """``masked_fill(self, mask, value)``: 1 FLOP per output element, a select like ``where``."""
+    return OpCost(flops={Category.ELEMENTWISE: call.out_tensor.numel()})
 
 
 def add_sub(call: OpCall) -> OpCost:
@@ -301,7 +341,12 @@ def window_pool(call: OpCall) -> OpCost:
 
 
 def adaptive_pool(call: OpCall) -> OpCost:
-    """Adaptive pooling visits each input element once: one FLOP per input element (exact for divisible sizes)."""
+    """Adaptive pooling visits each input element once: one FLOP per input element (exact for divisible sizes).
+
+    ``F.adaptive_avg_pool2d(x, 1)`` never reaches the dispatcher as a pool: ATen rewrites it to ``mean`` (plus an
+    ``as_strided_`` restride for channels-last input) before any kernel runs, on meta and for real. So the public
+    functions are priced by this rule as a whole (``COMPOSITE_RULES``) and land in the pool category.
+    """
     x = call.tensor("self")
     assert x is not None
     return OpCost(flops={Category.POOLING: x.numel()})
@@ -324,13 +369,20 @@ def interpolation(lerps: int, per_lerp: int = LERP_FLOPS) -> Rule:
 # The tables
 # ---------------------------------------------------------------------------------------------------------------------
 
+COMPARISON_OPS: tuple[Any, ...] = (
+    aten.eq, aten.eq_, aten.ne, aten.ne_, aten.lt, aten.lt_, aten.gt, aten.gt_, aten.le, aten.le_, aten.ge, aten.ge_,
+    aten.logical_and, aten.logical_and_, aten.logical_or, aten.logical_or_, aten.logical_xor, aten.logical_xor_,
+    aten.logical_not, aten.logical_not_, aten.bitwise_and, aten.bitwise_and_, aten.bitwise_or, aten.bitwise_or_,
+    aten.bitwise_xor, aten.bitwise_xor_, aten.bitwise_not, aten.bitwise_not_,
+)  # fmt: skip
+
 FLOP_RULES: dict[Any, Rule] = {
     # dense
     aten.convolution: convolution,
     aten._convolution: convolution,
-    aten.cudnn_convolution: convolution_no_bias,
-    aten.cudnn_convolution_transpose: convolution,
-    aten.mkldnn_convolution: convolution,
+    aten.cudnn_convolution: backend_convolution,
+    aten.cudnn_convolution_transpose: backend_convolution_transpose,
+    aten.mkldnn_convolution: backend_convolution,
     aten.mm: mm,
     aten.addmm: addmm,
     aten.bmm: bmm,
@@ -410,6 +462,10 @@ FLOP_RULES: dict[Any, Rule] = {
     aten.addcdiv: elementwise(2),
     aten.lerp: elementwise(3),
     aten.native_dropout: elementwise(2),  # training only: mask multiply and 1/(1-p) scale
+    # comparisons, logical and bitwise ops, masked fill: 1 per output element
+    **dict.fromkeys(COMPARISON_OPS, comparison),
+    aten.masked_fill: masked_fill,
+    aten.masked_fill_: masked_fill,
     # reductions
     aten.sum: reduction,
     aten.mean: reduction,
@@ -440,32 +496,58 @@ FLOP_RULES: dict[Any, Rule] = {
     aten.upsample_bicubic2d: interpolation(5, CUBIC_FLOPS),
 }
 
-# Data movement, views and tensor creation: no arithmetic, deliberately counted as 0 FLOPs.
-ZERO_COST_OPS: frozenset[Any] = frozenset(
+# Views, in-place restrides, metadata queries (``prim.device``: fake tensors ask it) and allocations: no arithmetic
+# (0 FLOPs) and no memory traffic in the byte model (everything else reads all its tensor inputs and writes its
+# outputs once).
+VIEW_AND_METADATA_OPS: frozenset[Any] = frozenset(
     {
-        aten.view, aten._unsafe_view, aten.reshape, aten._reshape_alias, aten.t, aten.transpose, aten.permute,
-        aten.expand, aten.squeeze, aten.unsqueeze, aten.flatten, aten.alias, aten.detach, aten.lift_fresh,
-        aten.as_strided, aten.slice, aten.select, aten.narrow, aten.split, aten.split_with_sizes, aten.unbind,
-        aten.chunk, aten.cat, aten.stack, aten.clone, aten.contiguous, aten.copy_, aten._to_copy, aten.empty,
-        aten.empty_like, aten.empty_strided, aten.new_empty, aten.new_empty_strided, aten.zeros, aten.zeros_like,
-        aten.ones, aten.ones_like, aten.full, aten.full_like, aten.fill_, aten.zero_, aten.new_zeros, aten.new_ones,
-        aten.scalar_tensor, aten.arange, aten.constant_pad_nd, aten.reflection_pad2d, aten.replication_pad2d,
-        aten.pixel_shuffle, aten.pixel_unshuffle, aten.embedding, aten.index, aten.index_select, aten.gather,
-        aten.upsample_nearest1d, aten.upsample_nearest2d, aten.upsample_nearest3d, aten._upsample_nearest_exact2d,
-        aten.roll, aten.flip, aten.repeat, aten.unfold, aten.im2col, aten.col2im, aten.sym_size, aten.sym_stride,
-        aten.sym_numel, aten.sym_storage_offset, aten.is_same_size, aten._local_scalar_dense, aten.item,
-        aten.randn, aten.rand, aten.randn_like, aten.rand_like, aten.bernoulli,
+        aten.view, aten._unsafe_view, aten._reshape_alias, aten.t, aten.transpose, aten.permute, aten.expand,
+        aten.squeeze, aten.unsqueeze, aten.alias, aten.detach, aten.lift_fresh, aten.as_strided, aten.as_strided_,
+        aten.slice, aten.select, aten.split, aten.split_with_sizes, aten.unbind, aten.chunk, aten.narrow, aten.empty,
+        aten.empty_like, aten.empty_strided, aten.new_empty, aten.new_empty_strided, aten.sym_size, aten.sym_stride,
+        aten.sym_numel, aten.sym_storage_offset, aten.is_same_size, torch.ops.prim.device, torch.ops.prim.layout,
     }
 )  # fmt: skip
 
-# Views, metadata queries and allocations: no memory traffic in the byte model (everything else reads all its tensor
-# inputs and writes its outputs once).
-NO_TRAFFIC_OPS: frozenset[Any] = frozenset(
+# Data movement and tensor creation that writes memory: copies, concatenation, padding, nearest upsampling, indexing,
+# filled tensors, random numbers. 0 FLOPs (deliberately), but they read and write memory.
+COPY_OPS: frozenset[Any] = frozenset(
     {
-        aten.view, aten._unsafe_view, aten._reshape_alias, aten.t, aten.transpose, aten.permute, aten.expand,
-        aten.squeeze, aten.unsqueeze, aten.alias, aten.detach, aten.lift_fresh, aten.as_strided, aten.slice,
-        aten.select, aten.split, aten.split_with_sizes, aten.unbind, aten.chunk, aten.narrow, aten.empty,
-        aten.empty_like, aten.empty_strided, aten.new_empty, aten.new_empty_strided, aten.sym_size, aten.sym_stride,
-        aten.sym_numel, aten.sym_storage_offset, aten.is_same_size,
+        aten.reshape, aten.flatten, aten.cat, aten.stack, aten.clone, aten.contiguous, aten.copy_, aten._to_copy,
+        aten.zeros, aten.zeros_like, aten.ones, aten.ones_like, aten.full, aten.full_like, aten.fill_, aten.zero_,
+        aten.new_zeros, aten.new_ones, aten.scalar_tensor, aten.arange, aten.constant_pad_nd, aten.reflection_pad2d,
+        aten.replication_pad2d, aten.pixel_shuffle, aten.pixel_unshuffle, aten.embedding, aten.index,
+        aten.index_select, aten.gather, aten.upsample_nearest1d, aten.upsample_nearest2d, aten.upsample_nearest3d,
+        aten._upsample_nearest_exact2d, aten.roll, aten.flip, aten.repeat, aten.unfold, aten.im2col, aten.col2im,
+        aten._local_scalar_dense, aten.item, aten.randn, aten.rand, aten.randn_like, aten.rand_like, aten.bernoulli,
     }
 )  # fmt: skip
+
+# Derived, never written twice: what the byte model skips, and what is deliberately counted as 0 FLOPs.
+NO_TRAFFIC_OPS: frozenset[Any] = VIEW_AND_METADATA_OPS
+ZERO_COST_OPS: frozenset[Any] = VIEW_AND_METADATA_OPS | COPY_OPS
+
+
+@dataclass(frozen=True)
+class CompositeRule:
+    """A public function ATen decomposes before any kernel runs, priced as a whole: ``schema`` is the ATen op whose
+    argument names the call is bound to, ``rule`` prices it. The ops it decomposes into are not priced on their own
+    (their conv/matmul FLOPs still feed the FlopCounterMode cross-check, which sees them), and its memory traffic is
+    its own inputs and outputs, once (one fused kernel)."""
+
+    schema: Any
+    rule: Rule
+
+
+# Keyed by the function object a ``TorchFunctionMode`` sees: the Python wrappers in ``torch.nn.functional`` and the
+# builtins they call (either can be called directly).
+COMPOSITE_RULES: dict[Callable[..., Any], CompositeRule] = {
+    F.scaled_dot_product_attention: CompositeRule(aten.scaled_dot_product_attention, attention),
+    torch.adaptive_avg_pool1d: CompositeRule(aten.adaptive_avg_pool1d, adaptive_pool),
+    F.adaptive_avg_pool2d: CompositeRule(aten.adaptive_avg_pool2d, adaptive_pool),
+    torch._C._nn.adaptive_avg_pool2d: CompositeRule(aten.adaptive_avg_pool2d, adaptive_pool),
+    F.adaptive_avg_pool3d: CompositeRule(aten.adaptive_avg_pool3d, adaptive_pool),
+    torch._C._nn.adaptive_avg_pool3d: CompositeRule(aten.adaptive_avg_pool3d, adaptive_pool),
+    F.rms_norm: CompositeRule(aten.rms_norm, rms_norm),
+    torch.rms_norm: CompositeRule(aten.rms_norm, rms_norm),
+}

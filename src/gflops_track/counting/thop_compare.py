@@ -10,14 +10,24 @@ copies only (the user's module is never touched), twice:
   own norm rule; any other parametrised module type gets its parameters counted).
 
 The explanation compares thop's per-module figure with our MACs for the same module and names the reason.
+
+Two distributions install the same ``thop`` module: the original ``thop`` (0.1.1) and the maintained
+``ultralytics-thop`` (2.x). The latter looks rules up along the class hierarchy (``BatchNorm2d`` through
+``_NormBase``), has rules for GroupNorm and RMSNorm, counts parameters of the whole model once each (shared tensors
+and rule-less modules included), counts a shared module once, and adds functional matmul/linear/einsum/attention
+run outside rule-bearing modules to its total without naming a module. ``thop_distribution`` says which one is
+installed, and the explanations follow it.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.metadata
+import importlib.util
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -29,6 +39,38 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.GroupNorm,
     *(getattr(nn, name) for name in ("RMSNorm",) if hasattr(nn, name)),
 )
+
+
+ORIGINAL_THOP = "thop"
+ULTRALYTICS_THOP = "ultralytics-thop"
+
+
+def thop_distribution() -> tuple[str, str]:
+    """(distribution name, version) of what ``import thop`` loads: ``("thop", "0.1.1.post2209072238")`` or
+    ``("ultralytics-thop", "2.2.3")``; ``("", "")`` when no thop is importable. Both install a ``thop`` module, so
+    the one that owns the file Python would import is the answer."""
+    spec = importlib.util.find_spec("thop")
+    if spec is None or spec.origin is None:
+        return "", ""
+    origin = Path(spec.origin).resolve()
+    for name in importlib.metadata.packages_distributions().get("thop", []):
+        for dist in importlib.metadata.distributions(name=name):
+            if any(Path(str(dist.locate_file(file))).resolve() == origin for file in dist.files or []):
+                return str(dist.metadata["Name"]).lower(), dist.version
+    return "", ""
+
+
+def thop_version_label() -> str:
+    """What the ``thop_version`` tag should say: 'thop 0.1.1.post2209072238', 'ultralytics-thop 2.2.3', or ''."""
+    return " ".join(part for part in thop_distribution() if part)
+
+
+def thop_has_rule(kind: type[nn.Module], register_hooks: Mapping[Any, Any], distribution: str) -> bool:
+    """Whether thop prices ``kind`` by itself: the original thop looks the exact type up; ultralytics-thop walks the
+    class hierarchy (``BatchNorm2d`` is priced through ``_NormBase``)."""
+    if distribution == ULTRALYTICS_THOP:
+        return any(base in register_hooks for base in kind.__mro__)
+    return kind in register_hooks
 
 
 def _count_nothing(module: nn.Module, _inputs: Any, _output: Any) -> None:
@@ -47,16 +89,17 @@ class ThopCount:
     unruled_types: list[str] = field(default_factory=list)  # module types thop has no rule for
     reasons: list[str] = field(default_factory=list)
     error: str = ""
+    distribution: str = ORIGINAL_THOP  # which distribution provides ``thop`` (see ``thop_distribution``)
 
 
-def _custom_ops(model: nn.Module) -> dict[type[nn.Module], Any]:
+def _custom_ops(model: nn.Module, distribution: str) -> dict[type[nn.Module], Any]:
     from thop.profile import register_hooks
     from thop.vision.basic_hooks import count_normalization
 
     custom: dict[type[nn.Module], Any] = {}
     for module in model.modules():
         kind = type(module)
-        if kind in register_hooks or kind in custom:
+        if thop_has_rule(kind, register_hooks, distribution) or kind in custom:
             continue
         if isinstance(module, NORM_TYPES):
             custom[kind] = count_normalization  # thop's own norm rule: 2 per element, doubled when affine
@@ -97,9 +140,15 @@ def _shared_module_names(model: nn.Module) -> dict[str, list[str]]:
 
 
 def explain_difference(
-    ours: CostReport, thop_layers: dict[str, float], thop_macs: int, model: nn.Module, unruled: list[str]
+    ours: CostReport,
+    thop_layers: dict[str, float],
+    thop_macs: int,
+    model: nn.Module,
+    unruled: list[str],
+    distribution: str = ORIGINAL_THOP,
 ) -> list[str]:
     """One line per reason thop's MACs differ from ours, each with the MACs it accounts for."""
+    ultralytics = distribution == ULTRALYTICS_THOP
     if thop_macs == ours.macs:
         return []
     by_name = {layer.name: layer for layer in ours.layers}
@@ -124,32 +173,40 @@ def explain_difference(
     for layer in ours.layers:
         if layer.name not in thop_layers and layer.macs:
             explained -= layer.macs
+            why = (
+                "ultralytics-thop adds functional matmul, linear, einsum and attention outside modules it has a rule "
+                "for to its total without naming a module, and never sees other functional ops"
+                if ultralytics
+                else "thop counts modules of known types only, never functional ops"
+            )
             reasons.append(
-                f"{layer.name} ({layer.type}): {-layer.macs:+,} MACs in ops thop cannot see ({layer.ops}); "
-                "thop counts modules of known types only, never functional ops"
+                f"{layer.name} ({layer.type}): {-layer.macs:+,} MACs in ops thop cannot see ({layer.ops}); {why}"
             )
     residual = thop_macs - ours.macs - explained
     shared = [", ".join(aliases) for aliases in _shared_module_names(model).values()]
-    if shared:
+    if shared and not ultralytics:
         reasons.append(
             f"module shared under several names ({'; '.join(shared)}): thop hooks and counts it once per name "
             f"({residual:+,} MACs)"
         )
     elif residual:
-        reasons.append(f"thop's total holds {residual:+,} MACs that it attributes to no module")
+        where = " (functional products ultralytics-thop counts outside any module)" if ultralytics else ""
+        reasons.append(f"thop's total holds {residual:+,} MACs that it attributes to no module{where}")
     if unruled:
-        reasons.append(f"thop has no rule for {', '.join(unruled)} (raw thop counts 0 MACs and drops their parameters)")
+        dropped = "" if ultralytics else " and drops their parameters"
+        reasons.append(f"thop has no rule for {', '.join(unruled)} (raw thop counts 0 MACs{dropped})")
     return reasons
 
 
 def thop_count(model: nn.Module, args: Sequence[Any], ours: CostReport) -> ThopCount:
     """Run thop raw and patched on deep copies of ``model`` (which stays untouched) and explain the difference."""
+    distribution, _version = thop_distribution()
     try:
-        custom = _custom_ops(model)
+        custom = _custom_ops(model, distribution)
         raw_macs, raw_params, _ = _run_thop(model, args, {})
         macs, params, layers = _run_thop(model, args, custom)
     except Exception as error:  # thop is a reference figure: its failure must not cost the user's measurement
-        return ThopCount(0, 0, 0, 0, error=f"thop failed: {type(error).__name__}: {error}")
+        return ThopCount(0, 0, 0, 0, error=f"thop failed: {type(error).__name__}: {error}", distribution=distribution)
     unruled = sorted({kind.__name__ for kind in custom})
     return ThopCount(
         raw_macs=raw_macs,
@@ -157,7 +214,8 @@ def thop_count(model: nn.Module, args: Sequence[Any], ours: CostReport) -> ThopC
         macs=macs,
         params=params,
         unruled_types=unruled,
-        reasons=explain_difference(ours, layers, macs, model, unruled),
+        reasons=explain_difference(ours, layers, macs, model, unruled, distribution),
+        distribution=distribution,
     )
 
 

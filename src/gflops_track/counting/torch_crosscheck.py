@@ -13,8 +13,8 @@ from typing import Any
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from gflops_track.counting.execution import run_counting_forward
-from gflops_track.counting.op_counter import CostReport
+from gflops_track.counting.counting_forward import run_counting_forward
+from gflops_track.counting.op_counter import CostReport, op_label
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,6 @@ class TorchCount:
     """FlopCounterMode's total, and how it compares with our dense FLOPs on the ops it counts."""
 
     flops: int
-    flops_by_op: dict[str, int]
     our_flops_on_same_ops: int
     notes: list[str]
 
@@ -35,15 +34,10 @@ def torch_flop_count(
     model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any], ours: CostReport, prefer_meta: bool = True
 ) -> TorchCount:
     """Run FlopCounterMode over the same forward and compare op by op with ``ours``."""
-    counters: list[FlopCounterMode] = []
-
-    def fresh_counter() -> FlopCounterMode:
-        counters.append(FlopCounterMode(display=False))
-        return counters[-1]
-
-    run_counting_forward(model, args, kwargs, fresh_counter, prefer_meta)
-    theirs = {f"aten.{op.__name__}": flops for op, flops in counters[-1].get_flop_counts().get("Global", {}).items()}
-    registry = {f"aten.{op.__name__}" for op in counters[-1].flop_registry}
+    counter = run_counting_forward(model, args, kwargs, lambda: FlopCounterMode(display=False), prefer_meta).counter
+    assert counter is not None
+    theirs = {op_label(op): flops for op, flops in counter.get_flop_counts().get("Global", {}).items()}
+    registry = {op_label(op) for op in counter.flop_registry}
     ours_same = {op: flops for op, flops in ours.dense_flops_by_op.items() if op in registry}
     notes = [
         f"{op}: torch FlopCounterMode {theirs.get(op, 0):,} FLOPs, gflops-track {ours_same.get(op, 0):,} FLOPs"
@@ -52,7 +46,6 @@ def torch_flop_count(
     ]
     return TorchCount(
         flops=sum(theirs.values()),
-        flops_by_op=theirs,
         our_flops_on_same_ops=sum(ours_same.values()),
         notes=notes,
     )

@@ -1,0 +1,147 @@
+"""The counting forward pass: one forward of the user's module under a counter, without touching the module.
+
+Counting runs on the ``meta`` device when it can: parameters, buffers and inputs are swapped for meta tensors for the
+duration of the pass and the original objects put back after (no copy of the model, no memory for activations, ~14x
+faster than a real forward on this machine). The swap is our own: ``torch.func.functional_call`` leaves a module
+shared under two names (the seed's ``norm3``) with meta parameters after the call.
+
+Under autocast the pass uses fake tensors instead: meta tensors carry no device, so ``torch.autocast`` (which acts
+per device type) never casts them, and fp16/bf16 runs would be priced at 4 bytes per element. Fake tensors
+(``FakeTensorMode``) keep the device of the tensors they stand for (cpu or cuda), go through autocast like the real
+ones and still allocate nothing.
+
+If the model cannot run on meta (an op without a meta kernel, data-dependent control flow), counting falls back to a
+real forward on the model's own device, and says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_map
+
+CounterT = TypeVar("CounterT", bound=AbstractContextManager[Any])
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode, then restore each one's own ``training`` flag."""
+    flags = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in flags.items():
+            module.training = training
+
+
+def _to_meta(value: Any) -> Any:
+    return torch.empty_like(value, device="meta") if isinstance(value, torch.Tensor) else value
+
+
+@contextmanager
+def swapped_tensors(model: nn.Module, convert: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Swap every parameter and buffer for ``convert(tensor)`` (a tensor shared by several modules gets one shared
+    replacement), then put the very same original objects back."""
+    originals: list[tuple[dict[str, Any], str, Any]] = []
+    replacements: dict[int, Any] = {}
+    for module in model.modules():
+        for slots in (module._parameters, module._buffers):
+            for name, tensor in list(slots.items()):
+                if tensor is None:
+                    continue
+                if id(tensor) not in replacements:
+                    stand_in = convert(tensor)
+                    replacements[id(tensor)] = (
+                        nn.Parameter(stand_in, requires_grad=False) if slots is module._parameters else stand_in
+                    )
+                originals.append((slots, name, tensor))
+                slots[name] = replacements[id(tensor)]
+    try:
+        yield
+    finally:
+        for slots, name, tensor in originals:
+            slots[name] = tensor
+
+
+def meta_tensors(model: nn.Module) -> AbstractContextManager[None]:
+    """Swap every parameter and buffer for a meta tensor of the same shape and dtype (see ``swapped_tensors``)."""
+    return swapped_tensors(model, _to_meta)
+
+
+@dataclass(frozen=True)
+class CountingPass(Generic[CounterT]):
+    """How the counting forward ran: ``backend`` is 'meta', 'fake' (autocast) or 'real'; ``note`` says why meta was
+    not used; ``counter`` is the counter of the attempt that succeeded."""
+
+    backend: str
+    note: str = ""
+    counter: CounterT | None = None
+
+
+def _autocast(autocast_dtype: torch.dtype | None, device_type: str) -> AbstractContextManager[Any]:
+    return torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
+
+
+def run_counting_forward(
+    model: nn.Module,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    make_counter: Callable[[], CounterT],
+    prefer_meta: bool = True,
+    *,
+    autocast_dtype: torch.dtype | None = None,
+    device_type: str = "cpu",
+) -> CountingPass[CounterT]:
+    """Run ``model(*args, **kwargs)`` in eval mode, without grad and under ``torch.autocast(device_type,
+    autocast_dtype)`` when a dtype is given, inside a fresh ``make_counter()`` per attempt: on meta (fake tensors
+    under autocast) first, for real if that fails. Returns how it ran and the counter that saw the whole pass."""
+    note = "meta disabled"
+    with eval_mode(model), torch.no_grad():
+        if prefer_meta:
+            counter = make_counter()
+            try:
+                if autocast_dtype is None:
+                    meta_args, meta_kwargs = tree_map(_to_meta, (tuple(args), dict(kwargs)))
+                    with meta_tensors(model), counter:
+                        model(*meta_args, **meta_kwargs)
+                    return CountingPass("meta", counter=counter)
+                with (
+                    _fake_forward(model, args, kwargs) as (fake_args, fake_kwargs),
+                    _autocast(autocast_dtype, device_type),
+                    counter,
+                ):
+                    model(*fake_args, **fake_kwargs)
+                return CountingPass("fake", counter=counter)
+            except Exception as error:  # any failure on meta means: count for real instead
+                kind = "meta" if autocast_dtype is None else "fake-tensor"
+                note = f"{kind} forward failed ({type(error).__name__}: {error}); counted with a real forward"
+        counter = make_counter()
+        with _autocast(autocast_dtype, device_type), counter:
+            model(*args, **kwargs)
+    return CountingPass("real", note, counter)
+
+
+@contextmanager
+def _fake_forward(
+    model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> Iterator[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """Inside a ``FakeTensorMode``: fake stand-ins (same device, shape, dtype and strides, no storage) for the model's
+    parameters, buffers and the inputs."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=False)
+
+    def to_fake(value: Any) -> Any:
+        return fake_mode.from_tensor(value) if isinstance(value, torch.Tensor) else value
+
+    with ExitStack() as stack:
+        fake_args, fake_kwargs = tree_map(to_fake, (tuple(args), dict(kwargs)))
+        stack.enter_context(swapped_tensors(model, to_fake))
+        stack.enter_context(fake_mode)
+        yield fake_args, fake_kwargs
