@@ -177,6 +177,25 @@ def test_one_sample_has_no_ci_and_never_meets_the_target() -> None:
     assert any("no confidence interval is known after 1 timed iteration(s)" in note for note in result.notes)
 
 
+def test_slow_cold_start_does_not_skip_warmup_when_the_bound_has_room() -> None:
+    """A 3 s cold start (autotuning) then 1 ms calls, max_time_s = 10: warm-up still runs and settles (the first warm-up
+    call is judged against the whole budget, 3 + 3 <= 10 s), and timing reaches its target."""
+    clock = FakeClock()
+    fn = fake_forward(clock, [3000.0], 1.0)
+    result = measure_latency(fn, "cpu", TimingOptions(warmup=10, min_repeats=30, max_time_s=10), clock=clock)
+    assert result.warmup_settled and result.warmup_iterations == 10 and result.timed_iterations == 30
+    assert result.precision_met and not result.time_bound_hit
+
+
+def test_cold_start_longer_than_the_bound_leaves_one_timed_call() -> None:
+    """A 30 s compile, then 1 ms calls, max_time_s = 10: the bound is spent; one timed call runs, and the note says
+    where the time went."""
+    clock = FakeClock()
+    result = measure_latency(fake_forward(clock, [30_000.0], 1.0), "cpu", TimingOptions(max_time_s=10), clock=clock)
+    assert result.warmup_iterations == 0 and result.timed_iterations == 1 and not result.precision_met
+    assert any("the cold start took 30.00 s" in note for note in result.notes)
+
+
 def test_bound_with_uneven_calls_ends_within_one_call_of_it() -> None:
     """Calls alternate 10 and 40 ms: the engine predicts the next call from the last one, so it can overrun the bound
     by at most the difference of one call (30 ms)."""

@@ -353,18 +353,29 @@ class _Phase:
 
 
 def _warmup(
-    timer: _Timer, fn: Forward, options: TimingOptions, estimate_ms: float, until: float, report: ProgressCallback
+    timer: _Timer,
+    fn: Forward,
+    options: TimingOptions,
+    cold_ms: float,
+    until: float,
+    eager_until: float,
+    report: ProgressCallback,
 ) -> tuple[_Phase, bool]:
     """Warm up in blocks the size timing uses until ``warmup`` iterations ran and the latency settled, warmup_max_s
-    ran out, or the next block would end past ``until``."""
+    ran out, or the next block would end past ``until``. The first call is predicted from the cold call, which
+    autotuning or compilation can make far longer than the rest: it runs unless a call that long would end past
+    ``eager_until`` (the whole eager budget), so one slow cold start does not skip warm-up when the bound has room."""
     warm: list[float] = []
     if options.warmup == 0:
         return _Phase(warm, "count"), True
     started = timer.clock()
-    block_s = timer.per_block(estimate_ms) * estimate_ms / 1e3  # predicted from the cold call until a block ran
+    estimate_ms = cold_ms
+    if started + cold_ms / 1e3 > eager_until:
+        return _Phase(warm, "bound"), False
+    block_s = 0.0  # the first block is sized from the cold call and always runs (see above)
     while True:
         began = timer.clock()
-        if began + block_s > until:
+        if warm and began + block_s > until:
             return _Phase(warm, "bound"), _settled(warm)
         warm += timer.block(fn, timer.per_block(estimate_ms))
         now = timer.clock()
@@ -484,7 +495,8 @@ def _measure(
     report("cold start", 0, 1)
     cold = timer.once(fn)
     warm_began = clock()
-    warm, settled = _warmup(timer, fn, options, cold, started + (eager_until - started) * WARMUP_SHARE, report)
+    warmup_until = started + (eager_until - started) * WARMUP_SHARE
+    warm, settled = _warmup(timer, fn, options, cold, warmup_until, eager_until, report)
     warmup_s = clock() - warm_began
     bound_hit = False
     if warm.stop == "bound":
@@ -492,7 +504,7 @@ def _measure(
         notes.append(
             f"max_time_s={options.max_time_s:g} s bounds the whole timing phase: it cut warm-up to "
             f"{len(warm.samples)} iteration(s) (warmup={options.warmup}, "
-            f"{'settled' if settled else 'latency not known to have settled'})"
+            f"{'settled' if settled else 'latency not known to have settled'}; the cold start took {cold / 1e3:.2f} s)"
         )
     elif not settled:
         notes.append(f"latency had not settled after {len(warm.samples)} warm-up iterations ({warmup_s:.1f} s)")
