@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gflops_track.probes import (
     MAX_AGE_DAYS,
+    MeasuredPeak,
     ProbePlan,
     cache_key,
     compute_probes,
@@ -88,6 +89,17 @@ def test_run_that_beats_the_roof_raises_it(tmp_path: Path) -> None:
     assert achieved / raised.roof_gflop_per_s == 1.0  # utilization vs the roof can no longer pass 100%
     cached = measured_peak(CPU, "fp32", "cpu:test", tmp_path, TINY)
     assert cached.cached and cached.compute_gflop_per_s == achieved  # the cache entry was rewritten
+
+
+def test_utilization_divides_by_the_roof() -> None:
+    """GEMM 100 GFLOP/s, convolution 120: the roof is 120; a run at 60 GFLOP/s is at 60 / 120 = 0.5 of it."""
+    peak = MeasuredPeak(100.0, 64, None, None, "fp32", compute_gflop_per_s=120.0, compute_kernel="conv3x3")
+    assert peak.metrics(60.0) == {
+        "measured_peak_gflop_per_s": 120.0,
+        "measured_gemm_gflop_per_s": 100.0,
+        "utilization_vs_measured_peak": 0.5,
+    }  # no bandwidth: unknown is left out
+    assert MeasuredPeak(100.0, 64, 20.0, 256.0, "fp32").metrics()["measured_peak_gflop_per_s"] == 100.0
 
 
 BAD_FILES = {

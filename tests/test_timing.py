@@ -22,10 +22,12 @@ from gflops_track.timing import (
     SKEW_LIMIT,
     LatencyStats,
     TimingOptions,
+    ci_text,
     measure_latency,
     median_ci,
     median_ci_ranks,
     percentile,
+    precision_text,
     skew_reasons,
 )
 
@@ -280,6 +282,24 @@ def test_cpu_memory_is_rss_baseline_and_growth() -> None:
     assert result.memory_kind == "cpu_rss" and result.memory_baseline_bytes > 0 and result.memory_growth_bytes >= 0
     assert result.peak_memory_bytes == result.memory_growth_bytes  # the old name is the growth on every device
     assert result.energy_per_iteration_j is None and result.gflop_per_joule(1e9) is None  # no NVML on CPU
+
+
+def test_metrics_leave_out_what_is_not_known() -> None:
+    """One sample: no CI and no precision among the metrics (never a number standing for "unknown"), the target 0."""
+    clock = FakeClock()
+    options = TimingOptions(warmup=0, min_repeats=30, max_time_s=2)
+    one = measure_latency(fake_forward(clock, [], 3000.0), "cpu", options, clock=clock).metrics(flops=1e9)
+    assert {"latency_ci95_low_ms", "latency_ci95_high_ms", "latency_precision"}.isdisjoint(one)
+    assert one["precision_target_met"] == 0.0 and one["timed_iterations"] == 1 and one["latency_median_ms"] == 3000
+    assert one["time_bound_hit"] == 1.0 and "energy_per_forward_j" not in one and "gflop_per_joule" not in one
+    lone = measure_latency(fake_forward(clock, [], 3000.0), "cpu", options, clock=clock)
+    assert ci_text(lone.latency) == "no 95% CI: 1 sample(s), 8 needed"
+    assert precision_text(lone) == "unknown (no CI) (target ±1.00% NOT met)"
+    many = measure_latency(fake_forward(clock, [], 2.0), "cpu", QUICK, clock=clock).metrics(flops=1e9)
+    assert ci_text(LatencyStats.from_samples([float(v) for v in range(1, 31)])) == "95% CI 9.000-22.000"
+    assert many["latency_ci95_low_ms"] == pytest.approx(2.0) and many["latency_ci95_high_ms"] == pytest.approx(2.0)
+    assert many["latency_precision"] == pytest.approx(0.0, abs=1e-9)
+    assert many["memory_growth_mib"] >= 0 and many["timing_suspect"] in (0.0, 1.0)
 
 
 def test_cpu_profile_restores_mode_and_derives_throughput() -> None:

@@ -96,6 +96,19 @@ class MeasuredPeak:
         """The compute roof: what utilization divides by (never below the GEMM probe)."""
         return max(self.compute_gflop_per_s, self.gemm_gflop_per_s)
 
+    def metrics(self, achieved_gflop_per_s: float | None = None) -> dict[str, float]:
+        """``measured_peak_gflop_per_s`` is the roof (what a roofline draws and utilization divides by);
+        ``measured_gemm_gflop_per_s`` the GEMM probe; bandwidth only when known."""
+        values = {
+            "measured_peak_gflop_per_s": self.roof_gflop_per_s,
+            "measured_gemm_gflop_per_s": self.gemm_gflop_per_s,
+        }
+        if self.bandwidth_gb_s is not None:
+            values["measured_bandwidth_gb_per_s"] = self.bandwidth_gb_s
+        if achieved_gflop_per_s is not None:
+            values["utilization_vs_measured_peak"] = achieved_gflop_per_s / self.roof_gflop_per_s
+        return values
+
 
 _STORED = ("gemm_gflop_per_s", "gemm_size", "bandwidth_gb_s", "bandwidth_buffer_mib", "dtype",
            "compute_gflop_per_s", "compute_kernel", "measured_at")  # fmt: skip

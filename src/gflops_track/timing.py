@@ -251,6 +251,69 @@ class TimingResult:
             return None
         return flops / 1e9 / self.energy_per_iteration_j
 
+    def metrics(self, flops: int | float) -> dict[str, float]:
+        """What timing measured, under names that carry their unit; unknown values (no CI, no energy) are left out,
+        never logged as a number. ``flops``: of one forward, for GFLOP/J."""
+        values: dict[str, float] = {
+            **latency_metrics("latency", self.latency),
+            "latency_cold_start_ms": self.cold_start_ms,
+            "precision_target": self.target_precision,
+            "precision_target_met": float(self.precision_met),
+            "memory_baseline_mib": self.memory_baseline_bytes / 2**20,
+            "memory_growth_mib": self.memory_growth_bytes / 2**20,
+            "warmup_iterations": self.warmup_iterations,
+            "warmup_s": self.warmup_s,
+            "warmup_settled": float(self.warmup_settled),
+            "timed_iterations": self.timed_iterations,
+            "timing_total_s": self.total_s,
+            "time_bound_hit": float(self.time_bound_hit),
+            "timing_suspect": float(self.suspect),
+            "l2_flushed": float(self.l2_flushed),
+            "l2_flush_mib": self.l2_flush_bytes / 2**20,
+            **{f"cond_{key}": value for key, value in self.conditions.metrics.items()},
+        }
+        if self.energy_per_iteration_j:
+            values["energy_per_forward_j"] = self.energy_per_iteration_j
+            values["gflop_per_joule"] = flops / 1e9 / self.energy_per_iteration_j
+        if self.graph_latency is not None:
+            values.update(latency_metrics("graph_latency", self.graph_latency))
+        return values
+
+
+def ci_text(latency: LatencyStats) -> str:
+    """ "95% CI a-b" in ms, or why there is none (for summaries and tables)."""
+    if latency.ci_low_ms is None or latency.ci_high_ms is None:
+        return f"no 95% CI: {len(latency.samples_ms)} sample(s), {MIN_CI_SAMPLES} needed"
+    return f"95% CI {latency.ci_low_ms:,.3f}-{latency.ci_high_ms:,.3f}"
+
+
+def precision_text(timing: TimingResult) -> str:
+    """ "±x% (target ±y% met|NOT met)", with "unknown" when no CI is known."""
+    latency, target = timing.latency, f"target ±{timing.target_precision:.2%}"
+    met = "met" if timing.precision_met else "NOT met"
+    achieved = f"±{latency.precision:.2%}" if latency.precision is not None else "unknown (no CI)"
+    return f"{achieved} ({target} {met})"
+
+
+def latency_metrics(prefix: str, latency: LatencyStats) -> dict[str, float]:
+    """``{prefix}_*`` statistics in ms (cv and precision unitless); the CI and precision only when known."""
+    values = {
+        f"{prefix}_mean_ms": latency.mean_ms,
+        f"{prefix}_median_ms": latency.median_ms,
+        f"{prefix}_std_ms": latency.std_ms,
+        f"{prefix}_min_ms": latency.min_ms,
+        f"{prefix}_max_ms": latency.max_ms,
+        f"{prefix}_p90_ms": latency.p90_ms,
+        f"{prefix}_p95_ms": latency.p95_ms,
+        f"{prefix}_cv": latency.cv,
+    }
+    if latency.ci_low_ms is not None and latency.ci_high_ms is not None:
+        values[f"{prefix}_ci95_low_ms"] = latency.ci_low_ms
+        values[f"{prefix}_ci95_high_ms"] = latency.ci_high_ms
+    if latency.precision is not None:
+        values[f"{prefix}_precision"] = latency.precision
+    return values
+
 
 def flush_bytes(device: torch.device) -> int:
     """L2 flush buffer size: max(256 MiB, 2 x L2) (Triton's do_bench uses 256 MB); 256 MiB when L2 is unknown."""
