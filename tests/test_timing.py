@@ -12,11 +12,13 @@ from collections.abc import Callable, Iterable, Iterator
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 from fixture_models import Sleeper
 from gflops_track import profile
-from gflops_track.conditions import available_cpus, suspicions
+from gflops_track.conditions import available_cpus, suspicions, watch_conditions
 from gflops_track.timing import (
     MIN_CI_SAMPLES,
     SKEW_LIMIT,
@@ -96,6 +98,16 @@ def test_too_few_samples_have_no_confidence_interval() -> None:
         assert not stats.meets(1e9)  # no target is met without an interval, however loose
     eight = LatencyStats.from_samples([float(v) for v in range(1, 9)])
     assert (eight.ci_low_ms, eight.ci_high_ms) == (1.0, 8.0) and eight.precision == pytest.approx((8 - 1) / 2 / 4.5)
+
+
+@given(st.lists(st.floats(min_value=0.001, max_value=1e4), min_size=1, max_size=300))
+def test_ci_brackets_the_median_whenever_it_exists(samples: list[float]) -> None:
+    stats = LatencyStats.from_samples(samples)
+    if len(samples) < MIN_CI_SAMPLES:
+        assert stats.ci_low_ms is None and stats.precision is None
+    else:
+        assert stats.ci_low_ms is not None and stats.ci_high_ms is not None and stats.precision is not None
+        assert stats.ci_low_ms <= stats.median_ms <= stats.ci_high_ms and stats.precision >= 0
 
 
 def test_percentile_matches_statistics_quantiles_inclusive() -> None:
@@ -252,6 +264,16 @@ def test_conditions_reasons_are_the_suspect_reasons() -> None:
     assert {"load_avg_1m_before", "process_cpu_per_wall", "other_processes_cpu_per_wall"} <= set(metrics)
     assert result.suspect_reasons == result.conditions.warnings  # no skew: 1 ms every call
     assert result.suspect == bool(result.conditions.warnings)
+
+
+def test_gpu_conditions_without_nvml_never_raise() -> None:
+    """A CUDA device descriptor on a machine without a driver: NVML is not there, and the CPU conditions still are."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA (test_cuda.py covers NVML)")
+    with watch_conditions(torch.device("cuda", 0), 1) as conditions:
+        conditions.sample()  # the timer's busy-time hook: a no-op without NVML
+    assert "other_processes_cpu_per_wall" in conditions.metrics
+    assert not any(key.startswith("gpu_") for key in conditions.metrics)
 
 
 def test_max_repeats_caps_samples() -> None:
