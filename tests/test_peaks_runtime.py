@@ -1,4 +1,4 @@
-"""Vendor peak table, CPU peak estimate, measured-peak probes and their cache, the byte model, runtime options."""
+"""Vendor peak table, CPU peak estimate, the byte model, runtime options."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from gflops_track import CountOptions, PeakOptions, profile
 from gflops_track.counting.op_counter import count_cost
 from gflops_track.peaks import Roof, RooflinePoint, cpu_peak_estimate, fp32_flops_per_cycle, gpu_spec, spec_tflops
 from gflops_track.plots import roofline_png, throughput_curve_png
-from gflops_track.probes import measured_peak
 from gflops_track.runtime import RuntimeOptions, effective_settings, runtime_context
 from gflops_track.timing import TimingOptions
 
@@ -58,16 +57,6 @@ def test_cpu_flops_per_cycle_and_estimate() -> None:
     estimate = cpu_peak_estimate()
     if estimate is not None:
         assert estimate.gflop_per_s == pytest.approx(estimate.cores * estimate.clock_ghz * estimate.flops_per_cycle)
-
-
-def test_measured_peak_is_cached_per_machine(tmp_path: Path) -> None:
-    first = measured_peak(torch.device("cpu"), "fp32", "cpu:test x1", tmp_path)
-    assert not first.cached and first.gemm_gflop_per_s > 0 and first.bandwidth_gb_s > 0
-    assert first.bandwidth_buffer_mib >= 256
-    again = measured_peak(torch.device("cpu"), "fp32", "cpu:test x1", tmp_path)
-    assert again.cached and again.gemm_gflop_per_s == first.gemm_gflop_per_s
-    other = measured_peak(torch.device("cpu"), "bf16", "cpu:test x1", tmp_path)
-    assert not other.cached  # another dtype is another probe
 
 
 def test_byte_model_of_a_matmul() -> None:

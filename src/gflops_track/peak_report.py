@@ -1,8 +1,8 @@
 """The peak step: which peaks apply to a run on this device, and what a reader must know about them.
 
 GPU: the vendor's dense datasheet figure for the run's dtype (none for an unknown card: never another card's).
-CPU: a theoretical estimate (cores x clock x FLOPs per cycle). Either device: optionally the measured probes (cached
-per machine). A run that beats a peak gets a note saying which figure to trust.
+CPU: a theoretical estimate (cores x clock x FLOPs per cycle). Either device: optionally the measured roof (the best
+of the GEMM and convolution probes, cached per machine), raised when a run beats it. Notes say which figure to trust.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from gflops_track.peaks import CpuPeakEstimate, GpuSpec, Roof, cpu_peak_estimate, gpu_spec
-from gflops_track.probes import MeasuredPeak, measured_peak
+from gflops_track.probes import MeasuredPeak, raise_roof
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,11 @@ class PeakReport:
         roofs = []
         if self.gpu_spec is not None and self.spec_gflop_per_s:
             roofs.append(Roof(f"{self.gpu_spec.name} spec", self.spec_gflop_per_s, self.gpu_spec.bandwidth_gb_s))
-        if self.cpu_peak is not None and self.measured is not None:
-            roofs.append(Roof("CPU estimate", self.cpu_peak.gflop_per_s, self.measured.bandwidth_gb_s))
-        if self.measured is not None:
-            roofs.append(Roof("measured", self.measured.gemm_gflop_per_s, self.measured.bandwidth_gb_s))
+        bandwidth = self.measured.bandwidth_gb_s if self.measured is not None else None
+        if self.cpu_peak is not None and bandwidth:
+            roofs.append(Roof("CPU estimate", self.cpu_peak.gflop_per_s, bandwidth))
+        if self.measured is not None and bandwidth:
+            roofs.append(Roof("measured", self.measured.roof_gflop_per_s, bandwidth))
         return roofs
 
 
@@ -78,9 +79,11 @@ def compare_with_peaks(
     device_name: str,
     achieved_gflop_per_s: float | None,
     options: PeakOptions | None = None,
+    kernel: str = "a profiled run",
 ) -> PeakReport:
     """The peaks for ``device`` running in ``dtype`` (``hardware``: the fingerprint's label, the probe cache key;
-    ``device_name``: the GPU name the datasheet is looked up by), with notes where a peak is unknown or beaten."""
+    ``device_name``: the GPU name the datasheet is looked up by; ``kernel``: what achieved the rate, named when it
+    raises the measured roof), with notes where a peak is unknown or beaten."""
     options = options or PeakOptions()
     spec, spec_gflop_per_s, estimate, notes = None, None, None, []
     if device.type == "cuda":
@@ -90,6 +93,11 @@ def compare_with_peaks(
         notes += _spec_notes(device_name, spec, dtype)
     else:
         estimate = cpu_peak_estimate()
-    measured = measured_peak(device, dtype, hardware, options.cache_dir) if options.measure else None
-    notes += _beaten_notes(achieved_gflop_per_s, estimate, measured)
+    measured = None
+    if options.measure:  # a run that beats the cached roof raises it: utilization never exceeds the measured roof
+        measured, raised = raise_roof(
+            device, dtype, hardware, achieved_gflop_per_s or 0.0, options.cache_dir, kernel=kernel
+        )
+        notes += [*measured.notes, *([raised] if raised else [])]
+    notes += _estimate_notes(achieved_gflop_per_s, estimate)
     return PeakReport(spec, spec_gflop_per_s, estimate, measured, notes)

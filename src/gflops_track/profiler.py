@@ -274,4 +274,5 @@ def rate(
     """The peak step: the device's peaks for the run's dtype and thread count, and notes where one is beaten."""
     achieved = achieved_gflop_per_s(cost.flops, timing.latency.median_ms if timing else None)
     with runtime_context(runtime):  # the CPU estimate and the probes use the run's thread count
-        return compare_with_peaks(device, runtime.dtype, facts.hardware, facts.gpu_name, achieved, options)
+        kernel = f"{cost.model_name} ({runtime.dtype})"
+        return compare_with_peaks(device, runtime.dtype, facts.hardware, facts.gpu_name, achieved, options, kernel)

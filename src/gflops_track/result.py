@@ -19,7 +19,7 @@ from gflops_track.peak_report import PeakReport
 from gflops_track.peaks import CpuPeakEstimate, GpuSpec, Roof, RooflinePoint
 from gflops_track.probes import MeasuredPeak
 from gflops_track.runtime import RuntimeOptions
-from gflops_track.timing import LatencyStats, TimingResult
+from gflops_track.timing import TimingResult
 
 MIB = 2**20
 
@@ -162,9 +162,9 @@ class ProfileResult:
 
     @property
     def utilization_vs_measured(self) -> float | None:
-        """Achieved GFLOP/s over the measured probe peak; unitless."""
+        """Achieved GFLOP/s over the measured roof (best of the GEMM and convolution probes); unitless."""
         measured = self.measured_peak
-        return _share(self.achieved_gflop_per_s, measured.gemm_gflop_per_s if measured else None)
+        return _share(self.achieved_gflop_per_s, measured.roof_gflop_per_s if measured else None)
 
     def roofs(self) -> list[Roof]:
         return self.peaks.roofs() if self.peaks else []
@@ -184,22 +184,11 @@ class ProfileResult:
 
     def _timing_metrics(self, timing: TimingResult) -> dict[str, float]:
         values = {
-            **latency_metrics(names.LATENCY_PREFIX, timing.latency),
-            names.COLD_START_MS: timing.cold_start_ms,
-            names.PRECISION_TARGET: timing.target_precision,
-            names.PRECISION_TARGET_MET: float(timing.precision_met),
+            **timing.metrics(self.flops),
             names.THROUGHPUT: self.throughput_samples_per_s or 0.0,
             names.ACHIEVED: self.achieved_gflop_per_s or 0.0,
-            names.PEAK_MEMORY_MIB: timing.peak_memory_bytes / MIB,
-            names.WARMUP_ITERATIONS: timing.warmup_iterations,
-            names.WARMUP_S: timing.warmup_s,
-            names.WARMUP_SETTLED: float(timing.warmup_settled),
-            names.TIMED_ITERATIONS: timing.timed_iterations,
-            names.L2_FLUSHED: float(timing.l2_flushed),
-            **{f"{names.CONDITION_PREFIX}{key}": value for key, value in timing.conditions.metrics.items()},
         }
         if timing.graph_latency is not None:
-            values.update(latency_metrics(names.GRAPH_LATENCY_PREFIX, timing.graph_latency))
             values[names.GRAPH_ACHIEVED] = achieved_gflop_per_s(self.flops, timing.graph_latency.median_ms) or 0.0
         return values
 
@@ -211,31 +200,11 @@ class ProfileResult:
         if self.cpu_peak is not None:
             values[names.CPU_ESTIMATED_PEAK] = self.cpu_peak.gflop_per_s
         if self.measured_peak is not None:
-            values[names.MEASURED_PEAK] = self.measured_peak.gemm_gflop_per_s
-            values[names.MEASURED_BANDWIDTH] = self.measured_peak.bandwidth_gb_s
+            values.update(self.measured_peak.metrics(self.achieved_gflop_per_s))
         for key, share in (
             (names.UTILIZATION_SPEC, self.utilization_vs_spec),
             (names.UTILIZATION_ESTIMATE, self.utilization_vs_estimate),
-            (names.UTILIZATION_MEASURED, self.utilization_vs_measured),
         ):
             if share is not None:
                 values[key] = share
         return values
-
-
-def latency_metrics(prefix: str, latency: LatencyStats) -> dict[str, float]:
-    """``{prefix}_median_ms`` etc. for every statistic in ``names.LATENCY_STATS``."""
-    stats = {
-        "mean_ms": latency.mean_ms,
-        "median_ms": latency.median_ms,
-        "std_ms": latency.std_ms,
-        "min_ms": latency.min_ms,
-        "max_ms": latency.max_ms,
-        "p90_ms": latency.p90_ms,
-        "p95_ms": latency.p95_ms,
-        "cv": latency.cv,
-        "ci95_low_ms": latency.ci_low_ms,
-        "ci95_high_ms": latency.ci_high_ms,
-        "precision": latency.precision,
-    }
-    return {f"{prefix}_{name}": stats[name] for name in names.LATENCY_STATS}

@@ -4,6 +4,7 @@ same rows with rich."""
 from __future__ import annotations
 
 from gflops_track.result import ProfileResult
+from gflops_track.timing import ci_text, precision_text
 
 
 def _number(value: float | None, digits: int = 3) -> str:
@@ -31,13 +32,12 @@ def summary_rows(result: ProfileResult) -> list[tuple[str, str]]:
     if result.timing is not None:
         timing = result.timing
         latency = timing.latency
-        met = "met" if timing.precision_met else "NOT met"
         rows += [
             (
                 "latency median (ms)",
-                f"{latency.median_ms:,.3f} (95% CI {latency.ci_low_ms:,.3f}-{latency.ci_high_ms:,.3f})",
+                f"{latency.median_ms:,.3f} ({ci_text(latency)})",
             ),
-            ("median precision", f"±{latency.precision:.2%} (target ±{timing.target_precision:.2%} {met})"),
+            ("median precision", precision_text(timing)),
             ("latency mean ± std (ms)", f"{latency.mean_ms:,.3f} ± {latency.std_ms:,.3f} (cv {latency.cv:.1%})"),
             ("latency min / p90 / p95 (ms)", f"{latency.min_ms:,.3f} / {latency.p90_ms:,.3f} / {latency.p95_ms:,.3f}"),
             ("cold start (ms)", f"{timing.cold_start_ms:,.3f}"),
@@ -48,7 +48,10 @@ def summary_rows(result: ProfileResult) -> list[tuple[str, str]]:
             ),
             ("throughput (samples/s)", _number(result.throughput_samples_per_s, 1)),
             ("achieved GFLOP/s", _number(result.achieved_gflop_per_s, 1)),
-            (f"peak memory (MiB, {timing.memory_kind})", _number(timing.peak_memory_bytes / 2**20, 1)),
+            (
+                f"memory baseline / growth (MiB, {timing.memory_kind})",
+                f"{timing.memory_baseline_bytes / 2**20:,.1f} / {timing.memory_growth_bytes / 2**20:,.1f}",
+            ),
         ]
         if timing.graph_latency is not None:
             rows.append(("CUDA-graph replay median (ms)", f"{timing.graph_latency.median_ms:,.3f}"))
@@ -66,8 +69,11 @@ def _peak_rows(result: ProfileResult) -> list[tuple[str, str]]:
     if result.cpu_peak is not None:
         rows.append(("estimated CPU peak (GFLOP/s)", f"{result.cpu_peak.gflop_per_s:,.1f}"))
     if result.measured_peak is not None:
-        rows.append(("measured GEMM peak (GFLOP/s)", f"{result.measured_peak.gemm_gflop_per_s:,.1f}"))
-        rows.append(("measured bandwidth (GB/s)", f"{result.measured_peak.bandwidth_gb_s:,.1f}"))
+        measured = result.measured_peak
+        rows.append(
+            ("measured roof (GFLOP/s)", f"{measured.roof_gflop_per_s:,.1f} ({measured.compute_kernel or 'gemm'})")
+        )
+        rows.append(("measured bandwidth (GB/s)", _number(measured.bandwidth_gb_s, 1)))
     for label, share in (
         ("utilization vs vendor peak", result.utilization_vs_spec),
         ("utilization vs estimated peak", result.utilization_vs_estimate),

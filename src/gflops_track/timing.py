@@ -1,19 +1,39 @@
 """Latency measurement the way benchmarking experts do it, and a bit stricter.
 
-* ``torch.inference_mode()``; inputs already on the device; the caller puts the module in eval mode;
+* ``torch.inference_mode()``; inputs already on the device; the caller puts the module in eval mode. On CUDA the whole
+  measurement runs inside ``torch.cuda.device(device)``, so every stream, event and graph belongs to that device;
 * the first call is timed on its own (``cold_start_ms``: allocator, algorithm selection, compilation);
-* warm-up by count *and* by time: at least ``warmup`` iterations, then on until the latency settles (median of the
-  last 5 within ``SETTLE_TOLERANCE`` of the 5 before, and likewise for the last 3) or ``warmup_max_s`` runs out;
+* warm-up the way we time (blocks of back-to-back calls on CUDA, one call at a time on CPU), by count *and* by time:
+  at least ``warmup`` iterations, then on until the latency settles (median of the last 5 within ``SETTLE_TOLERANCE``
+  of the 5 before, and likewise for the last 3) or ``warmup_max_s`` runs out;
 * adaptive repetition: timed iterations continue until the 95% confidence interval of the median is within
   ``target_precision`` of it (half-width / median, distribution-free order-statistic interval) with at least
   ``min_repeats`` samples, or ``max_time_s`` / ``max_repeats`` runs out. The achieved precision, the sample count and
-  whether the target was met are part of the result, and every raw sample is kept;
-* CPU: ``time.perf_counter`` around each call. CUDA: a pair of CUDA events per iteration on the stream and one
-  synchronise per block of iterations (~20 ms), never inside a block; optionally the L2 cache is flushed before every
-  iteration (cold L2: ``L2_cache_size`` bytes zeroed), and a CUDA-Graph replay of the forward is timed separately
-  (launch overhead can dominate small modules);
-* peak memory: CUDA ``max_memory_allocated`` after a reset; CPU: growth of the process's peak RSS over the
-  resident size before timing (Linux: the kernel's high-water mark is reset first).
+  whether the target was met are part of the result, and every raw sample is kept. With fewer than
+  ``MIN_CI_SAMPLES`` (8) samples the rank formula has no valid ranks: the CI and the precision are ``None`` (not
+  known) and the target is never met;
+* **time bound**: ``max_time_s`` bounds the *whole* timing phase — cold start, warm-up, timed iterations and the
+  CUDA-graph replay. No call (CPU) or block (CUDA) is started when the previous one says it would end past the bound,
+  except the cold call and one timed call, which always run. So the phase ends within
+  max(``max_time_s``, cold start + one call) + the excess of one call over the one before it. Warm-up may use at most
+  ``WARMUP_SHARE`` of the bound (the timed iterations keep the rest); with ``cuda_graph`` the eager part keeps
+  ``EAGER_SHARE_WITH_GRAPH`` and the graph replay the rest. A note says when the bound cut warm-up below ``warmup``
+  iterations or before the latency settled, or the timed iterations below ``min_repeats``;
+* CPU: ``time.perf_counter`` (or the injected clock) around each call. CUDA: a pair of CUDA events per iteration on the
+  stream and one synchronise per block of iterations (~20 ms), never inside a block; optionally the L2 cache is
+  flushed before every iteration (cold L2: ``flush_bytes`` = max(256 MiB, 2 x L2) zeroed, as Triton's ``do_bench``),
+  and a CUDA-Graph replay of the forward is timed separately (launch overhead can dominate small modules). The graph is
+  captured on a stream of the measured device; PyTorch's empty-graph warning is an error, and a graph median below
+  ``GRAPH_MIN_RATIO`` x the eager median is rejected (a replay cannot save more than launch overhead);
+* memory: ``memory_baseline_bytes`` (held when timing starts) and ``memory_growth_bytes`` (peak over it during the
+  timed loop), named by ``memory_kind``: ``cuda_allocated`` (``memory_allocated`` / ``max_memory_allocated``; the L2
+  flush buffer is allocated before and excluded) or ``cpu_rss`` (resident set size / growth of the kernel's
+  high-water mark, reset first on Linux);
+* suspect: one list of reasons (``suspect_reasons``) and one flag (``suspect``): the conditions' warnings (other
+  processes on our cores, more threads than cores, steal, GPU throttling) and a distribution far from its minimum
+  (median > ``SKEW_LIMIT`` x min);
+* energy (NVIDIA, NVML): the total-energy counter read before and after the timed loop gives
+  ``energy_per_iteration_j``; ``gflop_per_joule(flops)`` derives GFLOP/J.
 """
 
 from __future__ import annotations
@@ -24,7 +44,8 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,22 +53,36 @@ from typing import Any
 import psutil
 import torch
 
+from gflops_track import names
 from gflops_track.conditions import Conditions, watch_conditions
 
 ProgressCallback = Callable[[str, int, int], None]  # (phase, completed, total; total 0 = open-ended)
 Forward = Callable[[], Any]
+Clock = Callable[[], float]  # seconds, monotonic
 
 SETTLE_WINDOW = 5
 SETTLE_TOLERANCE = 0.05
 CUDA_BLOCK_S = 0.02
 CONFIDENCE = 0.95
+WARMUP_SHARE = 0.5  # warm-up may use at most half of max_time_s
+EAGER_SHARE_WITH_GRAPH = 0.6  # with cuda_graph: cold start + warm-up + eager timing within 60% of max_time_s
+# Suspect when median > 2 x min. Interference only ever adds time, so the minimum is the closest sample to the
+# module's own cost (Chen & Revels 2016). Turbo/frequency and cache effects move a quiet distribution by tens of
+# percent, not 2x; a median over twice the minimum means more than half of the iterations waited longer than the work
+# itself took: the median measures the machine's load, not the module.
+SKEW_LIMIT = 2.0
+# A graph replay saves the CPU launch cost (~5 us per kernel) and nothing else; even a launch-bound module of tiny
+# kernels gains ~3-5x. A replay 10x faster than eager is an empty or partial graph (captured on another device/stream).
+GRAPH_MIN_RATIO = 0.1
+FLUSH_MIN_BYTES = 256 * 2**20
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
+_EMPTY_GRAPH_WARNING = r".*CUDA Graph is empty.*"
 
 
 @dataclass(frozen=True)
 class TimingOptions:
-    """How long and how precisely to time (see the module docstring)."""
+    """How long and how precisely to time (see the module docstring; ``max_time_s`` bounds the whole phase)."""
 
     warmup: int = 10
     warmup_max_s: float = 5.0
@@ -86,20 +121,34 @@ def percentile(sorted_data: Sequence[float], q: float) -> float:
     return sorted_data[low] + (sorted_data[high] - sorted_data[low]) * (position - low)
 
 
-def median_ci(sorted_data: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Distribution-free confidence interval of the median: order statistics at 1-based ranks
-    j = floor(n/2 - z*sqrt(n)/2) and k = ceil(1 + n/2 + z*sqrt(n)/2) (normal approximation to the binomial)."""
-    n = len(sorted_data)
+def median_ci_ranks(n: int, confidence: float = CONFIDENCE) -> tuple[int, int] | None:
+    """1-based ranks j = floor(n/2 - z*sqrt(n)/2) and k = ceil(1 + n/2 + z*sqrt(n)/2) of the distribution-free CI of
+    the median (normal approximation to the binomial); None when they are not valid distinct ranks (1 <= j < k <= n):
+    too few samples for any interval at this confidence."""
+    if n < 1:
+        return None
     z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
     low_rank = math.floor(n / 2 - z * math.sqrt(n) / 2)
     high_rank = math.ceil(1 + n / 2 + z * math.sqrt(n) / 2)
-    return sorted_data[max(low_rank, 1) - 1], sorted_data[min(high_rank, n) - 1]
+    return (low_rank, high_rank) if 1 <= low_rank < high_rank <= n else None
+
+
+MIN_CI_SAMPLES = next(n for n in range(1, 1000) if median_ci_ranks(n) is not None)  # 8 at 95%
+
+
+def median_ci(sorted_data: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float] | None:
+    """Order statistics at ``median_ci_ranks``; None when there are too few samples for the interval."""
+    ranks = median_ci_ranks(len(sorted_data), confidence)
+    if ranks is None:
+        return None
+    return sorted_data[ranks[0] - 1], sorted_data[ranks[1] - 1]
 
 
 @dataclass(frozen=True)
 class LatencyStats:
     """Summary of per-iteration latencies in milliseconds; ``cv`` = std / mean and ``precision`` = half-width of the
-    95% CI of the median / median (both unitless)."""
+    95% CI of the median / median (both unitless). ``ci_low_ms``, ``ci_high_ms`` and ``precision`` are None when no
+    CI is known (fewer than ``MIN_CI_SAMPLES`` samples; precision also when the median is 0)."""
 
     samples_ms: tuple[float, ...]
     mean_ms: float
@@ -110,9 +159,9 @@ class LatencyStats:
     p90_ms: float
     p95_ms: float
     cv: float
-    ci_low_ms: float
-    ci_high_ms: float
-    precision: float
+    ci_low_ms: float | None
+    ci_high_ms: float | None
+    precision: float | None
 
     @classmethod
     def from_samples(cls, samples_ms: Sequence[float]) -> LatencyStats:
@@ -122,7 +171,11 @@ class LatencyStats:
         mean = statistics.fmean(data)
         std = statistics.stdev(data) if len(data) > 1 else 0.0
         median = statistics.median(data)
-        low, high = median_ci(data)
+        interval = median_ci(data)
+        low, high = interval if interval is not None else (None, None)
+        precision = None
+        if low is not None and high is not None and median > 0:
+            precision = (high - low) / 2 / median
         return cls(
             samples_ms=tuple(samples_ms),
             mean_ms=mean,
@@ -135,13 +188,28 @@ class LatencyStats:
             cv=std / mean if mean > 0 else math.nan,
             ci_low_ms=low,
             ci_high_ms=high,
-            precision=(high - low) / 2 / median if median > 0 else math.inf,
+            precision=precision,
         )
+
+    def meets(self, target_precision: float) -> bool:
+        """The CI is known and its half-width is within ``target_precision`` of the median."""
+        return self.precision is not None and self.precision <= target_precision
+
+
+def skew_reasons(latency: LatencyStats, label: str = "latency") -> list[str]:
+    """A reason when the median is more than ``SKEW_LIMIT`` x the minimum (see the constant for why)."""
+    if latency.min_ms > 0 and latency.median_ms > SKEW_LIMIT * latency.min_ms:
+        return [
+            f"{label} median {latency.median_ms:,.3f} ms is {latency.median_ms / latency.min_ms:.1f}x its minimum "
+            f"{latency.min_ms:,.3f} ms (limit {SKEW_LIMIT:g}x): most iterations waited for something else"
+        ]
+    return []
 
 
 @dataclass(frozen=True)
 class TimingResult:
-    """Everything the timed loop learned."""
+    """Everything the timed loop learned. Memory in bytes named by ``memory_kind`` ("cuda_allocated": CUDA caching
+    allocator bytes, L2 flush buffer excluded; "cpu_rss": resident set size of the process)."""
 
     latency: LatencyStats
     cold_start_ms: float
@@ -151,16 +219,107 @@ class TimingResult:
     target_precision: float
     precision_met: bool
     timer: str  # "cuda_event" or "perf_counter"
-    peak_memory_bytes: int
-    memory_kind: str  # "cuda_max_allocated" or "cpu_peak_rss_growth"
+    memory_baseline_bytes: int
+    memory_growth_bytes: int
+    memory_kind: str  # "cuda_allocated" or "cpu_rss"
     l2_flushed: bool = False
+    l2_flush_bytes: int = 0
     graph_latency: LatencyStats | None = None
     notes: list[str] = field(default_factory=list)
     conditions: Conditions = field(default_factory=Conditions)
+    suspect_reasons: list[str] = field(default_factory=list)
+    time_bound_hit: bool = False  # max_time_s cut warm-up or timing short
+    total_s: float = 0.0  # the whole timing phase, cold start to the end, seconds
+    energy_per_iteration_j: float | None = None  # NVML total-energy delta / timed iterations (GPU board energy)
 
     @property
     def timed_iterations(self) -> int:
         return len(self.latency.samples_ms)
+
+    @property
+    def suspect(self) -> bool:
+        """The numbers may say more about the machine than the module (reasons in ``suspect_reasons``)."""
+        return bool(self.suspect_reasons)
+
+    @property
+    def peak_memory_bytes(self) -> int:
+        """Deprecated name: the growth over the baseline during timing (``memory_growth_bytes``) on every device."""
+        return self.memory_growth_bytes
+
+    def gflop_per_joule(self, flops: int | float) -> float | None:
+        """flops of one iteration / 1e9 / joules per iteration; None when no energy was measured."""
+        if not self.energy_per_iteration_j:
+            return None
+        return flops / 1e9 / self.energy_per_iteration_j
+
+    def metrics(self, flops: int | float) -> dict[str, float]:
+        """What timing measured, under names that carry their unit; unknown values (no CI, no energy) are left out,
+        never logged as a number. ``flops``: of one forward, for GFLOP/J."""
+        values: dict[str, float] = {
+            **latency_metrics(names.LATENCY_PREFIX, self.latency),
+            names.COLD_START_MS: self.cold_start_ms,
+            names.PRECISION_TARGET: self.target_precision,
+            names.PRECISION_TARGET_MET: float(self.precision_met),
+            names.MEMORY_BASELINE_MIB: self.memory_baseline_bytes / 2**20,
+            names.MEMORY_GROWTH_MIB: self.memory_growth_bytes / 2**20,
+            names.WARMUP_ITERATIONS: self.warmup_iterations,
+            names.WARMUP_S: self.warmup_s,
+            names.WARMUP_SETTLED: float(self.warmup_settled),
+            names.TIMED_ITERATIONS: self.timed_iterations,
+            names.TIMING_TOTAL_S: self.total_s,
+            names.TIME_BOUND_HIT: float(self.time_bound_hit),
+            names.TIMING_SUSPECT: float(self.suspect),
+            names.L2_FLUSHED: float(self.l2_flushed),
+            names.L2_FLUSH_MIB: self.l2_flush_bytes / 2**20,
+            **{f"{names.CONDITION_PREFIX}{key}": value for key, value in self.conditions.metrics.items()},
+        }
+        if self.energy_per_iteration_j:
+            values[names.ENERGY_PER_FORWARD_J] = self.energy_per_iteration_j
+            values[names.GFLOP_PER_JOULE] = flops / 1e9 / self.energy_per_iteration_j
+        if self.graph_latency is not None:
+            values.update(latency_metrics(names.GRAPH_LATENCY_PREFIX, self.graph_latency))
+        return values
+
+
+def ci_text(latency: LatencyStats) -> str:
+    """ "95% CI a-b" in ms, or why there is none (for summaries and tables)."""
+    if latency.ci_low_ms is None or latency.ci_high_ms is None:
+        return f"no 95% CI: {len(latency.samples_ms)} sample(s), {MIN_CI_SAMPLES} needed"
+    return f"95% CI {latency.ci_low_ms:,.3f}-{latency.ci_high_ms:,.3f}"
+
+
+def precision_text(timing: TimingResult) -> str:
+    """ "±x% (target ±y% met|NOT met)", with "unknown" when no CI is known."""
+    latency, target = timing.latency, f"target ±{timing.target_precision:.2%}"
+    met = "met" if timing.precision_met else "NOT met"
+    achieved = f"±{latency.precision:.2%}" if latency.precision is not None else "unknown (no CI)"
+    return f"{achieved} ({target} {met})"
+
+
+def latency_metrics(prefix: str, latency: LatencyStats) -> dict[str, float]:
+    """``{prefix}_*`` statistics in ms (cv and precision unitless); the CI and precision only when known."""
+    values = {  # keys: see names.LATENCY_STATS
+        f"{prefix}_mean_ms": latency.mean_ms,
+        f"{prefix}_median_ms": latency.median_ms,
+        f"{prefix}_std_ms": latency.std_ms,
+        f"{prefix}_min_ms": latency.min_ms,
+        f"{prefix}_max_ms": latency.max_ms,
+        f"{prefix}_p90_ms": latency.p90_ms,
+        f"{prefix}_p95_ms": latency.p95_ms,
+        f"{prefix}_cv": latency.cv,
+    }
+    if latency.ci_low_ms is not None and latency.ci_high_ms is not None:
+        values[f"{prefix}_ci95_low_ms"] = latency.ci_low_ms
+        values[f"{prefix}_ci95_high_ms"] = latency.ci_high_ms
+    if latency.precision is not None:
+        values[f"{prefix}_precision"] = latency.precision
+    return values
+
+
+def flush_bytes(device: torch.device) -> int:
+    """L2 flush buffer size: max(256 MiB, 2 x L2) (Triton's do_bench uses 256 MB); 256 MiB when L2 is unknown."""
+    l2 = int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 0)
+    return max(FLUSH_MIN_BYTES, 2 * l2)
 
 
 def _cpu_peak_rss_reset() -> int:
@@ -196,35 +355,44 @@ def _settled(times: list[float]) -> bool:
 
 
 class _Timer:
-    """Times blocks of calls on one device: perf_counter on CPU, CUDA events on GPU."""
+    """Times blocks of calls on one device: the clock around each call on CPU, CUDA events on GPU."""
 
-    def __init__(self, device: torch.device, flush_l2: bool) -> None:
+    def __init__(self, device: torch.device, flush_l2: bool, clock: Clock) -> None:
         self.device = device
+        self.clock = clock
         self.cuda = device.type == "cuda"
         self.flush_buffer: torch.Tensor | None = None
-        if self.cuda and flush_l2:
-            l2_bytes = int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 64 * 2**20)
-            self.flush_buffer = torch.empty(l2_bytes, dtype=torch.int8, device=device)
+        self.on_busy: Callable[[], None] = lambda: None  # called once per CUDA block while the GPU works
+        if self.cuda and flush_l2:  # allocated before anything is measured, and excluded from the baseline
+            self.flush_buffer = torch.empty(flush_bytes(device), dtype=torch.int8, device=device)
+
+    @property
+    def flush_size(self) -> int:
+        return self.flush_buffer.numel() if self.flush_buffer is not None else 0
 
     def sync(self) -> None:
         if self.cuda:
             torch.cuda.synchronize(self.device)
 
     def once(self, fn: Forward) -> float:
-        """One synchronous call, wall time in ms (cold start and warm-up)."""
+        """One synchronous call, wall time in ms (the cold start)."""
         self.sync()
-        start = time.perf_counter()
+        start = self.clock()
         fn()
         self.sync()
-        return (time.perf_counter() - start) * 1e3
+        return (self.clock() - start) * 1e3
+
+    def per_block(self, estimate_ms: float) -> int:
+        """Iterations per block: 1 on CPU; ~CUDA_BLOCK_S of work on CUDA."""
+        return max(1, min(1000, int(CUDA_BLOCK_S * 1e3 / max(estimate_ms, 1e-3)))) if self.cuda else 1
 
     def block(self, fn: Forward, count: int) -> list[float]:
         if not self.cuda:
             samples = []
             for _ in range(count):
-                start = time.perf_counter()
+                start = self.clock()
                 fn()
-                samples.append((time.perf_counter() - start) * 1e3)
+                samples.append((self.clock() - start) * 1e3)
             return samples
         stream = torch.cuda.current_stream(self.device)
         pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(count)]
@@ -234,42 +402,128 @@ class _Timer:
             start.record(stream)
             fn()
             end.record(stream)
+        self.on_busy()  # the GPU is still working through the block: conditions sampled now are under load
         torch.cuda.synchronize(self.device)
         return [start.elapsed_time(end) for start, end in pairs]
 
 
+@dataclass
+class _Phase:
+    """Samples of one loop and why it stopped: "count" (asked-for count / settled / precise), "max_repeats",
+    "budget" (warmup_max_s) or "bound" (max_time_s)."""
+
+    samples: list[float]
+    stop: str
+
+
+def _warmup(
+    timer: _Timer,
+    fn: Forward,
+    options: TimingOptions,
+    cold_ms: float,
+    until: float,
+    eager_until: float,
+    report: ProgressCallback,
+) -> tuple[_Phase, bool]:
+    """Warm up in blocks the size timing uses until ``warmup`` iterations ran and the latency settled, warmup_max_s
+    ran out, or the next block would end past ``until``. The first call is predicted from the cold call, which
+    autotuning or compilation can make far longer than the rest: it runs unless a call that long would end past
+    ``eager_until`` (the whole eager budget), so one slow cold start does not skip warm-up when the bound has room."""
+    warm: list[float] = []
+    if options.warmup == 0:
+        return _Phase(warm, "count"), True
+    started = timer.clock()
+    estimate_ms = cold_ms
+    if started + cold_ms / 1e3 > eager_until:
+        return _Phase(warm, "bound"), False
+    block_s = 0.0  # the first block is sized from the cold call and always runs (see above)
+    while True:
+        began = timer.clock()
+        if warm and began + block_s > until:
+            return _Phase(warm, "bound"), _settled(warm)
+        warm += timer.block(fn, timer.per_block(estimate_ms))
+        now = timer.clock()
+        block_s = now - began
+        estimate_ms = statistics.median(warm[-SETTLE_WINDOW:])
+        report("warm-up", len(warm), 0)
+        if len(warm) >= options.warmup and _settled(warm):
+            return _Phase(warm, "count"), True
+        if len(warm) >= options.warmup and now - started >= options.warmup_max_s:
+            return _Phase(warm, "budget"), False
+
+
 def _adaptive_samples(
-    timer: _Timer, fn: Forward, options: TimingOptions, estimate_ms: float, phase: str, report: ProgressCallback
-) -> tuple[list[float], bool]:
-    """Time until the median is known to ``target_precision`` (>= min_repeats samples) or the budget runs out."""
-    per_block = max(1, min(1000, int(CUDA_BLOCK_S * 1e3 / max(estimate_ms, 1e-3)))) if timer.cuda else 1
+    timer: _Timer,
+    fn: Forward,
+    options: TimingOptions,
+    estimate_ms: float,
+    until: float,
+    phase: str,
+    report: ProgressCallback,
+) -> _Phase:
+    """Time until the median is known to ``target_precision`` (>= min_repeats samples), max_repeats, or the next block
+    would end past ``until`` (at least one block always runs)."""
     samples: list[float] = []
     next_check = options.min_repeats
-    started = time.perf_counter()
     while True:
-        samples += timer.block(fn, min(per_block, options.max_repeats - len(samples)))
+        began = timer.clock()
+        count = min(timer.per_block(estimate_ms), options.max_repeats - len(samples))
+        samples += timer.block(fn, count)
+        now = timer.clock()
         report(phase, len(samples), max(options.min_repeats, len(samples)))
         if len(samples) >= next_check:
-            if LatencyStats.from_samples(samples).precision <= options.target_precision:
-                return samples, True
+            if LatencyStats.from_samples(samples).meets(options.target_precision):
+                return _Phase(samples, "count")
             next_check = len(samples) + max(1, len(samples) // 10)
-        if len(samples) >= options.max_repeats or time.perf_counter() - started >= options.max_time_s:
-            met = len(samples) >= options.min_repeats
-            return samples, met and LatencyStats.from_samples(samples).precision <= options.target_precision
+        if len(samples) >= options.max_repeats:
+            return _Phase(samples, "max_repeats")
+        if now + (now - began) > until:
+            return _Phase(samples, "bound")
+        estimate_ms = statistics.median(samples[-count:])
 
 
 def _graph_forward(fn: Forward, device: torch.device) -> Forward:
-    """Capture ``fn`` into a CUDA graph (after warm-up on a side stream, as PyTorch requires); return its replay."""
+    """Capture ``fn`` into a CUDA graph on a stream of ``device`` (after warm-up on a side stream, as PyTorch
+    requires); return its replay. PyTorch's empty-graph warning (nothing was captured: the work went to another device
+    or stream) is raised as an error."""
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
         for _ in range(3):
             fn()
     torch.cuda.current_stream(device).wait_stream(side)
+    torch.cuda.synchronize(device)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    capture = torch.cuda.Stream(device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=_EMPTY_GRAPH_WARNING)
+        with torch.cuda.graph(graph, stream=capture):
+            fn()
     return graph.replay
+
+
+def _device_scope(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """``torch.cuda.device(device)`` on CUDA (current device = the measured one), nothing elsewhere."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _memory_window(timer: _Timer) -> Iterator[dict[str, int]]:
+    """Baseline when entered and growth of the peak over it on exit (see TimingResult for the kinds)."""
+    found: dict[str, int] = {}
+    if timer.cuda:
+        torch.cuda.synchronize(timer.device)
+        torch.cuda.reset_peak_memory_stats(timer.device)
+        at_start = torch.cuda.memory_allocated(timer.device)
+        found["baseline"] = max(0, at_start - timer.flush_size)
+    else:
+        at_start = _cpu_peak_rss_reset()
+        found["baseline"] = at_start
+    try:
+        yield found
+    finally:
+        peak = torch.cuda.max_memory_allocated(timer.device) if timer.cuda else _cpu_peak_rss()
+        found["growth"] = max(0, peak - at_start)
 
 
 def measure_latency(
@@ -277,67 +531,135 @@ def measure_latency(
     device: torch.device | str,
     options: TimingOptions | None = None,
     on_progress: ProgressCallback | None = None,
+    *,
+    clock: Clock = time.perf_counter,
 ) -> TimingResult:
-    """Time ``fn()`` (a forward pass with its inputs bound) on ``device``."""
+    """Time ``fn()`` (a forward pass with its inputs bound) on ``device``; ``clock`` (seconds) is injectable for
+    tests: on CPU it times the calls and bounds the phase, on CUDA it bounds the phase (events time the calls)."""
     device = torch.device(device)
     options = options or TimingOptions()
     problems = options.problems()
     if problems:
         raise ValueError("; ".join(f"{name}{message}" for name, message in problems))
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     report = on_progress or (lambda phase, done, total: None)
-    timer = _Timer(device, options.flush_l2)
+    with _device_scope(device), torch.inference_mode():
+        return _measure(fn, device, options, report, clock)
+
+
+def _measure(
+    fn: Forward, device: torch.device, options: TimingOptions, report: ProgressCallback, clock: Clock
+) -> TimingResult:
+    timer = _Timer(device, options.flush_l2, clock)
+    graph_wanted = options.cuda_graph and timer.cuda
+    started = clock()
+    eager_until = started + options.max_time_s * (EAGER_SHARE_WITH_GRAPH if graph_wanted else 1.0)
     notes: list[str] = []
-    with torch.inference_mode():
-        report("cold start", 0, 1)
-        cold = timer.once(fn)
-        warm: list[float] = []
-        warm_start = time.perf_counter()
-        settled = options.warmup == 0
-        while options.warmup > 0:
-            warm.append(timer.once(fn))
-            report("warm-up", len(warm), 0)
-            settled = _settled(warm)
-            if len(warm) >= options.warmup and (settled or time.perf_counter() - warm_start >= options.warmup_max_s):
-                break
-        warmup_s = time.perf_counter() - warm_start
-        if not settled:
-            notes.append(f"latency had not settled after {len(warm)} warm-up iterations ({warmup_s:.1f} s)")
-        estimate = statistics.median(warm) if warm else cold
-        if timer.cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-        rss_before = _cpu_peak_rss_reset() if not timer.cuda else 0
-        with watch_conditions(device, torch.get_num_threads()) as conditions:
-            samples, met = _adaptive_samples(timer, fn, options, estimate, "timing", report)
-        peak = torch.cuda.max_memory_allocated(device) if timer.cuda else max(0, _cpu_peak_rss() - rss_before)
-        graph_latency = None
-        if options.cuda_graph and timer.cuda:
-            try:
-                replay = _graph_forward(fn, device)
-                graph_samples, _ = _adaptive_samples(timer, replay, options, estimate, "CUDA graph", report)
-                graph_latency = LatencyStats.from_samples(graph_samples)
-            except Exception as error:  # some modules cannot be captured (host syncs, dynamic shapes)
-                notes.append(f"CUDA graph replay not timed: {type(error).__name__}: {error}")
-        elif options.cuda_graph:
-            notes.append("CUDA graph replay is GPU-only: not timed on this device")
-    latency = LatencyStats.from_samples(samples)
-    if not met:
+    report("cold start", 0, 1)
+    cold = timer.once(fn)
+    warm_began = clock()
+    warmup_until = started + (eager_until - started) * WARMUP_SHARE
+    warm, settled = _warmup(timer, fn, options, cold, warmup_until, eager_until, report)
+    warmup_s = clock() - warm_began
+    bound_hit = False
+    if warm.stop == "bound":
+        bound_hit = True
         notes.append(
-            f"precision target not met: median known to ±{latency.precision:.2%} "
-            f"(target ±{options.target_precision:.2%}) after {len(samples)} iterations"
+            f"max_time_s={options.max_time_s:g} s bounds the whole timing phase: it cut warm-up to "
+            f"{len(warm.samples)} iteration(s) (warmup={options.warmup}, "
+            f"{'settled' if settled else 'latency not known to have settled'}; the cold start took {cold / 1e3:.2f} s)"
         )
+    elif not settled:
+        notes.append(f"latency had not settled after {len(warm.samples)} warm-up iterations ({warmup_s:.1f} s)")
+    estimate = statistics.median(warm.samples[-SETTLE_WINDOW:]) if warm.samples else cold
+    with (
+        _memory_window(timer) as memory,
+        watch_conditions(device, torch.get_num_threads()) as conditions,
+    ):
+        timer.on_busy = conditions.sample
+        timed = _adaptive_samples(timer, fn, options, estimate, eager_until, "timing", report)
+        timer.on_busy = lambda: None
+    latency = LatencyStats.from_samples(timed.samples)
+    if timed.stop == "bound" and len(timed.samples) < options.min_repeats:
+        bound_hit = True
+        notes.append(
+            f"max_time_s={options.max_time_s:g} s bounds the whole timing phase: it cut timing to "
+            f"{len(timed.samples)} iteration(s) (min_repeats={options.min_repeats})"
+        )
+    graph_latency = _graph_latency(timer, fn, options, latency, started + options.max_time_s, report, notes)
+    if options.cuda_graph and not timer.cuda:
+        notes.append("CUDA graph replay is GPU-only: not timed on this device")
+    met = timed.stop == "count" or (
+        len(timed.samples) >= options.min_repeats and latency.meets(options.target_precision)
+    )
+    if not met:
+        notes.append(_precision_note(latency, options))
+    energy = conditions.metrics.get("gpu_energy_j")
+    reasons = conditions.warnings + skew_reasons(latency)
+    if graph_latency is not None:
+        reasons += skew_reasons(graph_latency, "CUDA-graph replay")
     return TimingResult(
         latency=latency,
         cold_start_ms=cold,
-        warmup_iterations=len(warm),
+        warmup_iterations=len(warm.samples),
         warmup_s=warmup_s,
         warmup_settled=settled,
         target_precision=options.target_precision,
         precision_met=met,
         timer="cuda_event" if timer.cuda else "perf_counter",
-        peak_memory_bytes=peak,
-        memory_kind="cuda_max_allocated" if timer.cuda else "cpu_peak_rss_growth",
+        memory_baseline_bytes=memory["baseline"],
+        memory_growth_bytes=memory["growth"],
+        memory_kind="cuda_allocated" if timer.cuda else "cpu_rss",
         l2_flushed=timer.flush_buffer is not None,
+        l2_flush_bytes=timer.flush_size,
         graph_latency=graph_latency,
-        notes=notes + conditions.warnings,
+        notes=notes + reasons,
         conditions=conditions,
+        suspect_reasons=reasons,
+        time_bound_hit=bound_hit,
+        total_s=clock() - started,
+        energy_per_iteration_j=energy / len(timed.samples) if energy else None,
     )
+
+
+def _precision_note(latency: LatencyStats, options: TimingOptions) -> str:
+    n = len(latency.samples_ms)
+    if latency.precision is None:
+        return (
+            f"precision target not met: no confidence interval is known after {n} timed iteration(s) "
+            f"(the median's 95% CI needs at least {MIN_CI_SAMPLES})"
+        )
+    return (
+        f"precision target not met: median known to ±{latency.precision:.2%} "
+        f"(target ±{options.target_precision:.2%}) after {n} iterations"
+    )
+
+
+def _graph_latency(
+    timer: _Timer,
+    fn: Forward,
+    options: TimingOptions,
+    eager: LatencyStats,
+    until: float,
+    report: ProgressCallback,
+    notes: list[str],
+) -> LatencyStats | None:
+    """Time a CUDA-graph replay of ``fn`` (when asked, on CUDA); None with a note when it cannot be trusted."""
+    if not (options.cuda_graph and timer.cuda):
+        return None
+    try:
+        replay = _graph_forward(fn, timer.device)
+        graph = LatencyStats.from_samples(
+            _adaptive_samples(timer, replay, options, eager.median_ms, until, "CUDA graph", report).samples
+        )
+    except Exception as error:  # some modules cannot be captured (host syncs, dynamic shapes), or the graph was empty
+        notes.append(f"CUDA graph replay not timed: {type(error).__name__}: {error}")
+        return None
+    if graph.median_ms < GRAPH_MIN_RATIO * eager.median_ms:
+        notes.append(
+            f"CUDA graph replay rejected: its median {graph.median_ms:,.4f} ms is below {GRAPH_MIN_RATIO:g}x the "
+            f"eager median {eager.median_ms:,.4f} ms, more than launch overhead can explain (empty or partial graph)"
+        )
+        return None
+    return graph

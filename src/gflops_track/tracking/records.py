@@ -104,7 +104,7 @@ def timing_record(result: ProfileResult) -> RunRecord:
         record.files[names.SAMPLES_ARTIFACT] = json.dumps(samples).encode()
         if timing.conditions.throttle_reasons:
             record.tags[names.THROTTLE_TAG] = ",".join(timing.conditions.throttle_reasons)
-        record.tags[names.TIMING_SUSPECT_TAG] = str(bool(timing.conditions.warnings)).lower()
+        record.tags[names.TIMING_SUSPECT_TAG] = str(timing.suspect).lower()
     return record
 
 

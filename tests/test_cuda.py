@@ -1,0 +1,232 @@
+"""The GPU path (issue 14), written to catch each defect on real hardware; skipped without CUDA.
+
+1 graph on a non-current device / empty graph; 3 memory baseline vs growth; 4 NVML by UUID, energy deltas;
+6 flush buffer size; 8 probes timed with events, cache keyed by index; 10 warm-up in blocks without a sync per
+iteration. Every test uses a temporary peaks cache, never the user's."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import requires_cuda
+from gflops_track import CountOptions, PeakOptions, profile
+from gflops_track.conditions import NvmlDevice
+from gflops_track.peaks import gpu_spec, spec_tflops
+from gflops_track.probes import cache_key, measured_peak
+from gflops_track.runtime import RuntimeOptions
+from gflops_track.timing import (
+    FLUSH_MIN_BYTES,
+    GRAPH_MIN_RATIO,
+    TimingOptions,
+    _graph_forward,
+    flush_bytes,
+    measure_latency,
+)
+
+pytestmark = [pytest.mark.cuda, requires_cuda]
+TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+GRAPHED = TimingOptions(warmup=5, min_repeats=20, max_time_s=3, cuda_graph=True)
+
+
+def conv_forward(device: torch.device) -> tuple[nn.Module, torch.Tensor]:
+    """A 3x3 conv whose kernel time (~10^2 us) dominates its launch cost: a replay cannot be much faster."""
+    return nn.Conv2d(64, 64, 3, padding=1).to(device).eval(), torch.randn(8, 64, 56, 56, device=device)
+
+
+def test_graph_replay_is_not_empty_on_the_current_device() -> None:
+    device = torch.device("cuda", torch.cuda.current_device())
+    model, x = conv_forward(device)
+    result = measure_latency(lambda: model(x), device, GRAPHED)
+    graph = result.graph_latency
+    assert graph is not None, result.notes
+    # an empty replay takes a few us against ~100 us of convolution: 0.5 catches it with room to spare
+    assert graph.median_ms > 0.5 * result.latency.median_ms
+
+
+@TWO_GPUS
+def test_graph_on_a_non_current_device_captures_that_device() -> None:
+    """Issue 14.1: with cuda:0 current, timing on cuda:1 once captured nothing and replayed an empty graph on cuda:0."""
+    torch.cuda.set_device(0)
+    device = torch.device("cuda", 1)
+    model, x = conv_forward(device)
+    result = measure_latency(lambda: model(x), device, GRAPHED)
+    assert result.graph_latency is not None, result.notes
+    assert result.graph_latency.median_ms > 0.5 * result.latency.median_ms
+    assert torch.cuda.current_device() == 0  # the device scope is restored
+
+
+def test_empty_graph_is_an_error_and_is_not_timed() -> None:
+    device = torch.device("cuda", torch.cuda.current_device())
+    with pytest.raises((UserWarning, RuntimeError), match="CUDA Graph is empty"):
+        _graph_forward(lambda: torch.ones(4).sum(), device)  # CPU work only: nothing reaches the capture stream
+    result = measure_latency(lambda: torch.ones(4).sum(), device, GRAPHED)
+    assert result.graph_latency is None
+    assert any("CUDA graph replay not timed" in note and "empty" in note for note in result.notes)
+
+
+def test_memory_baseline_and_growth_exclude_the_flush_buffer() -> None:
+    """Linear(16, 16) on (4, 16), fp32: weights 16*16*4 + bias 16*4 + input 4*16*4 = 1,344 bytes held before timing;
+    each call allocates a 4*16*4 = 256-byte output. The 256 MiB flush buffer is neither baseline nor growth."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    model, x = nn.Linear(16, 16).to(device).eval(), torch.randn(4, 16, device=device)
+    result = measure_latency(
+        lambda: model(x), device, TimingOptions(warmup=2, min_repeats=10, max_time_s=1, flush_l2=True)
+    )
+    assert result.memory_kind == "cuda_allocated" and result.l2_flushed
+    assert 1_344 <= result.memory_baseline_bytes < 64 * 2**20
+    assert 256 <= result.memory_growth_bytes < 2**20 and result.memory_growth_bytes < result.l2_flush_bytes
+
+
+def test_flush_buffer_is_at_least_256_mib_and_twice_l2() -> None:
+    device = torch.device("cuda", torch.cuda.current_device())
+    l2 = int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 0)
+    assert flush_bytes(device) >= max(FLUSH_MIN_BYTES, 2 * l2) and FLUSH_MIN_BYTES == 256 * 2**20
+    result = measure_latency(
+        lambda: None, device, TimingOptions(warmup=0, min_repeats=1, max_time_s=0.2, flush_l2=True)
+    )
+    assert result.l2_flush_bytes == flush_bytes(device)
+
+
+def test_nvml_handle_by_uuid_is_the_torch_device() -> None:
+    for index in range(torch.cuda.device_count()):
+        with NvmlDevice.open(torch.device("cuda", index)) as gpu:
+            if gpu is None:
+                pytest.skip("NVML unavailable")
+            uuid = gpu.nvml.nvmlDeviceGetUUID(gpu.handle)
+            uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
+            assert uuid.split("-", 1)[1] == str(torch.cuda.get_device_properties(index).uuid)
+            assert gpu.name() == torch.cuda.get_device_name(index)
+
+
+UUID_CHECK = textwrap.dedent(
+    """
+    import torch
+    from gflops_track.conditions import NvmlDevice
+    with NvmlDevice.open(torch.device("cuda", 0)) as gpu:
+        uuid = gpu.nvml.nvmlDeviceGetUUID(gpu.handle)
+        uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
+        print(uuid.split("-", 1)[1] == str(torch.cuda.get_device_properties(0).uuid))
+    """
+)
+
+
+@TWO_GPUS
+def test_nvml_under_cuda_visible_devices_reads_the_visible_gpu() -> None:
+    """CUDA_VISIBLE_DEVICES=1: CUDA's device 0 is NVML's GPU 1. A lookup by index would read GPU 0."""
+    env = os.environ | {"CUDA_VISIBLE_DEVICES": "1", "PYTHONPATH": SRC}
+    done = subprocess.run([sys.executable, "-c", UUID_CHECK], env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "True", done.stderr
+
+
+def test_energy_is_a_delta_around_the_timed_loop() -> None:
+    """~1 s of back-to-back 2048^3 GEMMs: the energy counter's delta gives J per iteration and GFLOP/J; the average
+    power it implies lies between 0 and 1.5x the board's power limit."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    a = torch.randn(2048, 2048, device=device)
+    options = TimingOptions(warmup=5, min_repeats=10_000, max_repeats=100_000, max_time_s=1.5)
+    result = measure_latency(lambda: a @ a, device, options)
+    metrics = result.conditions.metrics
+    if "gpu_energy_j" not in metrics:
+        pytest.skip("this GPU does not report total energy (pre-Volta or no NVML)")
+    assert result.energy_per_iteration_j == pytest.approx(metrics["gpu_energy_j"] / result.timed_iterations)
+    assert result.gflop_per_joule(2 * 2048**3) == pytest.approx(2 * 2048**3 / 1e9 / result.energy_per_iteration_j)
+    if "gpu_power_limit_w" in metrics:
+        assert 0 < metrics["gpu_power_w"] < 1.5 * metrics["gpu_power_limit_w"]
+    assert "gpu_sm_clock_mhz" in metrics  # sampled while the GPU worked through a block
+
+
+def test_warmup_runs_in_blocks_without_a_sync_per_iteration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14.10: warm-up synchronised every iteration while timing ran blocks. Count the synchronises: blocks of
+    ~20 ms of a ~10 us module mean far fewer synchronises than iterations, in warm-up as in timing."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    x = torch.randn(1024, device=device)
+    real = torch.cuda.synchronize
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    result = measure_latency(lambda: x.mul_(1.0), device, TimingOptions(warmup=200, min_repeats=200, max_time_s=2))
+    iterations = result.warmup_iterations + result.timed_iterations
+    assert result.warmup_iterations >= 200 and len(calls) < iterations / 10
+
+
+def test_probes_are_timed_with_events_and_stay_under_the_datasheet(tmp_path: Path) -> None:
+    """Issue 14.8: a probe timed as one call between synchronises with perf_counter lost 10-25% to launch overhead;
+    a mistimed event window would report absurd rates. The fp16 GEMM probe must land between 5% and 110% of the
+    datasheet's dense figure when the card is known."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    peak = measured_peak(device, "fp16", f"cuda:{torch.cuda.get_device_name(device)}", tmp_path)
+    assert peak.gemm_gflop_per_s > 0 and peak.compute_gflop_per_s >= peak.gemm_gflop_per_s
+    assert peak.bandwidth_gb_s is not None and peak.bandwidth_gb_s > 0
+    spec = gpu_spec(torch.cuda.get_device_name(device))
+    if spec is not None and spec_tflops(spec, "fp16"):
+        datasheet = spec_tflops(spec, "fp16") * 1e3
+        assert 0.05 * datasheet < peak.gemm_gflop_per_s <= 1.1 * datasheet
+        assert peak.bandwidth_gb_s <= 1.1 * spec.bandwidth_gb_s
+
+
+def test_probe_cache_key_has_index_and_power_limit() -> None:
+    _, text = cache_key("cuda:X", "fp16", torch.device("cuda", 0))
+    assert "|cuda:0" in text
+    with NvmlDevice.open(torch.device("cuda", 0)) as gpu:
+        if gpu is not None and gpu.power_limit_w() is not None:
+            assert "power_limit_w" in text
+    if torch.cuda.device_count() > 1:
+        assert (
+            cache_key("cuda:X", "fp16", torch.device("cuda", 1))[0]
+            != cache_key("cuda:X", "fp16", torch.device("cuda", 0))[0]
+        )
+
+
+@TWO_GPUS
+def test_probes_run_on_the_asked_device(tmp_path: Path) -> None:
+    torch.cuda.set_device(0)
+    torch.cuda.reset_peak_memory_stats(1)
+    measured_peak(torch.device("cuda", 1), "fp16", "cuda:second", tmp_path)
+    assert torch.cuda.max_memory_allocated(1) >= 2 * 4096 * 4096 * 2  # two fp16 4096^2 operands lived on cuda:1
+    assert torch.cuda.current_device() == 0
+
+
+@pytest.mark.parametrize(
+    "runtime",
+    [
+        RuntimeOptions(dtype="fp16"),
+        RuntimeOptions(dtype="bf16"),
+        RuntimeOptions(dtype="tf32"),
+        RuntimeOptions(dtype="fp16", dtype_mode="convert", memory_format="channels_last"),
+    ],
+    ids=["fp16-autocast", "bf16-autocast", "tf32", "fp16-convert-channels_last"],
+)
+def test_seed_block_precisions_time_and_graph(tmp_path: Path, runtime: RuntimeOptions) -> None:
+    from gflops_track.models import ResidualBlock
+
+    result = profile(
+        ResidualBlock(64, 64, "group"),
+        torch.randn(2, 64, 32, 32),
+        device="cuda",
+        runtime=runtime,
+        timing=GRAPHED,
+        counting=CountOptions(thop=False),
+        peak=PeakOptions(measure=True, cache_dir=tmp_path),
+    )
+    timing = result.timing
+    assert timing is not None and timing.timer == "cuda_event" and timing.memory_kind == "cuda_allocated"
+    assert timing.graph_latency is not None, timing.notes
+    assert timing.graph_latency.median_ms >= GRAPH_MIN_RATIO * timing.latency.median_ms
+    assert result.measured_peak is not None and result.measured_peak.compute_gflop_per_s > 0
+
+
+def test_cuda_counts_equal_cpu_counts() -> None:
+    from gflops_track.models import ResidualBlock
+
+    x = torch.randn(2, 64, 16, 16)
+    on_cpu = profile(ResidualBlock(64, 64, "group"), x, device="cpu", timing=False, counting=CountOptions(thop=False))
+    on_gpu = profile(ResidualBlock(64, 64, "group"), x, device="cuda", timing=False, counting=CountOptions(thop=False))
+    assert on_gpu.flops_by_category == on_cpu.flops_by_category and on_gpu.macs == on_cpu.macs
