@@ -56,20 +56,14 @@ def _spec_notes(device_name: str, spec: GpuSpec | None, dtype: str) -> list[str]
     return []
 
 
-def _beaten_notes(achieved: float | None, estimate: CpuPeakEstimate | None, measured: MeasuredPeak | None) -> list[str]:
-    notes = []
+def _estimate_notes(achieved: float | None, estimate: CpuPeakEstimate | None) -> list[str]:
     if achieved and estimate is not None and achieved > estimate.gflop_per_s:
-        notes.append(
+        return [
             f"achieved {achieved:,.1f} GFLOP/s exceeds the estimated CPU peak {estimate.gflop_per_s:,.1f} "
             f"({estimate.cores} cores x {estimate.clock_ghz:.2f} GHz x {estimate.flops_per_cycle}): the "
             "reported clock is likely the base (TSC) rate, not the boost clock; trust the measured peak"
-        )
-    if achieved and measured is not None and achieved > measured.gemm_gflop_per_s:
-        notes.append(
-            f"achieved {achieved:,.1f} GFLOP/s exceeds the GEMM probe's {measured.gemm_gflop_per_s:,.1f}: the probe "
-            "is a floor of the true peak on this device (its kernels or sizes are not the fastest ones here)"
-        )
-    return notes
+        ]
+    return []
 
 
 def compare_with_peaks(
