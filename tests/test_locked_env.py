@@ -37,11 +37,17 @@ def test_python_env_installs_torch_then_the_lock_then_the_project() -> None:
 
 
 def uv_settings() -> dict[str, str]:
-    """uv does not read pip's configuration: where pip finds extra wheels (this CI machine's local torch CPU wheel in
-    PIP_FIND_LINKS), uv must be told too. The uv cache stays the user's (not the test's temp XDG_CACHE_HOME)."""
+    """uv does not read pip's configuration: where pip finds extra wheels (on this project's CI machines, the local
+    torch CPU wheel in pip's `find-links`), uv is told the same through UV_FIND_LINKS. The uv cache stays the user's
+    (not the test's temp XDG_CACHE_HOME), so a warm cache makes the env in seconds."""
     settings = {"UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR", str(Path.home() / ".cache" / "uv"))}
-    if os.environ.get("PIP_FIND_LINKS") and not os.environ.get("UV_FIND_LINKS"):
-        settings["UV_FIND_LINKS"] = os.environ["PIP_FIND_LINKS"]
+    if "UV_FIND_LINKS" not in os.environ:
+        pip_config = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "get", "global.find-links"], capture_output=True, text=True
+        )
+        links = os.environ.get("PIP_FIND_LINKS") or (pip_config.stdout.strip() if pip_config.returncode == 0 else "")
+        if links:
+            settings["UV_FIND_LINKS"] = ",".join(links.split())
     return settings
 
 

@@ -169,8 +169,8 @@ def sweep_runs(uri: str, experiment: str) -> tuple[list, list]:
 
 
 def submitted_jobs(sweep_dir: Path) -> list[str]:
-    """The SLURM job ids submitit wrote its per-job folders under (`.submitit/<array job>_<task>`)."""
-    return sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if re.fullmatch(r"\d+(_\d+)?", p.name))
+    """The SLURM array tasks submitit wrote its per-job folders under (`.submitit/<array job>_<task>`)."""
+    return sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name))
 
 
 LAUNCHER = ["hydra/launcher=slurm_cpu", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
