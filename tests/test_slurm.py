@@ -234,7 +234,7 @@ def test_ctrl_c_on_the_submitter_leaves_nothing_running(tmp_path: Path, slurm: S
         parents, children = sweep_runs(server.uri, "slurm-ctrl-c")
         return not slurm.queued() and all(r.info.status != "RUNNING" for r in [*parents, *children])
 
-    deadline = time.monotonic() + 60  # a cancelled job gets SIGTERM, ends its run, exits: seconds, not minutes
+    deadline = time.monotonic() + 30  # a cancelled job gets SIGTERM, ends its run, exits: seconds, not minutes
     while not settled() and time.monotonic() < deadline:
         time.sleep(1)
     assert slurm.queued() == [], "the sweep's SLURM jobs are still queued or running"
