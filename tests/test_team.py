@@ -1,5 +1,6 @@
-"""Team setups, for real: `mlflow run`, a real `mlflow server` on 127.0.0.1 (plain and basic-auth), the offline spool
-and `gflops-track sync`, parallel writers on one SQLite store, and Hydra's joblib and submitit launchers."""
+"""Team setups, for real: `mlflow run`, a real `mlflow server` on 127.0.0.1 (plain and basic-auth) on a SQLite and on a
+PostgreSQL backend store (every server test runs on both), the offline spool and `gflops-track sync`, parallel writers
+on one store, and Hydra's joblib and submitit launchers."""
 
 from __future__ import annotations
 
