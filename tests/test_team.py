@@ -1,12 +1,11 @@
-"""Team setups, for real: `mlflow run`, a real `mlflow server` on 127.0.0.1 (plain and basic-auth), the offline spool
-and `gflops-track sync`, parallel writers on one SQLite store, and Hydra's joblib and submitit launchers."""
+"""Team setups, for real: `mlflow run`, a real `mlflow server` on 127.0.0.1 (plain and basic-auth) on a SQLite and on a
+PostgreSQL backend store (every server test runs on both), the offline spool and `gflops-track sync`, parallel writers
+on one store, and Hydra's joblib and submitit launchers."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,74 +14,58 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 from mlflow.tracking import MlflowClient
 
 from conftest import QUICK_NO_THOP as QUICK
 from conftest import SMALL_BLOCK as SMALL
 from conftest import cli_env, run_cli
+from servers import BACKENDS, PASSWORD, Postgres, Server, free_port, postgres_missing
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-PASSWORD = "s3cret-Passw0rd!"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+class Backend:
+    """Where a test's `mlflow server` keeps its runs: a SQLite file beside it, or a fresh database on the module's
+    throwaway PostgreSQL cluster (what README's "Team setup" runs)."""
+
+    def __init__(self, name: str, postgres: Postgres | None = None) -> None:
+        self.name, self.postgres, self.count = name, postgres, 0
+
+    def server(self, folder: Path, port: int | None = None, auth: bool = False, store: str | None = None) -> Server:
+        """A server (not started) on a new store, or on `store` (a backend URI from an earlier server: a restart)."""
+        if self.postgres is None:
+            return Server(folder, port or free_port(), auth=auth, backend_uri=store)
+        self.count += 1
+        backend = store or self.postgres.database(f"tracking{self.count}")
+        auth_uri = self.postgres.database(f"auth{self.count}") if auth else None
+        return Server(folder, port or free_port(), auth=auth, backend_uri=backend, auth_uri=auth_uri)
+
+    def contents(self, server: Server) -> bytes:
+        """All that the server's backend store holds: the SQLite file's bytes, or a `pg_dump` of its database."""
+        if self.postgres is None:
+            return (server.folder / "server.db").read_bytes()
+        return self.postgres.dump(server.backend_uri)
 
 
-class Server:
-    """A real `mlflow server` (SQLite backend, artifacts served by the server), stopped by its PID."""
-
-    def __init__(self, folder: Path, port: int, auth: bool = False) -> None:
-        self.folder, self.port, self.auth = folder, port, auth
-        self.uri = f"http://127.0.0.1:{port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Server:
-        env = cli_env()
-        command = [
-            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-            "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
-            "--artifacts-destination", str(self.folder / "artifacts"), "--workers", "1",
-        ]  # fmt: skip
-        if self.auth:
-            config = self.folder / "auth.ini"
-            config.write_text(
-                "[mlflow]\ndefault_permission = READ\n"
-                f"database_uri = sqlite:///{self.folder / 'auth.db'}\nadmin_username = admin\n"
-                f"admin_password = {PASSWORD}\n"
-                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-            )
-            env.update(MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_FLASK_SERVER_SECRET_KEY="test-only-key")
-            command += ["--app-name", "basic-auth"]
-        log = (self.folder / "server.log").open("ab")
-        self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.uri}/health", timeout=1).ok:
-                    return self
-            except requests.RequestException:
-                time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"mlflow server did not start: {(self.folder / 'server.log').read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)  # the server and its uvicorn workers, by PID
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    if request.param == "sqlite":
+        yield Backend("sqlite")
+        return
+    missing = postgres_missing()
+    if missing:
+        pytest.skip(f"PostgreSQL backend: {missing}")
+    cluster = Postgres().start()
+    try:
+        yield Backend("postgresql", cluster)
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = Server(tmp_path_factory.mktemp("server"), free_port()).start()
+def server(tmp_path_factory: pytest.TempPathFactory, backend: Backend) -> Iterator[Server]:
+    running = backend.server(tmp_path_factory.mktemp("server")).start()
     yield running
     running.stop()
 
@@ -112,8 +95,8 @@ def test_sweep_against_a_real_server(tmp_path: Path, server: Server) -> None:
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_basic_auth_server(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    secured = Server(tmp_path_factory.mktemp("auth"), free_port(), auth=True).start()
+def test_basic_auth_server(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, backend: Backend) -> None:
+    secured = backend.server(tmp_path_factory.mktemp("auth"), auth=True).start()
     try:
         wrong = run_cli(
             [*SMALL, *QUICK], cwd=tmp_path, MLFLOW_TRACKING_URI=secured.uri,
@@ -131,7 +114,10 @@ def test_basic_auth_server(tmp_path: Path, tmp_path_factory: pytest.TempPathFact
         assert len(runs) == 3  # no run from the refused attempt
     finally:
         secured.stop()
-    for path in [secured.folder / "server.db", *(secured.folder / "artifacts").rglob("*"), *tmp_path.rglob("*")]:
+    store = backend.contents(secured)
+    assert b"sweep_overrides" in store  # the grep below reads the runs' params and tags
+    assert PASSWORD.encode() not in store  # no credential in any param or tag
+    for path in [*(secured.folder / "artifacts").rglob("*"), *tmp_path.rglob("*")]:
         if path.is_file():
             assert PASSWORD.encode() not in path.read_bytes(), path  # no credential in any param, tag or artifact
 
@@ -158,10 +144,12 @@ def test_unreachable_server_spools_then_sync_uploads_once(tmp_path: Path, server
     assert parent.info.status == "FINISHED"
 
 
-def test_server_failing_mid_sweep_loses_nothing(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_server_failing_mid_sweep_loses_nothing(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, backend: Backend
+) -> None:
     folder = tmp_path_factory.mktemp("dying")
     port = free_port()
-    dying = Server(folder, port).start()
+    dying = backend.server(folder, port).start()
 
     def kill_after_first_job() -> None:
         deadline = time.monotonic() + 300
@@ -182,7 +170,7 @@ def test_server_failing_mid_sweep_loses_nothing(tmp_path: Path, tmp_path_factory
     killer.join()
     assert done.returncode == 0, done.stderr[-3000:]
     assert "failed (" in done.stderr or "failed at the end of the sweep" in done.stderr
-    restarted = Server(folder, port).start()
+    restarted = backend.server(folder, port, store=dying.backend_uri).start()  # the same store, restarted
     try:
         sync = subprocess.run(
             [sys.executable, "-m", "gflops_track.cli", "sync", "--tracking-uri", restarted.uri, "multirun"],
@@ -197,6 +185,30 @@ def test_server_failing_mid_sweep_loses_nothing(tmp_path: Path, tmp_path_factory
         assert parent.info.status == "FINISHED"
     finally:
         restarted.stop()
+
+
+def test_two_sweeps_in_parallel_against_a_server(tmp_path: Path, server: Server) -> None:
+    """Two teammates sweep at once into one server (PostgreSQL or SQLite behind it): no run lost, none left open."""
+    experiment = f"parallel-{server.port}"
+    command = [sys.executable, "-m", "gflops_track", "-m", *SMALL, *QUICK, f"tracking.experiment={experiment}"]
+    env = cli_env(MLFLOW_TRACKING_URI=server.uri, XDG_CACHE_HOME=str(tmp_path / ".cache"))
+    sweeps = [
+        subprocess.Popen([*command, f"norm_fn={norms}"], cwd=tmp_path / name, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for name, norms in (("a", "group,none"), ("b", "instance,none"))
+        if (tmp_path / name).mkdir() is None
+    ]  # fmt: skip
+    for process in sweeps:
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err[-3000:]
+    client = MlflowClient(server.uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    parents = [r for r in runs if "sweep_overrides" in r.data.tags]
+    assert len(parents) == 2 and len(runs) == 2 + 4
+    for parent in parents:
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert len(children) == 2
+    assert all(r.info.status == "FINISHED" for r in runs)
 
 
 def test_two_sweeps_in_parallel_into_one_fresh_sqlite_store(tmp_path: Path) -> None:

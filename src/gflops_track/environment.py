@@ -1,0 +1,123 @@
+"""The resolved Python environment of a run: every installed distribution and its version, a short hash of that list
+(the `env_hash` tag), the list itself as an artifact (`environment.txt`), and the note `compare` prints when two runs
+it puts side by side were measured in different environments. Core: imports neither MLflow nor Hydra."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import re
+from collections.abc import Iterable, Mapping
+
+ENV_HASH_TAG = "env_hash"
+ENV_PACKAGES_TAG = "env_packages"  # optional: the name==version list as compact JSON, so compare can name differences
+ENVIRONMENT_ARTIFACT = "environment.txt"
+HASH_LENGTH = 12  # hex digits of sha256: 48 bits, collision-free for any realistic number of environments
+
+
+def canonical_name(name: str) -> str:
+    """PEP 503 normalised name (`PyYAML` -> `pyyaml`, `typing_extensions` -> `typing-extensions`)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed_packages(distributions: Iterable[importlib.metadata.Distribution] | None = None) -> dict[str, str]:
+    """Every distribution importable by this interpreter, `{canonical name: version}`, sorted by name. When a name is
+    installed twice on sys.path, the first one found wins, as it does for `import`."""
+    found: dict[str, str] = {}
+    for distribution in importlib.metadata.distributions() if distributions is None else distributions:
+        name = distribution.metadata["Name"]
+        if name:
+            found.setdefault(canonical_name(name), distribution.version)
+    return dict(sorted(found.items()))
+
+
+def requirement_lines(packages: Mapping[str, str]) -> list[str]:
+    """`name==version` lines, sorted by canonical name: the text both the hash and the artifact are made of."""
+    return [f"{name}=={version}" for name, version in sorted((canonical_name(n), v) for n, v in packages.items())]
+
+
+def environment_hash(packages: Mapping[str, str]) -> str:
+    """First 12 hex digits of sha256 over the sorted `name==version` lines (one per line, UTF-8). Stable across
+    machines and orderings: the same set of versions always gives the same hash, any version change another."""
+    text = "\n".join(requirement_lines(packages)) + "\n"
+    return hashlib.sha256(text.encode()).hexdigest()[:HASH_LENGTH]
+
+
+def environment_files(packages: Mapping[str, str] | None = None) -> dict[str, bytes]:
+    """The artifacts that record the environment: `environment.txt`, pip-freeze style, with its hash on top."""
+    packages = installed_packages() if packages is None else packages
+    header = f"# env_hash {environment_hash(packages)}: sha256 of the name==version lines below (first 12 hex)\n"
+    return {ENVIRONMENT_ARTIFACT: (header + "".join(f"{line}\n" for line in requirement_lines(packages))).encode()}
+
+
+def environment_tags(packages: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The run tag `env_hash` (and `env_packages`, the list as compact JSON, within MLflow's 8,000-character tag
+    limit when it fits; omitted otherwise)."""
+    packages = installed_packages() if packages is None else packages
+    tags = {ENV_HASH_TAG: environment_hash(packages)}
+    listed = json.dumps(dict(sorted((canonical_name(n), v) for n, v in packages.items())), separators=(",", ":"))
+    if len(listed) <= 8000:
+        tags[ENV_PACKAGES_TAG] = listed
+    return tags
+
+
+def parse_environment_txt(text: str) -> dict[str, str]:
+    """The packages an `environment.txt` artifact lists (comments and blank lines ignored)."""
+    packages: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "==" in line:
+            name, version = line.split("==", 1)
+            packages[canonical_name(name)] = version
+    return packages
+
+
+def package_differences(a: Mapping[str, str], b: Mapping[str, str]) -> list[str]:
+    """`name a-version -> b-version` for every package whose version differs, `+name version` / `-name version` for
+    packages only in b / only in a; sorted by name."""
+    a = {canonical_name(n): v for n, v in a.items()}
+    b = {canonical_name(n): v for n, v in b.items()}
+    changes = []
+    for name in sorted(a.keys() | b.keys()):
+        if name not in b:
+            changes.append(f"-{name} {a[name]}")
+        elif name not in a:
+            changes.append(f"+{name} {b[name]}")
+        elif a[name] != b[name]:
+            changes.append(f"{name} {a[name]} -> {b[name]}")
+    return changes
+
+
+def _packages_from_tags(tags: Mapping[str, str]) -> dict[str, str] | None:
+    try:
+        listed = json.loads(tags[ENV_PACKAGES_TAG])
+    except (KeyError, ValueError):
+        return None
+    return {str(k): str(v) for k, v in listed.items()} if isinstance(listed, dict) else None
+
+
+def environment_note(
+    tags_a: Mapping[str, str],
+    tags_b: Mapping[str, str],
+    names: tuple[str, str] = ("a", "b"),
+    packages: tuple[Mapping[str, str] | None, Mapping[str, str] | None] = (None, None),
+    max_listed: int = 5,
+) -> str | None:
+    """One line when two runs were measured in different Python environments (their `env_hash` tags differ), naming
+    the packages that differ when known (from `packages`, e.g. parsed `environment.txt` artifacts, else from the
+    `env_packages` tags); None when the hashes match or either run has none (older runs: nothing to compare)."""
+    hash_a, hash_b = tags_a.get(ENV_HASH_TAG), tags_b.get(ENV_HASH_TAG)
+    if not hash_a or not hash_b or hash_a == hash_b:
+        return None
+    note = f"environments differ: {names[0]} env_hash={hash_a}, {names[1]} env_hash={hash_b}"
+    listed_a = packages[0] if packages[0] is not None else _packages_from_tags(tags_a)
+    listed_b = packages[1] if packages[1] is not None else _packages_from_tags(tags_b)
+    if listed_a is None or listed_b is None:
+        return note
+    changes = package_differences(listed_a, listed_b)
+    if not changes:
+        return note
+    shown = ", ".join(changes[:max_listed])
+    more = f" and {len(changes) - max_listed} more" if len(changes) > max_listed else ""
+    return f"{note} ({shown}{more})"

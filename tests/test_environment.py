@@ -1,0 +1,108 @@
+"""The resolved environment of a run: installed packages, the `env_hash` tag, the `environment.txt` artifact and
+compare's note when two runs differ in environment."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from gflops_track.environment import (
+    ENVIRONMENT_ARTIFACT,
+    environment_files,
+    environment_hash,
+    environment_note,
+    environment_tags,
+    installed_packages,
+    package_differences,
+    parse_environment_txt,
+)
+
+
+def dist_info(root: Path, name: str, version: str) -> importlib.metadata.PathDistribution:
+    """A real installed-distribution record (a .dist-info folder with METADATA), as pip writes it."""
+    folder = root / f"{name}-{version}.dist-info"
+    folder.mkdir(parents=True)
+    (folder / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    return importlib.metadata.PathDistribution(folder)
+
+
+def test_installed_packages_reads_this_interpreter() -> None:
+    packages = installed_packages()
+    assert packages["torch"] == torch.__version__
+    assert packages["pytest"] == importlib.metadata.version("pytest")
+    assert list(packages) == sorted(packages)
+
+
+def test_installed_packages_canonical_names_and_first_on_path_wins(tmp_path: Path) -> None:
+    first = [dist_info(tmp_path / "a", "PyYAML", "6.0.2"), dist_info(tmp_path / "a", "typing_extensions", "4.12.0")]
+    shadowed = dist_info(tmp_path / "b", "pyyaml", "5.1")  # later on sys.path: `import yaml` never sees it
+    assert installed_packages([*first, shadowed]) == {"pyyaml": "6.0.2", "typing-extensions": "4.12.0"}
+
+
+def test_environment_hash_is_sha256_of_sorted_lines() -> None:
+    packages = {"torch": "2.13.0", "MLflow": "3.17.2", "numpy": "2.1.0"}
+    expected = hashlib.sha256(b"mlflow==3.17.2\nnumpy==2.1.0\ntorch==2.13.0\n").hexdigest()[:12]
+    assert environment_hash(packages) == expected
+    assert environment_hash(dict(reversed(packages.items()))) == expected  # order does not matter
+    assert environment_hash({**packages, "numpy": "2.1.1"}) != expected  # one version more or less does
+    assert environment_hash({**packages, "six": "1.16.0"}) != expected
+
+
+def test_environment_txt_round_trips_and_carries_its_hash() -> None:
+    packages = installed_packages()
+    files = environment_files(packages)
+    assert list(files) == [ENVIRONMENT_ARTIFACT]
+    text = files[ENVIRONMENT_ARTIFACT].decode()
+    assert text.startswith(f"# env_hash {environment_hash(packages)}")
+    assert f"torch=={torch.__version__}\n" in text
+    assert parse_environment_txt(text) == packages
+    assert environment_hash(parse_environment_txt(text)) == environment_hash(packages)
+
+
+def test_environment_tags_fit_mlflow_and_name_the_packages() -> None:
+    tags = environment_tags({"torch": "2.13.0", "numpy": "2.1.0"})
+    assert tags["env_hash"] == environment_hash({"torch": "2.13.0", "numpy": "2.1.0"})
+    assert json.loads(tags["env_packages"]) == {"numpy": "2.1.0", "torch": "2.13.0"}
+    huge = {f"package-{i:05d}": "1.0.0" for i in range(1000)}  # ~25 characters each: over MLflow's 8,000 limit
+    assert set(environment_tags(huge)) == {"env_hash"}
+    real = environment_tags()
+    assert len(real["env_hash"]) == 12 and all(len(value) <= 8000 for value in real.values())
+
+
+def test_package_differences() -> None:
+    a = {"torch": "2.13.0", "numpy": "2.1.0", "six": "1.16.0"}
+    b = {"torch": "2.14.1", "NumPy": "2.1.0", "rich": "14.0.0"}
+    assert package_differences(a, b) == ["+rich 14.0.0", "-six 1.16.0", "torch 2.13.0 -> 2.14.1"]
+    assert package_differences(a, a) == []
+
+
+def test_environment_note() -> None:
+    old = environment_tags({"torch": "2.13.0", "numpy": "2.1.0"})
+    new = environment_tags({"torch": "2.14.1", "numpy": "2.1.0"})
+    assert environment_note(old, dict(old)) is None  # same environment: nothing to say
+    assert environment_note(old, {}) is None  # a run from before env_hash existed: nothing to compare
+    note = environment_note(old, new, names=("baseline", "candidate"))
+    assert note == (
+        f"environments differ: baseline env_hash={old['env_hash']}, candidate env_hash={new['env_hash']}"
+        " (torch 2.13.0 -> 2.14.1)"
+    )
+    bare = environment_note({"env_hash": "aaa"}, {"env_hash": "bbb"})
+    assert bare == "environments differ: a env_hash=aaa, b env_hash=bbb"  # no list known: the hashes only
+    many_a = {f"p{i}": "1" for i in range(8)}
+    many_b = {f"p{i}": "2" for i in range(8)}
+    listed = environment_note({"env_hash": "x"}, {"env_hash": "y"}, packages=(many_a, many_b), max_listed=5)
+    assert listed is not None and listed.endswith("p4 1 -> 2 and 3 more)")
+    assert "\n" not in listed
+
+
+def test_core_module_imports_no_mlflow_or_hydra() -> None:
+    import subprocess
+
+    code = "import sys, gflops_track.environment; print(sorted({'mlflow', 'hydra'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
