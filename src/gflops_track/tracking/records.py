@@ -20,6 +20,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from gflops_track import names
 from gflops_track.counting.layer_info import layers_to_columns, layers_to_csv
+from gflops_track.environment import ENV_HASH_TAG, environment_files, environment_hash, installed_packages
 from gflops_track.hardware import Fingerprint
 from gflops_track.plots import roofline_png
 from gflops_track.result import ProfileResult
@@ -67,10 +68,14 @@ class RunRecord:
 
 
 def start_record(params: Mapping[str, str], config_yaml: str, tags: Mapping[str, str], facts: Fingerprint) -> RunRecord:
-    """What a run holds before anything is measured: the resolved config and where it runs."""
+    """What a run holds before anything is measured: the resolved config, where it runs, and the installed packages
+    (``environment.txt``, with their short hash as the ``env_hash`` tag)."""
     fingerprint_tags = {key: value for key, value in facts.as_tags().items() if value}
+    packages = installed_packages()
     return RunRecord(
-        params=dict(params), tags={**fingerprint_tags, **tags}, files={names.CONFIG_ARTIFACT: config_yaml.encode()}
+        params=dict(params),
+        tags={**fingerprint_tags, ENV_HASH_TAG: environment_hash(packages), **tags},
+        files={names.CONFIG_ARTIFACT: config_yaml.encode(), **environment_files(packages)},
     )
 
 
