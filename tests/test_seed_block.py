@@ -144,14 +144,14 @@ def test_thop_notes_on_stride_two_group_block() -> None:
     params = (c_out * c_in * 9 + c_out) + (c_out * c_out * 9 + c_out) + (c_out * c_in + c_out) + 3 * 2 * c_out
     assert (ours.macs, ours.params, thop.distribution) == (macs, params, ORIGINAL_THOP) == (1_032_192, 14_624, "thop")
     assert thop_notes(thop, ours.macs, ours.params) == [
-        f"thop counts {macs:,} MACs as the seed runs it and {patched:,} with our custom_ops; "
+        f"thop counts {macs:,} MACs as the blog post runs it and {patched:,} with our custom_ops; "
         f"gflops-track counts {macs:,} MACs. Why:",
         f"  - GroupNorm (norm1, norm2, norm3): thop {2 * thop_norm + 2 * thop_norm:+,} MACs vs ours; thop counts this "
         "work as MACs; we count it as FLOPs in its category (no multiply-accumulate)",
         f"  - module shared under several names (norm3, downsample.1): thop hooks and counts it once per name "
         f"({2 * thop_norm:+,} MACs)",
         "  - thop has no rule for GroupNorm (raw thop counts 0 MACs and drops their parameters)",
-        f"thop reports {params - 3 * 2 * c_out:,} params as the seed runs it and {params + 2 * c_out:,} with our "
+        f"thop reports {params - 3 * 2 * c_out:,} params as the blog post runs it and {params + 2 * c_out:,} with our "
         f"custom_ops; the true count (shared tensors once) is {params:,}",
     ]
 

@@ -3,7 +3,7 @@
 Counting runs on the ``meta`` device when it can: parameters, buffers and inputs are swapped for meta tensors for the
 duration of the pass and the original objects put back after (no copy of the model, no memory for activations, ~14x
 faster than a real forward on this machine). The swap is our own: ``torch.func.functional_call`` leaves a module
-shared under two names (the seed's ``norm3``) with meta parameters after the call.
+shared under two names (the blog post's block registers ``norm3`` twice) with meta parameters after the call.
 
 Under autocast the pass uses fake tensors instead: meta tensors carry no device, so ``torch.autocast`` (which acts
 per device type) never casts them, and fp16/bf16 runs would be priced at 4 bytes per element. Fake tensors

@@ -1,11 +1,11 @@
 """thop's figure beside ours, and why the two differ.
 
-thop (``thop.profile``) is the number users of the seed document know. It counts per *module type* with forward
-hooks, so it misses functional ops, has no rule for some modules (GroupNorm: 0 MACs and its parameters dropped),
-counts a module shared under two names twice, and leaves hooks and buffers behind. We therefore run it on deep
-copies only (the user's module is never touched), twice:
+thop (``thop.profile``) is the number readers of the blog post (shared/seed/) know. It counts per *module type*
+with forward hooks, so it misses functional ops, has no rule for some modules (GroupNorm: 0 MACs and its parameters
+dropped), counts a module shared under two names twice, and leaves hooks and buffers behind. We therefore run it on
+deep copies only (the user's module is never touched), twice:
 
-* ``raw``: plain thop, exactly as the seed document calls it;
+* ``raw``: plain thop, exactly as the blog post's script calls it;
 * ``patched``: with our ``custom_ops`` for the module types it has no rule for (GroupNorm / RMSNorm priced by thop's
   own norm rule; any other parametrised module type gets its parameters counted).
 
@@ -80,7 +80,7 @@ def _count_nothing(module: nn.Module, _inputs: Any, _output: Any) -> None:
 
 @dataclass(frozen=True)
 class ThopCount:
-    """thop's MACs and params: ``raw_*`` as the seed ran it, the others with our custom_ops; why they differ."""
+    """thop's MACs and params: ``raw_*`` as the blog post ran it, the others with our custom_ops; why they differ."""
 
     raw_macs: int
     raw_params: int
@@ -226,13 +226,13 @@ def thop_notes(thop: ThopCount, macs: int, params: int) -> list[str]:
     notes = []
     if thop.macs != macs or thop.raw_macs != macs:
         notes.append(
-            f"thop counts {thop.raw_macs:,} MACs as the seed runs it and {thop.macs:,} with our custom_ops; "
+            f"thop counts {thop.raw_macs:,} MACs as the blog post runs it and {thop.macs:,} with our custom_ops; "
             f"gflops-track counts {macs:,} MACs. Why:"
         )
         notes.extend(f"  - {reason}" for reason in thop.reasons or ["(thop with custom_ops agrees with us)"])
     if thop.raw_params != params or thop.params != params:
         notes.append(
-            f"thop reports {thop.raw_params:,} params as the seed runs it and {thop.params:,} with our custom_ops; "
-            f"the true count (shared tensors once) is {params:,}"
+            f"thop reports {thop.raw_params:,} params as the blog post runs it and {thop.params:,} with our "
+            f"custom_ops; the true count (shared tensors once) is {params:,}"
         )
     return notes

@@ -1,7 +1,7 @@
-"""The seed network: a ResNet-style residual block with a selectable normalisation.
+"""The blog post's network: a ResNet-style residual block with a selectable normalisation.
 
-Same structure as the seed document's block (two 3x3 convs, a norm after each, ReLU, a 1x1 conv + norm downsample
-when ``stride != 1``, a residual add), minus its prints, and with its arguments checked up front.
+Same structure as the block in the blog post's script (shared/seed/): two 3x3 convs, a norm after each, ReLU, a 1x1
+conv + norm downsample when ``stride != 1``, a residual add; minus its prints, and with its arguments checked up front.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def make_norm(norm_fn: str, planes: int) -> nn.Module:
         return nn.BatchNorm2d(planes)
     if norm_fn == "instance":
         return nn.InstanceNorm2d(planes)
-    return nn.Sequential()  # 'none': an identity that keeps the seed's module layout
+    return nn.Sequential()  # 'none': an identity that keeps the script's module layout
 
 
 class ResidualBlock(nn.Module):
@@ -64,7 +64,7 @@ class ResidualBlock(nn.Module):
         self.norm2 = make_norm(norm_fn, planes)
         self.downsample: nn.Module | None = None
         if stride != 1:
-            # As in the seed: norm3 is registered both as ``norm3`` and inside ``downsample`` (one shared module).
+            # As in the blog post: norm3 is registered both as ``norm3`` and inside ``downsample`` (one shared module).
             self.norm3 = make_norm(norm_fn, planes)
             self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride), self.norm3)
 
