@@ -80,3 +80,30 @@ class SoftmaxOnly(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(x, dim=1)
+
+
+class ExitsInForward(nn.Module):
+    """A forward that calls ``sys.exit`` for one batch size: user code ending the process must fail only its job."""
+
+    def __init__(self, in_channels: int, exit_on: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, kernel_size=1)
+        self.exit_on = exit_on
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == self.exit_on and x.device.type != "meta":  # counting (on meta) succeeds first
+            raise SystemExit(3)
+        return self.conv(x)
+
+
+class RaisesMarkup(nn.Module):
+    """A forward whose error text looks like rich markup: it must be printed as text, never parsed."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "meta":
+            raise RuntimeError("cannot load [/opt/ext/op.so] ([bold]missing[/bold])")
+        return self.conv(x)

@@ -54,9 +54,16 @@ def test_seed_sweep_exact_command(tmp_path: Path) -> None:
         for category, flops in expected_seed_flops(norm).items():
             assert metrics[f"flops_{category}"] == flops
         assert metrics["torch_flop_counter_flops"] == 2 * 2 * CONV_MACS
-        assert metrics["latency_median_ms"] > 0 and metrics["timed_iterations"] >= 30
-        assert metrics["latency_ci95_low_ms"] <= metrics["latency_median_ms"] <= metrics["latency_ci95_high_ms"]
-        assert (metrics["latency_precision"] <= 0.01) == bool(metrics["precision_target_met"])
+        timed, met = metrics["timed_iterations"], bool(metrics["precision_target_met"])
+        assert metrics["latency_median_ms"] > 0 and timed >= 1
+        # What the tool promises on any machine: the target met with >= min_repeats samples, or said why not (timed
+        # under load, or the time bound cut timing short) - never a silent short run.
+        assert (met and timed >= 30) or metrics["timing_suspect"] == 1 or metrics["time_bound_hit"] == 1
+        if "latency_ci95_low_ms" in metrics:
+            assert metrics["latency_ci95_low_ms"] <= metrics["latency_median_ms"] <= metrics["latency_ci95_high_ms"]
+            assert not met or metrics["latency_precision"] <= 0.01
+        else:  # no CI below 8 samples: never "target met"
+            assert timed < 8 and not met
         assert metrics["measured_peak_gflop_per_s"] > 0 and metrics["utilization_vs_measured_peak"] > 0
         assert metrics["achieved_gflop_per_s"] == pytest.approx(metrics["flops"] / metrics["latency_median_ms"] / 1e6)
         assert run.data.tags["hardware"].startswith("cpu:") and run.data.tags["torch_version"] == torch.__version__

@@ -146,7 +146,7 @@ def interrupt_sweep(tmp_path: Path, uri: str, sig: signal.Signals) -> tuple[int,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_interrupt_kills_current_run_keeps_finished_ones(
     tmp_path: Path, store_uri: str, sig: signal.Signals, code: int
 ) -> None:

@@ -259,6 +259,13 @@ def test_mlflow_run_logs_into_its_own_run(tmp_path: Path, store_uri: str) -> Non
     assert len(outer) == 1
     nested = [r for r in runs_in(store_uri) if r.data.tags.get("mlflow.parentRunId") == outer[0].info.run_id]
     assert len(nested) == 2
+    compare = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "compare", "--env-manager", "local",
+         "-P", f"args=--sweep {outer[0].info.run_id} --format markdown"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert compare.returncode == 0, compare.stderr[-3000:]
+    assert all(r.info.run_name in compare.stdout for r in nested)  # the comparison table names both jobs
 
 
 def sweep_runs(uri: str) -> tuple[object, list]:

@@ -86,9 +86,16 @@ class MlflowSweepCallback(Callback):
             ledger.close_sweep(sweep_key(recorder.state()))
 
     def _report(self, client: MlflowClient, parent_run_id: str, uri: str) -> bool:
-        """Print and log the comparison of the sweep's jobs; True when one of them did not finish."""
+        """Print and log the comparison of the sweep's jobs; True when one of them failed or was killed. A job still
+        RUNNING in the store was spooled (the store failed during it) or runs elsewhere: spooled is not failed."""
         runs = child_runs(client, parent_run_id)
-        failed = [run for run in runs if run.info.status != FINISHED]
+        failed = [run for run in runs if run.info.status in (FAILED, KILLED)]
+        spooled = [run for run in runs if run.info.status == "RUNNING"]
+        if spooled:
+            console.print_warning(
+                f"{len(spooled)} job(s) of this sweep are not complete in the store (spooled while it was out of "
+                "reach): upload them with gflops-track sync"
+            )
         rows = build_rows(runs)
         title = f"sweep {parent_run_id}: {len(runs)} job(s)"
         console.console.print(rich_table(rows, title))

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gflops_track.app import console
 from gflops_track.app.callbacks import end_interrupted_sweeps
+from gflops_track.app.credentials import credentials_to_environment
 from gflops_track.app.job import run_job
 from gflops_track.app.outcomes import FAILED, INVALID_CONFIG, JobOutcome, OutcomeLedger
 from gflops_track.app.preflight import preflight
@@ -78,11 +79,13 @@ def main() -> None:
     128 + the signal's number when interrupted (SIGINT 130, SIGTERM 143, SIGHUP 129)."""
     for name, value in HTTP_DEFAULTS.items():  # a dead server must not stall every call for minutes of retries
         os.environ.setdefault(name, value)
-    checked = preflight(sys.argv[1:], CONFIG_DIR)
-    if checked.errors:
-        console.print_config_errors(checked.errors)
+    argv, moved, refused = credentials_to_environment(sys.argv[1:], os.environ)
+    sys.argv[1:] = argv  # from here on no URI holds a password: not Hydra's files, not a run, not a console line
+    checked = preflight(argv, CONFIG_DIR)
+    if refused or checked.errors:
+        console.print_config_errors([*refused, *checked.errors])
         sys.exit(EXIT_CONFIG_ERROR)
-    for warning in checked.warnings:
+    for warning in [*moved, *checked.warnings]:
         console.print_warning(warning)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_terminated)

@@ -7,6 +7,7 @@ Command lines with flags this module does not know (``--help``, ``--cfg``, ...) 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,11 @@ from gflops_track.app.schema import AppConfig, ConfigError, register_schema, to_
 from gflops_track.tracking.store import reachability, resolve_tracking_uri, store_problems
 
 MULTIRUN_FLAGS = {"-m", "--multirun"}
-VALUE_FLAGS = {"-cn": "config_name", "--config-name": "config_name", "-cd": "config_dir", "--config-dir": "config_dir"}
+VALUE_FLAGS = {
+    "-cn": "config_name", "--config-name": "config_name", "-cd": "config_dir", "--config-dir": "config_dir",
+    "-cp": "config_path", "--config-path": "config_path",
+}  # fmt: skip
+APP_DIR = Path(__file__).resolve().parent  # where @hydra.main is declared: Hydra reads a relative --config-path here
 
 
 def _split_argv(argv: Sequence[str]) -> tuple[list[str], dict[str, str]] | None:
@@ -102,7 +107,18 @@ def preflight(argv: Sequence[str], config_dir: str, config_name: str = "config")
     tracking = configs[0].tracking
     uri = resolve_tracking_uri(tracking.uri, Path.cwd())
     tracking_errors, warnings = reachability(uri)
-    return Preflight(tracking_errors + store_problems(uri, tracking.experiment), warnings)
+    return Preflight(tracking_errors + store_problems(uri, tracking.experiment), warnings + _thread_warnings(configs))
+
+
+def _thread_warnings(configs: Sequence[AppConfig]) -> list[str]:
+    """runtime.threads above the CPUs this process may use: the threads share cores and the timings say little."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    asked = sorted({c.runtime.threads for c in configs if c.runtime.threads and c.runtime.threads > cpus})
+    return [
+        f"runtime.threads={threads} is more than the {cpus} CPU(s) this process may use: threads will share cores, "
+        "and latency will measure the oversubscription (the runs are flagged timing_suspect)"
+        for threads in asked
+    ]
 
 
 def _check_jobs(
@@ -118,6 +134,8 @@ def _check_jobs(
     if errors:
         return errors, configs
     try:
+        if "config_path" in flags:
+            config_dir = str(APP_DIR / flags["config_path"])  # an absolute path stays as it is
         with initialize_config_dir(config_dir=flags.get("config_dir", config_dir), version_base="1.3"):
             try:
                 errors = _group_choice_errors(checked)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
@@ -191,8 +192,11 @@ def _run_name_errors(template: str) -> list[str]:
 def _model_errors(config: AppConfig) -> list[str]:
     model = config.model
     target = model.get("_target_")
-    if not isinstance(target, str) or not target.strip():
-        return [f"model._target_={target!r} is not allowed: it must name an importable nn.Module class"]
+    if not isinstance(target, str) or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", target):
+        return [
+            f"model._target_={target!r} is not allowed: it must name an importable nn.Module class by its dotted "
+            "path, e.g. torch.nn.Linear"
+        ]
     unknown = model_argument_errors(model)
     if unknown:
         return unknown

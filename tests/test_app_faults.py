@@ -1,0 +1,118 @@
+"""Faults on the app's paths (issue 11): secrets in URIs, markup in texts, SystemExit from user code, config that
+would slip past preflight. Each test reproduces the fault first; nothing may be left RUNNING, leaked or lost."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import QUICK_NO_THOP, SMALL_BLOCK, run_cli
+
+pytestmark = pytest.mark.slow
+SECRET = "TopSecret-4f1c9"
+
+
+def all_runs(uri: str) -> list:
+    client = MlflowClient(uri)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def dead_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # closed again: nothing listens there
+
+
+def files_holding(root: Path, text: str) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and text.encode() in p.read_bytes()]
+
+
+@pytest.mark.parametrize("where", ["override", "environment"])
+def test_password_in_the_uri_reaches_no_file_and_no_console_line(tmp_path: Path, where: str) -> None:
+    uri = f"http://alice:{SECRET}@127.0.0.1:{dead_port()}"
+    args = ["-m", "norm_fn=group,none", *SMALL_BLOCK, *QUICK_NO_THOP]
+    done = (
+        run_cli([*args, f"tracking.uri={uri}"], cwd=tmp_path)
+        if where == "override"
+        else run_cli(args, cwd=tmp_path, MLFLOW_TRACKING_URI=uri)
+    )
+    assert done.returncode == 0, done.stderr[-2000:]  # unreachable server: spooled, not failed
+    assert "mlflow_spool" in done.stderr and "MLFLOW_TRACKING_PASSWORD" in done.stderr  # told where, and how
+    assert SECRET not in done.stdout + done.stderr
+    spools = list(tmp_path.rglob("mlflow_spool"))
+    assert spools, "the runs were not spooled"
+    assert files_holding(tmp_path, SECRET) == []  # spool, config artifacts, .hydra files
+
+
+def test_markup_in_a_target_is_a_config_error_not_a_crash(tmp_path: Path) -> None:
+    done = run_cli(["model=custom", "model._target_='[/x]'", "input.shape=[4]"], cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "MarkupError" not in done.stderr
+    assert "[/x]" in done.stderr  # printed as text
+
+
+def test_markup_in_errors_and_notes_is_printed_as_text(tmp_path: Path, store_uri: str) -> None:
+    model = ["model=custom", "model._target_=fixture_models.RaisesMarkup", "+model.in_channels=3", "batch.height=4",
+             "batch.width=4", "input.shape=[3,4,4]"]  # fmt: skip
+    timed = run_cli(["-m", *model, "timing.warmup=0", "timing.max_time_s=0.2", "peak.measure=false"],
+                    cwd=tmp_path, MLFLOW_TRACKING_URI=store_uri)  # fmt: skip
+    assert timed.returncode == 1 and "Traceback" not in timed.stderr
+    assert "[/opt/ext/op.so] ([bold]missing[/bold])" in timed.stderr  # the failure, verbatim
+    counted = run_cli(
+        [*model, "timing.enabled=false", "peak.measure=false"], cwd=tmp_path, MLFLOW_TRACKING_URI=store_uri
+    )
+    assert counted.returncode == 0, counted.stderr[-2000:]
+    assert "[/opt/ext/op.so]" in counted.stdout  # thop's failure note, verbatim, after a FINISHED job
+    statuses = sorted(r.info.status for r in all_runs(store_uri))
+    assert statuses == ["FAILED", "FAILED", "FINISHED"]  # the timed job and its sweep; the counting job
+
+
+def test_system_exit_in_a_forward_fails_that_job_and_the_sweep_goes_on(tmp_path: Path, store_uri: str) -> None:
+    done = run_cli(
+        ["-m", "model=custom", "model._target_=fixture_models.ExitsInForward", "+model.in_channels=3",
+         "+model.exit_on=2", "batch.size=1,2,3", "batch.height=4", "batch.width=4", "input.shape=[3,4,4]",
+         *QUICK_NO_THOP],
+        cwd=tmp_path, MLFLOW_TRACKING_URI=store_uri,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    runs = all_runs(store_uri)
+    children = {r.data.params["batch.size"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert {size: run.info.status for size, run in children.items()} == {
+        "1": "FINISHED", "2": "FAILED", "3": "FINISHED"}  # fmt: skip
+    assert children["2"].data.tags["error"] == "SystemExit: 3"
+    assert children["2"].data.metrics["macs"] == 2 * 3 * 4 * 4 * 4  # counted before the forward exited: kept
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FAILED"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["+timing.max_time=100"], "timing.max_time is not a known key (did you mean timing.max_time_s?)"),
+        (["+model.token=abc"], "model.token is not allowed: gflops_track.models.ResidualBlock takes in_planes,"),
+        ([f"tracking.experiment={'x' * 10_000}"], "MLflow takes experiment names of at most 500 characters"),
+        (["tracking.uri=mysql://u:pw@db/x"], "tracking.uri holds a password for a mysql:// store"),
+    ],
+)
+def test_config_that_would_slip_past_preflight_is_refused(tmp_path: Path, args: list[str], message: str) -> None:
+    done = run_cli(["-m", *args], cwd=tmp_path)
+    assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+    assert "tracking.uri=" not in done.stderr or "mysql" in message  # a long name is not blamed on the URI
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "multirun").exists()
+
+
+def test_config_path_flag_still_goes_through_preflight(tmp_path: Path) -> None:
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    done = run_cli(["-m", "-cp", str(conf), "norm_fn=foo"], cwd=tmp_path)
+    assert done.returncode == 2 and "norm_fn='foo' is not allowed" in done.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_more_threads_than_cpus_is_warned(tmp_path: Path, store_uri: str) -> None:
+    done = run_cli(["runtime.threads=1000", *SMALL_BLOCK, *QUICK_NO_THOP], cwd=tmp_path, MLFLOW_TRACKING_URI=store_uri)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "runtime.threads=1000 is more than the" in done.stderr
+    (run,) = all_runs(store_uri)
+    assert run.data.tags["timing_suspect"] == "true"  # and the run itself says its timing is suspect
