@@ -1,6 +1,8 @@
 """``gflops-track compare`` / ``python -m gflops_track.compare``: tables, plots, HTML report, regression gate.
 
-Exit codes: 0 fine; 1 the regression gate found a regression; 2 bad arguments or nothing to compare.
+Exit codes: 0 fine; 1 the regression gate found a regression (and nothing else: a CI job reads 1 as "slower");
+2 bad arguments, an unknown run or sweep id, a bad ``--filter``, an output directory that does not exist, a store that
+does not exist or does not answer, or nothing to compare — always one line on stderr. Reading never creates a store.
 """
 
 from __future__ import annotations
@@ -11,14 +13,24 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from rich.console import Console
+from rich.markup import escape
 
 from gflops_track.compare.charts import comparison_charts
 from gflops_track.compare.gate import judge, pair_rows, parse_threshold
 from gflops_track.compare.render import csv_table, html_report, markdown_table, rich_table
 from gflops_track.compare.rows import Row, build_rows, expand, latency_samples, select_runs
-from gflops_track.tracking.store import connect, redact_uri, resolve_tracking_uri
+from gflops_track.tracking.store import (
+    StoreError,
+    cap_http_retries,
+    child_runs,
+    first_line,
+    open_store,
+    redact_uri,
+    resolve_tracking_uri,
+)
 
 EXIT_REGRESSION = 1
 EXIT_USAGE = 2
@@ -90,35 +102,85 @@ def run_gate(client: MlflowClient, baseline: str, candidate: str, threshold_text
     return EXIT_REGRESSION if regressions else 0
 
 
+class UsageError(Exception):
+    """A bad argument found before anything is read: one line, exit 2."""
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """``--output`` / ``--html`` must go into an existing directory: say so before reading any run."""
+    for flag in ("output", "html"):
+        path: Path | None = getattr(args, flag)
+        if path is not None and not path.parent.is_dir():
+            raise UsageError(f"--{flag}={str(path)!r}: directory {str(path.parent)!r} does not exist")
+
+
+def describe_error(error: Exception) -> str:
+    """One line for an MLflow or file error: what MLflow said about an unknown run id or a bad filter."""
+    if isinstance(error, MlflowException):
+        return first_line(Exception(error.message))
+    return first_line(error)
+
+
+def finish_sweep(
+    client: MlflowClient, parent_run_id: str, source: str, status: str | None = None, terminate: bool = True
+) -> str:
+    """End a sweep's parent run the way the sweep does: the comparison report (report.html, charts, CSV), the
+    ``jobs``/``failed_jobs`` metrics, a description, and a status derived from the children (FAILED when any child is
+    not FINISHED, else FINISHED; ``status`` overrides it, e.g. KILLED for an interrupted sweep). ``terminate=False``
+    leaves the status to the run's owner (``mlflow run``). Returns the status."""
+    runs = child_runs(client, parent_run_id)
+    failed = [run for run in runs if run.info.status != "FINISHED"]
+    derived = status or ("FAILED" if failed else "FINISHED")
+    title = f"sweep {parent_run_id}: {len(runs)} job(s)"
+    if runs:
+        log_report(client, parent_run_id, build_rows(runs), title, source)
+    client.log_metric(parent_run_id, "jobs", len(runs))
+    client.log_metric(parent_run_id, "failed_jobs", len(failed))
+    names = ", ".join(run.info.run_name or run.info.run_id for run in failed)
+    client.set_tag(
+        parent_run_id,
+        "mlflow.note.content",
+        f"Sweep of {len(runs)} job(s): {len(runs) - len(failed)} FINISHED"
+        + (f", {len(failed)} not FINISHED ({names})" if failed else "")
+        + ". The comparison is in report.html (charts under report/, numbers in comparison.csv).",
+    )
+    if terminate:
+        client.set_terminated(parent_run_id, derived)
+    return derived
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    cap_http_retries()  # a dead server must not stall compare for minutes of retries
     console = Console(width=200) if args.format != "rich" or args.output else Console()
+    errors = Console(stderr=True, highlight=False, soft_wrap=True)
     uri = resolve_tracking_uri(args.tracking_uri, Path.cwd())
-    client = connect(uri)
     try:
+        check_outputs(args)
+        client = open_store(uri)
         if args.baseline or args.candidate:
             if not (args.baseline and args.candidate):
                 raise ValueError("--baseline and --candidate go together")
             return run_gate(client, args.baseline, args.candidate, args.threshold, console)
         runs = select_runs(client, args.experiment, args.sweep, args.run_id, args.filter)
         if not runs:
-            console.print(f"[red]no runs selected in {redact_uri(uri)}[/red]")
+            errors.print(f"[red]gflops-track compare:[/red] no runs selected in {escape(redact_uri(uri))}")
             return EXIT_USAGE
         rows = build_rows(runs, args.baseline_row)
-    except ValueError as error:
-        Console(stderr=True).print(f"[red]gflops-track compare:[/red] {error}", highlight=False)
+        title = f"gflops-track comparison ({(args.sweep and f'sweep {args.sweep}') or f'{len(rows)} runs'})"
+        text = {"markdown": markdown_table, "csv": csv_table}.get(args.format)
+        if text is None:
+            console.print(rich_table(rows, title))
+        elif args.output:
+            args.output.write_text(text(rows), encoding="utf-8")
+        else:
+            sys.stdout.write(text(rows))
+        if args.html:
+            write_report(rows, args.html, title, redact_uri(uri))
+            console.print(f"HTML report written to {escape(str(args.html))}", highlight=False)
+        if args.log_report and args.sweep:
+            log_report(client, args.sweep, rows, title, redact_uri(uri))
+    except (ValueError, UsageError, StoreError, MlflowException, OSError) as error:
+        errors.print(f"[red]gflops-track compare:[/red] {escape(describe_error(error))}")
         return EXIT_USAGE
-    title = f"gflops-track comparison ({(args.sweep and f'sweep {args.sweep}') or f'{len(rows)} runs'})"
-    text = {"markdown": markdown_table, "csv": csv_table}.get(args.format)
-    if text is None:
-        console.print(rich_table(rows, title))
-    elif args.output:
-        args.output.write_text(text(rows), encoding="utf-8")
-    else:
-        sys.stdout.write(text(rows))
-    if args.html:
-        write_report(rows, args.html, title, redact_uri(uri))
-        console.print(f"HTML report written to {args.html}")
-    if args.log_report and args.sweep:
-        log_report(client, args.sweep, rows, title, redact_uri(uri))
     return 0
