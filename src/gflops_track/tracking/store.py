@@ -91,15 +91,19 @@ def search_all_runs(
     experiment_ids: list[str],
     filter_string: str = "",
     order_by: list[str] | None = None,
-    page_size: int = SEARCH_PAGE,
+    page_size: int | None = None,
 ) -> list[Run]:
     """Every run matching the search, page after page (a single ``search_runs`` call stops at ``max_results``
-    without saying so)."""
+    without saying so); ``page_size`` defaults to ``SEARCH_PAGE``."""
     runs: list[Run] = []
     token: str | None = None
     while True:
         page = client.search_runs(
-            experiment_ids, filter_string=filter_string, order_by=order_by, max_results=page_size, page_token=token
+            experiment_ids,
+            filter_string=filter_string,
+            order_by=order_by,
+            max_results=page_size or SEARCH_PAGE,
+            page_token=token,
         )
         runs.extend(page)
         token = page.token
