@@ -16,8 +16,10 @@ Layout: ``<folder>/<spool id>/run.json`` (experiment, run name, status, parent r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import tempfile
 import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
@@ -36,7 +38,6 @@ SPOOL_PARENT_PREFIX = "spool:"  # a parent that is itself still in a spool
 RUN_FILE = "run.json"
 SYNCED_FILE = "synced.json"
 LOCK_FILE = ".sync.lock"
-RECREATE_LOCK = ".recreate.lock"
 LOCK_TIMEOUT_S = 600.0  # another sync holding a spool directory this long is stuck
 
 
@@ -180,10 +181,13 @@ class Uploader:
             return False
         return True
 
-    def _recreate(self, lock_dir: Path, experiment_id: str, original: str, name: str, tags: dict[str, str]) -> str:
+    def _recreate(self, experiment_id: str, original: str, name: str, tags: dict[str, str]) -> str:
         """The run standing in for ``original`` (a run id the store lost, or a spooled parent that cannot be read):
         found by its tag, else created (under a lock, so concurrent syncs make one)."""
-        with FileLock(lock_dir / RECREATE_LOCK, timeout=LOCK_TIMEOUT_S):
+        # one lock per (store, original) for every sync on this machine: the jobs of one sweep spool into different
+        # folders, and concurrent syncs of them must recreate the lost parent once
+        key = hashlib.sha256(f"{self.target}|{original}".encode()).hexdigest()[:24]
+        with FileLock(Path(tempfile.gettempdir()) / f"gflops-track-recreate-{key}.lock", timeout=LOCK_TIMEOUT_S):
             found = self._existing(experiment_id, RECREATED_TAG, original)
             if found:
                 return found
@@ -192,7 +196,7 @@ class Uploader:
         self.report.recreated[original] = run_id
         return run_id
 
-    def parent_id(self, run: SpooledRun, experiment_id: str, lock_dir: Path) -> str:
+    def parent_id(self, run: SpooledRun, experiment_id: str) -> str:
         """The id, in this store, of the run ``run`` nests under: uploaded, found by tag, or recreated."""
         reference = run.parent
         if not reference:
@@ -205,7 +209,7 @@ class Uploader:
         else:
             parent = reference if self._exists(reference) else None
         if not parent:  # the parent's spool is unreadable, or the store lost it: children still get one parent
-            parent = self._recreate(lock_dir, experiment_id, reference, "sweep", {})
+            parent = self._recreate(experiment_id, reference, "sweep", {})
             self.report.sweeps[parent] = DERIVE
         self.parents[reference] = parent
         return parent
@@ -224,7 +228,7 @@ class Uploader:
             self.report.sweeps[run_id] = run.status if run.status in ("KILLED", "RUNNING") else DERIVE
         elif created and run.parent:
             experiment_id = self.client.get_run(run_id).info.experiment_id
-            self.report.sweeps.setdefault(self.parent_id(run, experiment_id, directory.parent), IF_ENDED)
+            self.report.sweeps.setdefault(self.parent_id(run, experiment_id), IF_ENDED)
         return run_id, created
 
     def _synced(self, directory: Path) -> str | None:
@@ -265,11 +269,11 @@ class Uploader:
         elif run.run_id and self._exists(run.run_id):
             run_id = run.run_id  # the store failed after the run was opened: complete that run
         elif run.run_id:  # the store lost the run (e.g. its database was deleted mid-sweep): recreate it
-            parent = self.parent_id(run, experiment_id, directory.parent)
+            parent = self.parent_id(run, experiment_id)
             tags = {SPOOL_TAG: run.spool_id, **({PARENT_TAG: parent} if parent else {})}
-            run_id = self._recreate(directory.parent, experiment_id, run.run_id, run.run_name, tags)
+            run_id = self._recreate(experiment_id, run.run_id, run.run_name, tags)
         else:
-            parent = self.parent_id(run, experiment_id, directory.parent)
+            parent = self.parent_id(run, experiment_id)
             tags = {SPOOL_TAG: run.spool_id, **({PARENT_TAG: parent} if parent else {})}
             run_id = self.client.create_run(experiment_id, run_name=run.run_name, tags=tags).info.run_id
         files, links = artifact_files(directory)
@@ -281,6 +285,14 @@ class Uploader:
             self.client.set_terminated(run_id, run.status)
         self._mark(directory, run_id)
         return run_id, True
+
+
+def sync_lock(target: str) -> FileLock:
+    """One ``sync`` per target store at a time on this machine (uploads and the sweeps' endings together, so a sweep
+    is never ended from half of its jobs). Per-directory locks and spool-id lookups still guard syncs from other
+    machines against duplicates."""
+    key = hashlib.sha256(redact_uri(target).encode()).hexdigest()[:24]
+    return FileLock(Path(tempfile.gettempdir()) / f"gflops-track-sync-{key}.lock", timeout=LOCK_TIMEOUT_S)
 
 
 def sync(

@@ -15,11 +15,12 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from filelock import Timeout
 from rich.console import Console
 from rich.markup import escape
 
 from gflops_track.tracking.recorder import TRACKING_ERRORS
-from gflops_track.tracking.spool import DERIVE, IF_ENDED, SyncReport, find, sync
+from gflops_track.tracking.spool import DERIVE, IF_ENDED, SyncReport, find, sync, sync_lock
 from gflops_track.tracking.store import cap_http_retries, connect, first_line, redact_uri, resolve_tracking_uri
 
 DEFAULT_ROOTS = ("multirun", "outputs")
@@ -69,17 +70,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"no spooled runs under {', '.join(str(root) for root in roots)}", highlight=False)
         return 0
     try:
-        report = sync(connect(uri), roots, uri, TRACKING_ERRORS)
+        with sync_lock(uri):
+            report = sync(connect(uri), roots, uri, TRACKING_ERRORS)
+            for directory, run_id, new in report.uploaded:
+                console.print(f"{'uploaded' if new else 'already there'}: {directory} -> run {run_id}", highlight=False)
+            for link in report.links:
+                errors.print(f"[yellow]not uploaded, a symbolic link (never followed): {escape(str(link))}[/yellow]")
+            for original, run_id in report.recreated.items():
+                console.print(
+                    f"recreated: run {original} is not in the store any more -> run {run_id}", highlight=False
+                )
+            problems = [*report.broken, *finish_sweeps(report, uri, console)]
+    except Timeout as error:
+        errors.print(
+            f"[red]another gflops-track sync to {escape(redact_uri(uri))} holds {escape(str(error.lock_file))}[/red]"
+        )
+        return EXIT_INCOMPLETE
     except TRACKING_ERRORS as error:
         errors.print(f"[red]could not upload to {escape(redact_uri(uri))}: {escape(first_line(error))}[/red]")
         return EXIT_INCOMPLETE
-    for directory, run_id, new in report.uploaded:
-        console.print(f"{'uploaded' if new else 'already there'}: {directory} -> run {run_id}", highlight=False)
-    for link in report.links:
-        errors.print(f"[yellow]not uploaded, a symbolic link (never followed): {escape(str(link))}[/yellow]")
-    for original, run_id in report.recreated.items():
-        console.print(f"recreated: run {original} is not in the store any more -> run {run_id}", highlight=False)
-    problems = [*report.broken, *finish_sweeps(report, uri, console)]
     created = sum(1 for _, _, new in report.uploaded if new)
     console.print(
         f"{created} run(s) uploaded, {len(report.uploaded) - created} already in {redact_uri(uri)}", highlight=False
