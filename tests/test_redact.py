@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import cli_env
-from gflops_track.redact import MASK, mask_credentials
+from gflops_track.redact import MASK, credential_warning, mask_credentials
 from gflops_track.tracking.store import redact_uri
 
 # the password carries a marker no other part can contain, so "the password is gone" is exact
-SAFE = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
+SAFE = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXY0123456789-_."  # no "Z": the password's marker
 PASSWORD_CHARS = SAFE + "!$&()*+,;=:@/?#%~[]"
 SCHEMES = st.sampled_from(["http", "https", "postgresql", "mysql+pymysql", "s3", "git+ssh"])
 USERS = st.text(alphabet=SAFE, min_size=1, max_size=12)
@@ -63,6 +63,14 @@ def test_readable_uris_stay_readable() -> None:
     assert mask_credentials("http://host:5000/path@x") == "http://host:5000/path@x"  # '@' in the path
     assert mask_credentials("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
     assert redact_uri("http://alice:p@ss/w:rd@host:5000/x") == "http://alice:***@host:5000/x"
+    assert redact_uri("http://alice:s3cret@host:5000/path") == "http://alice:***@host:5000/path"
+
+
+def test_credential_warning_points_to_the_environment() -> None:
+    warning = credential_warning("http://alice:Zq-pw@host:5000")
+    assert warning is not None and "Zq-pw" not in warning and "MLFLOW_TRACKING_PASSWORD" in warning
+    assert "tracking.uri='http://alice:***@host:5000'" in warning
+    assert credential_warning("http://host:5000") is None and credential_warning("sqlite:////tmp/a.db") is None
 
 
 def test_console_masking_catches_mlflows_own_view_run_line(tmp_path: Path) -> None:

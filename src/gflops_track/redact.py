@@ -30,22 +30,19 @@ _QUERY_SECRET = re.compile(
 
 
 def _mask_userinfo(rest: str) -> str:
-    """``user:pw@host/path`` -> ``user:***@host/path``. The authority ends at the first ``/``, ``?`` or ``#`` (as
-    urlsplit reads it); a password with those characters unencoded is masked up to the token's last ``@``."""
-    authority_end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    authority = rest[:authority_end]
-    if "@" in authority:
-        userinfo, host = authority.rsplit("@", 1)
-        user, colon, _password = userinfo.partition(":")
-        if not colon:
-            return rest  # a user name alone is not a secret
-        return f"{user}:{MASK}@{host}{rest[authority_end:]}"
-    user, colon, after = authority.partition(":")
-    if colon and "@" in rest[authority_end:] and not after.isdigit():
-        # no '@' in the authority, but "user:<not a port>" and an '@' later: a password with '/', '?' or '#'
-        host_and_rest = rest.rsplit("@", 1)[1]
-        return f"{user}:{MASK}@{host_and_rest}"
-    return rest
+    """``user:pw@host/path`` -> ``user:***@host/path``, ``rest`` being what follows ``scheme://``.
+
+    A password may hold ``@``, ``/``, ``:``, ``?`` or ``#`` unencoded, so the password runs from the first ``:`` of
+    the user info to the token's *last* ``@`` (on the safe side: an ``@`` further on in the path is masked with it).
+    ``host:5000/...@x`` (a port, no user info) and ``user@host`` (no password) are left as they are."""
+    if "@" not in rest:
+        return rest
+    authority = rest[: min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))]
+    userinfo = authority.rsplit("@", 1)[0] if "@" in authority else authority
+    user, colon, after = userinfo.partition(":")
+    if not colon or ("@" not in authority and after.isdigit()):
+        return rest
+    return f"{user}:{MASK}@{rest.rsplit('@', 1)[1]}"
 
 
 def mask_credentials(text: str) -> str:
@@ -54,6 +51,17 @@ def mask_credentials(text: str) -> str:
         return text
     text = _URI.sub(lambda m: m.group("scheme") + _mask_userinfo(m.group("rest")), text)
     return _QUERY_SECRET.sub(lambda m: m.group("key") + (MASK if m.group("value") else ""), text)
+
+
+def credential_warning(uri: str, key: str = "tracking.uri") -> str | None:
+    """One line telling the user to move credentials out of a URI into the environment, or None when it holds
+    none."""
+    if mask_credentials(uri) == uri:
+        return None
+    return (
+        f"{key}={mask_credentials(uri)!r} holds a credential: it is masked wherever it is shown, but the place for it "
+        "is the environment: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN"
+    )
 
 
 class MaskingStream(io.TextIOBase):
