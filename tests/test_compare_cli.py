@@ -40,7 +40,7 @@ def test_bad_input_is_one_line_and_exit_2(small_store: tuple[Path, str, str]) ->
     cases = {
         "unknown run id": (["--run-id", "0123456789abcdef"], "Run with id=0123456789abcdef not found"),
         "unknown sweep": (["--sweep", "nope"], "Run with id=nope not found"),
-        "bad filter": (["--filter", "params.x ~~ 'y'"], "filter"),
+        "bad filter": (["--filter", "params.x ~~ 'y'"], "Invalid comparator '~~'"),
         "html into a missing directory": (["--html", str(folder / "no" / "r.html")], "does not exist"),
         "output into a missing directory": (
             ["--format", "csv", "--output", str(folder / "no" / "t.csv")],

@@ -206,7 +206,7 @@ def test_soak_short_form() -> None:
     assert "20/20" in done.stdout and "INCOMPLETE" not in done.stdout
 
 
-FULL_FILE_BYTES = 8 * 1024  # the artifact store accepts files up to this size: config.yaml fits, roofline.png not
+FULL_FILE_BYTES = 1200  # files the 'full' store still takes: config.yaml (~0.8 KB) fits, summary.txt (~1.5 KB) not
 
 
 def free_port() -> int:
@@ -264,8 +264,8 @@ class ArtifactServer:
 def full_artifact_store(request: pytest.FixtureRequest, tmp_path: Path):
     """(artifact location, make room, what the console names): an artifact store that fills up mid-run.
 
-    file-size-limit runs everywhere: an artifacts-only server under RLIMIT_FSIZE refuses files over 8 KiB, then is
-    restarted without the limit. tmpfs is a real full disk: a 256 KiB tmpfs nearly filled, then emptied; it needs
+    file-size-limit runs everywhere: an artifacts-only server under RLIMIT_FSIZE refuses files over 1,200 bytes (the
+    run's config.yaml is stored, its summary.txt is not), then is restarted without the limit. tmpfs is a real full disk: a 256 KiB tmpfs nearly filled, then emptied; it needs
     the privilege to mount, and is skipped without it."""
     if request.param == "file-size-limit":
         server = ArtifactServer(tmp_path / "served-artifacts", free_port()).start(full=True)
