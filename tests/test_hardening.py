@@ -265,8 +265,8 @@ def full_artifact_store(request: pytest.FixtureRequest, tmp_path: Path):
     """(artifact location, make room, what the console names): an artifact store that fills up mid-run.
 
     file-size-limit runs everywhere: an artifacts-only server under RLIMIT_FSIZE refuses files over 1,200 bytes (the
-    run's config.yaml is stored, its summary.txt is not), then is restarted without the limit. tmpfs is a real full disk: a 256 KiB tmpfs nearly filled, then emptied; it needs
-    the privilege to mount, and is skipped without it."""
+    run's config.yaml is stored, its summary.txt is not), then is restarted without the limit. tmpfs is a real full
+    disk: a 256 KiB tmpfs nearly filled, then emptied; it needs the privilege to mount, and is skipped without it."""
     if request.param == "file-size-limit":
         server = ArtifactServer(tmp_path / "served-artifacts", free_port()).start(full=True)
 
