@@ -236,10 +236,11 @@ class ArtifactServer:
             sys.executable, "-m", "mlflow", "server", "--artifacts-only", "--host", "127.0.0.1",
             "--port", str(self.port), "--artifacts-destination", str(self.folder), "--workers", "1",
         ]  # fmt: skip
+        self.folder.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            command, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-            preexec_fn=limit_file_size if full else None,
-        )  # fmt: skip
+            command, cwd=self.folder, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=limit_file_size if full else None,
+        )  # fmt: skip  # cwd: whatever the server writes beside its artifacts stays in the test's temp dir
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and self.process.poll() is None:
             try:
