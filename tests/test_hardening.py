@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -203,9 +206,80 @@ def test_soak_short_form() -> None:
     assert "20/20" in done.stdout and "INCOMPLETE" not in done.stdout
 
 
-@pytest.fixture
-def tiny_disk(tmp_path: Path):
-    """A 256 KiB tmpfs, nearly filled: a full disk for artifacts (needs root to mount; skipped otherwise)."""
+FULL_FILE_BYTES = 1200  # files the 'full' store still takes: config.yaml (~0.8 KB) fits, summary.txt (~1.5 KB) not
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def limit_file_size() -> None:
+    """In the child process: files cannot grow past FULL_FILE_BYTES; writes fail with EFBIG ("File too large")
+    instead of killing the process with SIGXFSZ. Needs no privilege."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FULL_FILE_BYTES, FULL_FILE_BYTES))
+
+
+class ArtifactServer:
+    """A real artifacts-only `mlflow server` (the tracking store stays a local SQLite file the job writes itself),
+    optionally under RLIMIT_FSIZE: an artifact store that refuses big files, as a full disk does. Stopped by PID."""
+
+    def __init__(self, folder: Path, port: int) -> None:
+        self.folder, self.port = folder, port
+        self.location = f"http://127.0.0.1:{port}/api/2.0/mlflow-artifacts/artifacts/full"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, full: bool) -> ArtifactServer:
+        command = [
+            sys.executable, "-m", "mlflow", "server", "--artifacts-only", "--host", "127.0.0.1",
+            "--port", str(self.port), "--artifacts-destination", str(self.folder), "--workers", "1",
+        ]  # fmt: skip
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            command, cwd=self.folder, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=limit_file_size if full else None,
+        )  # fmt: skip  # cwd: whatever the server writes beside its artifacts stays in the test's temp dir
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError("artifact server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+@pytest.fixture(params=["file-size-limit", "tmpfs"])
+def full_artifact_store(request: pytest.FixtureRequest, tmp_path: Path):
+    """(artifact location, make room, what the console names): an artifact store that fills up mid-run.
+
+    file-size-limit runs everywhere: an artifacts-only server under RLIMIT_FSIZE refuses files over 1,200 bytes (the
+    run's config.yaml is stored, its summary.txt is not), then is restarted without the limit. tmpfs is a real full
+    disk: a 256 KiB tmpfs nearly filled, then emptied; it needs the privilege to mount, and is skipped without it."""
+    if request.param == "file-size-limit":
+        server = ArtifactServer(tmp_path / "served-artifacts", free_port()).start(full=True)
+
+        def make_room() -> None:
+            server.stop()
+            server.start(full=False)
+
+        try:
+            yield server.location, make_room, "failed ("
+        finally:
+            server.stop()
+        return
     mount_point = tmp_path / "tiny"
     mount_point.mkdir()
     mounted = subprocess.run(
@@ -216,22 +290,25 @@ def tiny_disk(tmp_path: Path):
     filler = mount_point / "filler"
     try:
         filler.write_bytes(b"\0" * (256 - 8) * 1024)
-        yield mount_point, filler
+        yield (mount_point / "artifacts").as_uri(), filler.unlink, "No space left on device"
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 @pytest.mark.slow
-def test_full_artifact_disk_spools_then_sync_completes_the_run(tmp_path: Path, store_uri: str, tiny_disk) -> None:
-    mount_point, filler = tiny_disk
+def test_full_artifact_disk_spools_then_sync_completes_the_run(
+    tmp_path: Path, store_uri: str, full_artifact_store
+) -> None:
+    location, make_room, message = full_artifact_store
     client = MlflowClient(store_uri)
-    client.create_experiment("gflops-track", artifact_location=(mount_point / "artifacts").as_uri())
+    client.create_experiment("gflops-track", artifact_location=location)
     done = run_cli([*SMALL, *QUICK], cwd=tmp_path, MLFLOW_TRACKING_URI=store_uri)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "No space left on device" in done.stderr and "gflops-track sync" in done.stderr
+    assert message in done.stderr and "gflops-track sync" in done.stderr
+    assert list((tmp_path / "outputs").rglob("mlflow_spool/*/run.json"))  # the rest went to the spool
     (run,) = all_runs(store_uri)
     assert run.data.metrics["macs"] > 0  # what reached the store before the disk filled is kept
-    filler.unlink()  # space again
+    make_room()
     sync = subprocess.run(
         [sys.executable, "-m", "gflops_track.cli", "sync", "--tracking-uri", store_uri, "outputs"],
         cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300,

@@ -1,14 +1,15 @@
-"""The ``gflops-track`` console command: ``run`` (the Hydra app), ``compare`` and ``sync``."""
+"""The ``gflops-track`` console command: ``run`` (the Hydra app), ``compare``, ``sync`` and ``reap``."""
 
 from __future__ import annotations
 
 import sys
 
-USAGE = """usage: gflops-track {run,compare,sync} ...
+USAGE = """usage: gflops-track {run,compare,sync,reap} ...
 
   run [hydra overrides]   profile and track, e.g. gflops-track run -m norm_fn=group,batch,instance
   compare [options]       compare runs, write reports, gate on regressions (gflops-track compare --help)
   sync [folders]          upload runs spooled while the tracking server was unreachable (gflops-track sync --help)
+  reap [--yes]            end runs left RUNNING by a process that is gone, e.g. SIGKILL (gflops-track reap --help)
 """
 
 
@@ -27,6 +28,10 @@ def main() -> None:
         from gflops_track.tracking.sync_cli import main as sync_main
 
         sys.exit(sync_main(rest))
+    elif command == "reap":
+        from gflops_track.tracking.reap import main as reap_main
+
+        sys.exit(reap_main(rest))
     else:
         sys.stderr.write(USAGE)
         sys.exit(0 if command in ("-h", "--help") else 2)

@@ -20,8 +20,8 @@ from omegaconf import DictConfig
 from gflops_track import names
 from gflops_track.app import console
 from gflops_track.app.outcomes import FAILED, FINISHED, KILLED, OutcomeLedger, sweep_key
-from gflops_track.compare.cli import log_report
 from gflops_track.compare.render import rich_table
+from gflops_track.compare.report import finish_sweep
 from gflops_track.compare.rows import build_rows
 from gflops_track.tracking.recorder import TRACKING_ERRORS, Recorder, RunTarget
 from gflops_track.tracking.records import RunRecord
@@ -86,24 +86,17 @@ class MlflowSweepCallback(Callback):
             ledger.close_sweep(sweep_key(recorder.state()))
 
     def _report(self, client: MlflowClient, parent_run_id: str, uri: str) -> bool:
-        """Print and log the comparison of the sweep's jobs; True when one of them failed or was killed. A job still
-        RUNNING in the store was spooled (the store failed during it) or runs elsewhere: spooled is not failed."""
+        """Print the comparison of the sweep's jobs and end the sweep's run the way ``gflops-track sync`` would
+        (report, metrics, description); True when a job failed or was killed. A job still RUNNING in the store was
+        spooled (the store failed during it): spooled is not failed."""
         runs = child_runs(client, parent_run_id)
-        failed = [run for run in runs if run.info.status in (FAILED, KILLED)]
+        console.console.print(rich_table(build_rows(runs), f"sweep {parent_run_id}: {len(runs)} job(s)"))
         spooled = [run for run in runs if run.info.status == "RUNNING"]
         if spooled:
             console.print_warning(
                 f"{len(spooled)} job(s) of this sweep are not complete in the store (spooled while it was out of "
                 "reach): upload them with gflops-track sync"
             )
-        rows = build_rows(runs)
-        title = f"sweep {parent_run_id}: {len(runs)} job(s)"
-        console.console.print(rich_table(rows, title))
-        try:
-            log_report(client, parent_run_id, rows, title, redact_uri(uri))
-            console.console.print(f"comparison report.html logged to the sweep's run {parent_run_id}")
-        except Exception as error:  # the report is a view of runs already safe in the store
-            console.print_warning(f"sweep report not written: {type(error).__name__}: {error}")
-        client.log_metric(parent_run_id, names.JOBS, len(runs))
-        client.log_metric(parent_run_id, names.FAILED_JOBS, len(failed))
-        return bool(failed)
+        status = finish_sweep(client, parent_run_id, redact_uri(uri), terminate=False)
+        console.console.print(f"comparison report.html logged to the sweep's run {parent_run_id}")
+        return status == FAILED

@@ -7,6 +7,7 @@ on); whatever was measured before the failure is already logged.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -133,7 +134,8 @@ def run_job(
             tags = {names.MODEL_TARGET_TAG: config.model["_target_"], names.DEVICE_TAG: str(device)}
             params = {**params, "tracking.uri": redact_uri(recorder.target.uri)}
             recorder.open(start_record(params, config_yaml, tags, facts))
-        result = profile_job(config, device, run_name, facts, settings, recorder)
+        with recorder.heartbeat() if recorder is not None else contextlib.nullcontext():
+            result = profile_job(config, device, run_name, facts, settings, recorder)
     except (Exception, SystemExit) as error:
         message = f"{type(error).__name__}: {error}"
         if recorder is not None:

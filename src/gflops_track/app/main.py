@@ -19,10 +19,11 @@ from gflops_track.app.job import run_job
 from gflops_track.app.outcomes import FAILED, INVALID_CONFIG, JobOutcome, OutcomeLedger
 from gflops_track.app.preflight import preflight
 from gflops_track.app.schema import ConfigError, register_schema, to_app_config
+from gflops_track.redact import install_console_masking
 from gflops_track.tracking.records import flatten_params
+from gflops_track.tracking.store import cap_http_retries
 
 EXIT_CONFIG_ERROR = 2
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 SIGNAL_EXITS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}  # 128 + signal number, as shells say
 NOT_LOGGED = ("norm_fn",)  # top-level keys logged through the model (model.norm_fn) when they apply to it
 
@@ -77,8 +78,8 @@ def hydra_app(cfg: DictConfig) -> JobOutcome:
 def main() -> None:
     """``python -m gflops_track [overrides]``; exits 2 on a config error (no run created), 1 if any job failed,
     128 + the signal's number when interrupted (SIGINT 130, SIGTERM 143, SIGHUP 129)."""
-    for name, value in HTTP_DEFAULTS.items():  # a dead server must not stall every call for minutes of retries
-        os.environ.setdefault(name, value)
+    install_console_masking()  # belt and braces: no console line shows a credential, whoever prints it
+    cap_http_retries()  # a dead server must not stall every call for minutes of retries
     argv, moved, refused = credentials_to_environment(sys.argv[1:], os.environ)
     sys.argv[1:] = argv  # from here on no URI holds a password: not Hydra's files, not a run, not a console line
     checked = preflight(argv, CONFIG_DIR)

@@ -1,48 +1,37 @@
 """``gflops-track compare`` / ``python -m gflops_track.compare``: tables, plots, HTML report, regression gate.
 
-Exit codes: 0 fine; 1 the regression gate found a regression; 2 bad arguments or nothing to compare.
+Exit codes: 0 fine; 1 the regression gate found a regression (and nothing else: a CI job reads 1 as "slower");
+2 bad arguments, an unknown run or sweep id, a bad ``--filter``, an output directory that does not exist, a store that
+does not exist or does not answer, or nothing to compare — always one line on stderr. Reading never creates a store.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from rich.console import Console
+from rich.markup import escape
 
-from gflops_track.compare.charts import comparison_charts
 from gflops_track.compare.gate import judge, pair_rows, parse_threshold
-from gflops_track.compare.render import csv_table, html_report, markdown_table, rich_table
-from gflops_track.compare.rows import Row, build_rows, expand, latency_samples, select_runs
-from gflops_track.tracking.store import connect, redact_uri, resolve_tracking_uri
+from gflops_track.compare.render import csv_table, markdown_table, rich_table
+from gflops_track.compare.report import log_report, write_report
+from gflops_track.compare.rows import build_rows, expand, latency_samples, select_runs
+from gflops_track.tracking.store import (
+    StoreError,
+    cap_http_retries,
+    first_line,
+    open_store,
+    redact_uri,
+    resolve_tracking_uri,
+)
 
 EXIT_REGRESSION = 1
 EXIT_USAGE = 2
-REPORT_ARTIFACT = "report.html"
-
-
-def write_report(rows: Sequence[Row], path: Path, title: str, source: str, charts_dir: Path | None = None) -> Path:
-    """The HTML report with every chart the rows support, embedded (charts kept in ``charts_dir`` when given)."""
-    with tempfile.TemporaryDirectory() as scratch:
-        charts = comparison_charts(rows, charts_dir or Path(scratch))
-        path.write_text(html_report(rows, charts, title, source), encoding="utf-8")
-    return path
-
-
-def log_report(client: MlflowClient, run_id: str, rows: Sequence[Row], title: str, source: str) -> None:
-    """Attach report.html, its charts (report/*.png) and comparison.csv to a run (the sweep's parent), so the
-    comparison opens from the MLflow UI."""
-    client.log_text(run_id, csv_table(rows), "comparison.csv")
-    with tempfile.TemporaryDirectory() as folder:
-        charts = Path(folder) / "charts"
-        charts.mkdir()
-        report = write_report(rows, Path(folder) / REPORT_ARTIFACT, title, source, charts)
-        client.log_artifact(run_id, str(report))
-        client.log_artifacts(run_id, str(charts), "report")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -90,35 +79,57 @@ def run_gate(client: MlflowClient, baseline: str, candidate: str, threshold_text
     return EXIT_REGRESSION if regressions else 0
 
 
+class UsageError(Exception):
+    """A bad argument found before anything is read: one line, exit 2."""
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """``--output`` / ``--html`` must go into an existing directory: say so before reading any run."""
+    for flag in ("output", "html"):
+        path: Path | None = getattr(args, flag)
+        if path is not None and not path.parent.is_dir():
+            raise UsageError(f"--{flag}={str(path)!r}: directory {str(path.parent)!r} does not exist")
+
+
+def describe_error(error: Exception) -> str:
+    """One line for an MLflow or file error: what MLflow said about an unknown run id or a bad filter."""
+    if isinstance(error, MlflowException):
+        return first_line(Exception(error.message))
+    return first_line(error)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    cap_http_retries()  # a dead server must not stall compare for minutes of retries
     console = Console(width=200) if args.format != "rich" or args.output else Console()
+    errors = Console(stderr=True, highlight=False, soft_wrap=True)
     uri = resolve_tracking_uri(args.tracking_uri, Path.cwd())
-    client = connect(uri)
     try:
+        check_outputs(args)
+        client = open_store(uri)
         if args.baseline or args.candidate:
             if not (args.baseline and args.candidate):
                 raise ValueError("--baseline and --candidate go together")
             return run_gate(client, args.baseline, args.candidate, args.threshold, console)
         runs = select_runs(client, args.experiment, args.sweep, args.run_id, args.filter)
         if not runs:
-            console.print(f"[red]no runs selected in {redact_uri(uri)}[/red]")
+            errors.print(f"[red]gflops-track compare:[/red] no runs selected in {escape(redact_uri(uri))}")
             return EXIT_USAGE
         rows = build_rows(runs, args.baseline_row)
-    except ValueError as error:
-        Console(stderr=True).print(f"[red]gflops-track compare:[/red] {error}", highlight=False)
+        title = f"gflops-track comparison ({(args.sweep and f'sweep {args.sweep}') or f'{len(rows)} runs'})"
+        text = {"markdown": markdown_table, "csv": csv_table}.get(args.format)
+        if text is None:
+            console.print(rich_table(rows, title))
+        elif args.output:
+            args.output.write_text(text(rows), encoding="utf-8")
+        else:
+            sys.stdout.write(text(rows))
+        if args.html:
+            write_report(rows, args.html, title, redact_uri(uri))
+            console.print(f"HTML report written to {escape(str(args.html))}", highlight=False)
+        if args.log_report and args.sweep:
+            log_report(client, args.sweep, rows, title, redact_uri(uri))
+    except (ValueError, UsageError, StoreError, MlflowException, OSError) as error:
+        errors.print(f"[red]gflops-track compare:[/red] {escape(describe_error(error))}")
         return EXIT_USAGE
-    title = f"gflops-track comparison ({(args.sweep and f'sweep {args.sweep}') or f'{len(rows)} runs'})"
-    text = {"markdown": markdown_table, "csv": csv_table}.get(args.format)
-    if text is None:
-        console.print(rich_table(rows, title))
-    elif args.output:
-        args.output.write_text(text(rows), encoding="utf-8")
-    else:
-        sys.stdout.write(text(rows))
-    if args.html:
-        write_report(rows, args.html, title, redact_uri(uri))
-        console.print(f"HTML report written to {args.html}")
-    if args.log_report and args.sweep:
-        log_report(client, args.sweep, rows, title, redact_uri(uri))
     return 0

@@ -11,7 +11,7 @@ from pathlib import Path
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from gflops_track.tracking.store import ERROR_TAG, PARENT_TAG, child_runs
+from gflops_track.tracking.store import ERROR_TAG, PARENT_TAG, child_runs, search_all_runs
 
 SAMPLES_ARTIFACT = "latency_samples.json"
 
@@ -112,7 +112,7 @@ def select_runs(
         ids = [experiment.experiment_id for experiment in found if experiment is not None]
     else:
         ids = [experiment.experiment_id for experiment in client.search_experiments()]
-    runs = client.search_runs(ids, filter_string=filter_string, max_results=10_000) if ids else []
+    runs = search_all_runs(client, ids, filter_string=filter_string) if ids else []
     parents = {run.data.tags.get(PARENT_TAG) for run in runs}
     return [run for run in runs if run.info.run_id not in parents]
 

@@ -8,6 +8,7 @@ otherwise a new run is created in the experiment.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,8 +21,16 @@ from mlflow.tracking import MlflowClient
 
 from gflops_track import names
 from gflops_track.tracking import spool
+from gflops_track.tracking.reap import Heartbeat, liveness_tags
 from gflops_track.tracking.records import RunRecord, write_to_mlflow
-from gflops_track.tracking.store import PARENT_RUN_ENV, connect, ensure_experiment, launched_by_mlflow, redact_uri
+from gflops_track.tracking.store import (
+    PARENT_RUN_ENV,
+    connect,
+    ensure_experiment,
+    first_line,
+    launched_by_mlflow,
+    redact_uri,
+)
 
 TRACKING_ERRORS: tuple[type[BaseException], ...] = (MlflowException, requests.RequestException, OSError)
 MAX_ERROR_TAG = 5000
@@ -89,13 +98,20 @@ class Recorder:
         target = self.target
         if target.parent:
             experiment_id = client.get_run(target.parent).info.experiment_id
-            tags = {names.PARENT_TAG: target.parent}
+            tags = {names.PARENT_TAG: target.parent, **liveness_tags()}
             return client.create_run(experiment_id, run_name=target.run_name, tags=tags).info.run_id
         if target.reuse:
-            client.set_tag(target.reuse, "mlflow.runName", target.run_name)
+            for key, value in {"mlflow.runName": target.run_name, **liveness_tags()}.items():
+                client.set_tag(target.reuse, key, value)
             return target.reuse
         experiment_id = ensure_experiment(client, target.experiment)
-        return client.create_run(experiment_id, run_name=target.run_name).info.run_id
+        return client.create_run(experiment_id, run_name=target.run_name, tags=liveness_tags()).info.run_id
+
+    def heartbeat(self) -> contextlib.AbstractContextManager[object]:
+        """While in this block, the run's heartbeat tag is refreshed (``gflops-track reap`` judges runs by it)."""
+        if self.client is None or self.run_id is None or self.spooled is not None:
+            return contextlib.nullcontext()
+        return Heartbeat(self.client, self.run_id)
 
     def log(self, record: RunRecord) -> None:
         self.history.append(record)
@@ -132,7 +148,7 @@ class Recorder:
         for record in self.history:
             merged = merged.merge(record)
         directory = spool.write(self.spool_dir, self.spooled, merged)
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}" if error else "the sweep is spooled"
+        reason = f"{type(error).__name__}: {first_line(error)}" if error else "the sweep is spooled"
         self.announce(
             f"tracking store {redact_uri(target.uri)} failed ({reason}); run {target.run_name} is kept in "
             f"{directory} — upload it later with: gflops-track sync {self.spool_dir.parent}"

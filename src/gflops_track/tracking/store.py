@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import mlflow
-import requests
 from filelock import FileLock
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from gflops_track.redact import mask_credentials
+
 DEFAULT_STORE_FILE = "mlflow.db"
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+SEARCH_PAGE = 1000  # runs per search request (MLflow's default page size)
 PARENT_RUN_ENV = "GFLOPS_TRACK_PARENT_RUN_ID"  # set by the sweep callback, read by each job
 ERROR_TAG = "error"
 PARENT_TAG = "mlflow.parentRunId"
@@ -30,12 +34,19 @@ def resolve_tracking_uri(configured: str | None, launch_dir: Path) -> str:
 
 
 def redact_uri(uri: str) -> str:
-    """The URI without any password, fit to be logged or printed."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URI without any password or token, fit to be logged or printed (see ``gflops_track.redact``)."""
+    return mask_credentials(uri)
+
+
+def cap_http_retries() -> None:
+    """Cap MLflow's HTTP retries (default: 7 retries with a growing backoff, minutes against a dead server) unless
+    the user set them: 2 retries, backoff factor 1 s. Call at start-up, before the first MLflow request."""
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+class StoreError(Exception):
+    """A tracking store that cannot be read: one line, fit for the console."""
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -75,14 +86,39 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
         return experiment.experiment_id
 
 
+def search_all_runs(
+    client: MlflowClient,
+    experiment_ids: list[str],
+    filter_string: str = "",
+    order_by: list[str] | None = None,
+    page_size: int | None = None,
+) -> list[Run]:
+    """Every run matching the search, page after page (a single ``search_runs`` call stops at ``max_results``
+    without saying so); ``page_size`` defaults to ``SEARCH_PAGE``."""
+    runs: list[Run] = []
+    token: str | None = None
+    while True:
+        page = client.search_runs(
+            experiment_ids,
+            filter_string=filter_string,
+            order_by=order_by,
+            max_results=page_size or SEARCH_PAGE,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def child_runs(client: MlflowClient, parent_run_id: str) -> list[Run]:
     """The runs nested under ``parent_run_id``, oldest first."""
     parent = client.get_run(parent_run_id)
-    return client.search_runs(
+    return search_all_runs(
+        client,
         [parent.info.experiment_id],
         filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
         order_by=["attributes.start_time ASC"],
-        max_results=10_000,
     )
 
 
@@ -91,29 +127,79 @@ def reachability(uri: str, timeout_s: float = 5.0) -> tuple[list[str], list[str]
     (fix them first), an unreachable server a warning (results go to the local spool)."""
     if urlsplit(uri).scheme not in ("http", "https"):
         return [], []
-    username, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
-    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        response = requests.get(
-            f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
-            params={"max_results": 1},
-            auth=(username, password or "") if username else None,
-            headers=headers,
-            timeout=timeout_s,
-        )
-    except requests.RequestException as error:
+    status, reason = probe_server(uri, timeout_s)
+    if status is None:
         return [], [
-            f"tracking server {redact_uri(uri)} is not reachable ({type(error).__name__}): runs will be kept in a "
+            f"tracking server {redact_uri(uri)} is not reachable ({reason}): runs will be kept in a "
             "local spool in the job's output directory; upload them later with: gflops-track sync"
         ]
-    if response.status_code in (401, 403):
+    if status in (401, 403):
+        username = urlsplit(uri).username or os.environ.get("MLFLOW_TRACKING_USERNAME")
         who = f"user {username!r}" if username else "no credentials"
         return [
-            f"tracking server {redact_uri(uri)} refused {who} (HTTP {response.status_code}): set "
+            f"tracking server {redact_uri(uri)} refused {who} (HTTP {status}): set "
             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to valid credentials"
         ], []
     return [], []
+
+
+def probe_server(uri: str, timeout_s: float = 5.0) -> tuple[int | None, str]:
+    """(HTTP status, "") of one experiment search on the server, or (None, why) when it does not answer. Goes
+    through MLflow's own REST client, so MLFLOW_TRACKING_INSECURE_TLS, MLFLOW_TRACKING_SERVER_CERT_PATH,
+    MLFLOW_TRACKING_CLIENT_CERT_PATH, MLFLOW_TRACKING_AUTH and the credential variables apply as in every later call;
+    no retry: a dead server answers within ``timeout_s``."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    try:
+        response = http_request(
+            get_default_host_creds(uri.rstrip("/")),
+            "/api/2.0/mlflow/experiments/search",
+            "GET",
+            max_retries=0,
+            backoff_factor=0,
+            timeout=timeout_s,
+            raise_on_status=False,
+            params={"max_results": 1},
+        )
+    except Exception as error:  # connection refused, DNS, TLS, timeout: MLflow wraps them in MlflowException
+        cause = error.__cause__ or error.__context__ or error
+        errno = re.search(r"\[Errno -?\d+\][^'\")]*", str(cause))  # "[Errno 111] Connection refused"
+        return None, f"{type(cause).__name__}: {errno.group(0) if errno else first_line(cause, 160)}"
+    return response.status_code, ""
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an error's text, credentials masked: what a console line shows."""
+    line = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    return mask_credentials(line.strip())[:limit]
+
+
+def open_store(uri: str) -> MlflowClient:
+    """A client for *reading* an existing store: never creates a store, a database file or a directory.
+
+    A ``sqlite:///`` or file store must exist; a server must answer (one probe, no retries) and accept the
+    credentials. Raises ``StoreError`` with one line otherwise.
+    """
+    scheme = urlsplit(uri).scheme
+    database = sqlite_path(uri)
+    if database is not None:
+        if not database.is_file():
+            raise StoreError(f"no tracking store at {database} (from {redact_uri(uri)}): nothing to read")
+    elif scheme in ("", "file"):
+        folder = Path(urlsplit(uri).path if scheme == "file" else uri)
+        if not folder.is_dir():
+            raise StoreError(f"no tracking store at {folder} (from {redact_uri(uri)}): nothing to read")
+    elif scheme in ("http", "https"):
+        status, reason = probe_server(uri)
+        if status is None:
+            raise StoreError(f"tracking server {redact_uri(uri)} is not reachable ({reason})")
+        if status in (401, 403):
+            raise StoreError(
+                f"tracking server {redact_uri(uri)} refused the credentials (HTTP {status}): set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+            )
+    return MlflowClient(tracking_uri=uri)
 
 
 def store_problems(uri: str, experiment: str) -> list[str]:
@@ -132,7 +218,7 @@ def store_problems(uri: str, experiment: str) -> list[str]:
         if existing is not None:
             client.set_experiment_tag(experiment_id, "gflops_track.write_check", str(int(time.time())))
     except Exception as error:
-        first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        first = first_line(error)
         return [
             f"tracking.uri={redact_uri(uri)!r} cannot be used: {first[:300]} (a store URI looks like "
             "sqlite:///path/to/mlflow.db, postgresql://user@host/db or http://host:5000, and must be writable)"

@@ -1,0 +1,78 @@
+"""The comparison report: report.html with its charts and comparison.csv, written to a file or attached to a run;
+and the ending of a sweep's run (report, metrics, description, status), shared by the sweep and
+``gflops-track sync``."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from gflops_track import names
+from gflops_track.compare.charts import comparison_charts
+from gflops_track.compare.render import csv_table, html_report
+from gflops_track.compare.rows import Row, build_rows
+from gflops_track.tracking.recorder import TRACKING_ERRORS
+from gflops_track.tracking.store import child_runs, first_line
+
+NOTE_TAG = "mlflow.note.content"  # what the MLflow UI shows on a run's Overview
+REPORT_ERROR_TAG = "report_error"
+
+
+def write_report(rows: Sequence[Row], path: Path, title: str, source: str, charts_dir: Path | None = None) -> Path:
+    """The HTML report with every chart the rows support, embedded (charts kept in ``charts_dir`` when given)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        charts = comparison_charts(rows, charts_dir or Path(scratch))
+        path.write_text(html_report(rows, charts, title, source), encoding="utf-8")
+    return path
+
+
+def log_report(client: MlflowClient, run_id: str, rows: Sequence[Row], title: str, source: str) -> None:
+    """Attach report.html, its charts (report/*.png) and comparison.csv to a run (the sweep's parent), so the
+    comparison opens from the MLflow UI."""
+    client.log_text(run_id, csv_table(rows), names.COMPARISON_ARTIFACT)
+    with tempfile.TemporaryDirectory() as folder:
+        charts = Path(folder) / "charts"
+        charts.mkdir()
+        report = write_report(rows, Path(folder) / names.REPORT_ARTIFACT, title, source, charts)
+        client.log_artifact(run_id, str(report))
+        client.log_artifacts(run_id, str(charts), names.REPORT_CHARTS_FOLDER)
+
+
+def finish_sweep(
+    client: MlflowClient, parent_run_id: str, source: str, status: str | None = None, terminate: bool = True
+) -> str:
+    """End a sweep's parent run the way the sweep does: the comparison report (report.html, charts, CSV), the
+    ``jobs``/``failed_jobs`` metrics, a description (``mlflow.note.content``, the run's Overview in the UI), and a
+    status derived from the children: FAILED when a child failed or was killed, else FINISHED (a child still RUNNING
+    was spooled, which is not failure); ``status`` overrides it, e.g. KILLED for an interrupted sweep.
+    ``terminate=False`` leaves the status to the run's owner (``mlflow run``, or the sweep's recorder). Returns the
+    status."""
+    runs = child_runs(client, parent_run_id)
+    failed = [run for run in runs if run.info.status in ("FAILED", "KILLED")]
+    pending = [run for run in runs if run.info.status == "RUNNING"]  # spooled (or still running): not failed
+    derived = status or ("FAILED" if failed else "FINISHED")
+    title = f"sweep {parent_run_id}: {len(runs)} job(s)"
+    if runs:
+        try:
+            log_report(client, parent_run_id, build_rows(runs), title, source)
+        except TRACKING_ERRORS:
+            raise
+        except Exception as error:  # the report is a view of runs already safe in the store
+            client.set_tag(parent_run_id, REPORT_ERROR_TAG, first_line(error))
+    client.log_metric(parent_run_id, names.JOBS, len(runs))
+    client.log_metric(parent_run_id, names.FAILED_JOBS, len(failed))
+    listed = ", ".join(run.info.run_name or run.info.run_id for run in failed)
+    client.set_tag(
+        parent_run_id,
+        NOTE_TAG,
+        f"Sweep of {len(runs)} job(s): {len(runs) - len(failed) - len(pending)} FINISHED"
+        + (f", {len(failed)} failed or killed ({listed})" if failed else "")
+        + (f", {len(pending)} not complete in the store yet (gflops-track sync uploads them)" if pending else "")
+        + ". The comparison is in report.html (charts under report/, numbers in comparison.csv).",
+    )
+    if terminate:
+        client.set_terminated(parent_run_id, derived)
+    return derived

@@ -1,0 +1,243 @@
+"""``gflops-track reap``: end the runs left RUNNING by a process that is gone (SIGKILL, power loss, a dead node).
+
+Nothing can react to SIGKILL, so every run carries where it runs (``liveness_tags``, added when the run starts) and
+refreshes a heartbeat while it works (``heartbeat`` / ``Heartbeat``). A RUNNING run is judged dead when:
+
+- it was started on this host (same host name and PID namespace) and its process is gone: the PID is not alive,
+  is a zombie, or belongs to a newer process (its start time differs from the one recorded: the PID was reused);
+- otherwise (another host, a container, no PID), its last sign of life, the heartbeat or else the run's start, is
+  older than ``--stale-after`` (default 10 min; the heartbeat is refreshed every minute).
+
+Runs without ``gflops_track.host`` (other tools', or older runs) are never touched. A dead run is marked KILLED with
+the reason in the tags ``gflops_track.reaped`` and ``error``. Dry run by default: it lists what it would end;
+``--yes`` ends them. Exit 0 (also when there is nothing to reap); 2 when the store cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+HOST_TAG = "gflops_track.host"
+PID_TAG = "gflops_track.pid"
+PID_START_TAG = "gflops_track.pid_start"  # the process's start time (s since the epoch): a reused PID is not it
+PID_NAMESPACE_TAG = "gflops_track.pid_namespace"  # containers on one host name see different PIDs
+HEARTBEAT_TAG = "gflops_track.heartbeat"  # s since the epoch, refreshed while the run works
+REAPED_TAG = "gflops_track.reaped"
+DEFAULT_STALE_AFTER_S = 600.0
+HEARTBEAT_EVERY_S = 60.0
+START_TIME_TOLERANCE_S = 1.0
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:  # not Linux, or /proc hidden
+        return ""
+
+
+def liveness_tags() -> dict[str, str]:
+    """Where this process runs, for ``reap`` to judge later whether it is gone: add these tags when a run starts."""
+    tags = {
+        HOST_TAG: socket.gethostname(),
+        PID_TAG: str(os.getpid()),
+        PID_START_TAG: f"{psutil.Process().create_time():.3f}",
+        HEARTBEAT_TAG: f"{time.time():.0f}",
+    }
+    namespace = _pid_namespace()
+    if namespace:
+        tags[PID_NAMESPACE_TAG] = namespace
+    return tags
+
+
+def heartbeat(client: MlflowClient, run_id: str, now: float | None = None) -> None:
+    """Refresh the run's heartbeat (a tag: one value, no history to grow)."""
+    client.set_tag(run_id, HEARTBEAT_TAG, f"{time.time() if now is None else now:.0f}")
+
+
+class Heartbeat:
+    """Refreshes a run's heartbeat every ``every_s`` seconds from a daemon thread while the run works; a failing
+    store is ignored here (the run's own writes notice it and spool). Use as a context manager."""
+
+    def __init__(self, client: MlflowClient, run_id: str, every_s: float = HEARTBEAT_EVERY_S) -> None:
+        self.client, self.run_id, self.every_s = client, run_id, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="gflops-track-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every_s):
+            with contextlib.suppress(Exception):
+                heartbeat(self.client, self.run_id)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def process_alive(pid: int, started: float | None) -> bool:
+    """Whether process ``pid`` runs and is the one that started at ``started`` (when known)."""
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return started is None or abs(process.create_time() - started) <= START_TIME_TOLERANCE_S
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True  # it exists; we may not look closer: never reap what we cannot judge
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
+
+
+def judge(
+    run: Run,
+    now: float,
+    stale_after_s: float = DEFAULT_STALE_AFTER_S,
+    here: dict[str, str] | None = None,
+    alive: Callable[[int, float | None], bool] = process_alive,
+) -> str | None:
+    """Why a RUNNING run's process is gone, or None when it may still be working (or is not ours to judge)."""
+    tags = run.data.tags
+    host = tags.get(HOST_TAG)
+    if run.info.status != "RUNNING" or not host:
+        return None
+    here = here if here is not None else liveness_tags()
+    same_host = host == here[HOST_TAG] and tags.get(PID_NAMESPACE_TAG, "") == here.get(PID_NAMESPACE_TAG, "")
+    pid = tags.get(PID_TAG, "")
+    if same_host and pid.isdigit():
+        if alive(int(pid), _number(tags.get(PID_START_TAG))):
+            return None
+        return f"process {pid} on {host} is gone (checked by gflops-track reap)"
+    last = _number(tags.get(HEARTBEAT_TAG)) or run.info.start_time / 1000
+    silent = now - last
+    if silent <= stale_after_s:
+        return None
+    return (
+        f"no heartbeat from {host} for {silent / 60:.0f} min (stale after {stale_after_s / 60:g} min; "
+        "checked by gflops-track reap)"
+    )
+
+
+@dataclass(frozen=True)
+class Dead:
+    run_id: str
+    run_name: str
+    experiment_id: str
+    reason: str
+
+
+def find_dead(
+    client: MlflowClient, experiment_ids: Sequence[str], now: float, stale_after_s: float = DEFAULT_STALE_AFTER_S
+) -> list[Dead]:
+    """Every RUNNING run in the experiments whose process is gone, with the reason."""
+    from gflops_track.tracking.store import search_all_runs
+
+    if not experiment_ids:
+        return []
+    here = liveness_tags()
+    running = search_all_runs(client, list(experiment_ids), filter_string="attributes.status = 'RUNNING'")
+    found = []
+    for run in running:
+        reason = judge(run, now, stale_after_s, here)
+        if reason:
+            found.append(Dead(run.info.run_id, run.info.run_name or "", run.info.experiment_id, reason))
+    return found
+
+
+def reap(client: MlflowClient, dead: Sequence[Dead]) -> None:
+    """Mark each run KILLED, the reason in ``gflops_track.reaped`` and (if the run has none yet) ``error``."""
+    from gflops_track.tracking.store import ERROR_TAG
+
+    for run in dead:
+        client.set_tag(run.run_id, REAPED_TAG, run.reason)
+        if ERROR_TAG not in client.get_run(run.run_id).data.tags:
+            client.set_tag(run.run_id, ERROR_TAG, run.reason)
+        client.set_terminated(run.run_id, "KILLED")
+
+
+def parse_duration(text: str) -> float:
+    """'600', '600s', '10m', '1.5h' -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"--stale-after={text!r} is not allowed: a duration like 600s, 10m or 1h")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+
+    from gflops_track.tracking.store import (
+        StoreError,
+        cap_http_retries,
+        first_line,
+        open_store,
+        redact_uri,
+        resolve_tracking_uri,
+    )
+
+    cli = argparse.ArgumentParser(
+        prog="gflops-track reap", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    cli.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db")
+    cli.add_argument("--experiment", action="append", default=[], help="experiment name (repeatable; default: all)")
+    cli.add_argument(
+        "--stale-after", type=parse_duration, default=DEFAULT_STALE_AFTER_S, help="heartbeat age, e.g. 10m (default)"
+    )
+    cli.add_argument("--yes", action="store_true", help="mark the runs KILLED (default: only list them)")
+    args = cli.parse_args(argv)
+    cap_http_retries()
+    console = Console(soft_wrap=True, highlight=False)
+    errors = Console(stderr=True, soft_wrap=True, highlight=False)
+    uri = resolve_tracking_uri(args.tracking_uri, Path.cwd())
+    try:
+        client = open_store(uri)
+        if args.experiment:
+            found = [client.get_experiment_by_name(name) for name in args.experiment]
+            missing = [name for name, experiment in zip(args.experiment, found, strict=True) if experiment is None]
+            if missing:
+                raise StoreError(f"--experiment={missing[0]!r} does not exist in {redact_uri(uri)}")
+            ids = [experiment.experiment_id for experiment in found if experiment is not None]
+        else:
+            ids = [experiment.experiment_id for experiment in client.search_experiments()]
+        dead = find_dead(client, ids, time.time(), args.stale_after)
+        for run in dead:
+            verb = "KILLED" if args.yes else "would mark KILLED"
+            console.print(f"{verb}: run {run.run_id} ({escape(run.run_name)}): {escape(run.reason)}")
+        if args.yes:
+            reap(client, dead)
+    except (StoreError, MlflowException, OSError) as error:
+        errors.print(f"[red]gflops-track reap:[/red] {escape(first_line(error))}")
+        return 2
+    if not dead:
+        console.print(f"no run left RUNNING by a process that is gone in {redact_uri(uri)}")
+    elif not args.yes:
+        console.print(f"{len(dead)} run(s) to reap: run again with --yes to mark them KILLED")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

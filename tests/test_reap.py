@@ -1,0 +1,123 @@
+"""`gflops-track reap`: runs left RUNNING by a process that is gone are marked KILLED with the reason; live ones,
+fresh heartbeats and other tools' runs are left alone. A real SQLite store, real processes, the real command."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import cli_env
+from gflops_track.tracking.reap import (
+    HEARTBEAT_TAG,
+    HOST_TAG,
+    PID_START_TAG,
+    REAPED_TAG,
+    Heartbeat,
+    judge,
+    liveness_tags,
+    parse_duration,
+)
+
+
+def finished_process() -> tuple[int, float]:
+    """The PID and start time of a process that has exited."""
+    process = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    started = psutil.Process(process.pid).create_time()
+    process.communicate(b"")
+    return process.pid, started
+
+
+def reap_command(cwd: Path, uri: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gflops_track.cli", "reap", "--tracking-uri", uri, *args],
+        cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_reap_marks_only_runs_whose_process_is_gone(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("gflops-track")
+    here = liveness_tags()
+    gone_pid, gone_start = finished_process()
+    now = time.time()
+    runs = {
+        "dead-pid": {**here, "gflops_track.pid": str(gone_pid), PID_START_TAG: f"{gone_start:.3f}"},
+        "live-pid": here,  # this test's own process
+        "reused-pid": {**here, PID_START_TAG: f"{float(here[PID_START_TAG]) - 3600:.3f}"},  # same PID, newer process
+        "other-host-fresh": {HOST_TAG: "node-b", "gflops_track.pid": "1", HEARTBEAT_TAG: f"{now - 30:.0f}"},
+        "other-host-stale": {HOST_TAG: "node-b", "gflops_track.pid": "1", HEARTBEAT_TAG: f"{now - 3600:.0f}"},
+        "not-ours": {},  # another tool's run: no liveness tags
+    }
+    ids = {name: client.create_run(experiment, run_name=name, tags=tags).info.run_id for name, tags in runs.items()}
+    finished = client.create_run(experiment, run_name="finished", tags={**here, "gflops_track.pid": str(gone_pid)})
+    client.set_terminated(finished.info.run_id, "FINISHED")
+
+    dry = reap_command(tmp_path, uri)  # the default lists, and changes nothing
+    assert dry.returncode == 0, dry.stderr
+    assert "3 run(s) to reap: run again with --yes" in dry.stdout
+    assert all(client.get_run(run_id).info.status == "RUNNING" for run_id in ids.values())
+
+    done = reap_command(tmp_path, uri, "--yes", "--stale-after", "10m")
+    assert done.returncode == 0, done.stderr
+    status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
+    assert status == {
+        "dead-pid": "KILLED", "live-pid": "RUNNING", "reused-pid": "KILLED",
+        "other-host-fresh": "RUNNING", "other-host-stale": "KILLED", "not-ours": "RUNNING",
+    }  # fmt: skip
+    assert client.get_run(finished.info.run_id).info.status == "FINISHED"
+    dead = client.get_run(ids["dead-pid"]).data.tags
+    assert f"process {gone_pid} on {here[HOST_TAG]} is gone" in dead[REAPED_TAG] and dead["error"] == dead[REAPED_TAG]
+    stale = client.get_run(ids["other-host-stale"]).data.tags[REAPED_TAG]
+    assert re.search(r"no heartbeat from node-b for 6\d min \(stale after 10 min", stale), stale  # 60 min + run time
+    again = reap_command(tmp_path, uri, "--yes")
+    assert "no run left RUNNING by a process that is gone" in again.stdout
+
+
+def test_staleness_rule_with_an_injected_clock(store_uri: str) -> None:
+    client = MlflowClient(store_uri)
+    experiment = client.create_experiment("e")
+    run_id = client.create_run(experiment, tags={HOST_TAG: "node-b", HEARTBEAT_TAG: "1000"}).info.run_id
+    run = client.get_run(run_id)
+    assert judge(run, now=1000 + 600, stale_after_s=600) is None  # exactly at the limit: still alive
+    assert judge(run, now=1000 + 601, stale_after_s=600) is not None
+    no_beat = client.get_run(client.create_run(experiment, tags={HOST_TAG: "node-b"}).info.run_id)
+    start = no_beat.info.start_time / 1000  # no heartbeat yet: the run's start counts
+    assert judge(no_beat, now=start + 599, stale_after_s=600) is None
+    assert judge(no_beat, now=start + 700, stale_after_s=600) is not None
+
+
+def test_heartbeat_thread_refreshes_the_tag(store_uri: str) -> None:
+    client = MlflowClient(store_uri)
+    run_id = client.create_run(client.create_experiment("e"), tags={HEARTBEAT_TAG: "0"}).info.run_id
+    with Heartbeat(client, run_id, every_s=0.05):
+        deadline = time.monotonic() + 60
+        while client.get_run(run_id).data.tags[HEARTBEAT_TAG] == "0" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert float(client.get_run(run_id).data.tags[HEARTBEAT_TAG]) >= time.time() - 120
+
+
+def test_liveness_tags_describe_this_process() -> None:
+    tags = liveness_tags()
+    assert tags["gflops_track.pid"] == str(os.getpid())
+    assert abs(float(tags[PID_START_TAG]) - psutil.Process().create_time()) < 1
+
+
+def test_stale_after_parsing() -> None:
+    assert parse_duration("10m") == 600 and parse_duration("90") == 90 and parse_duration("1.5h") == 5400
+    with pytest.raises(Exception, match="--stale-after='soon' is not allowed"):
+        parse_duration("soon")
+
+
+def test_reap_never_creates_a_store(tmp_path: Path) -> None:
+    done = reap_command(tmp_path, f"sqlite:///{tmp_path / 'typo' / 'x.db'}")
+    assert done.returncode == 2 and "no tracking store at" in done.stderr and "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,63 @@
+"""tracking/store.py: paging through searches, opening a store only to read it, the reachability probe through
+MLflow's own REST client. Real SQLite stores in temp dirs; a real port with nothing listening."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from gflops_track.tracking import store
+from gflops_track.tracking.store import (
+    PARENT_TAG,
+    StoreError,
+    child_runs,
+    open_store,
+    reachability,
+    search_all_runs,
+)
+
+
+def test_search_all_runs_pages_past_one_page(store_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = MlflowClient(store_uri)
+    experiment = client.create_experiment("paging")
+    parent = client.create_run(experiment, run_name="sweep").info.run_id
+    for index in range(23):
+        client.create_run(experiment, run_name=f"job-{index:02d}", tags={PARENT_TAG: parent})
+    found = search_all_runs(client, [experiment], order_by=["attributes.run_name ASC"], page_size=5)
+    assert len(found) == 24 and len({run.info.run_id for run in found}) == 24  # 5 pages, no run twice
+    assert [run.info.run_name for run in found][:3] == ["job-00", "job-01", "job-02"]
+    filtered = search_all_runs(client, [experiment], filter_string="attributes.run_name LIKE 'job-1%'", page_size=3)
+    assert sorted(run.info.run_name for run in filtered) == [f"job-{index}" for index in range(10, 20)]
+    monkeypatch.setattr(store, "SEARCH_PAGE", 4)  # a sweep bigger than a page: every child, in start order
+    children = child_runs(client, parent)
+    assert [run.info.run_name for run in children] == [f"job-{index:02d}" for index in range(23)]
+
+
+def test_open_store_reads_and_never_creates(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match=r"no tracking store at .*missing\.db"):
+        open_store(f"sqlite:///{tmp_path / 'missing.db'}")
+    with pytest.raises(StoreError, match="no tracking store at"):
+        open_store(f"sqlite:///{tmp_path / 'typo' / 'x.db'}")
+    with pytest.raises(StoreError, match="no tracking store at"):
+        open_store(str(tmp_path / "mlruns"))
+    assert list(tmp_path.iterdir()) == []
+    existing = f"sqlite:///{tmp_path / 'there.db'}"
+    MlflowClient(existing).create_experiment("e")
+    assert open_store(existing).get_experiment_by_name("e") is not None
+
+
+def test_probe_of_a_dead_server_is_a_warning_with_the_password_masked() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uri = f"http://alice:Zq-pw@127.0.0.1:{port}"
+    errors, warnings = reachability(uri, timeout_s=5)
+    assert errors == [] and len(warnings) == 1
+    assert "http://alice:***@127.0.0.1" in warnings[0] and "Connection refused" in warnings[0]
+    assert "Zq-pw" not in warnings[0]
+    with pytest.raises(StoreError, match="is not reachable") as raised:
+        open_store(uri)
+    assert "Zq-pw" not in str(raised.value)

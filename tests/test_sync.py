@@ -1,0 +1,263 @@
+"""`gflops-track sync` under faults: concurrent syncs, an unreadable spool file, a second store, a store that lost the
+sweep's run, a transient outage, a planted symbolic link, no arguments. Real spools written with the spool API the
+recorder uses, real SQLite stores in temp dirs, real `gflops-track sync` subprocesses where processes matter."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import cli_env
+from gflops_track.tracking import spool, sync_cli
+from gflops_track.tracking.records import RunRecord
+from gflops_track.tracking.spool import RECREATED_TAG, SPOOL_FOLDER, SPOOL_TAG, SpooledRun
+from gflops_track.tracking.store import PARENT_TAG
+
+EXPERIMENT = "gflops-track"
+
+
+def job_record(index: int) -> RunRecord:
+    """What a job logs: params, metrics, a text artifact and a nested one."""
+    return RunRecord(
+        params={"batch.size": str(index + 1)},
+        metrics={"macs": 1000.0 * (index + 1), "latency_median_ms": 2.0 + index},
+        tags={"hardware": "cpu-test"},
+        files={"summary.txt": f"job {index}\n".encode(), "nested/layers.csv": b"layer,macs\nconv,1000\n"},
+    )
+
+
+def spooled_sweep(folder: Path, jobs: int, statuses: list[str] | None = None, parent_status: str = "FINISHED") -> str:
+    """A sweep spooled from its start (the store was unreachable): its own run and ``jobs`` children."""
+    parent = SpooledRun.new(EXPERIMENT, "sweep norm_fn=a,b")
+    spool.write(folder, parent, RunRecord(tags={"sweep_overrides": "norm_fn=a,b"}))
+    for index in range(jobs):
+        child = SpooledRun.new(EXPERIMENT, f"job-{index}", parent=spool.SPOOL_PARENT_PREFIX + parent.spool_id)
+        spool.write(folder, child, job_record(index))
+        child.status = (statuses or ["FINISHED"] * jobs)[index]
+        spool.write(folder, child, RunRecord())
+    parent.status = parent_status
+    spool.write(folder, parent, RunRecord())
+    return parent.spool_id
+
+
+def runs_of(uri: str) -> list:
+    client = MlflowClient(uri)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+
+
+def sync_process(cwd: Path, *args: str, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gflops_track.cli", "sync", *args],
+        cwd=cwd, env=cli_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def test_three_concurrent_syncs_upload_each_run_once(tmp_path: Path) -> None:
+    folder = tmp_path / "multirun" / "2026-01-01" / SPOOL_FOLDER
+    spooled_sweep(folder, 7)  # 8 spooled runs: the sweep and 7 jobs
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    processes = [sync_process(tmp_path, "--tracking-uri", uri, "multirun") for _ in range(3)]
+    outputs = [process.communicate(timeout=600) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0, 0], outputs
+    runs = runs_of(uri)
+    assert len(runs) == 8, sorted(r.info.run_name for r in runs)  # not 19: one run per spool id
+    assert len({r.data.tags[SPOOL_TAG] for r in runs}) == 8
+    (parent,) = [r for r in runs if PARENT_TAG not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
+    assert len(children) == 7 and all(c.info.status == "FINISHED" for c in children)
+    assert sorted(c.data.metrics["macs"] for c in children) == [1000.0 * (i + 1) for i in range(7)]
+    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs"] == 7
+    uploaded = [int(re.search(r"(\d+) run\(s\) uploaded", out).group(1)) for out, _ in outputs]  # type: ignore[union-attr]
+    assert sum(uploaded) == 8, outputs  # each run uploaded by exactly one of the three
+
+
+def test_unreadable_run_json_is_named_skipped_and_the_rest_uploaded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "outputs" / "job" / SPOOL_FOLDER
+    runs = [SpooledRun.new(EXPERIMENT, f"run-{index}") for index in range(3)]
+    for index, run in enumerate(runs):
+        run.status = "FINISHED"
+        spool.write(folder, run, job_record(index))
+    truncated = folder / runs[1].spool_id / "run.json"
+    truncated.write_text(truncated.read_text()[:40])  # cut mid-write (a full disk, a crash)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    code = sync_cli.main(["--tracking-uri", uri, str(tmp_path / "outputs")])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert str(truncated) in err and "JSONDecodeError" in err
+    assert "2 run(s) uploaded" in out
+    assert sorted(r.info.run_name for r in runs_of(uri)) == ["run-0", "run-2"]
+
+
+def test_a_second_store_gets_the_runs_and_a_store_that_lost_them_gets_them_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "multirun" / SPOOL_FOLDER
+    spooled_sweep(folder, 2)
+    store_a, store_b = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    assert sync_cli.main(["--tracking-uri", store_a, str(tmp_path / "multirun")]) == 0
+    assert sync_cli.main(["--tracking-uri", store_a, str(tmp_path / "multirun")]) == 0
+    assert "0 run(s) uploaded, 3 already in" in capsys.readouterr().out.splitlines()[-1]
+    assert sync_cli.main(["--tracking-uri", store_b, str(tmp_path / "multirun")]) == 0
+    assert "3 run(s) uploaded, 0 already" in capsys.readouterr().out
+    assert len(runs_of(store_a)) == 3 and len(runs_of(store_b)) == 3
+    markers = [json.loads(path.read_text()) for path in folder.rglob("synced.json")]
+    assert all(set(marker["targets"]) == {store_a, store_b} for marker in markers)
+    (tmp_path / "a.db").unlink()  # store A lost everything: the marker must not claim the runs are there
+    process = sync_process(tmp_path, "--tracking-uri", store_a, "multirun")  # a new process: no cached engine
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0 and "3 run(s) uploaded" in out, out + err
+    assert len(runs_of(f"sqlite:///{tmp_path}/./a.db")) == 3  # MLflow caches engines per URI: read afresh
+
+
+def test_store_deleted_mid_sweep_recreates_the_parent_and_nests_the_children(tmp_path: Path) -> None:
+    """The sweep's run and job 1 were in mlflow.db; the file was deleted; jobs 2 and 3 spooled with the lost parent
+    id (job 3 had opened its run before the loss) and the sweep spooled its ending for the lost id, as the app
+    does."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(f"sqlite:///{tmp_path}/./mlflow.db")  # MLflow keeps its engine per URI: read afresh later
+    experiment_id = client.create_experiment(EXPERIMENT)
+    lost_parent = client.create_run(experiment_id, run_name="sweep norm_fn=a,b,c").info.run_id
+    lost_child = client.create_run(experiment_id, run_name="job-2", tags={PARENT_TAG: lost_parent}).info.run_id
+    (tmp_path / "mlflow.db").unlink()
+    folder = tmp_path / "multirun" / SPOOL_FOLDER
+    for index, run_id in ((1, ""), (2, lost_child)):
+        child = SpooledRun.new(EXPERIMENT, f"job-{index}", parent=lost_parent, run_id=run_id)
+        child.status = "FINISHED"
+        spool.write(folder, child, job_record(index))
+    ending = SpooledRun.new(EXPERIMENT, "sweep", run_id=lost_parent)
+    ending.status = "FINISHED"
+    spool.write(folder, ending, RunRecord())
+    process = sync_process(tmp_path, "--tracking-uri", uri, "multirun")  # a new process, as a user runs it
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, out + err
+    assert f"recreated: run {lost_parent} is not in the store any more" in out
+    runs = runs_of(uri)
+    parents = [r for r in runs if PARENT_TAG not in r.data.tags]
+    (parent,) = parents  # one parent, no second empty "sweep"
+    assert parent.data.tags[RECREATED_TAG] == lost_parent
+    children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
+    assert sorted(r.info.run_name for r in children) == ["job-1", "job-2"] and len(runs) == 3
+    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs"] == 2
+    artifacts = {a.path for a in MlflowClient(uri).list_artifacts(parent.info.run_id)}
+    assert {"report.html", "comparison.csv"} <= artifacts
+    assert "Sweep of 2 job(s): 2 FINISHED" in parent.data.tags["mlflow.note.content"]
+
+
+def test_children_of_an_unreadable_spooled_parent_still_get_one_parent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "multirun" / SPOOL_FOLDER
+    parent_id = spooled_sweep(folder, 2)
+    (folder / parent_id / "run.json").write_text("{")
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    assert sync_cli.main(["--tracking-uri", uri, str(tmp_path / "multirun")]) == 1
+    assert f"{folder / parent_id / 'run.json'}: JSONDecodeError" in capsys.readouterr().err
+    runs = runs_of(uri)
+    (parent,) = [r for r in runs if PARENT_TAG not in r.data.tags]
+    assert parent.data.tags[RECREATED_TAG] == f"spool:{parent_id}"
+    assert sum(r.data.tags.get(PARENT_TAG) == parent.info.run_id for r in runs) == 2
+
+
+def test_transient_outage_sync_finishes_the_parent_as_the_sweep_would(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Job 2 opened its run, the store went away, job 2 finished into the spool; the sweep ended with the store back
+    and, seeing job 2 RUNNING, marked itself FAILED with failed_jobs=1. Spooled is not failed."""
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment(EXPERIMENT)
+    parent = client.create_run(experiment_id, run_name="sweep +model.ms=1,2,3").info.run_id
+    client.set_tag(parent, "sweep_overrides", "+model.ms=1,2,3")
+    children = [client.create_run(experiment_id, run_name=f"job-{i}", tags={PARENT_TAG: parent}) for i in range(3)]
+    for index in (0, 2):
+        client.log_metric(children[index].info.run_id, "latency_median_ms", 2.0)
+        client.set_terminated(children[index].info.run_id, "FINISHED")
+    client.log_metric(parent, "failed_jobs", 1)
+    client.set_terminated(parent, "FAILED")
+    spooled = SpooledRun.new(EXPERIMENT, "job-1", parent=parent, run_id=children[1].info.run_id)
+    spooled.status = "FINISHED"
+    spool.write(tmp_path / "multirun" / SPOOL_FOLDER, spooled, job_record(1))
+    assert sync_cli.main(["--tracking-uri", uri, str(tmp_path / "multirun")]) == 0
+    assert f"sweep run {parent}: FINISHED" in capsys.readouterr().out
+    finished = client.get_run(parent)
+    assert finished.info.status == "FINISHED"
+    assert finished.data.metrics["failed_jobs"] == 0 and finished.data.metrics["jobs"] == 3
+    assert client.get_run(children[1].info.run_id).info.status == "FINISHED"
+    assert "report.html" in {a.path for a in client.list_artifacts(parent)}
+
+
+def test_spooled_parent_status_comes_from_the_children_not_the_launcher(tmp_path: Path) -> None:
+    """A joblib sweep spools its parent FINISHED (its own list of failed jobs is empty: the jobs ran elsewhere)
+    while a child FAILED: after sync the parent is FAILED, as the sweep's rule says."""
+    spooled_sweep(tmp_path / "multirun" / SPOOL_FOLDER, 2, statuses=["FINISHED", "FAILED"])
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    assert sync_cli.main(["--tracking-uri", uri, str(tmp_path / "multirun")]) == 0
+    (parent,) = [r for r in runs_of(uri) if PARENT_TAG not in r.data.tags]
+    assert parent.info.status == "FAILED" and parent.data.metrics["failed_jobs"] == 1
+
+
+def test_an_interrupted_spooled_sweep_stays_killed(tmp_path: Path) -> None:
+    spooled_sweep(tmp_path / "multirun" / SPOOL_FOLDER, 2, statuses=["FINISHED", "KILLED"], parent_status="KILLED")
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    assert sync_cli.main(["--tracking-uri", uri, str(tmp_path / "multirun")]) == 0
+    (parent,) = [r for r in runs_of(uri) if PARENT_TAG not in r.data.tags]
+    assert parent.info.status == "KILLED"
+
+
+def test_a_symbolic_link_in_a_spool_is_not_followed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    secret = tmp_path / "home" / ".netrc"
+    secret.parent.mkdir()
+    secret.write_text("machine example.com password hunter2-planted\n")
+    folder = tmp_path / "outputs" / SPOOL_FOLDER
+    run = SpooledRun.new(EXPERIMENT, "job")
+    run.status = "FINISHED"
+    directory = spool.write(folder, run, job_record(0))
+    (directory / "artifacts" / "notes.txt").symlink_to(secret)
+    (directory / "artifacts" / "home").symlink_to(secret.parent, target_is_directory=True)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    assert sync_cli.main(["--tracking-uri", uri, str(tmp_path / "outputs")]) == 0
+    err = capsys.readouterr().err
+    assert "not uploaded, a symbolic link" in err and "notes.txt" in err
+    (uploaded,) = runs_of(uri)
+    paths = {a.path for a in MlflowClient(uri).list_artifacts(uploaded.info.run_id)}
+    assert "summary.txt" in paths and "notes.txt" not in paths and "home" not in paths
+    for path in (tmp_path / "mlruns").rglob("*") if (tmp_path / "mlruns").exists() else []:
+        assert not path.is_file() or b"hunter2-planted" not in path.read_bytes(), path
+    artifact_root = Path(MlflowClient(uri).get_experiment_by_name(EXPERIMENT).artifact_location)
+    for path in artifact_root.rglob("*"):
+        assert not path.is_file() or b"hunter2-planted" not in path.read_bytes(), path
+
+
+def test_spool_write_refuses_names_outside_the_spool(tmp_path: Path) -> None:
+    run = SpooledRun.new(EXPERIMENT, "job")
+    with pytest.raises(ValueError, match="outside the spool"):
+        spool.write(tmp_path, run, RunRecord(files={"../../escaped.txt": b"x"}))
+    assert not (tmp_path.parent / "escaped.txt").exists()
+
+
+def test_sync_without_arguments_reads_multirun_and_outputs_into_the_default_store(tmp_path: Path) -> None:
+    for root, name in (("multirun", "swept"), ("outputs", "single")):
+        run = SpooledRun.new(EXPERIMENT, name)
+        run.status = "FINISHED"
+        spool.write(tmp_path / root / "2026-01-01" / "12-00-00" / SPOOL_FOLDER, run, job_record(0))
+    elsewhere = SpooledRun.new(EXPERIMENT, "not-a-default-root")
+    spool.write(tmp_path / "other" / SPOOL_FOLDER, elsewhere, job_record(0))
+    process = sync_process(tmp_path)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, out + err
+    assert "2 run(s) uploaded" in out and str(tmp_path / "mlflow.db") in out
+    assert sorted(r.info.run_name for r in runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}")) == ["single", "swept"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = sync_process(empty)
+    out, _ = nothing.communicate(timeout=300)
+    assert nothing.returncode == 0 and "no spooled runs under multirun, outputs" in out
+    assert not (empty / "mlflow.db").exists()
