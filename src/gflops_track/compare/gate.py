@@ -25,10 +25,11 @@ do not overlap).
 * otherwise ``faster`` (interval wholly below 1), ``within noise`` (beyond the threshold, interval includes 1), or
   ``ok``; a side timed under load is named in the line.
 
-The 99% interval and ``MIN_SAMPLES`` = 20 come from ``bench/bench_gate.py`` (identical log-normal distributions with
-CV 10%, 5% threshold): a 95% bootstrap gave 1.2-2.0% false regressions at n = 10-30 (the percentile bootstrap of a
-median is too narrow at small n), the 99% one 0.2-0.6%; below 20 samples a 2x slowdown with a heavy tail was missed
-up to 10% of the time, from 20 on never. The README has the table.
+The 99% interval and ``MIN_SAMPLES`` = 30 come from ``bench/bench_gate.py`` (1,000 pairs of identical sample sets
+per cell, 5% threshold): with log-normal samples (CV 10%) a 95% bootstrap called 1.1-2.1% of pairs a regression at
+n = 10-50 (the percentile bootstrap of a median is too narrow), the 99% one 0.2-0.5%; with a heavy tail (10% of
+samples at 1.5-3x) a 2x slowdown was missed 9 times in 1,000 at n = 20, never from n = 30 on. 30 is also the timing
+engine's default ``min_repeats``. The README has the table.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from gflops_track.compare.rows import Row
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_CONFIDENCE = 0.99
 SEED = 0
-MIN_SAMPLES = 20
+MIN_SAMPLES = 30
 DEFAULT_THRESHOLD = 0.05
 OVERRIDES_TAG = "overrides"
 VARIANT_TAG = "variant"
