@@ -1,4 +1,4 @@
-"""Vendor peak table, CPU peak estimate, the byte model, runtime options."""
+"""The byte model, utilization and runtime options (peak table: test_peaks.py; probes: test_probes.py)."""
 
 from __future__ import annotations
 
@@ -10,53 +10,12 @@ from torch import nn
 
 from gflops_track import CountOptions, PeakOptions, profile
 from gflops_track.counting.op_counter import count_cost
-from gflops_track.peaks import Roof, RooflinePoint, cpu_peak_estimate, fp32_flops_per_cycle, gpu_spec, spec_tflops
+from gflops_track.peaks import Roof, RooflinePoint
 from gflops_track.plots import roofline_png, throughput_curve_png
 from gflops_track.runtime import RuntimeOptions, effective_settings, runtime_context
 from gflops_track.timing import TimingOptions
 
 QUICK = TimingOptions(warmup=1, min_repeats=3, max_time_s=0.5)
-
-
-@pytest.mark.parametrize(
-    ("device_name", "card", "bf16", "bandwidth"),
-    [
-        ("NVIDIA H100 80GB HBM3", "H100 SXM", 989.5, 3350),  # datasheet: 1,979 TFLOPS with sparsity -> /2
-        ("NVIDIA H100 PCIe", "H100 PCIe", 756, 2000),
-        ("NVIDIA H100 NVL", "H100 NVL", 835.5, 3900),
-        ("NVIDIA H200", "H200 SXM", 989.5, 4800),
-        ("NVIDIA B200", "B200", 2250, 8000),
-        ("NVIDIA A100-SXM4-80GB", "A100 80GB SXM", 312, 2039),
-        ("NVIDIA A100 80GB PCIe", "A100 80GB PCIe", 312, 1935),
-        ("NVIDIA A100-PCIE-40GB", "A100 40GB", 312, 1555),
-        ("NVIDIA A10", "A10", 125, 600),  # not an A100
-        ("NVIDIA L4", "L4", 121, 300),  # datasheet gives 242 with sparsity only
-        ("NVIDIA L40S", "L40S", 362, 864),
-        ("NVIDIA GeForce RTX 3090", "RTX 3090", 71, 936),  # FP32 accumulate: half the FP16-accumulate rate
-        ("NVIDIA GeForce RTX 4090", "RTX 4090", 165.2, 1008),
-    ],
-)
-def test_gpu_spec_table_dense_figures(device_name: str, card: str, bf16: float, bandwidth: float) -> None:
-    spec = gpu_spec(device_name)
-    assert spec is not None and spec.name == card
-    assert spec_tflops(spec, "bf16") == bf16 and spec.bandwidth_gb_s == bandwidth and spec.source
-
-
-def test_old_cards_and_unknown_devices_have_no_figure() -> None:
-    t4, v100 = gpu_spec("Tesla T4"), gpu_spec("Tesla V100-SXM2-16GB")
-    assert t4 is not None and spec_tflops(t4, "fp16") == 65 and spec_tflops(t4, "bf16") is None
-    assert v100 is not None and v100.name == "V100 SXM2" and spec_tflops(v100, "tf32") is None
-    assert gpu_spec("NVIDIA GeForce GTX 1080") is None  # never another card's figure
-
-
-def test_cpu_flops_per_cycle_and_estimate() -> None:
-    assert fp32_flops_per_cycle("AVX512", "Intel(R) Xeon(R) Platinum 8375C")[0] == 2 * 16 * 2
-    assert fp32_flops_per_cycle("AVX512", "AMD EPYC 9654")[0] == 32
-    assert fp32_flops_per_cycle("AVX2", "AMD EPYC 7B13")[0] == 2 * 8 * 2
-    assert fp32_flops_per_cycle("DEFAULT", "ARM")[0] == 16
-    estimate = cpu_peak_estimate()
-    if estimate is not None:
-        assert estimate.gflop_per_s == pytest.approx(estimate.cores * estimate.clock_ghz * estimate.flops_per_cycle)
 
 
 def test_byte_model_of_a_matmul() -> None:

@@ -1,19 +1,221 @@
 """A fingerprint of the hardware and software stack, so runs compare across machines.
 
-Device facts come from torch, psutil and (when an NVIDIA driver is present) nvidia-ml-py; nothing here needs a GPU.
+Device facts come from torch, psutil, Linux's /proc/cpuinfo and sysfs, and (when an NVIDIA driver is present)
+nvidia-ml-py; nothing here needs a GPU. The ``hardware`` label names the machine, never how a run used it: the thread
+count is its own tag (``torch_threads``). VMs may report a CPU model string as bare as "AMD EPYC", so the label adds
+the microarchitecture (from CPUID family/model, or ARM's implementer/part), the physical core count and the widest
+vector ISA, e.g. ``cpu:AMD EPYC 9B14 (Zen 4, 2 cores, AVX-512)``.
 """
 
 from __future__ import annotations
 
 import platform
+import re
 import socket
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 import psutil
 import torch
+
+CPUINFO = Path("/proc/cpuinfo")
+CPU0_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")
+
+# ISA flags that change which kernels run (x86 /proc/cpuinfo "flags", ARM "Features"), in the order they are tagged.
+ISA_FLAGS = ("fma", "avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
+             "asimd", "sve", "sve2", "bf16", "i8mm")  # fmt: skip
+# The widest vector ISA present, as the label shows it: first match wins.
+ISA_LEVELS = (("amx_tile", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"), ("sve2", "SVE2"), ("sve", "SVE"),
+              ("asimd", "NEON"))  # fmt: skip
+
+# (vendor, family, first model, last model, microarchitecture): CPUID display family/model as Linux prints them.
+# Sources: AMD's Processor Programming Reference per family, Intel's SDM vol. 4 table 2-1, Linux's
+# arch/x86/include/asm/intel-family.h.
+X86_MICROARCHITECTURES: tuple[tuple[str, int, int, int, str], ...] = (
+    ("AuthenticAMD", 23, 0x00, 0x07, "Zen"),  # Naples, Summit Ridge
+    ("AuthenticAMD", 23, 0x08, 0x0F, "Zen+"),  # Pinnacle Ridge, Colfax
+    ("AuthenticAMD", 23, 0x10, 0x1F, "Zen"),  # Raven Ridge (0x18 Picasso is Zen+, rare in servers)
+    ("AuthenticAMD", 23, 0x30, 0x3F, "Zen 2"),  # Rome (0x31 = 49)
+    ("AuthenticAMD", 23, 0x60, 0x7F, "Zen 2"),  # Renoir, Lucienne, Matisse (0x71)
+    ("AuthenticAMD", 25, 0x00, 0x0F, "Zen 3"),  # Milan (0x01)
+    ("AuthenticAMD", 25, 0x10, 0x1F, "Zen 4"),  # Genoa (0x11 = 17)
+    ("AuthenticAMD", 25, 0x20, 0x5F, "Zen 3"),  # Vermeer (0x21), Rembrandt (0x44, Zen 3+), Cezanne (0x50)
+    ("AuthenticAMD", 25, 0x60, 0x7F, "Zen 4"),  # Raphael (0x61), Phoenix (0x74)
+    ("AuthenticAMD", 25, 0xA0, 0xAF, "Zen 4c"),  # Bergamo, Siena
+    ("AuthenticAMD", 26, 0x00, 0x0F, "Zen 5"),  # Turin (0x02)
+    ("AuthenticAMD", 26, 0x10, 0x1F, "Zen 5c"),  # Turin dense (0x11)
+    ("AuthenticAMD", 26, 0x20, 0x4F, "Zen 5"),  # Strix Point (0x24), Granite Ridge (0x44)
+    ("GenuineIntel", 6, 0x4F, 0x4F, "Broadwell"),  # Broadwell-EP/EX
+    ("GenuineIntel", 6, 0x55, 0x55, "Skylake-SP"),  # stepping >= 5: Cascade Lake, 11: Cooper Lake (see below)
+    ("GenuineIntel", 6, 0x6A, 0x6A, "Ice Lake-SP"),
+    ("GenuineIntel", 6, 0x6C, 0x6C, "Ice Lake-D"),
+    ("GenuineIntel", 6, 0x8F, 0x8F, "Sapphire Rapids"),  # 143
+    ("GenuineIntel", 6, 0xCF, 0xCF, "Emerald Rapids"),  # 207
+    ("GenuineIntel", 6, 0xAD, 0xAE, "Granite Rapids"),  # 173 (-X), 174 (-D)
+    ("GenuineIntel", 6, 0xAF, 0xAF, "Sierra Forest"),
+    ("GenuineIntel", 6, 0x5E, 0x5E, "Skylake"),
+    ("GenuineIntel", 6, 0x8E, 0x8E, "Kaby Lake"),
+    ("GenuineIntel", 6, 0x9E, 0x9E, "Coffee Lake"),
+    ("GenuineIntel", 6, 0x8C, 0x8D, "Tiger Lake"),
+    ("GenuineIntel", 6, 0x97, 0x9A, "Alder Lake"),
+    ("GenuineIntel", 6, 0xB7, 0xB7, "Raptor Lake"),
+    ("GenuineIntel", 6, 0xBA, 0xBA, "Raptor Lake"),
+    ("GenuineIntel", 6, 0xBF, 0xBF, "Raptor Lake"),
+    ("GenuineIntel", 6, 0xAA, 0xAC, "Meteor Lake"),
+)
+INTEL_SKYLAKE_SP_STEPPINGS = {5: "Cascade Lake", 6: "Cascade Lake", 7: "Cascade Lake", 11: "Cooper Lake"}
+# (implementer, part) from /proc/cpuinfo on ARM; Arm's Technical Reference Manuals (MIDR_EL1) per core.
+ARM_MICROARCHITECTURES: dict[tuple[int, int], str] = {
+    (0x41, 0xD0C): "Neoverse N1",  # AWS Graviton2, Ampere Altra
+    (0x41, 0xD40): "Neoverse V1",  # AWS Graviton3
+    (0x41, 0xD49): "Neoverse N2",
+    (0x41, 0xD4F): "Neoverse V2",  # NVIDIA Grace, AWS Graviton4, Google Axion
+    (0x41, 0xD8E): "Neoverse N3",
+    (0x41, 0xD84): "Neoverse V3",
+    (0x41, 0xD08): "Cortex-A72",
+    (0x41, 0xD0B): "Cortex-A76",
+    (0xC0, 0xAC3): "AmpereOne",
+}
+ARM_IMPLEMENTERS = {0x41: "ARM", 0xC0: "Ampere", 0x61: "Apple", 0x51: "Qualcomm", 0x48: "HiSilicon"}
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """The CPU as /proc/cpuinfo describes its first processor. x86: vendor id, CPUID family/model/stepping. ARM: the
+    implementer and part numbers (MIDR) and ``stepping`` as rNpM (variant, revision)."""
+
+    model_name: str
+    vendor: str = ""
+    family: int | None = None
+    model: int | None = None
+    stepping: str = ""
+    implementer: int | None = None
+    part: int | None = None
+    flags: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def microarchitecture(self) -> str:
+        """Known microarchitecture name, else ''."""
+        if self.implementer is not None and self.part is not None:
+            return ARM_MICROARCHITECTURES.get((self.implementer, self.part), "")
+        for vendor, family, first, last, name in X86_MICROARCHITECTURES:
+            if (
+                (self.vendor, self.family) == (vendor, family)
+                and self.model is not None
+                and first <= self.model <= last
+            ):
+                if name == "Skylake-SP" and self.stepping.isdigit():
+                    return INTEL_SKYLAKE_SP_STEPPINGS.get(int(self.stepping), name)
+                return name
+        return ""
+
+    @property
+    def isa(self) -> str:
+        """The ISA flags of ``ISA_FLAGS`` this CPU has, comma-separated."""
+        return ",".join(flag for flag in ISA_FLAGS if flag in self.flags)
+
+    @property
+    def isa_level(self) -> str:
+        return next((label for flag, label in ISA_LEVELS if flag in self.flags), "")
+
+    def tag_fields(self) -> dict[str, str]:
+        """The Fingerprint's cpu_* identity fields (ARM: implementer and part in place of family and model)."""
+        arm = self.implementer is not None
+        return {
+            "cpu_vendor": ARM_IMPLEMENTERS.get(self.implementer or 0, "") if arm else self.vendor,
+            "cpu_family": f"{self.implementer:#x}" if arm else ("" if self.family is None else str(self.family)),
+            "cpu_model_number": f"{self.part or 0:#x}" if arm else ("" if self.model is None else str(self.model)),
+            "cpu_stepping": self.stepping,
+            "cpu_microarchitecture": self.microarchitecture,
+            "cpu_isa": self.isa,
+        }
+
+    @property
+    def identity(self) -> str:
+        """Family/model/stepping (x86) or implementer/part/revision (ARM), as one string."""
+        if self.implementer is not None:
+            return f"implementer {self.implementer:#x} part {self.part or 0:#x} {self.stepping}".strip()
+        if self.family is None:
+            return ""
+        return f"family {self.family} model {self.model} stepping {self.stepping}"
+
+
+def parse_cpuinfo(text: str) -> CpuInfo:
+    """The first processor block of a /proc/cpuinfo text (x86 or ARM)."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if fields.get("processor") is not None and ("flags" in fields or "features" in fields):
+                break
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip().lower(), value.strip())
+
+    def number(key: str) -> int | None:
+        try:
+            return int(fields[key], 0)
+        except (KeyError, ValueError):
+            return None
+
+    implementer, part = number("cpu implementer"), number("cpu part")
+    if implementer is not None:
+        name = fields.get("model name") or " ".join(
+            filter(None, [ARM_IMPLEMENTERS.get(implementer, f"{implementer:#x}"),
+                          ARM_MICROARCHITECTURES.get((implementer, part or 0), f"part {part or 0:#x}")])
+        )  # fmt: skip
+        stepping = f"r{number('cpu variant') or 0}p{number('cpu revision') or 0}"
+        return CpuInfo(name, "", None, None, stepping, implementer, part, frozenset(fields.get("features", "").split()))
+    return CpuInfo(
+        model_name=fields.get("model name") or fields.get("hardware") or platform.processor() or platform.machine(),
+        vendor=fields.get("vendor_id", ""),
+        family=number("cpu family"),
+        model=number("model"),
+        stepping=fields.get("stepping", ""),
+        flags=frozenset(fields.get("flags", "").split()),
+    )
+
+
+def read_cpuinfo(path: Path = CPUINFO) -> CpuInfo:
+    """This machine's CPU (Linux /proc/cpuinfo; elsewhere only the platform module's name)."""
+    try:
+        return parse_cpuinfo(path.read_text(errors="replace"))
+    except OSError:
+        return CpuInfo(platform.processor() or platform.machine())
+
+
+def _size_kib(text: str) -> int | None:
+    """sysfs cache size ('512K', '32768K', '1M') in KiB."""
+    match = re.fullmatch(r"(\d+)([KMG]?)", text.strip())
+    if not match:
+        return None
+    value, unit = int(match.group(1)), match.group(2)
+    return {"": value // 1024, "K": value, "M": value * 1024, "G": value * 1024**2}[unit]
+
+
+def cache_sizes_kib(root: Path = CPU0_CACHES) -> dict[int, int]:
+    """Unified/data cache size (KiB) per level as cpu0 sees it (sysfs); L2 is per core, L3 per shared instance."""
+    sizes: dict[int, int] = {}
+    for index in sorted(root.glob("index[0-9]*")):
+        try:
+            level = int((index / "level").read_text())
+            kind = (index / "type").read_text().strip()
+            size = _size_kib((index / "size").read_text())
+        except (OSError, ValueError):
+            continue
+        if kind != "Instruction" and size:
+            sizes[level] = size
+    return sizes
+
+
+def cpu_label(cpu: CpuInfo, cores: int) -> str:
+    """The short CPU label: model name, then microarchitecture (else family/model/stepping), physical cores and the
+    widest vector ISA, e.g. 'AMD EPYC 9B14 (Zen 4, 2 cores, AVX-512)'."""
+    kind = cpu.microarchitecture or cpu.identity
+    kind = "" if kind and kind in cpu.model_name else kind  # ARM names are built from the microarchitecture
+    details = [kind, f"{cores} core{'s' if cores != 1 else ''}", cpu.isa_level]
+    return f"{cpu.model_name} ({', '.join(filter(None, details))})"
 
 
 @dataclass(frozen=True)
@@ -22,8 +224,16 @@ class Fingerprint:
 
     device_type: str
     device_name: str
-    hardware: str  # short label to group by, e.g. "cpu:AMD EPYC 7B13 x2" or "cuda:NVIDIA H100 80GB HBM3"
+    hardware: str  # label to group by: "cpu:AMD EPYC 9B14 (Zen 4, 2 cores, AVX-512)", "cuda:NVIDIA H100 80GB HBM3"
     cpu_model: str
+    cpu_vendor: str
+    cpu_family: str  # CPUID display family (x86); the implementer on ARM
+    cpu_model_number: str  # CPUID display model (x86); the part on ARM
+    cpu_stepping: str  # x86 stepping; ARM rNpM
+    cpu_microarchitecture: str  # e.g. "Zen 4", "Sapphire Rapids", "Neoverse V1"; empty when not in our table
+    cpu_isa: str  # the ISA flags that matter, comma-separated: fma,avx2,avx512f,avx512_bf16,amx_tile,amx_bf16,...
+    cpu_l2_kib_per_core: str
+    cpu_l3_mib: str  # one L3 instance (shared by the cores of a CCX/socket)
     cpu_physical_cores: str
     cpu_logical_cores: str
     cpu_capability: str  # torch's CPU kernel level: DEFAULT, AVX2, AVX512, ...
@@ -45,18 +255,13 @@ class Fingerprint:
     git_commit: str
     git_dirty: str
 
-    def as_tags(self, prefix: str = "") -> dict[str, str]:
-        return {f"{prefix}{key}": value for key, value in asdict(self).items()}
+    def as_tags(self) -> dict[str, str]:
+        return asdict(self)
 
 
 def cpu_model_name() -> str:
     """The CPU's marketing name (Linux /proc/cpuinfo, else what the platform module reports)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.lower().startswith(("model name", "hardware", "processor\t: arm")):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return read_cpuinfo().model_name
 
 
 def _version(distribution: str) -> str:
@@ -91,7 +296,9 @@ def _nvidia_driver() -> str:
 def fingerprint(device: str | torch.device = "cpu") -> Fingerprint:
     """Describe the machine and the stack that ``device`` runs on."""
     device = torch.device(device)
-    cpu = cpu_model_name()
+    info = read_cpuinfo()
+    cpu = info.model_name
+    caches = cache_sizes_kib()
     logical = psutil.cpu_count(logical=True) or 0
     physical = psutil.cpu_count(logical=False) or 0
     gpu = {"name": "", "cc": "", "sms": "", "mem": ""}
@@ -105,13 +312,16 @@ def fingerprint(device: str | torch.device = "cpu") -> Fingerprint:
         }
         hardware = f"cuda:{properties.name}"
     else:
-        hardware = f"cpu:{cpu} x{torch.get_num_threads()}"
+        hardware = f"cpu:{cpu_label(info, physical or logical)}"
     commit = _git("rev-parse", "HEAD")
     return Fingerprint(
         device_type=device.type,
         device_name=gpu["name"] or cpu,
         hardware=hardware,
         cpu_model=cpu,
+        **info.tag_fields(),
+        cpu_l2_kib_per_core=str(caches[2]) if 2 in caches else "",
+        cpu_l3_mib=f"{caches[3] / 1024:g}" if 3 in caches else "",
         cpu_physical_cores=str(physical),
         cpu_logical_cores=str(logical),
         cpu_capability=torch.backends.cpu.get_cpu_capability(),

@@ -26,9 +26,22 @@ class GpuSpec:
     source: str
 
 
-# Matched in order against torch.cuda.get_device_name(): more specific patterns first.
-GPU_SPECS: list[tuple[str, GpuSpec]] = [
-    # NVIDIA H200 Tensor Core GPU datasheet (2024), H200 SXM column; sparse figures halved.
+# Matched in order against torch.cuda.get_device_name(): more specific patterns first. An entry of None stops the
+# search with no figure: MIG slices (a "1g.5gb" slice has 1/7 of an A100's SMs and 1/8 of its memory bandwidth, and
+# the fraction depends on the profile, so the full chip's figure would be wrong by up to 7x: no figure is given), and
+# cut-down or re-clocked variants whose vendor gives no dense tensor figures.
+GPU_SPECS: list[tuple[str, GpuSpec | None]] = [
+    (r"\bMIG\b", None),  # e.g. "NVIDIA A100-SXM4-40GB MIG 1g.5gb", "NVIDIA H100 80GB HBM3 MIG 3g.40gb"
+    # NVIDIA GH200 Grace Hopper Superchip datasheet (2024): the Hopper GPU at H100 SXM compute (sparse figures
+    # halved); 96 GB HBM3 at 4 TB/s ("GH200 480GB": 480 GB is the Grace CPU's LPDDR5X) or 144 GB HBM3e at 4.9 TB/s.
+    (r"GH200.*(144G|HBM3e)",
+     GpuSpec("GH200 144GB HBM3e", {"fp32": 67, "tf32": 494.5, "fp16": 989.5, "bf16": 989.5}, 4900, "GH200 datasheet")),
+    (r"GH200 480GB|GH200.*96GB",
+     GpuSpec("GH200 96GB HBM3", {"fp32": 67, "tf32": 494.5, "fp16": 989.5, "bf16": 989.5}, 4000, "GH200 datasheet")),
+    (r"GH200", None),  # another memory configuration: its bandwidth is not known here
+    # NVIDIA H200 Tensor Core GPU datasheet (2024), H200 NVL column (FP32 60, TF32 835, BF16/FP16 1,671 sparse).
+    (r"H200 NVL", GpuSpec("H200 NVL", {"fp32": 60, "tf32": 417.5, "fp16": 835.5, "bf16": 835.5}, 4800, "H200 datasheet")),
+    # Same datasheet, H200 SXM column; sparse figures halved.
     (r"H200", GpuSpec("H200 SXM", {"fp32": 67, "tf32": 494.5, "fp16": 989.5, "bf16": 989.5}, 4800, "H200 datasheet")),
     # NVIDIA H100 Tensor Core GPU datasheet (2023), H100 NVL column; sparse figures halved.
     (r"H100 NVL", GpuSpec("H100 NVL", {"fp32": 60, "tf32": 417.5, "fp16": 835.5, "bf16": 835.5}, 3900, "H100 datasheet")),
@@ -52,18 +65,25 @@ GPU_SPECS: list[tuple[str, GpuSpec]] = [
     (r"\bA10\b", GpuSpec("A10", {"fp32": 31.2, "tf32": 62.5, "fp16": 125, "bf16": 125}, 600, "A10 datasheet")),
     # NVIDIA T4 datasheet (2019): mixed-precision FP16/FP32 65 TFLOPS; no TF32/BF16 (Turing).
     (r"\bT4\b", GpuSpec("T4", {"fp32": 8.1, "fp16": 65}, 320, "T4 datasheet")),
+    # NVIDIA V100S datasheet (2019): single precision 16.4, tensor 130 TFLOPS, 1,134 GB/s; no TF32/BF16 (Volta).
+    (r"V100S", GpuSpec("V100S PCIe", {"fp32": 16.4, "fp16": 130}, 1134, "V100S datasheet")),
     # NVIDIA V100 datasheet (2020): SXM2 and PCIe columns; no TF32/BF16 (Volta).
     (r"V100.*PCIE|V100.*PCIe", GpuSpec("V100 PCIe", {"fp32": 14, "fp16": 112}, 900, "V100 datasheet")),
     (r"V100", GpuSpec("V100 SXM2", {"fp32": 15.7, "fp16": 125}, 900, "V100 datasheet")),
+    (r"RTX 3090 Ti", None),  # GA102 whitepaper covers the 3090 only: more SMs and a higher clock
     # NVIDIA Ampere GA102 architecture whitepaper, RTX 3090: tensor FP16/BF16 with FP32 accumulate (dense) 71.
     (r"RTX 3090", GpuSpec("RTX 3090", {"fp32": 35.6, "tf32": 35.6, "fp16": 71, "bf16": 71}, 936, "GA102 whitepaper")),
+    # RTX 4090 D (114 of 128 SMs) and the Laptop GPU (a different chip, AD103, clocked by the laptop's power limit):
+    # the whitepaper gives neither, so no figure.
+    (r"RTX 4090 D\b|RTX 4090.*Laptop", None),
     # NVIDIA Ada Lovelace architecture whitepaper, RTX 4090: tensor FP16/BF16 with FP32 accumulate (dense) 165.2.
     (r"RTX 4090", GpuSpec("RTX 4090", {"fp32": 82.6, "tf32": 82.6, "fp16": 165.2, "bf16": 165.2}, 1008, "AD102 whitepaper")),
 ]  # fmt: skip
 
 
 def gpu_spec(device_name: str) -> GpuSpec | None:
-    """The datasheet entry for a CUDA device name, or None when we have none (never another card's)."""
+    """The datasheet entry for a CUDA device name, or None when we have none (never another card's): the first
+    pattern that matches decides, and an entry of None means 'no figure'."""
     for pattern, spec in GPU_SPECS:
         if re.search(pattern, device_name, flags=re.IGNORECASE):
             return spec
@@ -83,7 +103,6 @@ class CpuPeakEstimate:
     cores: int
     clock_ghz: float
     flops_per_cycle: int
-    basis: str
 
 
 def _cpu_clock_ghz() -> float:
@@ -93,7 +112,7 @@ def _cpu_clock_ghz() -> float:
     return 0.0
 
 
-def fp32_flops_per_cycle(capability: str, cpu_model: str) -> tuple[int, str]:
+def fp32_flops_per_cycle(capability: str, cpu_model: str) -> int:
     """FP32 FLOPs per core per cycle for the vector ISA torch dispatches to.
 
     AVX-512 with two FMA units: 2 units x 16 lanes x 2 (FMA) = 64. Zen 4 runs AVX-512 as two 256-bit halves: 32.
@@ -101,10 +120,10 @@ def fp32_flops_per_cycle(capability: str, cpu_model: str) -> tuple[int, str]:
     """
     amd = "AMD" in cpu_model.upper()
     if capability.startswith("AVX512"):
-        return (32, "AVX-512 on AMD (Zen 4 executes 512-bit as 2x256)") if amd else (64, "AVX-512, 2 FMA units")
+        return 32 if amd else 64  # Zen 4 executes 512-bit as 2x256; Intel server cores have 2 FMA units
     if capability.startswith("AVX2"):
-        return 32, "AVX2 + FMA, 2 units"
-    return 16, "4-wide SIMD FMA, 2 units"
+        return 32
+    return 16
 
 
 def cpu_peak_estimate(threads: int | None = None) -> CpuPeakEstimate | None:
@@ -114,8 +133,8 @@ def cpu_peak_estimate(threads: int | None = None) -> CpuPeakEstimate | None:
         return None
     physical = psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
     cores = min(physical, threads or torch.get_num_threads())
-    per_cycle, basis = fp32_flops_per_cycle(torch.backends.cpu.get_cpu_capability(), cpu_model_name())
-    return CpuPeakEstimate(cores * clock * per_cycle, cores, clock, per_cycle, basis)
+    per_cycle = fp32_flops_per_cycle(torch.backends.cpu.get_cpu_capability(), cpu_model_name())
+    return CpuPeakEstimate(cores * clock * per_cycle, cores, clock, per_cycle)
 
 
 @dataclass(frozen=True)

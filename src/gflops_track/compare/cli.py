@@ -2,7 +2,9 @@
 
 Exit codes: 0 fine; 1 the regression gate found a regression (and nothing else: a CI job reads 1 as "slower");
 2 bad arguments, an unknown run or sweep id, a bad ``--filter``, an output directory that does not exist, a store that
-does not exist or does not answer, or nothing to compare — always one line on stderr. Reading never creates a store.
+does not exist or does not answer, an ambiguous match, or nothing to compare — always one line on stderr; 3 the
+gate found no regression but could not judge every row (INCONCLUSIVE: timed under load, too few samples or no
+confidence interval). Reading never creates a store.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
@@ -17,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 from rich.markup import escape
 
-from gflops_track.compare.gate import judge, pair_rows, parse_threshold
+from gflops_track.compare.gate import MIN_SAMPLES, AmbiguousMatch, Side, judge, pair_label, pair_rows, parse_threshold
 from gflops_track.compare.render import csv_table, markdown_table, rich_table
 from gflops_track.compare.report import log_report, write_report
 from gflops_track.compare.rows import build_rows, expand, latency_samples, select_runs
@@ -32,6 +35,7 @@ from gflops_track.tracking.store import (
 
 EXIT_REGRESSION = 1
 EXIT_USAGE = 2
+EXIT_INCONCLUSIVE = 3
 
 
 def parser() -> argparse.ArgumentParser:
@@ -51,32 +55,84 @@ def parser() -> argparse.ArgumentParser:
     output.add_argument("--output", type=Path, help="write the markdown/csv table here instead of stdout")
     output.add_argument("--html", type=Path, help="write the self-contained HTML report (tables + plots) here")
     output.add_argument("--log-report", action="store_true", help="with --sweep: attach report.html to the sweep run")
-    gate = cli.add_argument_group("regression gate (exit 1 on a regression)")
+    gate = cli.add_argument_group("regression gate (exit 1 on a regression, 3 when inconclusive)")
     gate.add_argument("--baseline", help="run id or sweep id of the reference")
     gate.add_argument("--candidate", help="run id or sweep id to check against it")
     gate.add_argument("--threshold", default="5%", help="allowed slowdown, e.g. 5%% or 0.05 (default 5%%)")
+    gate.add_argument(
+        "--min-samples",
+        type=int,
+        default=MIN_SAMPLES,
+        help=f"timed iterations each side needs, else the row is INCONCLUSIVE (default {MIN_SAMPLES})",
+    )
     return cli
 
 
-def run_gate(client: MlflowClient, baseline: str, candidate: str, threshold_text: str, console: Console) -> int:
+def run_gate(
+    client: MlflowClient,
+    baseline: str,
+    candidate: str,
+    threshold_text: str,
+    console: Console,
+    min_samples: int = MIN_SAMPLES,
+) -> int:
+    """Pair the two sides' rows by identity, judge each pair, print one line per pair; the exit code says the worst
+    (regression 1, inconclusive 3, else 0)."""
     threshold = parse_threshold(threshold_text)
+    if min_samples < 2:
+        raise ValueError(f"--min-samples={min_samples} is not allowed: it must be an integer >= 2")
     base_rows = build_rows(expand(client, baseline))
     cand_rows = build_rows(expand(client, candidate))
-    pairs, unmatched = pair_rows(base_rows, cand_rows)
-    if not pairs:
-        console.print(f"[red]no timed runs with the same name in {baseline} and {candidate}[/red]")
+    try:
+        pairing = pair_rows(base_rows, cand_rows)
+    except AmbiguousMatch as error:
+        Console(stderr=True).print(
+            f"[red]gflops-track compare:[/red] ambiguous match: {escape(str(error))}", highlight=False, soft_wrap=True
+        )
         return EXIT_USAGE
-    verdicts = [
-        judge(b, c, threshold, latency_samples(client, b.run_id), latency_samples(client, c.run_id)) for b, c in pairs
-    ]
+    if not pairing.pairs:
+        console.print(
+            f"[red]no timed runs of {escape(baseline)} and {escape(candidate)} match by {pairing.basis}[/red]",
+            highlight=False,
+            soft_wrap=True,
+        )
+        for line in pairing.unmatched:
+            console.print(f"[yellow]{escape(line)}[/yellow]", highlight=False, soft_wrap=True)
+        return EXIT_USAGE
+    console.print(f"rows matched by {pairing.basis}", highlight=False, soft_wrap=True)
+    machines = {row.hardware for row in base_rows}, {row.hardware for row in cand_rows}
+    if machines[0] != machines[1]:
+        console.print(
+            f"[yellow]hardware differs: baseline {escape(str(sorted(machines[0])))}, "
+            f"candidate {escape(str(sorted(machines[1])))}[/yellow]",
+            highlight=False,
+            soft_wrap=True,
+        )
+    verdicts = []
+    for base, cand in pairing.pairs:
+        verdict = judge(
+            Side.from_row(base, latency_samples(client, base.run_id)),
+            Side.from_row(cand, latency_samples(client, cand.run_id)),
+            threshold,
+            min_samples,
+        )
+        verdicts.append(replace(verdict, label=pair_label(base, cand, pairing.basis)))
     for verdict in verdicts:
-        style = "red" if verdict.regression else "green"
-        console.print(f"[{style}]{verdict.describe(threshold)}[/{style}]", highlight=False)
-    for name in unmatched:
-        console.print(f"[yellow]not compared (present on one side only): {name}[/yellow]")
-    regressions = [v for v in verdicts if v.regression]
-    console.print(f"{len(regressions)} regression(s) in {len(verdicts)} compared row(s), threshold {threshold:.1%}")
-    return EXIT_REGRESSION if regressions else 0
+        style = "red" if verdict.regression else "yellow" if verdict.inconclusive else "green"
+        console.print(f"[{style}]{escape(verdict.describe(threshold))}[/{style}]", highlight=False, soft_wrap=True)
+    for line in pairing.unmatched:
+        console.print(f"[yellow]not compared ({escape(line)})[/yellow]", highlight=False, soft_wrap=True)
+    regressions = sum(verdict.regression for verdict in verdicts)
+    inconclusive = sum(verdict.inconclusive for verdict in verdicts)
+    console.print(
+        f"{regressions} regression(s), {inconclusive} inconclusive in {len(verdicts)} compared row(s), "
+        f"threshold {threshold:.1%}, at least {min_samples} samples per side",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if regressions:
+        return EXIT_REGRESSION
+    return EXIT_INCONCLUSIVE if inconclusive else 0
 
 
 class UsageError(Exception):
@@ -110,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.baseline or args.candidate:
             if not (args.baseline and args.candidate):
                 raise ValueError("--baseline and --candidate go together")
-            return run_gate(client, args.baseline, args.candidate, args.threshold, console)
+            return run_gate(client, args.baseline, args.candidate, args.threshold, console, args.min_samples)
         runs = select_runs(client, args.experiment, args.sweep, args.run_id, args.filter)
         if not runs:
             errors.print(f"[red]gflops-track compare:[/red] no runs selected in {escape(redact_uri(uri))}")

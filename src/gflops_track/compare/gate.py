@@ -1,16 +1,41 @@
 """The regression gate: did a candidate's latency get worse than the baseline's, beyond a threshold *and* beyond the
-measured noise?
+measured noise, on measurements good enough to say so?
 
-Rows are matched by run name (which carries model, norm, batch size, device and dtype). For each pair the change is
-the ratio of median latencies, candidate / baseline, with a 95% bootstrap confidence interval from the raw samples
-both runs stored (2,000 resamples, fixed seed). A pair is a REGRESSION when the ratio exceeds 1 + threshold and its
-interval lies wholly above 1 (the slowdown is not noise). Without stored samples, the runs' logged 95% CIs of the
-median stand in: the candidate's lower bound must exceed the baseline's upper bound.
+Matching. Rows are paired by the configuration that differs, never by display name alone (the default run name
+leaves out planes, input size, precision and runtime options). The identity of a row is, in this order, the first
+that every timed row on both sides has:
+
+1. its ``overrides`` tag (the job's own Hydra overrides, tokens sorted, so ``a=1 b=2`` equals ``b=2 a=1``);
+2. its params: the ``params.*`` keys whose values differ between the rows of either side, with this row's values;
+3. its run name.
+
+Two rows of one side with the same identity make the match ambiguous: the gate names them and refuses to guess.
+When each side holds exactly one timed run, the two are compared directly (the user named them).
+
+Decision, per pair. ``ratio`` = median(candidate) / median(baseline), with an interval: a 99% percentile bootstrap
+of the raw samples both runs stored (2,000 resamples, fixed seed), or, without samples, the runs' logged 95% CIs of
+the median (low = candidate CI low / baseline CI high, high = candidate CI high / baseline CI low: two intervals that
+do not overlap).
+
+* INCONCLUSIVE when either side has fewer than ``MIN_SAMPLES`` timed iterations, or no interval is known: nothing
+  can be said either way.
+* REGRESSION when ``ratio > 1 + threshold`` *and* the interval lies wholly above 1 (the slowdown is not noise) —
+  unless either side carries ``timing_suspect=true`` (timed while the machine was loaded): then INCONCLUSIVE,
+  "timed under load, re-run on a quiet machine". A loaded machine is no evidence of a regression.
+* otherwise ``faster`` (interval wholly below 1), ``within noise`` (beyond the threshold, interval includes 1), or
+  ``ok``; a side timed under load is named in the line.
+
+The 99% interval and ``MIN_SAMPLES`` = 30 come from ``bench/bench_gate.py`` (1,000 pairs of identical sample sets
+per cell, 5% threshold): with log-normal samples (CV 10%) a 95% bootstrap called 1.1-2.1% of pairs a regression at
+n = 10-50 (the percentile bootstrap of a median is too narrow), the 99% one 0.2-0.5%; with a heavy tail (10% of
+samples at 1.5-3x) a 2x slowdown was missed 9 times in 1,000 at n = 20, never from n = 30 on. 30 is also the timing
+engine's default ``min_repeats``. The README has the table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,86 +43,215 @@ import numpy as np
 from gflops_track.compare.rows import Row
 
 BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_CONFIDENCE = 0.99
 SEED = 0
+MIN_SAMPLES = 30
+DEFAULT_THRESHOLD = 0.05
+OVERRIDES_TAG = "overrides"
+VARIANT_TAG = "variant"
+SUSPECT_TAG = "timing_suspect"
+
+REGRESSION = "REGRESSION"
+INCONCLUSIVE = "INCONCLUSIVE"
+WITHIN_NOISE = "within noise"
+FASTER = "faster"
+OK = "ok"
+
+
+class AmbiguousMatch(ValueError):
+    """Rows the gate cannot pair without guessing."""
+
+
+@dataclass(frozen=True)
+class Side:
+    """One run as the gate sees it: its median, its noise (raw samples or logged CI) and whether it was timed under
+    load. ``sample_count`` is the number of timed iterations (the samples', else the logged metric's)."""
+
+    label: str
+    median_ms: float
+    ci_low_ms: float | None = None
+    ci_high_ms: float | None = None
+    samples: tuple[float, ...] = ()
+    sample_count: int | None = None
+    timing_suspect: bool = False
+
+    @classmethod
+    def from_row(cls, row: Row, samples: Sequence[float] | None) -> Side:
+        assert row.median_ms is not None
+        suspect = row.tags.get(SUSPECT_TAG, "").lower() == "true"
+        count = len(samples) if samples else row.timed_iterations
+        return cls(row.run_name, row.median_ms, row.ci_low_ms, row.ci_high_ms, tuple(samples or ()), count, suspect)
+
+    @classmethod
+    def from_samples(cls, label: str, samples: Sequence[float], timing_suspect: bool = False) -> Side:
+        data = np.asarray(samples, dtype=float)
+        return cls(label, float(np.median(data)), samples=tuple(samples), sample_count=data.size,
+                   timing_suspect=timing_suspect)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Verdict:
-    run_name: str
+    label: str
     baseline_ms: float
     candidate_ms: float
     ratio: float
-    ratio_low: float
-    ratio_high: float
-    noise_basis: str  # "bootstrap of stored samples" or "logged median CIs"
-    regression: bool
+    ratio_low: float | None  # None: no interval known
+    ratio_high: float | None
+    noise_basis: str  # "bootstrap of stored samples", "logged median CIs" or "no interval known"
+    status: str  # REGRESSION, INCONCLUSIVE, "within noise", "faster" or "ok"
+    reason: str = ""  # why INCONCLUSIVE
+
+    @property
+    def regression(self) -> bool:
+        return self.status == REGRESSION
+
+    @property
+    def inconclusive(self) -> bool:
+        return self.status == INCONCLUSIVE
 
     @property
     def change(self) -> float:
         return self.ratio - 1
 
     def describe(self, threshold: float) -> str:
-        interval = f"95% CI {self.ratio_low - 1:+.1%} .. {self.ratio_high - 1:+.1%}"
-        if self.regression:
-            verdict = f"REGRESSION (> {threshold:.1%} and beyond noise)"
-        elif self.change > threshold:
-            verdict = "slower beyond the threshold, but within the measured noise"
-        elif self.ratio_high < 1:
-            verdict = "faster"
-        else:
-            verdict = "ok"
+        interval = (
+            f"interval {self.ratio_low - 1:+.1%} .. {self.ratio_high - 1:+.1%}"
+            if self.ratio_low is not None and self.ratio_high is not None
+            else "interval unknown"
+        )
+        verdict = {
+            REGRESSION: f"REGRESSION (> {threshold:.1%} and beyond noise)",
+            INCONCLUSIVE: f"INCONCLUSIVE: {self.reason}",
+            WITHIN_NOISE: "slower beyond the threshold, but within the measured noise",
+        }.get(self.status, self.status)
+        if self.reason and self.status != INCONCLUSIVE:
+            verdict += f" ({self.reason})"
         return (
-            f"{self.run_name}: {self.baseline_ms:,.3f} ms -> {self.candidate_ms:,.3f} ms ({self.change:+.1%}, "
+            f"{self.label}: {self.baseline_ms:,.3f} ms -> {self.candidate_ms:,.3f} ms ({self.change:+.1%}, "
             f"{interval}, {self.noise_basis}): {verdict}"
         )
 
 
-def bootstrap_ratio(baseline: Sequence[float], candidate: Sequence[float]) -> tuple[float, float]:
-    """95% interval of median(candidate) / median(baseline), resampling each sample set with replacement."""
+def bootstrap_ratio(
+    baseline: Sequence[float], candidate: Sequence[float], confidence: float = BOOTSTRAP_CONFIDENCE
+) -> tuple[float, float]:
+    """Percentile-bootstrap interval of median(candidate) / median(baseline) (``confidence``, two-sided), resampling
+    each sample set with replacement."""
     rng = np.random.default_rng(SEED)
     base = np.asarray(baseline, dtype=float)
     cand = np.asarray(candidate, dtype=float)
     base_medians = np.median(rng.choice(base, size=(BOOTSTRAP_RESAMPLES, base.size)), axis=1)
     cand_medians = np.median(rng.choice(cand, size=(BOOTSTRAP_RESAMPLES, cand.size)), axis=1)
     ratios = cand_medians / base_medians
-    return float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))
+    tail = (1 - confidence) / 2
+    return float(np.quantile(ratios, tail)), float(np.quantile(ratios, 1 - tail))
+
+
+def _interval(baseline: Side, candidate: Side) -> tuple[float | None, float | None, str]:
+    if baseline.samples and candidate.samples:
+        low, high = bootstrap_ratio(baseline.samples, candidate.samples)
+        return low, high, "99% bootstrap of stored samples"
+    if None not in (baseline.ci_low_ms, baseline.ci_high_ms, candidate.ci_low_ms, candidate.ci_high_ms):
+        assert baseline.ci_low_ms and baseline.ci_high_ms and candidate.ci_low_ms and candidate.ci_high_ms
+        return candidate.ci_low_ms / baseline.ci_high_ms, candidate.ci_high_ms / baseline.ci_low_ms, "logged 95% CIs"
+    return None, None, "no interval known"
 
 
 def judge(
-    baseline: Row,
-    candidate: Row,
-    threshold: float,
-    baseline_samples: Sequence[float] | None,
-    candidate_samples: Sequence[float] | None,
+    baseline: Side, candidate: Side, threshold: float = DEFAULT_THRESHOLD, min_samples: int = MIN_SAMPLES
 ) -> Verdict:
-    assert baseline.median_ms and candidate.median_ms
+    """The verdict for one pair (see the module docstring for the rule)."""
     ratio = candidate.median_ms / baseline.median_ms
-    if baseline_samples and candidate_samples:
-        low, high = bootstrap_ratio(baseline_samples, candidate_samples)
-        basis = "bootstrap of stored samples"
+    low, high, basis = _interval(baseline, candidate)
+    reason = ""
+    counts = (baseline.sample_count, candidate.sample_count)
+    if any(count is None or count < min_samples for count in counts):
+        status = INCONCLUSIVE
+        shown = ", ".join("unknown" if count is None else str(count) for count in counts)
+        reason = f"too few samples ({shown}; at least {min_samples} each), re-run with more timed iterations"
+    elif low is None or high is None:
+        status, reason = INCONCLUSIVE, "no confidence interval known for the medians"
+    elif ratio > 1 + threshold and low > 1:
+        status = REGRESSION
+    elif ratio > 1 + threshold:
+        status = WITHIN_NOISE
+    elif high < 1:
+        status = FASTER
     else:
-        low = (candidate.ci_low_ms or candidate.median_ms) / (baseline.ci_high_ms or baseline.median_ms)
-        high = (candidate.ci_high_ms or candidate.median_ms) / (baseline.ci_low_ms or baseline.median_ms)
-        basis = "logged median CIs"
-    return Verdict(
-        run_name=candidate.run_name,
-        baseline_ms=baseline.median_ms,
-        candidate_ms=candidate.median_ms,
-        ratio=ratio,
-        ratio_low=low,
-        ratio_high=high,
-        noise_basis=basis,
-        regression=ratio > 1 + threshold and low > 1,
-    )
+        status = OK
+    loaded = [side for side, suspect in (("baseline", baseline), ("candidate", candidate)) if suspect.timing_suspect]
+    if loaded and status == REGRESSION:
+        status = INCONCLUSIVE
+        reason = f"timed under load ({' and '.join(loaded)}), re-run on a quiet machine"
+    elif loaded and status != INCONCLUSIVE:
+        reason = f"{' and '.join(loaded)} timed under load"
+    return Verdict(candidate.label, baseline.median_ms, candidate.median_ms, ratio, low, high, basis, status, reason)
 
 
-def pair_rows(baseline: Sequence[Row], candidate: Sequence[Row]) -> tuple[list[tuple[Row, Row]], list[str]]:
-    """Timed rows matched by run name; the names found on one side only."""
-    base = {row.run_name: row for row in baseline if row.median_ms}
-    cand = {row.run_name: row for row in candidate if row.median_ms}
-    pairs = [(base[name], cand[name]) for name in sorted(base.keys() & cand.keys())]
-    unmatched = sorted(base.keys() ^ cand.keys())
-    return pairs, unmatched
+def _override_key(row: Row) -> str:
+    return " ".join(sorted(row.tags[OVERRIDES_TAG].split()))
+
+
+def _differing_params(rows: Sequence[Row]) -> set[str]:
+    keys = {key for row in rows for key in row.config}
+    return {key for key in keys if len({row.config.get(key) for row in rows}) > 1}
+
+
+def identity_basis(baseline: Sequence[Row], candidate: Sequence[Row]) -> tuple[str, Callable[[Row], str]]:
+    """How rows are matched ("overrides", "params" or "run name") and the function giving a row's identity."""
+    rows = [*baseline, *candidate]
+    if all(OVERRIDES_TAG in row.tags for row in rows):
+        return "overrides", _override_key
+    if all(row.config for row in rows):
+        keys = sorted(_differing_params(baseline) | _differing_params(candidate))
+        return "params", lambda row: " ".join(f"{key}={row.config.get(key, '<unset>')}" for key in keys)
+    return "run name", lambda row: row.run_name
+
+
+def _by_identity(rows: Sequence[Row], identity: Callable[[Row], str], side: str) -> dict[str, Row]:
+    found: dict[str, list[Row]] = defaultdict(list)
+    for row in rows:
+        found[identity(row)].append(row)
+    clashes = {key: group for key, group in found.items() if len(group) > 1}
+    if clashes:
+        lines = [
+            f"{side} has {len(group)} runs with the same identity {key or '(none)'!r}: "
+            + ", ".join(f"{row.run_name} ({row.run_id})" for row in group)
+            for key, group in clashes.items()
+        ]
+        raise AmbiguousMatch("; ".join(lines) + " — give one run or sweep per side, the gate will not guess")
+    return {key: group[0] for key, group in found.items()}
+
+
+@dataclass(frozen=True)
+class Pairing:
+    pairs: list[tuple[Row, Row]]
+    unmatched: list[str]  # "baseline only: name [identity]" lines
+    basis: str
+
+
+def pair_rows(baseline: Sequence[Row], candidate: Sequence[Row]) -> Pairing:
+    """Timed rows matched by identity (see the module docstring); raises AmbiguousMatch rather than guess."""
+    base = [row for row in baseline if row.median_ms]
+    cand = [row for row in candidate if row.median_ms]
+    if len(base) == 1 and len(cand) == 1:
+        return Pairing([(base[0], cand[0])], [], "one run on each side")
+    basis, identity = identity_basis(base, cand)
+    base_by = _by_identity(base, identity, "the baseline")
+    cand_by = _by_identity(cand, identity, "the candidate")
+    pairs = [(base_by[key], cand_by[key]) for key in sorted(base_by.keys() & cand_by.keys())]
+    unmatched = [f"baseline only: {base_by[key].run_name} [{key}]" for key in sorted(base_by.keys() - cand_by.keys())]
+    unmatched += [f"candidate only: {cand_by[key].run_name} [{key}]" for key in sorted(cand_by.keys() - base_by.keys())]
+    return Pairing(pairs, unmatched, basis)
+
+
+def pair_label(baseline: Row, candidate: Row, basis: str) -> str:
+    """What to call a pair in the gate's output: the variant (tag, else run name) and, when matched by config, the
+    identity that matched it."""
+    variant = candidate.tags.get(VARIANT_TAG) or candidate.run_name
+    if basis == "overrides" and candidate.tags.get(OVERRIDES_TAG):
+        return f"{variant} [{_override_key(candidate)}]"
+    return variant
 
 
 def parse_threshold(text: str) -> float:

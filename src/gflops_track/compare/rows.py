@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mlflow.entities import Run
@@ -42,6 +42,9 @@ class Row:
     spec_bandwidth_gb_per_s: float | None
     error: str = ""
     relative_speed: float | None = None  # baseline median / this median: > 1 is faster than the baseline
+    timed_iterations: int | None = None
+    tags: dict[str, str] = field(default_factory=dict, compare=False)  # the run's tags (the gate's identity, load)
+    config: dict[str, str] = field(default_factory=dict, compare=False)  # the run's params (the gate's fallback)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -73,6 +76,9 @@ def row_from_run(run: Run) -> Row:
         spec_peak_gflop_per_s=metrics.get("spec_peak_gflop_per_s"),
         spec_bandwidth_gb_per_s=metrics.get("spec_bandwidth_gb_per_s"),
         error=tags.get(ERROR_TAG, ""),
+        timed_iterations=int(metrics["timed_iterations"]) if "timed_iterations" in metrics else None,
+        tags=dict(tags),
+        config=dict(params),
     )
 
 

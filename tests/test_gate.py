@@ -1,0 +1,279 @@
+"""The regression gate: its decision rule on synthetic samples, its matching of rows, and the real
+``gflops-track compare --baseline --candidate`` command on runs logged with known samples into a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import cli_env
+from gflops_track.compare.cli import main as compare_main
+from gflops_track.compare.gate import (
+    FASTER,
+    INCONCLUSIVE,
+    MIN_SAMPLES,
+    OK,
+    REGRESSION,
+    WITHIN_NOISE,
+    AmbiguousMatch,
+    Side,
+    bootstrap_ratio,
+    judge,
+    pair_rows,
+    parse_threshold,
+)
+from gflops_track.compare.rows import Row
+from gflops_track.timing import LatencyStats
+
+DEFAULT = 0.05  # the gate's default threshold, 5%
+
+
+def lognormal(seed: int, n: int, median_ms: float = 10.0, cv: float = 0.10) -> list[float]:
+    """n samples of a log-normal with the given median and coefficient of variation (CV = sqrt(exp(s^2) - 1))."""
+    sigma = float(np.sqrt(np.log(1 + cv**2)))
+    return (median_ms * np.random.default_rng(seed).lognormal(0.0, sigma, n)).tolist()
+
+
+def row(name: str, median_ms: float | None = 10.0, run_id: str = "", **extra: object) -> Row:
+    """A comparison row as rows.row_from_run builds it; only what the gate reads is set."""
+    fields: dict[str, object] = dict.fromkeys(
+        ("batch_size", "params", "gmacs", "gflops", "ci_low_ms", "ci_high_ms", "throughput_samples_per_s",
+         "achieved_gflop_per_s", "utilization_vs_measured_peak", "utilization_vs_spec_peak", "arithmetic_intensity",
+         "measured_peak_gflop_per_s", "measured_bandwidth_gb_per_s", "spec_peak_gflop_per_s",
+         "spec_bandwidth_gb_per_s"),
+    )  # fmt: skip
+    fields.update(extra)
+    return Row(run_id=run_id or name, run_name=name, status="FINISHED", hardware="cpu:test", median_ms=median_ms,
+               **fields)  # type: ignore[arg-type]  # fmt: skip
+
+
+# --- the decision rule ---------------------------------------------------------------------------------------------
+
+
+def test_above_threshold_but_interval_includes_one_is_not_a_regression() -> None:
+    """+10% (over the 5% threshold) on samples spread 50..150 ms: the bootstrap interval of the ratio includes 1, so
+    the slowdown is within the noise. Deleting the 'interval lies above 1' condition makes this a REGRESSION."""
+    base = [50.0 + 100.0 * i / 30 for i in range(31)]  # median 100 ms
+    verdict = judge(Side.from_samples("b", base), Side.from_samples("c", [1.10 * v for v in base]), DEFAULT)
+    assert verdict.ratio == pytest.approx(1.10) and verdict.ratio > 1 + DEFAULT
+    assert verdict.ratio_low is not None and verdict.ratio_high is not None
+    assert verdict.ratio_low < 1 < verdict.ratio_high
+    assert verdict.status == WITHIN_NOISE and not verdict.regression
+
+
+def test_slowdown_beyond_threshold_and_noise_is_a_regression() -> None:
+    base = [10.0 + 0.1 * (i % 7) for i in range(30)]  # tight: 10.0 .. 10.6 ms
+    verdict = judge(Side.from_samples("b", base), Side.from_samples("c", [1.2 * v for v in base]), DEFAULT)
+    assert verdict.ratio == pytest.approx(1.2) and verdict.ratio_low is not None and verdict.ratio_low > 1
+    assert verdict.status == REGRESSION and verdict.noise_basis == "99% bootstrap of stored samples"
+    faster = judge(Side.from_samples("b", base), Side.from_samples("c", [0.5 * v for v in base]), DEFAULT)
+    assert faster.status == FASTER and faster.ratio_high is not None and faster.ratio_high < 1
+
+
+def test_boundary_exactly_at_the_threshold_is_not_a_regression() -> None:
+    """ratio == 1 + threshold passes; the rule is 'more than the threshold'. Noise-free samples: only the threshold
+    decides."""
+    base = Side.from_samples("b", [100.0] * 30)
+    at = judge(base, Side.from_samples("c", [105.0] * 30), DEFAULT)
+    assert at.ratio == 1 + DEFAULT and at.status == OK
+    above = judge(base, Side.from_samples("c", [105.01] * 30), DEFAULT)
+    assert above.ratio > 1 + DEFAULT and above.status == REGRESSION
+
+
+def test_no_samples_uses_the_logged_confidence_intervals() -> None:
+    """Without stored samples the interval is candidate CI / baseline CI: low = 11.8 / 10.2, high = 12.2 / 9.8."""
+    base = Side.from_row(row("b", 10.0, ci_low_ms=9.8, ci_high_ms=10.2, timed_iterations=30), None)
+    slower = Side.from_row(row("c", 12.0, ci_low_ms=11.8, ci_high_ms=12.2, timed_iterations=30), None)
+    verdict = judge(base, slower, DEFAULT)
+    assert verdict.noise_basis == "logged 95% CIs" and verdict.status == REGRESSION
+    assert verdict.ratio_low == pytest.approx(11.8 / 10.2) and verdict.ratio_high == pytest.approx(12.2 / 9.8)
+    overlapping = Side.from_row(row("c", 11.0, ci_low_ms=9.9, ci_high_ms=12.0, timed_iterations=30), None)
+    wide = judge(base, overlapping, DEFAULT)
+    assert wide.ratio_low == pytest.approx(9.9 / 10.2) and wide.status == WITHIN_NOISE
+    unknown = judge(base, Side.from_row(row("c", 20.0, timed_iterations=30), None), DEFAULT)
+    assert unknown.status == INCONCLUSIVE and "no confidence interval" in unknown.reason
+    assert "interval unknown" in unknown.describe(DEFAULT)
+    uncounted = judge(base, Side.from_row(row("c", 20.0, ci_low_ms=19.0, ci_high_ms=21.0), None), DEFAULT)
+    assert uncounted.status == INCONCLUSIVE and "too few samples (30, unknown" in uncounted.reason
+
+
+def test_too_few_samples_is_inconclusive_not_a_regression() -> None:
+    short = MIN_SAMPLES - 1
+    few = judge(Side.from_samples("b", lognormal(1, short)), Side.from_samples("c", lognormal(2, short, 20.0)))
+    assert few.status == INCONCLUSIVE and f"too few samples ({short}, {short}; at least {MIN_SAMPLES} each)" in (
+        few.reason
+    )
+    enough = judge(
+        Side.from_samples("b", lognormal(1, MIN_SAMPLES)), Side.from_samples("c", lognormal(2, MIN_SAMPLES, 20.0))
+    )
+    assert enough.status == REGRESSION
+
+
+def test_timed_under_load_turns_a_regression_into_inconclusive() -> None:
+    base = [10.0 + 0.1 * (i % 7) for i in range(30)]
+    loaded = Side.from_samples("c", [1.6 * v for v in base], timing_suspect=True)
+    verdict = judge(Side.from_samples("b", base), loaded, DEFAULT)
+    assert verdict.status == INCONCLUSIVE
+    assert verdict.reason == "timed under load (candidate), re-run on a quiet machine"
+    assert "INCONCLUSIVE: timed under load" in verdict.describe(DEFAULT)
+    calm = judge(Side.from_samples("b", base, timing_suspect=True), Side.from_samples("c", base), DEFAULT)
+    assert calm.status == OK and calm.reason == "baseline timed under load"  # said, but no reason to fail
+
+
+def test_identical_distributions_give_no_false_alarm_at_the_default_threshold() -> None:
+    """100 pairs of 30-sample sets from one log-normal (CV 10%), seeded: at most 1 false REGRESSION at 5%, while a
+    2x slowdown is caught in every pair. With the noise condition deleted about 10% of these pairs would fail."""
+    false_alarms = caught = 0
+    for pair in range(100):
+        base = Side.from_samples("b", lognormal(2 * pair, 30))
+        false_alarms += judge(base, Side.from_samples("c", lognormal(2 * pair + 1, 30)), DEFAULT).regression
+        caught += judge(base, Side.from_samples("c", lognormal(2 * pair + 1, 30, 20.0)), DEFAULT).regression
+    assert false_alarms <= 1 and caught == 100
+
+
+def test_bootstrap_ratio_and_threshold_parsing() -> None:
+    baseline = [10.0 + 0.1 * (i % 7) for i in range(50)]
+    doubled = [2 * value for value in baseline]
+    low, high = bootstrap_ratio(baseline, doubled)
+    assert 1.9 < low <= 2.0 <= high < 2.1
+    assert bootstrap_ratio(baseline, doubled) == (low, high)  # seeded: the gate is repeatable
+    narrower = bootstrap_ratio(baseline, doubled, confidence=0.5)
+    assert low <= narrower[0] <= narrower[1] <= high
+    assert parse_threshold("5%") == 0.05 and parse_threshold("0.05") == 0.05
+    with pytest.raises(ValueError, match="--threshold='lots' is not allowed"):
+        parse_threshold("lots")
+
+
+# --- matching ------------------------------------------------------------------------------------------------------
+
+SAME_NAME = "residual_block-group-b1-cpu-fp32"  # the default run name leaves out planes
+
+
+def test_rows_with_one_name_are_matched_by_their_overrides() -> None:
+    base = [row(SAME_NAME, tags={"overrides": "model.planes=32 norm_fn=group"}, run_id="b32"),
+            row(SAME_NAME, tags={"overrides": "model.planes=64 norm_fn=group"}, run_id="b64")]  # fmt: skip
+    cand = [row(SAME_NAME, tags={"overrides": "norm_fn=group model.planes=64"}, run_id="c64"),
+            row(SAME_NAME, tags={"overrides": "norm_fn=group model.planes=32"}, run_id="c32")]  # fmt: skip
+    pairing = pair_rows(base, cand)
+    assert pairing.basis == "overrides" and not pairing.unmatched
+    assert sorted((b.run_id, c.run_id) for b, c in pairing.pairs) == [("b32", "c32"), ("b64", "c64")]
+
+
+def test_ambiguous_match_is_refused_naming_the_rows() -> None:
+    base = [row("a", tags={"overrides": "x=1"}, run_id="id-a"), row("b", tags={"overrides": "x=1"}, run_id="id-b")]
+    with pytest.raises(AmbiguousMatch, match=r"the baseline has 2 runs with the same identity 'x=1': a \(id-a\), b"):
+        pair_rows(base, [row("c", tags={"overrides": "x=1"}), row("d", tags={"overrides": "x=2"})])
+    cand = [row("c", tags={"overrides": "x=1"}, run_id="id-c"), row("d", tags={"overrides": "x=1"}, run_id="id-d")]
+    with pytest.raises(AmbiguousMatch, match="the candidate has 2 runs"):
+        pair_rows([row("a", tags={"overrides": "x=1"}), row("b", tags={"overrides": "x=2"})], cand)
+
+
+def test_old_runs_are_matched_by_the_params_that_differ_then_by_name() -> None:
+    """No overrides tag: identity = the params that differ between the rows of a side (here norm_fn.name; the
+    tracking.uri is common to a side, so left out, though it differs between the sides), so a lone candidate finds its
+    baseline among several."""
+    common = {"tracking.uri": "sqlite:///x.db", "batch.size": "1"}
+    elsewhere = {**common, "tracking.uri": "sqlite:///y.db"}
+    base = [row(SAME_NAME, run_id="bg", config={**common, "norm_fn.name": "group"}),
+            row(SAME_NAME, run_id="bn", config={**common, "norm_fn.name": "none"})]  # fmt: skip
+    cand = [row("renamed", run_id="cn", config={**elsewhere, "norm_fn.name": "none"}),
+            row("other", run_id="cg", config={**elsewhere, "norm_fn.name": "group"})]  # fmt: skip
+    pairing = pair_rows(base, cand)
+    assert pairing.basis == "params"
+    assert sorted((b.run_id, c.run_id) for b, c in pairing.pairs) == [("bg", "cg"), ("bn", "cn")]
+    lone = pair_rows(base, [*cand[:1], row("untimed", None, config={"norm_fn.name": "group"})])
+    assert [(b.run_id, c.run_id) for b, c in lone.pairs] == [("bn", "cn")]
+    assert lone.unmatched == [f"baseline only: {SAME_NAME} [norm_fn.name=group]"]
+    by_name = pair_rows([row("x-b1"), row("x-b2")], [row("x-b2"), row("x-b4")])
+    assert by_name.basis == "run name" and [b.run_name for b, _ in by_name.pairs] == ["x-b2"]
+    assert by_name.unmatched == ["baseline only: x-b1 [x-b1]", "candidate only: x-b4 [x-b4]"]
+    assert pair_rows([row("a")], [row("b")]).basis == "one run on each side"
+
+
+# --- the real command on a real store ------------------------------------------------------------------------------
+
+
+def log_sweep(client: MlflowClient, experiment_id: str, jobs: list[dict[str, object]]) -> str:
+    """A sweep parent and one child per job, logged the way the app logs them: the latency metrics computed from
+    the samples by the package's own statistics, the samples as latency_samples.json, params, and tags."""
+    parent = client.create_run(experiment_id, run_name="sweep", tags={"sweep_overrides": "x"}).info.run_id
+    for job in jobs:
+        samples = list(job["samples"])  # type: ignore[call-overload]
+        stats = LatencyStats.from_samples(samples)
+        tags = {"mlflow.parentRunId": parent, "hardware": "cpu:test", **job.get("tags", {})}  # type: ignore[dict-item]
+        run_id = client.create_run(experiment_id, run_name=str(job["name"]), tags=tags).info.run_id
+        for key, value in job.get("params", {}).items():  # type: ignore[attr-defined]
+            client.log_param(run_id, key, value)
+        metrics = {"latency_median_ms": stats.median_ms, "latency_ci95_low_ms": stats.ci_low_ms,
+                   "latency_ci95_high_ms": stats.ci_high_ms, "timed_iterations": len(samples)}  # fmt: skip
+        for key, value in metrics.items():
+            client.log_metric(run_id, key, value)
+        client.log_text(run_id, json.dumps({"latency_ms": samples}), "latency_samples.json")
+        client.set_terminated(run_id)
+    client.set_terminated(parent)
+    return parent
+
+
+def gate(uri: str, cwd: Path, baseline: str, candidate: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """The real console command: ``gflops-track compare`` is ``gflops_track.cli:main``."""
+    command = [sys.executable, "-m", "gflops_track.cli", "compare", "--tracking-uri", uri,
+               "--baseline", baseline, "--candidate", candidate, *extra]  # fmt: skip
+    return subprocess.run(command, cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=300)
+
+
+def jobs(seed: int, slow_first: float = 1.0, suspect: str = "false", n: int = 40) -> list[dict[str, object]]:
+    """Two jobs sharing one run name, told apart only by their overrides (planes): the case the name-based gate
+    dropped. The first job's samples are scaled by ``slow_first``."""
+    return [
+        {"name": SAME_NAME, "samples": [slow_first * v for v in lognormal(seed, n, 5.4, 0.05)],
+         "tags": {"overrides": "model.planes=32", "variant": "planes=32", "timing_suspect": suspect},
+         "params": {"model.planes": "32"}},
+        {"name": SAME_NAME, "samples": lognormal(seed + 1, n, 40.0, 0.05),
+         "tags": {"overrides": "model.planes=64", "variant": "planes=64", "timing_suspect": suspect},
+         "params": {"model.planes": "64"}},
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_gate_command_on_logged_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    uri = f"sqlite:///{tmp_path / 'gate.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("gate")
+    baseline = log_sweep(client, experiment, jobs(0))
+    slower = log_sweep(client, experiment, jobs(10, slow_first=10.6 / 5.4))  # the issue's +96%
+    regressed = gate(uri, tmp_path, baseline, slower)
+    assert regressed.returncode == 1, regressed.stdout + regressed.stderr
+    assert "rows matched by overrides" in regressed.stdout
+    assert "planes=32 [model.planes=32]: " in regressed.stdout and "REGRESSION" in regressed.stdout
+    assert "1 regression(s), 0 inconclusive in 2 compared row(s), threshold 5.0%" in regressed.stdout
+
+    monkeypatch.setenv("COLUMNS", "250")  # the in-process runs below print through rich: no wrapping
+
+    def in_process(*args: str) -> tuple[int, str, str]:
+        code = compare_main(["--tracking-uri", uri, *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    same = log_sweep(client, experiment, jobs(20))
+    code, out, _ = in_process("--baseline", baseline, "--candidate", same)
+    assert code == 0 and "0 regression(s), 0 inconclusive in 2 compared row(s)" in out
+    loaded = log_sweep(client, experiment, jobs(30, slow_first=2.0, suspect="true"))
+    code, out, _ = in_process("--baseline", baseline, "--candidate", loaded)
+    assert code == 3 and "INCONCLUSIVE: timed under load (candidate), re-run on a quiet machine" in out
+    few = log_sweep(client, experiment, jobs(40, slow_first=2.0, n=MIN_SAMPLES - 1))
+    code, out, _ = in_process("--baseline", baseline, "--candidate", few)
+    assert code == 3 and "REGRESSION" not in out and "too few samples" in out
+    code, out, _ = in_process("--baseline", baseline, "--candidate", few, "--min-samples", str(MIN_SAMPLES - 1))
+    assert code == 1
+    doubled = log_sweep(client, experiment, [*jobs(50), jobs(60)[0]])
+    code, _, err = in_process("--baseline", baseline, "--candidate", doubled)
+    assert code == 2 and "ambiguous match: the candidate has 2 runs with the same identity 'model.planes=32'" in err
+    code, _, err = in_process("--baseline", baseline, "--candidate", slower, "--threshold", "lots")
+    assert code == 2 and "--threshold='lots' is not allowed" in err
