@@ -85,9 +85,17 @@ THOP_AGREES_TAG = "thop_agrees"
 TIMING_SUSPECT_TAG = "timing_suspect"
 THROTTLE_TAG = "gpu_throttle_reasons"
 SWEEP_OVERRIDES_TAG = "sweep_overrides"
+OVERRIDES_TAG = "overrides"  # the job's own Hydra overrides, space-separated: what the regression gate pairs runs by
+VARIANT_TAG = "variant"  # the overrides that differ inside the sweep, e.g. "norm_fn=group": what a person groups by
+DTYPE_TAG = "dtype"
+BATCH_SIZE_TAG = "batch_size"
+SOURCE_NAME_TAG = "mlflow.source.name"  # MLflow's own source tags (the UI's "Source" column)
+SOURCE_COMMIT_TAG = "mlflow.source.git.commit"
+USER_TAG = "mlflow.user"
 
 # Artifacts.
 CONFIG_ARTIFACT = "config.yaml"
+OVERRIDES_ARTIFACT = "overrides.yaml"
 LAYERS_CSV_ARTIFACT = "layers.csv"
 LAYERS_JSON_ARTIFACT = "layers.json"
 SUMMARY_ARTIFACT = "summary.txt"

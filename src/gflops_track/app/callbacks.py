@@ -10,15 +10,18 @@ command is interrupted.
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from gflops_track import names
 from gflops_track.app import console
+from gflops_track.app.job import SWEPT_KEYS_ENV
 from gflops_track.app.outcomes import FAILED, FINISHED, KILLED, OutcomeLedger, sweep_key
 from gflops_track.compare.render import rich_table
 from gflops_track.compare.report import finish_sweep
@@ -39,6 +42,12 @@ def end_interrupted_sweeps(ledger: OutcomeLedger) -> None:
         ledger.close_sweep(sweep_key(state))
 
 
+def swept_keys(overrides: list[str]) -> list[str]:
+    """The keys a sweep gives several values (``norm_fn=group,batch``, ``range(...)``, ``choice(...)``)."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [override.key_or_group for override in parsed if override.is_sweep_override()]
+
+
 class MlflowSweepCallback(Callback):
     """on_multirun_start: open the sweep's run; on_multirun_end: compare the children, close the sweep's run."""
 
@@ -57,8 +66,10 @@ class MlflowSweepCallback(Callback):
         if not tracking.enabled:
             return
         overrides = " ".join(config.hydra.overrides.task)
+        os.environ[SWEPT_KEYS_ENV] = ",".join(swept_keys(list(config.hydra.overrides.task)))
         uri = resolve_tracking_uri(tracking.uri, Path.cwd())
-        target = RunTarget.for_sweep(uri, tracking.experiment, f"sweep {overrides}".strip())
+        started = datetime.now().strftime("%m-%d %H:%M:%S")  # sweeps of the same overrides get distinct names
+        target = RunTarget.for_sweep(uri, tracking.experiment, f"sweep {started} {overrides}".strip())
         self.recorder = Recorder(target, Path(config.hydra.sweep.dir) / SPOOL_FOLDER, console.print_warning)
         self.recorder.open(RunRecord(tags={names.SWEEP_OVERRIDES_TAG: overrides}))
         os.environ[PARENT_RUN_ENV] = self.recorder.reference
@@ -68,6 +79,7 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ.pop(PARENT_RUN_ENV, None)
+        os.environ.pop(SWEPT_KEYS_ENV, None)
         recorder = self.recorder
         if recorder is None:
             return

@@ -8,12 +8,15 @@ on); whatever was measured before the failure is already logged.
 from __future__ import annotations
 
 import contextlib
+import getpass
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from hydra.utils import instantiate
 from torch import nn
 
@@ -27,7 +30,7 @@ from gflops_track.result import ProfileResult
 from gflops_track.tracking.recorder import Recorder, RunTarget
 from gflops_track.tracking.records import cost_record, peak_record, start_record, timing_record
 from gflops_track.tracking.spool import SPOOL_FOLDER
-from gflops_track.tracking.store import redact_uri, resolve_tracking_uri
+from gflops_track.tracking.store import launched_by_mlflow, redact_uri, resolve_tracking_uri
 
 
 def model_short_name(target: str) -> str:
@@ -115,8 +118,44 @@ def profile_job(
     return result
 
 
+SWEPT_KEYS_ENV = "GFLOPS_TRACK_SWEPT_KEYS"  # set by the sweep callback: the keys whose values differ between jobs
+
+
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def job_tags(config: AppConfig, device: torch.device, overrides: list[str], facts: Fingerprint) -> dict[str, str]:
+    """Tags to group and filter by, the same on every run: the job's overrides and its variant (the overrides that
+    differ inside its sweep), model, device, dtype, batch size, and MLflow's own source tags (never a remote URL: it
+    can hold a token)."""
+    swept = set(filter(None, os.environ.get(SWEPT_KEYS_ENV, "").split(",")))
+    variant = [o for o in overrides if override_key(o) in swept] if swept else overrides
+    tags = {
+        names.MODEL_TARGET_TAG: config.model["_target_"],
+        names.MODEL_TAG: config.model["_target_"].rsplit(".", 1)[-1],
+        names.DEVICE_TAG: str(device),
+        names.DTYPE_TAG: config.precision.dtype,
+        names.BATCH_SIZE_TAG: str(config.batch.size),
+        names.OVERRIDES_TAG: " ".join(overrides),
+        names.VARIANT_TAG: " ".join(variant) or "defaults",
+    }
+    if not launched_by_mlflow():  # `mlflow run` sets its own source tags on the run it made
+        tags[names.SOURCE_NAME_TAG] = "python -m gflops_track"
+        tags[names.USER_TAG] = getpass.getuser()
+        if facts.git_commit:
+            tags[names.SOURCE_COMMIT_TAG] = facts.git_commit
+    return tags
+
+
 def run_job(
-    config: AppConfig, params: dict[str, str], config_yaml: str, launch_dir: Path, output_dir: Path, in_sweep: bool
+    config: AppConfig,
+    params: dict[str, str],
+    config_yaml: str,
+    launch_dir: Path,
+    output_dir: Path,
+    in_sweep: bool,
+    overrides: list[str] | None = None,
 ) -> JobOutcome:
     """Profile one configuration into one MLflow run (or the spool in ``output_dir`` if the store fails); never
     raises for a failure inside the job (SystemExit from the user's model included): the run is FAILED, the reason
@@ -131,9 +170,11 @@ def run_job(
         recorder = Recorder(target, output_dir / SPOOL_FOLDER, console.print_warning)
     try:
         if recorder is not None:
-            tags = {names.MODEL_TARGET_TAG: config.model["_target_"], names.DEVICE_TAG: str(device)}
+            overrides = list(overrides or [])
             params = {**params, "tracking.uri": redact_uri(recorder.target.uri)}
-            recorder.open(start_record(params, config_yaml, tags, facts))
+            start = start_record(params, config_yaml, job_tags(config, device, overrides, facts), facts)
+            start.files[names.OVERRIDES_ARTIFACT] = yaml.safe_dump(overrides, default_flow_style=False).encode()
+            recorder.open(start)
         with recorder.heartbeat() if recorder is not None else contextlib.nullcontext():
             result = profile_job(config, device, run_name, facts, settings, recorder)
     except (Exception, SystemExit) as error:

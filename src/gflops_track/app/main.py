@@ -68,6 +68,7 @@ def hydra_app(cfg: DictConfig) -> JobOutcome:
             launch_dir=Path(hydra_config.runtime.cwd),
             output_dir=Path(hydra_config.runtime.output_dir),
             in_sweep=hydra_config.mode == RunMode.MULTIRUN,
+            overrides=list(hydra_config.overrides.task),
         )
     except Exception as error:  # a fault of ours past the job's own handling: this job failed, the sweep goes on
         message = f"{type(error).__name__}: {error}"
