@@ -26,7 +26,7 @@ from rich.table import Table
 
 from gflops_track.counting.op_counter import count_cost
 from gflops_track.models import ResidualBlock
-from gflops_track.peaks import gpu_spec, spec_tflops
+from gflops_track.peaks import gpu_spec
 from gflops_track.probes import measured_peak
 from gflops_track.runtime import RuntimeOptions, prepare, runtime_context
 from gflops_track.timing import TimingOptions, measure_latency
@@ -54,7 +54,7 @@ def seed_rows(device: torch.device, max_time_s: float) -> list[list[str]]:
                 timing = measure_latency(forward, device, options)
             eager, graph = timing.latency.median_ms, timing.graph_latency
             achieved = flops / (eager / 1e3) / 1e9
-            datasheet = spec_tflops(spec, dtype) * 1e3 if spec and spec_tflops(spec, dtype) else None
+            datasheet = spec.tflops.get(dtype) * 1e3 if spec and spec.tflops.get(dtype) else None
             per_joule = timing.gflop_per_joule(flops)
             rows.append([
                 dtype, "on" if flush else "off", f"{eager:.4f}",
@@ -74,7 +74,7 @@ def probe_rows(device: torch.device, cache_dir: Path) -> list[list[str]]:
     rows = []
     for dtype in DTYPES:
         peak = measured_peak(device, dtype, f"bench:{torch.cuda.get_device_name(device)}", cache_dir)
-        datasheet = spec_tflops(spec, dtype) * 1e3 if spec and spec_tflops(spec, dtype) else None
+        datasheet = spec.tflops.get(dtype) * 1e3 if spec and spec.tflops.get(dtype) else None
         rows.append([
             dtype, f"{peak.gemm_gflop_per_s:,.0f} (n={peak.gemm_size})", f"{datasheet:,.0f}" if datasheet else "-",
             _pct(peak.gemm_gflop_per_s, datasheet), f"{peak.compute_gflop_per_s:,.0f}", peak.compute_kernel,

@@ -19,7 +19,7 @@ from torch import nn
 from conftest import requires_cuda
 from gflops_track import CountOptions, PeakOptions, profile
 from gflops_track.conditions import NvmlDevice
-from gflops_track.peaks import gpu_spec, spec_tflops
+from gflops_track.peaks import gpu_spec
 from gflops_track.probes import cache_key, measured_peak
 from gflops_track.runtime import RuntimeOptions
 from gflops_track.timing import (
@@ -166,8 +166,8 @@ def test_probes_are_timed_with_events_and_stay_under_the_datasheet(tmp_path: Pat
     assert peak.gemm_gflop_per_s > 0 and peak.compute_gflop_per_s >= peak.gemm_gflop_per_s
     assert peak.bandwidth_gb_s is not None and peak.bandwidth_gb_s > 0
     spec = gpu_spec(torch.cuda.get_device_name(device))
-    if spec is not None and spec_tflops(spec, "fp16"):
-        datasheet = spec_tflops(spec, "fp16") * 1e3
+    if spec is not None and spec.tflops.get("fp16"):
+        datasheet = spec.tflops.get("fp16") * 1e3
         assert 0.05 * datasheet < peak.gemm_gflop_per_s <= 1.1 * datasheet
         assert peak.bandwidth_gb_s <= 1.1 * spec.bandwidth_gb_s
 

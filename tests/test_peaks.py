@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gflops_track.peaks import GPU_SPECS, cpu_peak_estimate, fp32_flops_per_cycle, gpu_spec, spec_tflops
+from gflops_track.peaks import GPU_SPECS, cpu_peak_estimate, fp32_flops_per_cycle, gpu_spec
 
 
 @pytest.mark.parametrize(
@@ -33,7 +33,7 @@ from gflops_track.peaks import GPU_SPECS, cpu_peak_estimate, fp32_flops_per_cycl
 def test_gpu_spec_table_dense_figures(device_name: str, card: str, bf16: float, bandwidth: float) -> None:
     spec = gpu_spec(device_name)
     assert spec is not None and spec.name == card
-    assert spec_tflops(spec, "bf16") == bf16 and spec.bandwidth_gb_s == bandwidth and spec.source
+    assert spec.tflops.get("bf16") == bf16 and spec.bandwidth_gb_s == bandwidth and spec.source
 
 
 @pytest.mark.parametrize(
@@ -58,8 +58,8 @@ def test_slices_variants_and_unknown_devices_get_no_figure(device_name: str) -> 
 
 def test_old_cards_have_only_their_dtypes() -> None:
     t4, v100, v100s = gpu_spec("Tesla T4"), gpu_spec("Tesla V100-SXM2-16GB"), gpu_spec("Tesla V100S-PCIE-32GB")
-    assert t4 is not None and spec_tflops(t4, "fp16") == 65 and spec_tflops(t4, "bf16") is None
-    assert v100 is not None and v100.name == "V100 SXM2" and spec_tflops(v100, "tf32") is None
+    assert t4 is not None and t4.tflops.get("fp16") == 65 and t4.tflops.get("bf16") is None
+    assert v100 is not None and v100.name == "V100 SXM2" and v100.tflops.get("tf32") is None
     assert v100s is not None and v100s.name == "V100S PCIe" and v100s.bandwidth_gb_s == 1134
     assert gpu_spec("Tesla V100-PCIE-32GB") == next(spec for _, spec in GPU_SPECS if spec and spec.name == "V100 PCIe")
 

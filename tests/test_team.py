@@ -187,20 +187,24 @@ def test_server_failing_mid_sweep_loses_nothing(
         restarted.stop()
 
 
-def test_two_sweeps_in_parallel_against_a_server(tmp_path: Path, server: Server) -> None:
-    """Two teammates sweep at once into one server (PostgreSQL or SQLite behind it): no run lost, none left open."""
-    experiment = f"parallel-{server.port}"
-    command = [sys.executable, "-m", "gflops_track", "-m", *SMALL, *QUICK, f"tracking.experiment={experiment}"]
-    env = cli_env(MLFLOW_TRACKING_URI=server.uri, XDG_CACHE_HOME=str(tmp_path / ".cache"))
-    sweeps = [
-        subprocess.Popen([*command, f"norm_fn={norms}"], cwd=tmp_path / name, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-        for name, norms in (("a", "group,none"), ("b", "instance,none"))
-        if (tmp_path / name).mkdir() is None
-    ]  # fmt: skip
+def sweep_in_parallel(tmp_path: Path, uri: str, norm_lists: list[str], *extra: str) -> None:
+    """Two sweeps (one per norm list) started at once into one store, each from its own directory; both exit 0."""
+    env = cli_env(MLFLOW_TRACKING_URI=uri, XDG_CACHE_HOME=str(tmp_path / ".cache"))
+    command = [sys.executable, "-m", "gflops_track", "-m", *SMALL, *QUICK, *extra]
+    sweeps = []
+    for index, norms in enumerate(norm_lists):
+        (tmp_path / str(index)).mkdir()
+        sweeps.append(subprocess.Popen([*command, f"norm_fn={norms}"], cwd=tmp_path / str(index), env=env,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
     for process in sweeps:
         _, err = process.communicate(timeout=600)
         assert process.returncode == 0, err[-3000:]
+
+
+def test_two_sweeps_in_parallel_against_a_server(tmp_path: Path, server: Server) -> None:
+    """Two teammates sweep at once into one server (PostgreSQL or SQLite behind it): no run lost, none left open."""
+    experiment = f"parallel-{server.port}"
+    sweep_in_parallel(tmp_path, server.uri, ["group,none", "instance,none"], f"tracking.experiment={experiment}")
     client = MlflowClient(server.uri)
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     parents = [r for r in runs if "sweep_overrides" in r.data.tags]
@@ -213,17 +217,7 @@ def test_two_sweeps_in_parallel_against_a_server(tmp_path: Path, server: Server)
 
 def test_two_sweeps_in_parallel_into_one_fresh_sqlite_store(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'shared.db'}"
-    env = cli_env(MLFLOW_TRACKING_URI=uri, XDG_CACHE_HOME=str(tmp_path / ".cache"))
-    command = [sys.executable, "-m", "gflops_track", "-m", *SMALL, *QUICK]
-    sweeps = [
-        subprocess.Popen([*command, f"norm_fn={norms}"], cwd=tmp_path / name, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-        for name, norms in (("a", "group,batch,none"), ("b", "instance,group,none"))
-        if (tmp_path / name).mkdir() is None
-    ]  # fmt: skip
-    for process in sweeps:
-        _, err = process.communicate(timeout=600)
-        assert process.returncode == 0, err[-3000:]
+    sweep_in_parallel(tmp_path, uri, ["group,batch,none", "instance,group,none"])
     runs = runs_in(uri)
     parents = [r for r in runs if "sweep_overrides" in r.data.tags]
     assert len(parents) == 2 and len(runs) == 2 + 6  # no run lost

@@ -90,11 +90,6 @@ def gpu_spec(device_name: str) -> GpuSpec | None:
     return None
 
 
-def spec_tflops(spec: GpuSpec, dtype: str) -> float | None:
-    """Dense peak for the dtype the run computes in; fp32 with TF32 allowed counts as tf32."""
-    return spec.tflops.get(dtype)
-
-
 @dataclass(frozen=True)
 class CpuPeakEstimate:
     """cores x clock x FP32 FLOPs per cycle; an estimate (VMs often report the TSC rate as the clock)."""

@@ -55,6 +55,7 @@ import torch
 
 from gflops_track import names
 from gflops_track.conditions import Conditions, watch_conditions
+from gflops_track.validation import integer_problem
 
 ProgressCallback = Callable[[str, int, int], None]  # (phase, completed, total; total 0 = open-ended)
 Forward = Callable[[], Any]
@@ -100,11 +101,7 @@ class TimingOptions:
             ("min_repeats", self.min_repeats, 1),
             ("max_repeats", self.max_repeats, max(1, self.min_repeats)),
         ]
-        found = [
-            (name, f"={value!r} is not allowed: it must be an integer >= {low}")
-            for name, value, low in checks
-            if isinstance(value, bool) or not isinstance(value, int) or value < low
-        ]
+        found = [(name, problem) for name, value, low in checks if (problem := integer_problem(value, low))]
         for name in ("warmup_max_s", "max_time_s", "target_precision"):
             if not getattr(self, name) > 0:
                 found.append((name, f"={getattr(self, name)!r} is not allowed: it must be > 0"))

@@ -10,11 +10,18 @@ import torch
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
-def integer_problems(key: str, value: Any, minimum: int = 1) -> list[str]:
-    """``key=value`` must be an integer (not a bool) of at least ``minimum``."""
+def integer_problem(value: Any, minimum: int = 1) -> str | None:
+    """``"=value is not allowed: ..."`` when ``value`` is not an integer (a bool is not one) of at least ``minimum``;
+    callers put the key in front."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        return [f"{key}={value!r} is not allowed: it must be an integer >= {minimum}"]
-    return []
+        return f"={value!r} is not allowed: it must be an integer >= {minimum}"
+    return None
+
+
+def integer_problems(key: str, value: Any, minimum: int = 1) -> list[str]:
+    """``key=value`` must be an integer (not a bool) of at least ``minimum``: the problem as a one-line list."""
+    problem = integer_problem(value, minimum)
+    return [f"{key}{problem}"] if problem else []
 
 
 def device_problems(kind: str, index: int | None = None, key: str = "device") -> list[str]:

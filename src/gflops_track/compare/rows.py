@@ -11,9 +11,8 @@ from pathlib import Path
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from gflops_track import names
 from gflops_track.tracking.store import ERROR_TAG, PARENT_TAG, child_runs, search_all_runs
-
-SAMPLES_ARTIFACT = "latency_samples.json"
 
 
 @dataclass(frozen=True)
@@ -58,25 +57,25 @@ def row_from_run(run: Run) -> Row:
         run_id=run.info.run_id,
         run_name=run.info.run_name or run.info.run_id,
         status=run.info.status,
-        hardware=tags.get("hardware", "?"),
+        hardware=tags.get(names.HARDWARE_TAG, "?"),
         batch_size=int(batch) if batch and batch.isdigit() else None,
-        params=metrics.get("params"),
-        gmacs=metrics.get("gmacs"),
-        gflops=metrics.get("gflops"),
-        median_ms=metrics.get("latency_median_ms"),
-        ci_low_ms=metrics.get("latency_ci95_low_ms"),
-        ci_high_ms=metrics.get("latency_ci95_high_ms"),
-        throughput_samples_per_s=metrics.get("throughput_samples_per_s"),
-        achieved_gflop_per_s=metrics.get("achieved_gflop_per_s"),
-        utilization_vs_measured_peak=metrics.get("utilization_vs_measured_peak"),
-        utilization_vs_spec_peak=metrics.get("utilization_vs_spec_peak"),
-        arithmetic_intensity=metrics.get("arithmetic_intensity_flop_per_byte"),
-        measured_peak_gflop_per_s=metrics.get("measured_peak_gflop_per_s"),
-        measured_bandwidth_gb_per_s=metrics.get("measured_bandwidth_gb_per_s"),
-        spec_peak_gflop_per_s=metrics.get("spec_peak_gflop_per_s"),
-        spec_bandwidth_gb_per_s=metrics.get("spec_bandwidth_gb_per_s"),
+        params=metrics.get(names.PARAMS),
+        gmacs=metrics.get(names.GMACS),
+        gflops=metrics.get(names.GFLOPS),
+        median_ms=metrics.get(names.LATENCY_MEDIAN_MS),
+        ci_low_ms=metrics.get(names.LATENCY_CI_LOW_MS),
+        ci_high_ms=metrics.get(names.LATENCY_CI_HIGH_MS),
+        throughput_samples_per_s=metrics.get(names.THROUGHPUT),
+        achieved_gflop_per_s=metrics.get(names.ACHIEVED),
+        utilization_vs_measured_peak=metrics.get(names.UTILIZATION_MEASURED),
+        utilization_vs_spec_peak=metrics.get(names.UTILIZATION_SPEC),
+        arithmetic_intensity=metrics.get(names.INTENSITY),
+        measured_peak_gflop_per_s=metrics.get(names.MEASURED_PEAK),
+        measured_bandwidth_gb_per_s=metrics.get(names.MEASURED_BANDWIDTH),
+        spec_peak_gflop_per_s=metrics.get(names.SPEC_PEAK),
+        spec_bandwidth_gb_per_s=metrics.get(names.SPEC_BANDWIDTH),
         error=tags.get(ERROR_TAG, ""),
-        timed_iterations=int(metrics["timed_iterations"]) if "timed_iterations" in metrics else None,
+        timed_iterations=int(metrics[names.TIMED_ITERATIONS]) if names.TIMED_ITERATIONS in metrics else None,
         tags=dict(tags),
         config=dict(params),
     )
@@ -133,7 +132,7 @@ def latency_samples(client: MlflowClient, run_id: str) -> list[float] | None:
     """The raw per-iteration latencies (ms) the run stored, or None when it has none."""
     with tempfile.TemporaryDirectory() as folder:
         try:
-            path = client.download_artifacts(run_id, SAMPLES_ARTIFACT, folder)
+            path = client.download_artifacts(run_id, names.SAMPLES_ARTIFACT, folder)
         except Exception:
             return None
         return json.loads(Path(path).read_text()).get("latency_ms")

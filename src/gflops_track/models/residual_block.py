@@ -11,6 +11,8 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
+from gflops_track.validation import integer_problems
+
 NormName = Literal["group", "batch", "instance", "none"]
 NORM_CHOICES: tuple[str, ...] = get_args(NormName)
 CHANNELS_PER_GROUP = 8  # GroupNorm uses planes // 8 groups, i.e. 8 channels a group
@@ -20,8 +22,7 @@ def residual_block_arg_errors(in_planes: int, planes: int, norm_fn: str, stride:
     """Return one message per invalid argument (empty when the block can be built)."""
     errors = []
     for key, value in (("in_planes", in_planes), ("planes", planes), ("stride", stride)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            errors.append(f"{key}={value!r} is not allowed: it must be a positive integer")
+        errors += integer_problems(key, value)
     if norm_fn not in NORM_CHOICES:
         errors.append(f"norm_fn={norm_fn!r} is not allowed: choose one of {', '.join(NORM_CHOICES)}")
     elif norm_fn == "group" and isinstance(planes, int) and planes >= 1 and planes % CHANNELS_PER_GROUP:
