@@ -4,6 +4,7 @@
     measure(model, inputs)  -> TimingResult  latency statistics under the runtime options (timing.py)
     rate(cost, timing, ...)  -> PeakReport    vendor / estimated / measured peaks (peak_report.py)
     profile(model, inputs)  -> ProfileResult all of the above, with the fingerprint
+    count_training_step(model, inputs) -> TrainingCountResult  one training step by phase, category and layer
 
 The Hydra app calls the steps itself (count -> log -> time -> log); Python users call ``profile``. No MLflow, no Hydra.
 """
@@ -23,7 +24,8 @@ from torch.utils._pytree import tree_leaves, tree_map
 from gflops_track.counting.counting_forward import eval_mode
 from gflops_track.counting.op_counter import count_cost
 from gflops_track.counting.thop_compare import thop_count, thop_notes
-from gflops_track.counting.torch_crosscheck import torch_flop_count
+from gflops_track.counting.torch_crosscheck import TorchCount, torch_flop_count
+from gflops_track.counting.training import TrainingCost, count_training_cost, torch_training_check
 from gflops_track.hardware import Fingerprint, fingerprint
 from gflops_track.peak_report import PeakOptions, PeakReport, compare_with_peaks
 from gflops_track.result import CountResult, ProfileResult, achieved_gflop_per_s
@@ -155,6 +157,81 @@ def count(
         bytes_moved=cost.bytes_moved,
         min_bytes=cost.min_bytes,
         thop=thop,
+        torch_count=torch_count,
+        notes=notes,
+    )
+
+
+@dataclass(frozen=True)
+class TrainingCountResult:
+    """One training step's count: ``cost`` has MACs/FLOPs by phase (forward, backward, optimizer), by category and
+    the per-layer forward/backward columns; ``torch_count`` is FlopCounterMode over the same step (dense ops)."""
+
+    model_name: str
+    device: str
+    input_shapes: list[list[int]]
+    batch_size: int
+    cost: TrainingCost
+    torch_count: TorchCount | None
+    notes: list[str]
+
+    @property
+    def macs(self) -> int:
+        return self.cost.macs
+
+    @property
+    def flops(self) -> int:
+        return self.cost.flops
+
+
+def count_training_step(
+    model: nn.Module,
+    inputs: Inputs,
+    device: str | torch.device = "cpu",
+    *,
+    loss: str = "sum",
+    optimizer: str = "sgd",
+    labels: torch.Tensor | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    runtime: RuntimeOptions | None = None,
+    options: CountOptions | None = None,
+) -> TrainingCountResult:
+    """MACs and FLOPs of one training step of ``model(*inputs, **kwargs)``: zero_grad, forward, ``loss`` ('sum', or
+    'cross_entropy' against ``labels``, class 0 when not given), backward and ``optimizer`` step ('sgd', 'adamw', or
+    'none' for forward + backward only). Inputs need no grad, the module runs in train mode on meta tensors (flags,
+    weights and state_dict left as they were); ``options.torch_check`` adds FlopCounterMode over the same step.
+    Bad arguments raise a one-line ``ValueError``."""
+    target = resolve_device(device)
+    runtime = runtime or RuntimeOptions()
+    options = options or CountOptions()
+    args, kwargs = _placed(model, inputs, kwargs, target, runtime)
+    args, kwargs = tree_map(lambda leaf: leaf.detach() if isinstance(leaf, torch.Tensor) else leaf, (args, kwargs))
+    with runtime_context(runtime):
+        cost = count_training_cost(
+            model,
+            args,
+            kwargs,
+            loss=loss,
+            optimizer=optimizer,
+            labels=labels,
+            prefer_meta=options.meta,
+            extra_rules=options.extra_rules,
+        )
+        notes = [cost.backend_note] if cost.backend_note else []
+        if cost.uncounted_ops:
+            listed = ", ".join(f"{op} x{calls}" for op, calls in cost.uncounted_ops.items())
+            notes.append(f"ops with no counting rule (not included in FLOPs): {listed}")
+        torch_count = None
+        if options.torch_check:
+            torch_count = torch_training_check(model, args, kwargs, cost, labels=labels, prefer_meta=options.meta)
+            notes.extend(f"counters disagree: {note}" for note in torch_count.notes)
+    shapes = input_shapes(args, kwargs)
+    return TrainingCountResult(
+        model_name=type(model).__name__,
+        device=str(target),
+        input_shapes=shapes,
+        batch_size=shapes[0][0] if shapes and shapes[0] else 1,
+        cost=cost,
         torch_count=torch_count,
         notes=notes,
     )
