@@ -6,6 +6,8 @@ Convention (README, "Counting a training step"): the backward of a convolution c
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
@@ -13,7 +15,8 @@ from torch import nn
 from gflops_track.counting.rules import Category, OpCall, convolution_backward, fused_adam, fused_sgd
 from gflops_track.counting.training import count_training_cost, torch_training_check
 from gflops_track.models import ResidualBlock
-from gflops_track.profiler import count_training_step
+from gflops_track.profiler import count_training_step, measure_training_step
+from gflops_track.timing import TimingOptions
 
 aten = torch.ops.aten
 
@@ -185,3 +188,52 @@ def test_bad_input_is_one_line(model: nn.Module, shape: tuple[int, ...], kwargs:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")) as raised:
         count_training_step(model, torch.randn(*shape), **kwargs)
     assert "\n" not in str(raised.value)
+
+
+BACKWARD_CALLS: list[int] = []
+
+
+class _CountBackward(torch.autograd.Function):
+    """Identity that records each backward pass (so the test sees that every timed step ran one)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        BACKWARD_CALLS.append(1)
+        return grad
+
+
+class _Probe(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _CountBackward.apply(self.linear(x))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_training_step_timing_runs_a_backward_per_call_and_leaves_the_model(optimizer: str) -> None:
+    """Every timed call (cold start, warm-up, timed samples) is a whole step; the forward-alone timing runs none;
+    the caller's weights, .grad and flags are unchanged; the derived figures follow from the medians."""
+    model = _Probe().eval()
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    BACKWARD_CALLS.clear()
+    options = TimingOptions(warmup=2, min_repeats=5, max_repeats=5, max_time_s=5.0)
+    timed = measure_training_step(model, torch.randn(3, 8), optimizer=optimizer, options=options)
+    step_calls = 1 + timed.step.warmup_iterations + len(timed.step.latency.samples_ms)
+    assert len(BACKWARD_CALLS) == step_calls
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+    assert all(parameter.grad is None for parameter in model.parameters()) and not model.training
+    assert timed.backward_and_optimizer_ms == max(timed.step_ms - timed.forward_ms, 0.0)
+    assert timed.samples_per_s == 3 / (timed.step_ms / 1e3)
+    flops = count_training_step(model, torch.randn(3, 8), optimizer=optimizer).flops
+    assert timed.achieved_gflop_per_s(flops) == flops / (timed.step_ms / 1e3) / 1e9
+
+
+def test_training_step_timing_refuses_bad_input() -> None:
+    with pytest.raises(ValueError, match="optimizer='lion' is not allowed"):
+        measure_training_step(nn.Linear(4, 2), torch.randn(3, 4), optimizer="lion")

@@ -44,8 +44,11 @@ __all__ = [
     "PHASES",
     "TrainingCost",
     "TrainingLayerCost",
+    "compute_loss",
     "count_training_cost",
+    "make_optimizer",
     "torch_training_check",
+    "train_mode",
     "training_arg_errors",
 ]
 
@@ -192,11 +195,14 @@ def _hooks_for(counter: Any) -> _StepHooks:
     return _StepHooks(enter_phase, start_loss, label_loss)
 
 
-def _make_optimizer(optimizer: str, parameters: list[nn.Parameter]) -> torch.optim.Optimizer | None:
+def make_optimizer(
+    optimizer: str, parameters: list[nn.Parameter], lr: float = LEARNING_RATE
+) -> torch.optim.Optimizer | None:
+    """The step's optimizer over ``parameters`` (torch's defaults but ``lr``), or None for 'none'."""
     if optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=LEARNING_RATE)
+        return torch.optim.SGD(parameters, lr=lr)
     if optimizer == "adamw":
-        return torch.optim.AdamW(parameters, lr=LEARNING_RATE)
+        return torch.optim.AdamW(parameters, lr=lr)
     return None
 
 
@@ -264,7 +270,7 @@ def _step(
 ) -> None:
     """One step of ``model`` (swapped or copied) inside ``counter``: zero_grad, forward, loss, backward, step."""
     hooks = _hooks_for(counter)
-    opt = _make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad])
+    opt = make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad])
     with counter:
         hooks.phase("optimizer")  # zero_grad (set_to_none: no arithmetic) is the optimizer's
         if opt is not None:
