@@ -237,3 +237,30 @@ def test_training_step_timing_runs_a_backward_per_call_and_leaves_the_model(opti
 def test_training_step_timing_refuses_bad_input() -> None:
     with pytest.raises(ValueError, match="optimizer='lion' is not allowed"):
         measure_training_step(nn.Linear(4, 2), torch.randn(3, 4), optimizer="lion")
+
+
+def test_meta_and_real_steps_agree() -> None:
+    """The real fallback (a step on a deep copy of the module) gives the same phases and per-layer table as meta."""
+    block = ResidualBlock(16, 32, "batch", stride=2)
+    x = torch.randn(2, 16, 12, 12)
+    meta = count_training_cost(block, (x,), optimizer="adamw")
+    real = count_training_cost(block, (x,), optimizer="adamw", prefer_meta=False)
+    assert (meta.backend, real.backend) == ("meta", "real")
+    assert meta.flops_by_phase == real.flops_by_phase and meta.macs_by_phase == real.macs_by_phase
+    assert meta.layers == real.layers
+
+
+@pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "math"])
+def test_transformer_and_convnext_blocks_have_every_backward_op_counted(sdpa: bool) -> None:
+    """The blocks of test_counting_blocks (depthwise conv, LayerNorm, GELU, Linear, shifted-window attention with
+    SDPA or the math path): nothing uncounted in any phase, and the per-layer columns add up."""
+    from test_counting_blocks import ConvNeXtBlock, SwinBlock
+
+    for model, x in [
+        (ConvNeXtBlock(16, 10), torch.randn(2, 16, 8, 8)),
+        (SwinBlock(32, 2, 8, 4, 2, sdpa), torch.randn(2, 64, 32)),
+    ]:
+        cost = count_training_cost(model, (x,), loss="cross_entropy", optimizer="adamw")
+        assert cost.uncounted_ops == {}
+        assert cost.flops_by_phase["backward"] > cost.flops_by_phase["forward"] > 0
+        _column_sums_match(cost)

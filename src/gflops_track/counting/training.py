@@ -298,21 +298,22 @@ def run_training_step(
     model: nn.Module,
     args: Sequence[Any],
     kwargs: Mapping[str, Any],
-    make_counter: Callable[[], Any],
+    make_counter: Callable[[nn.Module], Any],
     *,
     loss: str,
     optimizer: str,
     labels: torch.Tensor | None,
     prefer_meta: bool = True,
 ) -> tuple[str, str, Any]:
-    """Run the step on meta (then, if that fails, for real on a deep copy). Returns (backend, note, counter)."""
+    """Run the step on meta (then, if that fails, for real on a deep copy). ``make_counter(module)`` makes a fresh
+    counter for the module that runs (the copy has modules of its own). Returns (backend, note, counter)."""
     errors = training_arg_errors(model, loss, optimizer)
     if errors:
         raise ValueError("; ".join(errors))
     note = "meta disabled"
     with train_mode(model):
         if prefer_meta:
-            counter = make_counter()
+            counter = make_counter(model)
             try:
                 meta_args, meta_kwargs, meta_labels = tree_map(_to_meta, (tuple(args), dict(kwargs), labels))
                 with meta_tensors(model, keep_requires_grad=True):
@@ -324,7 +325,7 @@ def run_training_step(
                 note = f"meta step failed ({type(error).__name__}: {error}); counted with a real step on a copy"
     replica = copy.deepcopy(model)
     replica.train()
-    counter = make_counter()
+    counter = make_counter(replica)
     real_args, real_kwargs = tree_map(_no_grad_inputs, (tuple(args), dict(kwargs)))
     _step(replica, real_args, real_kwargs, counter, loss=loss, optimizer=optimizer, labels=labels)
     return "real", note, counter
@@ -380,12 +381,11 @@ def count_training_cost(
 ) -> TrainingCost:
     """Count MACs and FLOPs of one training step of ``model(*args, **kwargs)`` by phase, category and layer."""
     rules = validate_extra_rules(extra_rules)
-    module_names = {id(module): name for name, module in model.named_modules()}
     backend, note, counter = run_training_step(
         model,
         args,
         kwargs or {},
-        lambda: _TrainingMode(module_names, rules),
+        lambda module: _TrainingMode({id(inner): name for name, inner in module.named_modules()}, rules),
         loss=loss,
         optimizer=optimizer,
         labels=labels,
@@ -438,7 +438,7 @@ def torch_training_check(
         model,
         args,
         kwargs or {},
-        lambda: FlopCounterMode(display=False),
+        lambda _module: FlopCounterMode(display=False),
         loss=ours.loss,
         optimizer=ours.optimizer,
         labels=labels,
