@@ -202,6 +202,13 @@ SCHEMA_SAMPLES: dict[Callable[[OpCall], OpCost], tuple[dict[str, tuple[int, ...]
         (2, 3, 5, 4),
         2 * 3 * 5 * 7 * (8 + 4),  # B*H*L*S*(E + Ev)
     ),
+    # backward: the generic output_mask asks for every gradient: grad-input and grad-weight, M MACs each
+    rules.convolution_backward: ({**CONV, "grad_output": (2, 8, 4, 4)}, (2, 4, 6, 6), 2 * CONV_MACS),
+    rules.attention_backward: (
+        {"query": (2, 3, 5, 8), "key": (2, 3, 7, 8), "value": (2, 3, 7, 4)},
+        (2, 3, 5, 8),
+        2 * 2 * 3 * 5 * 7 * (8 + 4),  # dQ, dK: B*H*L*S*E each; dV, dP: B*H*L*S*Ev each
+    ),
 }
 GENERIC = (2, 4, 6, 6)
 NON_TENSOR_VALUES = {"bool": False, "int": 1, "SymInt": 1, "float": 1.0, "Scalar": 1, "str": "none"}
@@ -216,6 +223,8 @@ def _value_for(arg: Any, tensors: dict[str, tuple[int, ...]], generic: bool) -> 
     if arg.has_default_value():
         return arg.default_value
     base = kind.removeprefix("Optional[").rstrip("]?")
+    if "List[Tensor]" in kind:  # the foreach and fused optimizer ops take tensor lists
+        return [torch.empty(GENERIC, device="meta")]
     if "[" in kind or kind.endswith("[]"):
         return [1.0] if "float" in kind else [3, 3]
     if base == "ScalarType":

@@ -45,9 +45,12 @@ def _to_meta(value: Any) -> Any:
 
 
 @contextmanager
-def swapped_tensors(model: nn.Module, convert: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+def swapped_tensors(
+    model: nn.Module, convert: Callable[[torch.Tensor], torch.Tensor], *, keep_requires_grad: bool = False
+) -> Iterator[None]:
     """Swap every parameter and buffer for ``convert(tensor)`` (a tensor shared by several modules gets one shared
-    replacement), then put the very same original objects back."""
+    replacement), then put the very same original objects back. The stand-in parameters do not require grad, unless
+    ``keep_requires_grad`` (a counted training step): then each requires grad exactly where the original does."""
     originals: list[tuple[dict[str, Any], str, Any]] = []
     replacements: dict[int, Any] = {}
     for module in model.modules():
@@ -58,7 +61,9 @@ def swapped_tensors(model: nn.Module, convert: Callable[[torch.Tensor], torch.Te
                 if id(tensor) not in replacements:
                     stand_in = convert(tensor)
                     replacements[id(tensor)] = (
-                        nn.Parameter(stand_in, requires_grad=False) if slots is module._parameters else stand_in
+                        nn.Parameter(stand_in, requires_grad=keep_requires_grad and tensor.requires_grad)
+                        if slots is module._parameters
+                        else stand_in
                     )
                 originals.append((slots, name, tensor))
                 slots[name] = replacements[id(tensor)]
@@ -69,9 +74,9 @@ def swapped_tensors(model: nn.Module, convert: Callable[[torch.Tensor], torch.Te
             slots[name] = tensor
 
 
-def meta_tensors(model: nn.Module) -> AbstractContextManager[None]:
+def meta_tensors(model: nn.Module, *, keep_requires_grad: bool = False) -> AbstractContextManager[None]:
     """Swap every parameter and buffer for a meta tensor of the same shape and dtype (see ``swapped_tensors``)."""
-    return swapped_tensors(model, _to_meta)
+    return swapped_tensors(model, _to_meta, keep_requires_grad=keep_requires_grad)
 
 
 @dataclass(frozen=True)

@@ -366,6 +366,232 @@ def interpolation(lerps: int, per_lerp: int = LERP_FLOPS) -> Rule:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Training: backward ops and optimizer kernels (a training step is counted with the same table; see training.py)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _mask(call: OpCall, name: str, size: int) -> list[bool]:
+    """An op's ``output_mask``/``grad_input_mask`` (which gradients it computes); all when absent."""
+    mask = call.args.get(name)
+    flags = [bool(flag) for flag in mask][:size] if mask is not None else []
+    return flags + [True] * (size - len(flags))
+
+
+def convolution_backward(call: OpCall) -> OpCost:
+    """``convolution_backward(grad_output, input, weight, ..., transposed, ..., output_mask)``.
+
+    Each gradient the mask asks for costs what the forward convolution costs: grad_input (mask[0]) M MACs,
+    grad_weight (mask[1]) M MACs, with M = positions * weight[1:].numel() as in ``convolution``; grad_bias (mask[2])
+    1 FLOP per grad_output element (the sum over batch and positions, bias category). An input that needs no grad
+    (the first conv of a network) gets mask[0] = False: M MACs, not 2M.
+    """
+    grad_out, x, weight = call.tensor("grad_output"), call.tensor("input"), call.tensor("weight")
+    assert grad_out is not None and x is not None and weight is not None
+    want_input, want_weight, want_bias = _mask(call, "output_mask", 3)
+    macs = _conv_macs(x, weight, grad_out, bool(call.args["transposed"])) * (int(want_input) + int(want_weight))
+    return _dense(macs, grad_out.numel() if want_bias else 0)
+
+
+NORM_GRAD_INPUT_FLOPS = 9  # dx = k*(dy - mean(dy) - xhat*mean(dy*xhat)): xhat 2, dy*xhat 1, two sums 2, 3 + scale 1
+NORM_GRAD_WEIGHT_FLOPS = 4  # sum(dy * xhat): xhat 2, mul 1, add 1
+NORM_GRAD_BIAS_FLOPS = 1  # sum(dy)
+
+
+def _norm_backward(
+    call: OpCall, *, batch_stats: bool, weight_per_element: bool, mask_name: str = "output_mask"
+) -> OpCost:
+    x = call.tensor("input")
+    assert x is not None
+    want_input, want_weight, want_bias = _mask(call, mask_name, 3)
+    has_weight = call.tensor("weight") is not None
+    per_element = 0
+    if want_input:
+        per_element += NORM_GRAD_INPUT_FLOPS if batch_stats else 1
+        per_element += 1 if batch_stats and has_weight and weight_per_element else 0
+    per_element += NORM_GRAD_WEIGHT_FLOPS if want_weight and has_weight else 0
+    per_element += NORM_GRAD_BIAS_FLOPS if want_bias and has_weight else 0
+    return OpCost(flops={Category.NORM: per_element * x.numel()})
+
+
+def batch_norm_backward(call: OpCall) -> OpCost:
+    """``native_batch_norm_backward(grad_out, input, weight, ..., train, eps, output_mask)``, per input element:
+    grad_input 9 with batch statistics (dx = k*(dy - mean(dy) - xhat*mean(dy*xhat)): xhat 2, dy*xhat 1, two sums 2,
+    sub/mul/sub 3, the scale k = weight*rstd (per channel, folded) 1), 1 with running statistics (dy*k);
+    grad_weight 4 (sum(dy*xhat)); grad_bias 1 (sum(dy)); each only when ``output_mask`` asks."""
+    return _norm_backward(call, batch_stats=bool(call.args.get("train", True)), weight_per_element=False)
+
+
+def stats_norm_backward(call: OpCall) -> OpCost:
+    """``native_group_norm_backward`` / ``native_layer_norm_backward``, per input element: grad_input 9 as for batch
+    norm plus 1 when there is a weight (dy*weight: the weight runs along another axis than the statistics, so it
+    cannot be folded); grad_weight 4; grad_bias 1; each only when ``output_mask`` asks."""
+    return _norm_backward(call, batch_stats=True, weight_per_element=True)
+
+
+def backward_per_element(flops_per_element: int, category: Category, of: str = "grad_output") -> Rule:
+    """``flops_per_element`` FLOPs per element of the gradient tensor ``of``."""
+
+    def rule(call: OpCall) -> OpCost:
+        tensor = call.tensor(of)
+        assert tensor is not None
+        return OpCost(flops={category: flops_per_element * tensor.numel()})
+
+    rule.__doc__ = f"{flops_per_element} FLOP(s) per {of} element ({category})."
+    return rule
+
+
+def gelu_backward(call: OpCall) -> OpCost:
+    """Per element, exact: cdf 4 (scale, erf, add 1, mul 0.5), pdf 4 (square, scale, exp, mul const), x*pdf + cdf 2,
+    times grad 1 = 11; tanh form: inner 5 (x^2, x^3, scale, add, scale), tanh 1, 1+t and 0.5x(1+t) 3, derivative
+    of the tanh 5 (t^2, 1-t^2, chain 3), sum 1, times grad 1 = 16."""
+    grad = call.tensor("grad_output")
+    assert grad is not None
+    per = 16 if call.args.get("approximate", "none") == "tanh" else 11
+    return OpCost(flops={Category.ACTIVATION: per * grad.numel()})
+
+
+def attention_backward(call: OpCall) -> OpCost:
+    """SDPA backward variants, q (B,H,L,E), k (B,H,S,E), v (B,H,S,Ev): four products, as FlopCounterMode counts them:
+    dV = P^T dO (B*H*S*L*Ev MACs), dP = dO V^T (B*H*L*S*Ev), dQ = dS K (B*H*L*S*E), dK = dS^T Q (B*H*S*L*E);
+    on the B*H*L*S scores: softmax backward 4 FLOPs (activation, as ``_softmax_backward_data``) and the scale 1
+    (elementwise). Kernels that recompute P (flash) do more work than this; the convention counts the model's
+    FLOPs, not the kernel's."""
+    q, k, v = (call.tensor(name) for name in ("query", "key", "value"))
+    assert q is not None and k is not None and v is not None
+    scores = math.prod(q.shape[:-2]) * q.shape[-2] * k.shape[-2]
+    macs = 2 * scores * q.shape[-1] + 2 * scores * v.shape[-1]
+    return OpCost(
+        macs=macs,
+        flops={Category.DENSE: 2 * macs, Category.ACTIVATION: 4 * scores, Category.ELEMENTWISE: scores},
+    )
+
+
+def nll_loss_forward(call: OpCall) -> OpCost:
+    """``nll_loss_forward``/``nll_loss2d_forward(self, target, ...)``: pick -x[target] and sum: 2 FLOPs per target
+    element (negate, add); the mean's single divide is O(1)."""
+    target = call.tensor("target")
+    assert target is not None
+    return OpCost(flops={Category.ELEMENTWISE: 2 * target.numel()})
+
+
+def nll_loss_backward(call: OpCall) -> OpCost:
+    """``nll_loss_backward``/``nll_loss2d_backward``: writes -grad/N at each target: 1 FLOP per target element."""
+    target = call.tensor("target")
+    assert target is not None
+    return OpCost(flops={Category.ELEMENTWISE: target.numel()})
+
+
+def _list_elements(call: OpCall, name: str = "self") -> int:
+    """Elements across a tensor-list argument (the foreach and fused optimizer ops work on lists)."""
+    value = call.args.get(name)
+    if isinstance(value, torch.Tensor):
+        return value.numel()
+    return sum(tensor.numel() for tensor in value or () if isinstance(tensor, torch.Tensor))
+
+
+def foreach(flops_per_element: int) -> Rule:
+    """A ``_foreach_*`` op: the single-tensor op's cost per element, over every tensor in ``self``."""
+
+    def rule(call: OpCall) -> OpCost:
+        return OpCost(flops={Category.ELEMENTWISE: flops_per_element * _list_elements(call)})
+
+    rule.__doc__ = f"{flops_per_element} FLOP(s) per element of every tensor in the list (elementwise)."
+    return rule
+
+
+def foreach_add(call: OpCall) -> OpCost:
+    """``_foreach_add_``/``_foreach_sub_``: 1 FLOP per element, 2 when alpha != 1 (as ``add``)."""
+    per = 1 if call.args.get("alpha", 1) == 1 else 2
+    return OpCost(flops={Category.ELEMENTWISE: per * _list_elements(call)})
+
+
+ADAMW_FLOPS = 12  # decay 1, lerp 3, v*b2 1, addcmul 2, sqrt 1, /sqrt(bc2) 1, +eps 1, addcdiv 2
+ADAM_FLOPS = ADAMW_FLOPS - 1  # no decoupled decay multiply
+
+
+def fused_adam(decoupled_decay: bool) -> Rule:
+    """``_fused_adamw_``/``_fused_adam_``: what the single-tensor path costs under these rules, per parameter element:
+    p *= 1 - lr*wd 1 (AdamW only), m.lerp_(g, 1-b1) 3, v *= b2 1, v.addcmul_(g, g) 2, sqrt 1, / sqrt(bc2) 1, + eps 1,
+    p.addcdiv_(m, denom) 2 = 12 (AdamW) / 11 (Adam); Adam's L2 weight decay g += wd*p +2; amsgrad +1 (max)."""
+
+    def rule(call: OpCall) -> OpCost:
+        per = ADAMW_FLOPS if decoupled_decay else ADAM_FLOPS
+        per += 2 if not decoupled_decay and call.args.get("weight_decay", 0) else 0
+        per += 1 if call.args.get("amsgrad") else 0
+        return OpCost(flops={Category.ELEMENTWISE: per * _list_elements(call)})
+
+    return rule
+
+
+def fused_sgd(call: OpCall) -> OpCost:
+    """``_fused_sgd_``, per parameter element, as the single-tensor path under these rules: p -= lr*g 2 (add with
+    alpha); weight decay g += wd*p 2; momentum b = m*b + (1-d)*g 2 (3 when dampening != 0; 0 on the first step,
+    where b = g is a copy); nesterov g += m*b 2."""
+    per = 2
+    if call.args.get("weight_decay", 0):
+        per += 2
+    if call.args.get("momentum", 0):
+        per += 0 if call.args.get("is_first_step") else (3 if call.args.get("dampening", 0) else 2)
+        per += 2 if call.args.get("nesterov") else 0
+    return OpCost(flops={Category.ELEMENTWISE: per * _list_elements(call)})
+
+
+BACKWARD_RULES: dict[Any, Rule] = {
+    aten.convolution_backward: convolution_backward,
+    aten.native_batch_norm_backward: batch_norm_backward,
+    aten.native_group_norm_backward: stats_norm_backward,
+    aten.native_layer_norm_backward: stats_norm_backward,
+    aten.threshold_backward: backward_per_element(1, Category.ACTIVATION),  # select: x > t ? dy : 0
+    aten.hardtanh_backward: backward_per_element(2, Category.ACTIVATION),  # two compares, select
+    aten.leaky_relu_backward: backward_per_element(2, Category.ACTIVATION),  # compare, dy * slope
+    aten.elu_backward: backward_per_element(4, Category.ACTIVATION),  # compare, exp-derived term, scale, mul
+    aten.gelu_backward: gelu_backward,
+    aten.sigmoid_backward: backward_per_element(3, Category.ACTIVATION),  # dy * y * (1 - y)
+    aten.tanh_backward: backward_per_element(3, Category.ACTIVATION),  # dy * (1 - y^2)
+    aten.silu_backward: backward_per_element(9, Category.ACTIVATION),  # s = sigmoid 4, dy*s*(1 + x*(1-s)) 5
+    aten.hardswish_backward: backward_per_element(5, Category.ACTIVATION),  # two compares, (2x+3)/6, mul
+    aten.hardsigmoid_backward: backward_per_element(2, Category.ACTIVATION),  # compare, dy/6
+    aten.softplus_backward: backward_per_element(4, Category.ACTIVATION),  # sigmoid(beta*x) via exp 3, mul
+    aten._softmax_backward_data: backward_per_element(4, Category.ACTIVATION),  # y*(dy - sum(dy*y))
+    aten._log_softmax_backward_data: backward_per_element(4, Category.ACTIVATION),  # dy - exp(y)*sum(dy)
+    aten.native_dropout_backward: backward_per_element(2, Category.ELEMENTWISE),  # mask multiply, scale
+    aten._scaled_dot_product_flash_attention_backward: attention_backward,
+    aten._scaled_dot_product_efficient_attention_backward: attention_backward,
+    aten._scaled_dot_product_cudnn_attention_backward: attention_backward,
+    aten._scaled_dot_product_flash_attention_for_cpu_backward: attention_backward,
+    aten.nll_loss_forward: nll_loss_forward,
+    aten.nll_loss2d_forward: nll_loss_forward,
+    aten.nll_loss_backward: nll_loss_backward,
+    aten.nll_loss2d_backward: nll_loss_backward,
+    # optimizer steps: the single-tensor path's in-place ops, then the foreach and fused kernels
+    aten.addcmul_: elementwise(2),
+    aten.addcdiv_: elementwise(2),
+    aten.lerp_: elementwise(3),
+    aten.sqrt_: elementwise(1),
+    aten._foreach_add: foreach_add,
+    aten._foreach_add_: foreach_add,
+    aten._foreach_sub: foreach_add,
+    aten._foreach_sub_: foreach_add,
+    aten._foreach_mul: foreach(1),
+    aten._foreach_mul_: foreach(1),
+    aten._foreach_div: foreach(1),
+    aten._foreach_div_: foreach(1),
+    aten._foreach_neg: foreach(1),
+    aten._foreach_neg_: foreach(1),
+    aten._foreach_sqrt: foreach(1),
+    aten._foreach_sqrt_: foreach(1),
+    aten._foreach_reciprocal_: foreach(1),
+    aten._foreach_maximum_: foreach(1),
+    aten._foreach_addcmul_: foreach(2),
+    aten._foreach_addcdiv_: foreach(2),
+    aten._foreach_lerp_: foreach(3),
+    aten._fused_adamw_: fused_adam(decoupled_decay=True),
+    aten._fused_adam_: fused_adam(decoupled_decay=False),
+    aten._fused_sgd_: fused_sgd,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # The tables
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -494,6 +720,7 @@ FLOP_RULES: dict[Any, Rule] = {
     aten._upsample_bilinear2d_aa: interpolation(3),
     aten.upsample_trilinear3d: interpolation(7),
     aten.upsample_bicubic2d: interpolation(5, CUBIC_FLOPS),
+    **BACKWARD_RULES,
 }
 
 # Views, in-place restrides, metadata queries (``prim.device``: fake tensors ask it) and allocations: no arithmetic
@@ -506,6 +733,7 @@ VIEW_AND_METADATA_OPS: frozenset[Any] = frozenset(
         aten.slice, aten.select, aten.split, aten.split_with_sizes, aten.unbind, aten.chunk, aten.narrow, aten.empty,
         aten.empty_like, aten.empty_strided, aten.new_empty, aten.new_empty_strided, aten.sym_size, aten.sym_stride,
         aten.sym_numel, aten.sym_storage_offset, aten.is_same_size, torch.ops.prim.device, torch.ops.prim.layout,
+        torch.ops.profiler._record_function_enter_new, torch.ops.profiler._record_function_exit,
     }
 )  # fmt: skip
 
@@ -520,6 +748,7 @@ COPY_OPS: frozenset[Any] = frozenset(
         aten.index_select, aten.gather, aten.upsample_nearest1d, aten.upsample_nearest2d, aten.upsample_nearest3d,
         aten._upsample_nearest_exact2d, aten.roll, aten.flip, aten.repeat, aten.unfold, aten.im2col, aten.col2im,
         aten._local_scalar_dense, aten.item, aten.randn, aten.rand, aten.randn_like, aten.rand_like, aten.bernoulli,
+        aten.select_backward, aten.slice_backward,  # backward of views: the gradient copied into zeros
     }
 )  # fmt: skip
 
