@@ -158,8 +158,8 @@ SAME_NAME = "residual_block-group-b1-cpu-fp32"  # the default run name leaves ou
 def test_rows_with_one_name_are_matched_by_their_overrides() -> None:
     base = [row(SAME_NAME, tags={"overrides": "model.planes=32 norm_fn=group"}, run_id="b32"),
             row(SAME_NAME, tags={"overrides": "model.planes=64 norm_fn=group"}, run_id="b64")]  # fmt: skip
-    cand = [row(SAME_NAME, tags={"overrides": "norm_fn=group model.planes=64"}, run_id="c64"),
-            row(SAME_NAME, tags={"overrides": "norm_fn=group model.planes=32"}, run_id="c32")]  # fmt: skip
+    cand = [row(SAME_NAME, tags={"overrides": "norm_fn=group model.planes=64 tracking.experiment=ci"}, run_id="c64"),
+            row(SAME_NAME, tags={"overrides": "+hydra.x=1 norm_fn=group model.planes=32"}, run_id="c32")]  # fmt: skip
     pairing = pair_rows(base, cand)
     assert pairing.basis == "overrides" and not pairing.unmatched
     assert sorted((b.run_id, c.run_id) for b, c in pairing.pairs) == [("b32", "c32"), ("b64", "c64")]

@@ -5,7 +5,8 @@ Matching. Rows are paired by the configuration that differs, never by display na
 leaves out planes, input size, precision and runtime options). The identity of a row is, in this order, the first
 that every timed row on both sides has:
 
-1. its ``overrides`` tag (the job's own Hydra overrides, tokens sorted, so ``a=1 b=2`` equals ``b=2 a=1``);
+1. its ``overrides`` tag (the job's own Hydra overrides, tokens sorted, so ``a=1 b=2`` equals ``b=2 a=1``; the
+   ``tracking.*`` and ``hydra.*`` ones left out: they say where a run is logged, not what was measured);
 2. its params: the ``params.*`` keys whose values differ between the rows of either side, with this row's values;
 3. its run name.
 
@@ -50,6 +51,7 @@ DEFAULT_THRESHOLD = 0.05
 OVERRIDES_TAG = "overrides"
 VARIANT_TAG = "variant"
 SUSPECT_TAG = "timing_suspect"
+NOT_CONFIGURATION = ("tracking.", "hydra.")  # overrides that change where a run is logged, not what is measured
 
 REGRESSION = "REGRESSION"
 INCONCLUSIVE = "INCONCLUSIVE"
@@ -189,7 +191,9 @@ def judge(
 
 
 def _override_key(row: Row) -> str:
-    return " ".join(sorted(row.tags[OVERRIDES_TAG].split()))
+    """The job's overrides, sorted, without those that only say where results go (tracking.*, hydra.*)."""
+    tokens = row.tags[OVERRIDES_TAG].split()
+    return " ".join(sorted(t for t in tokens if not t.lstrip("+~").startswith(NOT_CONFIGURATION)))
 
 
 def _differing_params(rows: Sequence[Row]) -> set[str]:
