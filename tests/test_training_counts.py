@@ -15,8 +15,8 @@ from torch import nn
 from gflops_track.counting.rules import Category, OpCall, convolution_backward, fused_adam, fused_sgd
 from gflops_track.counting.training import count_training_cost, torch_training_check
 from gflops_track.models import ResidualBlock
-from gflops_track.profiler import count_training_step, measure_training_step
 from gflops_track.timing import TimingOptions
+from gflops_track.training_step import count_training_step, measure_training_step
 
 aten = torch.ops.aten
 

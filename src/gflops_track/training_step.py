@@ -1,0 +1,195 @@
+"""The training step as a first-class workload: ``count_training_step`` (forward, loss, backward and optimizer step
+counted on meta tensors with the same rule table, by phase, category and layer) and ``measure_training_step`` (the
+whole step timed with the same engine). Built on the inference steps in ``profiler.py``."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_map
+
+from gflops_track.counting.torch_crosscheck import TorchCount
+from gflops_track.counting.training import (
+    TrainingCost,
+    compute_loss,
+    count_training_cost,
+    make_optimizer,
+    torch_training_check,
+    train_mode,
+    training_arg_errors,
+)
+from gflops_track.profiler import CountOptions, Inputs, _placed, input_shapes, resolve_device
+from gflops_track.result import achieved_gflop_per_s
+from gflops_track.runtime import RuntimeOptions, prepare, runtime_context
+from gflops_track.timing import ProgressCallback, TimingOptions, TimingResult, measure_latency
+
+
+@dataclass(frozen=True)
+class TrainingCountResult:
+    """One training step's count: ``cost`` has MACs/FLOPs by phase (forward, backward, optimizer), by category and
+    the per-layer forward/backward columns; ``torch_count`` is FlopCounterMode over the same step (dense ops)."""
+
+    model_name: str
+    device: str
+    input_shapes: list[list[int]]
+    batch_size: int
+    cost: TrainingCost
+    torch_count: TorchCount | None
+    notes: list[str]
+
+    @property
+    def macs(self) -> int:
+        return self.cost.macs
+
+    @property
+    def flops(self) -> int:
+        return self.cost.flops
+
+
+def count_training_step(
+    model: nn.Module,
+    inputs: Inputs,
+    device: str | torch.device = "cpu",
+    *,
+    loss: str = "sum",
+    optimizer: str = "sgd",
+    labels: torch.Tensor | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    runtime: RuntimeOptions | None = None,
+    options: CountOptions | None = None,
+) -> TrainingCountResult:
+    """MACs and FLOPs of one training step of ``model(*inputs, **kwargs)``: zero_grad, forward, ``loss`` ('sum', or
+    'cross_entropy' against ``labels``, class 0 when not given), backward and ``optimizer`` step ('sgd', 'adamw', or
+    'none' for forward + backward only). Inputs need no grad, the module runs in train mode on meta tensors (flags,
+    weights and state_dict left as they were); ``options.torch_check`` adds FlopCounterMode over the same step.
+    Bad arguments raise a one-line ``ValueError``."""
+    target = resolve_device(device)
+    runtime = runtime or RuntimeOptions()
+    options = options or CountOptions()
+    args, kwargs = _placed(model, inputs, kwargs, target, runtime)
+    args, kwargs = tree_map(lambda leaf: leaf.detach() if isinstance(leaf, torch.Tensor) else leaf, (args, kwargs))
+    with runtime_context(runtime):
+        cost = count_training_cost(
+            model,
+            args,
+            kwargs,
+            loss=loss,
+            optimizer=optimizer,
+            labels=labels,
+            prefer_meta=options.meta,
+            extra_rules=options.extra_rules,
+        )
+        notes = [cost.backend_note] if cost.backend_note else []
+        if cost.uncounted_ops:
+            listed = ", ".join(f"{op} x{calls}" for op, calls in cost.uncounted_ops.items())
+            notes.append(f"ops with no counting rule (not included in FLOPs): {listed}")
+        torch_count = None
+        if options.torch_check:
+            torch_count = torch_training_check(model, args, kwargs, cost, labels=labels, prefer_meta=options.meta)
+            notes.extend(f"counters disagree: {note}" for note in torch_count.notes)
+    shapes = input_shapes(args, kwargs)
+    return TrainingCountResult(
+        model_name=type(model).__name__,
+        device=str(target),
+        input_shapes=shapes,
+        batch_size=shapes[0][0] if shapes and shapes[0] else 1,
+        cost=cost,
+        torch_count=torch_count,
+        notes=notes,
+    )
+
+
+@dataclass(frozen=True)
+class TrainingTimingResult:
+    """One training step timed by the adaptive engine: ``step`` is zero_grad + forward + loss + backward + optimizer
+    step, ``forward`` the forward + loss alone (recording autograd, as in the step); backward + optimizer is derived
+    as the difference of the medians. ``step.memory_growth_bytes`` is the step's peak over the baseline (activations
+    and gradients included; on CUDA from ``max_memory_allocated``, on CPU the RSS high-water mark)."""
+
+    step: TimingResult
+    forward: TimingResult
+    batch_size: int
+
+    @property
+    def step_ms(self) -> float:
+        return self.step.latency.median_ms
+
+    @property
+    def forward_ms(self) -> float:
+        return self.forward.latency.median_ms
+
+    @property
+    def backward_and_optimizer_ms(self) -> float:
+        """Median step minus median forward, in ms (0 when noise makes the difference negative)."""
+        return max(self.step_ms - self.forward_ms, 0.0)
+
+    @property
+    def samples_per_s(self) -> float | None:
+        return self.batch_size / (self.step_ms / 1e3) if self.step_ms else None
+
+    def achieved_gflop_per_s(self, step_flops: int) -> float | None:
+        """Counted FLOPs of the step / median step latency, in GFLOP/s."""
+        return achieved_gflop_per_s(step_flops, self.step_ms)
+
+
+def measure_training_step(
+    model: nn.Module,
+    inputs: Inputs,
+    device: str | torch.device = "cpu",
+    *,
+    loss: str = "sum",
+    optimizer: str = "sgd",
+    labels: torch.Tensor | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    runtime: RuntimeOptions | None = None,
+    options: TimingOptions | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> TrainingTimingResult:
+    """Time one training step of ``model(*inputs, **kwargs)`` (same steps as ``count_training_step``) with the
+    adaptive engine of ``measure``, then the forward + loss alone.
+
+    State stays identical across iterations: the step runs on a deep copy of the (placed) module in train mode, with
+    the same inputs, and the optimizer's learning rate is 0, so every kernel of the step runs (SGD's ``add_``, AdamW's
+    decay, moments and ``addcdiv_``) but the weights never drift. Your module's weights, ``.grad`` and flags are left
+    as they were (it is moved to ``device`` and converted as ``measure`` does)."""
+    errors = training_arg_errors(model, loss, optimizer)
+    target = resolve_device(device)
+    runtime = runtime or RuntimeOptions()
+    options = options or TimingOptions()
+    errors += [f"{name}{message}" for name, message in options.problems()]
+    if errors:
+        raise ValueError("; ".join(errors))
+    args, kwargs = _placed(model, inputs, kwargs, target, runtime)
+    args, kwargs = tree_map(lambda leaf: leaf.detach() if isinstance(leaf, torch.Tensor) else leaf, (args, kwargs))
+    target_labels = labels.to(target) if labels is not None else None
+    replica = copy.deepcopy(model)
+    with runtime_context(runtime):
+        forward, args, kwargs = prepare(replica, args, kwargs, runtime, target)
+        opt = make_optimizer(optimizer, [p for p in replica.parameters() if p.requires_grad], lr=0.0)
+
+        def forward_and_loss() -> torch.Tensor:
+            with torch.inference_mode(False), torch.enable_grad():  # the timing engine runs under inference_mode
+                return compute_loss(forward(), loss, target_labels)
+
+        def step() -> None:
+            with torch.inference_mode(False), torch.enable_grad():
+                if opt is not None:
+                    opt.zero_grad(set_to_none=True)
+                else:
+                    replica.zero_grad(set_to_none=True)
+                forward_and_loss().backward()
+                if opt is not None:
+                    opt.step()
+
+        with train_mode(replica):
+            step_timing = measure_latency(step, target, options, on_progress)
+            forward_timing = measure_latency(forward_and_loss, target, options, on_progress)
+    shapes = input_shapes(args, kwargs)
+    return TrainingTimingResult(
+        step=step_timing, forward=forward_timing, batch_size=shapes[0][0] if shapes and shapes[0] else 1
+    )
