@@ -277,3 +277,11 @@ def test_gate_command_on_logged_runs(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 2 and "ambiguous match: the candidate has 2 runs with the same identity 'model.planes=32'" in err
     code, _, err = in_process("--baseline", baseline, "--candidate", slower, "--threshold", "lots")
     assert code == 2 and "--threshold='lots' is not allowed" in err
+
+    def in_environment(logged: list[dict[str, object]], env_hash: str) -> list[dict[str, object]]:
+        return [{**job, "tags": {**job["tags"], "env_hash": env_hash}} for job in logged]  # type: ignore[dict-item]
+
+    before = log_sweep(client, experiment, in_environment(jobs(70), "aaaaaaaaaaaa"))
+    after = log_sweep(client, experiment, in_environment(jobs(80), "bbbbbbbbbbbb"))
+    code, out, _ = in_process("--baseline", before, "--candidate", after)
+    assert code == 0 and "environments differ: baseline env_hash=aaaaaaaaaaaa, candidate env_hash=bbbbbbbbbbbb" in out

@@ -24,6 +24,7 @@ from gflops_track.compare.gate import MIN_SAMPLES, AmbiguousMatch, Side, judge, 
 from gflops_track.compare.render import csv_table, markdown_table, rich_table
 from gflops_track.compare.report import log_report, write_report
 from gflops_track.compare.rows import build_rows, expand, latency_samples, select_runs
+from gflops_track.environment import environment_note
 from gflops_track.tracking.store import (
     StoreError,
     cap_http_retries,
@@ -108,6 +109,13 @@ def run_gate(
             highlight=False,
             soft_wrap=True,
         )
+    environments = {
+        note
+        for base, cand in pairing.pairs
+        if (note := environment_note(base.tags, cand.tags, names=("baseline", "candidate")))
+    }
+    for note in sorted(environments):  # said, so a "regression" from a library upgrade is read as one
+        console.print(f"[yellow]{escape(note)}[/yellow]", highlight=False, soft_wrap=True)
     verdicts = []
     for base, cand in pairing.pairs:
         verdict = judge(
