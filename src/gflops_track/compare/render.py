@@ -119,7 +119,7 @@ ALL_COLUMNS: dict[str, Column] = {
 FULL = ["hardware", "variant", "status", "params", "gmacs", "gflops", "latency", "throughput", "achieved",
         "utilization", "speed", "run_id", "start", "run_name"]  # fmt: skip
 # The terminal: columns join in this order while they fit (key ones first), and show in DISPLAY's order.
-PRIORITY = ["variant", "hardware", "gflops", "median", "achieved", "utilization", "speed", "params", "run_id", "start",
+PRIORITY = ["variant", "hardware", "gflops", "median", "achieved", "utilization", "speed", "run_id", "params", "start",
             "ci", "throughput", "batch", "gmacs", "run_name"]  # fmt: skip
 DISPLAY = ["variant", "hardware", "run_id", "start", "status", "batch", "params", "gmacs", "gflops", "median", "ci",
            "throughput", "achieved", "utilization", "speed", "run_name"]  # fmt: skip
@@ -153,7 +153,7 @@ def build_table(rows: Sequence[Row], keys: Sequence[str], markdown: bool = False
     """A rich table of ``keys``' columns; cells never wrap (a variant name or a number is never cut or folded
     unless the terminal is narrower than the cell itself). ``markdown`` draws it as a Markdown table."""
     headers = _headers(rows, lines=not markdown)
-    table = Table(box=box.MARKDOWN if markdown else box.SIMPLE_HEAD, show_edge=markdown, pad_edge=markdown)
+    table = Table(box=box.MARKDOWN if markdown else None, show_edge=markdown, pad_edge=markdown, header_style="bold")
     for key in keys:
         column = ALL_COLUMNS[key]
         table.add_column(headers[key], justify="left" if column.text else "right", no_wrap=True, overflow="fold")
