@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.measure import Measurement
 from rich.table import Table
@@ -149,14 +150,34 @@ def _headers(rows: Sequence[Row], lines: bool = False) -> dict[str, str]:
     return headers if lines else {key: header.replace("\n", " ") for key, header in headers.items()}
 
 
-def build_table(rows: Sequence[Row], keys: Sequence[str], markdown: bool = False) -> Table:
+def column_widths(rows: Sequence[Row], keys: Sequence[str]) -> dict[str, int]:
+    """Each column's natural width over all ``rows`` (its longest cell or header line), so that the tables of
+    several hardware groups line up."""
+    headers = _headers(rows, lines=True)
+    return {
+        key: max(
+            [cell_len(line) for line in headers[key].split("\n")] + [cell_len(ALL_COLUMNS[key].cell(r)) for r in rows]
+        )
+        for key in keys
+    }
+
+
+def build_table(
+    rows: Sequence[Row], keys: Sequence[str], markdown: bool = False, widths: dict[str, int] | None = None
+) -> Table:
     """A rich table of ``keys``' columns; cells never wrap (a variant name or a number is never cut or folded
     unless the terminal is narrower than the cell itself). ``markdown`` draws it as a Markdown table."""
     headers = _headers(rows, lines=not markdown)
     table = Table(box=box.MARKDOWN if markdown else None, show_edge=markdown, pad_edge=markdown, header_style="bold")
     for key in keys:
         column = ALL_COLUMNS[key]
-        table.add_column(headers[key], justify="left" if column.text else "right", no_wrap=True, overflow="fold")
+        table.add_column(
+            headers[key],
+            justify="left" if column.text else "right",
+            no_wrap=True,
+            overflow="fold",
+            min_width=(widths or {}).get(key),
+        )
     for row in rows:
         cells = [Text(ALL_COLUMNS[key].cell(row)) for key in keys]  # run names and errors are text, never markup
         ok = row.status == "FINISHED"
@@ -184,45 +205,51 @@ def fit_columns(console: Console, options: ConsoleOptions, rows: Sequence[Row], 
 
 
 class ComparisonTable:
-    """The comparison as a rich renderable that fits where it is printed: in a terminal, the columns that fit its
-    width, key ones first; anywhere else (a pipe, a file, a CI log), or with ``columns``/``wide``, every asked-for
-    column at its natural width as a Markdown table, nothing cut (print it with ``crop=False`` or a soft-wrapping
-    console). Same-hardware rows name their machine once, above the table."""
+    """The comparison as a rich renderable that fits where it is printed: in a terminal, one table per hardware
+    (named above it) with the columns that fit the terminal's width, key ones first; anywhere else (a pipe, a file,
+    a CI log), or with ``columns``/``wide``, one table of every asked-for column at its natural width, as Markdown
+    when not in a terminal, nothing cut (print it with ``crop=False`` or a soft-wrapping console)."""
 
     def __init__(
         self, rows: Sequence[Row], title: str, columns: Sequence[str] | None = None, wide: bool = False
     ) -> None:
         self.rows, self.title, self.columns, self.wide = list(rows), title, columns, wide
 
-    def _keys(self) -> list[str]:
+    def _keys(self, grouped: bool) -> list[str]:
         failed = any(row.status != "FINISHED" for row in self.rows)
         batches = len({row.batch_size for row in self.rows}) > 1
         keys = [k for k in PRIORITY if k != "batch" or batches]
         if failed:
             keys.insert(1, "status")
-        if len({row.hardware for row in self.rows}) == 1:
+        if grouped or len({row.hardware for row in self.rows}) == 1:
             keys.remove("hardware")
         return [k for k in keys if any(ALL_COLUMNS[k].cell(row) for row in self.rows)]  # no empty columns
 
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        yield Text(self.title, style="bold")
-        hardware = sorted({row.hardware for row in self.rows})
-        if len(hardware) == 1 and not (self.columns and "hardware" in self.columns):
-            yield Text(f"hardware: {hardware[0]}")
-        fitted = console.is_terminal and not self.columns and not self.wide
-        if self.columns:
-            keys = list(self.columns)
-        elif fitted:
-            keys = fit_columns(console, options, self.rows, self._keys())
-        else:
-            keys = [k for k in DISPLAY if self.wide or k in {*self._keys(), "status"}]
-        table = build_table(self.rows, keys, markdown=not console.is_terminal)
-        width = natural_width(console, options, table)
-        if not fitted:
-            options = options.update_width(max(width, options.max_width))
+    def _lines(self, console: Console, options: ConsoleOptions, table: Table) -> RenderResult:
         for line in console.render_lines(table, options, pad=False, new_lines=True):
             if "".join(segment.text for segment in line).strip():  # Markdown's box draws blank top/bottom rows
                 yield from line
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield Text(self.title, style="bold")
+        fitted = console.is_terminal and not self.columns and not self.wide
+        if fitted:
+            keys = fit_columns(console, options, self.rows, self._keys(grouped=True))
+        elif self.columns:
+            keys = list(self.columns)
+        else:
+            keys = [k for k in DISPLAY if self.wide or k in {*self._keys(grouped=False), "status"}]
+        machines = sorted({row.hardware for row in self.rows})
+        groups = [(machine, [row for row in self.rows if row.hardware == machine]) for machine in machines]
+        widths = column_widths(self.rows, keys)
+        for machine, members in groups if "hardware" not in keys else [("", self.rows)]:
+            if machine:
+                yield Text(f"hardware: {machine}", style="bold")
+            table = build_table(members, keys, markdown=not console.is_terminal, widths=widths)
+            width = natural_width(console, options, table)
+            yield from self._lines(
+                console, options if fitted else options.update_width(max(width, options.max_width)), table
+            )
 
 
 def rich_table(
