@@ -155,5 +155,7 @@ def test_html_report_renders_in_headless_chromium(norm_sweep: tuple[Path, str, s
     reader = TableReader()
     reader.feed(dom.stdout)
     client = MlflowClient(uri)
-    names = {client.get_run(run_id).info.run_name for run_id in reader.rows}
-    assert len(names) == 4 and all(cells[1] in names for cells in reader.rows.values())
+    runs = {run_id: client.get_run(run_id) for run_id in reader.rows}
+    assert len({run.info.run_name for run in runs.values()}) == 4
+    for run_id, cells in reader.rows.items():  # the variant column shows the variant tag; the run name is the last
+        assert cells[1] == runs[run_id].data.tags["variant"] and cells[-1] == runs[run_id].info.run_name
