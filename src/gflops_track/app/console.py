@@ -63,11 +63,11 @@ def job_progress(title: str) -> Iterator[ProgressCallback]:
 
 def print_summary(result: ProfileResult, run_name: str, run_id: str | None) -> None:
     """The run's summary table, then its notes. Every string from the run is shown as text, never as rich markup.
-    The labels wrap at word boundaries when space is short; the values (the numbers) never wrap."""
+    When space is short, labels and values wrap at spaces, so every number stays whole (never cut or folded)."""
     title = Text(run_name + (f"  (MLflow run {run_id})" if run_id else ""))
     table = Table(title=title, show_header=False)
     table.add_column(style="bold", overflow="fold")
-    table.add_column(justify="right", no_wrap=True, overflow="fold")
+    table.add_column(justify="right", overflow="fold")
     for label, value in summary_rows(result):
         table.add_row(Text(label), Text(value))
     console.print(Whole(table))
