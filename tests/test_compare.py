@@ -89,14 +89,15 @@ def test_csv_and_markdown_numbers_equal_the_runs_metrics(norm_sweep: tuple[Path,
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
     client = MlflowClient(uri)
     assert len(rows) == 4
-    baseline = float(rows[0]["median_ms"])
+    baseline = float(rows[0]["throughput_samples_per_s"])  # batch sizes 1 and 2 differ: the ratio is throughput's
     for row in rows:
         metrics = client.get_run(row["run_id"]).data.metrics
         assert float(row["median_ms"]) == metrics["latency_median_ms"]
         assert float(row["ci_low_ms"]) == metrics["latency_ci95_low_ms"]
         assert float(row["gflops"]) == metrics["gflops"] and float(row["params"]) == metrics["params"]
         assert float(row["achieved_gflop_per_s"]) == metrics["achieved_gflop_per_s"]
-        assert float(row["relative_speed"]) == pytest.approx(baseline / metrics["latency_median_ms"])
+        assert row["speed_basis"] == "throughput"  # throughput / baseline throughput, in samples/s
+        assert float(row["relative_speed"]) == pytest.approx(metrics["throughput_samples_per_s"] / baseline)
     markdown = compare(cwd, uri, "--sweep", parent, "--format", "markdown", "--baseline-row", rows[1]["run_name"])
     assert markdown.returncode == 0 and markdown.stdout.startswith("| hardware | variant |")
     assert "| 1.00x |" in markdown.stdout and rows[3]["run_name"] in markdown.stdout
@@ -154,5 +155,7 @@ def test_html_report_renders_in_headless_chromium(norm_sweep: tuple[Path, str, s
     reader = TableReader()
     reader.feed(dom.stdout)
     client = MlflowClient(uri)
-    names = {client.get_run(run_id).info.run_name for run_id in reader.rows}
-    assert len(names) == 4 and all(cells[1] in names for cells in reader.rows.values())
+    runs = {run_id: client.get_run(run_id) for run_id in reader.rows}
+    assert len({run.info.run_name for run in runs.values()}) == 4
+    for run_id, cells in reader.rows.items():  # the variant column shows the variant tag; the run name is the last
+        assert cells[1] == runs[run_id].data.tags["variant"] and cells[-1] == runs[run_id].info.run_name

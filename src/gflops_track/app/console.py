@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -14,8 +15,30 @@ from gflops_track.result import ProfileResult
 from gflops_track.summary import summary_rows
 from gflops_track.timing import ProgressCallback
 
-console = Console()
-error_console = Console(stderr=True)
+
+def _console(stderr: bool = False) -> Console:
+    """A console for stdout (or stderr): a terminal as it is; a pipe, a file or a CI log gets lines printed whole
+    (rich would otherwise crop every line at 80 columns there)."""
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, soft_wrap=True)
+
+
+console = _console()
+error_console = _console(stderr=True)
+
+
+class Whole:
+    """A renderable laid out at its natural width when the console is not a terminal, so nothing in it is wrapped
+    or folded in a log; in a terminal it fits the terminal as rich lays it out."""
+
+    def __init__(self, renderable: RenderableType) -> None:
+        self.renderable = renderable
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        if not console.is_terminal:
+            width = Measurement.get(console, options.update_width(10_000), self.renderable).maximum
+            options = options.update_width(max(width, options.max_width))
+        yield from console.render(self.renderable, options)
 
 
 @contextmanager
@@ -39,14 +62,15 @@ def job_progress(title: str) -> Iterator[ProgressCallback]:
 
 
 def print_summary(result: ProfileResult, run_name: str, run_id: str | None) -> None:
-    """The run's summary table, then its notes. Every string from the run is shown as text, never as rich markup."""
+    """The run's summary table, then its notes. Every string from the run is shown as text, never as rich markup.
+    When space is short, labels and values wrap at spaces, so every number stays whole (never cut or folded)."""
     title = Text(run_name + (f"  (MLflow run {run_id})" if run_id else ""))
     table = Table(title=title, show_header=False)
     table.add_column(style="bold", overflow="fold")
     table.add_column(justify="right", overflow="fold")
     for label, value in summary_rows(result):
         table.add_row(Text(label), Text(value))
-    console.print(table)
+    console.print(Whole(table))
     if result.notes:
         console.print(Text("notes:", style="yellow"), Text("\n".join(result.notes)), sep="\n", highlight=False)
 

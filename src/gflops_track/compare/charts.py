@@ -1,71 +1,102 @@
 """Comparison plots (PNG): per-variant bars grouped by hardware, FLOPs vs latency, throughput vs batch size, and the
-roofline with every run on it."""
+roofline with every run on it. Every variant has one colour in every chart (tab10/tab20) and its own legend entry;
+bars and compared axes start at zero. The ``*_figure`` functions return the Figure (tests read its axes)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from gflops_track.compare.render import variant
 from gflops_track.compare.rows import Row
 from gflops_track.peaks import Roof, RooflinePoint
-from gflops_track.plots import new_figure, roofline_png, save_figure, throughput_curve_png
+from gflops_track.plots import finish_figure, new_figure, roofline_png, throughput_curve_png, variant_colors
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def throughput_series(rows: Sequence[Row]) -> dict[str, list[tuple[int, float]]]:
-    """Throughput by batch size, one series per variant (run name without its batch part) and hardware, when the
-    finished rows differ in batch size; empty otherwise."""
+    """Throughput by batch size, one series per variant (without its batch part) and hardware, when the finished
+    rows differ in batch size; empty otherwise."""
     series: dict[str, list[tuple[int, float]]] = {}
+    machines = {row.hardware for row in rows}
     for row in rows:
         if row.status != "FINISHED" or row.throughput_samples_per_s is None or row.batch_size is None:
             continue
-        label = f"{re.sub(r'-b[0-9]+', '', row.run_name)} ({row.hardware})"
+        tokens = [token for token in variant(row).split() if not token.startswith("batch.size=")]
+        name = re.sub(r"-b[0-9]+", "", " ".join(tokens)) or "batch size"  # a run name (older runs) loses its -bN
+        label = name if len(machines) == 1 else f"{name} ({row.hardware})"
         series.setdefault(label, []).append((row.batch_size, row.throughput_samples_per_s))
     batch_sizes = {batch for points in series.values() for batch, _ in points}
     return series if len(batch_sizes) > 1 else {}
 
 
-def _grouped_bars(path: Path, rows: Sequence[Row], value: str, error: bool, ylabel: str, title: str) -> Path:
+def _ci_errors(rows: Sequence[Row]) -> list[list[float]]:
+    """Asymmetric error bars (ms) from each row's 95% CI of the median; zero where the CI is unknown."""
+    low = [max(0.0, (r.median_ms or 0) - (r.ci_low_ms if r.ci_low_ms is not None else r.median_ms or 0)) for r in rows]
+    high = [
+        max(0.0, (r.ci_high_ms if r.ci_high_ms is not None else r.median_ms or 0) - (r.median_ms or 0)) for r in rows
+    ]
+    return [low, high]
+
+
+def bars_figure(rows: Sequence[Row], value: str, error: bool, ylabel: str, title: str) -> Figure:
+    """One bar per run, grouped by hardware along x, coloured by variant (legend); the value axis from zero."""
     timed = [row for row in rows if getattr(row, value) is not None]
     hardware = sorted({row.hardware for row in timed})
-    variants = sorted({row.run_name for row in timed})
-    figure, axes = new_figure(max(7, 1.2 * len(variants) * len(hardware)))
-    width = 0.8 / max(1, len(hardware))
-    for index, machine in enumerate(hardware):
-        by_variant = {row.run_name: row for row in timed if row.hardware == machine}
-        xs = [v + index * width for v in range(len(variants))]
-        heights = [getattr(by_variant[name], value) if name in by_variant else 0.0 for name in variants]
-        errors = None
-        if error:
-            errors = [
-                [
-                    (r.median_ms or 0) - (r.ci_low_ms or r.median_ms or 0) if (r := by_variant.get(name)) else 0
-                    for name in variants
-                ],
-                [
-                    (r.ci_high_ms or r.median_ms or 0) - (r.median_ms or 0) if (r := by_variant.get(name)) else 0
-                    for name in variants
-                ],
-            ]
-        axes.bar(xs, heights, width=width, yerr=errors, capsize=3, label=machine)
-    axes.set_xticks([v + width * (len(hardware) - 1) / 2 for v in range(len(variants))])
-    axes.set_xticklabels(variants, rotation=20, ha="right", fontsize="small")
-    axes.set_ylabel(ylabel)
-    return save_figure(figure, axes, path, title, grid=False)
-
-
-def _flops_vs_latency(path: Path, rows: Sequence[Row]) -> Path:
-    figure, axes = new_figure()
-    for machine in sorted({row.hardware for row in rows}):
-        points = [r for r in rows if r.hardware == machine and r.gflops is not None and r.median_ms is not None]
-        axes.scatter([r.gflops for r in points], [r.median_ms for r in points], label=machine)
-        for r in points:
-            axes.annotate(
-                r.run_name, (r.gflops, r.median_ms), fontsize="x-small", xytext=(3, 3), textcoords="offset points"
+    colors = variant_colors(sorted({variant(row) for row in timed}))
+    per_group = max(len([r for r in timed if r.hardware == machine]) for machine in hardware) if timed else 1
+    figure, axes = new_figure(max(7.0, 0.9 * per_group * len(hardware) + 2))
+    width = 0.8 / per_group
+    centers = []
+    drawn: set[str] = set()
+    for group, machine in enumerate(hardware):
+        members = sorted((r for r in timed if r.hardware == machine), key=variant)
+        xs = [group + (index - (len(members) - 1) / 2) * width for index in range(len(members))]
+        centers.append(group)
+        for x, row in zip(xs, members, strict=True):
+            name = variant(row)
+            axes.bar(
+                [x],
+                [getattr(row, value)],
+                width=width * 0.95,
+                yerr=_ci_errors([row]) if error else None,
+                capsize=3,
+                color=colors[name],
+                label=None if name in drawn else name,
             )
+            drawn.add(name)
+    axes.set_xticks(centers, hardware, fontsize="small")
+    axes.set_ylim(bottom=0)
+    axes.set_ylabel(ylabel)
+    return finish_figure(figure, axes, title, grid=False)
+
+
+def flops_vs_latency_figure(rows: Sequence[Row]) -> Figure:
+    """GFLOPs against median latency, one colour per variant, one marker per hardware; both axes from zero."""
+    figure, axes = new_figure()
+    points = [r for r in rows if r.gflops is not None and r.median_ms is not None]
+    colors = variant_colors(sorted({variant(row) for row in points}))
+    markers = dict(zip(sorted({r.hardware for r in points}), "osD^vP*X", strict=False))
+    several = len(markers) > 1
+    for row in points:
+        axes.errorbar(
+            [row.gflops],
+            [row.median_ms],
+            yerr=_ci_errors([row]),
+            fmt=markers.get(row.hardware, "o"),
+            color=colors[variant(row)],
+            capsize=3,
+            label=variant(row) + (f" ({row.hardware})" if several else ""),
+        )
+    axes.set_xlim(left=0, right=max((r.gflops or 0 for r in points), default=1.0) * 1.15 or 1.0)
+    axes.set_ylim(bottom=0, top=max((r.ci_high_ms or r.median_ms or 0 for r in points), default=1.0) * 1.15 or 1.0)
     axes.set_xlabel("GFLOPs per forward pass")
     axes.set_ylabel("median latency (ms)")
-    return save_figure(figure, axes, path, "FLOPs vs latency")
+    return finish_figure(figure, axes, "FLOPs vs latency")
 
 
 def _roofs(rows: Sequence[Row]) -> list[Roof]:
@@ -84,23 +115,27 @@ def _roofs(rows: Sequence[Row]) -> list[Roof]:
     return list(roofs.values())
 
 
+def _save(figure: Figure, path: Path) -> Path:
+    figure.savefig(path)
+    return path
+
+
 def comparison_charts(rows: Sequence[Row], folder: Path) -> list[Path]:
     """Every plot the rows support, written into ``folder``."""
     timed = [row for row in rows if row.status == "FINISHED" and row.median_ms is not None]
     if not timed:
         return []
     charts = [
-        _grouped_bars(
-            folder / "achieved_gflops.png", timed, "achieved_gflop_per_s", False, "GFLOP/s", "achieved GFLOP/s"
-        ),
-        _grouped_bars(folder / "latency.png", timed, "median_ms", True, "median latency (ms)", "latency (95% CI)"),
-        _flops_vs_latency(folder / "flops_vs_latency.png", timed),
-    ]
+        _save(bars_figure(timed, "achieved_gflop_per_s", False, "GFLOP/s", "achieved GFLOP/s"),
+              folder / "achieved_gflops.png"),
+        _save(bars_figure(timed, "median_ms", True, "median latency (ms)", "latency (95% CI)"), folder / "latency.png"),
+        _save(flops_vs_latency_figure(timed), folder / "flops_vs_latency.png"),
+    ]  # fmt: skip
     series = throughput_series(timed)
     if series:
         charts.append(throughput_curve_png(folder / "throughput_vs_batch_size.png", series, "throughput"))
     points = [
-        RooflinePoint(row.run_name, row.arithmetic_intensity, row.achieved_gflop_per_s)
+        RooflinePoint(variant(row), row.arithmetic_intensity, row.achieved_gflop_per_s)
         for row in timed
         if row.arithmetic_intensity and row.achieved_gflop_per_s
     ]
@@ -108,3 +143,6 @@ def comparison_charts(rows: Sequence[Row], folder: Path) -> list[Path]:
     if points and roofs:
         charts.append(roofline_png(folder / "roofline.png", roofs, points, "roofline"))
     return charts
+
+
+__all__ = ["bars_figure", "comparison_charts", "flops_vs_latency_figure", "throughput_series"]

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from gflops_track.compare.gate import MIN_SAMPLES, AmbiguousMatch, Side, judge, pair_label, pair_rows, parse_threshold
-from gflops_track.compare.render import csv_table, markdown_table, rich_table
+from gflops_track.compare.render import ALL_COLUMNS, csv_table, markdown_table, parse_columns, rich_table
 from gflops_track.compare.report import log_report, write_report
 from gflops_track.compare.rows import build_rows, expand, latency_samples, select_runs
 from gflops_track.environment import environment_note
@@ -51,8 +51,21 @@ def parser() -> argparse.ArgumentParser:
     select.add_argument("--run-id", action="append", default=[], help="a run id (repeatable)")
     select.add_argument("--filter", default="", help="MLflow filter string, e.g. \"params.`model.norm_fn` = 'group'\"")
     output = cli.add_argument_group("output")
-    output.add_argument("--baseline-row", help="run id or run name the 'speed vs baseline' column is relative to")
-    output.add_argument("--format", choices=("rich", "markdown", "csv"), default="rich")
+    output.add_argument(
+        "--baseline-row",
+        help="run id or run name the speed column is relative to (latency; throughput when batch sizes differ)",
+    )
+    output.add_argument(
+        "--format",
+        choices=("rich", "markdown", "csv"),
+        default="rich",
+        help="rich (default): in a terminal, the columns that fit its width; piped, every column as Markdown",
+    )
+    output.add_argument(
+        "--columns",
+        help="comma-separated columns to show, in this order, nothing cut: " + ",".join(ALL_COLUMNS),
+    )
+    output.add_argument("--wide", action="store_true", help="every column, nothing cut (long lines wrap)")
     output.add_argument("--output", type=Path, help="write the markdown/csv table here instead of stdout")
     output.add_argument("--html", type=Path, help="write the self-contained HTML report (tables + plots) here")
     output.add_argument("--log-report", action="store_true", help="with --sweep: attach report.html to the sweep run")
@@ -165,11 +178,14 @@ def describe_error(error: Exception) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     cap_http_retries()  # a dead server must not stall compare for minutes of retries
-    console = Console(width=200) if args.format != "rich" or args.output else Console()
+    console = Console()
+    if not console.is_terminal:  # a pipe, a file, a CI log: lines are printed whole, never cropped at 80 columns
+        console = Console(soft_wrap=True)
     errors = Console(stderr=True, highlight=False, soft_wrap=True)
     uri = resolve_tracking_uri(args.tracking_uri, Path.cwd())
     try:
         check_outputs(args)
+        columns = parse_columns(args.columns) if args.columns is not None else None
         client = open_store(uri)
         if args.baseline or args.candidate:
             if not (args.baseline and args.candidate):
@@ -183,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         title = f"gflops-track comparison ({(args.sweep and f'sweep {args.sweep}') or f'{len(rows)} runs'})"
         text = {"markdown": markdown_table, "csv": csv_table}.get(args.format)
         if text is None:
-            console.print(rich_table(rows, title))
+            console.print(rich_table(rows, title, columns, args.wide), crop=False)
         elif args.output:
             args.output.write_text(text(rows), encoding="utf-8")
         else:

@@ -7,15 +7,22 @@ import csv
 import html
 import io
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from rich import box
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from gflops_track import names
 from gflops_track.compare.rows import Row
 
 Formatter = Callable[[Row], str]
+ROOMY = 10_000  # a width no table reaches: measuring at it gives a table's natural (unwrapped) width
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -30,6 +37,20 @@ def _latency(row: Row) -> str:
     return f"{row.median_ms:,.3f} [{row.ci_low_ms:,.3f}, {row.ci_high_ms:,.3f}]"
 
 
+def _ci(row: Row) -> str:
+    if row.ci_low_ms is None or row.ci_high_ms is None:
+        return ""
+    return f"[{row.ci_low_ms:,.3f}, {row.ci_high_ms:,.3f}]"
+
+
+def _ratio(row: Row) -> str:
+    """The speed ratio with two decimals, or two significant digits below 0.1 (0.002x, never 0.00x)."""
+    value = row.relative_speed
+    if value is None:
+        return ""
+    return f"{value:.2f}x" if value >= 0.095 else f"{value:.2g}x"
+
+
 def _utilization(row: Row) -> str:
     parts = []
     if row.utilization_vs_measured_peak is not None:
@@ -39,40 +60,210 @@ def _utilization(row: Row) -> str:
     return ", ".join(parts)
 
 
-COLUMNS: list[tuple[str, Formatter]] = [
-    ("hardware", lambda r: r.hardware),
-    ("variant", lambda r: r.run_name),
-    ("status", lambda r: r.status if not r.error else f"{r.status}: {r.error[:80]}"),
-    ("params", lambda r: _fmt(r.params, ",.0f")),
-    ("GMACs", lambda r: _fmt(r.gmacs, ",.3f")),
-    ("GFLOPs", lambda r: _fmt(r.gflops, ",.3f")),
-    ("median latency ms [95% CI]", _latency),
-    ("throughput samples/s", lambda r: _fmt(r.throughput_samples_per_s, ",.1f")),
-    ("achieved GFLOP/s", lambda r: _fmt(r.achieved_gflop_per_s, ",.1f")),
-    ("utilization", _utilization),
-    ("speed vs baseline", lambda r: _fmt(r.relative_speed, ".2f") + ("x" if r.relative_speed is not None else "")),
-]
+def variant(row: Row) -> str:
+    """What tells the row apart inside its sweep: the ``variant`` tag (e.g. ``norm_fn=group``), else the run name."""
+    return row.tags.get(names.VARIANT_TAG) or row.run_name
+
+
+def short_id(row: Row) -> str:
+    """The run id's first 8 characters: enough to tell runs apart and to find the run in the MLflow UI."""
+    return row.run_id[:8]
+
+
+def start_time(row: Row) -> str:
+    if row.start_time is None:
+        return ""
+    return datetime.fromtimestamp(row.start_time / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def speed_header(rows: Sequence[Row], short: bool = False) -> str:
+    """The ratio the speed column shows: a latency speed-up when batch sizes are equal, else throughput."""
+    throughput = "throughput" in {row.speed_basis for row in rows if row.relative_speed is not None}
+    if short:  # two lines in a terminal table
+        return "throughput\nvs base" if throughput else "speed-up\n(latency)"
+    return "throughput vs baseline" if throughput else "latency speed-up vs baseline"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One table column: ``key`` is what ``--columns`` names; ``text`` columns are left-aligned, numbers right."""
+
+    key: str
+    header: str
+    cell: Formatter
+    text: bool = False
+
+
+ALL_COLUMNS: dict[str, Column] = {
+    column.key: column
+    for column in (
+        Column("hardware", "hardware", lambda r: r.hardware, text=True),
+        Column("variant", "variant", variant, text=True),
+        Column("status", "status", lambda r: r.status if not r.error else f"{r.status}: {r.error[:80]}", text=True),
+        Column("params", "params", lambda r: _fmt(r.params, ",.0f")),
+        Column("gmacs", "GMACs", lambda r: _fmt(r.gmacs, ",.3f")),
+        Column("gflops", "GFLOPs", lambda r: _fmt(r.gflops, ",.3f")),
+        Column("latency", "median latency ms [95% CI]", _latency),
+        Column("median", "median\nlatency ms", lambda r: _fmt(r.median_ms, ",.3f")),
+        Column("ci", "95% CI\nms", _ci),
+        Column("throughput", "throughput\nsamples/s", lambda r: _fmt(r.throughput_samples_per_s, ",.1f")),
+        Column("achieved", "achieved\nGFLOP/s", lambda r: _fmt(r.achieved_gflop_per_s, ",.1f")),
+        Column("utilization", "utilization", _utilization),
+        Column("speed", "speed vs\nbaseline", _ratio),
+        Column("batch", "batch", lambda r: "" if r.batch_size is None else str(r.batch_size)),
+        Column("run_id", "run\nid", short_id, text=True),
+        Column("start", "start\n(UTC)", start_time, text=True),
+        Column("run_name", "run\nname", lambda r: r.run_name, text=True),
+    )
+}
+# Markdown and HTML: every column (the first ones keep their places: readers index them).
+FULL = ["hardware", "variant", "status", "params", "gmacs", "gflops", "latency", "throughput", "achieved",
+        "utilization", "speed", "run_id", "start", "run_name"]  # fmt: skip
+# The terminal: columns join in this order while they fit (key ones first), and show in DISPLAY's order.
+PRIORITY = ["variant", "hardware", "gflops", "median", "achieved", "utilization", "speed", "run_id", "params", "start",
+            "ci", "throughput", "batch", "gmacs", "run_name"]  # fmt: skip
+DISPLAY = ["variant", "hardware", "run_id", "start", "status", "batch", "params", "gmacs", "gflops", "median", "ci",
+           "throughput", "achieved", "utilization", "speed", "run_name"]  # fmt: skip
+COLUMNS: list[tuple[str, Formatter]] = [(ALL_COLUMNS[key].header, ALL_COLUMNS[key].cell) for key in FULL]
 CSV_FIELDS = [
     "run_id", "run_name", "status", "hardware", "batch_size", "params", "gmacs", "gflops", "median_ms", "ci_low_ms",
     "ci_high_ms", "throughput_samples_per_s", "achieved_gflop_per_s", "utilization_vs_measured_peak",
-    "utilization_vs_spec_peak", "arithmetic_intensity", "relative_speed", "error",
+    "utilization_vs_spec_peak", "arithmetic_intensity", "relative_speed", "speed_basis", "start_time", "error",
 ]  # fmt: skip
 
 
-def rich_table(rows: Sequence[Row], title: str) -> Table:
-    table = Table(title=title)
-    for name, _ in COLUMNS:
-        table.add_column(name, justify="left" if name in ("hardware", "variant", "status") else "right")
+def parse_columns(text: str) -> list[str]:
+    """``--columns a,b,c`` as column keys, or one clear line naming the bad key and the allowed ones."""
+    keys = [key.strip() for key in text.split(",") if key.strip()]
+    unknown = [key for key in keys if key not in ALL_COLUMNS]
+    if unknown or not keys:
+        raise ValueError(f"--columns={text!r}: unknown column {unknown[0] if unknown else '(none)'!r}; allowed: "
+                         + ", ".join(ALL_COLUMNS))  # fmt: skip
+    return keys
+
+
+def _headers(rows: Sequence[Row], lines: bool = False) -> dict[str, str]:
+    """Each column's header; in two lines (``lines``) where a terminal table saves width by it, else one."""
+    headers = {
+        key: speed_header(rows, lines) if key == "speed" else column.header for key, column in ALL_COLUMNS.items()
+    }
+    return headers if lines else {key: header.replace("\n", " ") for key, header in headers.items()}
+
+
+def column_widths(rows: Sequence[Row], keys: Sequence[str]) -> dict[str, int]:
+    """Each column's natural width over all ``rows`` (its longest cell or header line), so that the tables of
+    several hardware groups line up."""
+    headers = _headers(rows, lines=True)
+    return {
+        key: max(
+            [cell_len(line) for line in headers[key].split("\n")] + [cell_len(ALL_COLUMNS[key].cell(r)) for r in rows]
+        )
+        for key in keys
+    }
+
+
+def build_table(
+    rows: Sequence[Row], keys: Sequence[str], markdown: bool = False, widths: dict[str, int] | None = None
+) -> Table:
+    """A rich table of ``keys``' columns; cells never wrap (a variant name or a number is never cut or folded
+    unless the terminal is narrower than the cell itself). ``markdown`` draws it as a Markdown table."""
+    headers = _headers(rows, lines=not markdown)
+    table = Table(box=box.MARKDOWN if markdown else None, show_edge=markdown, pad_edge=markdown, header_style="bold")
+    for key in keys:
+        column = ALL_COLUMNS[key]
+        table.add_column(
+            headers[key],
+            justify="left" if column.text else "right",
+            no_wrap=True,
+            overflow="fold",
+            min_width=(widths or {}).get(key),
+        )
     for row in rows:
-        cells = [Text(fmt(row)) for _, fmt in COLUMNS]  # run names and errors are text, never rich markup
-        cells[2].stylize("green" if row.status == "FINISHED" else "red")
+        cells = [Text(ALL_COLUMNS[key].cell(row)) for key in keys]  # run names and errors are text, never markup
+        ok = row.status == "FINISHED"
+        for key, cell in zip(keys, cells, strict=True):
+            if key == "status" or (key == "variant" and not ok):
+                cell.stylize("green" if ok else "red")
         table.add_row(*cells)
     return table
 
 
+def natural_width(console: Console, options: ConsoleOptions, renderable: Table) -> int:
+    """The width a table takes with nothing wrapped (rich's own measurement)."""
+    return Measurement.get(console, options.update_width(ROOMY), renderable).maximum
+
+
+def fit_columns(console: Console, options: ConsoleOptions, rows: Sequence[Row], wanted: Sequence[str]) -> list[str]:
+    """The columns that fit ``options.max_width``: each of PRIORITY in turn joins when the table, measured by rich,
+    still fits; the variant always. Shown in DISPLAY's order."""
+    chosen: list[str] = []
+    for key in wanted:
+        trial = [k for k in DISPLAY if k in {*chosen, key}]
+        if not chosen or natural_width(console, options, build_table(rows, trial)) <= options.max_width:
+            chosen.append(key)
+    return [k for k in DISPLAY if k in chosen]
+
+
+class ComparisonTable:
+    """The comparison as a rich renderable that fits where it is printed: in a terminal, one table per hardware
+    (named above it) with the columns that fit the terminal's width, key ones first; anywhere else (a pipe, a file,
+    a CI log), or with ``columns``/``wide``, one table of every asked-for column at its natural width, as Markdown
+    when not in a terminal, nothing cut (print it with ``crop=False`` or a soft-wrapping console)."""
+
+    def __init__(
+        self, rows: Sequence[Row], title: str, columns: Sequence[str] | None = None, wide: bool = False
+    ) -> None:
+        self.rows, self.title, self.columns, self.wide = list(rows), title, columns, wide
+
+    def _keys(self, grouped: bool) -> list[str]:
+        failed = any(row.status != "FINISHED" for row in self.rows)
+        batches = len({row.batch_size for row in self.rows}) > 1
+        keys = [k for k in PRIORITY if k != "batch" or batches]
+        if failed:
+            keys.insert(1, "status")
+        if grouped or len({row.hardware for row in self.rows}) == 1:
+            keys.remove("hardware")
+        return [k for k in keys if any(ALL_COLUMNS[k].cell(row) for row in self.rows)]  # no empty columns
+
+    def _lines(self, console: Console, options: ConsoleOptions, table: Table) -> RenderResult:
+        for line in console.render_lines(table, options, pad=False, new_lines=True):
+            if "".join(segment.text for segment in line).strip():  # Markdown's box draws blank top/bottom rows
+                yield from line
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield Text(self.title, style="bold")
+        fitted = console.is_terminal and not self.columns and not self.wide
+        if fitted:
+            keys = fit_columns(console, options, self.rows, self._keys(grouped=True))
+        elif self.columns:
+            keys = list(self.columns)
+        else:
+            keys = [k for k in DISPLAY if self.wide or k in {*self._keys(grouped=False), "status"}]
+        machines = sorted({row.hardware for row in self.rows})
+        groups = [(machine, [row for row in self.rows if row.hardware == machine]) for machine in machines]
+        widths = column_widths(self.rows, keys)
+        for machine, members in groups if "hardware" not in keys else [("", self.rows)]:
+            if machine:
+                yield Text(f"hardware: {machine}", style="bold")
+            table = build_table(members, keys, markdown=not console.is_terminal, widths=widths)
+            width = natural_width(console, options, table)
+            yield from self._lines(
+                console, options if fitted else options.update_width(max(width, options.max_width)), table
+            )
+
+
+def rich_table(
+    rows: Sequence[Row], title: str, columns: Sequence[str] | None = None, wide: bool = False
+) -> ComparisonTable:
+    """The comparison table for a console (see ComparisonTable)."""
+    return ComparisonTable(rows, title, columns, wide)
+
+
 def markdown_table(rows: Sequence[Row]) -> str:
-    lines = ["| " + " | ".join(name for name, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(fmt(row).replace("|", "\\|") for _, fmt in COLUMNS) + " |" for row in rows]
+    """Every column, one line per run (the speed column's header says which ratio it holds)."""
+    headers = _headers(rows)
+    lines = ["| " + " | ".join(headers[key] for key in FULL) + " |", "|" + "---|" * len(FULL)]
+    lines += ["| " + " | ".join(ALL_COLUMNS[key].cell(row).replace("|", "\\|") for key in FULL) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -103,12 +294,13 @@ def _data_uri(image: Path) -> str:
 def html_report(rows: Sequence[Row], images: Sequence[Path], title: str, source: str) -> str:
     """One self-contained HTML page: the table (``<table id="runs">``, one ``<tr data-run-id>`` per run) and every
     plot embedded as a data URI, so it opens from the MLflow UI or a mail attachment alike."""
-    head = "".join(f"<th>{html.escape(name)}</th>" for name, _ in COLUMNS)
+    headers = _headers(rows)
+    head = "".join(f"<th>{html.escape(headers[key])}</th>" for key in FULL)
     body = []
     for row in rows:
         cells = "".join(
-            f'<td class="{"text" if index < 3 else "num"}">{html.escape(fmt(row))}</td>'
-            for index, (_, fmt) in enumerate(COLUMNS)
+            f'<td class="{"text" if ALL_COLUMNS[key].text else "num"}">{html.escape(ALL_COLUMNS[key].cell(row))}</td>'
+            for key in FULL
         )
         css = ' class="failed"' if row.status != "FINISHED" else ""
         body.append(f'<tr data-run-id="{html.escape(row.run_id)}"{css}>{cells}</tr>')
@@ -123,7 +315,8 @@ def html_report(rows: Sequence[Row], images: Sequence[Path], title: str, source:
         f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
         f"<p>{len(rows)} run(s) from {html.escape(source)}, generated {generated} by gflops-track. Units: latency in "
         "ms (median, 95% CI of the median), GMACs/GFLOPs per forward pass of the whole batch, achieved GFLOP/s = "
-        "FLOPs / median latency, speed vs baseline = baseline median / median.</p>"
+        "FLOPs / median latency; speed vs baseline = baseline median / median when batch sizes are equal, else "
+        "throughput / baseline throughput (the column's header says which).</p>"
         f'<table id="runs"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
         f"{figures}</body></html>"
     )

@@ -42,6 +42,8 @@ class Row:
     error: str = ""
     relative_speed: float | None = None  # baseline median / this median: > 1 is faster than the baseline
     timed_iterations: int | None = None
+    start_time: int | None = None  # ms since the epoch (MLflow's run start), tells same-named runs apart
+    speed_basis: str = "latency"  # what relative_speed compares: "latency" (same batch sizes) or "throughput"
     tags: dict[str, str] = field(default_factory=dict, compare=False)  # the run's tags (the gate's identity, load)
     config: dict[str, str] = field(default_factory=dict, compare=False)  # the run's params (the gate's fallback)
 
@@ -76,6 +78,7 @@ def row_from_run(run: Run) -> Row:
         spec_bandwidth_gb_per_s=metrics.get(names.SPEC_BANDWIDTH),
         error=tags.get(ERROR_TAG, ""),
         timed_iterations=int(metrics[names.TIMED_ITERATIONS]) if names.TIMED_ITERATIONS in metrics else None,
+        start_time=run.info.start_time,
         tags=dict(tags),
         config=dict(params),
     )
@@ -83,7 +86,8 @@ def row_from_run(run: Run) -> Row:
 
 def build_rows(runs: Sequence[Run], baseline: str | None = None) -> list[Row]:
     """Rows sorted by hardware then variant, each with its speed relative to the baseline row (a run id or run
-    name; default: the first row that has a latency)."""
+    name; default: the first row that has a latency). Same batch sizes: baseline median / median (latency speed-up);
+    batch sizes differ: throughput / baseline throughput, since a batch of 4 takes longer but may do as much work."""
     rows = sorted((row_from_run(run) for run in runs), key=lambda row: row.key)
     timed = [row for row in rows if row.median_ms]
     if not timed:
@@ -91,9 +95,18 @@ def build_rows(runs: Sequence[Run], baseline: str | None = None) -> list[Row]:
     chosen = next((row for row in timed if baseline in (row.run_id, row.run_name)), None)
     if baseline is not None and chosen is None:
         raise ValueError(f"--baseline-row={baseline!r} names no timed run among the {len(rows)} selected")
-    reference = (chosen or timed[0]).median_ms
-    assert reference is not None
-    return [replace(row, relative_speed=reference / row.median_ms if row.median_ms else None) for row in rows]
+    reference = chosen or timed[0]
+    assert reference.median_ms is not None
+    if len({row.batch_size for row in timed}) > 1 and reference.throughput_samples_per_s:
+        base = reference.throughput_samples_per_s
+        return [
+            replace(row, speed_basis="throughput", relative_speed=row.throughput_samples_per_s / base)
+            if row.throughput_samples_per_s is not None
+            else row
+            for row in rows
+        ]
+    median = reference.median_ms
+    return [replace(row, relative_speed=median / row.median_ms if row.median_ms else None) for row in rows]
 
 
 def select_runs(

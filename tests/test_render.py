@@ -1,0 +1,206 @@
+"""The comparison's tables and charts on rows with known numbers: columns that fit 80 columns, whole piped output,
+the speed ratio's formula, and plots read back from their axes and from real PNGs."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from matplotlib.colors import to_rgb, to_rgba
+from matplotlib.figure import Figure
+from mlflow.tracking import MlflowClient
+from PIL import Image
+from rich.console import Console
+
+from gflops_track.compare.charts import bars_figure, flops_vs_latency_figure
+from gflops_track.compare.cli import main
+from gflops_track.compare.render import ComparisonTable, markdown_table, parse_columns
+from gflops_track.compare.rows import Row, build_rows
+from gflops_track.plots import Roof, RooflinePoint, roofline_figure, throughput_curve_figure
+
+LONG_MACHINE = "cpu:AMD EPYC 7B13 64-Core Processor (Zen 3, 2 cores, AVX2)"
+
+
+def make_row(name: str, hardware: str = LONG_MACHINE, **numbers: float | int | None) -> Row:
+    """A finished row with the figures of a small block (explicit numbers override them)."""
+    values: dict = dict(
+        batch_size=2, params=4704.0, gmacs=0.00543, gflops=10.8823, median_ms=1234.5678, ci_low_ms=1200.125,
+        ci_high_ms=1300.875, throughput_samples_per_s=1.62, achieved_gflop_per_s=8.815,
+        utilization_vs_measured_peak=None, utilization_vs_spec_peak=0.056, arithmetic_intensity=7.7,
+        measured_peak_gflop_per_s=None, measured_bandwidth_gb_per_s=None, spec_peak_gflop_per_s=156.5,
+        spec_bandwidth_gb_per_s=20.0,
+    )  # fmt: skip
+    values.update(numbers)
+    if "median_ms" in numbers and "ci_low_ms" not in numbers:  # the CI brackets the median: 97%..105% of it
+        values.update(ci_low_ms=values["median_ms"] * 0.97, ci_high_ms=values["median_ms"] * 1.05)
+    return Row(
+        run_id=f"{abs(hash((name, hardware))):032x}"[:32],
+        run_name=f"residual_block-{name}-b2-cpu-fp32",
+        status="FINISHED",
+        hardware=hardware,
+        start_time=1_764_620_000_000,
+        relative_speed=1.0,
+        tags={"variant": f"norm_fn={name}"},
+        **values,
+    )
+
+
+ROWS = [
+    make_row("group"),
+    make_row("batch", gflops=10.8881, median_ms=987.654),
+    make_row("instance", hardware="cuda:NVIDIA H200 (MIG 1g.18gb)", gflops=10.8859, median_ms=12.345),
+]
+
+
+def printed(table: ComparisonTable, width: int, terminal: bool) -> str:
+    """What ``table`` prints on a console ``width`` wide, a terminal or a pipe (the CLI's consoles: a pipe soft-wraps,
+    and the CLI prints without cropping)."""
+    out = io.StringIO()
+    console = Console(file=out, width=width, force_terminal=terminal, soft_wrap=not terminal, color_system=None)
+    console.print(table, crop=False)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("width", [80, 100, 200])
+def test_terminal_table_fits_its_width_and_cuts_nothing(width: int) -> None:
+    text = printed(ComparisonTable(ROWS, "three runs"), width, terminal=True)
+    assert max(len(line) for line in text.splitlines()) <= width and "…" not in text
+    for row in ROWS:
+        for whole in (row.tags["variant"], f"{row.gflops:,.3f}", f"{row.median_ms:,.3f}"):
+            assert whole in text
+    header = text.splitlines()[1:4]
+    assert any("GFLOPs" in line for line in header)  # the key columns are the ones that made it
+    if width >= 200:
+        assert LONG_MACHINE in text and ROWS[0].run_id[:8] in text and "2025-12-01 20:13:20" in text
+
+
+def test_piped_table_prints_every_column_whole_as_markdown() -> None:
+    text = printed(ComparisonTable(ROWS, "three runs"), 80, terminal=False)
+    assert "…" not in text and "| variant" in text and "| run name" in text
+    for row in ROWS:
+        for whole in (
+            row.tags["variant"],
+            row.run_name,
+            row.hardware,
+            row.run_id[:8],
+            "4,704",
+            "[1,200.125, 1,300.875]",
+        ):
+            assert whole in text
+    assert max(len(line) for line in text.splitlines()) > 80  # nothing wrapped to fit 80 columns
+
+
+def test_columns_option_shows_exactly_those_columns() -> None:
+    text = printed(ComparisonTable(ROWS, "t", columns=parse_columns("variant,params,run_id")), 80, terminal=True)
+    header = "".join(text.splitlines()[1:5])
+    assert "params" in header and "GFLOPs" not in header and ROWS[2].run_id[:8] in text
+    with pytest.raises(ValueError, match=r"--columns='variant,nope': unknown column 'nope'; allowed: hardware, "):
+        parse_columns("variant,nope")
+
+
+def test_bad_columns_value_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}", "--columns", "gflops,speedup"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "unknown column 'speedup'" in error and not (tmp_path / "none.db").exists()
+
+
+def _runs(client: MlflowClient, name: str, jobs: list[tuple[int, float]]) -> list:
+    """One finished run per (batch size, median ms), throughput = batch / median (samples/s)."""
+    experiment = client.create_experiment(name)
+    for index, (batch, median_ms) in enumerate(jobs):
+        run = client.create_run(experiment, run_name=f"{name}{index}", tags={"variant": f"batch.size={batch}"})
+        client.log_param(run.info.run_id, "batch.size", batch)
+        client.log_metric(run.info.run_id, "latency_median_ms", median_ms)
+        client.log_metric(run.info.run_id, "throughput_samples_per_s", batch / (median_ms / 1000))
+        client.set_terminated(run.info.run_id)
+    return client.search_runs([experiment])
+
+
+def test_speed_ratio_is_throughput_when_batch_sizes_differ(tmp_path: Path) -> None:
+    """b1: 10 ms for 1 sample (100 samples/s); b4: 40 ms for 4 (100/s); b2: 10 ms for 2 (200/s). The latency ratio
+    (baseline median / median) would call b4 0.25x; throughput / baseline throughput says b4 1.00x, b2 2.00x.
+    Equal batch sizes keep the latency speed-up: 10 ms vs 20 ms is 10 / 20 = 0.50x."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'store.db'}")
+    rows = {
+        row.run_name: row for row in build_rows(_runs(client, "sweep", [(1, 10.0), (4, 40.0), (2, 10.0)]), "sweep0")
+    }
+    assert {name: row.relative_speed for name, row in rows.items()} == pytest.approx(
+        {"sweep0": 1.0, "sweep1": 1.0, "sweep2": 2.0}
+    )
+    assert {row.speed_basis for row in rows.values()} == {"throughput"}
+    assert "| throughput vs baseline |" in markdown_table(list(rows.values()))
+    equal = {row.run_name: row for row in build_rows(_runs(client, "same", [(2, 10.0), (2, 20.0)]), "same0")}
+    assert equal["same1"].relative_speed == pytest.approx(10.0 / 20.0) and equal["same1"].speed_basis == "latency"
+    assert "| latency speed-up vs baseline |" in markdown_table(list(equal.values()))
+    terminal = printed(ComparisonTable(list(equal.values()), "t", columns=["variant", "speed"]), 80, terminal=True)
+    assert "speed-up" in terminal and "(latency)" in terminal and "0.50x" in terminal
+
+
+def _texts_inside_axes(figure: Figure) -> None:
+    """Every annotation inside the axes, the legend inside the figure (window extents, in pixels)."""
+    renderer = figure.canvas.get_renderer()
+    axes = figure.axes[0]
+    box = axes.get_window_extent(renderer)
+    for text in axes.texts:
+        extent = text.get_window_extent(renderer)
+        assert box.x0 - 1 <= extent.x0 and extent.x1 <= box.x1 + 1, text.get_text()
+        assert box.y0 - 1 <= extent.y0 and extent.y1 <= box.y1 + 1, text.get_text()
+    legend = axes.get_legend()
+    if legend is not None:
+        extent, whole = legend.get_window_extent(renderer), figure.bbox
+        assert whole.x0 <= extent.x0 and extent.x1 <= whole.x1 and whole.y0 <= extent.y0 and extent.y1 <= whole.y1
+
+
+def test_flops_vs_latency_has_no_offset_and_starts_at_zero() -> None:
+    figure = flops_vs_latency_figure(ROWS)  # GFLOPs 10.8823..10.8881: a 0.006 spread
+    figure.canvas.draw()
+    axes = figure.axes[0]
+    for axis in (axes.xaxis, axes.yaxis):
+        assert axis.get_major_formatter().get_offset() == ""
+        assert all("e" not in label.get_text() for label in axis.get_ticklabels())
+    assert axes.get_xlim()[0] == 0 and axes.get_ylim()[0] == 0
+    labels = axes.get_legend_handles_labels()[1]
+    assert sorted(labels) == sorted(
+        f"norm_fn={n} ({row.hardware})" for n, row in zip(("group", "batch", "instance"), ROWS, strict=True)
+    )
+    _texts_inside_axes(figure)
+
+
+def test_bars_have_one_colour_per_variant_from_zero(tmp_path: Path) -> None:
+    one_machine = [make_row(n, hardware="cpu:x") for n in ("group", "batch", "instance")]
+    figure = bars_figure(one_machine, "achieved_gflop_per_s", False, "GFLOP/s", "achieved")
+    axes = figure.axes[0]
+    colours = {patch.get_facecolor() for patch in axes.patches}
+    assert len(axes.patches) == 3 and len(colours) == 3
+    assert all(abs(c[0] - c[1]) > 0.05 or abs(c[1] - c[2]) > 0.05 for c in colours)  # not a grey
+    assert axes.get_ylim()[0] == 0
+    assert sorted(axes.get_legend_handles_labels()[1]) == ["norm_fn=batch", "norm_fn=group", "norm_fn=instance"]
+    figure.savefig(tmp_path / "bars.png")
+    with Image.open(tmp_path / "bars.png") as image:
+        pixels = set(image.convert("RGB").getdata())
+    for colour in colours:
+        assert tuple(round(255 * c) for c in to_rgb(colour)) in pixels  # each variant's colour is drawn
+    _texts_inside_axes(figure)
+
+
+def test_throughput_axis_starts_at_zero(tmp_path: Path) -> None:
+    figure = throughput_curve_figure({"norm_fn=group": [(1, 90.0), (4, 100.0)], "norm_fn=batch": [(1, 95.0)]}, "t")
+    axes = figure.axes[0]
+    assert axes.get_ylim()[0] == 0 and axes.get_ylim()[1] == pytest.approx(110.0)  # top: 1.1 x the highest
+    assert len({to_rgba(line.get_color()) for line in axes.get_lines()}) == 2
+    figure.savefig(tmp_path / "t.png")
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_roofline_labels_stay_inside_the_axes() -> None:
+    roofs = [Roof("spec", 156.5, 20.0), Roof("measured", 120.0, 15.0)]
+    points = [
+        RooflinePoint("norm_fn=instance long label", 900.0, 150.0),  # top right corner: the label goes left, below
+        RooflinePoint("norm_fn=group", 0.9, 0.5),  # bottom left
+        RooflinePoint("norm_fn=batch", 7.7, 8.8),
+    ]
+    figure = roofline_figure(roofs, points, "roofline")
+    figure.canvas.draw()
+    assert len(figure.axes[0].texts) == 3
+    _texts_inside_axes(figure)
