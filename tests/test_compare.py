@@ -93,7 +93,10 @@ def test_csv_and_markdown_numbers_equal_the_runs_metrics(norm_sweep: tuple[Path,
     for row in rows:
         metrics = client.get_run(row["run_id"]).data.metrics
         assert float(row["median_ms"]) == metrics["latency_median_ms"]
-        assert float(row["ci_low_ms"]) == metrics["latency_ci95_low_ms"]
+        if "latency_ci95_low_ms" in metrics:  # the median's CI needs >= 8 samples; a busy machine may give fewer
+            assert float(row["ci_low_ms"]) == metrics["latency_ci95_low_ms"]
+        else:
+            assert row["ci_low_ms"] == ""  # unknown is empty, never a number
         assert float(row["gflops"]) == metrics["gflops"] and float(row["params"]) == metrics["params"]
         assert float(row["achieved_gflop_per_s"]) == metrics["achieved_gflop_per_s"]
         assert row["speed_basis"] == "throughput"  # throughput / baseline throughput, in samples/s
@@ -130,7 +133,8 @@ def test_sweep_end_logs_report_whose_numbers_equal_metrics(norm_sweep: tuple[Pat
     for run_id, cells in reader.rows.items():
         metrics = client.get_run(run_id).data.metrics
         assert cells[5] == f"{metrics['gflops']:,.3f}"
-        assert cells[6].startswith(f"{metrics['latency_median_ms']:,.3f} [")
+        has_ci = "latency_ci95_low_ms" in metrics  # the median's CI needs >= 8 samples; a busy machine may give fewer
+        assert cells[6].startswith(f"{metrics['latency_median_ms']:,.3f}") and ("[" in cells[6]) == has_ci
         assert cells[8] == f"{metrics['achieved_gflop_per_s']:,.1f}"
 
 
