@@ -23,10 +23,11 @@ installed, and the explanations follow it.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.metadata
 import importlib.util
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,15 +49,25 @@ ORIGINAL_THOP = "thop"
 ULTRALYTICS_THOP = "ultralytics-thop"
 
 
+def _thop_owners() -> Iterator[str]:
+    """Names of the distributions that may own the ``thop`` module: the two known ones, then (only if needed: a scan
+    of every installed distribution's files, seconds) any other."""
+    known = (ULTRALYTICS_THOP, ORIGINAL_THOP)
+    yield from known
+    yield from (name for name in importlib.metadata.packages_distributions().get("thop", []) if name not in known)
+
+
+@functools.cache
 def thop_distribution() -> tuple[str, str]:
     """(distribution name, version) of what ``import thop`` loads: ``("thop", "0.1.1.post2209072238")`` or
     ``("ultralytics-thop", "2.2.3")``; ``("", "")`` when no thop is importable. Both install a ``thop`` module, so
-    the one that owns the file Python would import is the answer."""
+    the one that owns the file Python would import is the answer. The two known names are asked first (a full scan of
+    every installed distribution's files takes seconds); the answer is kept for the process."""
     spec = importlib.util.find_spec("thop")
     if spec is None or spec.origin is None:
         return "", ""
     origin = Path(spec.origin).resolve()
-    for name in importlib.metadata.packages_distributions().get("thop", []):
+    for name in _thop_owners():
         for dist in importlib.metadata.distributions(name=name):
             if any(Path(str(dist.locate_file(file))).resolve() == origin for file in dist.files or []):
                 return str(dist.metadata["Name"]).lower(), dist.version
