@@ -231,7 +231,7 @@ def _sweep(work: Path, name: str, overrides: list[str]) -> tuple[float, dict[str
     cwd = work / name
     env = _env(cwd)
     env["BENCH_PHASES_OUT"] = str(cwd / "phases.json")
-    wall = _run([sys.executable, str(work / "phases.py"), "-m", *overrides], cwd, env)
+    wall = _run([sys.executable, str(work / "bench_phases.py"), "-m", *overrides], cwd, env)
     return wall, json.loads((cwd / "phases.json").read_text())
 
 
@@ -254,16 +254,16 @@ def main() -> None:
     console = Console()
     with tempfile.TemporaryDirectory(prefix="gflops-overhead-") as temp:
         work = Path(temp)
-        (work / "seed.py").write_text(SEED_SCRIPT)
-        (work / "phases.py").write_text(PHASES_SCRIPT)
-        (work / "profile.py").write_text(PROFILE_SCRIPT)
-        env = _env(work)
+        (work / "blog_seed_script.py").write_text(SEED_SCRIPT)
+        (work / "bench_phases.py").write_text(PHASES_SCRIPT)
+        (work / "bench_api_call.py").write_text(PROFILE_SCRIPT)
+        env = _env(work)  # the scripts' names shadow no module: their folder comes first on sys.path
 
         console.print("warming the peak cache with one timed job (the probes run once per machine)")
         _run([sys.executable, "-m", "gflops_track", "norm_fn=group", "tracking.enabled=false"], work / "warm", env)
 
         console.print("(a) three runs of the blog post's script, then the counting-only sweep")
-        seed_s = [_run([sys.executable, str(work / "seed.py"), norm], work / "seed", env) for norm in NORMS]
+        seed_s = [_run([sys.executable, str(work / "blog_seed_script.py"), norm], work / "seed", env) for norm in NORMS]
         count_wall, count_phases = _sweep(work, "a", [f"norm_fn={','.join(NORMS)}", "timing.enabled=false"])
 
         console.print("(b) the default timed sweep")
@@ -272,10 +272,15 @@ def main() -> None:
 
         console.print("(c, d) profile(timing=False) after import; what import gflops_track loads")
         out = subprocess.run(
-            [sys.executable, str(work / "profile.py")], cwd=work, env=env, capture_output=True, text=True, timeout=600
+            [sys.executable, str(work / "bench_api_call.py")],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         if out.returncode != 0:
-            raise SystemExit(f"profile.py exited {out.returncode}: {out.stderr[-2000:]}")
+            raise SystemExit(f"bench_api_call.py exited {out.returncode}: {out.stderr[-2000:]}")
         api = json.loads(out.stdout.strip().splitlines()[-1])
 
         console.print("(e) gflops-track compare on (b)'s store")
