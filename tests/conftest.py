@@ -1,8 +1,10 @@
-"""Shared test helpers: a real MLflow SQLite store in a temp dir, and the CLI run as users run it."""
+"""Shared test helpers: a real MLflow SQLite store in a temp dir (copied from one migrated once per session), and the
+CLI run as users run it."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +44,20 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 600, **env: str) -> subpr
     )
 
 
+@pytest.fixture(scope="session")
+def migrated_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty SQLite store with MLflow's schema, made once per session: creating and migrating a store takes
+    seconds (tens on a busy machine), copying this file a few milliseconds. Tests of store creation itself (the
+    default ./mlflow.db, parallel sweeps into one fresh file) make their own."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("template") / "store.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments(max_results=1)  # creates and migrates the schema
+    return path
+
+
 @pytest.fixture
-def store_uri(tmp_path: Path) -> str:
+def store_uri(tmp_path: Path, migrated_store: Path) -> str:
+    """A SQLite store of the test's own, in its temp dir: a copy of the session's empty migrated store."""
+    shutil.copyfile(migrated_store, tmp_path / "store.db")
     return f"sqlite:///{tmp_path / 'store.db'}"

@@ -42,8 +42,8 @@ def reap_command(cwd: Path, uri: str, *args: str) -> subprocess.CompletedProcess
     )  # fmt: skip
 
 
-def test_reap_marks_only_runs_whose_process_is_gone(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
+def test_reap_marks_only_runs_whose_process_is_gone(tmp_path: Path, store_uri: str) -> None:
+    uri = store_uri  # tmp_path / 'store.db', a copy of the session's migrated empty store
     client = MlflowClient(uri)
     experiment = client.create_experiment("gflops-track")
     here = liveness_tags()

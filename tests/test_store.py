@@ -3,6 +3,7 @@ MLflow's own REST client. Real SQLite stores in temp dirs; a real port with noth
 
 from __future__ import annotations
 
+import shutil
 import socket
 from pathlib import Path
 
@@ -61,3 +62,21 @@ def test_probe_of_a_dead_server_is_a_warning_with_the_password_masked() -> None:
     with pytest.raises(StoreError, match="is not reachable") as raised:
         open_store(uri)
     assert "Zq-pw" not in str(raised.value)
+
+
+def test_connect_makes_one_client_per_uri_and_retries_a_failed_open(tmp_path: Path, migrated_store: Path) -> None:
+    """One client per URI per process (preflight, the sweep and every job share it); a store that could not be
+    opened is not remembered, so the next call tries again. Copies of a migrated store: creating three takes long."""
+    for name in ("a.db", "b.db"):
+        shutil.copyfile(migrated_store, tmp_path / name)
+    first, second = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    client = store.connect(first)
+    assert store.connect(first) is client and store.connect(second) is not client
+    (tmp_path / "later").write_text("a file where the store's folder should be")
+    missing = f"sqlite:///{tmp_path / 'later' / 'c.db'}"
+    with pytest.raises(Exception):  # noqa: B017 - MLflow raises its own wrapper of SQLAlchemy's error
+        store.connect(missing)
+    (tmp_path / "later").unlink()
+    (tmp_path / "later").mkdir()
+    shutil.copyfile(migrated_store, tmp_path / "later" / "c.db")
+    assert store.connect(missing).search_experiments(max_results=1)  # the Default experiment: opened this time

@@ -78,7 +78,7 @@ def test_three_concurrent_syncs_upload_each_run_once(tmp_path: Path) -> None:
 
 
 def test_unreadable_run_json_is_named_skipped_and_the_rest_uploaded(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, store_uri: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = tmp_path / "outputs" / "job" / SPOOL_FOLDER
     runs = [SpooledRun.new(EXPERIMENT, f"run-{index}") for index in range(3)]
@@ -87,7 +87,7 @@ def test_unreadable_run_json_is_named_skipped_and_the_rest_uploaded(
         spool.write(folder, run, job_record(index))
     truncated = folder / runs[1].spool_id / "run.json"
     truncated.write_text(truncated.read_text()[:40])  # cut mid-write (a full disk, a crash)
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    uri = store_uri  # tmp_path / 'store.db', a copy of the session's migrated empty store
     code = sync_cli.main(["--tracking-uri", uri, str(tmp_path / "outputs")])
     out, err = capsys.readouterr()
     assert code == 1
@@ -152,12 +152,12 @@ def test_store_deleted_mid_sweep_recreates_the_parent_and_nests_the_children(tmp
 
 
 def test_children_of_an_unreadable_spooled_parent_still_get_one_parent(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, store_uri: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = tmp_path / "multirun" / SPOOL_FOLDER
     parent_id = spooled_sweep(folder, 2)
     (folder / parent_id / "run.json").write_text("{")
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    uri = store_uri  # tmp_path / 'store.db', a copy of the session's migrated empty store
     assert sync_cli.main(["--tracking-uri", uri, str(tmp_path / "multirun")]) == 1
     assert f"{folder / parent_id / 'run.json'}: JSONDecodeError" in capsys.readouterr().err
     runs = runs_of(uri)
@@ -167,11 +167,11 @@ def test_children_of_an_unreadable_spooled_parent_still_get_one_parent(
 
 
 def test_transient_outage_sync_finishes_the_parent_as_the_sweep_would(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, store_uri: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Job 2 opened its run, the store went away, job 2 finished into the spool; the sweep ended with the store back
     and, seeing job 2 RUNNING, marked itself FAILED with failed_jobs=1. Spooled is not failed."""
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    uri = store_uri  # tmp_path / 'store.db', a copy of the session's migrated empty store
     client = MlflowClient(uri)
     experiment_id = client.create_experiment(EXPERIMENT)
     parent = client.create_run(experiment_id, run_name="sweep +model.ms=1,2,3").info.run_id
@@ -194,25 +194,27 @@ def test_transient_outage_sync_finishes_the_parent_as_the_sweep_would(
     assert "report.html" in {a.path for a in client.list_artifacts(parent)}
 
 
-def test_spooled_parent_status_comes_from_the_children_not_the_launcher(tmp_path: Path) -> None:
+def test_spooled_parent_status_comes_from_the_children_not_the_launcher(tmp_path: Path, store_uri: str) -> None:
     """A joblib sweep spools its parent FINISHED (its own list of failed jobs is empty: the jobs ran elsewhere)
     while a child FAILED: after sync the parent is FAILED, as the sweep's rule says."""
     spooled_sweep(tmp_path / "multirun" / SPOOL_FOLDER, 2, statuses=["FINISHED", "FAILED"])
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    uri = store_uri  # tmp_path / 'store.db', a copy of the session's migrated empty store
     assert sync_cli.main(["--tracking-uri", uri, str(tmp_path / "multirun")]) == 0
     (parent,) = [r for r in runs_of(uri) if PARENT_TAG not in r.data.tags]
     assert parent.info.status == "FAILED" and parent.data.metrics["failed_jobs"] == 1
 
 
-def test_an_interrupted_spooled_sweep_stays_killed(tmp_path: Path) -> None:
+def test_an_interrupted_spooled_sweep_stays_killed(tmp_path: Path, store_uri: str) -> None:
     spooled_sweep(tmp_path / "multirun" / SPOOL_FOLDER, 2, statuses=["FINISHED", "KILLED"], parent_status="KILLED")
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    uri = store_uri  # tmp_path / 'store.db', a copy of the session's migrated empty store
     assert sync_cli.main(["--tracking-uri", uri, str(tmp_path / "multirun")]) == 0
     (parent,) = [r for r in runs_of(uri) if PARENT_TAG not in r.data.tags]
     assert parent.info.status == "KILLED"
 
 
-def test_a_symbolic_link_in_a_spool_is_not_followed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_symbolic_link_in_a_spool_is_not_followed(
+    tmp_path: Path, store_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     secret = tmp_path / "home" / ".netrc"
     secret.parent.mkdir()
     secret.write_text("machine example.com password hunter2-planted\n")
@@ -222,7 +224,7 @@ def test_a_symbolic_link_in_a_spool_is_not_followed(tmp_path: Path, capsys: pyte
     directory = spool.write(folder, run, job_record(0))
     (directory / "artifacts" / "notes.txt").symlink_to(secret)
     (directory / "artifacts" / "home").symlink_to(secret.parent, target_is_directory=True)
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    uri = store_uri  # tmp_path / 'store.db', a copy of the session's migrated empty store
     assert sync_cli.main(["--tracking-uri", uri, str(tmp_path / "outputs")]) == 0
     err = capsys.readouterr().err
     assert "not uploaded, a symbolic link" in err and "notes.txt" in err

@@ -3,7 +3,8 @@
 thop (``thop.profile``) is the number readers of the blog post (shared/seed/) know. It counts per *module type*
 with forward hooks, so it misses functional ops, has no rule for some modules (GroupNorm: 0 MACs and its parameters
 dropped), counts a module shared under two names twice, and leaves hooks and buffers behind. We therefore run it on
-deep copies only (the user's module is never touched), twice:
+deep copies only (the user's module is never touched; the copies hold meta tensors when the model runs on meta, since
+thop's rules read shapes only), twice (once when there are no custom ops):
 
 * ``raw``: plain thop, exactly as the blog post's script calls it;
 * ``patched``: with our ``custom_ops`` for the module types it has no rule for (GroupNorm / RMSNorm priced by thop's
@@ -22,16 +23,19 @@ installed, and the explanations follow it.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.metadata
 import importlib.util
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
+from torch.utils._pytree import tree_map
 
+from gflops_track.counting.counting_forward import _to_meta, meta_tensors
 from gflops_track.counting.layer_info import LayerCost
 from gflops_track.counting.op_counter import CostReport
 
@@ -45,15 +49,25 @@ ORIGINAL_THOP = "thop"
 ULTRALYTICS_THOP = "ultralytics-thop"
 
 
+def _thop_owners() -> Iterator[str]:
+    """Names of the distributions that may own the ``thop`` module: the two known ones, then (only if needed: a scan
+    of every installed distribution's files, seconds) any other."""
+    known = (ULTRALYTICS_THOP, ORIGINAL_THOP)
+    yield from known
+    yield from (name for name in importlib.metadata.packages_distributions().get("thop", []) if name not in known)
+
+
+@functools.cache
 def thop_distribution() -> tuple[str, str]:
     """(distribution name, version) of what ``import thop`` loads: ``("thop", "0.1.1.post2209072238")`` or
     ``("ultralytics-thop", "2.2.3")``; ``("", "")`` when no thop is importable. Both install a ``thop`` module, so
-    the one that owns the file Python would import is the answer."""
+    the one that owns the file Python would import is the answer. The two known names are asked first (a full scan of
+    every installed distribution's files takes seconds); the answer is kept for the process."""
     spec = importlib.util.find_spec("thop")
     if spec is None or spec.origin is None:
         return "", ""
     origin = Path(spec.origin).resolve()
-    for name in importlib.metadata.packages_distributions().get("thop", []):
+    for name in _thop_owners():
         for dist in importlib.metadata.distributions(name=name):
             if any(Path(str(dist.locate_file(file))).resolve() == origin for file in dist.files or []):
                 return str(dist.metadata["Name"]).lower(), dist.version
@@ -120,16 +134,33 @@ def _flatten(layer_info: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return flat
 
 
-def _run_thop(model: nn.Module, args: Sequence[Any], custom_ops: dict[Any, Any]) -> tuple[int, int, dict[str, float]]:
+def _run_thop(
+    model: nn.Module, args: Sequence[Any], custom_ops: dict[Any, Any], meta: bool
+) -> tuple[int, int, dict[str, float]]:
+    """thop on a deep copy of ``model``; with ``meta`` the copy holds meta tensors (copied without their data) and
+    the inputs are meta too: thop's rules read shapes only, so the figures are those of a real forward."""
     from thop import profile as thop_profile
 
-    clone = copy.deepcopy(model)
+    if meta:
+        with meta_tensors(model):  # the copy takes the stand-ins (shared tensors stay shared); the originals return
+            clone = copy.deepcopy(model)
+        args = tree_map(_to_meta, tuple(args))
+    else:
+        clone = copy.deepcopy(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         macs, params, layer_info = thop_profile(
             clone, inputs=tuple(args), custom_ops=custom_ops, verbose=False, ret_layer_info=True
         )
     return int(macs), int(params), _flatten(layer_info)
+
+
+def _run_thop_twice(
+    model: nn.Module, args: Sequence[Any], custom_ops: dict[Any, Any], meta: bool
+) -> tuple[tuple[int, int, dict[str, float]], tuple[int, int, dict[str, float]]]:
+    """thop raw and with ``custom_ops``; one run serves for both when there are no custom ops (the calls are equal)."""
+    raw = _run_thop(model, args, {}, meta)
+    return raw, (_run_thop(model, args, custom_ops, meta) if custom_ops else raw)
 
 
 def _shared_module_names(model: nn.Module) -> dict[str, list[str]]:
@@ -199,12 +230,15 @@ def explain_difference(
 
 
 def thop_count(model: nn.Module, args: Sequence[Any], ours: CostReport) -> ThopCount:
-    """Run thop raw and patched on deep copies of ``model`` (which stays untouched) and explain the difference."""
+    """Run thop raw and patched on deep copies of ``model`` (which stays untouched) and explain the difference: on
+    meta tensors (no data copied, no arithmetic), for real when the model cannot run on meta."""
     distribution, _version = thop_distribution()
     try:
         custom = _custom_ops(model, distribution)
-        raw_macs, raw_params, _ = _run_thop(model, args, {})
-        macs, params, layers = _run_thop(model, args, custom)
+        try:
+            (raw_macs, raw_params, _), (macs, params, layers) = _run_thop_twice(model, args, custom, meta=True)
+        except Exception:  # a model that cannot run on meta (data-dependent code, CPU tensors made inside): for real
+            (raw_macs, raw_params, _), (macs, params, layers) = _run_thop_twice(model, args, custom, meta=False)
     except Exception as error:  # thop is a reference figure: its failure must not cost the user's measurement
         return ThopCount(0, 0, 0, 0, error=f"thop failed: {type(error).__name__}: {error}", distribution=distribution)
     unruled = sorted({kind.__name__ for kind in custom})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -56,13 +57,27 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///").removeprefix("file:").split("?", 1)[0])
 
 
+_CLIENTS: dict[str, MlflowClient] = {}  # one client per URI per process: preflight, the sweep and each job share it
+_CLIENTS_LOCK = threading.Lock()
+
+
 def connect(uri: str) -> MlflowClient:
     """Point the fluent API and a client at ``uri`` (always explicitly: MLflow's default follows the cwd).
 
-    A SQLite store is opened under a file lock: the first opening creates its schema, and MLflow's migration breaks
+    One client per URI per process, made on the first call (preflight, the sweep's run and every job reuse it). A
+    SQLite store is opened under a file lock: the first opening creates its schema, and MLflow's migration breaks
     when several processes (parallel sweeps, joblib workers) run it at once on a fresh file.
     """
     mlflow.set_tracking_uri(uri)
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(uri)
+        if client is None:
+            client = _CLIENTS[uri] = _open(uri)  # not cached when opening fails: the next call tries again
+    return client
+
+
+def _open(uri: str) -> MlflowClient:
+    """A new client on ``uri``; a SQLite store is opened (created and migrated if needed) under its file lock."""
     database = sqlite_path(uri)
     if database is None:
         return MlflowClient(tracking_uri=uri)
