@@ -232,8 +232,8 @@ def test_mlflow_run_logs_into_its_own_run(tmp_path: Path, store_uri: str) -> Non
     env = cli_env(MLFLOW_TRACKING_URI=store_uri, XDG_CACHE_HOME=str(tmp_path / ".cache"))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     done = subprocess.run(
-        [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "-P", f"overrides={overrides}",
-         "-P", "timing.warmup=2"],
+        [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local",
+         "--experiment-name", "gflops-track", "-P", f"overrides={overrides}", "-P", "timing.warmup=2"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -243,6 +243,7 @@ def test_mlflow_run_logs_into_its_own_run(tmp_path: Path, store_uri: str) -> Non
     assert run.data.metrics["macs"] == 2 * (4 * 16 * 8 * 8 * 16 * 9)
     sweep = subprocess.run(
         [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "sweep", "--env-manager", "local",
+         "--experiment-name", "gflops-track",
          "-P", f"overrides=norm_fn=group,none {' '.join([*SMALL, *QUICK])} hydra.sweep.dir={tmp_path / 'multi'}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip

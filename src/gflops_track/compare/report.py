@@ -9,15 +9,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
 from gflops_track import names
 from gflops_track.compare.charts import comparison_charts
-from gflops_track.compare.render import csv_table, html_report
+from gflops_track.compare.render import csv_table, html_report, markdown_table
 from gflops_track.compare.rows import Row, build_rows
 from gflops_track.tracking.recorder import TRACKING_ERRORS
+from gflops_track.tracking.records import NOTE_TAG
 from gflops_track.tracking.store import child_runs, first_line
 
-NOTE_TAG = "mlflow.note.content"  # what the MLflow UI shows on a run's Overview
 REPORT_ERROR_TAG = "report_error"
 
 
@@ -41,6 +42,24 @@ def log_report(client: MlflowClient, run_id: str, rows: Sequence[Row], title: st
         client.log_artifacts(run_id, str(charts), names.REPORT_CHARTS_FOLDER)
 
 
+def sweep_note(status_line: str, table: str) -> str:
+    """The sweep run's note (its Overview in the MLflow UI, Markdown): the status line, then the comparison table;
+    whole rows are dropped from the end to stay within MLflow's tag limit, and the note says so."""
+    if not table:
+        return status_line
+    lines = table.rstrip("\n").split("\n")
+    head, rows = lines[:2], lines[2:]
+    while rows:
+        shown = [*head, *rows]
+        more = len(lines) - len(shown)
+        tail = f"\n\n{more} more row(s) in comparison.csv." if more else ""
+        note = f"{status_line}\n\n" + "\n".join(shown) + tail
+        if len(note) <= MAX_TAG_VAL_LENGTH:
+            return note
+        rows = rows[:-1]
+    return status_line + " The table is longer than an MLflow note may be: see comparison.csv."
+
+
 def finish_sweep(
     client: MlflowClient, parent_run_id: str, source: str, status: str | None = None, terminate: bool = True
 ) -> str:
@@ -55,9 +74,12 @@ def finish_sweep(
     pending = [run for run in runs if run.info.status == "RUNNING"]  # spooled (or still running): not failed
     derived = status or ("FAILED" if failed else "FINISHED")
     title = f"sweep {parent_run_id}: {len(runs)} job(s)"
+    table = ""
     if runs:
         try:
-            log_report(client, parent_run_id, build_rows(runs), title, source)
+            rows = build_rows(runs)
+            table = markdown_table(rows)
+            log_report(client, parent_run_id, rows, title, source)
         except TRACKING_ERRORS:
             raise
         except Exception as error:  # the report is a view of runs already safe in the store
@@ -65,14 +87,13 @@ def finish_sweep(
     client.log_metric(parent_run_id, names.JOBS, len(runs))
     client.log_metric(parent_run_id, names.FAILED_JOBS, len(failed))
     listed = ", ".join(run.info.run_name or run.info.run_id for run in failed)
-    client.set_tag(
-        parent_run_id,
-        NOTE_TAG,
+    status_line = (
         f"Sweep of {len(runs)} job(s): {len(runs) - len(failed) - len(pending)} FINISHED"
         + (f", {len(failed)} failed or killed ({listed})" if failed else "")
         + (f", {len(pending)} not complete in the store yet (gflops-track sync uploads them)" if pending else "")
-        + ". The comparison is in report.html (charts under report/, numbers in comparison.csv).",
+        + ". The comparison is in report.html (charts under report/, numbers in comparison.csv)."
     )
+    client.set_tag(parent_run_id, NOTE_TAG, sweep_note(status_line, table))
     if terminate:
         client.set_terminated(parent_run_id, derived)
     return derived

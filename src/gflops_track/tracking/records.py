@@ -16,7 +16,8 @@ from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 from gflops_track import names
 from gflops_track.counting.layer_info import layers_to_columns, layers_to_csv
@@ -27,6 +28,30 @@ from gflops_track.result import ProfileResult
 from gflops_track.summary import summary_text
 
 TRUNCATION_MARK = "...[truncated]"
+NOTE_TAG = "mlflow.note.content"  # what the MLflow UI shows (as Markdown) on a run's Overview
+NOTE_CUT_MARK = "\n... (cut to MLflow's tag limit: the whole text is in summary.txt)\n"
+
+
+def summary_note(text: str) -> str:
+    """A run's summary as its MLflow note: a fenced block, so the UI's Markdown keeps the aligned columns; cut to
+    MLflow's tag limit (8,000 characters) with a line that says so."""
+    fence = len("```\n\n```")
+    if len(text) + fence > MAX_TAG_VAL_LENGTH:
+        text = text[: MAX_TAG_VAL_LENGTH - fence - len(NOTE_CUT_MARK)] + NOTE_CUT_MARK
+    return f"```\n{text.rstrip()}\n```"
+
+
+def table_json(columns: Mapping[str, list[Any]]) -> bytes:
+    """A table as ``MlflowClient.log_table`` writes it (pandas' ``split`` orientation, no index), so the UI's
+    artifact view shows it as a table and ``MlflowClient.load_table`` reads it back."""
+    import pandas as pd
+
+    return pd.DataFrame(dict(columns)).to_json(orient="split", index=False, date_format="iso").encode()
+
+
+def logged_tables_tag(*paths: str) -> dict[str, str]:
+    """The run tag ``log_table`` sets: which artifacts are tables (the UI lists them as such)."""
+    return {MLFLOW_LOGGED_ARTIFACTS: json.dumps([{"path": path, "type": "table"} for path in paths])}
 
 
 def _param_value(value: Any) -> str:
@@ -81,7 +106,13 @@ def start_record(params: Mapping[str, str], config_yaml: str, tags: Mapping[str,
 
 def cost_record(result: ProfileResult) -> RunRecord:
     """Counts, cross-checks and the per-layer table: recorded as soon as counting is done."""
-    tags = {names.MODEL_TAG: result.model_name, names.COUNT_BACKEND_TAG: result.count_backend}
+    summary = summary_text(result)
+    tags = {
+        names.MODEL_TAG: result.model_name,
+        names.COUNT_BACKEND_TAG: result.count_backend,
+        NOTE_TAG: summary_note(summary),
+        **logged_tables_tag(names.LAYERS_JSON_ARTIFACT),
+    }
     if result.torch_count is not None:
         tags[names.TORCH_AGREES_TAG] = str(result.torch_count.agrees).lower()
     if result.thop is not None and not result.thop.error:
@@ -92,15 +123,22 @@ def cost_record(result: ProfileResult) -> RunRecord:
         tags=tags,
         files={
             names.LAYERS_CSV_ARTIFACT: layers_to_csv(result.layers).encode(),
-            names.LAYERS_JSON_ARTIFACT: json.dumps(layers_to_columns(result.layers)).encode(),
-            names.SUMMARY_ARTIFACT: summary_text(result).encode(),
+            names.LAYERS_JSON_ARTIFACT: table_json(layers_to_columns(result.layers)),
+            names.SUMMARY_ARTIFACT: summary.encode(),
         },
     )
 
 
+def summary_record(result: ProfileResult) -> RunRecord:
+    """The metrics so far and the summary, as summary.txt and as the run's note (its Overview in the MLflow UI)."""
+    summary = summary_text(result)
+    files = {names.SUMMARY_ARTIFACT: summary.encode()}
+    return RunRecord(metrics=result.metrics(), tags={NOTE_TAG: summary_note(summary)}, files=files)
+
+
 def timing_record(result: ProfileResult) -> RunRecord:
     """Latency and conditions metrics, the raw samples and the summary: recorded as soon as timing is done."""
-    record = RunRecord(metrics=result.metrics(), files={names.SUMMARY_ARTIFACT: summary_text(result).encode()})
+    record = summary_record(result)
     timing = result.timing
     if timing is not None:
         samples = {"latency_ms": list(timing.latency.samples_ms)}
@@ -115,7 +153,7 @@ def timing_record(result: ProfileResult) -> RunRecord:
 
 def peak_record(result: ProfileResult, run_name: str) -> RunRecord:
     """Peak and utilization metrics, the roofline plot and the final summary."""
-    record = RunRecord(metrics=result.metrics(), files={names.SUMMARY_ARTIFACT: summary_text(result).encode()})
+    record = summary_record(result)
     point = result.roofline_point(run_name)
     roofs = result.roofs()
     if point is not None and roofs:

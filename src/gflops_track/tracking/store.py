@@ -15,6 +15,7 @@ from filelock import FileLock
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from gflops_track import names
 from gflops_track.redact import mask_credentials
 
 DEFAULT_STORE_FILE = "mlflow.db"
@@ -87,18 +88,59 @@ def _open(uri: str) -> MlflowClient:
     return client
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3: which UI an experiment opens on
+MODEL_DEVELOPMENT = "custom_model_development"  # the runs table, not the GenAI overview
+NOTE_TAG = "mlflow.note.content"  # an experiment's (or run's) description in the MLflow UI
+
+
+def experiment_description() -> str:
+    """How to compare runs in the MLflow UI (Markdown): the experiment's description."""
+    metrics = ", ".join(
+        f"`{key}`" for key in (names.GFLOPS, names.LATENCY_MEDIAN_MS, names.ACHIEVED, names.THROUGHPUT,
+                               names.UTILIZATION_MEASURED)
+    )  # fmt: skip
+    return (
+        "Runs of **gflops-track**: what a network costs (params, MACs, FLOPs) and how fast it runs, per machine.\n\n"
+        "- A sweep is one parent run with one nested run per job; the parent's Overview holds the comparison table "
+        "and its artifacts `report.html` (tables and plots) and `comparison.csv`.\n"
+        f"- To compare in the runs table: **Group by** the tag `{names.HARDWARE_TAG}`, then add as columns the "
+        f"metrics {metrics} and the tags `{names.VARIANT_TAG}`, `{names.DTYPE_TAG}`, `{names.BATCH_SIZE_TAG}`.\n"
+        "- Units are in the metric names: `_ms` milliseconds, `gflops` GFLOPs per forward pass of the whole batch, "
+        "`gflop_per_s` GFLOP/s.\n"
+        "- From a shell: `gflops-track compare --sweep <parent run id>` prints the same table.\n"
+    )
+
+
+def mark_experiment(client: MlflowClient, experiment_id: str, tags: dict[str, str] | None = None) -> None:
+    """Mark an experiment as one for model development (MLflow 3's ``mlflow.experimentKind``) and describe how to
+    compare its runs, unless it already says otherwise: a kind or description the user set is kept. ``tags``: the
+    experiment's tags when the caller has them (saves a request)."""
+    if tags is None:
+        tags = client.get_experiment(experiment_id).tags
+    wanted = {EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT, NOTE_TAG: experiment_description()}
+    for key, value in wanted.items():
+        if not tags.get(key):
+            client.set_experiment_tag(experiment_id, key, value)
+
+
 def ensure_experiment(client: MlflowClient, name: str) -> str:
-    """The id of experiment ``name``, created if missing (tolerating a concurrent creator)."""
+    """The id of experiment ``name``, created if missing (tolerating a concurrent creator), marked for model
+    development and described (``mark_experiment``)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        mark_experiment(client, experiment.experiment_id, experiment.tags)
         return experiment.experiment_id
     try:
-        return client.create_experiment(name)
+        experiment_id = client.create_experiment(
+            name, tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT, NOTE_TAG: experiment_description()}
+        )
     except Exception:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             raise
-        return experiment.experiment_id
+        experiment_id = experiment.experiment_id
+        mark_experiment(client, experiment_id, experiment.tags)
+    return experiment_id
 
 
 def search_all_runs(
