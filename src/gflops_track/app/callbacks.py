@@ -18,6 +18,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
+from rich.text import Text
 
 from gflops_track import names
 from gflops_track.app import console
@@ -40,6 +41,15 @@ def end_interrupted_sweeps(ledger: OutcomeLedger) -> None:
     for state in ledger.open_sweeps():
         Recorder.resume(state, console.print_warning).finish(KILLED)
         ledger.close_sweep(sweep_key(state))
+
+
+def ui_address(uri: str, experiment_id: str) -> str:
+    """Where the sweep's runs open in the MLflow UI, on the runs table (MLflow 3.17 opens an experiment on its GenAI
+    overview unless the link asks for the model-training view)."""
+    page = f"#/experiments/{experiment_id}?workflowType=machine_learning"
+    if uri.startswith(("http://", "https://")):
+        return f"{redact_uri(uri).rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {redact_uri(uri)}, then http://127.0.0.1:5000/{page}"
 
 
 def swept_keys(overrides: list[str]) -> list[str]:
@@ -111,4 +121,6 @@ class MlflowSweepCallback(Callback):
             )
         status = finish_sweep(client, parent_run_id, redact_uri(uri), terminate=False)
         console.console.print(f"comparison report.html logged to the sweep's run {parent_run_id}")
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
+        console.console.print(Text(f"open the runs in the MLflow UI: {ui_address(uri, experiment_id)}"))
         return status == FAILED
