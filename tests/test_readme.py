@@ -33,7 +33,7 @@ ELSEWHERE: dict[str, tuple[str, str]] = {
         ".ci/run", "python3.11 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && "
         "pip install -e '.[dev]'"),
     r"^python3\.11 -m venv .* pip install -e \. && python -m gflops_track -m norm_fn=group,batch,instance$": (
-        "tests/test_cli.py", '["-m", "norm_fn=group,batch,instance"]'),
+        "tests/test_main.py", '["-m", "norm_fn=group,batch,instance"]'),
     r"^(UV_TORCH_BACKEND=\S+ )?mlflow run \. --env-manager uv": ("tests/test_locked_env.py", '"--env-manager", "uv"'),
     r"^PIP_EXTRA_INDEX_URL=\S+ mlflow run \. --env-manager virtualenv": (
         "tests/test_locked_env.py", "python_env.yaml"),

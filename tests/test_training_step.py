@@ -252,9 +252,9 @@ def test_meta_and_real_steps_agree() -> None:
 
 @pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "math"])
 def test_transformer_and_convnext_blocks_have_every_backward_op_counted(sdpa: bool) -> None:
-    """The blocks of test_counting_blocks (depthwise conv, LayerNorm, GELU, Linear, shifted-window attention with
+    """The blocks of test_op_counter (depthwise conv, LayerNorm, GELU, Linear, shifted-window attention with
     SDPA or the math path): nothing uncounted in any phase, and the per-layer columns add up."""
-    from test_counting_blocks import ConvNeXtBlock, SwinBlock
+    from test_op_counter import ConvNeXtBlock, SwinBlock
 
     for model, x in [
         (ConvNeXtBlock(16, 10), torch.randn(2, 16, 8, 8)),

@@ -13,7 +13,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import run_cli
-from test_seed_block import CONV_MACS, CONV_PARAMS, NORM_PARAMS, expected_seed_flops
+from test_residual_block import CONV_MACS, CONV_PARAMS, NORM_PARAMS, expected_seed_flops
 
 pytestmark = pytest.mark.slow
 QUICK = ["timing.warmup=1", "timing.min_repeats=3", "timing.max_time_s=0.5", "peak.measure=false"]
