@@ -36,16 +36,17 @@ def torch_flop_count(
     """Run FlopCounterMode over the same forward and compare op by op with ``ours``."""
     counter = run_counting_forward(model, args, kwargs, lambda: FlopCounterMode(display=False), prefer_meta).counter
     assert counter is not None
+    return agreement(counter, ours.dense_flops_by_op)
+
+
+def agreement(counter: FlopCounterMode, ours_dense_flops_by_op: Mapping[str, int]) -> TorchCount:
+    """FlopCounterMode's total, and ours on the ops it has a formula for; a note for every op where the two differ."""
     theirs = {op_label(op): flops for op, flops in counter.get_flop_counts().get("Global", {}).items()}
     registry = {op_label(op) for op in counter.flop_registry}
-    ours_same = {op: flops for op, flops in ours.dense_flops_by_op.items() if op in registry}
+    ours_same = {op: flops for op, flops in ours_dense_flops_by_op.items() if op in registry}
     notes = [
         f"{op}: torch FlopCounterMode {theirs.get(op, 0):,} FLOPs, gflops-track {ours_same.get(op, 0):,} FLOPs"
         for op in sorted(set(theirs) | set(ours_same))
         if theirs.get(op, 0) != ours_same.get(op, 0)
     ]
-    return TorchCount(
-        flops=sum(theirs.values()),
-        our_flops_on_same_ops=sum(ours_same.values()),
-        notes=notes,
-    )
+    return TorchCount(flops=sum(theirs.values()), our_flops_on_same_ops=sum(ours_same.values()), notes=notes)

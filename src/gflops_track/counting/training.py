@@ -33,10 +33,10 @@ from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
 from gflops_track.counting.counting_forward import meta_tensors
-from gflops_track.counting.op_counter import _CountingMode, op_label, validate_extra_rules
+from gflops_track.counting.op_counter import _CountingMode, validate_extra_rules
 from gflops_track.counting.rules import Category, Rule
 from gflops_track.counting.scope import ScopeTally
-from gflops_track.counting.torch_crosscheck import TorchCount
+from gflops_track.counting.torch_crosscheck import TorchCount, agreement
 
 __all__ = [
     "LOSSES",
@@ -444,12 +444,4 @@ def torch_training_check(
         labels=labels,
         prefer_meta=prefer_meta,
     )
-    theirs = {op_label(op): flops for op, flops in counter.get_flop_counts().get("Global", {}).items()}
-    registry = {op_label(op) for op in counter.flop_registry}
-    ours_same = {op: flops for op, flops in ours.dense_flops_by_op.items() if op in registry}
-    notes = [
-        f"{op}: torch FlopCounterMode {theirs.get(op, 0):,} FLOPs, gflops-track {ours_same.get(op, 0):,} FLOPs"
-        for op in sorted(set(theirs) | set(ours_same))
-        if theirs.get(op, 0) != ours_same.get(op, 0)
-    ]
-    return TorchCount(flops=sum(theirs.values()), our_flops_on_same_ops=sum(ours_same.values()), notes=notes)
+    return agreement(counter, ours.dense_flops_by_op)
