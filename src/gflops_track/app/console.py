@@ -46,7 +46,7 @@ def job_progress(title: str) -> Iterator[ProgressCallback]:
     """A live line showing the phase (counting, thop, warm-up, timing) and its iterations."""
     with Progress(
         SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),  # run names are text, never markup
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
