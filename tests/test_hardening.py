@@ -307,7 +307,7 @@ def test_full_artifact_disk_spools_then_sync_completes_the_run(
     assert message in done.stderr and "gflops-track sync" in done.stderr
     assert list((tmp_path / "outputs").rglob("mlflow_spool/*/run.json"))  # the rest went to the spool
     (run,) = all_runs(store_uri)
-    assert run.data.metrics["macs"] > 0  # what reached the store before the disk filled is kept
+    assert run.data.params["batch.size"] == "2"  # what reached the store before the disk filled is kept
     make_room()
     sync = subprocess.run(
         [sys.executable, "-m", "gflops_track.cli", "sync", "--tracking-uri", store_uri, "outputs"],
@@ -316,6 +316,7 @@ def test_full_artifact_disk_spools_then_sync_completes_the_run(
     assert sync.returncode == 0, sync.stdout + sync.stderr
     (synced,) = all_runs(store_uri)  # the same run, completed; no duplicate
     assert synced.info.run_id == run.info.run_id and synced.info.status == "FINISHED"
+    assert synced.data.metrics["macs"] == 2 * (2 * 16 * 8 * 8 * 16 * 9)  # two 3x3 convs, 16->16, 8x8, batch 2
     assert {"summary.txt", "layers.csv", "latency_samples.json"} <= {
         a.path for a in client.list_artifacts(synced.info.run_id)
     }

@@ -52,7 +52,21 @@ ELSEWHERE: dict[str, tuple[str, str]] = {
 
 
 def blocks(language: str) -> list[str]:
-    return [m.group(1) for m in re.finditer(rf"```{language}\n(.*?)```", README, re.S)]
+    """The fenced blocks of README.md opened with ```language (``""``: a bare fence), in order."""
+    found: list[str] = []
+    current: list[str] | None = None
+    opened = ""
+    for line in README.splitlines():
+        if line.startswith("```"):
+            if current is None:
+                current, opened = [], line[3:].strip()
+            else:
+                if opened == language:
+                    found.append("\n".join(current) + "\n")
+                current = None
+        elif current is not None:
+            current.append(line)
+    return found
 
 
 def shell_commands() -> list[str]:
@@ -148,7 +162,10 @@ def test_gflops_track_commands_run(readme_store: tuple[Path, dict[str, str]]) ->
         for placeholder, value in ids.items():
             command = command.replace(placeholder, value)
         done = _run(command, cwd)
-        assert done.returncode == 0, f"{command}\n{done.stdout[-1000:]}\n{done.stderr[-2000:]}"
+        allowed = {0, 3} if "--baseline" in command else {0}  # the gate: a sweep against itself is ok, or INCONCLUSIVE
+        assert done.returncode in allowed, (
+            f"{command}\n{done.stdout[-1000:]}\n{done.stderr[-2000:]}"
+        )  # with quick timing
 
 
 def _free_port() -> int:
