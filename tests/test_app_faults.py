@@ -55,16 +55,16 @@ def test_markup_in_a_target_is_a_config_error_not_a_crash(tmp_path: Path) -> Non
 
 def test_markup_in_errors_and_notes_is_printed_as_text(tmp_path: Path, store_uri: str) -> None:
     model = ["model=custom", "model._target_=fixture_models.RaisesMarkup", "+model.in_channels=3", "batch.height=4",
-             "batch.width=4", "input.shape=[3,4,4]"]  # fmt: skip
-    timed = run_cli(["-m", *model, "timing.warmup=0", "timing.max_time_s=0.2", "peak.measure=false"],
+             "batch.width=4", "input.shape=[3,4,4]", "peak.measure=false"]  # fmt: skip
+    timed = run_cli(["-m", *model, "+model.fail_on=cpu", "timing.warmup=0", "timing.max_time_s=0.2"],
                     cwd=tmp_path, MLFLOW_TRACKING_URI=store_uri)  # fmt: skip
     assert timed.returncode == 1 and "Traceback" not in timed.stderr
     assert "[/opt/ext/op.so] ([bold]missing[/bold])" in timed.stderr  # the failure, verbatim
-    counted = run_cli(
-        [*model, "timing.enabled=false", "peak.measure=false"], cwd=tmp_path, MLFLOW_TRACKING_URI=store_uri
+    noted = run_cli(
+        [*model, "+model.fail_on=meta", "timing.enabled=false"], cwd=tmp_path, MLFLOW_TRACKING_URI=store_uri
     )
-    assert counted.returncode == 0, counted.stderr[-2000:]
-    assert "[/opt/ext/op.so]" in counted.stdout  # thop's failure note, verbatim, after a FINISHED job
+    assert noted.returncode == 0, noted.stderr[-2000:]
+    assert "[/opt/ext/op.so] ([bold]missing[/bold])" in noted.stdout  # the meta-fallback note, verbatim, FINISHED
     statuses = sorted(r.info.status for r in all_runs(store_uri))
     assert statuses == ["FAILED", "FAILED", "FINISHED"]  # the timed job and its sweep; the counting job
 
