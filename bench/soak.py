@@ -1,7 +1,7 @@
 """Soak test: many jobs into one store, then check every run is complete and the store still opens quickly in the UI.
 
     python bench/soak.py                 # 200 jobs (a few minutes), prints a table
-    python bench/soak.py --jobs 20       # the short form CI runs (tests/test_hardening.py)
+    python bench/soak.py --jobs 20       # the short form CI runs (tests/test_app_hardening.py)
 
 Bounded: one sweep of ``--jobs`` counting-only jobs of a small ResidualBlock (batch sizes 1..N), into a fresh SQLite
 store in a temp dir; then a real ``mlflow server`` (what ``mlflow ui`` runs) is started on that store, on 127.0.0.1,
