@@ -91,6 +91,15 @@ def _placed(
     return args, kwargs
 
 
+def counting_notes(backend_note: str, uncounted_ops: Mapping[str, int]) -> list[str]:
+    """What a count says about itself: why it did not run on meta, and every op it has no rule for (never 0)."""
+    notes = [backend_note] if backend_note else []
+    if uncounted_ops:
+        listed = ", ".join(f"{op} x{calls}" for op, calls in uncounted_ops.items())
+        notes.append(f"ops with no counting rule (not included in FLOPs): {listed}")
+    return notes
+
+
 def _no_progress(phase: str, done: int, total: int) -> None:
     """The default progress callback: say nothing."""
 
@@ -125,10 +134,7 @@ def count(
             autocast_dtype=runtime.torch_dtype if runtime.autocasts else None,  # bytes priced in autocast's dtypes
             device_type=target.type,
         )
-        notes = [cost.backend_note] if cost.backend_note else []
-        if cost.uncounted_ops:
-            listed = ", ".join(f"{op} x{calls}" for op, calls in cost.uncounted_ops.items())
-            notes.append(f"ops with no counting rule (not included in FLOPs): {listed}")
+        notes = counting_notes(cost.backend_note, cost.uncounted_ops)
         torch_count = None
         if options.torch_check:
             report("torch FlopCounterMode", 0, 1)

@@ -23,7 +23,7 @@ from gflops_track.counting.training import (
     train_mode,
     training_arg_errors,
 )
-from gflops_track.profiler import CountOptions, Inputs, _placed, input_shapes, resolve_device
+from gflops_track.profiler import CountOptions, Inputs, _placed, counting_notes, input_shapes, resolve_device
 from gflops_track.result import achieved_gflop_per_s
 from gflops_track.runtime import RuntimeOptions, prepare, runtime_context
 from gflops_track.timing import ProgressCallback, TimingOptions, TimingResult, measure_latency
@@ -84,10 +84,7 @@ def count_training_step(
             prefer_meta=options.meta,
             extra_rules=options.extra_rules,
         )
-        notes = [cost.backend_note] if cost.backend_note else []
-        if cost.uncounted_ops:
-            listed = ", ".join(f"{op} x{calls}" for op, calls in cost.uncounted_ops.items())
-            notes.append(f"ops with no counting rule (not included in FLOPs): {listed}")
+        notes = counting_notes(cost.backend_note, cost.uncounted_ops)
         torch_count = None
         if options.torch_check:
             torch_count = torch_training_check(model, args, kwargs, cost, labels=labels, prefer_meta=options.meta)
