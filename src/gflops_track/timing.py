@@ -18,7 +18,8 @@
   max(``max_time_s``, cold start + one call) + the excess of one call over the one before it. Warm-up may use at most
   ``WARMUP_SHARE`` of the bound (the timed iterations keep the rest); with ``cuda_graph`` the eager part keeps
   ``EAGER_SHARE_WITH_GRAPH`` and the graph replay the rest. A note says when the bound cut warm-up below ``warmup``
-  iterations or before the latency settled, or the timed iterations below ``min_repeats``;
+  iterations or before the latency settled, or ended timing before the precision target was met (too few samples,
+  or enough whose median was not yet known to ``target_precision``): ``time_bound_hit`` is then set;
 * CPU: ``time.perf_counter`` (or the injected clock) around each call. CUDA: a pair of CUDA events per iteration on the
   stream and one synchronise per block of iterations (~20 ms), never inside a block; optionally the L2 cache is
   flushed before every iteration (cold L2: ``flush_bytes`` = max(256 MiB, 2 x L2) zeroed, as Triton's ``do_bench``),
@@ -225,7 +226,7 @@ class TimingResult:
     notes: list[str] = field(default_factory=list)
     conditions: Conditions = field(default_factory=Conditions)
     suspect_reasons: list[str] = field(default_factory=list)
-    time_bound_hit: bool = False  # max_time_s cut warm-up or timing short
+    time_bound_hit: bool = False  # max_time_s cut warm-up short or ended timing before the precision target
     total_s: float = 0.0  # the whole timing phase, cold start to the end, seconds
     energy_per_iteration_j: float | None = None  # NVML total-energy delta / timed iterations (GPU board energy)
 
@@ -578,18 +579,21 @@ def _measure(
         timed = _adaptive_samples(timer, fn, options, estimate, eager_until, "timing", report)
         timer.on_busy = lambda: None
     latency = LatencyStats.from_samples(timed.samples)
-    if timed.stop == "bound" and len(timed.samples) < options.min_repeats:
+    met = timed.stop == "count" or (
+        len(timed.samples) >= options.min_repeats and latency.meets(options.target_precision)
+    )
+    if timed.stop == "bound" and not met:
+        # The bound, not the precision rule, ended timing: short of min_repeats, or with enough samples whose median
+        # was not yet known to target_precision. Either way the run says so (time_bound_hit), never a silent stop.
         bound_hit = True
         notes.append(
             f"max_time_s={options.max_time_s:g} s bounds the whole timing phase: it cut timing to "
-            f"{len(timed.samples)} iteration(s) (min_repeats={options.min_repeats})"
+            f"{len(timed.samples)} iteration(s) (min_repeats={options.min_repeats}) before the median was known to "
+            f"±{options.target_precision:.2%}"
         )
     graph_latency = _graph_latency(timer, fn, options, latency, started + options.max_time_s, report, notes)
     if options.cuda_graph and not timer.cuda:
         notes.append("CUDA graph replay is GPU-only: not timed on this device")
-    met = timed.stop == "count" or (
-        len(timed.samples) >= options.min_repeats and latency.meets(options.target_precision)
-    )
     if not met:
         notes.append(_precision_note(latency, options))
     energy = conditions.metrics.get("gpu_energy_j")
