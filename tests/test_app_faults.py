@@ -3,13 +3,19 @@ would slip past preflight. Each test reproduces the fault first; nothing may be 
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import QUICK_NO_THOP, SMALL_BLOCK, run_cli
+from conftest import QUICK_NO_THOP, SMALL_BLOCK, cli_env, run_cli
 
 pytestmark = pytest.mark.slow
 SECRET = "TopSecret-4f1c9"
@@ -116,3 +122,38 @@ def test_more_threads_than_cpus_is_warned(tmp_path: Path, store_uri: str) -> Non
     assert "runtime.threads=1000 is more than the" in done.stderr
     (run,) = all_runs(store_uri)
     assert run.data.tags["timing_suspect"] == "true"  # and the run itself says its timing is suspect
+
+
+@pytest.mark.parametrize("who", ["terminal", "submitter"])
+def test_ctrl_c_under_joblib_leaves_nothing_running(tmp_path: Path, store_uri: str, who: str) -> None:
+    """Two jobs timing in joblib's worker processes; Ctrl-C at a terminal (SIGINT to the whole process group) or
+    `kill -INT` of the submitting process alone. Before: joblib killed its workers and the in-flight runs stayed
+    RUNNING. Now: exit 130, the sweep's run and both jobs' runs KILLED, and no worker process left behind."""
+    sleepers = ["model=custom", "model._target_=fixture_models.Sleeper", "+model.in_channels=3", "batch.height=8"]
+    endless = ["timing.min_repeats=100000", "timing.max_repeats=100000", "timing.max_time_s=300"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gflops_track", "-m", "hydra/launcher=joblib_counting", "hydra.launcher.n_jobs=2",
+         "+model.ms=20,21", *sleepers, *endless, "peak.measure=false", "counting.thop=false"],
+        cwd=tmp_path, env=cli_env(MLFLOW_TRACKING_URI=store_uri, XDG_CACHE_HOME=str(tmp_path / ".cache")),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while sum(r.info.status == "RUNNING" for r in all_runs(store_uri)) < 3:  # the sweep and both jobs
+            assert process.poll() is None and time.monotonic() < deadline, "the two jobs never ran at once"
+            time.sleep(0.5)
+        workers = psutil.Process(process.pid).children(recursive=True)
+        if who == "terminal":
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, err[-3000:]
+    assert [(r.info.run_name, r.info.status) for r in all_runs(store_uri) if r.info.status != "KILLED"] == []
+    assert len(all_runs(store_uri)) == 3
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert alive == [], f"worker processes left behind: {alive}"

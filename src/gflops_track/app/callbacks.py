@@ -23,7 +23,7 @@ from rich.text import Text
 from gflops_track import names
 from gflops_track.app import console
 from gflops_track.app.job import SWEPT_KEYS_ENV
-from gflops_track.app.outcomes import FAILED, FINISHED, KILLED, OutcomeLedger, sweep_key
+from gflops_track.app.outcomes import FAILED, FINISHED, KILLED, OutcomeLedger, run_key
 from gflops_track.compare.render import rich_table
 from gflops_track.compare.report import finish_sweep
 from gflops_track.compare.rows import build_rows
@@ -35,12 +35,18 @@ from gflops_track.tracking.store import PARENT_RUN_ENV, child_runs, redact_uri, 
 PARALLEL_LAUNCHERS = ("JoblibLauncher", "LocalLauncher")  # hydra-joblib-launcher; hydra-submitit-launcher (local)
 
 
-def end_interrupted_sweeps(ledger: OutcomeLedger) -> None:
-    """After Ctrl-C or SIGTERM (Hydra then never calls on_multirun_end): mark the sweep's own run KILLED."""
+def end_interrupted_runs(ledger: OutcomeLedger) -> None:
+    """After Ctrl-C or SIGTERM (Hydra then never calls on_multirun_end): mark KILLED every job run still RUNNING
+    whose process could not end it (joblib kills its workers when the command is interrupted), then the sweep's run."""
     os.environ.pop(PARENT_RUN_ENV, None)
+    for state in ledger.open_job_runs():
+        recorder = Recorder.resume(state, console.print_warning)
+        if recorder.still_running():
+            recorder.finish(KILLED, "interrupted: the job's process was stopped before it could end this run")
+        ledger.close_job_run(run_key(state))
     for state in ledger.open_sweeps():
         Recorder.resume(state, console.print_warning).finish(KILLED)
-        ledger.close_sweep(sweep_key(state))
+        ledger.close_sweep(run_key(state))
 
 
 def ui_address(uri: str, experiment_id: str) -> str:
@@ -105,7 +111,7 @@ class MlflowSweepCallback(Callback):
                 )
         recorder.finish(FAILED if failed_here else FINISHED)
         if ledger is not None:
-            ledger.close_sweep(sweep_key(recorder.state()))
+            ledger.close_sweep(run_key(recorder.state()))
 
     def _report(self, client: MlflowClient, parent_run_id: str, uri: str) -> bool:
         """Print the comparison of the sweep's jobs and end the sweep's run the way ``gflops-track sync`` would

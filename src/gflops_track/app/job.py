@@ -22,7 +22,7 @@ from torch import nn
 
 from gflops_track import names
 from gflops_track.app import console
-from gflops_track.app.outcomes import FAILED, FINISHED, KILLED, JobOutcome
+from gflops_track.app.outcomes import FAILED, FINISHED, KILLED, JobOutcome, OutcomeLedger, run_key
 from gflops_track.app.schema import AppConfig
 from gflops_track.hardware import Fingerprint
 from gflops_track.profiler import count, measure, rate, resolve_device, where_it_runs
@@ -168,6 +168,7 @@ def run_job(
         uri = resolve_tracking_uri(config.tracking.uri, launch_dir)
         target = RunTarget.for_job(uri, config.tracking.experiment, run_name, in_sweep)
         recorder = Recorder(target, output_dir / SPOOL_FOLDER, console.print_warning)
+    ledger = OutcomeLedger.current()
     try:
         if recorder is not None:
             overrides = list(overrides or [])
@@ -175,22 +176,29 @@ def run_job(
             start = start_record(params, config_yaml, job_tags(config, device, overrides, facts), facts)
             start.files[names.OVERRIDES_ARTIFACT] = yaml.safe_dump(overrides, default_flow_style=False).encode()
             recorder.open(start)
+            if ledger is not None:  # so the command's process can end this run if this process is killed
+                ledger.open_job_run(recorder.state())
         with recorder.heartbeat() if recorder is not None else contextlib.nullcontext():
             result = profile_job(config, device, run_name, facts, settings, recorder)
     except (Exception, SystemExit) as error:
         message = f"{type(error).__name__}: {error}"
-        if recorder is not None:
-            recorder.finish(FAILED, message)
+        end_job_run(recorder, ledger, FAILED, message)
         run_id = recorder.run_id if recorder else None
         console.print_job_failure(run_name, run_id, message)
         return JobOutcome(run_name, run_id, FAILED, message)
     except BaseException as interrupt:  # Ctrl-C, SIGTERM, SIGHUP: the run is KILLED, the interrupt goes on
-        if recorder is not None:
-            recorder.finish(KILLED, f"{type(interrupt).__name__}: interrupted")
+        end_job_run(recorder, ledger, KILLED, f"{type(interrupt).__name__}: interrupted")
         raise
-    run_id = None
-    if recorder is not None:
-        recorder.finish(FINISHED)
-        run_id = recorder.run_id
+    end_job_run(recorder, ledger, FINISHED)
+    run_id = recorder.run_id if recorder else None
     console.print_summary(result, run_name, run_id)
     return JobOutcome(run_name, run_id, FINISHED)
+
+
+def end_job_run(recorder: Recorder | None, ledger: OutcomeLedger | None, status: str, error: str = "") -> None:
+    """End the job's run (if it has one) and say so in the ledger: nobody else needs to end it now."""
+    if recorder is None:
+        return
+    recorder.finish(status, error)
+    if ledger is not None:
+        ledger.close_job_run(run_key(recorder.state()))

@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from gflops_track.app import console
-from gflops_track.app.callbacks import end_interrupted_sweeps
+from gflops_track.app.callbacks import end_interrupted_runs
 from gflops_track.app.credentials import credentials_to_environment
 from gflops_track.app.job import run_job
 from gflops_track.app.outcomes import FAILED, INVALID_CONFIG, JobOutcome, OutcomeLedger
@@ -96,8 +96,8 @@ def main() -> None:
         hydra_app()
         code = ledger.exit_code()
     except (KeyboardInterrupt, Terminated) as interrupt:
-        # the job in flight already marked its run KILLED; finished runs stay as they are
-        end_interrupted_sweeps(ledger)
+        # the job in flight marked its run KILLED (or, killed itself, left it to us); finished runs stay as they are
+        end_interrupted_runs(ledger)
         signum = interrupt.signum if isinstance(interrupt, Terminated) else signal.SIGINT
         name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
         console.print_warning(f"stopped by {name}: the run in progress is marked KILLED, finished runs are kept")

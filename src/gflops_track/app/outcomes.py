@@ -35,7 +35,8 @@ class JobOutcome:
 
 
 class OutcomeLedger:
-    """An append-only file of JSON lines: ``{"job": JobOutcome}`` and ``{"sweep": state}`` / ``{"sweep_ended": id}``.
+    """An append-only file of JSON lines: ``{"job": JobOutcome}``, ``{"sweep": state}`` / ``{"sweep_ended": id}`` and
+    ``{"job_run": state}`` / ``{"job_run_ended": id}``.
     Each line is written with one ``write`` on a file opened for appending, so lines from several processes never
     interleave."""
 
@@ -82,9 +83,24 @@ class OutcomeLedger:
 
     def open_sweeps(self) -> list[dict[str, Any]]:
         """Sweep runs opened and not ended (the one an interrupt left behind)."""
+        return self._still_open("sweep")
+
+    def open_job_run(self, state: dict[str, Any]) -> None:
+        """A job's run is open (in whichever process runs the job): if that process is killed before it ends the run
+        (joblib kills its workers on Ctrl-C), the command's own process ends it from this entry."""
+        self._append({"job_run": state})
+
+    def close_job_run(self, key: str) -> None:
+        self._append({"job_run_ended": key})
+
+    def open_job_runs(self) -> list[dict[str, Any]]:
+        """Job runs opened and not known to be ended."""
+        return self._still_open("job_run")
+
+    def _still_open(self, kind: str) -> list[dict[str, Any]]:
         entries = self._entries()
-        ended = {entry["sweep_ended"] for entry in entries if "sweep_ended" in entry}
-        return [entry["sweep"] for entry in entries if "sweep" in entry and sweep_key(entry["sweep"]) not in ended]
+        ended = {entry[f"{kind}_ended"] for entry in entries if f"{kind}_ended" in entry}
+        return [entry[kind] for entry in entries if kind in entry and run_key(entry[kind]) not in ended]
 
     def exit_code(self) -> int:
         """2 when a job's config was invalid, 1 when a job failed (or was killed), else 0."""
@@ -98,8 +114,8 @@ class OutcomeLedger:
         os.environ.pop(LEDGER_ENV, None)
 
 
-def sweep_key(state: dict[str, Any]) -> str:
-    """A sweep's identity in the ledger: its run id, or its spool id while spooled."""
+def run_key(state: dict[str, Any]) -> str:
+    """A run's identity in the ledger (a sweep's or a job's): its run id, or its spool id while spooled."""
     return str(state.get("run_id") or state.get("spool_id"))
 
 

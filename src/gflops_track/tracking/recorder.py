@@ -141,6 +141,19 @@ class Recorder:
             self._to_spool(failure)
             self.finish(status)
 
+    def still_running(self) -> bool:
+        """Whether the run is still open, as far as the store (or the spool) says: another process may have ended it
+        since this recorder's state was written. When the store cannot say, it is taken as open (ending it again
+        with the same status is harmless; leaving it RUNNING is not)."""
+        if self.spooled is not None:
+            return self.spooled.status == "RUNNING"
+        if self.client is None or self.run_id is None:
+            return False
+        try:
+            return self.client.get_run(self.run_id).info.status == "RUNNING"
+        except TRACKING_ERRORS:
+            return True
+
     def _to_spool(self, error: BaseException | None) -> None:
         target = self.target
         self.spooled = spool.SpooledRun.new(target.experiment, target.run_name, target.parent, self.run_id or "")
