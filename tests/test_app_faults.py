@@ -1,5 +1,5 @@
 """Faults on the app's paths (issue 11): secrets in URIs, markup in texts, SystemExit from user code, config that
-would slip past preflight. Each test reproduces the fault first; nothing may be left RUNNING, leaked or lost."""
+would slip past preflight, Ctrl-C under the joblib launcher. Each test reproduces the fault first; nothing may be left RUNNING, leaked or lost."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import QUICK_NO_THOP, SMALL_BLOCK, cli_env, run_cli
+from gflops_track.app.callbacks import end_interrupted_runs
+from gflops_track.app.outcomes import OutcomeLedger, run_key
+from gflops_track.tracking.reap import HOST_TAG, PID_TAG, liveness_tags
+from gflops_track.tracking.recorder import Recorder, RunTarget
 
 pytestmark = pytest.mark.slow
 SECRET = "TopSecret-4f1c9"
@@ -157,3 +161,34 @@ def test_ctrl_c_under_joblib_leaves_nothing_running(tmp_path: Path, store_uri: s
     assert len(all_runs(store_uri)) == 3
     _, alive = psutil.wait_procs(workers, timeout=30)
     assert alive == [], f"worker processes left behind: {alive}"
+
+
+def test_interrupted_command_ends_only_the_job_runs_it_can_judge(tmp_path: Path, store_uri: str) -> None:
+    """The ledger's job runs after an interrupt, without a sweep around them: a run whose process is gone is ended
+    KILLED with the reason; a run its own process already ended keeps its status; a run of a job on another host
+    (a SLURM node) is left to that job (or to gflops-track reap)."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    ledger = OutcomeLedger(tmp_path / "ledger.jsonl")
+
+    def job_run(name: str, process: dict[str, str]) -> Recorder:
+        recorder = Recorder(RunTarget.for_job(store_uri, "interrupt", name, False), tmp_path / "spool", print)
+        recorder.open()
+        ledger.open_job_run({**recorder.state(), "process": process})
+        return recorder
+
+    here = liveness_tags()
+    killed = job_run("killed-worker", {**here, PID_TAG: dead.stdout.strip()})  # a PID no longer in use
+    ended = job_run("ended-itself", here)
+    ended.finish("FINISHED")
+    ledger.close_job_run(run_key(ended.state()))
+    elsewhere = job_run("on-a-node", {**here, HOST_TAG: "node-17"})
+    started = time.monotonic()
+    end_interrupted_runs(ledger)
+    assert time.monotonic() - started < 5  # a gone process is not waited for
+    client = MlflowClient(store_uri)
+    run = client.get_run(killed.run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["error"] == "interrupted: the job's process was stopped before it could end this run"
+    assert client.get_run(ended.run_id).info.status == "FINISHED"
+    assert client.get_run(elsewhere.run_id).info.status == "RUNNING"
+    assert [run_key(state) for state in ledger.open_job_runs()] == [elsewhere.run_id]

@@ -200,13 +200,9 @@ def test_three_job_sweep_on_a_real_slurm_cluster(tmp_path: Path, slurm: Slurm, s
         assert f"JobEnvironment(job_id={job}, hostname={slurm.node}" in log.read_text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Ctrl-C on the submitting process ends its parent run, but hydra-submitit-launcher does not cancel the "
-    "SLURM jobs it submitted (submitit's results() wait just raises KeyboardInterrupt): they go on, RUNNING. The app "
-    "must scancel the sweep's jobs (submitit Job.cancel()) on SIGINT/SIGTERM so their runs end KILLED.",
-)
 def test_ctrl_c_on_the_submitter_leaves_nothing_running(tmp_path: Path, slurm: Slurm, server: Server) -> None:
+    """Ctrl-C on the submitting command while the jobs time: it cancels the sweep's jobs (one scancel by the sweep's
+    unique job name), each job ends its run KILLED on SIGTERM, the sweep's run ends KILLED, exit 130."""
     sweep_dir = tmp_path / "sweep"
     env = cli_env(MLFLOW_TRACKING_URI=server.uri, SLURM_CONF=slurm.env["SLURM_CONF"], XDG_CACHE_HOME=str(tmp_path))
     sleepers = ["model=custom", "model._target_=fixture_models.Sleeper", "+model.in_channels=3", "batch.height=8"]
@@ -241,3 +237,8 @@ def test_ctrl_c_on_the_submitter_leaves_nothing_running(tmp_path: Path, slurm: S
     parents, children = sweep_runs(server.uri, "slurm-ctrl-c")
     assert [r.info.status for r in parents] == ["KILLED"]
     assert children and all(r.info.status in {"KILLED", "FINISHED"} for r in children)
+    # each killed job ended its own run on scancel's SIGTERM (on a real cluster the submitter's node cannot do it)
+    killed = [r for r in children if r.info.status == "KILLED"]
+    errors = [r.data.tags.get("error") for r in killed]
+    assert killed and all(error == "Terminated: interrupted" for error in errors), errors
+    assert "cancelled this sweep's SLURM jobs (scancel --name=gflops_track-" in err

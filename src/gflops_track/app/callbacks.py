@@ -10,6 +10,7 @@ command is interrupted.
 from __future__ import annotations
 
 import os
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,14 @@ from gflops_track.app.outcomes import FAILED, FINISHED, KILLED, OutcomeLedger, r
 from gflops_track.compare.render import rich_table
 from gflops_track.compare.report import finish_sweep
 from gflops_track.compare.rows import build_rows
+from gflops_track.tracking.reap import process_alive, process_of, seen_from_here
 from gflops_track.tracking.recorder import TRACKING_ERRORS, Recorder, RunTarget
 from gflops_track.tracking.records import RunRecord
 from gflops_track.tracking.spool import SPOOL_FOLDER
 from gflops_track.tracking.store import PARENT_RUN_ENV, child_runs, redact_uri, resolve_tracking_uri
 
 PARALLEL_LAUNCHERS = ("JoblibLauncher", "LocalLauncher")  # hydra-joblib-launcher; hydra-submitit-launcher (local)
+JOB_GRACE_S = 10.0  # after an interrupt, how long a job's live process gets to end its own run before we do
 
 
 def end_interrupted_runs(ledger: OutcomeLedger) -> None:
@@ -40,10 +43,20 @@ def end_interrupted_runs(ledger: OutcomeLedger) -> None:
     whose process could not end it (joblib kills its workers when the command is interrupted), then the sweep's run."""
     os.environ.pop(PARENT_RUN_ENV, None)
     for state in ledger.open_job_runs():
+        process = state.get("process", {})
+        if not seen_from_here(process):
+            continue  # a job on another node (SLURM) ends its own run; gflops-track reap covers the rest
+        key = run_key(state)
+        deadline = time.monotonic() + JOB_GRACE_S  # the job's own process may be ending its run right now
+        while key in {run_key(s) for s in ledger.open_job_runs()} and time.monotonic() < deadline:
+            pid_and_start = process_of(process)
+            if pid_and_start is None or not process_alive(*pid_and_start):
+                break
+            time.sleep(0.1)
         recorder = Recorder.resume(state, console.print_warning)
         if recorder.still_running():
             recorder.finish(KILLED, "interrupted: the job's process was stopped before it could end this run")
-        ledger.close_job_run(run_key(state))
+        ledger.close_job_run(key)
     for state in ledger.open_sweeps():
         Recorder.resume(state, console.print_warning).finish(KILLED)
         ledger.close_sweep(run_key(state))

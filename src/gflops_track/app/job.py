@@ -27,6 +27,7 @@ from gflops_track.app.schema import AppConfig
 from gflops_track.hardware import Fingerprint
 from gflops_track.profiler import count, measure, rate, resolve_device, where_it_runs
 from gflops_track.result import ProfileResult
+from gflops_track.tracking.reap import liveness_tags
 from gflops_track.tracking.recorder import Recorder, RunTarget
 from gflops_track.tracking.records import cost_record, peak_record, start_record, timing_record
 from gflops_track.tracking.spool import SPOOL_FOLDER
@@ -177,7 +178,7 @@ def run_job(
             start.files[names.OVERRIDES_ARTIFACT] = yaml.safe_dump(overrides, default_flow_style=False).encode()
             recorder.open(start)
             if ledger is not None:  # so the command's process can end this run if this process is killed
-                ledger.open_job_run(recorder.state())
+                ledger.open_job_run({**recorder.state(), "process": liveness_tags()})
         with recorder.heartbeat() if recorder is not None else contextlib.nullcontext():
             result = profile_job(config, device, run_name, facts, settings, recorder)
     except (Exception, SystemExit) as error:

@@ -19,25 +19,13 @@ from gflops_track.app.job import run_job
 from gflops_track.app.outcomes import FAILED, INVALID_CONFIG, JobOutcome, OutcomeLedger
 from gflops_track.app.preflight import preflight
 from gflops_track.app.schema import ConfigError, register_schema, to_app_config
+from gflops_track.app.signals import SIGNAL_EXITS, Terminated, raise_on_termination
 from gflops_track.redact import install_console_masking
 from gflops_track.tracking.records import flatten_params
 from gflops_track.tracking.store import cap_http_retries
 
 EXIT_CONFIG_ERROR = 2
-SIGNAL_EXITS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}  # 128 + signal number, as shells say
 NOT_LOGGED = ("norm_fn",)  # top-level keys logged through the model (model.norm_fn) when they apply to it
-
-
-class Terminated(BaseException):
-    """SIGTERM or SIGHUP, raised in the main thread like KeyboardInterrupt so every run is ended on the way out."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _raise_terminated(signum: int, _frame: object) -> None:
-    raise Terminated(signum)
 
 
 def config_dir() -> str:
@@ -89,8 +77,7 @@ def main() -> None:
         sys.exit(EXIT_CONFIG_ERROR)
     for warning in [*moved, *checked.warnings]:
         console.print_warning(warning)
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _raise_terminated)
+    raise_on_termination()
     ledger = OutcomeLedger.create()
     try:
         hydra_app()

@@ -23,7 +23,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +105,19 @@ def process_alive(pid: int, started: float | None) -> bool:
         return True  # it exists; we may not look closer: never reap what we cannot judge
 
 
+def seen_from_here(tags: Mapping[str, str], here: Mapping[str, str] | None = None) -> bool:
+    """Whether the process named by liveness ``tags`` runs on this host, in this PID namespace (its PID means here
+    what it meant there)."""
+    here = here if here is not None else liveness_tags()
+    return tags.get(HOST_TAG) == here[HOST_TAG] and tags.get(PID_NAMESPACE_TAG, "") == here.get(PID_NAMESPACE_TAG, "")
+
+
+def process_of(tags: Mapping[str, str]) -> tuple[int, float | None] | None:
+    """The (pid, start time) that liveness ``tags`` name, when they name one."""
+    pid = tags.get(PID_TAG, "")
+    return (int(pid), _number(tags.get(PID_START_TAG))) if pid.isdigit() else None
+
+
 def _number(text: str | None) -> float | None:
     try:
         return float(text) if text else None
@@ -124,13 +137,11 @@ def judge(
     host = tags.get(HOST_TAG)
     if run.info.status != "RUNNING" or not host:
         return None
-    here = here if here is not None else liveness_tags()
-    same_host = host == here[HOST_TAG] and tags.get(PID_NAMESPACE_TAG, "") == here.get(PID_NAMESPACE_TAG, "")
-    pid = tags.get(PID_TAG, "")
-    if same_host and pid.isdigit():
-        if alive(int(pid), _number(tags.get(PID_START_TAG))):
+    process = process_of(tags)
+    if process is not None and seen_from_here(tags, here):
+        if alive(*process):
             return None
-        return f"process {pid} on {host} is gone (checked by gflops-track reap)"
+        return f"process {process[0]} on {host} is gone (checked by gflops-track reap)"
     last = _number(tags.get(HEARTBEAT_TAG)) or run.info.start_time / 1000
     silent = now - last
     if silent <= stale_after_s:
