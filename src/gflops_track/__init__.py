@@ -6,7 +6,8 @@ The core API imports neither MLflow, Hydra nor matplotlib. One call does everyth
     result = profile(model, torch.randn(2, 384, 32, 32), device="cpu")
     print(result.macs, result.flops, result.median_latency_ms)
 
-or run the steps yourself: ``count`` -> ``measure`` -> ``rate`` (see ``profiler.py``).
+or run the steps yourself: ``count`` -> ``measure`` -> ``rate`` (see ``profiler.py``). A training step (forward,
+loss, backward, optimizer step) and its MFU: ``profile_training_step`` (see ``training_step.py``).
 """
 
 from gflops_track.peak_report import PeakOptions, PeakReport, compare_with_peaks
@@ -14,6 +15,7 @@ from gflops_track.profiler import CountOptions, count, measure, profile, rate, r
 from gflops_track.result import CountResult, ProfileResult
 from gflops_track.runtime import RuntimeOptions
 from gflops_track.timing import TimingOptions, TimingResult
+from gflops_track.training_step import count_training_step, measure_training_step, profile_training_step
 
 __all__ = [
     "CountOptions",
@@ -26,8 +28,11 @@ __all__ = [
     "TimingResult",
     "compare_with_peaks",
     "count",
+    "count_training_step",
     "measure",
+    "measure_training_step",
     "profile",
+    "profile_training_step",
     "rate",
     "resolve_device",
 ]

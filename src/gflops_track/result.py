@@ -9,6 +9,7 @@ Units: ``params`` in parameters, ``macs`` in multiply-accumulates, ``flops`` in 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gflops_track import names
 from gflops_track.counting.layer_info import LayerCost
@@ -19,7 +20,10 @@ from gflops_track.peak_report import PeakReport
 from gflops_track.peaks import CpuPeakEstimate, GpuSpec, Roof, RooflinePoint
 from gflops_track.probes import MeasuredPeak
 from gflops_track.runtime import RuntimeOptions
-from gflops_track.timing import TimingResult
+from gflops_track.timing import TimingResult, latency_metrics
+
+if TYPE_CHECKING:  # training_step builds on profiler, which builds on this module
+    from gflops_track.training_step import TrainingCountResult, TrainingTimingResult
 
 MIB = 2**20
 
@@ -87,8 +91,46 @@ def achieved_gflop_per_s(flops: int, median_ms: float | None) -> float | None:
 
 
 @dataclass(frozen=True)
+class TrainingStep:
+    """A training step of the module (``mode='train'``): its count (forward, backward, optimizer step) and, once
+    timed, its timing (the whole step, and the forward + loss alone)."""
+
+    count: TrainingCountResult
+    timing: TrainingTimingResult | None = None
+
+    @property
+    def achieved_gflop_per_s(self) -> float | None:
+        """Counted FLOPs of the step / median step latency, in GFLOP/s."""
+        return self.timing.achieved_gflop_per_s(self.count.flops) if self.timing is not None else None
+
+    def metrics(self) -> dict[str, float]:
+        """The step's counts, and its timing once timed, under ``step_*`` names."""
+        cost = self.count.cost
+        values: dict[str, float] = {
+            names.STEP_MACS: cost.macs,
+            names.STEP_FLOPS: cost.flops,
+            names.STEP_GFLOPS: cost.flops / 1e9,
+            **{f"{names.STEP_FLOPS_PHASE_PREFIX}{phase}": flops for phase, flops in cost.flops_by_phase.items()},
+        }
+        if self.count.torch_count is not None:
+            values[names.STEP_TORCH_FLOPS] = self.count.torch_count.flops
+        timing = self.timing
+        if timing is not None:
+            values.update(latency_metrics(names.STEP_LATENCY_PREFIX, timing.step.latency))
+            values[names.STEP_FORWARD_MS] = timing.forward_ms
+            values[names.STEP_BACKWARD_OPTIMIZER_MS] = timing.backward_and_optimizer_ms
+            values[names.STEP_THROUGHPUT] = timing.samples_per_s or 0.0
+            values[names.STEP_ACHIEVED] = self.achieved_gflop_per_s or 0.0
+            values[names.STEP_MEMORY_GROWTH_MIB] = timing.step.memory_growth_bytes / MIB
+            values[names.STEP_TIMED_ITERATIONS] = timing.step.timed_iterations
+            values[names.STEP_PRECISION_TARGET_MET] = float(timing.step.precision_met)
+        return values
+
+
+@dataclass(frozen=True)
 class ProfileResult:
-    """Cost (whole batch), speed and peaks of one module on one input, and where it was measured."""
+    """Cost (whole batch), speed and peaks of one module on one input, and where it was measured; in train mode
+    also the training step (``training``), whose MFU divides by the same peaks."""
 
     cost: CountResult
     fingerprint: Fingerprint
@@ -96,6 +138,7 @@ class ProfileResult:
     settings: dict[str, str] = field(default_factory=dict)  # effective precision/threading flags
     timing: TimingResult | None = None
     peaks: PeakReport | None = None
+    training: TrainingStep | None = None
 
     # What was counted (the count step's fields, read through).
     model_name = property(lambda self: self.cost.model_name)
@@ -132,10 +175,49 @@ class ProfileResult:
         return self.peaks.measured if self.peaks else None
 
     @property
+    def mode(self) -> str:
+        return "train" if self.training is not None else "inference"
+
+    @property
     def notes(self) -> list[str]:
-        """Every step's notes in pipeline order: counting, timing (with its conditions), peaks."""
+        """Every step's notes in pipeline order: counting, timing (with its conditions), the training step's
+        counting and timing, peaks."""
         timing_notes = self.timing.notes if self.timing else []
-        return [*self.cost.notes, *timing_notes, *(self.peaks.notes if self.peaks else [])]
+        training_notes: list[str] = []
+        if self.training is not None:
+            training_notes += [f"training step: {note}" for note in self.training.count.notes]
+            if self.training.timing is not None:
+                training_notes += [f"training step timing: {note}" for note in self.training.timing.step.notes]
+        return [*self.cost.notes, *timing_notes, *training_notes, *(self.peaks.notes if self.peaks else [])]
+
+    @property
+    def mfu_vs_spec(self) -> float | None:
+        """Model FLOPs utilization against the datasheet peak (GPU): step FLOPs / step time / peak; unitless."""
+        return _share(self.training.achieved_gflop_per_s, self.spec_gflop_per_s) if self.training else None
+
+    @property
+    def mfu_vs_measured(self) -> float | None:
+        """Model FLOPs utilization against the measured roof (best of the GEMM and convolution probes); unitless."""
+        measured = self.measured_peak
+        if self.training is None or measured is None:
+            return None
+        return _share(self.training.achieved_gflop_per_s, measured.roof_gflop_per_s)
+
+    @property
+    def mfu(self) -> tuple[float, str] | None:
+        """The headline MFU and the peak it divides by, in words: the datasheet peak where the GPU has one for the
+        run's dtype, else the measured roof (CPU, or a GPU without a datasheet figure); None when neither is known
+        or the step was not timed."""
+        if self.mfu_vs_spec is not None and self.gpu_spec is not None and self.spec_gflop_per_s:
+            spec = f"{self.gpu_spec.name}, {self.runtime.dtype} dense"
+            return self.mfu_vs_spec, f"datasheet peak {self.spec_gflop_per_s:,.0f} GFLOP/s ({spec})"
+        measured = self.measured_peak
+        if self.mfu_vs_measured is not None and measured is not None:
+            return self.mfu_vs_measured, (
+                f"measured peak {measured.roof_gflop_per_s:,.1f} GFLOP/s ({measured.dtype}, best of the GEMM and "
+                "convolution probes)"
+            )
+        return None
 
     @property
     def median_latency_ms(self) -> float | None:
@@ -169,16 +251,27 @@ class ProfileResult:
     def roofs(self) -> list[Roof]:
         return self.peaks.roofs() if self.peaks else []
 
-    def roofline_point(self, label: str) -> RooflinePoint | None:
-        if self.arithmetic_intensity is None or self.achieved_gflop_per_s is None:
-            return None
-        return RooflinePoint(label, self.arithmetic_intensity, self.achieved_gflop_per_s)
+    def roofline_points(self, label: str) -> list[RooflinePoint]:
+        """The inference forward at its arithmetic intensity; in train mode the step too, placed at the forward's
+        intensity (no byte model of the backward: the label says so)."""
+        intensity = self.arithmetic_intensity
+        if intensity is None:
+            return []
+        points = []
+        if self.achieved_gflop_per_s is not None:
+            points.append(RooflinePoint(label, intensity, self.achieved_gflop_per_s))
+        step = self.training.achieved_gflop_per_s if self.training else None
+        if step is not None:
+            points.append(RooflinePoint(f"{label} train step (at forward intensity)", intensity, step))
+        return points
 
     def metrics(self) -> dict[str, float]:
         """Every measured number under a name that carries its unit (see ``names``)."""
         values = self.cost.metrics()
         if self.timing is not None:
             values.update(self._timing_metrics(self.timing))
+        if self.training is not None:
+            values.update(self.training.metrics())
         values.update(self._peak_metrics())
         return values
 
@@ -201,9 +294,14 @@ class ProfileResult:
             values[names.CPU_ESTIMATED_PEAK] = self.cpu_peak.gflop_per_s
         if self.measured_peak is not None:
             values.update(self.measured_peak.metrics(self.achieved_gflop_per_s))
+        mfu = self.mfu
+        if mfu is not None:
+            values[names.MFU] = mfu[0]
         for key, share in (
             (names.UTILIZATION_SPEC, self.utilization_vs_spec),
             (names.UTILIZATION_ESTIMATE, self.utilization_vs_estimate),
+            (names.MFU_SPEC, self.mfu_vs_spec),
+            (names.MFU_MEASURED, self.mfu_vs_measured),
         ):
             if share is not None:
                 values[key] = share

@@ -57,7 +57,44 @@ def summary_rows(result: ProfileResult) -> list[tuple[str, str]]:
             rows.append(("CUDA-graph replay median (ms)", f"{timing.graph_latency.median_ms:,.3f}"))
     if result.arithmetic_intensity is not None:
         rows.append(("arithmetic intensity (FLOP/byte)", f"{result.arithmetic_intensity:,.1f} (unfused byte model)"))
+    rows += _training_rows(result)
     rows += _peak_rows(result)
+    return rows
+
+
+def _training_rows(result: ProfileResult) -> list[tuple[str, str]]:
+    """The training step (train mode): its cost by phase, its cross-check, its timing."""
+    if result.training is None:
+        return []
+    count, timing = result.training.count, result.training.timing
+    cost = count.cost
+    rows = [
+        ("train step", f"loss {cost.loss}, optimizer {cost.optimizer}, module in train(), inputs without grad"),
+        ("step MACs (GMACs)", f"{cost.macs:,} ({cost.macs / 1e9:,.3f})"),
+        ("step FLOPs (GFLOPs)", f"{cost.flops:,} ({cost.flops / 1e9:,.3f})"),
+        ("step FLOPs by phase", ", ".join(f"{phase} {flops:,}" for phase, flops in cost.flops_by_phase.items())),
+    ]
+    if count.torch_count is not None:
+        verdict = "agrees" if count.torch_count.agrees else "DISAGREES"
+        rows.append(("step torch FlopCounterMode FLOPs", f"{count.torch_count.flops:,} ({verdict} on dense ops)"))
+    if timing is not None:
+        step = timing.step
+        rows += [
+            ("step latency median (ms)", f"{timing.step_ms:,.3f} ({ci_text(step.latency)})"),
+            ("step median precision", precision_text(step)),
+            (
+                "forward / backward+optimizer (ms)",
+                f"{timing.forward_ms:,.3f} / {timing.backward_and_optimizer_ms:,.3f} (forward timed alone)",
+            ),
+            ("step throughput (samples/s)", _number(timing.samples_per_s, 1)),
+            ("step achieved GFLOP/s", _number(result.training.achieved_gflop_per_s, 1)),
+            (f"step memory growth (MiB, {step.memory_kind})", f"{step.memory_growth_bytes / 2**20:,.1f}"),
+        ]
+    mfu = result.mfu
+    if mfu is not None:
+        rows.append(("MFU", f"{mfu[0]:.1%} of the {mfu[1]}"))
+    elif timing is not None:
+        rows.append(("MFU", "n/a: no peak known (a GPU without a datasheet figure and peak.measure=false)"))
     return rows
 
 

@@ -1,6 +1,10 @@
 """The training step as a first-class workload: ``count_training_step`` (forward, loss, backward and optimizer step
-counted on meta tensors with the same rule table, by phase, category and layer) and ``measure_training_step`` (the
-whole step timed with the same engine). Built on the inference steps in ``profiler.py``."""
+counted on meta tensors with the same rule table, by phase, category and layer), ``measure_training_step`` (the
+whole step timed with the same engine) and ``profile_training_step`` (both, set against the device's peaks: MFU).
+Built on the inference steps in ``profiler.py``.
+
+MFU (model FLOPs utilization) = counted FLOPs of one step / median step time / peak FLOP/s, against the datasheet
+peak on a GPU that has one for the run's dtype, else the measured roof (``ProfileResult.mfu`` names which)."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from torch.utils._pytree import tree_map
 from gflops_track.counting.torch_crosscheck import TorchCount
 from gflops_track.counting.training import (
     TrainingCost,
+    TrainingInputError,
     compute_loss,
     count_training_cost,
     make_optimizer,
@@ -23,8 +28,20 @@ from gflops_track.counting.training import (
     train_mode,
     training_arg_errors,
 )
-from gflops_track.profiler import CountOptions, Inputs, _placed, counting_notes, input_shapes, resolve_device
-from gflops_track.result import achieved_gflop_per_s
+from gflops_track.peak_report import PeakOptions
+from gflops_track.profiler import (
+    CountOptions,
+    Inputs,
+    _as_call,
+    _placed,
+    count,
+    counting_notes,
+    input_shapes,
+    rate,
+    resolve_device,
+    where_it_runs,
+)
+from gflops_track.result import ProfileResult, TrainingStep, achieved_gflop_per_s
 from gflops_track.runtime import RuntimeOptions, prepare, runtime_context
 from gflops_track.timing import ProgressCallback, TimingOptions, TimingResult, measure_latency
 
@@ -190,3 +207,76 @@ def measure_training_step(
     return TrainingTimingResult(
         step=step_timing, forward=forward_timing, batch_size=shapes[0][0] if shapes and shapes[0] else 1
     )
+
+
+def training_input_errors(
+    model: nn.Module,
+    inputs: Inputs,
+    *,
+    loss: str = "sum",
+    optimizer: str = "sgd",
+    kwargs: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """One line per reason a training step of ``model`` cannot run, found before anything is measured: the loss
+    and optimizer names, no trainable parameter, and a loss that does not fit the output (checked by a forward on
+    meta copies: no memory, no compute). A model that does not run on meta tensors is left to the step itself."""
+    errors = training_arg_errors(model, loss, optimizer)
+    if errors or loss == "sum":
+        return errors
+    args, call_kwargs = _as_call(inputs, kwargs)
+    try:
+        replica = copy.deepcopy(model).to("meta")
+        meta_args, meta_kwargs = tree_map(
+            lambda leaf: leaf.detach().to("meta") if isinstance(leaf, torch.Tensor) else leaf, (args, call_kwargs)
+        )
+        with torch.no_grad():
+            output = replica(*meta_args, **meta_kwargs)
+    except Exception:
+        return []
+    try:
+        compute_loss(output, loss, None)
+    except TrainingInputError as error:
+        return [str(error)]
+    return []
+
+
+def profile_training_step(
+    model: nn.Module,
+    inputs: Inputs,
+    device: str | torch.device = "cpu",
+    *,
+    loss: str = "sum",
+    optimizer: str = "sgd",
+    labels: torch.Tensor | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    runtime: RuntimeOptions | None = None,
+    counting: CountOptions | None = None,
+    timing: TimingOptions | bool = True,
+    peak: PeakOptions | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> ProfileResult:
+    """``profile`` for a training step: the forward counted as for inference (params, per-layer table, thop), the
+    whole step counted and timed (``timing=False`` skips timing), and the device's peaks, so ``result.mfu`` is known.
+    ``result.training`` holds the step; ``result.timing`` stays None (no inference forward is timed)."""
+    runtime = runtime or RuntimeOptions()
+    counting = counting or CountOptions()
+    peak = peak or PeakOptions()
+    target = resolve_device(device)
+    errors = training_input_errors(model, inputs, loss=loss, optimizer=optimizer, kwargs=kwargs)
+    if errors:
+        raise ValueError("; ".join(errors))
+    cost = count(model, inputs, target, kwargs=kwargs, runtime=runtime, options=counting, on_progress=on_progress)
+    step = count_training_step(
+        model, inputs, target, loss=loss, optimizer=optimizer, labels=labels, kwargs=kwargs, runtime=runtime,
+        options=counting,
+    )  # fmt: skip
+    facts, settings = where_it_runs(target, runtime)
+    timed = None
+    if timing is not False:
+        options = timing if isinstance(timing, TimingOptions) else TimingOptions()
+        timed = measure_training_step(
+            model, inputs, target, loss=loss, optimizer=optimizer, labels=labels, kwargs=kwargs, runtime=runtime,
+            options=options, on_progress=on_progress,
+        )  # fmt: skip
+    peaks = rate(cost, None, target, runtime, facts, peak) if timed is not None or peak.measure else None
+    return ProfileResult(cost, facts, runtime, settings, peaks=peaks, training=TrainingStep(step, timed))

@@ -11,6 +11,7 @@ import contextlib
 import getpass
 import os
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,16 +23,26 @@ from torch import nn
 
 from gflops_track import names
 from gflops_track.app import console
-from gflops_track.app.outcomes import FAILED, FINISHED, KILLED, JobOutcome, OutcomeLedger, run_key
+from gflops_track.app.outcomes import FAILED, FINISHED, INVALID_CONFIG, KILLED, JobOutcome, OutcomeLedger, run_key
 from gflops_track.app.schema import AppConfig
 from gflops_track.hardware import Fingerprint
 from gflops_track.profiler import count, measure, rate, resolve_device, where_it_runs
-from gflops_track.result import ProfileResult
+from gflops_track.result import ProfileResult, TrainingStep
+from gflops_track.timing import ProgressCallback
 from gflops_track.tracking.reap import liveness_tags
 from gflops_track.tracking.recorder import Recorder, RunTarget
-from gflops_track.tracking.records import cost_record, peak_record, start_record, timing_record
+from gflops_track.tracking.records import (
+    RunRecord,
+    cost_record,
+    peak_record,
+    start_record,
+    summary_record,
+    timing_record,
+    training_count_record,
+)
 from gflops_track.tracking.spool import SPOOL_FOLDER
 from gflops_track.tracking.store import launched_by_mlflow, redact_uri, resolve_tracking_uri
+from gflops_track.training_step import count_training_step, measure_training_step, training_input_errors
 
 
 def model_short_name(target: str) -> str:
@@ -50,14 +61,19 @@ def job_device(config: AppConfig) -> torch.device:
 
 def run_name_for(config: AppConfig, device: torch.device) -> str:
     """tracking.run_name filled in; ``{norm_fn}`` is the model's own norm_fn argument (empty segment dropped for
-    models without one)."""
-    name = config.tracking.run_name.format(
+    models without one). A train-mode job whose template has no ``{mode}`` gets ``-train`` appended, so the two
+    modes of one variant never share a name."""
+    template = config.tracking.run_name
+    name = template.format(
         model=model_short_name(config.model["_target_"]),
         norm_fn=config.model.get("norm_fn", ""),
         batch_size=config.batch.size,
         device=str(device),  # "cpu", "cuda" or "cuda:1": runs on two GPUs of one machine never share a name
         dtype=config.precision.dtype,
+        mode=config.mode,
     )
+    if config.mode == "train" and "{mode}" not in template:
+        name += "-train"
     return re.sub(r"-{2,}", "-", name).strip("-")
 
 
@@ -104,7 +120,9 @@ def profile_job(
         )
         result = ProfileResult(cost, facts, runtime, settings)
         record(cost_record(result))
-        if config.timing.enabled:
+        if config.mode == "train":
+            result = train_step_job(config, model, args, kwargs, device, result, record, progress)
+        elif config.timing.enabled:
             timing = measure(
                 model, args, device, kwargs=kwargs, runtime=runtime, options=config.timing_options(),
                 on_progress=progress,
@@ -117,6 +135,51 @@ def profile_job(
             result = replace(result, peaks=rate(cost, result.timing, device, runtime, facts, peak))
             record(peak_record(result, title))
     return result
+
+
+def train_step_job(
+    config: AppConfig,
+    model: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    kwargs: dict[str, torch.Tensor],
+    device: torch.device,
+    result: ProfileResult,
+    record: Callable[[RunRecord], None],
+    progress: ProgressCallback,
+) -> ProfileResult:
+    """mode=train, after the forward's count: count the whole step -> log -> time it -> log (MFU comes with the
+    peaks). No inference forward is timed."""
+    runtime = config.runtime_options()
+    progress("counting the training step", 0, 1)
+    step = count_training_step(
+        model, args, device, kwargs=kwargs, runtime=runtime, options=config.count_options(), **config.train_options()
+    )
+    result = replace(result, training=TrainingStep(step))
+    record(training_count_record(result))
+    if config.timing.enabled:
+        timed = measure_training_step(
+            model, args, device, kwargs=kwargs, runtime=runtime, options=config.timing_options(), on_progress=progress,
+            **config.train_options(),
+        )  # fmt: skip
+        result = replace(result, training=TrainingStep(step, timed))
+        record(summary_record(result))
+    return result
+
+
+def training_config_errors(config: AppConfig) -> list[str]:
+    """mode=train: what keeps this model's training step from running (no trainable parameter, a loss that does not
+    fit its output), checked on meta tensors before any run is made. A model that does not build is left to the
+    job, which reports it as a FAILED run."""
+    if config.mode != "train":
+        return []
+    try:
+        model = build_model(config.model)
+        args, kwargs = build_inputs(config, torch.device("meta"))
+    except Exception:
+        return []
+    return [
+        f"mode=train: {error}" for error in training_input_errors(model, args, kwargs=kwargs, **config.train_options())
+    ]
 
 
 SWEPT_KEYS_ENV = "GFLOPS_TRACK_SWEPT_KEYS"  # set by the sweep callback: the keys whose values differ between jobs
@@ -138,6 +201,7 @@ def job_tags(config: AppConfig, device: torch.device, overrides: list[str], fact
         names.DEVICE_TAG: str(device),
         names.DTYPE_TAG: config.precision.dtype,
         names.BATCH_SIZE_TAG: str(config.batch.size),
+        names.MODE_TAG: config.mode,
         names.OVERRIDES_TAG: " ".join(overrides),
         names.VARIANT_TAG: " ".join(variant) or "defaults",
     }
@@ -163,6 +227,10 @@ def run_job(
     is its ``error`` tag, and the sweep goes on. An interrupt ends the run KILLED and goes on."""
     device = job_device(config)
     run_name = run_name_for(config, device)
+    errors = training_config_errors(config)
+    if errors:
+        console.print_config_errors(errors)
+        return JobOutcome(run_name, None, INVALID_CONFIG, "; ".join(errors))
     facts, settings = where_it_runs(device, config.runtime_options())
     recorder = None
     if config.tracking.enabled:

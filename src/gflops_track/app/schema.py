@@ -19,6 +19,7 @@ from hydra._internal.utils import _locate
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from gflops_track.counting.training import LOSSES, OPTIMIZERS
 from gflops_track.models.residual_block import NORM_CHOICES, residual_block_arg_errors
 from gflops_track.peak_report import PeakOptions
 from gflops_track.profiler import CountOptions
@@ -86,6 +87,14 @@ class InputConfig:
 
 
 @dataclass
+class TrainConfig:
+    """The training step of ``mode=train`` (see ``gflops_track.training_step``)."""
+
+    loss: str = "sum"  # sum (needs no labels) or cross_entropy (labels: class 0, shaped to the output)
+    optimizer: str = "sgd"  # sgd, adamw, or none (forward + backward only)
+
+
+@dataclass
 class TrackingConfig:
     enabled: bool = True
     uri: str | None = None
@@ -99,6 +108,8 @@ class AppConfig:
 
     model: dict[str, Any] = MISSING
     norm_fn: str = "group"  # the residual block's norm (model.norm_fn: ${norm_fn}); -m norm_fn=group,batch sweeps it
+    mode: str = "inference"  # inference (one forward) or train (a whole step: train.*); -m mode=inference,train
+    train: TrainConfig = field(default_factory=TrainConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     input: InputConfig = field(default_factory=InputConfig)
@@ -122,6 +133,10 @@ class AppConfig:
     def peak_options(self) -> PeakOptions:
         cache_dir = self.peak.cache_dir
         return PeakOptions(measure=self.peak.measure, cache_dir=Path(cache_dir) if cache_dir else None)
+
+    def train_options(self) -> dict[str, str]:
+        """``loss`` and ``optimizer`` as the training-step functions take them."""
+        return {"loss": self.train.loss, "optimizer": self.train.optimizer}
 
     def uses_norm_fn(self) -> bool:
         """Whether the model takes the top-level ``norm_fn`` (the residual block does; a custom model need not)."""
@@ -171,11 +186,21 @@ def validate(config: AppConfig) -> list[str]:
             f" is not allowed: MLflow takes experiment names of at most {MAX_EXPERIMENT_NAME} characters"
         )
     errors += _run_name_errors(config.tracking.run_name)
+    errors += _choice_errors("mode", config.mode, MODES)
+    errors += _choice_errors("train.loss", config.train.loss, LOSSES)
+    errors += _choice_errors("train.optimizer", config.train.optimizer, OPTIMIZERS)
     errors += _model_errors(config)
     return errors
 
 
-RUN_NAME_FIELDS = ("model", "norm_fn", "batch_size", "device", "dtype")
+RUN_NAME_FIELDS = ("model", "norm_fn", "batch_size", "device", "dtype", "mode")
+MODES = ("inference", "train")
+
+
+def _choice_errors(key: str, value: str, allowed: Sequence[str]) -> list[str]:
+    if value in allowed:
+        return []
+    return [f"{key}={value!r} is not allowed: choose one of {', '.join(allowed)}"]
 
 
 def _run_name_errors(template: str) -> list[str]:

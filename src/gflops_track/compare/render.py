@@ -114,22 +114,35 @@ ALL_COLUMNS: dict[str, Column] = {
         Column("run_id", "run\nid", short_id, text=True),
         Column("start", "start\n(UTC)", start_time, text=True),
         Column("run_name", "run\nname", lambda r: r.run_name, text=True),
+        Column("step_gflops", "train step\nGFLOPs", lambda r: _fmt(r.step_gflops, ",.3f")),
+        Column("step", "train step\nmedian ms", lambda r: _fmt(r.step_median_ms, ",.3f")),
+        Column("step_achieved", "train step\nGFLOP/s", lambda r: _fmt(r.step_achieved_gflop_per_s, ",.1f")),
+        Column("mfu", "MFU", lambda r: _fmt(r.mfu, ".1%")),
     )
 }
+TRAINING = ["step_gflops", "step", "step_achieved", "mfu"]  # train-mode runs only: shown where a row has them
 # Markdown and HTML: every column (the first ones keep their places: readers index them).
 FULL = ["hardware", "variant", "status", "params", "gmacs", "gflops", "latency", "throughput", "achieved",
         "utilization", "speed", "run_id", "start", "run_name"]  # fmt: skip
 # The terminal: columns join in this order while they fit (key ones first), and show in DISPLAY's order.
-PRIORITY = ["variant", "hardware", "gflops", "median", "achieved", "utilization", "speed", "run_id", "params", "start",
-            "ci", "throughput", "batch", "gmacs", "run_name"]  # fmt: skip
+PRIORITY = ["variant", "hardware", "gflops", "median", "achieved", "utilization", "step", "mfu", "speed", "run_id",
+            "params", "start", "step_gflops", "ci", "throughput", "step_achieved", "batch", "gmacs",
+            "run_name"]  # fmt: skip
 DISPLAY = ["variant", "hardware", "run_id", "start", "status", "batch", "params", "gmacs", "gflops", "median", "ci",
-           "throughput", "achieved", "utilization", "speed", "run_name"]  # fmt: skip
+           "throughput", "achieved", "utilization", "step_gflops", "step", "step_achieved", "mfu", "speed",
+           "run_name"]  # fmt: skip
 COLUMNS: list[tuple[str, Formatter]] = [(ALL_COLUMNS[key].header, ALL_COLUMNS[key].cell) for key in FULL]
 CSV_FIELDS = [
     "run_id", "run_name", "status", "hardware", "batch_size", "params", "gmacs", "gflops", "median_ms", "ci_low_ms",
     "ci_high_ms", "throughput_samples_per_s", "achieved_gflop_per_s", "utilization_vs_measured_peak",
     "utilization_vs_spec_peak", "arithmetic_intensity", "relative_speed", "speed_basis", "start_time", "error",
+    "mode", "step_gflops", "step_median_ms", "step_achieved_gflop_per_s", "mfu",
 ]  # fmt: skip
+
+
+def full_columns(rows: Sequence[Row]) -> list[str]:
+    """Markdown and HTML columns: every one of FULL, then the training-step columns when a row has them."""
+    return FULL + [key for key in TRAINING if any(ALL_COLUMNS[key].cell(row) for row in rows)]
 
 
 def parse_columns(text: str) -> list[str]:
@@ -262,8 +275,9 @@ def rich_table(
 def markdown_table(rows: Sequence[Row]) -> str:
     """Every column, one line per run (the speed column's header says which ratio it holds)."""
     headers = _headers(rows)
-    lines = ["| " + " | ".join(headers[key] for key in FULL) + " |", "|" + "---|" * len(FULL)]
-    lines += ["| " + " | ".join(ALL_COLUMNS[key].cell(row).replace("|", "\\|") for key in FULL) + " |" for row in rows]
+    keys = full_columns(rows)
+    lines = ["| " + " | ".join(headers[key] for key in keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(ALL_COLUMNS[key].cell(row).replace("|", "\\|") for key in keys) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -295,12 +309,13 @@ def html_report(rows: Sequence[Row], images: Sequence[Path], title: str, source:
     """One self-contained HTML page: the table (``<table id="runs">``, one ``<tr data-run-id>`` per run) and every
     plot embedded as a data URI, so it opens from the MLflow UI or a mail attachment alike."""
     headers = _headers(rows)
-    head = "".join(f"<th>{html.escape(headers[key])}</th>" for key in FULL)
+    keys = full_columns(rows)
+    head = "".join(f"<th>{html.escape(headers[key])}</th>" for key in keys)
     body = []
     for row in rows:
         cells = "".join(
             f'<td class="{"text" if ALL_COLUMNS[key].text else "num"}">{html.escape(ALL_COLUMNS[key].cell(row))}</td>'
-            for key in FULL
+            for key in keys
         )
         css = ' class="failed"' if row.status != "FINISHED" else ""
         body.append(f'<tr data-run-id="{html.escape(row.run_id)}"{css}>{cells}</tr>')
@@ -316,7 +331,9 @@ def html_report(rows: Sequence[Row], images: Sequence[Path], title: str, source:
         f"<p>{len(rows)} run(s) from {html.escape(source)}, generated {generated} by gflops-track. Units: latency in "
         "ms (median, 95% CI of the median), GMACs/GFLOPs per forward pass of the whole batch, achieved GFLOP/s = "
         "FLOPs / median latency; speed vs baseline = baseline median / median when batch sizes are equal, else "
-        "throughput / baseline throughput (the column's header says which).</p>"
+        "throughput / baseline throughput (the column's header says which). Train-mode runs: train step GFLOPs "
+        "per whole step (forward, backward, optimizer), MFU = step FLOPs / median step time / peak (the run's "
+        "mfu_peak tag names the peak).</p>"
         f'<table id="runs"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
         f"{figures}</body></html>"
     )

@@ -40,6 +40,11 @@ class Row:
     spec_peak_gflop_per_s: float | None
     spec_bandwidth_gb_per_s: float | None
     error: str = ""
+    mode: str = "inference"  # or "train": the step_* fields and mfu are the training step's
+    step_gflops: float | None = None
+    step_median_ms: float | None = None
+    step_achieved_gflop_per_s: float | None = None
+    mfu: float | None = None
     relative_speed: float | None = None  # baseline median / this median: > 1 is faster than the baseline
     timed_iterations: int | None = None
     start_time: int | None = None  # ms since the epoch (MLflow's run start), tells same-named runs apart
@@ -77,6 +82,11 @@ def row_from_run(run: Run) -> Row:
         spec_peak_gflop_per_s=metrics.get(names.SPEC_PEAK),
         spec_bandwidth_gb_per_s=metrics.get(names.SPEC_BANDWIDTH),
         error=tags.get(ERROR_TAG, ""),
+        mode=tags.get(names.MODE_TAG, "inference"),
+        step_gflops=metrics.get(names.STEP_GFLOPS),
+        step_median_ms=metrics.get(names.STEP_LATENCY_MEDIAN_MS),
+        step_achieved_gflop_per_s=metrics.get(names.STEP_ACHIEVED),
+        mfu=metrics.get(names.MFU),
         timed_iterations=int(metrics[names.TIMED_ITERATIONS]) if names.TIMED_ITERATIONS in metrics else None,
         start_time=run.info.start_time,
         tags=dict(tags),

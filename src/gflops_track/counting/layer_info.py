@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -64,10 +64,12 @@ def build_layer_table(model: nn.Module, scopes: Mapping[str, ScopeTally]) -> lis
     return rows
 
 
-def layers_to_csv(layers: list[LayerCost]) -> str:
-    """The table as CSV text (header = ``LAYER_COLUMNS``)."""
+def layers_to_csv(layers: Sequence[Any]) -> str:
+    """A per-layer table of dataclass rows (``LayerCost``, or the training step's ``TrainingLayerCost``) as CSV text;
+    the header is the dataclass's fields in order."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=LAYER_COLUMNS, lineterminator="\n")
+    columns = [column.name for column in fields(layers[0])] if layers else list(LAYER_COLUMNS)
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(asdict(layer) for layer in layers)
     return buffer.getvalue()

@@ -154,11 +154,14 @@ def timing_record(result: ProfileResult) -> RunRecord:
 def peak_record(result: ProfileResult, run_name: str) -> RunRecord:
     """Peak and utilization metrics, the roofline plot and the final summary."""
     record = summary_record(result)
-    point = result.roofline_point(run_name)
+    mfu = result.mfu
+    if mfu is not None:
+        record.tags[names.MFU_PEAK_TAG] = mfu[1]
+    points = result.roofline_points(run_name)
     roofs = result.roofs()
-    if point is not None and roofs:
+    if points and roofs:
         with tempfile.TemporaryDirectory() as folder:
-            path = roofline_png(Path(folder) / names.ROOFLINE_ARTIFACT, roofs, [point], run_name)
+            path = roofline_png(Path(folder) / names.ROOFLINE_ARTIFACT, roofs, points, run_name)
             record.files[names.ROOFLINE_ARTIFACT] = path.read_bytes()
     return record
 
@@ -179,3 +182,17 @@ def write_to_mlflow(client: MlflowClient, run_id: str, record: RunRecord) -> Non
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(content)
             client.log_artifacts(run_id, folder)
+
+
+def training_count_record(result: ProfileResult) -> RunRecord:
+    """The training step's counts, its per-layer forward/backward table and the summary so far: recorded as soon
+    as the step is counted."""
+    assert result.training is not None
+    step = result.training.count
+    record = summary_record(result)
+    record.tags[names.TRAIN_LOSS_TAG] = step.cost.loss
+    record.tags[names.TRAIN_OPTIMIZER_TAG] = step.cost.optimizer
+    if step.torch_count is not None:
+        record.tags[names.STEP_TORCH_AGREES_TAG] = str(step.torch_count.agrees).lower()
+    record.files[names.STEP_LAYERS_CSV_ARTIFACT] = layers_to_csv(step.cost.layers).encode()
+    return record
