@@ -1,5 +1,6 @@
 """Faults on the app's paths (issue 11): secrets in URIs, markup in texts, SystemExit from user code, config that
-would slip past preflight, Ctrl-C under the joblib launcher. Each test reproduces the fault first; nothing may be left RUNNING, leaked or lost."""
+would slip past preflight, Ctrl-C under the joblib launcher. Each test reproduces the fault first; nothing may be
+left RUNNING, leaked or lost."""
 
 from __future__ import annotations
 

@@ -100,6 +100,25 @@ def test_seed_sweep_exact_command(tmp_path: Path) -> None:
         (["device=gpu"], "device='gpu' is not allowed: choose one of auto, cpu, cuda"),
         (["precision=fp8"], "precision='fp8' is not allowed: choose one of bf16, fp16, fp32, tf32"),
         (["timing.min_repeats=0"], "timing.min_repeats=0 is not allowed: it must be an integer >= 1"),
+        (["mode=training"], "mode='training' is not allowed: choose one of inference, train"),
+        (["-m", "mode=train", "train.optimizer=sgd,lion"], "train.optimizer='lion' is not allowed: choose one"),
+        (["mode=train", "train.loss=mse"], "train.loss='mse' is not allowed: choose one of sum, cross_entropy"),
+        (
+            [
+                "mode=train",
+                "train.loss=cross_entropy",
+                "model=custom",
+                "model._target_=torch.nn.Linear",
+                "+model.in_features=8",
+                "+model.out_features=1",
+                "input.shape=[8]",
+            ],
+            "mode=train: loss='cross_entropy' is not allowed for a model output of shape [2, 1]: it needs a class",
+        ),
+        (
+            ["mode=train", "model=custom", "model._target_=torch.nn.ReLU", "input.shape=[8]"],
+            "mode=train: model=ReLU is not allowed in a training step: it has no trainable parameters",
+        ),
         (
             ["runtime.compile=fast"],
             "runtime.compile='fast' is not allowed: choose one of off, default, reduce-overhead",
@@ -204,3 +223,51 @@ def test_precision_and_thread_options_are_applied_and_logged(tmp_path: Path, sto
     assert run.data.metrics["cond_threads"] == 1
     assert run.data.tags["torch_threads"] == "1"  # threads have a tag of their own; the machine's label has none
     assert "x1" not in run.data.tags["hardware"] and run.data.tags["hardware"].startswith("cpu:")
+
+
+def test_inference_and_train_sweep(tmp_path: Path, store_uri: str) -> None:
+    """`-m mode=inference,train` on a 16-channel 8x8 batch-norm block, batch 2. Each 3x3 conv is
+    M = N*C_out*H*W*C_in*9 = 2*16*8*8*16*9 = 294,912 MACs forward. The input needs no grad, so conv2's backward
+    computes grad-input and grad-weight (2M) and conv1's grad-weight only (M): the step's dense MACs are
+    2M + 3M = 5M; FlopCounterMode counts 2 FLOPs per MAC over forward + backward."""
+    small = ["norm_fn=batch", "model.in_planes=16", "model.planes=16", "batch.height=8", "batch.width=8"]
+    timing = ["timing.warmup=1", "timing.min_repeats=3", "timing.max_time_s=0.5", "counting.thop=false"]
+    done = run_cli(
+        ["-m", "mode=inference,train", "train.optimizer=adamw", *small, *timing], cwd=tmp_path,
+        MLFLOW_TRACKING_URI=store_uri,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = {r.info.run_name: r for r in all_runs(store_uri) if "mlflow.parentRunId" in r.data.tags}
+    assert set(runs) == {"residual_block-batch-b2-cpu-fp32", "residual_block-batch-b2-cpu-fp32-train"}
+    inference, train = runs["residual_block-batch-b2-cpu-fp32"], runs["residual_block-batch-b2-cpu-fp32-train"]
+    m = 2 * 16 * 8 * 8 * 16 * 9
+    assert inference.data.tags["mode"] == "inference" and "step_macs" not in inference.data.metrics
+    assert "mfu" not in inference.data.metrics and inference.data.metrics["latency_median_ms"] > 0
+    metrics, tags, params = train.data.metrics, train.data.tags, train.data.params
+    assert params["mode"] == "train" and params["train.optimizer"] == "adamw" and params["train.loss"] == "sum"
+    assert tags["mode"] == "train" and tags["train_optimizer"] == "adamw" and tags["train_loss"] == "sum"
+    assert metrics["macs"] == 2 * m  # the forward's count is still there
+    assert metrics["step_macs"] == 5 * m == 1_474_560
+    assert metrics["step_torch_flop_counter_flops"] == 2 * 5 * m
+    assert tags["step_torch_flop_counter_agrees"] == "true"
+    phases = metrics["step_flops_forward"] + metrics["step_flops_backward"] + metrics["step_flops_optimizer"]
+    assert phases == metrics["step_flops"]
+    assert metrics["step_flops_optimizer"] > 0  # AdamW's moments, decay and update: counted, never 0
+    assert "latency_median_ms" not in metrics  # no inference forward is timed in train mode
+    step_ms = metrics["step_latency_median_ms"]
+    assert step_ms > 0 and metrics["step_forward_ms"] > 0
+    assert metrics["step_achieved_gflop_per_s"] == pytest.approx(metrics["step_flops"] / (step_ms / 1e3) / 1e9)
+    # MFU on CPU: against the measured roof, and the tag names that peak
+    assert metrics["mfu"] == pytest.approx(metrics["step_achieved_gflop_per_s"] / metrics["measured_peak_gflop_per_s"])
+    assert metrics["mfu"] == metrics["mfu_vs_measured_peak"] and "mfu_vs_spec_peak" not in metrics
+    assert tags["mfu_peak"].startswith("measured peak ")
+    assert "MFU" in tags["mlflow.note.content"]
+    client = MlflowClient(store_uri)
+    step_layers = client.download_artifacts(train.info.run_id, "step_layers.csv", str(tmp_path))
+    lines = Path(step_layers).read_text().splitlines()
+    header = lines[0].split(",")
+    column = {name: header.index(name) for name in ("forward_macs", "backward_macs")}
+    rows = [line.split(",") for line in lines[1:]]
+    assert sum(int(row[column["forward_macs"]]) for row in rows) == 2 * m
+    assert sum(int(row[column["backward_macs"]]) for row in rows) == 3 * m
+    assert "train step GFLOPs" in done.stdout and "MFU" in done.stdout  # the sweep's comparison shows the step

@@ -4,6 +4,7 @@ the speed ratio's formula, and plots read back from their axes and from real PNG
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,20 @@ def test_roofline_labels_stay_inside_the_axes() -> None:
     figure.canvas.draw()
     assert len(figure.axes[0].texts) == 3
     _texts_inside_axes(figure)
+
+
+def test_train_rows_bring_their_step_and_mfu_columns() -> None:
+    """A train-mode row shows its step GFLOPs, step median, step GFLOP/s and MFU (percent); a sweep of inference runs
+    alone has none of those columns, in the terminal, piped, or in Markdown."""
+    train = make_row("group", median_ms=None, ci_low_ms=None, ci_high_ms=None, throughput_samples_per_s=None,
+                     achieved_gflop_per_s=None, mode="train", step_gflops=32.6545,
+                     step_median_ms=3456.789, step_achieved_gflop_per_s=9.446, mfu=0.06031)  # fmt: skip
+    mixed = [ROWS[0], replace(train, relative_speed=None)]
+    for terminal, width in ((True, 200), (False, 80)):
+        text = printed(ComparisonTable(mixed, "two modes"), width, terminal=terminal)
+        assert "MFU" in text and "6.0%" in text and "3,456.789" in text and "32.654" in text, text
+        assert "MFU" not in printed(ComparisonTable(ROWS, "inference"), width, terminal=terminal)
+    assert "| train step GFLOPs | train step median ms | train step GFLOP/s | MFU |" in markdown_table(mixed)
+    assert "MFU" not in markdown_table(ROWS)
+    narrow = printed(ComparisonTable(mixed, "two modes"), 80, terminal=True)
+    assert max(len(line) for line in narrow.splitlines()) <= 80 and "…" not in narrow

@@ -6,6 +6,7 @@ Convention (README, "Counting a training step"): the backward of a convolution c
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -15,8 +16,12 @@ from torch import nn
 from gflops_track.counting.rules import Category, OpCall, convolution_backward, fused_adam, fused_sgd
 from gflops_track.counting.training import count_training_cost, torch_training_check
 from gflops_track.models import ResidualBlock
+from gflops_track.peak_report import PeakReport
+from gflops_track.peaks import GpuSpec
+from gflops_track.probes import MeasuredPeak
+from gflops_track.summary import summary_text
 from gflops_track.timing import TimingOptions
-from gflops_track.training_step import count_training_step, measure_training_step
+from gflops_track.training_step import count_training_step, measure_training_step, profile_training_step
 
 aten = torch.ops.aten
 
@@ -264,3 +269,40 @@ def test_transformer_and_convnext_blocks_have_every_backward_op_counted(sdpa: bo
         assert cost.uncounted_ops == {}
         assert cost.flops_by_phase["backward"] > cost.flops_by_phase["forward"] > 0
         _column_sums_match(cost)
+
+
+def test_mfu_is_step_flops_over_step_time_over_the_named_peak() -> None:
+    """MFU = step FLOPs / median step time / peak. With no peak known there is none (and the summary says so); a
+    datasheet figure (GPU) is preferred to the measured roof, and the mfu_peak text names the one divided by."""
+    model = ResidualBlock(16, 16, "batch", 1)
+    quick = TimingOptions(warmup=1, min_repeats=5, max_time_s=0.5)
+    result = profile_training_step(model, torch.randn(2, 16, 8, 8), "cpu", optimizer="sgd", timing=quick)
+    assert result.measured_peak is None and result.spec_gflop_per_s is None  # PeakOptions() measures nothing
+    assert result.mfu is None and result.timing is None and result.mode == "train"
+    assert "n/a: no datasheet peak for this device and dtype, and no measured peak" in summary_text(result)
+    assert result.training is not None and result.training.timing is not None
+    step_flops, step_ms = result.training.count.flops, result.training.timing.step_ms
+    achieved = step_flops / (step_ms / 1e3) / 1e9  # GFLOP/s
+    assert result.training.achieved_gflop_per_s == pytest.approx(achieved)
+    measured = MeasuredPeak(gemm_gflop_per_s=50.0, gemm_size=512, bandwidth_gb_s=None, bandwidth_buffer_mib=None,
+                            dtype="fp32", compute_gflop_per_s=80.0)  # fmt: skip
+    on_cpu = replace(result, peaks=PeakReport(measured=measured))
+    assert on_cpu.mfu is not None and on_cpu.mfu[0] == pytest.approx(achieved / 80.0)  # the roof: max(GEMM, conv)
+    assert on_cpu.mfu[1].startswith("measured peak 80.0 GFLOP/s (fp32")
+    assert on_cpu.metrics()["mfu"] == on_cpu.metrics()["mfu_vs_measured_peak"]
+    spec = GpuSpec("NVIDIA H200", {"fp32": 67.0}, 4800.0, "datasheet")
+    on_gpu = replace(result, peaks=PeakReport(gpu_spec=spec, spec_gflop_per_s=67_000.0, measured=measured))
+    assert on_gpu.mfu is not None and on_gpu.mfu[0] == pytest.approx(achieved / 67_000.0)
+    assert on_gpu.mfu[1] == "datasheet peak 67,000 GFLOP/s (NVIDIA H200, fp32 dense)"
+    metrics = on_gpu.metrics()
+    assert metrics["mfu"] == metrics["mfu_vs_spec_peak"] and metrics["mfu_vs_measured_peak"] == pytest.approx(
+        achieved / 80.0
+    )
+    assert [point.label for point in on_gpu.roofline_points("run")] == ["run train step (at forward intensity)"]
+
+
+def test_profile_training_step_refuses_bad_input_before_measuring() -> None:
+    with pytest.raises(ValueError, match=r"loss='cross_entropy' is not allowed for a model output of shape \[2, 1\]"):
+        profile_training_step(nn.Linear(4, 1), torch.randn(2, 4), loss="cross_entropy", timing=False)
+    with pytest.raises(ValueError, match="optimizer='lion' is not allowed: choose one of sgd, adamw, none"):
+        profile_training_step(nn.Linear(4, 3), torch.randn(2, 4), optimizer="lion", timing=False)

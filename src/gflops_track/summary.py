@@ -94,7 +94,7 @@ def _training_rows(result: ProfileResult) -> list[tuple[str, str]]:
     if mfu is not None:
         rows.append(("MFU", f"{mfu[0]:.1%} of the {mfu[1]}"))
     elif timing is not None:
-        rows.append(("MFU", "n/a: no peak known (a GPU without a datasheet figure and peak.measure=false)"))
+        rows.append(("MFU", "n/a: no datasheet peak for this device and dtype, and no measured peak (peak.measure)"))
     return rows
 
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from gflops_track import names
 from gflops_track.app import console
-from gflops_track.app.outcomes import FAILED, FINISHED, INVALID_CONFIG, KILLED, JobOutcome, OutcomeLedger, run_key
+from gflops_track.app.outcomes import FAILED, FINISHED, KILLED, JobOutcome, OutcomeLedger, run_key
 from gflops_track.app.schema import AppConfig
 from gflops_track.hardware import Fingerprint
 from gflops_track.profiler import count, measure, rate, resolve_device, where_it_runs
@@ -168,8 +168,8 @@ def train_step_job(
 
 def training_config_errors(config: AppConfig) -> list[str]:
     """mode=train: what keeps this model's training step from running (no trainable parameter, a loss that does not
-    fit its output), checked on meta tensors before any run is made. A model that does not build is left to the
-    job, which reports it as a FAILED run."""
+    fit its output), checked on meta tensors by preflight, before any run is made. A model that does not build is
+    left to the job, which reports it as a FAILED run."""
     if config.mode != "train":
         return []
     try:
@@ -227,10 +227,6 @@ def run_job(
     is its ``error`` tag, and the sweep goes on. An interrupt ends the run KILLED and goes on."""
     device = job_device(config)
     run_name = run_name_for(config, device)
-    errors = training_config_errors(config)
-    if errors:
-        console.print_config_errors(errors)
-        return JobOutcome(run_name, None, INVALID_CONFIG, "; ".join(errors))
     facts, settings = where_it_runs(device, config.runtime_options())
     recorder = None
     if config.tracking.enabled:
