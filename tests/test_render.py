@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from rich.console import Console
 
-from gflops_track.compare.charts import bars_figure, flops_vs_latency_figure
+from gflops_track.compare.charts import bars_figure, comparison_charts, flops_vs_latency_figure
 from gflops_track.compare.cli import main
 from gflops_track.compare.render import ComparisonTable, markdown_table, parse_columns
 from gflops_track.compare.rows import Row, build_rows
@@ -222,3 +222,18 @@ def test_train_rows_bring_their_step_and_mfu_columns() -> None:
     assert "MFU" not in markdown_table(ROWS)
     narrow = printed(ComparisonTable(mixed, "two modes"), 80, terminal=True)
     assert max(len(line) for line in narrow.splitlines()) <= 80 and "…" not in narrow
+
+
+def test_report_charts_for_train_runs(tmp_path: Path) -> None:
+    """A sweep of both modes: the inference charts, plus the train step's GFLOP/s and MFU bars, and one roofline with
+    the inference point and the train step's (at the forward's intensity); a train-only sweep gets its own charts."""
+    train = make_row("group", median_ms=None, ci_low_ms=None, ci_high_ms=None, achieved_gflop_per_s=None,
+                     mode="train", step_gflops=32.6545, step_median_ms=3456.789, step_achieved_gflop_per_s=9.446,
+                     mfu=0.06031, measured_peak_gflop_per_s=160.0, measured_bandwidth_gb_per_s=25.0)  # fmt: skip
+    inference = make_row("group", measured_peak_gflop_per_s=160.0, measured_bandwidth_gb_per_s=25.0)
+    names = [path.name for path in comparison_charts([inference, train], tmp_path)]
+    assert names == ["achieved_gflops.png", "latency.png", "flops_vs_latency.png", "train_step_gflops.png",
+                     "mfu.png", "roofline.png"]  # fmt: skip
+    (tmp_path / "train").mkdir()
+    only_train = [path.name for path in comparison_charts([train], tmp_path / "train")]
+    assert only_train == ["train_step_gflops.png", "mfu.png", "roofline.png"]

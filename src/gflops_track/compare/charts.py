@@ -121,25 +121,42 @@ def _save(figure: Figure, path: Path) -> Path:
 
 
 def comparison_charts(rows: Sequence[Row], folder: Path) -> list[Path]:
-    """Every plot the rows support, written into ``folder``."""
-    timed = [row for row in rows if row.status == "FINISHED" and row.median_ms is not None]
-    if not timed:
-        return []
-    charts = [
-        _save(bars_figure(timed, "achieved_gflop_per_s", False, "GFLOP/s", "achieved GFLOP/s"),
-              folder / "achieved_gflops.png"),
-        _save(bars_figure(timed, "median_ms", True, "median latency (ms)", "latency (95% CI)"), folder / "latency.png"),
-        _save(flops_vs_latency_figure(timed), folder / "flops_vs_latency.png"),
-    ]  # fmt: skip
-    series = throughput_series(timed)
-    if series:
-        charts.append(throughput_curve_png(folder / "throughput_vs_batch_size.png", series, "throughput"))
+    """Every plot the rows support, written into ``folder``: inference runs (latency, achieved GFLOP/s, FLOPs vs
+    latency, throughput curve), train runs (step GFLOP/s, MFU), and one roofline with both."""
+    finished = [row for row in rows if row.status == "FINISHED"]
+    timed = [row for row in finished if row.median_ms is not None]
+    trained = [row for row in finished if row.step_achieved_gflop_per_s is not None]
+    charts = []
+    if timed:
+        charts += [
+            _save(bars_figure(timed, "achieved_gflop_per_s", False, "GFLOP/s", "achieved GFLOP/s"),
+                  folder / "achieved_gflops.png"),
+            _save(bars_figure(timed, "median_ms", True, "median latency (ms)", "latency (95% CI)"),
+                  folder / "latency.png"),
+            _save(flops_vs_latency_figure(timed), folder / "flops_vs_latency.png"),
+        ]  # fmt: skip
+        series = throughput_series(timed)
+        if series:
+            charts.append(throughput_curve_png(folder / "throughput_vs_batch_size.png", series, "throughput"))
+    if trained:
+        charts.append(_save(
+            bars_figure(trained, "step_achieved_gflop_per_s", False, "GFLOP/s", "train step achieved GFLOP/s"),
+            folder / "train_step_gflops.png",
+        ))  # fmt: skip
+        if any(row.mfu is not None for row in trained):
+            charts.append(_save(
+                bars_figure(trained, "mfu", False, "MFU (share of the peak: tag mfu_peak)", "MFU"), folder / "mfu.png"
+            ))  # fmt: skip
     points = [
         RooflinePoint(variant(row), row.arithmetic_intensity, row.achieved_gflop_per_s)
         for row in timed
         if row.arithmetic_intensity and row.achieved_gflop_per_s
-    ]
-    roofs = _roofs(timed)
+    ] + [
+        RooflinePoint(f"{variant(row)} train step", row.arithmetic_intensity, row.step_achieved_gflop_per_s)
+        for row in trained
+        if row.arithmetic_intensity and row.step_achieved_gflop_per_s
+    ]  # a train step sits at its forward's intensity: there is no byte model of the backward
+    roofs = _roofs([*timed, *trained])
     if points and roofs:
         charts.append(roofline_png(folder / "roofline.png", roofs, points, "roofline"))
     return charts
