@@ -30,7 +30,7 @@ import torch.utils.benchmark as torch_benchmark
 from rich.console import Console
 from rich.table import Table
 
-from gflops_track import CountOptions, profile
+from gflops_track import CountOptions, names, profile
 from gflops_track.counting.counting_forward import eval_mode
 from gflops_track.models import ResidualBlock
 from gflops_track.timing import TimingOptions, measure_latency
@@ -113,7 +113,7 @@ def overhead(work: Path) -> list[tuple[str, str]]:
     latest = sorted(runs, key=lambda r: r.info.start_time)[-3:]
     calls = {
         r.data.params["model.norm_fn"]: int(
-            1 + r.data.metrics["warmup_iterations"] + r.data.metrics["timed_iterations"]
+            1 + r.data.metrics[names.WARMUP_ITERATIONS] + r.data.metrics[names.TIMED_ITERATIONS]
         )
         for r in latest
     }

@@ -26,6 +26,8 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 from rich.table import Table
 
+from gflops_track import names
+
 SMALL = ["model.in_planes=16", "model.planes=16", "batch.height=8", "batch.width=8"]
 ARTIFACTS = {"config.yaml", "layers.csv", "layers.json", "summary.txt"}
 
@@ -65,8 +67,8 @@ def verify(uri: str, jobs: int) -> list[str]:
         if run is None:
             problems.append(f"job batch.size={batch} has no run")
             continue
-        if run.info.status != "FINISHED" or run.data.metrics.get("macs") != conv_macs(batch):
-            problems.append(f"job batch.size={batch}: {run.info.status}, macs {run.data.metrics.get('macs')}")
+        if run.info.status != "FINISHED" or run.data.metrics.get(names.MACS) != conv_macs(batch):
+            problems.append(f"job batch.size={batch}: {run.info.status}, macs {run.data.metrics.get(names.MACS)}")
         missing = ARTIFACTS - {a.path for a in client.list_artifacts(run.info.run_id)}
         if missing:
             problems.append(f"job batch.size={batch} lacks {sorted(missing)}")

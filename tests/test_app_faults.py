@@ -93,7 +93,7 @@ def test_system_exit_in_a_forward_fails_that_job_and_the_sweep_goes_on(tmp_path:
     assert {size: run.info.status for size, run in children.items()} == {
         "1": "FINISHED", "2": "FAILED", "3": "FINISHED"}  # fmt: skip
     assert children["2"].data.tags["error"] == "SystemExit: 3"
-    assert children["2"].data.metrics["macs"] == 2 * 3 * 4 * 4 * 4  # counted before the forward exited: kept
+    assert children["2"].data.metrics["cost/macs"] == 2 * 3 * 4 * 4 * 4  # counted before the forward exited: kept
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert parent.info.status == "FAILED"
 

@@ -99,8 +99,8 @@ def test_model_faults_are_failed_runs_and_the_sweep_goes_on(tmp_path: Path, stor
     for name in ("fixture_models.Missing", "fixture_models.WrongChannels", "fixture_models.Raises"):
         assert children[name].info.status == "FAILED"
     no_params = children["fixture_models.SoftmaxOnly"]
-    assert no_params.info.status == "FINISHED" and no_params.data.metrics["params"] == 0
-    assert no_params.data.metrics["flops_activation"] == 5 * 2 * 3 * 8 * 32  # softmax 5/elem, (2, 3, 8, 32)
+    assert no_params.info.status == "FINISHED" and no_params.data.metrics["cost/params"] == 0
+    assert no_params.data.metrics["cost/flops_activation"] == 5 * 2 * 3 * 8 * 32  # softmax 5/elem, (2, 3, 8, 32)
 
 
 @pytest.mark.slow
@@ -119,9 +119,9 @@ def test_several_inputs_keyword_inputs_and_dict_outputs_are_normal(tmp_path: Pat
     assert done.returncode == 0, done.stderr[-2000:]
     (run,) = all_runs(store_uri)
     metrics = run.data.metrics
-    assert metrics["macs"] == 4 * 8 * 8  # linear: rows x in x out
-    assert metrics["flops_elementwise"] == 4 * 8 + 4 * 8  # + y, * mask
-    assert metrics["flops_bias"] == 4 * 8 and metrics["latency_median_ms"] > 0
+    assert metrics["cost/macs"] == 4 * 8 * 8  # linear: rows x in x out
+    assert metrics["cost/flops_elementwise"] == 4 * 8 + 4 * 8  # + y, * mask
+    assert metrics["cost/flops_bias"] == 4 * 8 and metrics["latency/median_ms"] > 0
 
 
 def interrupt_sweep(tmp_path: Path, uri: str, sig: signal.Signals) -> tuple[int, list]:
@@ -157,7 +157,7 @@ def test_interrupt_kills_current_run_keeps_finished_ones(
     assert returncode == code
     children = sorted((r for r in runs if "mlflow.parentRunId" in r.data.tags), key=lambda r: r.info.start_time)
     assert [r.info.status for r in children] == ["FINISHED", "KILLED"]  # the third job never started
-    assert children[0].data.metrics["latency_median_ms"] > 20  # what was measured is kept
+    assert children[0].data.metrics["latency/median_ms"] > 20  # what was measured is kept
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert parent.info.status == "KILLED"
 
@@ -316,7 +316,7 @@ def test_full_artifact_disk_spools_then_sync_completes_the_run(
     assert sync.returncode == 0, sync.stdout + sync.stderr
     (synced,) = all_runs(store_uri)  # the same run, completed; no duplicate
     assert synced.info.run_id == run.info.run_id and synced.info.status == "FINISHED"
-    assert synced.data.metrics["macs"] == 2 * (2 * 16 * 8 * 8 * 16 * 9)  # two 3x3 convs, 16->16, 8x8, batch 2
+    assert synced.data.metrics["cost/macs"] == 2 * (2 * 16 * 8 * 8 * 16 * 9)  # two 3x3 convs, 16->16, 8x8, batch 2
     assert {"summary.txt", "layers.csv", "latency_samples.json"} <= {
         a.path for a in client.list_artifacts(synced.info.run_id)
     }

@@ -92,15 +92,15 @@ def test_csv_and_markdown_numbers_equal_the_runs_metrics(norm_sweep: tuple[Path,
     baseline = float(rows[0]["throughput_samples_per_s"])  # batch sizes 1 and 2 differ: the ratio is throughput's
     for row in rows:
         metrics = client.get_run(row["run_id"]).data.metrics
-        assert float(row["median_ms"]) == metrics["latency_median_ms"]
-        if "latency_ci95_low_ms" in metrics:  # the median's CI needs >= 8 samples; a busy machine may give fewer
-            assert float(row["ci_low_ms"]) == metrics["latency_ci95_low_ms"]
+        assert float(row["median_ms"]) == metrics["latency/median_ms"]
+        if "latency/ci95_low_ms" in metrics:  # the median's CI needs >= 8 samples; a busy machine may give fewer
+            assert float(row["ci_low_ms"]) == metrics["latency/ci95_low_ms"]
         else:
             assert row["ci_low_ms"] == ""  # unknown is empty, never a number
-        assert float(row["gflops"]) == metrics["gflops"] and float(row["params"]) == metrics["params"]
-        assert float(row["achieved_gflop_per_s"]) == metrics["achieved_gflop_per_s"]
+        assert float(row["gflops"]) == metrics["cost/gflops"] and float(row["params"]) == metrics["cost/params"]
+        assert float(row["achieved_gflop_per_s"]) == metrics["speed/achieved_gflop_per_s"]
         assert row["speed_basis"] == "throughput"  # throughput / baseline throughput, in samples/s
-        assert float(row["relative_speed"]) == pytest.approx(metrics["throughput_samples_per_s"] / baseline)
+        assert float(row["relative_speed"]) == pytest.approx(metrics["speed/throughput_samples_per_s"] / baseline)
     markdown = compare(cwd, uri, "--sweep", parent, "--format", "markdown", "--baseline-row", rows[1]["run_name"])
     assert markdown.returncode == 0 and markdown.stdout.startswith("| hardware | variant |")
     assert "| 1.00x |" in markdown.stdout and rows[3]["run_name"] in markdown.stdout
@@ -132,10 +132,10 @@ def test_sweep_end_logs_report_whose_numbers_equal_metrics(norm_sweep: tuple[Pat
     assert reader.images >= 4 and len(reader.rows) == 4
     for run_id, cells in reader.rows.items():
         metrics = client.get_run(run_id).data.metrics
-        assert cells[5] == f"{metrics['gflops']:,.3f}"
-        has_ci = "latency_ci95_low_ms" in metrics  # the median's CI needs >= 8 samples; a busy machine may give fewer
-        assert cells[6].startswith(f"{metrics['latency_median_ms']:,.3f}") and ("[" in cells[6]) == has_ci
-        assert cells[8] == f"{metrics['achieved_gflop_per_s']:,.1f}"
+        assert cells[5] == f"{metrics['cost/gflops']:,.3f}"
+        has_ci = "latency/ci95_low_ms" in metrics  # the median's CI needs >= 8 samples; a busy machine may give fewer
+        assert cells[6].startswith(f"{metrics['latency/median_ms']:,.3f}") and ("[" in cells[6]) == has_ci
+        assert cells[8] == f"{metrics['speed/achieved_gflop_per_s']:,.1f}"
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (installed by .ci/run)")

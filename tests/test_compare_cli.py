@@ -30,7 +30,7 @@ def small_store(tmp_path: Path) -> tuple[Path, str, str]:
     client = MlflowClient(uri)
     experiment = client.create_experiment("gflops-track")
     run_id = client.create_run(experiment, run_name="job").info.run_id
-    client.log_metric(run_id, "latency_median_ms", 2.0)
+    client.log_metric(run_id, "latency/median_ms", 2.0)
     client.set_terminated(run_id)
     return tmp_path, uri, run_id
 

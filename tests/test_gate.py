@@ -199,9 +199,10 @@ def test_old_runs_are_matched_by_the_params_that_differ_then_by_name() -> None:
 # --- the real command on a real store ------------------------------------------------------------------------------
 
 
-def log_sweep(client: MlflowClient, experiment_id: str, jobs: list[dict[str, object]]) -> str:
+def log_sweep(client: MlflowClient, experiment_id: str, jobs: list[dict[str, object]], legacy: bool = False) -> str:
     """A sweep parent and one child per job, logged the way the app logs them: the latency metrics computed from
-    the samples by the package's own statistics, the samples as latency_samples.json, params, and tags."""
+    the samples by the package's own statistics, the samples as latency_samples.json, params, and tags. ``legacy``:
+    under the flat metric names of runs logged before the metrics had chart sections."""
     parent = client.create_run(experiment_id, run_name="sweep", tags={"sweep_overrides": "x"}).info.run_id
     for job in jobs:
         samples = list(job["samples"])  # type: ignore[call-overload]
@@ -210,8 +211,11 @@ def log_sweep(client: MlflowClient, experiment_id: str, jobs: list[dict[str, obj
         run_id = client.create_run(experiment_id, run_name=str(job["name"]), tags=tags).info.run_id
         for key, value in job.get("params", {}).items():  # type: ignore[attr-defined]
             client.log_param(run_id, key, value)
-        metrics = {"latency_median_ms": stats.median_ms, "latency_ci95_low_ms": stats.ci_low_ms,
-                   "latency_ci95_high_ms": stats.ci_high_ms, "timed_iterations": len(samples)}  # fmt: skip
+        metrics = {"latency/median_ms": stats.median_ms, "latency/ci95_low_ms": stats.ci_low_ms,
+                   "latency/ci95_high_ms": stats.ci_high_ms, "timing/timed_iterations": len(samples)}  # fmt: skip
+        if legacy:
+            metrics = {"latency_median_ms": stats.median_ms, "latency_ci95_low_ms": stats.ci_low_ms,
+                       "latency_ci95_high_ms": stats.ci_high_ms, "timed_iterations": len(samples)}  # fmt: skip
         for key, value in metrics.items():
             client.log_metric(run_id, key, value)
         client.log_text(run_id, json.dumps({"latency_ms": samples}), "latency_samples.json")
@@ -264,6 +268,11 @@ def test_gate_command_on_logged_runs(tmp_path: Path, capsys: pytest.CaptureFixtu
     same = log_sweep(client, experiment, jobs(20))
     code, out, _ = in_process("--baseline", baseline, "--candidate", same)
     assert code == 0 and "0 regression(s), 0 inconclusive in 2 compared row(s)" in out
+    stored = log_sweep(client, experiment, jobs(0), legacy=True)  # a baseline stored before the metric sections
+    code, out, _ = in_process("--baseline", stored, "--candidate", same)
+    assert code == 0 and "0 regression(s), 0 inconclusive in 2 compared row(s)" in out
+    code, out, _ = in_process("--baseline", stored, "--candidate", slower)
+    assert code == 1 and "1 regression(s), 0 inconclusive in 2 compared row(s)" in out
     loaded = log_sweep(client, experiment, jobs(30, slow_first=2.0, suspect="true"))
     code, out, _ = in_process("--baseline", baseline, "--candidate", loaded)
     assert code == 3 and "INCONCLUSIVE: timed under load (candidate), re-run on a quiet machine" in out

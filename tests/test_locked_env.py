@@ -73,7 +73,7 @@ def test_mlflow_run_with_uv_builds_the_locked_environment(tmp_path: Path) -> Non
     experiment = client.get_experiment_by_name("gflops-track")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["mlflow.project.env"] == "uv"
-    assert run.data.metrics["macs"] == 2 * (2 * 16 * 8 * 8 * 16 * 9)  # two 3x3 convs, batch 2, 16->16, 8x8
+    assert run.data.metrics["cost/macs"] == 2 * (2 * 16 * 8 * 8 * 16 * 9)  # two 3x3 convs, batch 2, 16->16, 8x8
 
     (built,) = (tmp_path / "envs").iterdir()  # the env mlflow built for this project
     code = "import json; from gflops_track.environment import installed_packages as p; print(json.dumps(p()))"

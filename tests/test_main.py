@@ -36,36 +36,37 @@ def test_seed_sweep_exact_command(tmp_path: Path) -> None:
     assert len(parents) == 1 and len(children) == 3
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.tags["sweep_overrides"] == "norm_fn=group,batch,instance"
-    assert parent.data.metrics["jobs"] == 3 and parent.data.metrics["failed_jobs"] == 0
+    assert parent.data.metrics["sweep/jobs"] == 3 and parent.data.metrics["sweep/failed_jobs"] == 0
     by_norm = {run.data.params["model.norm_fn"]: run for run in children}
     assert set(by_norm) == {"group", "batch", "instance"}
     client = MlflowClient(uri)
     for norm, run in by_norm.items():
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert run.info.run_name == f"residual_block-{norm}-b2-cpu-fp32"
+        assert run.info.run_name == f"{norm}-residual_block-b2-cpu-fp32"  # the variant leads: the UI cuts names
         params = run.data.params
         assert params["model.planes"] == "384" and params["batch.size"] == "2" and params["input.shape"] == "null"
         assert params["model._target_"] == "gflops_track.models.ResidualBlock"
         metrics = run.data.metrics
-        assert metrics["params"] == CONV_PARAMS + NORM_PARAMS[norm]
-        assert metrics["macs"] == 2 * CONV_MACS == 5_435_817_984
-        assert metrics["flops"] == sum(expected_seed_flops(norm).values())
+        assert metrics["cost/params"] == CONV_PARAMS + NORM_PARAMS[norm]
+        assert metrics["cost/macs"] == 2 * CONV_MACS == 5_435_817_984
+        assert metrics["cost/flops"] == sum(expected_seed_flops(norm).values())
         for category, flops in expected_seed_flops(norm).items():
-            assert metrics[f"flops_{category}"] == flops
-        assert metrics["torch_flop_counter_flops"] == 2 * 2 * CONV_MACS
-        timed, met = metrics["timed_iterations"], bool(metrics["precision_target_met"])
-        assert metrics["latency_median_ms"] > 0 and timed >= 1
+            assert metrics[f"cost/flops_{category}"] == flops
+        assert metrics["xcheck/torch_flop_counter_flops"] == 2 * 2 * CONV_MACS
+        timed, met = metrics["timing/timed_iterations"], bool(metrics["timing/precision_target_met"])
+        assert metrics["latency/median_ms"] > 0 and timed >= 1
         # What the tool promises on any machine: the target met with >= min_repeats samples, or said why not (timed
         # under load, or the time bound cut timing short) - never a silent short run.
-        assert (met and timed >= 30) or metrics["timing_suspect"] == 1 or metrics["time_bound_hit"] == 1
-        if "latency_ci95_low_ms" in metrics:
-            assert metrics["latency_ci95_low_ms"] <= metrics["latency_median_ms"] <= metrics["latency_ci95_high_ms"]
-            assert not met or metrics["latency_precision"] <= 0.01
+        assert (met and timed >= 30) or metrics["timing/suspect"] == 1 or metrics["timing/time_bound_hit"] == 1
+        if "latency/ci95_low_ms" in metrics:
+            assert metrics["latency/ci95_low_ms"] <= metrics["latency/median_ms"] <= metrics["latency/ci95_high_ms"]
+            assert not met or metrics["latency/precision"] <= 0.01
         else:  # no CI below 8 samples: never "target met"
             assert timed < 8 and not met
-        assert metrics["measured_peak_gflop_per_s"] > 0 and metrics["utilization_vs_measured_peak"] > 0
-        assert metrics["achieved_gflop_per_s"] == pytest.approx(metrics["flops"] / metrics["latency_median_ms"] / 1e6)
+        assert metrics["peak/measured_gflop_per_s"] > 0 and metrics["speed/utilization_vs_measured_peak"] > 0
+        achieved = metrics["cost/flops"] / metrics["latency/median_ms"] / 1e6  # FLOPs / ms / 1e6 = GFLOP/s
+        assert metrics["speed/achieved_gflop_per_s"] == pytest.approx(achieved)
         assert run.data.tags["hardware"].startswith("cpu:") and run.data.tags["torch_version"] == torch.__version__
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {
@@ -79,9 +80,9 @@ def test_seed_sweep_exact_command(tmp_path: Path) -> None:
         layers_csv = Path(client.download_artifacts(run.info.run_id, "layers.csv", str(tmp_path))).read_text()
         assert layers_csv.splitlines()[0].startswith("name,type,depth,output_shape,params")
         samples = json.loads(Path(client.download_artifacts(run.info.run_id, "latency_samples.json")).read_text())
-        assert len(samples["latency_ms"]) == metrics["timed_iterations"]
+        assert len(samples["latency_ms"]) == metrics["timing/timed_iterations"]
     assert "comparison.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert "sweep" in done.stdout and "residual_block-instance-b2-cpu" in done.stdout
+    assert "sweep" in done.stdout and "instance-residual_block-b2-cpu" in done.stdout
     assert "thop counts" in done.stdout  # the disagreement with thop is said, not hidden
 
 
@@ -148,15 +149,15 @@ def test_failing_job_is_marked_failed_and_sweep_goes_on(tmp_path: Path, store_ur
     )
     assert done.returncode == 1
     runs = {run.info.run_name: run for run in all_runs(store_uri)}
-    failed = runs["fails_on_batch_size-b3-cpu-fp32"]
+    failed = runs["b3-fails_on_batch_size-cpu-fp32"]
     assert failed.info.status == "FAILED"
     assert "planted failure for batch size 3" in failed.data.tags["error"]
     for batch in (2, 4):
-        finished = runs[f"fails_on_batch_size-b{batch}-cpu-fp32"]
+        finished = runs[f"b{batch}-fails_on_batch_size-cpu-fp32"]
         assert finished.info.status == "FINISHED"
-        assert finished.data.metrics["macs"] == batch * 4 * 3 * 32 * 32  # N * C_out * C_in * H * W
+        assert finished.data.metrics["cost/macs"] == batch * 4 * 3 * 32 * 32  # N * C_out * C_in * H * W
     parent = next(r for r in runs.values() if "mlflow.parentRunId" not in r.data.tags)
-    assert parent.info.status == "FAILED" and parent.data.metrics["failed_jobs"] == 1
+    assert parent.info.status == "FAILED" and parent.data.metrics["sweep/failed_jobs"] == 1
     assert not (tmp_path / "mlflow.db").exists()  # MLFLOW_TRACKING_URI was honoured
 
 
@@ -168,9 +169,9 @@ def test_non_image_model_with_explicit_input_shape(tmp_path: Path, store_uri: st
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = all_runs(store_uri)
     rows = 4 * 128
-    assert run.data.metrics["macs"] == rows * 256 * 512
-    assert run.data.metrics["flops_bias"] == rows * 512
-    assert run.data.metrics["params"] == 256 * 512 + 512
+    assert run.data.metrics["cost/macs"] == rows * 256 * 512
+    assert run.data.metrics["cost/flops_bias"] == rows * 512
+    assert run.data.metrics["cost/params"] == 256 * 512 + 512
     assert run.data.params["input.shape"] == "[128, 256]"
     assert run.info.run_name == "linear-b4-cpu-fp32"
 
@@ -182,7 +183,7 @@ def test_inside_mlflow_run_logs_into_that_run(tmp_path: Path, store_uri: str) ->
     single = run_cli(["norm_fn=none", *QUICK], cwd=tmp_path, MLFLOW_TRACKING_URI=store_uri, MLFLOW_RUN_ID=outer)
     assert single.returncode == 0, single.stderr[-3000:]
     (run,) = all_runs(store_uri)
-    assert run.info.run_id == outer and run.data.metrics["macs"] == 2 * CONV_MACS
+    assert run.info.run_id == outer and run.data.metrics["cost/macs"] == 2 * CONV_MACS
     sweep_outer = client.create_run(client.get_experiment_by_name("outer").experiment_id).info.run_id
     sweep = run_cli(
         ["-m", "norm_fn=none,batch", *QUICK], cwd=tmp_path, MLFLOW_TRACKING_URI=store_uri, MLFLOW_RUN_ID=sweep_outer
@@ -206,8 +207,8 @@ def test_batch_size_sweep_logs_a_throughput_curve(tmp_path: Path, store_uri: str
     children = sorted((r for r in runs if r is not parent), key=lambda r: int(r.data.params["batch.size"]))
     for run in children:  # throughput = batch / median latency
         batch = int(run.data.params["batch.size"])
-        expected = batch / (run.data.metrics["latency_median_ms"] / 1e3)
-        assert run.data.metrics["throughput_samples_per_s"] == pytest.approx(expected)
+        expected = batch / (run.data.metrics["latency/median_ms"] / 1e3)
+        assert run.data.metrics["speed/throughput_samples_per_s"] == pytest.approx(expected)
 
 
 def test_precision_and_thread_options_are_applied_and_logged(tmp_path: Path, store_uri: str) -> None:
@@ -238,28 +239,29 @@ def test_inference_and_train_sweep(tmp_path: Path, store_uri: str) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     runs = {r.info.run_name: r for r in all_runs(store_uri) if "mlflow.parentRunId" in r.data.tags}
-    assert set(runs) == {"residual_block-batch-b2-cpu-fp32", "residual_block-batch-b2-cpu-fp32-train"}
-    inference, train = runs["residual_block-batch-b2-cpu-fp32"], runs["residual_block-batch-b2-cpu-fp32-train"]
+    assert set(runs) == {"inference-residual_block-batch-b2-cpu-fp32", "train-residual_block-batch-b2-cpu-fp32"}
+    inference, train = runs["inference-residual_block-batch-b2-cpu-fp32"], runs["train-residual_block-batch-b2-cpu-fp32"]
     m = 2 * 16 * 8 * 8 * 16 * 9
-    assert inference.data.tags["mode"] == "inference" and "step_macs" not in inference.data.metrics
-    assert "mfu" not in inference.data.metrics and inference.data.metrics["latency_median_ms"] > 0
+    assert inference.data.tags["mode"] == "inference" and "step/macs" not in inference.data.metrics
+    assert "step/mfu" not in inference.data.metrics and inference.data.metrics["latency/median_ms"] > 0
     metrics, tags, params = train.data.metrics, train.data.tags, train.data.params
     assert params["mode"] == "train" and params["train.optimizer"] == "adamw" and params["train.loss"] == "sum"
     assert tags["mode"] == "train" and tags["train_optimizer"] == "adamw" and tags["train_loss"] == "sum"
-    assert metrics["macs"] == 2 * m  # the forward's count is still there
-    assert metrics["step_macs"] == 5 * m == 1_474_560
-    assert metrics["step_torch_flop_counter_flops"] == 2 * 5 * m
+    assert metrics["cost/macs"] == 2 * m  # the forward's count is still there
+    assert metrics["step/macs"] == 5 * m == 1_474_560
+    assert metrics["xcheck/step_torch_flop_counter_flops"] == 2 * 5 * m
     assert tags["step_torch_flop_counter_agrees"] == "true"
-    phases = metrics["step_flops_forward"] + metrics["step_flops_backward"] + metrics["step_flops_optimizer"]
-    assert phases == metrics["step_flops"]
-    assert metrics["step_flops_optimizer"] > 0  # AdamW's moments, decay and update: counted, never 0
-    assert "latency_median_ms" not in metrics  # no inference forward is timed in train mode
-    step_ms = metrics["step_latency_median_ms"]
-    assert step_ms > 0 and metrics["step_forward_ms"] > 0
-    assert metrics["step_achieved_gflop_per_s"] == pytest.approx(metrics["step_flops"] / (step_ms / 1e3) / 1e9)
+    phases = metrics["step/flops_forward"] + metrics["step/flops_backward"] + metrics["step/flops_optimizer"]
+    assert phases == metrics["step/flops"]
+    assert metrics["step/flops_optimizer"] > 0  # AdamW's moments, decay and update: counted, never 0
+    assert "latency/median_ms" not in metrics  # no inference forward is timed in train mode
+    step_ms = metrics["step/latency_median_ms"]
+    assert step_ms > 0 and metrics["step/forward_ms"] > 0
+    assert metrics["step/achieved_gflop_per_s"] == pytest.approx(metrics["step/flops"] / (step_ms / 1e3) / 1e9)
     # MFU on CPU: against the measured roof, and the tag names that peak
-    assert metrics["mfu"] == pytest.approx(metrics["step_achieved_gflop_per_s"] / metrics["measured_peak_gflop_per_s"])
-    assert metrics["mfu"] == metrics["mfu_vs_measured_peak"] and "mfu_vs_spec_peak" not in metrics
+    roof = metrics["peak/measured_gflop_per_s"]
+    assert metrics["step/mfu"] == pytest.approx(metrics["step/achieved_gflop_per_s"] / roof)
+    assert metrics["step/mfu"] == metrics["step/mfu_vs_measured_peak"] and "step/mfu_vs_spec_peak" not in metrics
     assert tags["mfu_peak"].startswith("measured peak ")
     assert "MFU" in tags["mlflow.note.content"]
     client = MlflowClient(store_uri)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,7 +45,7 @@ def test_mlflow_run_lands_in_gflops_track_unless_the_user_names_an_experiment(tm
     assert ours is not None and ours.tags["mlflow.experimentKind"] == "custom_model_development"
     (run,) = client.search_runs([ours.experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_name == "residual_block-batch-b4-cpu-fp32"
-    assert run.data.metrics["macs"] == 2 * (4 * 16 * 8 * 8 * 16 * 9)
+    assert run.data.metrics["cost/macs"] == 2 * (4 * 16 * 8 * 8 * 16 * 9)
     (outer,) = client.search_runs(["0"])  # the run `mlflow run` made in Default: a pointer, nothing measured
     assert run.data.tags["gflops_track.mlflow_run"] == outer.info.run_id
     assert outer.data.tags["gflops_track.results_runs"] == run.info.run_id
@@ -56,7 +57,7 @@ def test_mlflow_run_lands_in_gflops_track_unless_the_user_names_an_experiment(tm
     assert named.returncode == 0, named.stderr[-3000:]
     mine = client.get_experiment_by_name("mine")
     (used,) = client.search_runs([mine.experiment_id])
-    assert used.info.status == "FINISHED" and used.data.metrics["macs"] == 2 * (4 * 16 * 8 * 8 * 16 * 9)
+    assert used.info.status == "FINISHED" and used.data.metrics["cost/macs"] == 2 * (4 * 16 * 8 * 8 * 16 * 9)
     assert mine.tags["mlflow.experimentKind"] == "custom_model_development"
     assert len(client.search_runs([ours.experiment_id])) == 1 and len(client.search_runs(["0"])) == 1
 
@@ -119,6 +120,20 @@ def test_mlflow_ui_opens_on_the_runs_and_shows_the_comparison(ui: tuple[str, str
             for name in children:
                 page.get_by_text(name, exact=True).first.wait_for()
             page.screenshot(path=shots / "2-sweep-with-children.png")
+            # The chart view (its toggle sets compareRunsMode=CHART): one section per metric prefix, sorted by name,
+            # so it opens on the cost and latency sections of the sweep's jobs.
+            page.goto(page.url.replace("compareRunsMode=TABLE", "") + "&compareRunsMode=CHART")
+            page.get_by_text("cost/gflops", exact=True).first.wait_for()
+            lines = [line.strip() for line in page.inner_text("body").splitlines() if line.strip()]
+            sections = [lines[i] for i in range(len(lines) - 1) if re.fullmatch(r"\(\d+\)", lines[i + 1])]
+            assert sections[:3] == ["cost", "latency", "memory"], sections
+            assert {"peak", "speed", "timing", "xcheck"} <= set(sections) and "Model metrics" in sections
+            assert lines[lines.index("cost") + 1] == "(16)"  # params, MACs, FLOPs (and by category), bytes, intensity
+            page.locator("svg.main-svg").first.wait_for()  # a chart drawn (plotly), not its loading spinner
+            page.screenshot(path=shots / "5-chart-view.png")
+            page.goto(f"{uri}/#/experiments/{experiment_id}?workflowType=machine_learning")
+            row = page.locator("[role=row]", has_text="sweep ").first
+            row.wait_for()
             row.get_by_role("link").first.click()  # click 1 of 1: the sweep's Overview holds the comparison
             overview = page.locator("table", has_text=children[0])
             overview.first.wait_for()

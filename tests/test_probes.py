@@ -95,11 +95,11 @@ def test_utilization_divides_by_the_roof() -> None:
     """GEMM 100 GFLOP/s, convolution 120: the roof is 120; a run at 60 GFLOP/s is at 60 / 120 = 0.5 of it."""
     peak = MeasuredPeak(100.0, 64, None, None, "fp32", compute_gflop_per_s=120.0, compute_kernel="conv3x3")
     assert peak.metrics(60.0) == {
-        "measured_peak_gflop_per_s": 120.0,
-        "measured_gemm_gflop_per_s": 100.0,
-        "utilization_vs_measured_peak": 0.5,
+        "peak/measured_gflop_per_s": 120.0,
+        "peak/measured_gemm_gflop_per_s": 100.0,
+        "speed/utilization_vs_measured_peak": 0.5,
     }  # no bandwidth: unknown is left out
-    assert MeasuredPeak(100.0, 64, 20.0, 256.0, "fp32").metrics()["measured_peak_gflop_per_s"] == 100.0
+    assert MeasuredPeak(100.0, 64, 20.0, 256.0, "fp32").metrics()["peak/measured_gflop_per_s"] == 100.0
 
 
 BAD_FILES = {

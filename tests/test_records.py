@@ -29,7 +29,8 @@ def test_experiment_is_marked_for_model_development_and_says_how_to_compare(stor
     assert created.tags[EXPERIMENT_KIND_TAG] == MODEL_DEVELOPMENT == "custom_model_development"
     description = created.tags[NOTE_TAG]
     assert description == experiment_description()
-    for key in ("hardware", "variant", "gflops", "latency_median_ms", "achieved_gflop_per_s", "Group by"):
+    for key in ("hardware", "variant", "cost/gflops", "latency/median_ms", "speed/achieved_gflop_per_s", "Group by",
+                "Charts"):  # fmt: skip
         assert key in description
     older = client.create_experiment("made-by-an-older-version")  # no tags: marked when the tool first writes to it
     assert ensure_experiment(client, "made-by-an-older-version") == older

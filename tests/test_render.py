@@ -112,8 +112,8 @@ def _runs(client: MlflowClient, name: str, jobs: list[tuple[int, float]]) -> lis
     for index, (batch, median_ms) in enumerate(jobs):
         run = client.create_run(experiment, run_name=f"{name}{index}", tags={"variant": f"batch.size={batch}"})
         client.log_param(run.info.run_id, "batch.size", batch)
-        client.log_metric(run.info.run_id, "latency_median_ms", median_ms)
-        client.log_metric(run.info.run_id, "throughput_samples_per_s", batch / (median_ms / 1000))
+        client.log_metric(run.info.run_id, "latency/median_ms", median_ms)
+        client.log_metric(run.info.run_id, "speed/throughput_samples_per_s", batch / (median_ms / 1000))
         client.set_terminated(run.info.run_id)
     return client.search_runs([experiment])
 
@@ -237,3 +237,36 @@ def test_report_charts_for_train_runs(tmp_path: Path) -> None:
     (tmp_path / "train").mkdir()
     only_train = [path.name for path in comparison_charts([train], tmp_path / "train")]
     assert only_train == ["train_step_gflops.png", "mfu.png", "roofline.png"]
+
+
+def test_runs_logged_under_the_old_flat_names_load_as_rows(tmp_path: Path) -> None:
+    """A run logged before the metrics had chart sections (`latency_median_ms`, `gflops`, ...) gives the same row as
+    one logged under the sectioned names (`latency/median_ms`, `cost/gflops`, ...): stored runs keep comparing."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'old.db'}")
+    experiment = client.create_experiment("old-and-new")
+    figures = {  # old flat name -> new sectioned name, value
+        "params": ("cost/params", 4704.0), "gmacs": ("cost/gmacs", 0.005), "gflops": ("cost/gflops", 0.0109),
+        "latency_median_ms": ("latency/median_ms", 1.25), "latency_ci95_low_ms": ("latency/ci95_low_ms", 1.2),
+        "latency_ci95_high_ms": ("latency/ci95_high_ms", 1.3),
+        "throughput_samples_per_s": ("speed/throughput_samples_per_s", 1600.0),
+        "achieved_gflop_per_s": ("speed/achieved_gflop_per_s", 8.7),
+        "utilization_vs_measured_peak": ("speed/utilization_vs_measured_peak", 0.05),
+        "arithmetic_intensity_flop_per_byte": ("cost/arithmetic_intensity_flop_per_byte", 7.7),
+        "measured_peak_gflop_per_s": ("peak/measured_gflop_per_s", 167.7),
+        "measured_bandwidth_gb_per_s": ("peak/measured_bandwidth_gb_per_s", 26.9), "timed_iterations": (
+            "timing/timed_iterations", 40.0),
+    }  # fmt: skip
+    runs = {}
+    for era, pick in (("old", lambda old, new: old), ("new", lambda old, new: new)):
+        run_id = client.create_run(experiment, run_name=era, tags={"hardware": "cpu:test"}).info.run_id
+        for old, (new, value) in figures.items():
+            client.log_metric(run_id, pick(old, new), value)
+        client.set_terminated(run_id)
+        runs[era] = client.get_run(run_id)
+    old_row, new_row = build_rows([runs["old"], runs["new"]])
+    assert old_row.run_name == "new" and new_row.run_name == "old"  # sorted by name
+    fields = ("params", "gmacs", "gflops", "median_ms", "ci_low_ms", "ci_high_ms", "throughput_samples_per_s",
+              "achieved_gflop_per_s", "utilization_vs_measured_peak", "arithmetic_intensity",
+              "measured_peak_gflop_per_s", "measured_bandwidth_gb_per_s", "timed_iterations")  # fmt: skip
+    for field in fields:
+        assert getattr(old_row, field) == getattr(new_row, field) is not None, field

@@ -32,9 +32,9 @@ def test_utilization_and_intensity_metrics(tmp_path: Path) -> None:
         nn.Linear(512, 512), torch.randn(64, 512), timing=QUICK, peak=PeakOptions(measure=True, cache_dir=tmp_path)
     )
     metrics = result.metrics()
-    assert metrics["arithmetic_intensity_flop_per_byte"] == pytest.approx(result.flops / result.bytes_moved)
-    assert metrics["utilization_vs_measured_peak"] == pytest.approx(
-        metrics["achieved_gflop_per_s"] / metrics["measured_peak_gflop_per_s"]
+    assert metrics["cost/arithmetic_intensity_flop_per_byte"] == pytest.approx(result.flops / result.bytes_moved)
+    assert metrics["speed/utilization_vs_measured_peak"] == pytest.approx(
+        metrics["speed/achieved_gflop_per_s"] / metrics["peak/measured_gflop_per_s"]
     )
     assert [roof.label for roof in result.roofs()][-1] == "measured"
 

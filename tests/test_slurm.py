@@ -194,7 +194,7 @@ def test_three_job_sweep_on_a_real_slurm_cluster(tmp_path: Path, slurm: Slurm, s
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}  # one parent
     assert all(r.info.status == "FINISHED" for r in [parent, *children])
     assert sorted(r.data.params["model.norm_fn"] for r in children) == ["batch", "group", "none"]
-    assert all(r.data.metrics["macs"] == 2 * (2 * 16 * 8 * 8 * 16 * 9) for r in children)  # 2 convs, b2, 16ch, 8x8
+    assert all(r.data.metrics["cost/macs"] == 2 * (2 * 16 * 8 * 8 * 16 * 9) for r in children)  # 2 convs, b2, 16ch, 8x8
     for job in jobs:  # submitit's job side saw SLURM's environment (SLURM_JOB_ID, SLURMD_NODENAME) in each job
         (log,) = (sweep_dir / ".submitit" / job).glob("*_log.out")
         assert f"JobEnvironment(job_id={job}, hostname={slurm.node}" in log.read_text()

@@ -26,7 +26,7 @@ def job_record(index: int) -> RunRecord:
     """What a job logs: params, metrics, a text artifact and a nested one."""
     return RunRecord(
         params={"batch.size": str(index + 1)},
-        metrics={"macs": 1000.0 * (index + 1), "latency_median_ms": 2.0 + index},
+        metrics={"cost/macs": 1000.0 * (index + 1), "latency/median_ms": 2.0 + index},
         tags={"hardware": "cpu-test"},
         files={"summary.txt": f"job {index}\n".encode(), "nested/layers.csv": b"layer,macs\nconv,1000\n"},
     )
@@ -71,8 +71,8 @@ def test_three_concurrent_syncs_upload_each_run_once(tmp_path: Path) -> None:
     (parent,) = [r for r in runs if PARENT_TAG not in r.data.tags]
     children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
     assert len(children) == 7 and all(c.info.status == "FINISHED" for c in children)
-    assert sorted(c.data.metrics["macs"] for c in children) == [1000.0 * (i + 1) for i in range(7)]
-    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs"] == 7
+    assert sorted(c.data.metrics["cost/macs"] for c in children) == [1000.0 * (i + 1) for i in range(7)]
+    assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/jobs"] == 7
     uploaded = [int(re.search(r"(\d+) run\(s\) uploaded", out).group(1)) for out, _ in outputs]  # type: ignore[union-attr]
     assert sum(uploaded) == 8, outputs  # each run uploaded by exactly one of the three
 
@@ -145,7 +145,7 @@ def test_store_deleted_mid_sweep_recreates_the_parent_and_nests_the_children(tmp
     assert parent.data.tags[RECREATED_TAG] == lost_parent
     children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
     assert sorted(r.info.run_name for r in children) == ["job-1", "job-2"] and len(runs) == 3
-    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs"] == 2
+    assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/jobs"] == 2
     artifacts = {a.path for a in MlflowClient(uri).list_artifacts(parent.info.run_id)}
     assert {"report.html", "comparison.csv"} <= artifacts
     assert "Sweep of 2 job(s): 2 FINISHED" in parent.data.tags["mlflow.note.content"]
@@ -178,9 +178,9 @@ def test_transient_outage_sync_finishes_the_parent_as_the_sweep_would(
     client.set_tag(parent, "sweep_overrides", "+model.ms=1,2,3")
     children = [client.create_run(experiment_id, run_name=f"job-{i}", tags={PARENT_TAG: parent}) for i in range(3)]
     for index in (0, 2):
-        client.log_metric(children[index].info.run_id, "latency_median_ms", 2.0)
+        client.log_metric(children[index].info.run_id, "latency/median_ms", 2.0)
         client.set_terminated(children[index].info.run_id, "FINISHED")
-    client.log_metric(parent, "failed_jobs", 1)
+    client.log_metric(parent, "sweep/failed_jobs", 1)
     client.set_terminated(parent, "FAILED")
     spooled = SpooledRun.new(EXPERIMENT, "job-1", parent=parent, run_id=children[1].info.run_id)
     spooled.status = "FINISHED"
@@ -189,7 +189,7 @@ def test_transient_outage_sync_finishes_the_parent_as_the_sweep_would(
     assert f"sweep run {parent}: FINISHED" in capsys.readouterr().out
     finished = client.get_run(parent)
     assert finished.info.status == "FINISHED"
-    assert finished.data.metrics["failed_jobs"] == 0 and finished.data.metrics["jobs"] == 3
+    assert finished.data.metrics["sweep/failed_jobs"] == 0 and finished.data.metrics["sweep/jobs"] == 3
     assert client.get_run(children[1].info.run_id).info.status == "FINISHED"
     assert "report.html" in {a.path for a in client.list_artifacts(parent)}
 
@@ -201,7 +201,7 @@ def test_spooled_parent_status_comes_from_the_children_not_the_launcher(tmp_path
     uri = store_uri  # tmp_path / 'store.db', a copy of the session's migrated empty store
     assert sync_cli.main(["--tracking-uri", uri, str(tmp_path / "multirun")]) == 0
     (parent,) = [r for r in runs_of(uri) if PARENT_TAG not in r.data.tags]
-    assert parent.info.status == "FAILED" and parent.data.metrics["failed_jobs"] == 1
+    assert parent.info.status == "FAILED" and parent.data.metrics["sweep/failed_jobs"] == 1
 
 
 def test_an_interrupted_spooled_sweep_stays_killed(tmp_path: Path, store_uri: str) -> None:

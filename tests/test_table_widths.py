@@ -63,9 +63,9 @@ def children(uri: str) -> tuple[str, list[dict[str, str]]]:
         {
             "variant": run.data.tags["variant"],
             "run id": run.info.run_id[:8],
-            "params": f"{int(run.data.metrics['params']):,}",
-            "GFLOPs": f"{run.data.metrics['gflops']:,.3f}",
-            "median": f"{run.data.metrics['latency_median_ms']:,.3f}",
+            "params": f"{int(run.data.metrics['cost/params']):,}",
+            "GFLOPs": f"{run.data.metrics['cost/gflops']:,.3f}",
+            "median": f"{run.data.metrics['latency/median_ms']:,.3f}",
         }
         for run in jobs
     ]

@@ -140,7 +140,7 @@ def test_unreachable_server_spools_then_sync_uploads_once(tmp_path: Path, server
     assert len(new) == 3  # idempotent: no duplicates
     parent = next(r for r in new if "mlflow.parentRunId" not in r.data.tags)
     children = [r for r in new if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 2 and all(c.info.status == "FINISHED" and c.data.metrics["macs"] > 0 for c in children)
+    assert len(children) == 2 and all(c.info.status == "FINISHED" and c.data.metrics["cost/macs"] > 0 for c in children)
     assert parent.info.status == "FINISHED"
 
 
@@ -181,7 +181,7 @@ def test_server_failing_mid_sweep_loses_nothing(
         parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
         assert sorted(r.data.params["model.ms"] for r in children) == ["40", "41", "42"]
-        assert all(r.info.status == "FINISHED" and r.data.metrics["latency_median_ms"] > 40 for r in children)
+        assert all(r.info.status == "FINISHED" and r.data.metrics["latency/median_ms"] > 40 for r in children)
         assert parent.info.status == "FINISHED"
     finally:
         restarted.stop()
@@ -240,7 +240,7 @@ def test_mlflow_run_logs_into_its_own_run(tmp_path: Path, store_uri: str) -> Non
     (run,) = runs_in(store_uri)
     assert run.info.status == "FINISHED" and run.info.run_name == "residual_block-batch-b4-cpu-fp32"
     assert run.data.params["batch.size"] == "4" and run.data.params["timing.warmup"] == "2"  # undeclared -P works
-    assert run.data.metrics["macs"] == 2 * (4 * 16 * 8 * 8 * 16 * 9)
+    assert run.data.metrics["cost/macs"] == 2 * (4 * 16 * 8 * 8 * 16 * 9)
     sweep = subprocess.run(
         [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "sweep", "--env-manager", "local",
          "--experiment-name", "gflops-track",
@@ -278,8 +278,8 @@ def test_joblib_counting_sweep_and_parallel_timing_warning(tmp_path: Path, store
     assert "corrupt each other" not in counting.stderr
     parent, children = sweep_runs(store_uri)
     assert len(children) == 3 and parent.info.status == "FINISHED"
-    assert all(r.data.metrics["macs"] == 2 * (2 * 16 * 8 * 8 * 16 * 9) for r in children)
-    assert all("latency_median_ms" not in r.data.metrics for r in children)
+    assert all(r.data.metrics["cost/macs"] == 2 * (2 * 16 * 8 * 8 * 16 * 9) for r in children)
+    assert all("latency/median_ms" not in r.data.metrics for r in children)
     timed = run_cli(
         ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "norm_fn=group,none", *SMALL, *QUICK],
         cwd=tmp_path, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'timed.db'}",
@@ -297,5 +297,5 @@ def test_submitit_launcher_local_executor(tmp_path: Path, store_uri: str) -> Non
     assert done.returncode == 0, done.stderr[-3000:]
     parent, children = sweep_runs(store_uri)
     assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
-    assert parent.data.metrics["jobs"] == 2
+    assert parent.data.metrics["sweep/jobs"] == 2
     assert list((tmp_path / "multirun").rglob("*_submitted.pkl"))  # really went through submitit

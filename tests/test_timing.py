@@ -159,7 +159,7 @@ def test_adaptive_stops_on_time_budget_and_says_so() -> None:
     options = TimingOptions(warmup=0, min_repeats=5, target_precision=1e-9, max_time_s=0.3)
     result = measure_latency(fake_forward(clock, cycle([1.0, 9.0]), 1.0), "cpu", options, clock=clock)
     assert not result.precision_met and result.timed_iterations >= 5
-    assert result.time_bound_hit and result.metrics(1.0)["time_bound_hit"] == 1.0
+    assert result.time_bound_hit and result.metrics(1.0)["timing/time_bound_hit"] == 1.0
     assert result.total_s <= 0.3 + 0.009  # the bound, plus at most the excess of one call over the one before
     assert any("precision target not met: median known to" in note for note in result.notes)
     cut = f"it cut timing to {result.timed_iterations} iteration(s) (min_repeats=5) before the median was known to"
@@ -316,17 +316,18 @@ def test_metrics_leave_out_what_is_not_known() -> None:
     clock = FakeClock()
     options = TimingOptions(warmup=0, min_repeats=30, max_time_s=2)
     one = measure_latency(fake_forward(clock, [], 3000.0), "cpu", options, clock=clock).metrics(flops=1e9)
-    assert {"latency_ci95_low_ms", "latency_ci95_high_ms", "latency_precision"}.isdisjoint(one)
-    assert one["precision_target_met"] == 0.0 and one["timed_iterations"] == 1 and one["latency_median_ms"] == 3000
-    assert one["time_bound_hit"] == 1.0 and "energy_per_forward_j" not in one and "gflop_per_joule" not in one
+    assert {"latency/ci95_low_ms", "latency/ci95_high_ms", "latency/precision"}.isdisjoint(one)
+    assert one["timing/precision_target_met"] == 0.0 and one["timing/timed_iterations"] == 1
+    assert one["latency/median_ms"] == 3000 and one["timing/time_bound_hit"] == 1.0
+    assert "speed/energy_per_forward_j" not in one and "speed/gflop_per_joule" not in one
     lone = measure_latency(fake_forward(clock, [], 3000.0), "cpu", options, clock=clock)
     assert ci_text(lone.latency) == "no 95% CI: 1 sample(s), 8 needed"
     assert precision_text(lone) == "unknown (no CI) (target ±1.00% NOT met)"
     many = measure_latency(fake_forward(clock, [], 2.0), "cpu", QUICK, clock=clock).metrics(flops=1e9)
     assert ci_text(LatencyStats.from_samples([float(v) for v in range(1, 31)])) == "95% CI 9.000-22.000"
-    assert many["latency_ci95_low_ms"] == pytest.approx(2.0) and many["latency_ci95_high_ms"] == pytest.approx(2.0)
-    assert many["latency_precision"] == pytest.approx(0.0, abs=1e-9)
-    assert many["memory_growth_mib"] >= 0 and many["timing_suspect"] in (0.0, 1.0)
+    assert many["latency/ci95_low_ms"] == pytest.approx(2.0) and many["latency/ci95_high_ms"] == pytest.approx(2.0)
+    assert many["latency/precision"] == pytest.approx(0.0, abs=1e-9)
+    assert many["memory/growth_mib"] >= 0 and many["timing/suspect"] in (0.0, 1.0)
 
 
 def test_cpu_profile_restores_mode_and_derives_throughput() -> None:
@@ -339,7 +340,7 @@ def test_cpu_profile_restores_mode_and_derives_throughput() -> None:
     assert result.throughput_samples_per_s == pytest.approx(32 / median_s)
     assert result.achieved_gflop_per_s == pytest.approx(result.flops / median_s / 1e9)
     metrics = result.metrics()
-    assert metrics["latency_median_ms"] == result.median_latency_ms and metrics["gflops"] == result.flops / 1e9
+    assert metrics["latency/median_ms"] == result.median_latency_ms and metrics["cost/gflops"] == result.flops / 1e9
 
 
 def test_cuda_only_options_on_cpu_are_noted() -> None:

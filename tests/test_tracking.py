@@ -59,8 +59,8 @@ def test_log_result_into_real_store(store_uri: str, tmp_path: Path) -> None:
     write_to_mlflow(client, child, timing_record(result))
     write_to_mlflow(client, child, peak_record(result, "child"))
     run = client.get_run(child)
-    assert run.data.metrics["macs"] == result.macs == 2 * (2 * 16 * 8 * 8 * 16 * 9)
-    assert run.data.metrics["latency_median_ms"] == pytest.approx(result.median_latency_ms)
+    assert run.data.metrics["cost/macs"] == result.macs == 2 * (2 * 16 * 8 * 8 * 16 * 9)
+    assert run.data.metrics["latency/median_ms"] == pytest.approx(result.median_latency_ms)
     assert run.data.tags["torch_flop_counter_agrees"] == "true"
     assert run.data.params["effective.float32_matmul_precision"] == "highest"
     artifacts = {a.path for a in client.list_artifacts(child)}

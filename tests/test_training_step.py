@@ -289,15 +289,14 @@ def test_mfu_is_step_flops_over_step_time_over_the_named_peak() -> None:
     on_cpu = replace(result, peaks=PeakReport(measured=measured))
     assert on_cpu.mfu is not None and on_cpu.mfu[0] == pytest.approx(achieved / 80.0)  # the roof: max(GEMM, conv)
     assert on_cpu.mfu[1].startswith("measured peak 80.0 GFLOP/s (fp32")
-    assert on_cpu.metrics()["mfu"] == on_cpu.metrics()["mfu_vs_measured_peak"]
+    assert on_cpu.metrics()["step/mfu"] == on_cpu.metrics()["step/mfu_vs_measured_peak"]
     spec = GpuSpec("NVIDIA H200", {"fp32": 67.0}, 4800.0, "datasheet")
     on_gpu = replace(result, peaks=PeakReport(gpu_spec=spec, spec_gflop_per_s=67_000.0, measured=measured))
     assert on_gpu.mfu is not None and on_gpu.mfu[0] == pytest.approx(achieved / 67_000.0)
     assert on_gpu.mfu[1] == "datasheet peak 67,000 GFLOP/s (NVIDIA H200, fp32 dense)"
     metrics = on_gpu.metrics()
-    assert metrics["mfu"] == metrics["mfu_vs_spec_peak"] and metrics["mfu_vs_measured_peak"] == pytest.approx(
-        achieved / 80.0
-    )
+    assert metrics["step/mfu"] == metrics["step/mfu_vs_spec_peak"]
+    assert metrics["step/mfu_vs_measured_peak"] == pytest.approx(achieved / 80.0)
     assert [point.label for point in on_gpu.roofline_points("run")] == ["run train step (at forward intensity)"]
 
 

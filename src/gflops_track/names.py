@@ -6,90 +6,120 @@ compare layer reads them back; nobody types a key as a literal elsewhere. Units 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+# Metric keys are "section/name": MLflow's chart view draws one section per prefix, sections sorted by name (keys
+# without one go last, under "Model metrics"). The sections are named so they sort in reading order: cost, latency,
+# memory, peak, speed, step, sweep, timing, xcheck. Old runs used flat names: LEGACY_NAMES below.
+
 # Cost (whole batch, one forward pass).
-PARAMS = "params"
-MACS = "macs"
-GMACS = "gmacs"
-FLOPS = "flops"
-GFLOPS = "gflops"
-UNCOUNTED_OP_CALLS = "uncounted_op_calls"
-FLOPS_CATEGORY_PREFIX = "flops_"  # + category, e.g. flops_conv_matmul
-BYTES_MOVED_MIB = "bytes_moved_mib"
-MIN_BYTES_MIB = "min_bytes_mib"
-INTENSITY = "arithmetic_intensity_flop_per_byte"
-INTENSITY_MAX = "arithmetic_intensity_max_flop_per_byte"
+PARAMS = "cost/params"
+MACS = "cost/macs"
+GMACS = "cost/gmacs"
+FLOPS = "cost/flops"
+GFLOPS = "cost/gflops"
+UNCOUNTED_OP_CALLS = "cost/uncounted_op_calls"
+FLOPS_CATEGORY_PREFIX = "cost/flops_"  # + category, e.g. cost/flops_conv_matmul
+BYTES_MOVED_MIB = "cost/bytes_moved_mib"
+MIN_BYTES_MIB = "cost/min_bytes_mib"
+INTENSITY = "cost/arithmetic_intensity_flop_per_byte"
+INTENSITY_MAX = "cost/arithmetic_intensity_max_flop_per_byte"
 
 # Cross-checks.
-THOP_MACS = "thop_macs"
-THOP_PARAMS = "thop_params"
-THOP_RAW_MACS = "thop_raw_macs"
-THOP_RAW_PARAMS = "thop_raw_params"
-TORCH_FLOPS = "torch_flop_counter_flops"
+THOP_MACS = "xcheck/thop_macs"
+THOP_PARAMS = "xcheck/thop_params"
+THOP_RAW_MACS = "xcheck/thop_raw_macs"
+THOP_RAW_PARAMS = "xcheck/thop_raw_params"
+TORCH_FLOPS = "xcheck/torch_flop_counter_flops"
 
 # Speed.
-LATENCY_PREFIX = "latency"  # + _median_ms, _ci95_low_ms, ... (see LATENCY_STATS)
-GRAPH_LATENCY_PREFIX = "graph_latency"
+LATENCY_PREFIX = "latency/"  # + one of LATENCY_STATS, e.g. latency/median_ms
+GRAPH_LATENCY_PREFIX = "latency/graph_"  # CUDA-graph replay: latency/graph_median_ms, ...
 LATENCY_STATS = (
     "mean_ms", "median_ms", "std_ms", "min_ms", "max_ms", "p90_ms", "p95_ms", "cv", "ci95_low_ms", "ci95_high_ms",
     "precision",
 )  # fmt: skip
-LATENCY_MEDIAN_MS = "latency_median_ms"
-LATENCY_CI_LOW_MS = "latency_ci95_low_ms"
-LATENCY_CI_HIGH_MS = "latency_ci95_high_ms"
-COLD_START_MS = "latency_cold_start_ms"
-PRECISION_TARGET = "precision_target"
-PRECISION_TARGET_MET = "precision_target_met"
-THROUGHPUT = "throughput_samples_per_s"
-ACHIEVED = "achieved_gflop_per_s"
-GRAPH_ACHIEVED = "graph_achieved_gflop_per_s"
-MEMORY_BASELINE_MIB = "memory_baseline_mib"  # CUDA: allocated before timing; CPU: resident set size before timing
-MEMORY_GROWTH_MIB = "memory_growth_mib"  # peak over that baseline while timing
-TIMING_TOTAL_S = "timing_total_s"
-TIME_BOUND_HIT = "time_bound_hit"
-TIMING_SUSPECT = "timing_suspect"
-L2_FLUSH_MIB = "l2_flush_mib"
-ENERGY_PER_FORWARD_J = "energy_per_forward_j"
-GFLOP_PER_JOULE = "gflop_per_joule"
-WARMUP_ITERATIONS = "warmup_iterations"
-WARMUP_S = "warmup_s"
-WARMUP_SETTLED = "warmup_settled"
-TIMED_ITERATIONS = "timed_iterations"
-L2_FLUSHED = "l2_flushed"
-CONDITION_PREFIX = "cond_"  # + condition, e.g. cond_load_avg_1m_before
+LATENCY_MEDIAN_MS = "latency/median_ms"
+LATENCY_CI_LOW_MS = "latency/ci95_low_ms"
+LATENCY_CI_HIGH_MS = "latency/ci95_high_ms"
+COLD_START_MS = "latency/cold_start_ms"
+THROUGHPUT = "speed/throughput_samples_per_s"
+ACHIEVED = "speed/achieved_gflop_per_s"
+GRAPH_ACHIEVED = "speed/graph_achieved_gflop_per_s"
+ENERGY_PER_FORWARD_J = "speed/energy_per_forward_j"
+GFLOP_PER_JOULE = "speed/gflop_per_joule"
+MEMORY_BASELINE_MIB = "memory/baseline_mib"  # CUDA: allocated before timing; CPU: resident set size before timing
+MEMORY_GROWTH_MIB = "memory/growth_mib"  # peak over that baseline while timing
+
+# How the timing went (diagnostics).
+PRECISION_TARGET = "timing/precision_target"
+PRECISION_TARGET_MET = "timing/precision_target_met"
+TIMING_TOTAL_S = "timing/total_s"
+TIME_BOUND_HIT = "timing/time_bound_hit"
+TIMING_SUSPECT = "timing/suspect"
+L2_FLUSHED = "timing/l2_flushed"
+L2_FLUSH_MIB = "timing/l2_flush_mib"
+WARMUP_ITERATIONS = "timing/warmup_iterations"
+WARMUP_S = "timing/warmup_s"
+WARMUP_SETTLED = "timing/warmup_settled"
+TIMED_ITERATIONS = "timing/timed_iterations"
+CONDITION_PREFIX = "timing/cond_"  # + condition, e.g. timing/cond_load_avg_1m_before
 
 # Peaks and utilization.
-SPEC_PEAK = "spec_peak_gflop_per_s"
-SPEC_BANDWIDTH = "spec_bandwidth_gb_per_s"
-UTILIZATION_SPEC = "utilization_vs_spec_peak"
-CPU_ESTIMATED_PEAK = "cpu_estimated_peak_gflop_per_s"
-UTILIZATION_ESTIMATE = "utilization_vs_estimated_peak"
-MEASURED_PEAK = "measured_peak_gflop_per_s"  # the measured roof: best of the GEMM and convolution probes
-MEASURED_GEMM = "measured_gemm_gflop_per_s"
-MEASURED_BANDWIDTH = "measured_bandwidth_gb_per_s"
-UTILIZATION_MEASURED = "utilization_vs_measured_peak"
+SPEC_PEAK = "peak/spec_gflop_per_s"
+SPEC_BANDWIDTH = "peak/spec_bandwidth_gb_per_s"
+CPU_ESTIMATED_PEAK = "peak/cpu_estimated_gflop_per_s"
+MEASURED_PEAK = "peak/measured_gflop_per_s"  # the measured roof: best of the GEMM and convolution probes
+MEASURED_GEMM = "peak/measured_gemm_gflop_per_s"
+MEASURED_BANDWIDTH = "peak/measured_bandwidth_gb_per_s"
+UTILIZATION_SPEC = "speed/utilization_vs_spec_peak"
+UTILIZATION_ESTIMATE = "speed/utilization_vs_estimated_peak"
+UTILIZATION_MEASURED = "speed/utilization_vs_measured_peak"
 
 # Training step (mode=train): one whole step (zero_grad, forward, loss, backward, optimizer step), whole batch.
-STEP_MACS = "step_macs"
-STEP_FLOPS = "step_flops"
-STEP_GFLOPS = "step_gflops"
-STEP_FLOPS_PHASE_PREFIX = "step_flops_"  # + forward, backward, optimizer
-STEP_TORCH_FLOPS = "step_torch_flop_counter_flops"  # FlopCounterMode over forward + backward (dense ops)
-STEP_LATENCY_PREFIX = "step_latency"  # + LATENCY_STATS: the whole step
-STEP_LATENCY_MEDIAN_MS = "step_latency_median_ms"
-STEP_FORWARD_MS = "step_forward_ms"  # median forward + loss alone (recording autograd)
-STEP_BACKWARD_OPTIMIZER_MS = "step_backward_optimizer_ms"  # median step - median forward
-STEP_THROUGHPUT = "step_samples_per_s"
-STEP_ACHIEVED = "step_achieved_gflop_per_s"
-STEP_MEMORY_GROWTH_MIB = "step_memory_growth_mib"  # the step's peak over the baseline: activations and gradients
-STEP_TIMED_ITERATIONS = "step_timed_iterations"
-STEP_PRECISION_TARGET_MET = "step_precision_target_met"
-MFU = "mfu"  # model FLOPs utilization: step FLOPs / step time / the peak named by the mfu_peak tag
-MFU_SPEC = "mfu_vs_spec_peak"  # against the datasheet peak (GPU)
-MFU_MEASURED = "mfu_vs_measured_peak"  # against the measured roof (best of the GEMM and convolution probes)
+STEP_MACS = "step/macs"
+STEP_FLOPS = "step/flops"
+STEP_GFLOPS = "step/gflops"
+STEP_FLOPS_PHASE_PREFIX = "step/flops_"  # + forward, backward, optimizer
+STEP_TORCH_FLOPS = "xcheck/step_torch_flop_counter_flops"  # FlopCounterMode over forward + backward (dense ops)
+STEP_LATENCY_PREFIX = "step/latency_"  # + LATENCY_STATS: the whole step
+STEP_LATENCY_MEDIAN_MS = "step/latency_median_ms"
+STEP_FORWARD_MS = "step/forward_ms"  # median forward + loss alone (recording autograd)
+STEP_BACKWARD_OPTIMIZER_MS = "step/backward_optimizer_ms"  # median step - median forward
+STEP_THROUGHPUT = "step/samples_per_s"
+STEP_ACHIEVED = "step/achieved_gflop_per_s"
+STEP_MEMORY_GROWTH_MIB = "step/memory_growth_mib"  # the step's peak over the baseline: activations and gradients
+STEP_TIMED_ITERATIONS = "step/timed_iterations"
+STEP_PRECISION_TARGET_MET = "step/precision_target_met"
+MFU = "step/mfu"  # model FLOPs utilization: step FLOPs / step time / the peak named by the mfu_peak tag
+MFU_SPEC = "step/mfu_vs_spec_peak"  # against the datasheet peak (GPU)
+MFU_MEASURED = "step/mfu_vs_measured_peak"  # against the measured roof (best of the GEMM and convolution probes)
 
-# Sweep parent.
-JOBS = "jobs"
-FAILED_JOBS = "failed_jobs"
+# Sweep parent only.
+JOBS = "sweep/jobs"
+FAILED_JOBS = "sweep/failed_jobs"
+
+# The flat names runs were logged under before the metrics had sections: what compare and the gate read from an old
+# run (a stored baseline keeps working). Only the metrics they read are listed.
+LEGACY_NAMES: dict[str, str] = {
+    PARAMS: "params", MACS: "macs", GMACS: "gmacs", FLOPS: "flops", GFLOPS: "gflops",
+    INTENSITY: "arithmetic_intensity_flop_per_byte", LATENCY_MEDIAN_MS: "latency_median_ms",
+    LATENCY_CI_LOW_MS: "latency_ci95_low_ms", LATENCY_CI_HIGH_MS: "latency_ci95_high_ms",
+    THROUGHPUT: "throughput_samples_per_s", ACHIEVED: "achieved_gflop_per_s", TIMED_ITERATIONS: "timed_iterations",
+    SPEC_PEAK: "spec_peak_gflop_per_s", SPEC_BANDWIDTH: "spec_bandwidth_gb_per_s",
+    MEASURED_PEAK: "measured_peak_gflop_per_s", MEASURED_BANDWIDTH: "measured_bandwidth_gb_per_s",
+    UTILIZATION_SPEC: "utilization_vs_spec_peak", UTILIZATION_MEASURED: "utilization_vs_measured_peak",
+    JOBS: "jobs", FAILED_JOBS: "failed_jobs",
+}  # fmt: skip
+
+
+def metric_value(metrics: Mapping[str, float], name: str) -> float | None:
+    """A run's metric ``name``, or the same figure under its old flat name (runs logged before the sections)."""
+    if name in metrics:
+        return metrics[name]
+    legacy = LEGACY_NAMES.get(name)
+    return metrics.get(legacy) if legacy is not None else None
+
 
 # Tags.
 HARDWARE_TAG = "hardware"

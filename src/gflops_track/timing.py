@@ -295,22 +295,23 @@ def precision_text(timing: TimingResult) -> str:
 
 
 def latency_metrics(prefix: str, latency: LatencyStats) -> dict[str, float]:
-    """``{prefix}_*`` statistics in ms (cv and precision unitless); the CI and precision only when known."""
-    values = {  # keys: see names.LATENCY_STATS
-        f"{prefix}_mean_ms": latency.mean_ms,
-        f"{prefix}_median_ms": latency.median_ms,
-        f"{prefix}_std_ms": latency.std_ms,
-        f"{prefix}_min_ms": latency.min_ms,
-        f"{prefix}_max_ms": latency.max_ms,
-        f"{prefix}_p90_ms": latency.p90_ms,
-        f"{prefix}_p95_ms": latency.p95_ms,
-        f"{prefix}_cv": latency.cv,
+    """``{prefix}{stat}`` statistics in ms (cv and precision unitless; ``names.LATENCY_STATS``); the CI and precision
+    only when known. ``prefix`` carries its separator, e.g. ``latency/``."""
+    values = {
+        f"{prefix}mean_ms": latency.mean_ms,
+        f"{prefix}median_ms": latency.median_ms,
+        f"{prefix}std_ms": latency.std_ms,
+        f"{prefix}min_ms": latency.min_ms,
+        f"{prefix}max_ms": latency.max_ms,
+        f"{prefix}p90_ms": latency.p90_ms,
+        f"{prefix}p95_ms": latency.p95_ms,
+        f"{prefix}cv": latency.cv,
     }
     if latency.ci_low_ms is not None and latency.ci_high_ms is not None:
-        values[f"{prefix}_ci95_low_ms"] = latency.ci_low_ms
-        values[f"{prefix}_ci95_high_ms"] = latency.ci_high_ms
+        values[f"{prefix}ci95_low_ms"] = latency.ci_low_ms
+        values[f"{prefix}ci95_high_ms"] = latency.ci_high_ms
     if latency.precision is not None:
-        values[f"{prefix}_precision"] = latency.precision
+        values[f"{prefix}precision"] = latency.precision
     return values
 
 

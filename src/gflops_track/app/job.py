@@ -11,7 +11,7 @@ import contextlib
 import getpass
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from torch import nn
 from gflops_track import names
 from gflops_track.app import console
 from gflops_track.app.outcomes import FAILED, FINISHED, KILLED, JobOutcome, OutcomeLedger, run_key
-from gflops_track.app.schema import AppConfig
+from gflops_track.app.schema import DEFAULT_RUN_NAME, AppConfig
 from gflops_track.hardware import Fingerprint
 from gflops_track.profiler import count, measure, rate, resolve_device, where_it_runs
 from gflops_track.result import ProfileResult, TrainingStep
@@ -59,10 +59,12 @@ def job_device(config: AppConfig) -> torch.device:
     return device
 
 
-def run_name_for(config: AppConfig, device: torch.device) -> str:
+def run_name_for(config: AppConfig, device: torch.device, variant: Sequence[str] = ()) -> str:
     """tracking.run_name filled in; ``{norm_fn}`` is the model's own norm_fn argument (empty segment dropped for
     models without one). A train-mode job whose template has no ``{mode}`` gets ``-train`` appended, so the two
-    modes of one variant never share a name."""
+    modes of one variant never share a name. In a sweep, the default name starts with the ``variant`` (the job's
+    overrides that differ inside the sweep), so the runs table tells the jobs apart even where it cuts names:
+    ``group-residual_block-b2-cpu-fp32``, ``b8-residual_block-group-cpu-fp32``, ``planes64-residual_block-...``."""
     template = config.tracking.run_name
     name = template.format(
         model=model_short_name(config.model["_target_"]),
@@ -74,7 +76,24 @@ def run_name_for(config: AppConfig, device: torch.device) -> str:
     )
     if config.mode == "train" and "{mode}" not in template:
         name += "-train"
-    return re.sub(r"-{2,}", "-", name).strip("-")
+    segments = [segment for segment in re.sub(r"-{2,}", "-", name).strip("-").split("-") if segment]
+    if variant and template == DEFAULT_RUN_NAME:
+        leading = [variant_segment(override) for override in variant]
+        segments = leading + [segment for segment in segments if segment not in leading]
+    return "-".join(segments)
+
+
+def variant_segment(override: str) -> str:
+    """How one swept override leads a run name: the value as the default name spells it (``norm_fn=group`` ->
+    ``group``, ``batch.size=8`` -> ``b8``, ``mode=train`` -> ``train``), else the key's last part and the value
+    (``model.planes=64`` -> ``planes64``)."""
+    key, _, value = override.partition("=")
+    key = key.lstrip("+~")
+    if key == "batch.size":
+        return f"b{value}"
+    if key in ("norm_fn", "model.norm_fn", "mode", "device", "precision") or not re.fullmatch(r"[\d.e+-]+", value):
+        return value.replace("-", "_").replace(" ", "")
+    return f"{key.rsplit('.', 1)[-1]}{value}"
 
 
 def build_model(model_config: dict[str, Any]) -> nn.Module:
@@ -189,12 +208,18 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def swept_overrides(overrides: Sequence[str]) -> list[str] | None:
+    """The job's overrides whose keys take several values in its sweep (None outside a sweep)."""
+    swept = set(filter(None, os.environ.get(SWEPT_KEYS_ENV, "").split(",")))
+    return [o for o in overrides if override_key(o) in swept] if swept else None
+
+
 def job_tags(config: AppConfig, device: torch.device, overrides: list[str], facts: Fingerprint) -> dict[str, str]:
     """Tags to group and filter by, the same on every run: the job's overrides and its variant (the overrides that
     differ inside its sweep), model, device, dtype, batch size, and MLflow's own source tags (never a remote URL: it
     can hold a token)."""
-    swept = set(filter(None, os.environ.get(SWEPT_KEYS_ENV, "").split(",")))
-    variant = [o for o in overrides if override_key(o) in swept] if swept else overrides
+    swept = swept_overrides(overrides)
+    variant = swept if swept is not None else overrides
     tags = {
         names.MODEL_TARGET_TAG: config.model["_target_"],
         names.MODEL_TAG: config.model["_target_"].rsplit(".", 1)[-1],
@@ -226,7 +251,7 @@ def run_job(
     raises for a failure inside the job (SystemExit from the user's model included): the run is FAILED, the reason
     is its ``error`` tag, and the sweep goes on. An interrupt ends the run KILLED and goes on."""
     device = job_device(config)
-    run_name = run_name_for(config, device)
+    run_name = run_name_for(config, device, (swept_overrides(overrides or []) or []) if in_sweep else [])
     facts, settings = where_it_runs(device, config.runtime_options())
     recorder = None
     if config.tracking.enabled:

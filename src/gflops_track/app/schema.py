@@ -94,12 +94,15 @@ class TrainConfig:
     optimizer: str = "sgd"  # sgd, adamw, or none (forward + backward only)
 
 
+DEFAULT_RUN_NAME = "{model}-{norm_fn}-b{batch_size}-{device}-{dtype}"
+
+
 @dataclass
 class TrackingConfig:
     enabled: bool = True
     uri: str | None = None
     experiment: str = "gflops-track"
-    run_name: str = "{model}-{norm_fn}-b{batch_size}-{device}-{dtype}"
+    run_name: str = DEFAULT_RUN_NAME  # in a sweep, the default name starts with the variant (job.run_name_for)
 
 
 @dataclass
