@@ -37,6 +37,8 @@ def test_seed_sweep_exact_command(tmp_path: Path) -> None:
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.tags["sweep_overrides"] == "norm_fn=group,batch,instance"
     assert parent.data.metrics["sweep/jobs"] == 3 and parent.data.metrics["sweep/failed_jobs"] == 0
+    assert parent.data.tags["mlflow.source.name"] == "python -m gflops_track"  # the UI's Source column, not "-"
+    assert parent.data.tags["mlflow.user"] and "cost/macs" not in parent.data.metrics  # job figures stay on the jobs
     by_norm = {run.data.params["model.norm_fn"]: run for run in children}
     assert set(by_norm) == {"group", "batch", "instance"}
     client = MlflowClient(uri)
@@ -44,6 +46,7 @@ def test_seed_sweep_exact_command(tmp_path: Path) -> None:
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.info.run_name == f"{norm}-residual_block-b2-cpu-fp32"  # the variant leads: the UI cuts names
+        assert run.data.tags["mlflow.source.name"] == "python -m gflops_track" and "sweep/jobs" not in run.data.metrics
         params = run.data.params
         assert params["model.planes"] == "384" and params["batch.size"] == "2" and params["input.shape"] == "null"
         assert params["model._target_"] == "gflops_track.models.ResidualBlock"
@@ -240,7 +243,7 @@ def test_inference_and_train_sweep(tmp_path: Path, store_uri: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     runs = {r.info.run_name: r for r in all_runs(store_uri) if "mlflow.parentRunId" in r.data.tags}
     assert set(runs) == {"inference-residual_block-batch-b2-cpu-fp32", "train-residual_block-batch-b2-cpu-fp32"}
-    inference, train = runs["inference-residual_block-batch-b2-cpu-fp32"], runs["train-residual_block-batch-b2-cpu-fp32"]
+    inference, train = (runs[f"{mode}-residual_block-batch-b2-cpu-fp32"] for mode in ("inference", "train"))
     m = 2 * 16 * 8 * 8 * 16 * 9
     assert inference.data.tags["mode"] == "inference" and "step/macs" not in inference.data.metrics
     assert "step/mfu" not in inference.data.metrics and inference.data.metrics["latency/median_ms"] > 0

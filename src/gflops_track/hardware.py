@@ -279,6 +279,11 @@ def _git(*args: str) -> str:
     return done.stdout.strip()
 
 
+def git_commit() -> str:
+    """The commit checked out in the working directory ("" outside a git repository)."""
+    return _git("rev-parse", "HEAD")
+
+
 def _nvidia_driver() -> str:
     try:
         import pynvml
@@ -313,7 +318,7 @@ def fingerprint(device: str | torch.device = "cpu") -> Fingerprint:
         hardware = f"cuda:{properties.name}"
     else:
         hardware = f"cpu:{cpu_label(info, physical or logical)}"
-    commit = _git("rev-parse", "HEAD")
+    commit = git_commit()
     return Fingerprint(
         device_type=device.type,
         device_name=gpu["name"] or cpu,

@@ -23,11 +23,12 @@ from rich.text import Text
 
 from gflops_track import names
 from gflops_track.app import console
-from gflops_track.app.job import SWEPT_KEYS_ENV
+from gflops_track.app.job import SWEPT_KEYS_ENV, source_tags
 from gflops_track.app.outcomes import FAILED, FINISHED, KILLED, OutcomeLedger, run_key
 from gflops_track.compare.render import rich_table
 from gflops_track.compare.report import finish_sweep
 from gflops_track.compare.rows import build_rows
+from gflops_track.hardware import git_commit
 from gflops_track.tracking.reap import process_alive, process_of, seen_from_here
 from gflops_track.tracking.recorder import TRACKING_ERRORS, Recorder, RunTarget
 from gflops_track.tracking.records import RunRecord
@@ -100,7 +101,7 @@ class MlflowSweepCallback(Callback):
         started = datetime.now().strftime("%m-%d %H:%M:%S")  # sweeps of the same overrides get distinct names
         target = RunTarget.for_sweep(uri, tracking.experiment, f"sweep {started} {overrides}".strip())
         self.recorder = Recorder(target, Path(config.hydra.sweep.dir) / SPOOL_FOLDER, console.print_warning)
-        self.recorder.open(RunRecord(tags={names.SWEEP_OVERRIDES_TAG: overrides}))
+        self.recorder.open(RunRecord(tags={names.SWEEP_OVERRIDES_TAG: overrides, **source_tags(git_commit())}))
         os.environ[PARENT_RUN_ENV] = self.recorder.reference
         ledger = OutcomeLedger.current()
         if ledger is not None:

@@ -230,11 +230,17 @@ def job_tags(config: AppConfig, device: torch.device, overrides: list[str], fact
         names.OVERRIDES_TAG: " ".join(overrides),
         names.VARIANT_TAG: " ".join(variant) or "defaults",
     }
-    if not launched_by_mlflow():  # `mlflow run` sets its own source tags on the run it made
-        tags[names.SOURCE_NAME_TAG] = "python -m gflops_track"
-        tags[names.USER_TAG] = getpass.getuser()
-        if facts.git_commit:
-            tags[names.SOURCE_COMMIT_TAG] = facts.git_commit
+    return {**tags, **source_tags(facts.git_commit)}
+
+
+def source_tags(commit: str) -> dict[str, str]:
+    """MLflow's own source tags (the UI's Source and User columns): the command, the user and the commit, never a
+    remote URL (it can hold a token). None inside `mlflow run`, which sets its own on the run it made."""
+    if launched_by_mlflow():
+        return {}
+    tags = {names.SOURCE_NAME_TAG: "python -m gflops_track", names.USER_TAG: getpass.getuser()}
+    if commit:
+        tags[names.SOURCE_COMMIT_TAG] = commit
     return tags
 
 
