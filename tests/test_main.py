@@ -224,7 +224,7 @@ def test_precision_and_thread_options_are_applied_and_logged(tmp_path: Path, sto
     assert params["precision.dtype"] == "bf16" and params["precision.mode"] == "autocast"
     assert params["runtime.threads"] == "1" and params["effective.torch_num_threads"] == "1"
     assert params["effective.float32_matmul_precision"] == "highest"
-    assert run.data.metrics["cond_threads"] == 1
+    assert run.data.metrics["timing/cond_threads"] == 1
     assert run.data.tags["torch_threads"] == "1"  # threads have a tag of their own; the machine's label has none
     assert "x1" not in run.data.tags["hardware"] and run.data.tags["hardware"].startswith("cpu:")
 
