@@ -18,6 +18,7 @@ from gflops_track.compare.charts import bars_figure, comparison_charts, flops_vs
 from gflops_track.compare.cli import main
 from gflops_track.compare.render import ComparisonTable, markdown_table, parse_columns
 from gflops_track.compare.rows import Row, build_rows
+from gflops_track.environment import environment_tags
 from gflops_track.plots import Roof, RooflinePoint, roofline_figure, throughput_curve_figure
 
 LONG_MACHINE = "cpu:AMD EPYC 7B13 64-Core Processor (Zen 3, 2 cores, AVX2)"
@@ -270,3 +271,27 @@ def test_runs_logged_under_the_old_flat_names_load_as_rows(tmp_path: Path) -> No
               "measured_peak_gflop_per_s", "measured_bandwidth_gb_per_s", "timed_iterations")  # fmt: skip
     for field in fields:
         assert getattr(old_row, field) == getattr(new_row, field) is not None, field
+
+
+def test_compare_says_when_the_runs_environments_differ(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Three runs, two Python environments (env_hash tags, with their package lists): the table is followed by one
+    line naming the runs and the package that changed; a CSV on stdout stays clean (the line goes to stderr)."""
+    uri = f"sqlite:///{tmp_path / 'env.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("environments")
+    old, new = (
+        environment_tags({"torch": "2.13.0", "numpy": "2.1.0"}),
+        environment_tags({"torch": "2.14.0", "numpy": "2.1.0"}),
+    )
+    for name, environment in (("a", old), ("b", old), ("c", new)):
+        tags = {"hardware": "cpu:test", **environment}
+        run_id = client.create_run(experiment, run_name=name, tags=tags).info.run_id
+        client.log_metric(run_id, "latency/median_ms", 1.0)
+        client.set_terminated(run_id)
+    assert main(["--tracking-uri", uri, "--experiment", "environments"]) == 0
+    out = capsys.readouterr().out
+    said = f"environments differ: a env_hash={old['env_hash']}, c env_hash={new['env_hash']} (torch 2.13.0 -> 2.14.0)"
+    assert out.count("environments differ") == 1 and said in out  # b shares a's environment: one line
+    assert main(["--tracking-uri", uri, "--experiment", "environments", "--format", "csv"]) == 0
+    printed = capsys.readouterr()
+    assert "environments differ" not in printed.out and said in printed.err

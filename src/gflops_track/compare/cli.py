@@ -23,8 +23,8 @@ from rich.markup import escape
 from gflops_track.compare.gate import MIN_SAMPLES, AmbiguousMatch, Side, judge, pair_label, pair_rows, parse_threshold
 from gflops_track.compare.render import ALL_COLUMNS, csv_table, markdown_table, parse_columns, rich_table
 from gflops_track.compare.report import log_report, write_report
-from gflops_track.compare.rows import build_rows, expand, latency_samples, select_runs
-from gflops_track.environment import environment_note
+from gflops_track.compare.rows import Row, build_rows, expand, latency_samples, select_runs
+from gflops_track.environment import ENV_HASH_TAG, environment_note
 from gflops_track.tracking.store import (
     StoreError,
     cap_http_retries,
@@ -160,6 +160,18 @@ class UsageError(Exception):
     """A bad argument found before anything is read: one line, exit 2."""
 
 
+def environment_notes(rows: Sequence[Row]) -> list[str]:
+    """One line per Python environment among ``rows`` that differs from the first row's (their ``env_hash`` tags),
+    naming the packages that changed: a speed difference may come from a library upgrade, not the model."""
+    hashed = [row for row in rows if row.tags.get(ENV_HASH_TAG)]
+    notes: dict[str, str] = {}
+    for row in hashed[1:]:
+        note = environment_note(hashed[0].tags, row.tags, names=(hashed[0].run_name, row.run_name))
+        if note is not None:
+            notes.setdefault(row.tags[ENV_HASH_TAG], note)
+    return list(notes.values())
+
+
 def check_outputs(args: argparse.Namespace) -> None:
     """``--output`` / ``--html`` must go into an existing directory: say so before reading any run."""
     for flag in ("output", "html"):
@@ -204,6 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.output.write_text(text(rows), encoding="utf-8")
         else:
             sys.stdout.write(text(rows))
+        notes = Console(stderr=True, highlight=False, soft_wrap=True) if text is not None else console
+        for note in environment_notes(rows):  # a CSV or Markdown table on stdout stays clean: said on stderr
+            notes.print(f"[yellow]{escape(note)}[/yellow]")
         if args.html:
             write_report(rows, args.html, title, redact_uri(uri))
             console.print(f"HTML report written to {escape(str(args.html))}", highlight=False)
