@@ -76,6 +76,18 @@ def input_shapes(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[list[in
     return [list(leaf.shape) for leaf in tree_leaves((tuple(args), dict(kwargs))) if isinstance(leaf, torch.Tensor)]
 
 
+def batch_size_of(shapes: Sequence[Sequence[int]]) -> int:
+    """The batch: the first dimension of the first input (1 for a call without tensors or with a 0-d one)."""
+    return shapes[0][0] if shapes and shapes[0] else 1
+
+
+def timing_options(timing: TimingOptions | bool) -> TimingOptions | None:
+    """``timing=`` of the one-call APIs: options as given, ``True`` the defaults, ``False`` no timing (None)."""
+    if timing is False:
+        return None
+    return timing if isinstance(timing, TimingOptions) else TimingOptions()
+
+
 def _placed(
     model: nn.Module, inputs: Inputs, kwargs: Mapping[str, Any] | None, device: torch.device, runtime: RuntimeOptions
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -152,7 +164,7 @@ def count(
         model_name=type(model).__name__,
         device=str(target),
         input_shapes=shapes,
-        batch_size=shapes[0][0] if shapes[0] else 1,
+        batch_size=batch_size_of(shapes),
         params=cost.params,
         macs=cost.macs,
         flops=cost.flops,
@@ -258,8 +270,7 @@ def profile(
     cost = count(model, inputs, target, kwargs=kwargs, runtime=runtime, options=counting, on_progress=on_progress)
     facts, settings = where_it_runs(target, runtime)
     timed = None
-    if timing is not False:
-        options = timing if isinstance(timing, TimingOptions) else TimingOptions()
+    if (options := timing_options(timing)) is not None:
         timed = measure(model, inputs, target, kwargs=kwargs, runtime=runtime, options=options, on_progress=on_progress)
     peaks = rate(cost, timed, target, runtime, facts, peak) if timed is not None or peak.measure else None
     return ProfileResult(cost, facts, runtime, settings, timed, peaks)

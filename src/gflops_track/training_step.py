@@ -34,11 +34,13 @@ from gflops_track.profiler import (
     Inputs,
     _as_call,
     _placed,
+    batch_size_of,
     count,
     counting_notes,
     input_shapes,
     rate,
     resolve_device,
+    timing_options,
     where_it_runs,
 )
 from gflops_track.result import ProfileResult, TrainingStep, achieved_gflop_per_s
@@ -111,7 +113,7 @@ def count_training_step(
         model_name=type(model).__name__,
         device=str(target),
         input_shapes=shapes,
-        batch_size=shapes[0][0] if shapes and shapes[0] else 1,
+        batch_size=batch_size_of(shapes),
         cost=cost,
         torch_count=torch_count,
         notes=notes,
@@ -204,9 +206,7 @@ def measure_training_step(
             step_timing = measure_latency(step, target, options, on_progress)
             forward_timing = measure_latency(forward_and_loss, target, options, on_progress)
     shapes = input_shapes(args, kwargs)
-    return TrainingTimingResult(
-        step=step_timing, forward=forward_timing, batch_size=shapes[0][0] if shapes and shapes[0] else 1
-    )
+    return TrainingTimingResult(step=step_timing, forward=forward_timing, batch_size=batch_size_of(shapes))
 
 
 def training_input_errors(
@@ -272,8 +272,7 @@ def profile_training_step(
     )  # fmt: skip
     facts, settings = where_it_runs(target, runtime)
     timed = None
-    if timing is not False:
-        options = timing if isinstance(timing, TimingOptions) else TimingOptions()
+    if (options := timing_options(timing)) is not None:
         timed = measure_training_step(
             model, inputs, target, loss=loss, optimizer=optimizer, labels=labels, kwargs=kwargs, runtime=runtime,
             options=options, on_progress=on_progress,
