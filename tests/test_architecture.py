@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,44 @@ def test_importing_the_package_loads_neither_mlflow_hydra_nor_matplotlib() -> No
     code = "import gflops_track, sys; print([m for m in ('mlflow','hydra','matplotlib') if m in sys.modules])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+DYNAMO_CHECK = r"""
+import json, sys, torch
+import gflops_track
+from gflops_track.counting.counting_forward import _disable_dynamo_targets
+from gflops_track.models import ResidualBlock
+
+model, image = ResidualBlock(16, 16, norm_fn=sys.argv[1]), torch.randn(2, 16, 8, 8)
+if sys.argv[2] == "dynamo-first":
+    import torch._dynamo
+first = gflops_track.profile(model, image, timing=False)
+step = gflops_track.count_training_step(model, image, optimizer="none")  # torch.optim's step imports it itself
+print(json.dumps({
+    "dynamo": "torch._dynamo" in sys.modules,
+    "flops": first.flops, "thop_macs": first.thop.macs, "torch_flops": first.torch_count.flops,
+    "step_flops": step.flops, "targets": len(_disable_dynamo_targets()),
+    # our marker: the function itself in the slot where torch caches the dynamo-disabled one
+    "marked": sum(getattr(t, "__dynamo_disable", None) is t for t in _disable_dynamo_targets()),
+}))
+"""
+
+
+@pytest.mark.parametrize("norm_fn", ["group", "batch"])
+def test_counting_never_imports_torch_dynamo_and_leaves_torch_as_it_was(norm_fn: str) -> None:
+    """torch's meta kernels and every dispatch mode sit behind torch._disable_dynamo, whose first call imports
+    torch._dynamo (seconds). Counting (ours, thop, FlopCounterMode, a training step's forward and backward) must not
+    pay that when nothing is compiled, must leave no marker behind, and must count the same when torch._dynamo is
+    already loaded. (A torch.optim optimizer's step imports torch._dynamo itself.)"""
+    results = {}
+    for when in ("never", "dynamo-first"):
+        done = subprocess.run(
+            [sys.executable, "-c", DYNAMO_CHECK, norm_fn, when], capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        results[when] = json.loads(done.stdout.strip().splitlines()[-1])
+    quiet, loaded = results["never"], results["dynamo-first"]
+    assert quiet["dynamo"] is False and loaded["dynamo"] is True
+    assert quiet["targets"] > 0 and quiet["marked"] == 0 and loaded["marked"] == 0
+    counts = ("flops", "thop_macs", "torch_flops", "step_flops")
+    assert {key: quiet[key] for key in counts} == {key: loaded[key] for key in counts}

@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,6 +44,20 @@ def test_installed_packages_canonical_names_and_first_on_path_wins(tmp_path: Pat
     first = [dist_info(tmp_path / "a", "PyYAML", "6.0.2"), dist_info(tmp_path / "a", "typing_extensions", "4.12.0")]
     shadowed = dist_info(tmp_path / "b", "pyyaml", "5.1")  # later on sys.path: `import yaml` never sees it
     assert installed_packages([*first, shadowed]) == {"pyyaml": "6.0.2", "typing-extensions": "4.12.0"}
+
+
+def test_installed_packages_sees_an_install_and_a_removal(tmp_path: Path, monkeypatch: Any) -> None:
+    """The list is kept between calls (reading every METADATA file is slow), but never outlives a change on sys.path:
+    pip adding or removing a .dist-info folder changes the folder's modification time."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "gflops-probe-dist" not in installed_packages()
+    dist_info(tmp_path, "gflops_probe_dist", "1.0")
+    assert installed_packages()["gflops-probe-dist"] == "1.0"
+    shutil.rmtree(tmp_path / "gflops_probe_dist-1.0.dist-info")
+    dist_info(tmp_path, "gflops_probe_dist", "2.0")
+    assert installed_packages()["gflops-probe-dist"] == "2.0"
+    shutil.rmtree(tmp_path / "gflops_probe_dist-2.0.dist-info")
+    assert "gflops-probe-dist" not in installed_packages()
 
 
 def test_environment_hash_is_sha256_of_sorted_lines() -> None:

@@ -90,3 +90,27 @@ def test_torch_compile_is_timed_and_counted_on_the_eager_module() -> None:
     result = profile(model, torch.randn(8, 64), timing=options, runtime=RuntimeOptions(compile="default"))
     assert result.macs == 8 * 64 * 64 and result.runtime.compile == "default"
     assert result.timing is not None and result.timing.cold_start_ms > 10 * result.timing.latency.median_ms
+
+
+def test_convert_mode_inputs_are_made_once_in_the_runs_dtype_and_format() -> None:
+    """convert + channels_last: the app makes its inputs in bf16 channels_last, so preparing the timed forward
+    returns the very same tensors: no second, unconverted copy stays alive while timing."""
+    from hydra import compose, initialize_config_dir
+
+    from gflops_track.app.job import build_inputs, build_model
+    from gflops_track.app.main import CONFIG_DIR
+    from gflops_track.app.schema import register_schema, to_app_config
+    from gflops_track.runtime import prepare
+
+    register_schema()
+    overrides = ["precision=bf16", "precision.mode=convert", "runtime.memory_format=channels_last", "model.planes=8",
+                 "model.in_planes=8", "batch.height=4", "batch.width=4"]  # fmt: skip
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        config = to_app_config(compose("config", overrides=overrides))
+    args, kwargs = build_inputs(config, torch.device("cpu"))
+    (image,) = args
+    assert image.dtype == torch.bfloat16 and image.is_contiguous(memory_format=torch.channels_last)
+    _forward, prepared_args, _kwargs = prepare(
+        build_model(config.model), args, kwargs, config.runtime_options(), torch.device("cpu")
+    )
+    assert prepared_args[0] is image

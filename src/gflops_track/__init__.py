@@ -10,12 +10,54 @@ or run the steps yourself: ``count`` -> ``measure`` -> ``rate`` (see ``profiler.
 loss, backward, optimizer step) and its MFU: ``profile_training_step`` (see ``training_step.py``).
 """
 
-from gflops_track.peak_report import PeakOptions, PeakReport, compare_with_peaks
-from gflops_track.profiler import CountOptions, count, measure, profile, rate, resolve_device
-from gflops_track.result import CountResult, ProfileResult
-from gflops_track.runtime import RuntimeOptions
-from gflops_track.timing import TimingOptions, TimingResult
-from gflops_track.training_step import count_training_step, measure_training_step, profile_training_step
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gflops_track.peak_report import PeakOptions, PeakReport, compare_with_peaks
+    from gflops_track.profiler import CountOptions, count, measure, profile, rate, resolve_device
+    from gflops_track.result import CountResult, ProfileResult
+    from gflops_track.runtime import RuntimeOptions
+    from gflops_track.timing import TimingOptions, TimingResult
+    from gflops_track.training_step import count_training_step, measure_training_step, profile_training_step
+
+# Each public name and the module that defines it, imported on first use (PEP 562): a tool that only reads runs,
+# such as `gflops-track compare`, never pays for importing torch.
+_PUBLIC = {
+    "PeakOptions": "peak_report",
+    "PeakReport": "peak_report",
+    "compare_with_peaks": "peak_report",
+    "CountOptions": "profiler",
+    "count": "profiler",
+    "measure": "profiler",
+    "profile": "profiler",
+    "rate": "profiler",
+    "resolve_device": "profiler",
+    "CountResult": "result",
+    "ProfileResult": "result",
+    "RuntimeOptions": "runtime",
+    "TimingOptions": "timing",
+    "TimingResult": "timing",
+    "count_training_step": "training_step",
+    "measure_training_step": "training_step",
+    "profile_training_step": "training_step",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gflops_track' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"gflops_track.{module}"), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])
+
 
 __all__ = [
     "CountOptions",

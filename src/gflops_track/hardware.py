@@ -16,9 +16,12 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 CPUINFO = Path("/proc/cpuinfo")
 CPU0_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")
@@ -300,6 +303,8 @@ def _nvidia_driver() -> str:
 
 def fingerprint(device: str | torch.device = "cpu") -> Fingerprint:
     """Describe the machine and the stack that ``device`` runs on."""
+    import torch  # here, not at the top: the CPU facts in this module serve `gflops-track compare`, without torch
+
     device = torch.device(device)
     info = read_cpuinfo()
     cpu = info.model_name

@@ -13,7 +13,6 @@ import re
 from dataclasses import dataclass
 
 import psutil
-import torch
 
 from gflops_track.hardware import cpu_model_name
 
@@ -123,6 +122,8 @@ def fp32_flops_per_cycle(capability: str, cpu_model: str) -> int:
 
 def cpu_peak_estimate(threads: int | None = None) -> CpuPeakEstimate | None:
     """Theoretical FP32 peak of the cores torch uses; None when the clock is unknown."""
+    import torch  # here, not at the top: `gflops-track compare` reads Roof from this module and never needs torch
+
     clock = _cpu_clock_ghz()
     if clock <= 0:
         return None

@@ -208,7 +208,7 @@ def measure(
         raise ValueError("; ".join(f"{name}{message}" for name, message in problems))
     args, kwargs = _placed(model, inputs, kwargs, target, runtime)
     with runtime_context(runtime):
-        forward, _args, _kwargs = prepare(model, args, kwargs, runtime, target)
+        forward, args, kwargs = prepare(model, args, kwargs, runtime, target)  # the unconverted copies are let go
         with eval_mode(model):
             timed = measure_latency(forward, target, options, on_progress)
     if options.flush_l2 and target.type != "cuda":

@@ -114,6 +114,13 @@ def _convert_tensor(value: Any, options: RuntimeOptions) -> Any:
     return value
 
 
+def convert_inputs(
+    args: Sequence[Any], kwargs: Mapping[str, Any], options: RuntimeOptions
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Inputs in the run's dtype (``convert`` mode) and memory format; a tensor already so is returned as it is."""
+    return tree_map(lambda v: _convert_tensor(v, options), (tuple(args), dict(kwargs)))
+
+
 def prepare(
     model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any], options: RuntimeOptions, device: torch.device
 ) -> tuple[Callable[[], Any], tuple[Any, ...], dict[str, Any]]:
@@ -122,7 +129,7 @@ def prepare(
         model.to(options.torch_dtype)
     if options.memory_format == "channels_last":
         model.to(memory_format=torch.channels_last)
-    args, kwargs = tree_map(lambda v: _convert_tensor(v, options), (tuple(args), dict(kwargs)))
+    args, kwargs = convert_inputs(args, kwargs, options)
     target: Callable[..., Any] = model
     if options.compile != "off":
         target = torch.compile(model, mode=None if options.compile == "default" else options.compile)

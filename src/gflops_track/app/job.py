@@ -28,6 +28,7 @@ from gflops_track.app.schema import DEFAULT_RUN_NAME, AppConfig
 from gflops_track.hardware import Fingerprint
 from gflops_track.profiler import count, measure, rate, resolve_device, where_it_runs
 from gflops_track.result import ProfileResult, TrainingStep
+from gflops_track.runtime import convert_inputs
 from gflops_track.timing import ProgressCallback
 from gflops_track.tracking.reap import liveness_tags
 from gflops_track.tracking.recorder import Recorder, RunTarget
@@ -107,7 +108,8 @@ def build_model(model_config: dict[str, Any]) -> nn.Module:
 def build_inputs(config: AppConfig, device: torch.device) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]:
     """Random inputs created directly on ``device``, each (batch.size, *per-sample shape): the first from
     input.shape (image models: (in_planes|in_channels, batch.height, batch.width)), then input.args and input.kwargs.
-    A size that cannot be allocated fails here, inside the job, as a FAILED run."""
+    A size that cannot be allocated fails here, inside the job, as a FAILED run. In ``convert`` mode and with
+    channels_last they are made in the run's dtype and memory format, so the timing holds no second copy."""
     batch = config.batch.size
     if config.input.shape is not None:
         first = list(config.input.shape)
@@ -116,7 +118,7 @@ def build_inputs(config: AppConfig, device: torch.device) -> tuple[tuple[torch.T
         first = [int(channels), config.batch.height, config.batch.width]
     args = tuple(torch.randn([batch, *shape], device=device) for shape in [first, *config.input.args])
     kwargs = {name: torch.randn([batch, *shape], device=device) for name, shape in config.input.kwargs.items()}
-    return args, kwargs
+    return convert_inputs(args, kwargs, config.runtime_options())
 
 
 def profile_job(

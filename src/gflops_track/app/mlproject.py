@@ -94,8 +94,7 @@ def link_results(uri: str, project_run_id: str, experiment: str, since_ms: int) 
     ``since_ms`` (found by host and PID), and those at it; give them the project's source tags."""
     from gflops_track.redact import mask_credentials
     from gflops_track.tracking.reap import HOST_TAG, PID_TAG
-    from gflops_track.tracking.records import NOTE_TAG
-    from gflops_track.tracking.store import connect, search_all_runs
+    from gflops_track.tracking.store import NOTE_TAG, connect, search_all_runs
 
     client = connect(uri)
     target = client.get_experiment_by_name(experiment)

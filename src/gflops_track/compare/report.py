@@ -15,9 +15,7 @@ from gflops_track import names
 from gflops_track.compare.charts import comparison_charts
 from gflops_track.compare.render import csv_table, html_report, markdown_table
 from gflops_track.compare.rows import Row, build_rows
-from gflops_track.tracking.recorder import TRACKING_ERRORS
-from gflops_track.tracking.records import NOTE_TAG
-from gflops_track.tracking.store import child_runs, first_line
+from gflops_track.tracking.store import NOTE_TAG, TRACKING_ERRORS, child_runs, first_line
 
 REPORT_ERROR_TAG = "report_error"
 

@@ -12,10 +12,20 @@ ones and still allocate nothing.
 
 If the model cannot run on meta (an op without a meta kernel, data-dependent control flow), counting falls back to a
 real forward on the model's own device, and says so.
+
+torch wraps every ``TorchDispatchMode.__torch_dispatch__`` (ours and FlopCounterMode's) and its Python meta kernels
+(``torch._refs``: the norms' mean and variance, ...) in ``torch._disable_dynamo``, whose first call imports
+``torch._dynamo``: 1-4 s, against milliseconds for the count itself. While ``torch._dynamo`` is not loaded nothing can
+be compiled, so disabling it is a no-op; ``dynamo_import_deferred`` makes those wrappers skip the import for the
+duration of a pass, and leaves them exactly as they were after it.
 """
 
 from __future__ import annotations
 
+import functools
+import gc
+import sys
+import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -79,6 +89,43 @@ def meta_tensors(model: nn.Module, *, keep_requires_grad: bool = False) -> Abstr
     return swapped_tensors(model, _to_meta, keep_requires_grad=keep_requires_grad)
 
 
+@functools.cache
+def _disable_dynamo_targets() -> tuple[Callable[..., Any], ...]:
+    """The functions behind torch's ``torch._disable_dynamo`` wrappers (its Python references and decompositions,
+    every dispatch mode's ``__torch_dispatch__``): found once per process as the referrers of the wrapper's code
+    object, each function read from its closure (``__wrapped__`` is not reliable: torch re-``wraps`` some)."""
+    wrapper_code = torch._disable_dynamo(lambda: None).__code__
+    if "fn" not in wrapper_code.co_freevars:  # a torch whose wrapper looks different: leave it alone
+        return ()
+    slot = wrapper_code.co_freevars.index("fn")
+    wrappers = [obj for obj in gc.get_referrers(wrapper_code) if type(obj) is types.FunctionType and obj.__closure__]
+    return tuple(wrapper.__closure__[slot].cell_contents for wrapper in wrappers)
+
+
+@contextmanager
+def dynamo_import_deferred() -> Iterator[None]:
+    """While ``torch._dynamo`` is not loaded, let torch's ``torch._disable_dynamo`` wrappers call their function
+    directly instead of importing ``torch._dynamo`` to disable a compiler that cannot be running; then remove exactly
+    the markers this set. With ``torch._dynamo`` loaded (a compiled model), it changes nothing."""
+    if "torch._dynamo" in sys.modules:
+        yield
+        return
+    marked: list[Callable[..., Any]] = []
+    for target in _disable_dynamo_targets():
+        if getattr(target, _DYNAMO_DISABLED, None) is None:
+            setattr(target, _DYNAMO_DISABLED, target)  # what the wrapper calls once it has disabled dynamo
+            marked.append(target)
+    try:
+        yield
+    finally:
+        for target in marked:
+            if getattr(target, _DYNAMO_DISABLED, None) is target:
+                delattr(target, _DYNAMO_DISABLED)
+
+
+_DYNAMO_DISABLED = "__dynamo_disable"  # the attribute where torch._disable_dynamo caches the disabled function
+
+
 @dataclass(frozen=True)
 class CountingPass(Generic[CounterT]):
     """How the counting forward ran: ``backend`` is 'meta', 'fake' (autocast) or 'real'; ``note`` says why meta was
@@ -107,7 +154,7 @@ def run_counting_forward(
     autocast_dtype)`` when a dtype is given, inside a fresh ``make_counter()`` per attempt: on meta (fake tensors
     under autocast) first, for real if that fails. Returns how it ran and the counter that saw the whole pass."""
     note = "meta disabled"
-    with eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad(), dynamo_import_deferred():
         if prefer_meta:
             counter = make_counter()
             try:

@@ -35,7 +35,7 @@ from typing import Any
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from gflops_track.counting.counting_forward import _to_meta, meta_tensors
+from gflops_track.counting.counting_forward import _to_meta, dynamo_import_deferred, meta_tensors
 from gflops_track.counting.layer_info import LayerCost
 from gflops_track.counting.op_counter import CostReport
 
@@ -236,7 +236,8 @@ def thop_count(model: nn.Module, args: Sequence[Any], ours: CostReport) -> ThopC
     try:
         custom = _custom_ops(model, distribution)
         try:
-            (raw_macs, raw_params, _), (macs, params, layers) = _run_thop_twice(model, args, custom, meta=True)
+            with dynamo_import_deferred():
+                (raw_macs, raw_params, _), (macs, params, layers) = _run_thop_twice(model, args, custom, meta=True)
         except Exception:  # a model that cannot run on meta (data-dependent code, CPU tensors made inside): for real
             (raw_macs, raw_params, _), (macs, params, layers) = _run_thop_twice(model, args, custom, meta=False)
     except Exception as error:  # thop is a reference figure: its failure must not cost the user's measurement

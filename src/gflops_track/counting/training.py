@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
-from gflops_track.counting.counting_forward import meta_tensors
+from gflops_track.counting.counting_forward import dynamo_import_deferred, meta_tensors
 from gflops_track.counting.op_counter import _CountingMode, validate_extra_rules
 from gflops_track.counting.rules import Category, Rule
 from gflops_track.counting.scope import ScopeTally
@@ -316,7 +316,7 @@ def run_training_step(
             counter = make_counter(model)
             try:
                 meta_args, meta_kwargs, meta_labels = tree_map(_to_meta, (tuple(args), dict(kwargs), labels))
-                with meta_tensors(model, keep_requires_grad=True):
+                with meta_tensors(model, keep_requires_grad=True), dynamo_import_deferred():
                     _step(model, meta_args, meta_kwargs, counter, loss=loss, optimizer=optimizer, labels=meta_labels)
                 return "meta", "", counter
             except TrainingInputError:

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import requests
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from gflops_track import names
@@ -25,6 +23,7 @@ from gflops_track.tracking.reap import Heartbeat, liveness_tags
 from gflops_track.tracking.records import RunRecord, write_to_mlflow
 from gflops_track.tracking.store import (
     PARENT_RUN_ENV,
+    TRACKING_ERRORS,
     connect,
     ensure_experiment,
     first_line,
@@ -32,7 +31,6 @@ from gflops_track.tracking.store import (
     redact_uri,
 )
 
-TRACKING_ERRORS: tuple[type[BaseException], ...] = (MlflowException, requests.RequestException, OSError)
 MAX_ERROR_TAG = 5000
 
 

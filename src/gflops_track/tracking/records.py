@@ -26,9 +26,9 @@ from gflops_track.hardware import Fingerprint
 from gflops_track.plots import roofline_png
 from gflops_track.result import ProfileResult
 from gflops_track.summary import summary_text
+from gflops_track.tracking.store import NOTE_TAG
 
 TRUNCATION_MARK = "...[truncated]"
-NOTE_TAG = "mlflow.note.content"  # what the MLflow UI shows (as Markdown) on a run's Overview
 NOTE_CUT_MARK = "\n... (cut to MLflow's tag limit: the whole text is in summary.txt)\n"
 
 

@@ -11,8 +11,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import mlflow
+import requests
 from filelock import FileLock
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from gflops_track import names
@@ -24,6 +26,8 @@ SEARCH_PAGE = 1000  # runs per search request (MLflow's default page size)
 PARENT_RUN_ENV = "GFLOPS_TRACK_PARENT_RUN_ID"  # set by the sweep callback, read by each job
 ERROR_TAG = "error"
 PARENT_TAG = "mlflow.parentRunId"
+# What a tracking call raises when the store or server fails: caught wherever a failure must not cost a measurement
+TRACKING_ERRORS: tuple[type[BaseException], ...] = (MlflowException, requests.RequestException, OSError)
 
 
 def resolve_tracking_uri(configured: str | None, launch_dir: Path) -> str:

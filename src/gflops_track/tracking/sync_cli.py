@@ -19,9 +19,15 @@ from filelock import Timeout
 from rich.console import Console
 from rich.markup import escape
 
-from gflops_track.tracking.recorder import TRACKING_ERRORS
 from gflops_track.tracking.spool import DERIVE, IF_ENDED, SyncReport, find, sync, sync_lock
-from gflops_track.tracking.store import cap_http_retries, connect, first_line, redact_uri, resolve_tracking_uri
+from gflops_track.tracking.store import (
+    TRACKING_ERRORS,
+    cap_http_retries,
+    connect,
+    first_line,
+    redact_uri,
+    resolve_tracking_uri,
+)
 
 DEFAULT_ROOTS = ("multirun", "outputs")
 EXIT_INCOMPLETE = 1
