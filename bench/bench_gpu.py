@@ -4,12 +4,13 @@
 
 * the seed block ``ResidualBlock(384, 384, 'group')`` on (2, 384, 32, 32) at fp32, tf32, fp16 and bf16 (autocast),
   L2 flush off and on: eager median, CUDA-graph replay median and their ratio, GFLOP/s (counted FLOPs / median),
-  share of the datasheet's dense peak, energy per forward (J) and GFLOP/J where NVML reports energy, suspect flag;
+  share of the datasheet's dense peak, energy per forward (J) and GFLOP/J where NVML reports energy (L2 flush off
+  only: the flush would run inside the energy window; never on a MIG slice), suspect flag;
 * the probes per dtype against the datasheet: best GEMM (GFLOP/s and share of the datasheet figure), the roof (best
   of GEMM and convolution) and which kernel set it, copy bandwidth and share of the datasheet's.
 
-What to look for: graph/eager between ~0.3 and ~1.1 (far below: an empty graph); flush on >= flush off; no
-GEMM probe above ~100% of the datasheet (above: the probe's timing is wrong); bf16/fp16 several times fp32.
+What to look for: graph/eager between ~0.3 and ~1.1 (below 0.02 it is rejected as an empty graph); flush on >= flush
+off; no GEMM probe above ~100% of the datasheet (above: the probe's timing is wrong); bf16/fp16 several times fp32.
 Probes use a temporary peaks cache, never the user's. Without CUDA the script says so and exits 0.
 """
 

@@ -46,6 +46,7 @@ def test_gpu_spec_table_dense_figures(device_name: str, card: str, bf16: float, 
         "NVIDIA GeForce RTX 4090 Laptop GPU",  # AD103, clocked by the laptop's power limit
         "NVIDIA GeForce RTX 3090 Ti",
         "NVIDIA GH200 624GB",  # a memory configuration whose bandwidth the table does not know
+        "NVIDIA GB200",  # Grace Blackwell: not the HGX B200's figures, though "B200" is in its name
         "NVIDIA GeForce GTX 1080",
         "NVIDIA A10G",  # AWS's variant, not the A10
         "NVIDIA L40",  # not the L40S

@@ -4,12 +4,16 @@ the bandwidth probe runs out of memory. Probes run for real, with a tiny plan so
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from gflops_track import probes
 from gflops_track.probes import (
     MAX_AGE_DAYS,
     MeasuredPeak,
@@ -28,6 +33,7 @@ from gflops_track.probes import (
     gemm_flops,
     measured_peak,
     raise_roof,
+    seconds_per_call,
 )
 
 CPU = torch.device("cpu")
@@ -55,6 +61,46 @@ def test_probe_flop_formulas_match_torch_flop_counter() -> None:
     with FlopCounterMode(display=False) as counter:
         F.conv2d(torch.randn(2, 16, 8, 8), torch.randn(16, 16, 3, 3), padding=1)
     assert counter.get_total_flops() == conv3x3_flops(2, 16, 8)
+
+
+def busy_wait(first_ms: float, then_ms: float) -> tuple[Callable[[], None], list[float]]:
+    """A function that busy-waits ``first_ms`` on its second call (the probe's window-sizing call) and ``then_ms`` on
+    every other, and the list of its waits so far."""
+    waits: list[float] = []
+
+    def fn() -> None:
+        waits.append(first_ms if len(waits) == 1 else then_ms)
+        until = time.perf_counter() + waits[-1] / 1e3
+        while time.perf_counter() < until:
+            pass
+
+    return fn, waits
+
+
+def test_probe_time_is_never_one_fast_sizing_call() -> None:
+    """The window-sizing call takes 0.5 ms, every other 2 ms: the answer is the best window (>= 2 ms per call), not the
+    lone fast call. When the sizing call alone lasts a window, it is the answer and no window runs."""
+    fn, waits = busy_wait(0.5, 2.0)
+    plan = ProbePlan(gemm_sizes=(), conv_shapes=(), window_s=0.01, repeats=2)
+    assert seconds_per_call(fn, CPU, plan) >= 2e-3 and len(waits) > 2
+    fn, waits = busy_wait(3.0, 3.0)
+    assert seconds_per_call(fn, CPU, replace(plan, window_s=0.002)) >= 3e-3 and len(waits) == 2
+
+
+def test_gpu_cache_key_is_the_uuid_not_the_ordinal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under CUDA_VISIBLE_DEVICES or SLURM, cuda:0 of one job is another job's cuda:3: the key names the board by
+    UUID, so two boards at one ordinal get two keys and one board at two ordinals gets one."""
+    boards = {0: "GPU-aaaa", 1: "GPU-bbbb", 2: "GPU-aaaa"}
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: SimpleNamespace(uuid=boards[index]))
+    monkeypatch.setattr(probes.NvmlDevice, "open", lambda device: contextlib.nullcontext(None))
+
+    def key(index: int) -> tuple[str, str]:
+        return cache_key("cuda:X", "fp16", torch.device("cuda", index))
+
+    assert "|cuda GPU-aaaa" in key(0)[1] and "cuda:0" not in key(0)[1]
+    assert key(0)[0] != key(1)[0] and key(0) == key(2)
+    boards[0] = "GPU-cccc"  # another board now answers to ordinal 0
+    assert key(0)[0] != key(2)[0]
 
 
 def test_roof_is_the_best_of_gemm_and_convolution(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 from collections.abc import Callable, Iterable, Iterator
 
 import pytest
@@ -18,7 +19,11 @@ from torch import nn
 
 from fixture_models import Sleeper
 from gflops_track import CountOptions, profile
-from gflops_track.conditions import available_cpus, suspicions, watch_conditions
+from gflops_track.conditions import (
+    available_cpus,
+    suspicions,
+    watch_conditions,
+)
 from gflops_track.timing import (
     MIN_CI_SAMPLES,
     SKEW_LIMIT,
@@ -254,10 +259,22 @@ def test_threads_over_cores_and_shared_cores_are_suspect() -> None:
         "the hypervisor stole 20% of CPU time while we timed: latency may be inflated"
     ]
     assert "throttling (hw_slowdown)" in suspicions({}, ["gpu_idle", "hw_slowdown"])[0]
-    assert suspicions({"gpu_sm_clock_mhz": 1980, "gpu_sm_clock_max_mhz": 1980}, ["gpu_idle"]) == []
-    assert suspicions({"gpu_power_violation_fraction": 0.5}, []) == [
-        "the GPU's clocks were held back by its power limit for 50% of the timed loop: latency may be inflated"
+    assert suspicions({"gpu_sm_clock_mhz": 1980, "gpu_sm_clock_reference_mhz": 1980}, ["gpu_idle"]) == []
+    assert suspicions({"gpu_thermal_violation_fraction": 0.5}, []) == [
+        "the GPU's clocks were held back by its thermal limit for 50% of the timed loop: latency may be inflated"
     ]
+
+
+def test_power_capped_gpu_at_its_default_clock_is_not_suspect() -> None:
+    """Sustained load at the power cap is a GPU's normal state: the sw_power_cap reason and power-policy violation time
+    raise nothing. The clock is held against the default applications clock (H100 SXM: 1,755 MHz), not the boost
+    maximum (1,980 MHz): 1,650 MHz is 94% of the default (fine) though 83% of the maximum; 1,500 MHz is 85% of it."""
+    capped = {"gpu_power_violation_fraction": 0.9, "gpu_sm_clock_max_mhz": 1980, "gpu_sm_clock_reference_mhz": 1755}
+    assert suspicions(capped | {"gpu_sm_clock_mhz": 1650}, ["sw_power_cap"]) == []
+    assert suspicions(capped | {"gpu_sm_clock_mhz": 1500}, ["sw_power_cap"]) == [
+        "the GPU's SM clock was 1500 MHz while it worked, below 90% of its default 1755 MHz: latency may be inflated"
+    ]
+    assert "throttling (hw_power_brake_slowdown)" in suspicions({}, ["sw_power_cap", "hw_power_brake_slowdown"])[0]
 
 
 def test_conditions_reasons_are_the_suspect_reasons() -> None:
@@ -279,6 +296,21 @@ def test_gpu_conditions_without_nvml_never_raise() -> None:
         conditions.sample()  # the timer's busy-time hook: a no-op without NVML
     assert "other_processes_cpu_per_wall" in conditions.metrics
     assert not any(key.startswith("gpu_") for key in conditions.metrics)
+
+
+def test_training_step_memory_growth_includes_the_gradients() -> None:
+    """Linear(4096, 4096) without bias, fp32: a 64 MiB weight, so a 64 MiB gradient per step (each step frees it, so
+    the window opens with none). 64 MiB is above glibc's largest mmap threshold: the gradient's pages come and go
+    with it, and the RSS high-water mark sees them. A window that opened with the gradient held would see ~0."""
+    if sys.platform != "linux":
+        pytest.skip("the RSS high-water mark is reset only on Linux")
+    from gflops_track.training_step import measure_training_step
+
+    model = nn.Linear(4096, 4096, bias=False)
+    options = TimingOptions(warmup=1, min_repeats=3, max_repeats=3, max_time_s=5.0)
+    timed = measure_training_step(model, torch.randn(1, 4096), optimizer="sgd", options=options)
+    assert timed.step.memory_growth_bytes >= 0.9 * 4096 * 4096 * 4  # held at the window's start: ~0
+    assert all(parameter.grad is None for parameter in model.parameters())
 
 
 def test_max_repeats_caps_samples() -> None:

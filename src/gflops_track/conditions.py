@@ -7,6 +7,11 @@ counters as deltas around the loop — total energy (J, hence average power) and
 the power and thermal policies (violation status) — and, sampled while the GPU works through a block (never after the
 final synchronise, when it is idle), the SM clock and the clocks-event (throttle) reasons.
 
+A power-capped GPU under sustained load is the normal state, not a suspect run: the software power cap (reason and
+power-policy violation time) is recorded but raises no warning; the SM clock is held against the default applications
+clock (what the board runs at by design), not the maximum boost clock. On a MIG slice the energy counter is the whole
+board's, shared with the other slices' tenants: no energy or power is reported, and a note says so.
+
 The NVML handle is looked up by the CUDA device's UUID, never by its ordinal: under ``CUDA_VISIBLE_DEVICES`` (or
 SLURM) CUDA's ordinal 0 can be NVML's GPU 5, and a MIG slice has its own UUID. Every NVML query has its own ``try``:
 a GPU or driver that lacks one query still answers the others.
@@ -27,8 +32,8 @@ import torch
 
 OTHER_CPU_WARN = 0.25  # other processes busy for a quarter of a core on average
 STEAL_WARN = 0.05  # 5% of CPU time stolen by the hypervisor
-CLOCK_WARN = 0.9  # SM clock below 90% of its maximum while the GPU worked
-VIOLATION_WARN = 0.05  # clocks held back by the power or thermal policy for 5% of the timed loop
+CLOCK_WARN = 0.9  # SM clock below 90% of its default applications clock while the GPU worked
+VIOLATION_WARN = 0.05  # clocks held back by the thermal policy for 5% of the timed loop
 SAMPLE_EVERY_S = 0.05  # NVML clock/reason samples at most this often while the GPU is busy
 THROTTLE_BITS = {  # NVML clocks-event (throttle) reason bits, as in nvml.h
     0x1: "gpu_idle",
@@ -41,8 +46,13 @@ THROTTLE_BITS = {  # NVML clocks-event (throttle) reason bits, as in nvml.h
     0x80: "hw_power_brake_slowdown",
     0x100: "display_clock_setting",
 }
-BENIGN_THROTTLE = {"gpu_idle", "applications_clocks_setting", "sync_boost", "display_clock_setting"}
+BENIGN_THROTTLE = {"gpu_idle", "applications_clocks_setting", "sw_power_cap", "sync_boost", "display_clock_setting"}
 VIOLATION_POLICIES = {"power": 0, "thermal": 1}  # NVML_PERF_POLICY_POWER, NVML_PERF_POLICY_THERMAL
+VIOLATION_SUSPECT = ("thermal",)  # held back by the power cap is the normal state under load (see the module docstring)
+MIG_ENERGY_NOTE = (
+    "no GPU energy or power reported: on a MIG slice NVML's energy counter is the whole board's, shared with the "
+    "other slices"
+)
 
 
 def _attempt(query: Callable[[], Any]) -> Any:
@@ -55,10 +65,10 @@ def _attempt(query: Callable[[], Any]) -> Any:
 
 class NvmlDevice:
     """NVML for one CUDA device, found by UUID. ``handle`` answers for the slice (MIG) or the GPU; ``board`` is the
-    physical GPU (energy, clocks, power and violation counters are per board)."""
+    physical GPU (energy, clocks, power and violation counters are per board); ``mig``: the device is a MIG slice."""
 
-    def __init__(self, nvml: Any, handle: Any, board: Any) -> None:
-        self.nvml, self.handle, self.board = nvml, handle, board
+    def __init__(self, nvml: Any, handle: Any, board: Any, mig: bool = False) -> None:
+        self.nvml, self.handle, self.board, self.mig = nvml, handle, board, mig
 
     @classmethod
     @contextmanager
@@ -90,9 +100,11 @@ class NvmlDevice:
         if handle is None:
             return None
         board = handle
-        if _attempt(lambda: nvml.nvmlDeviceIsMigDeviceHandle(handle)):
+        is_mig = _attempt(lambda: nvml.nvmlDeviceIsMigDeviceHandle(handle))
+        mig = bool(getattr(is_mig, "value", is_mig))  # nvidia-ml-py returns the c_uint itself
+        if mig:
             board = _attempt(lambda: nvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(handle)) or handle
-        return cls(nvml, handle, board)
+        return cls(nvml, handle, board, mig)
 
     def name(self) -> str | None:
         name = _attempt(lambda: self.nvml.nvmlDeviceGetName(self.handle))
@@ -112,6 +124,15 @@ class NvmlDevice:
 
     def sm_clock_max_mhz(self) -> float | None:
         return _attempt(lambda: float(self.nvml.nvmlDeviceGetMaxClockInfo(self.board, self.nvml.NVML_CLOCK_SM)))
+
+    def sm_clock_reference_mhz(self) -> float | None:
+        """The SM clock the board should hold under load: its default applications clock, else the applications
+        clock (both unsupported on some GPUs), else the maximum clock."""
+        nvml, sm = self.nvml, self.nvml.NVML_CLOCK_SM
+        clock = _attempt(lambda: float(nvml.nvmlDeviceGetDefaultApplicationsClock(self.board, sm)))
+        if not clock:
+            clock = _attempt(lambda: float(nvml.nvmlDeviceGetApplicationsClock(self.board, sm)))
+        return clock or self.sm_clock_max_mhz()
 
     def power_limit_w(self) -> float | None:
         """The enforced power limit (W), else the management limit."""
@@ -139,6 +160,7 @@ class Conditions:
     metrics: dict[str, float] = field(default_factory=dict)
     throttle_reasons: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was left out and why (not a reason to doubt the run)
     _gpu: NvmlDevice | None = field(default=None, repr=False, compare=False)
     _clocks: list[float] = field(default_factory=list, repr=False, compare=False)
     _last_sample: float = field(default=0.0, repr=False, compare=False)
@@ -176,11 +198,12 @@ def _gpu_counters(gpu: NvmlDevice) -> dict[str, int | None]:
 
 
 def _gpu_metrics(gpu: NvmlDevice, before: dict[str, int | None], wall: float, clocks: list[float]) -> dict[str, float]:
-    """Deltas of the counters over the loop, plus the clocks sampled while busy and the board's facts."""
+    """Deltas of the counters over the loop, plus the clocks sampled while busy and the board's facts. No energy or
+    power on a MIG slice (the board's counter covers every slice)."""
     after = _gpu_counters(gpu)
     metrics: dict[str, float] = {}
     start, end = before["energy_mj"], after["energy_mj"]
-    if start is not None and end is not None and end > start:
+    if start is not None and end is not None and end > start and not gpu.mig:
         metrics["gpu_energy_j"] = (end - start) / 1e3
         metrics["gpu_power_w"] = (end - start) / 1e3 / wall  # average over the loop, not one reading
     for name in VIOLATION_POLICIES:
@@ -193,6 +216,7 @@ def _gpu_metrics(gpu: NvmlDevice, before: dict[str, int | None], wall: float, cl
         metrics["gpu_sm_clock_min_mhz"] = ordered[0]
     for key, value in (
         ("gpu_sm_clock_max_mhz", gpu.sm_clock_max_mhz()),
+        ("gpu_sm_clock_reference_mhz", gpu.sm_clock_reference_mhz()),
         ("gpu_temperature_c", gpu.temperature_c()),
         ("gpu_power_limit_w", gpu.power_limit_w()),
     ):
@@ -233,6 +257,8 @@ def watch_conditions(device: torch.device, threads: int) -> Iterator[Conditions]
                 metrics.update(_gpu_metrics(gpu, gpu_before, wall, conditions._clocks))
             conditions.metrics = metrics
             conditions.warnings = suspicions(metrics, conditions.throttle_reasons)
+            if gpu is not None and gpu.mig:
+                conditions.notes.append(MIG_ENERGY_NOTE)
             conditions._gpu = None  # NVML is shut down on exit
 
 
@@ -253,10 +279,13 @@ def suspicions(metrics: dict[str, float], throttle_reasons: list[str]) -> list[s
     steal = metrics.get("cpu_steal_fraction", 0.0)
     if steal > STEAL_WARN:
         warnings.append(f"the hypervisor stole {steal:.0%} of CPU time while we timed: latency may be inflated")
-    clock, clock_max = metrics.get("gpu_sm_clock_mhz"), metrics.get("gpu_sm_clock_max_mhz")
-    if clock and clock_max and clock < CLOCK_WARN * clock_max:
-        warnings.append(f"the GPU's SM clock was {clock:.0f} MHz of {clock_max:.0f} MHz while it worked")
-    for name in VIOLATION_POLICIES:
+    clock, reference = metrics.get("gpu_sm_clock_mhz"), metrics.get("gpu_sm_clock_reference_mhz")
+    if clock and reference and clock < CLOCK_WARN * reference:
+        warnings.append(
+            f"the GPU's SM clock was {clock:.0f} MHz while it worked, below {CLOCK_WARN:.0%} of its default "
+            f"{reference:.0f} MHz: latency may be inflated"
+        )
+    for name in VIOLATION_SUSPECT:
         fraction = metrics.get(f"gpu_{name}_violation_fraction", 0.0)
         if fraction > VIOLATION_WARN:
             warnings.append(

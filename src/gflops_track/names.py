@@ -76,7 +76,7 @@ UTILIZATION_SPEC = "speed/utilization_vs_spec_peak"
 UTILIZATION_ESTIMATE = "speed/utilization_vs_estimated_peak"
 UTILIZATION_MEASURED = "speed/utilization_vs_measured_peak"
 
-# Training step (mode=train): one whole step (zero_grad, forward, loss, backward, optimizer step), whole batch.
+# Training step (mode=train): one whole step (forward, loss, backward, optimizer step, zero_grad), whole batch.
 STEP_MACS = "step/macs"
 STEP_FLOPS = "step/flops"
 STEP_GFLOPS = "step/gflops"

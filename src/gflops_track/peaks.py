@@ -48,6 +48,9 @@ GPU_SPECS: list[tuple[str, GpuSpec | None]] = [
     (r"H100.*PCIe", GpuSpec("H100 PCIe", {"fp32": 51, "tf32": 378, "fp16": 756, "bf16": 756}, 2000, "H100 datasheet")),
     # Same datasheet, H100 SXM column; sparse figures halved.
     (r"H100", GpuSpec("H100 SXM", {"fp32": 67, "tf32": 494.5, "fp16": 989.5, "bf16": 989.5}, 3350, "H100 datasheet")),
+    # GB200 (Grace Blackwell superchip): its B200 GPUs are clocked and powered unlike the HGX B200's, and the "B200"
+    # pattern below would match "NVIDIA GB200": no figure.
+    (r"GB200", None),
     # NVIDIA HGX B200 datasheet (2024): 8-GPU figures divided by 8; sparse figures halved.
     (r"B200", GpuSpec("B200", {"fp32": 75, "tf32": 1125, "fp16": 2250, "bf16": 2250}, 8000, "HGX B200 datasheet")),
     # NVIDIA A100 Tensor Core GPU datasheet (2021): dense figures given beside the sparse ones.

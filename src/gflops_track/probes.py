@@ -6,12 +6,14 @@
   ``gemm_gflop_per_s``. On an AMD CPU whose BLAS GEMM is slow, a 3x3 convolution can beat every GEMM: a GEMM-only
   "peak" would show runs at 108% of it. Utilization must use ``compute_gflop_per_s``;
 * probe timing: back-to-back calls for about ``window_s`` (100 ms), bracketed once — CUDA events on GPU, so launch
-  overhead is amortised; perf_counter on CPU — best of ``repeats`` windows (one window when a call alone is longer);
+  overhead is amortised; perf_counter on CPU — best of ``repeats`` windows; the single call that sizes the window is
+  the result only when it alone lasts a window (a lone call on a rested device can beat the rate it sustains);
 * bandwidth: a copy of a buffer far larger than the last-level cache (CPU: 4x L3, at least 256 MiB; GPU: 1 GiB, i.e.
   2 GiB with the copy's target), bytes = read + write = 2 x buffer size. On out-of-memory the buffer is halved down
   to ``BANDWIDTH_FLOOR_BYTES``; when nothing fits, the bandwidth is None with a note and the compute roof is kept;
 * cache: ``peaks.json``, a JSON object {key: entry}. The key hashes the hardware fingerprint, torch version, thread
-  count, dtype, the device index and, on GPU, the power limit and clocks (NVML), and the probe plan when it is not
+  count, dtype, the device (on GPU its UUID, never the CUDA ordinal, which names another board under
+  ``CUDA_VISIBLE_DEVICES`` or SLURM) and, on GPU, the power limit and clocks (NVML), and the probe plan when it is not
   the default. Entries older than ``MAX_AGE_DAYS`` are re-measured. Every read-modify-write holds a file lock
   (``peaks.json.lock``), so parallel jobs measure once and never lose each other's entries; the write is atomic
   (temp file + rename). A file or entry of the wrong shape (a list, null, a missing field, a string where a number
@@ -134,6 +136,7 @@ def _window_seconds(fn: Callable[[], Any], device: torch.device, calls: int) -> 
     """Seconds per call over ``calls`` back-to-back calls: CUDA events around the window, perf_counter on CPU."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        end.record()  # an event is created on its first record: here, not between the window's two records
         start.record()
         for _ in range(calls):
             fn()
@@ -147,13 +150,14 @@ def _window_seconds(fn: Callable[[], Any], device: torch.device, calls: int) -> 
 
 
 def seconds_per_call(fn: Callable[[], Any], device: torch.device, plan: ProbePlan) -> float:
-    """Best seconds per call: one warm-up call, one call to size the window, then ``repeats`` windows of ~window_s."""
+    """Best seconds per call: one warm-up call, one call to size the window, then the best of ``repeats`` windows
+    of ~window_s. The sizing call is the answer only when it alone lasts a window (then no window is run)."""
     fn()  # warm-up: allocation, kernel selection (cuDNN benchmark)
     first = _window_seconds(fn, device, 1)
     if first >= plan.window_s:
         return first
     calls = max(1, math.ceil(plan.window_s / max(first, 1e-9)))
-    return min([first] + [_window_seconds(fn, device, calls) for _ in range(plan.repeats)])
+    return min(_window_seconds(fn, device, calls) for _ in range(max(1, plan.repeats)))
 
 
 def gemm_flops(n: int) -> int:
@@ -279,11 +283,12 @@ def measure(device: torch.device, dtype: str, plan: ProbePlan | None = None) -> 
 
 
 def device_facts(device: torch.device) -> str:
-    """What besides the fingerprint changes a peak: the device index, and on NVIDIA GPUs the power limit and clocks."""
+    """What besides the fingerprint changes a peak: the GPU (its UUID: the CUDA ordinal names another board under
+    ``CUDA_VISIBLE_DEVICES`` or SLURM), and on NVIDIA GPUs the power limit and clocks."""
     if device.type != "cuda":
         return "cpu"
     index = device.index if device.index is not None else torch.cuda.current_device()
-    parts = [f"cuda:{index}"]
+    parts = [f"cuda {torch.cuda.get_device_properties(index).uuid}"]
     with NvmlDevice.open(torch.device("cuda", index)) as gpu:
         if gpu is not None:
             nvml = gpu.nvml

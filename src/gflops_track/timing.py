@@ -25,7 +25,8 @@
   flushed before every iteration (cold L2: ``flush_bytes`` = max(256 MiB, 2 x L2) zeroed, as Triton's ``do_bench``),
   and a CUDA-Graph replay of the forward is timed separately (launch overhead can dominate small modules). The graph is
   captured on a stream of the measured device; PyTorch's empty-graph warning is an error, and a graph median below
-  ``GRAPH_MIN_RATIO`` x the eager median is rejected (a replay cannot save more than launch overhead);
+  ``GRAPH_MIN_RATIO`` x the eager median is rejected (a replay cannot save more than launch overhead). The events of a
+  block are created (recorded once) before its first timed span, so ``cudaEventCreate`` is never inside one;
 * memory: ``memory_baseline_bytes`` (held when timing starts) and ``memory_growth_bytes`` (peak over it during the
   timed loop), named by ``memory_kind``: ``cuda_allocated`` (``memory_allocated`` / ``max_memory_allocated``; the L2
   flush buffer is allocated before and excluded) or ``cpu_rss`` (resident set size / growth of the kernel's
@@ -34,7 +35,9 @@
   processes on our cores, more threads than cores, steal, GPU throttling) and a distribution far from its minimum
   (median > ``SKEW_LIMIT`` x min);
 * energy (NVIDIA, NVML): the total-energy counter read before and after the timed loop gives
-  ``energy_per_iteration_j``; ``gflop_per_joule(flops)`` derives GFLOP/J.
+  ``energy_per_iteration_j``; ``gflop_per_joule(flops)`` derives GFLOP/J. With ``flush_l2`` the loop also zeroes the
+  flush buffer every iteration, so no energy per iteration is reported (a note says so); nor on a MIG slice, whose
+  counter is the whole board's (see ``conditions``).
 """
 
 from __future__ import annotations
@@ -73,9 +76,10 @@ EAGER_SHARE_WITH_GRAPH = 0.6  # with cuda_graph: cold start + warm-up + eager ti
 # percent, not 2x; a median over twice the minimum means more than half of the iterations waited longer than the work
 # itself took: the median measures the machine's load, not the module.
 SKEW_LIMIT = 2.0
-# A graph replay saves the CPU launch cost (~5 us per kernel) and nothing else; even a launch-bound module of tiny
-# kernels gains ~3-5x. A replay 10x faster than eager is an empty or partial graph (captured on another device/stream).
-GRAPH_MIN_RATIO = 0.1
+# A graph replay saves the CPU launch cost and nothing else: eager pays ~10-30 us of Python and dispatch per op, a
+# replay ~1-3 us per node, so a launch-bound module of tiny kernels can replay ~10x faster. A replay 50x faster than
+# eager is an empty or partial graph (captured on another device/stream). The empty-graph error is the main guard.
+GRAPH_MIN_RATIO = 0.02
 FLUSH_MIN_BYTES = 256 * 2**20
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
@@ -228,7 +232,8 @@ class TimingResult:
     suspect_reasons: list[str] = field(default_factory=list)
     time_bound_hit: bool = False  # max_time_s cut warm-up short or ended timing before the precision target
     total_s: float = 0.0  # the whole timing phase, cold start to the end, seconds
-    energy_per_iteration_j: float | None = None  # NVML total-energy delta / timed iterations (GPU board energy)
+    # NVML total-energy delta / timed iterations (GPU board energy); None with flush_l2 or on a MIG slice
+    energy_per_iteration_j: float | None = None
 
     @property
     def timed_iterations(self) -> int:
@@ -395,6 +400,9 @@ class _Timer:
             return samples
         stream = torch.cuda.current_stream(self.device)
         pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(count)]
+        for start, end in pairs:  # an event is created on its first record: here, not inside a timed span
+            start.record(stream)
+            end.record(stream)
         for start, end in pairs:
             if self.flush_buffer is not None:
                 self.flush_buffer.zero_()  # evict the previous iteration's data from L2, outside the timed span
@@ -484,7 +492,7 @@ def _adaptive_samples(
 def _graph_forward(fn: Forward, device: torch.device) -> Forward:
     """Capture ``fn`` into a CUDA graph on a stream of ``device`` (after warm-up on a side stream, as PyTorch
     requires); return its replay. PyTorch's empty-graph warning (nothing was captured: the work went to another device
-    or stream) is raised as an error."""
+    or stream) is raised as an error. The device's current stream is the one it was before, even when capture fails."""
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
@@ -494,10 +502,14 @@ def _graph_forward(fn: Forward, device: torch.device) -> Forward:
     torch.cuda.synchronize(device)
     graph = torch.cuda.CUDAGraph()
     capture = torch.cuda.Stream(device)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=_EMPTY_GRAPH_WARNING)
-        with torch.cuda.graph(graph, stream=capture):
-            fn()
+    previous = torch.cuda.current_stream(device)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=_EMPTY_GRAPH_WARNING)
+            with torch.cuda.graph(graph, stream=capture):
+                fn()
+    finally:
+        torch.cuda.set_stream(previous)  # torch.cuda.graph leaves the capture stream current when capture_end raises
     return graph.replay
 
 
@@ -598,6 +610,13 @@ def _measure(
     if not met:
         notes.append(_precision_note(latency, options))
     energy = conditions.metrics.get("gpu_energy_j")
+    if energy and timer.flush_buffer is not None:
+        energy = None
+        notes.append(
+            f"energy per forward not reported: the L2 flush ({timer.flush_size / 2**20:,.0f} MiB zeroed before every "
+            "iteration) ran inside the energy window; time with flush_l2=false to measure energy"
+        )
+    notes += conditions.notes
     reasons = conditions.warnings + skew_reasons(latency)
     if graph_latency is not None:
         reasons += skew_reasons(graph_latency, "CUDA-graph replay")

@@ -122,10 +122,13 @@ def count_training_step(
 
 @dataclass(frozen=True)
 class TrainingTimingResult:
-    """One training step timed by the adaptive engine: ``step`` is zero_grad + forward + loss + backward + optimizer
-    step, ``forward`` the forward + loss alone (recording autograd, as in the step); backward + optimizer is derived
-    as the difference of the medians. ``step.memory_growth_bytes`` is the step's peak over the baseline (activations
-    and gradients included; on CUDA from ``max_memory_allocated``, on CPU the RSS high-water mark)."""
+    """One training step timed by the adaptive engine: ``step`` is forward + loss + backward + optimizer step +
+    zero_grad (set to None), ``forward`` the forward + loss alone (recording autograd, as in the step); backward +
+    optimizer is derived as the difference of the medians. ``step.memory_growth_bytes`` is the step's peak over the
+    baseline: activations and gradients (each step frees its gradients, so they are allocated inside the window) and
+    the optimizer's temporaries; the optimizer's persistent state (AdamW's moments, created by the first step) is in
+    the baseline. On CUDA from ``max_memory_allocated``, on CPU the RSS high-water mark. ``step.cold_start_ms`` is
+    the cold call; ``forward.cold_start_ms`` is not one (the step ran the forward before it) and is not reported."""
 
     step: TimingResult
     forward: TimingResult
@@ -194,13 +197,10 @@ def measure_training_step(
 
         def step() -> None:
             with torch.inference_mode(False), torch.enable_grad():
-                if opt is not None:
-                    opt.zero_grad(set_to_none=True)
-                else:
-                    replica.zero_grad(set_to_none=True)
                 forward_and_loss().backward()
                 if opt is not None:
                     opt.step()
+                replica.zero_grad(set_to_none=True)  # last: the memory window opens between steps with no gradient
 
         with train_mode(replica):
             step_timing = measure_latency(step, target, options, on_progress)
