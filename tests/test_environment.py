@@ -7,6 +7,7 @@ import hashlib
 import importlib.metadata
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,31 @@ def test_installed_packages_sees_an_install_and_a_removal(tmp_path: Path, monkey
     assert installed_packages()["gflops-probe-dist"] == "2.0"
     shutil.rmtree(tmp_path / "gflops_probe_dist-2.0.dist-info")
     assert "gflops-probe-dist" not in installed_packages()
+
+
+def test_a_vendored_folder_on_sys_path_is_no_install_location(tmp_path: Path, monkeypatch: Any) -> None:
+    """A sys.path folder inside a package (setuptools' `_vendor`, put there when something imports setuptools) holds
+    that package's private copies: they are not installed distributions."""
+    site = tmp_path / "site-packages"
+    dist_info(site, "gflops_probe_top", "1.0")
+    dist_info(site / "tool" / "_vendor", "gflops_probe_vendored", "2.0")
+    (site / "tool" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(site / "tool" / "_vendor"))
+    monkeypatch.syspath_prepend(str(site))
+    packages = installed_packages()
+    assert packages["gflops-probe-top"] == "1.0" and "gflops-probe-vendored" not in packages
+
+
+def test_env_hash_is_the_same_before_and_after_thop_is_imported() -> None:
+    """thop imports distutils, i.e. setuptools, which puts `setuptools/_vendor` on sys.path: the first job of a sweep
+    (hashed before thop ran) and the others used to get different `env_hash` tags in one process."""
+    code = (
+        "import json; from gflops_track.environment import installed_packages as p; before = p(); import thop; "
+        "print(json.dumps([before, p()]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    before, after = json.loads(done.stdout.strip().splitlines()[-1])
+    assert before == after and before["torch"] == torch.__version__
 
 
 def test_environment_hash_is_sha256_of_sorted_lines() -> None:

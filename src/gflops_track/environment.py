@@ -12,6 +12,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 ENV_HASH_TAG = "env_hash"
 ENV_PACKAGES_TAG = "env_packages"  # optional: the name==version list as compact JSON, so compare can name differences
@@ -25,13 +26,21 @@ def canonical_name(name: str) -> str:
 
 
 def installed_packages(distributions: Iterable[importlib.metadata.Distribution] | None = None) -> dict[str, str]:
-    """Every distribution importable by this interpreter, `{canonical name: version}`, sorted by name. When a name is
-    installed twice on sys.path, the first one found wins, as it does for `import`. Reading every METADATA file
-    takes 0.1-0.5 s, so the answer for this interpreter is kept until an install or removal changes a folder on
-    sys.path (its modification time)."""
+    """Every distribution installed for this interpreter, `{canonical name: version}`, sorted by name. When a name is
+    installed twice on sys.path, the first one found wins, as it does for `import`. A sys.path folder inside a package
+    is that package's vendored copy, not an install location: setuptools puts `setuptools/_vendor` on sys.path when
+    something imports it (thop does), which must not change the list (nor the `env_hash`) halfway through a sweep.
+    Reading every METADATA file takes 0.1-0.5 s, so the answer is kept until an install or removal changes one of the
+    folders (its modification time)."""
     if distributions is not None:
         return _packages(distributions)
-    return dict(_interpreter_packages(_path_state(tuple(sys.path))))
+    return dict(_interpreter_packages(_path_state(install_locations(sys.path))))
+
+
+def install_locations(paths: Iterable[str]) -> tuple[str, ...]:
+    """The sys.path folders that are install locations: not a folder inside a Python package (one whose parent has an
+    ``__init__.py``, such as ``setuptools/_vendor``), which holds that package's private copies."""
+    return tuple(path for path in paths if not (Path(path or ".").resolve().parent / "__init__.py").is_file())
 
 
 def _packages(distributions: Iterable[importlib.metadata.Distribution]) -> dict[str, str]:
@@ -44,7 +53,7 @@ def _packages(distributions: Iterable[importlib.metadata.Distribution]) -> dict[
 
 
 def _path_state(paths: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
-    """Each sys.path folder with its modification time: pip adds and removes `*.dist-info` folders there."""
+    """Each folder with its modification time: pip adds and removes `*.dist-info` folders there."""
     state = []
     for path in paths:
         try:
@@ -56,8 +65,9 @@ def _path_state(paths: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
 
 @functools.lru_cache(maxsize=4)
 def _interpreter_packages(path_state: tuple[tuple[str, int], ...]) -> tuple[tuple[str, str], ...]:
-    """``installed_packages()`` for sys.path as it is in ``path_state`` (the key; the scan reads sys.path)."""
-    return tuple(_packages(importlib.metadata.distributions()).items())
+    """``installed_packages()`` over the folders of ``path_state``, as they are in it."""
+    folders = [path for path, _mtime in path_state]
+    return tuple(_packages(importlib.metadata.distributions(path=folders)).items())
 
 
 def requirement_lines(packages: Mapping[str, str]) -> list[str]:
