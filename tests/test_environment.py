@@ -48,8 +48,8 @@ def test_installed_packages_canonical_names_and_first_on_path_wins(tmp_path: Pat
 
 
 def test_installed_packages_sees_an_install_and_a_removal(tmp_path: Path, monkeypatch: Any) -> None:
-    """The list is kept between calls (reading every METADATA file is slow), but never outlives a change on sys.path:
-    pip adding or removing a .dist-info folder changes the folder's modification time."""
+    """The list is kept between calls (reading every METADATA file is slow), but never outlives an install, upgrade
+    or removal: pip adds, renames (name-version) and removes .dist-info folders."""
     monkeypatch.syspath_prepend(str(tmp_path))
     assert "gflops-probe-dist" not in installed_packages()
     dist_info(tmp_path, "gflops_probe_dist", "1.0")

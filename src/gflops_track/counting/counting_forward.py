@@ -17,7 +17,9 @@ torch wraps every ``TorchDispatchMode.__torch_dispatch__`` (ours and FlopCounter
 (``torch._refs``: the norms' mean and variance, ...) in ``torch._disable_dynamo``, whose first call imports
 ``torch._dynamo``: 1-4 s, against milliseconds for the count itself. While ``torch._dynamo`` is not loaded nothing can
 be compiled, so disabling it is a no-op; ``dynamo_import_deferred`` makes those wrappers skip the import for the
-duration of a pass, and leaves them exactly as they were after it.
+duration of a pass, and leaves them exactly as they were after it. ``torch._check``, which the meta kernels call,
+imports ``torch.fx.experimental.symbolic_shapes`` (and sympy) on its first call: this module imports it itself, so a
+first count costs what the next ones do.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import torch
+import torch.fx.experimental.symbolic_shapes
 from torch import nn
 from torch.utils._pytree import tree_map
 

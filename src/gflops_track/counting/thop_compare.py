@@ -32,6 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from thop import profile as thop_profile
+from thop.profile import register_hooks
+from thop.vision.basic_hooks import count_normalization
 from torch import nn
 from torch.utils._pytree import tree_map
 
@@ -107,9 +110,6 @@ class ThopCount:
 
 
 def _custom_ops(model: nn.Module, distribution: str) -> dict[type[nn.Module], Any]:
-    from thop.profile import register_hooks
-    from thop.vision.basic_hooks import count_normalization
-
     custom: dict[type[nn.Module], Any] = {}
     for module in model.modules():
         kind = type(module)
@@ -139,8 +139,6 @@ def _run_thop(
 ) -> tuple[int, int, dict[str, float]]:
     """thop on a deep copy of ``model``; with ``meta`` the copy holds meta tensors (copied without their data) and
     the inputs are meta too: thop's rules read shapes only, so the figures are those of a real forward."""
-    from thop import profile as thop_profile
-
     if meta:
         with meta_tensors(model):  # the copy takes the stand-ins (shared tensors stay shared); the originals return
             clone = copy.deepcopy(model)
