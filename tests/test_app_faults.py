@@ -193,3 +193,38 @@ def test_interrupted_command_ends_only_the_job_runs_it_can_judge(tmp_path: Path,
     assert client.get_run(ended.run_id).info.status == "FINISHED"
     assert client.get_run(elsewhere.run_id).info.status == "RUNNING"
     assert [run_key(state) for state in ledger.open_job_runs()] == [elsewhere.run_id]
+
+
+def test_interrupt_ends_a_job_run_its_process_never_wrote_to_the_ledger(tmp_path: Path, store_uri: str) -> None:
+    """The race a busy machine opens: a job's run exists (created with the process's liveness tags) but the process
+    was killed before it wrote its ledger entry. The sweep's RUNNING children are checked too: that run is KILLED
+    with the reason; a child another host runs, and one already ended, are left as they are."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    ledger = OutcomeLedger(tmp_path / "ledger.jsonl")
+    sweep = Recorder(RunTarget.for_sweep(store_uri, "interrupt", "sweep"), tmp_path / "spool", print)
+    sweep.open()
+    ledger.open_sweep(sweep.state())
+    client = MlflowClient(store_uri)
+    experiment = client.get_run(sweep.run_id).info.experiment_id
+    here = liveness_tags()
+
+    def child(name: str, tags: dict[str, str]) -> str:
+        return client.create_run(
+            experiment, run_name=name, tags={"mlflow.parentRunId": sweep.run_id, **tags}
+        ).info.run_id
+
+    orphan = child("killed-before-its-ledger-entry", {**here, PID_TAG: dead.stdout.strip()})
+    remote = child("on-a-node", {**here, HOST_TAG: "node-17"})
+    finished = child("ended-itself", {**here, PID_TAG: dead.stdout.strip()})
+    client.set_terminated(finished, "FINISHED")
+    started = time.monotonic()
+    end_interrupted_runs(ledger)
+    assert time.monotonic() - started < 5  # a gone process is not waited for
+    run = client.get_run(orphan)
+    assert (run.info.status, run.data.tags["error"]) == (
+        "KILLED",
+        "interrupted: the job's process was stopped before it could end this run",
+    )
+    assert client.get_run(remote).info.status == "RUNNING"
+    assert client.get_run(finished).info.status == "FINISHED"
+    assert client.get_run(sweep.run_id).info.status == "KILLED" and ledger.open_sweeps() == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,34 +34,69 @@ from gflops_track.tracking.reap import process_alive, process_of, seen_from_here
 from gflops_track.tracking.recorder import TRACKING_ERRORS, Recorder, RunTarget
 from gflops_track.tracking.records import RunRecord
 from gflops_track.tracking.spool import SPOOL_FOLDER
-from gflops_track.tracking.store import PARENT_RUN_ENV, child_runs, redact_uri, resolve_tracking_uri
+from gflops_track.tracking.store import PARENT_RUN_ENV, child_runs, first_line, redact_uri, resolve_tracking_uri
 
 PARALLEL_LAUNCHERS = ("JoblibLauncher", "LocalLauncher")  # hydra-joblib-launcher; hydra-submitit-launcher (local)
 JOB_GRACE_S = 10.0  # after an interrupt, how long a job's live process gets to end its own run before we do
 
 
+KILLED_REASON = "interrupted: the job's process was stopped before it could end this run"
+
+
 def end_interrupted_runs(ledger: OutcomeLedger) -> None:
     """After Ctrl-C or SIGTERM (Hydra then never calls on_multirun_end): mark KILLED every job run still RUNNING
-    whose process could not end it (joblib kills its workers when the command is interrupted), then the sweep's run."""
+    whose process could not end it (joblib kills its workers when the command is interrupted), then the sweep's run.
+    The ledger names the job runs; a run created just before the interrupt, whose process was killed before it could
+    write its ledger entry, is found among the sweep's RUNNING children by its liveness tags."""
     os.environ.pop(PARENT_RUN_ENV, None)
     for state in ledger.open_job_runs():
         process = state.get("process", {})
         if not seen_from_here(process):
             continue  # a job on another node (SLURM) ends its own run; gflops-track reap covers the rest
         key = run_key(state)
-        deadline = time.monotonic() + JOB_GRACE_S  # the job's own process may be ending its run right now
-        while key in {run_key(s) for s in ledger.open_job_runs()} and time.monotonic() < deadline:
-            pid_and_start = process_of(process)
-            if pid_and_start is None or not process_alive(*pid_and_start):
-                break
-            time.sleep(0.1)
+        _give_the_job_time(process, lambda key=key: key in {run_key(s) for s in ledger.open_job_runs()})
         recorder = Recorder.resume(state, console.print_warning)
         if recorder.still_running():
-            recorder.finish(KILLED, "interrupted: the job's process was stopped before it could end this run")
+            recorder.finish(KILLED, KILLED_REASON)
         ledger.close_job_run(key)
     for state in ledger.open_sweeps():
-        Recorder.resume(state, console.print_warning).finish(KILLED)
+        sweep = Recorder.resume(state, console.print_warning)
+        _end_unlisted_children(sweep)
+        sweep.finish(KILLED)
         ledger.close_sweep(run_key(state))
+
+
+def _give_the_job_time(process: dict[str, str], still_open: Callable[[], bool]) -> None:
+    """Wait, up to ``JOB_GRACE_S``, while the job's process lives and its run is open: it may be ending the run."""
+    deadline = time.monotonic() + JOB_GRACE_S
+    while still_open() and time.monotonic() < deadline:
+        pid_and_start = process_of(process)
+        if pid_and_start is None or not process_alive(*pid_and_start):
+            return
+        time.sleep(0.1)
+
+
+def _end_unlisted_children(sweep: Recorder) -> None:
+    """The sweep's children still RUNNING that a process on this host opened: KILLED once that process is gone (or
+    had its grace), with the reason. Children of jobs on other hosts are left to them."""
+    if sweep.client is None or sweep.run_id is None or sweep.spooled is not None:
+        return
+    client = sweep.client
+
+    def running(run_id: str) -> bool:
+        return client.get_run(run_id).info.status == "RUNNING"
+
+    try:
+        for run in child_runs(client, sweep.run_id):
+            run_id = run.info.run_id
+            if run.info.status != "RUNNING" or not seen_from_here(run.data.tags):
+                continue
+            _give_the_job_time(dict(run.data.tags), lambda run_id=run_id: running(run_id))
+            if running(run_id):
+                client.set_tag(run_id, names.ERROR_TAG, KILLED_REASON)
+                client.set_terminated(run_id, KILLED)
+    except TRACKING_ERRORS as error:
+        console.print_warning(f"could not check the sweep's job runs after the interrupt: {first_line(error)}")
 
 
 def ui_address(uri: str, experiment_id: str) -> str:

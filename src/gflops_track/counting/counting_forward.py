@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import torch
-import torch.fx.experimental.symbolic_shapes
+import torch.fx.experimental.symbolic_shapes  # torch._check's own import, done here (see above)
 from torch import nn
 from torch.utils._pytree import tree_map
 
@@ -109,7 +109,9 @@ def _disable_dynamo_targets() -> tuple[Callable[..., Any], ...]:
 def dynamo_import_deferred() -> Iterator[None]:
     """While ``torch._dynamo`` is not loaded, let torch's ``torch._disable_dynamo`` wrappers call their function
     directly instead of importing ``torch._dynamo`` to disable a compiler that cannot be running; then remove exactly
-    the markers this set. With ``torch._dynamo`` loaded (a compiled model), it changes nothing."""
+    the markers this set. With ``torch._dynamo`` loaded (a compiled model), it changes nothing. (A forward that
+    itself imports ``torch._dynamo`` and compiles, mid-pass, compiles with these functions not disabled until the
+    pass ends.)"""
     if "torch._dynamo" in sys.modules:
         yield
         return

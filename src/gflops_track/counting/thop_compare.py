@@ -22,6 +22,7 @@ installed, and the explanations follow it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib.metadata
@@ -32,11 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thop import profile as thop_profile
-from thop.profile import register_hooks
-from thop.vision.basic_hooks import count_normalization
 from torch import nn
 from torch.utils._pytree import tree_map
+
+# thop's import (0.2 s: it imports distutils, i.e. setuptools) happens with this module, not in the first count; a
+# broken thop must not stop counting (thop is a reference figure: thop_count reports its failure)
+with contextlib.suppress(Exception):
+    import thop.profile  # noqa: F401
 
 from gflops_track.counting.counting_forward import _to_meta, dynamo_import_deferred, meta_tensors
 from gflops_track.counting.layer_info import LayerCost
@@ -110,6 +113,9 @@ class ThopCount:
 
 
 def _custom_ops(model: nn.Module, distribution: str) -> dict[type[nn.Module], Any]:
+    from thop.profile import register_hooks
+    from thop.vision.basic_hooks import count_normalization
+
     custom: dict[type[nn.Module], Any] = {}
     for module in model.modules():
         kind = type(module)
@@ -139,6 +145,8 @@ def _run_thop(
 ) -> tuple[int, int, dict[str, float]]:
     """thop on a deep copy of ``model``; with ``meta`` the copy holds meta tensors (copied without their data) and
     the inputs are meta too: thop's rules read shapes only, so the figures are those of a real forward."""
+    from thop import profile as thop_profile
+
     if meta:
         with meta_tensors(model):  # the copy takes the stand-ins (shared tensors stay shared); the originals return
             clone = copy.deepcopy(model)
