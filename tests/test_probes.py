@@ -4,7 +4,6 @@ the bandwidth probe runs out of memory. Probes run for real, with a tiny plan so
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
@@ -13,7 +12,6 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -21,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from gflops_track import probes
 from gflops_track.probes import (
     MAX_AGE_DAYS,
     MeasuredPeak,
@@ -85,22 +82,6 @@ def test_probe_time_is_never_one_fast_sizing_call() -> None:
     assert seconds_per_call(fn, CPU, plan) >= 2e-3 and len(waits) > 2
     fn, waits = busy_wait(3.0, 3.0)
     assert seconds_per_call(fn, CPU, replace(plan, window_s=0.002)) >= 3e-3 and len(waits) == 2
-
-
-def test_gpu_cache_key_is_the_uuid_not_the_ordinal(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Under CUDA_VISIBLE_DEVICES or SLURM, cuda:0 of one job is another job's cuda:3: the key names the board by
-    UUID, so two boards at one ordinal get two keys and one board at two ordinals gets one."""
-    boards = {0: "GPU-aaaa", 1: "GPU-bbbb", 2: "GPU-aaaa"}
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: SimpleNamespace(uuid=boards[index]))
-    monkeypatch.setattr(probes.NvmlDevice, "open", lambda device: contextlib.nullcontext(None))
-
-    def key(index: int) -> tuple[str, str]:
-        return cache_key("cuda:X", "fp16", torch.device("cuda", index))
-
-    assert "|cuda GPU-aaaa" in key(0)[1] and "cuda:0" not in key(0)[1]
-    assert key(0)[0] != key(1)[0] and key(0) == key(2)
-    boards[0] = "GPU-cccc"  # another board now answers to ordinal 0
-    assert key(0)[0] != key(2)[0]
 
 
 def test_roof_is_the_best_of_gemm_and_convolution(tmp_path: Path) -> None:

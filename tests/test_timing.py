@@ -19,11 +19,7 @@ from torch import nn
 
 from fixture_models import Sleeper
 from gflops_track import CountOptions, profile
-from gflops_track.conditions import (
-    available_cpus,
-    suspicions,
-    watch_conditions,
-)
+from gflops_track.conditions import available_cpus, suspicions, watch_conditions
 from gflops_track.timing import (
     MIN_CI_SAMPLES,
     SKEW_LIMIT,

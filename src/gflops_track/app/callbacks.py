@@ -30,7 +30,7 @@ from gflops_track.compare.render import rich_table
 from gflops_track.compare.report import finish_sweep
 from gflops_track.compare.rows import build_rows
 from gflops_track.hardware import git_commit
-from gflops_track.tracking.reap import process_alive, process_of, seen_from_here
+from gflops_track.tracking.reap import Dead, process_alive, process_of, reap, seen_from_here
 from gflops_track.tracking.recorder import TRACKING_ERRORS, Recorder, RunTarget
 from gflops_track.tracking.records import RunRecord
 from gflops_track.tracking.spool import SPOOL_FOLDER
@@ -93,8 +93,7 @@ def _end_unlisted_children(sweep: Recorder) -> None:
                 continue
             _give_the_job_time(dict(run.data.tags), lambda run_id=run_id: running(run_id))
             if running(run_id):
-                client.set_tag(run_id, names.ERROR_TAG, KILLED_REASON)
-                client.set_terminated(run_id, KILLED)
+                reap(client, [Dead(run_id, run.info.run_name or "", run.info.experiment_id, KILLED_REASON)])
     except TRACKING_ERRORS as error:
         console.print_warning(f"could not check the sweep's job runs after the interrupt: {first_line(error)}")
 

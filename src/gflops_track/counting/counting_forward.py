@@ -92,6 +92,9 @@ def meta_tensors(model: nn.Module, *, keep_requires_grad: bool = False) -> Abstr
     return swapped_tensors(model, _to_meta, keep_requires_grad=keep_requires_grad)
 
 
+_DYNAMO_DISABLED = "__dynamo_disable"  # the attribute where torch._disable_dynamo caches the disabled function
+
+
 @functools.cache
 def _disable_dynamo_targets() -> tuple[Callable[..., Any], ...]:
     """The functions behind torch's ``torch._disable_dynamo`` wrappers (its Python references and decompositions,
@@ -126,9 +129,6 @@ def dynamo_import_deferred() -> Iterator[None]:
         for target in marked:
             if getattr(target, _DYNAMO_DISABLED, None) is target:
                 delattr(target, _DYNAMO_DISABLED)
-
-
-_DYNAMO_DISABLED = "__dynamo_disable"  # the attribute where torch._disable_dynamo caches the disabled function
 
 
 @dataclass(frozen=True)
