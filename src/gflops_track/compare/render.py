@@ -292,6 +292,7 @@ def csv_table(rows: Sequence[Row]) -> str:
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+h1 { overflow-wrap: anywhere; }  /* a run id in the title wraps in a narrow pane (the MLflow UI's viewer) */
 table { border-collapse: collapse; margin: 1em 0; font-size: 14px; }
 th, td { border: 1px solid #bbb; padding: 4px 8px; text-align: right; }
 th { background: #e8eef7; }
