@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -201,3 +202,46 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+
+class SignallingProxy:
+    """A TCP proxy on 127.0.0.1 in front of a real server. When the reply to the first request whose bytes hold
+    ``marker`` comes back, it sends ``signum`` to process ``pid`` and holds that reply a moment: the server has
+    carried out the request, and the signal lands while the client waits for the answer, as a Ctrl-C in the middle
+    of that one call would."""
+
+    def __init__(self, upstream_port: int, marker: bytes, signum: int) -> None:
+        self.upstream_port, self.marker, self.signum = upstream_port, marker, signum
+        self.pid: int | None = None
+        self.fired = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.uri = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            marked = threading.Event()  # this connection carried the marked request
+            threading.Thread(target=self._pipe, args=(client, upstream, marked, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, marked, False), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, marked: threading.Event, requests_side: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if requests_side and self.marker in data and not self.fired.is_set():
+                    marked.set()
+                elif not requests_side and marked.is_set() and self.pid and not self.fired.is_set():
+                    self.fired.set()
+                    os.kill(self.pid, self.signum)
+                    time.sleep(0.5)  # the client handles the signal while it waits for this reply
+                sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the other side closed
+
+    def close(self) -> None:
+        self.listener.close()

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -19,8 +20,9 @@ from mlflow.tracking import MlflowClient
 from conftest import QUICK_NO_THOP, SMALL_BLOCK, cli_env, run_cli
 from gflops_track.app.callbacks import end_interrupted_runs
 from gflops_track.app.outcomes import OutcomeLedger, run_key
-from gflops_track.tracking.reap import HOST_TAG, PID_TAG, liveness_tags
+from gflops_track.tracking.reap import HOST_TAG, PID_START_TAG, PID_TAG, liveness_tags
 from gflops_track.tracking.recorder import Recorder, RunTarget
+from servers import Server, SignallingProxy, free_port
 
 pytestmark = pytest.mark.slow
 SECRET = "TopSecret-4f1c9"
@@ -228,3 +230,94 @@ def test_interrupt_ends_a_job_run_its_process_never_wrote_to_the_ledger(tmp_path
     assert client.get_run(remote).info.status == "RUNNING"
     assert client.get_run(finished).info.status == "FINISHED"
     assert client.get_run(sweep.run_id).info.status == "KILLED" and ledger.open_sweeps() == []
+
+
+def test_interrupt_leaves_a_job_run_whose_process_still_works_to_it(
+    tmp_path: Path, store_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A job on this host whose process outlives the grace (a single-node SLURM job still ending its run on
+    scancel's SIGTERM; CI failed on this race) keeps its run: the command never writes its own reason over the job's.
+    Listed in the ledger or not, the run stays RUNNING for its process to end, and the console says so; the sweep's
+    run ends KILLED. Before the fix both runs were KILLED with the command's reason."""
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        ledger = OutcomeLedger(tmp_path / "ledger.jsonl")
+        sweep = Recorder(RunTarget.for_sweep(store_uri, "interrupt", "sweep"), tmp_path / "spool", print)
+        sweep.open()
+        ledger.open_sweep(sweep.state())
+        client = MlflowClient(store_uri)
+        experiment = client.get_run(sweep.run_id).info.experiment_id
+        working = {
+            **liveness_tags(),
+            PID_TAG: str(worker.pid),
+            PID_START_TAG: str(psutil.Process(worker.pid).create_time()),
+        }
+        listed = Recorder(RunTarget.for_job(store_uri, "interrupt", "listed", False), tmp_path / "spool", print)
+        listed.open()
+        ledger.open_job_run({**listed.state(), "process": working})
+        unlisted = client.create_run(
+            experiment, run_name="unlisted", tags={"mlflow.parentRunId": sweep.run_id, **working}
+        ).info.run_id
+        started = time.monotonic()
+        end_interrupted_runs(ledger, grace_s=0.5)
+        assert time.monotonic() - started < 10  # the grace, not forever
+        assert client.get_run(listed.run_id).info.status == "RUNNING"
+        assert client.get_run(unlisted).info.status == "RUNNING"
+        assert client.get_run(sweep.run_id).info.status == "KILLED"
+        err = capsys.readouterr().err
+        for run_id in (listed.run_id, unlisted):
+            assert f"run {run_id} is left RUNNING: its job's process {worker.pid} still lives" in err
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = Server(tmp_path_factory.mktemp("server"), free_port()).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.mark.parametrize(
+    ("what", "args"),
+    [("single run", []), ("sweep", ["-m", "norm_fn=group,batch"])],
+)
+def test_interrupt_inside_create_run_leaves_no_orphan_run(
+    tmp_path: Path, server: Server, what: str, args: list[str]
+) -> None:
+    """SIGTERM that lands while the store creates the run (the request sent, the reply not back): the run exists,
+    and its process must know its id to end it. The signal is held until ``create_run`` returns, so the run is
+    KILLED, not left RUNNING by a process that never learnt its id. Before, the single run stayed RUNNING and the
+    job failed on its missing id (exit 1, the signal lost); the sweep's run stayed RUNNING."""
+    experiment = f"create-run-{what.replace(' ', '-')}"
+    proxy = SignallingProxy(server.port, b"/runs/create", signal.SIGTERM)
+    try:
+        command = subprocess.Popen(
+            [sys.executable, "-m", "gflops_track", *args, *SMALL_BLOCK, *QUICK_NO_THOP, "timing.enabled=false",
+             f"tracking.uri={proxy.uri}", f"tracking.experiment={experiment}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+             f"hydra.run.dir={tmp_path / 'run'}"],
+            cwd=tmp_path, env=cli_env(XDG_CACHE_HOME=str(tmp_path)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        proxy.pid = command.pid
+        _, err = command.communicate(timeout=300)
+    finally:
+        proxy.close()
+    assert proxy.fired.is_set(), err[-2000:]
+    assert command.returncode == 143, err[-2000:]
+    client = MlflowClient(server.uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert [run.info.status for run in runs] == ["KILLED"], err[-2000:]
+
+
+def test_ending_a_run_that_was_never_created_keeps_the_callers_error(tmp_path: Path, store_uri: str) -> None:
+    """A job whose run creation failed outside the spool's reach (an interrupt, an unexpected error inside MLflow)
+    still ends through ``end_job_run``: with no run to end it does nothing, so the job's own error is what the user
+    sees (before, an AssertionError from the recorder replaced it). The store stays empty."""
+    recorder = Recorder(RunTarget.for_job(store_uri, "never-created", "job", False), tmp_path / "spool", print)
+    recorder.finish("KILLED", "Terminated: interrupted")
+    assert recorder.run_id is None and recorder.spooled is None and not (tmp_path / "spool").exists()
+    assert all_runs(store_uri) == []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,8 @@ from gflops_track.compare.render import rich_table
 from gflops_track.compare.report import finish_sweep
 from gflops_track.compare.rows import build_rows
 from gflops_track.hardware import git_commit
-from gflops_track.tracking.reap import Dead, process_alive, process_of, reap, seen_from_here
+from gflops_track.tracking.interrupts import interrupts_held
+from gflops_track.tracking.reap import PID_TAG, Dead, process_alive, process_of, reap, seen_from_here
 from gflops_track.tracking.recorder import TRACKING_ERRORS, Recorder, RunTarget
 from gflops_track.tracking.records import RunRecord
 from gflops_track.tracking.spool import SPOOL_FOLDER
@@ -43,42 +44,59 @@ JOB_GRACE_S = 10.0  # after an interrupt, how long a job's live process gets to 
 KILLED_REASON = "interrupted: the job's process was stopped before it could end this run"
 
 
-def end_interrupted_runs(ledger: OutcomeLedger) -> None:
+def end_interrupted_runs(ledger: OutcomeLedger, grace_s: float = JOB_GRACE_S) -> None:
     """After Ctrl-C or SIGTERM (Hydra then never calls on_multirun_end): mark KILLED every job run still RUNNING
     whose process could not end it (joblib kills its workers when the command is interrupted), then the sweep's run.
     The ledger names the job runs; a run created just before the interrupt, whose process was killed before it could
-    write its ledger entry, is found among the sweep's RUNNING children by its liveness tags."""
+    write its ledger entry, is found among the sweep's RUNNING children by its liveness tags. A job's process that
+    still lives after ``grace_s`` (a SLURM job on this host, still ending its run) is left to end its own run."""
     os.environ.pop(PARENT_RUN_ENV, None)
     for state in ledger.open_job_runs():
         process = state.get("process", {})
         if not seen_from_here(process):
             continue  # a job on another node (SLURM) ends its own run; gflops-track reap covers the rest
         key = run_key(state)
-        _give_the_job_time(process, lambda key=key: key in {run_key(s) for s in ledger.open_job_runs()})
         recorder = Recorder.resume(state, console.print_warning)
-        if recorder.still_running():
-            recorder.finish(KILLED, KILLED_REASON)
-        ledger.close_job_run(key)
+        if _left_to_us(process, lambda key=key: key in {run_key(s) for s in ledger.open_job_runs()}, grace_s):
+            if recorder.still_running():
+                recorder.finish(KILLED, KILLED_REASON)
+            ledger.close_job_run(key)
+        elif recorder.still_running():
+            _warn_still_working(process, key)
     for state in ledger.open_sweeps():
         sweep = Recorder.resume(state, console.print_warning)
-        _end_unlisted_children(sweep)
+        _end_unlisted_children(sweep, grace_s)
         sweep.finish(KILLED)
         ledger.close_sweep(run_key(state))
 
 
-def _give_the_job_time(process: dict[str, str], still_open: Callable[[], bool]) -> None:
-    """Wait, up to ``JOB_GRACE_S``, while the job's process lives and its run is open: it may be ending the run."""
-    deadline = time.monotonic() + JOB_GRACE_S
-    while still_open() and time.monotonic() < deadline:
-        pid_and_start = process_of(process)
-        if pid_and_start is None or not process_alive(*pid_and_start):
-            return
+def _left_to_us(process: Mapping[str, str], still_open: Callable[[], bool], grace_s: float) -> bool:
+    """Whether a job's open run is ours to end: wait, up to ``grace_s``, while its process lives and the run is
+    open (it may be ending the run). Ours when the process is gone, or is this very process (past its own
+    handling); not ours when the process ended the run, or still lives after the grace."""
+    pid_and_start = process_of(process)
+    if pid_and_start is None or pid_and_start[0] == os.getpid():
+        return True
+    deadline = time.monotonic() + grace_s
+    while still_open():
+        if not process_alive(*pid_and_start):
+            return True
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.1)
+    return True  # the run was ended meanwhile: nothing left to end
 
 
-def _end_unlisted_children(sweep: Recorder) -> None:
-    """The sweep's children still RUNNING that a process on this host opened: KILLED once that process is gone (or
-    had its grace), with the reason. Children of jobs on other hosts are left to them."""
+def _warn_still_working(process: Mapping[str, str], run_id: str) -> None:
+    console.print_warning(
+        f"run {run_id} is left RUNNING: its job's process {process.get(PID_TAG, '?')} still lives and ends its own "
+        "run; if it never does, `gflops-track reap --yes` marks it KILLED once the process is gone"
+    )
+
+
+def _end_unlisted_children(sweep: Recorder, grace_s: float) -> None:
+    """The sweep's children still RUNNING that a process on this host opened: KILLED once that process is gone,
+    with the reason. Children of jobs on other hosts, or whose process outlives the grace, are left to them."""
     if sweep.client is None or sweep.run_id is None or sweep.spooled is not None:
         return
     client = sweep.client
@@ -91,8 +109,9 @@ def _end_unlisted_children(sweep: Recorder) -> None:
             run_id = run.info.run_id
             if run.info.status != "RUNNING" or not seen_from_here(run.data.tags):
                 continue
-            _give_the_job_time(dict(run.data.tags), lambda run_id=run_id: running(run_id))
-            if running(run_id):
+            if not _left_to_us(run.data.tags, lambda run_id=run_id: running(run_id), grace_s):
+                _warn_still_working(run.data.tags, run_id)
+            elif running(run_id):
                 reap(client, [Dead(run_id, run.info.run_name or "", run.info.experiment_id, KILLED_REASON)])
     except TRACKING_ERRORS as error:
         console.print_warning(f"could not check the sweep's job runs after the interrupt: {first_line(error)}")
@@ -136,11 +155,12 @@ class MlflowSweepCallback(Callback):
         started = datetime.now().strftime("%m-%d %H:%M:%S")  # sweeps of the same overrides get distinct names
         target = RunTarget.for_sweep(uri, tracking.experiment, f"sweep {started} {overrides}".strip())
         self.recorder = Recorder(target, Path(config.hydra.sweep.dir) / SPOOL_FOLDER, console.print_warning)
-        self.recorder.open(RunRecord(tags={names.SWEEP_OVERRIDES_TAG: overrides, **source_tags(git_commit())}))
-        os.environ[PARENT_RUN_ENV] = self.recorder.reference
         ledger = OutcomeLedger.current()
-        if ledger is not None:
-            ledger.open_sweep(self.recorder.state())
+        with interrupts_held():  # until the ledger knows the sweep's run, only this process could end it
+            self.recorder.open(RunRecord(tags={names.SWEEP_OVERRIDES_TAG: overrides, **source_tags(git_commit())}))
+            if ledger is not None:
+                ledger.open_sweep(self.recorder.state())
+        os.environ[PARENT_RUN_ENV] = self.recorder.reference
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ.pop(PARENT_RUN_ENV, None)

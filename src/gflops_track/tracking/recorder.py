@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from gflops_track import names
 from gflops_track.tracking import spool
+from gflops_track.tracking.interrupts import interrupts_held
 from gflops_track.tracking.reap import Heartbeat, liveness_tags
 from gflops_track.tracking.records import RunRecord, write_to_mlflow
 from gflops_track.tracking.store import (
@@ -86,7 +87,8 @@ class Recorder:
         else:
             try:
                 self.client = connect(self.target.uri)
-                self.run_id = self._open_run(self.client)
+                with interrupts_held():  # an interrupt inside create_run would orphan the run: its id is needed
+                    self.run_id = self._open_run(self.client)
             except TRACKING_ERRORS as error:
                 self._to_spool(error)
         if record is not None:
@@ -123,7 +125,10 @@ class Recorder:
             self._to_spool(error)
 
     def finish(self, status: str, error: str = "") -> None:
-        """End the run FINISHED, FAILED or KILLED (with the reason as the ``error`` tag)."""
+        """End the run FINISHED, FAILED or KILLED (with the reason as the ``error`` tag). A run never created (its
+        creation failed, outside the spool's reach) has nothing to end: the caller's own error is not masked."""
+        if self.spooled is None and self.run_id is None:
+            return
         if error:
             self.log(RunRecord(tags={names.ERROR_TAG: error[:MAX_ERROR_TAG]}))
         if self.spooled is not None:
