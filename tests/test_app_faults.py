@@ -197,17 +197,23 @@ def test_interrupted_command_ends_only_the_job_runs_it_can_judge(tmp_path: Path,
     assert [run_key(state) for state in ledger.open_job_runs()] == [elsewhere.run_id]
 
 
-def test_interrupt_ends_a_job_run_its_process_never_wrote_to_the_ledger(tmp_path: Path, store_uri: str) -> None:
-    """The race a busy machine opens: a job's run exists (created with the process's liveness tags) but the process
-    was killed before it wrote its ledger entry. The sweep's RUNNING children are checked too: that run is KILLED
-    with the reason; a child another host runs, and one already ended, are left as they are."""
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+def interrupted_sweep(tmp_path: Path, store_uri: str) -> tuple[OutcomeLedger, Recorder, MlflowClient, str]:
+    """A sweep's run open in a real store and in the command's ledger, as at Ctrl-C: the ledger, the sweep's
+    recorder, a client and the experiment's id."""
     ledger = OutcomeLedger(tmp_path / "ledger.jsonl")
     sweep = Recorder(RunTarget.for_sweep(store_uri, "interrupt", "sweep"), tmp_path / "spool", print)
     sweep.open()
     ledger.open_sweep(sweep.state())
     client = MlflowClient(store_uri)
-    experiment = client.get_run(sweep.run_id).info.experiment_id
+    return ledger, sweep, client, client.get_run(sweep.run_id).info.experiment_id
+
+
+def test_interrupt_ends_a_job_run_its_process_never_wrote_to_the_ledger(tmp_path: Path, store_uri: str) -> None:
+    """The race a busy machine opens: a job's run exists (created with the process's liveness tags) but the process
+    was killed before it wrote its ledger entry. The sweep's RUNNING children are checked too: that run is KILLED
+    with the reason; a child another host runs, and one already ended, are left as they are."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    ledger, sweep, client, experiment = interrupted_sweep(tmp_path, store_uri)
     here = liveness_tags()
 
     def child(name: str, tags: dict[str, str]) -> str:
@@ -241,12 +247,7 @@ def test_interrupt_leaves_a_job_run_whose_process_still_works_to_it(
     run ends KILLED. Before the fix both runs were KILLED with the command's reason."""
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
-        ledger = OutcomeLedger(tmp_path / "ledger.jsonl")
-        sweep = Recorder(RunTarget.for_sweep(store_uri, "interrupt", "sweep"), tmp_path / "spool", print)
-        sweep.open()
-        ledger.open_sweep(sweep.state())
-        client = MlflowClient(store_uri)
-        experiment = client.get_run(sweep.run_id).info.experiment_id
+        ledger, sweep, client, experiment = interrupted_sweep(tmp_path, store_uri)
         working = {
             **liveness_tags(),
             PID_TAG: str(worker.pid),
