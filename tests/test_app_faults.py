@@ -5,6 +5,7 @@ left RUNNING, leaked or lost."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -197,6 +198,11 @@ def test_interrupted_command_ends_only_the_job_runs_it_can_judge(tmp_path: Path,
     assert [run_key(state) for state in ledger.open_job_runs()] == [elsewhere.run_id]
 
 
+def liveness_tags_of(pid: int) -> dict[str, str]:
+    """The liveness tags a job's process ``pid`` on this host would have put on its run."""
+    return {**liveness_tags(), PID_TAG: str(pid), PID_START_TAG: str(psutil.Process(pid).create_time())}
+
+
 def interrupted_sweep(tmp_path: Path, store_uri: str) -> tuple[OutcomeLedger, Recorder, MlflowClient, str]:
     """A sweep's run open in a real store and in the command's ledger, as at Ctrl-C: the ledger, the sweep's
     recorder, a client and the experiment's id."""
@@ -248,26 +254,55 @@ def test_interrupt_leaves_a_job_run_whose_process_still_works_to_it(
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         ledger, sweep, client, experiment = interrupted_sweep(tmp_path, store_uri)
-        working = {
-            **liveness_tags(),
-            PID_TAG: str(worker.pid),
-            PID_START_TAG: str(psutil.Process(worker.pid).create_time()),
-        }
-        listed = Recorder(RunTarget.for_job(store_uri, "interrupt", "listed", False), tmp_path / "spool", print)
-        listed.open()
-        ledger.open_job_run({**listed.state(), "process": working})
-        unlisted = client.create_run(
-            experiment, run_name="unlisted", tags={"mlflow.parentRunId": sweep.run_id, **working}
-        ).info.run_id
-        started = time.monotonic()
+        working = liveness_tags_of(worker.pid)
+        listed, unlisted = (
+            client.create_run(experiment, run_name=name, tags={"mlflow.parentRunId": sweep.run_id, **working})
+            for name in ("listed", "unlisted")
+        )
+        job = Recorder(RunTarget(store_uri, "interrupt", "listed", parent=sweep.run_id), tmp_path / "spool", print)
+        ledger.open_job_run({**job.state(), "run_id": listed.info.run_id, "process": working})  # as run_job writes it
         end_interrupted_runs(ledger, grace_s=0.5)
-        assert time.monotonic() - started < 10  # the grace, not forever
-        assert client.get_run(listed.run_id).info.status == "RUNNING"
-        assert client.get_run(unlisted).info.status == "RUNNING"
+        assert client.get_run(listed.info.run_id).info.status == "RUNNING"
+        assert client.get_run(unlisted.info.run_id).info.status == "RUNNING"
         assert client.get_run(sweep.run_id).info.status == "KILLED"
         err = capsys.readouterr().err
-        for run_id in (listed.run_id, unlisted):
-            assert f"run {run_id} is left RUNNING: its job's process {worker.pid} still lives" in err
+        for run in (listed, unlisted):  # once each: the ledger's run is not judged (and waited for) again
+            warning = f"run {run.info.run_id} is left RUNNING: its job's process {worker.pid} still lives"
+            assert err.count(warning) == 1, err
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def test_a_second_interrupt_cuts_the_wait_short_and_still_ends_the_sweep(tmp_path: Path, store_uri: str) -> None:
+    """Ctrl-C pressed again while the command waits for a live job's process: the wait stops at once, the sweep's
+    run is KILLED all the same (before, it stayed RUNNING and the ledger was gone), the job's run is left to its
+    process, and the command says so and exits as for the first interrupt. Run as ``main`` runs it, in a fresh
+    interpreter whose main thread gets a real SIGINT."""
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        ledger, sweep, client, experiment = interrupted_sweep(tmp_path, store_uri)
+        working = liveness_tags_of(worker.pid)
+        job = client.create_run(experiment, run_name="job", tags={"mlflow.parentRunId": sweep.run_id, **working})
+        program = f"""
+import os, signal, threading, time
+from pathlib import Path
+from gflops_track.app import main
+from gflops_track.app.outcomes import OutcomeLedger
+threading.Timer(2, os.kill, (os.getpid(), signal.SIGINT)).start()  # the second Ctrl-C, during the wait
+started = time.monotonic()
+code = main.stop_after_interrupt(OutcomeLedger(Path({str(ledger.path)!r})), KeyboardInterrupt(), grace_s=600)
+print(f"exit {{code}} after {{time.monotonic() - started:.0f}} s")
+"""
+        done = subprocess.run(  # a wait not cut short would run into this timeout (the grace is 600 s)
+            [sys.executable, "-c", program], capture_output=True, text=True, timeout=300, env=cli_env()
+        )
+        assert done.returncode == 0, done.stderr
+        exit_code, waited = re.fullmatch(r"exit (\d+) after (\d+) s\n", done.stdout).groups()  # type: ignore[union-attr]
+        assert exit_code == "130" and int(waited) < 300, done.stdout  # the first interrupt's code; not the grace
+        assert "interrupted again: stopped waiting for the jobs' processes; the sweep's run is KILLED" in done.stderr
+        assert client.get_run(sweep.run_id).info.status == "KILLED"
+        assert client.get_run(job.info.run_id).info.status == "RUNNING"  # its process lives: it ends its own run
     finally:
         worker.kill()
         worker.wait()

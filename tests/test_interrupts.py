@@ -56,29 +56,47 @@ def test_an_interrupt_inside_the_block_is_raised_when_it_ends(signum: str, raise
     assert steps == ["run id stored", raised]
 
 
-def test_a_second_interrupt_is_raised_at_once() -> None:
-    """A store that hangs cannot hold Ctrl-C: the second press goes through."""
+def test_a_second_interrupt_delivers_the_first_at_once() -> None:
+    """A store that hangs cannot hold Ctrl-C: the second signal goes through at once, and it is the first that is
+    delivered (SIGTERM then Ctrl-C exits as terminated, 143, as it would have without the hold)."""
     steps = steps_of("""
         with interrupts_held():
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
             steps.append("first held")
             os.kill(os.getpid(), signal.SIGINT)
             steps.append("second held too")
     """)
-    assert steps == ["first held", "KeyboardInterrupt"]
+    assert steps == ["first held", "Terminated"]
+
+
+def test_an_ignored_signal_stays_ignored() -> None:
+    """A command started in the background by a script ignores SIGINT: inside the block it is still ignored, it is
+    not taken for the second signal, and a held SIGTERM is delivered when the block ends."""
+    steps = steps_of("""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        before[0] = signal.SIG_IGN
+        with interrupts_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("run id stored")
+        steps.append("after the block")
+    """)
+    assert steps == ["run id stored", "Terminated"]
 
 
 def test_a_nested_block_leaves_the_holding_to_the_outer_one() -> None:
-    """The sweep holds across its run's creation and its ledger entry; the recorder's own hold inside is a no-op."""
+    """The sweep holds across its run's creation and its ledger entry; a hold inside is a no-op, so the second
+    signal still goes through at once (nested holds would stack: the second would only be held again)."""
     steps = steps_of("""
         with interrupts_held():
             with interrupts_held():
                 os.kill(os.getpid(), signal.SIGINT)
-                steps.append("inner ended")
+                steps.append("inner held the first")
+                os.kill(os.getpid(), signal.SIGINT)
+                steps.append("inner held the second too")
             steps.append("ledger written")
-        steps.append("after the block")
     """)
-    assert steps == ["inner ended", "ledger written", "KeyboardInterrupt"]
+    assert steps == ["inner held the first", "KeyboardInterrupt"]
 
 
 def test_no_interrupt_no_change_and_other_threads_untouched() -> None:

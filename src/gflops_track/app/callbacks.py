@@ -48,36 +48,43 @@ def end_interrupted_runs(ledger: OutcomeLedger, grace_s: float = JOB_GRACE_S) ->
     """After Ctrl-C or SIGTERM (Hydra then never calls on_multirun_end): mark KILLED every job run still RUNNING
     whose process could not end it (joblib kills its workers when the command is interrupted), then the sweep's run.
     The ledger names the job runs; a run created just before the interrupt, whose process was killed before it could
-    write its ledger entry, is found among the sweep's RUNNING children by its liveness tags. A job's process that
-    still lives after ``grace_s`` (a SLURM job on this host, still ending its run) is left to end its own run."""
+    write its ledger entry, is found among the sweep's RUNNING children by its liveness tags. Job processes still
+    alive get ``grace_s`` in all (one deadline, not one each) to end their own runs; one alive after it (a SLURM job
+    on this host, still ending its run) keeps its run. A second interrupt cuts the wait short: the sweep's run is
+    ended all the same."""
     os.environ.pop(PARENT_RUN_ENV, None)
-    for state in ledger.open_job_runs():
-        process = state.get("process", {})
-        if not seen_from_here(process):
-            continue  # a job on another node (SLURM) ends its own run; gflops-track reap covers the rest
-        key = run_key(state)
-        recorder = Recorder.resume(state, console.print_warning)
-        if _left_to_us(process, lambda key=key: key in {run_key(s) for s in ledger.open_job_runs()}, grace_s):
-            if recorder.still_running():
-                recorder.finish(KILLED, KILLED_REASON)
-            ledger.close_job_run(key)
-        elif recorder.still_running():
-            _warn_still_working(process, key)
-    for state in ledger.open_sweeps():
-        sweep = Recorder.resume(state, console.print_warning)
-        _end_unlisted_children(sweep, grace_s)
-        sweep.finish(KILLED)
-        ledger.close_sweep(run_key(state))
+    deadline = time.monotonic() + grace_s
+    judged: set[str] = set()
+    try:
+        for state in ledger.open_job_runs():
+            process = state.get("process", {})
+            if not seen_from_here(process):
+                continue  # a job on another node (SLURM) ends its own run; gflops-track reap covers the rest
+            key = run_key(state)
+            judged.add(key)
+            recorder = Recorder.resume(state, console.print_warning)
+            if _left_to_us(process, lambda key=key: key in {run_key(s) for s in ledger.open_job_runs()}, deadline):
+                if recorder.still_running():
+                    recorder.finish(KILLED, KILLED_REASON)
+                ledger.close_job_run(key)
+            elif recorder.still_running():
+                _warn_still_working(process, key)
+        for state in ledger.open_sweeps():
+            _end_unlisted_children(Recorder.resume(state, console.print_warning), deadline, judged)
+    finally:
+        with interrupts_held():  # the sweep's run is ended even if the user presses Ctrl-C again
+            for state in ledger.open_sweeps():
+                Recorder.resume(state, console.print_warning).finish(KILLED)
+                ledger.close_sweep(run_key(state))
 
 
-def _left_to_us(process: Mapping[str, str], still_open: Callable[[], bool], grace_s: float) -> bool:
-    """Whether a job's open run is ours to end: wait, up to ``grace_s``, while its process lives and the run is
+def _left_to_us(process: Mapping[str, str], still_open: Callable[[], bool], deadline: float) -> bool:
+    """Whether a job's open run is ours to end: wait, until ``deadline``, while its process lives and the run is
     open (it may be ending the run). Ours when the process is gone, or is this very process (past its own
-    handling); not ours when the process ended the run, or still lives after the grace."""
+    handling); not ours when the process ended the run, or still lives at the deadline."""
     pid_and_start = process_of(process)
     if pid_and_start is None or pid_and_start[0] == os.getpid():
         return True
-    deadline = time.monotonic() + grace_s
     while still_open():
         if not process_alive(*pid_and_start):
             return True
@@ -94,9 +101,10 @@ def _warn_still_working(process: Mapping[str, str], run_id: str) -> None:
     )
 
 
-def _end_unlisted_children(sweep: Recorder, grace_s: float) -> None:
-    """The sweep's children still RUNNING that a process on this host opened: KILLED once that process is gone,
-    with the reason. Children of jobs on other hosts, or whose process outlives the grace, are left to them."""
+def _end_unlisted_children(sweep: Recorder, deadline: float, judged: set[str]) -> None:
+    """The sweep's children still RUNNING that a process on this host opened and the ledger did not name (``judged``
+    were dealt with from it): KILLED once that process is gone, with the reason. Children of jobs on other hosts,
+    or whose process still lives at ``deadline``, are left to them."""
     if sweep.client is None or sweep.run_id is None or sweep.spooled is not None:
         return
     client = sweep.client
@@ -107,9 +115,9 @@ def _end_unlisted_children(sweep: Recorder, grace_s: float) -> None:
     try:
         for run in child_runs(client, sweep.run_id):
             run_id = run.info.run_id
-            if run.info.status != "RUNNING" or not seen_from_here(run.data.tags):
+            if run.info.status != "RUNNING" or run_id in judged or not seen_from_here(run.data.tags):
                 continue
-            if not _left_to_us(run.data.tags, lambda run_id=run_id: running(run_id), grace_s):
+            if not _left_to_us(run.data.tags, lambda run_id=run_id: running(run_id), deadline):
                 _warn_still_working(run.data.tags, run_id)
             elif running(run_id):
                 reap(client, [Dead(run_id, run.info.run_name or "", run.info.experiment_id, KILLED_REASON)])
@@ -156,10 +164,8 @@ class MlflowSweepCallback(Callback):
         target = RunTarget.for_sweep(uri, tracking.experiment, f"sweep {started} {overrides}".strip())
         self.recorder = Recorder(target, Path(config.hydra.sweep.dir) / SPOOL_FOLDER, console.print_warning)
         ledger = OutcomeLedger.current()
-        with interrupts_held():  # until the ledger knows the sweep's run, only this process could end it
-            self.recorder.open(RunRecord(tags={names.SWEEP_OVERRIDES_TAG: overrides, **source_tags(git_commit())}))
-            if ledger is not None:
-                ledger.open_sweep(self.recorder.state())
+        record = RunRecord(tags={names.SWEEP_OVERRIDES_TAG: overrides, **source_tags(git_commit())})
+        self.recorder.open(record, on_created=ledger.open_sweep if ledger is not None else None)  # Ctrl-C ends it
         os.environ[PARENT_RUN_ENV] = self.recorder.reference
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

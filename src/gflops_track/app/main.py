@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from gflops_track.app import console
-from gflops_track.app.callbacks import end_interrupted_runs
+from gflops_track.app.callbacks import JOB_GRACE_S, end_interrupted_runs
 from gflops_track.app.credentials import credentials_to_environment
 from gflops_track.app.job import run_job
 from gflops_track.app.outcomes import FAILED, INVALID_CONFIG, JobOutcome, OutcomeLedger
@@ -64,6 +64,25 @@ def hydra_app(cfg: DictConfig) -> JobOutcome:
         return JobOutcome(hydra_config.job.override_dirname, None, FAILED, message)
 
 
+def stop_after_interrupt(
+    ledger: OutcomeLedger, interrupt: KeyboardInterrupt | Terminated, grace_s: float = JOB_GRACE_S
+) -> int:
+    """End what the interrupted jobs could not (the job in flight marked its run KILLED or, killed itself, left it to
+    us; finished runs stay as they are), say so, and return the exit code: 128 + the signal's number. A second
+    interrupt during that clean-up cuts its wait short (the sweep's run is still ended); the code stays the first's."""
+    try:
+        end_interrupted_runs(ledger, grace_s)
+    except (KeyboardInterrupt, Terminated):
+        console.print_warning(
+            "interrupted again: stopped waiting for the jobs' processes; the sweep's run is KILLED, and "
+            "`gflops-track reap --yes` ends any job run whose process is gone"
+        )
+    signum = interrupt.signum if isinstance(interrupt, Terminated) else signal.SIGINT
+    name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
+    console.print_warning(f"stopped by {name}: the run in progress is marked KILLED, finished runs are kept")
+    return SIGNAL_EXITS[signal.Signals(signum)]
+
+
 def main() -> None:
     """``python -m gflops_track [overrides]``; exits 2 on a config error (no run created), 1 if any job failed,
     128 + the signal's number when interrupted (SIGINT 130, SIGTERM 143, SIGHUP 129)."""
@@ -83,12 +102,7 @@ def main() -> None:
         hydra_app()
         code = ledger.exit_code()
     except (KeyboardInterrupt, Terminated) as interrupt:
-        # the job in flight marked its run KILLED (or, killed itself, left it to us); finished runs stay as they are
-        end_interrupted_runs(ledger)
-        signum = interrupt.signum if isinstance(interrupt, Terminated) else signal.SIGINT
-        name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
-        console.print_warning(f"stopped by {name}: the run in progress is marked KILLED, finished runs are kept")
-        code = SIGNAL_EXITS[signal.Signals(signum)]
+        code = stop_after_interrupt(ledger, interrupt)
     finally:
         ledger.remove()
     sys.exit(code)

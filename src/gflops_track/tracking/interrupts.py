@@ -16,14 +16,15 @@ HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 @contextlib.contextmanager
 def interrupts_held() -> Iterator[None]:
     """Hold SIGINT, SIGTERM and SIGHUP in this block and deliver the first when it ends, to the handlers that were
-    there before (restored exactly). A second signal inside the block is delivered at once: a store that hangs
-    cannot hold Ctrl-C. Outside the main thread (where Python runs no handler), or inside a block that already
-    holds them, it does nothing more."""
-    if threading.current_thread() is not threading.main_thread() or _holds(signal.getsignal(signal.SIGINT)):
+    there before (restored exactly). A second signal inside the block delivers the first at once: a store that
+    hangs cannot hold Ctrl-C. A signal this process ignores stays ignored. Outside the main thread (where Python runs
+    no handler), or inside a block that already holds them, it does nothing more."""
+    current = {signum: signal.getsignal(signum) for signum in HELD_SIGNALS}
+    if threading.current_thread() is not threading.main_thread() or any(map(_holds, current.values())):
         yield
         return
-    previous = {signum: signal.getsignal(signum) for signum in HELD_SIGNALS}
-    previous = {signum: handler for signum, handler in previous.items() if handler is not None}  # None: not ours
+    # None: a handler set outside Python, which Python cannot put back; SIG_IGN: nothing to deliver
+    previous = {signum: handler for signum, handler in current.items() if handler not in (None, signal.SIG_IGN)}
     held: list[int] = []
 
     def restore() -> None:
@@ -31,12 +32,12 @@ def interrupts_held() -> Iterator[None]:
             signal.signal(signum, handler)
 
     def hold(signum: int, _frame: FrameType | None) -> None:
-        if not held:
-            held.append(signum)
-            return
-        held.clear()  # the second: now, by the handler that was there before
-        restore()
-        signal.raise_signal(signum)
+        held.append(signum)
+        if len(held) > 1:  # the second: the first is delivered now, by the handler that was there before
+            first = held[0]
+            held.clear()
+            restore()
+            signal.raise_signal(first)
 
     hold.holds_interrupts = True  # type: ignore[attr-defined]
     for signum in previous:

@@ -80,17 +80,30 @@ class Recorder:
             return spool.SPOOL_PARENT_PREFIX + self.spooled.spool_id
         return self.run_id or ""
 
-    def open(self, record: RunRecord | None = None) -> None:
-        """Create (or find) the run, then log ``record`` into it."""
-        if self.target.parent.startswith(spool.SPOOL_PARENT_PREFIX):
-            self._to_spool(None)  # the sweep itself could not reach the store
-        else:
+    def open(self, record: RunRecord | None = None, on_created: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """Create (or find) the run, then log ``record`` into it. Interrupts are held from the store's create request
+        until the run's id is known, and with ``on_created`` (e.g. the command's ledger) until it has the run's state
+        after ``record`` (spooled or not): an interrupt inside ``create_run`` would leave a run that exists but that
+        nothing knows how to end."""
+        failure: BaseException | None = None
+        if not self.target.parent.startswith(spool.SPOOL_PARENT_PREFIX):  # else the sweep itself is spooled
             try:
-                self.client = connect(self.target.uri)
-                with interrupts_held():  # an interrupt inside create_run would orphan the run: its id is needed
-                    self.run_id = self._open_run(self.client)
+                self.client = connect(self.target.uri)  # may wait on a SQLite store's lock: interruptible
             except TRACKING_ERRORS as error:
-                self._to_spool(error)
+                failure = error
+        with interrupts_held():
+            if self.client is not None:
+                try:
+                    self.run_id = self._open_run(self.client)
+                except TRACKING_ERRORS as error:
+                    failure = error
+            if self.run_id is None:
+                self._to_spool(failure)
+            if on_created is not None:
+                if record is not None:
+                    self.log(record)
+                    record = None
+                on_created(self.state())
         if record is not None:
             self.log(record)
 
