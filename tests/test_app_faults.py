@@ -299,7 +299,8 @@ print(f"exit {{code}} after {{time.monotonic() - started:.0f}} s")
         )
         assert done.returncode == 0, done.stderr
         exit_code, waited = re.fullmatch(r"exit (\d+) after (\d+) s\n", done.stdout).groups()  # type: ignore[union-attr]
-        assert exit_code == "130" and int(waited) < 300, done.stdout  # the first interrupt's code; not the grace
+        # the first interrupt's code; 2 s to the second Ctrl-C and the sweep's end, not the 600 s grace
+        assert exit_code == "130" and int(waited) < 60, done.stdout
         assert "interrupted again: stopped waiting for the jobs' processes; the sweep's run is KILLED" in done.stderr
         assert client.get_run(sweep.run_id).info.status == "KILLED"
         assert client.get_run(job.info.run_id).info.status == "RUNNING"  # its process lives: it ends its own run

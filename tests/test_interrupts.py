@@ -12,15 +12,10 @@ import pytest
 
 PRELUDE = """
 import json, os, signal, threading
+from gflops_track.app.signals import raise_on_termination
 from gflops_track.tracking.interrupts import interrupts_held
 
-class Terminated(BaseException):
-    pass
-
-def raise_terminated(signum, frame):
-    raise Terminated()
-
-signal.signal(signal.SIGTERM, raise_terminated)  # as the app does (app/signals.py)
+raise_on_termination()  # SIGTERM and SIGHUP raise Terminated, as in the app
 before = [signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)]
 steps = []
 try:
@@ -85,8 +80,8 @@ def test_an_ignored_signal_stays_ignored() -> None:
 
 
 def test_a_nested_block_leaves_the_holding_to_the_outer_one() -> None:
-    """The sweep holds across its run's creation and its ledger entry; a hold inside is a no-op, so the second
-    signal still goes through at once (nested holds would stack: the second would only be held again)."""
+    """A hold inside a hold is a no-op, so the second signal still goes through at once (stacked holds would only
+    hold it again). The app does not nest them today; the block is safe to nest all the same."""
     steps = steps_of("""
         with interrupts_held():
             with interrupts_held():
