@@ -187,12 +187,14 @@ def test_old_runs_are_matched_by_the_params_that_differ_then_by_name() -> None:
     pairing = pair_rows(base, cand)
     assert pairing.basis == "params"
     assert sorted((b.run_id, c.run_id) for b, c in pairing.pairs) == [("bg", "cg"), ("bn", "cn")]
-    lone = pair_rows(base, [*cand[:1], row("untimed", None, config={"norm_fn.name": "group"})])
+    untimed = row("untimed", None, config={"norm_fn.name": "group"})
+    lone = pair_rows(base, [*cand[:1], untimed])
     assert [(b.run_id, c.run_id) for b, c in lone.pairs] == [("bn", "cn")]
-    assert lone.unmatched == [f"baseline only: {SAME_NAME} [norm_fn.name=group]"]
+    assert [(b.run_id, runs) for b, runs in lone.unmeasured] == [("bg", [untimed])] and not lone.unmatched
     by_name = pair_rows([row("x-b1"), row("x-b2")], [row("x-b2"), row("x-b4")])
     assert by_name.basis == "run name" and [b.run_name for b, _ in by_name.pairs] == ["x-b2"]
-    assert by_name.unmatched == ["baseline only: x-b1 [x-b1]", "candidate only: x-b4 [x-b4]"]
+    assert [(b.run_name, runs) for b, runs in by_name.unmeasured] == [("x-b1", [])]
+    assert by_name.unmatched == ["candidate only: x-b4 [x-b4]"]
     assert pair_rows([row("a")], [row("b")]).basis == "one run on each side"
 
 
@@ -202,24 +204,29 @@ def test_old_runs_are_matched_by_the_params_that_differ_then_by_name() -> None:
 def log_sweep(client: MlflowClient, experiment_id: str, jobs: list[dict[str, object]], legacy: bool = False) -> str:
     """A sweep parent and one child per job, logged the way the app logs them: the latency metrics computed from
     the samples by the package's own statistics, the samples as latency_samples.json, params, and tags. ``legacy``:
-    under the flat metric names of runs logged before the metrics had chart sections."""
+    under the flat metric names of runs logged before the metrics had chart sections. A job with ``"status"`` ends
+    so (e.g. FAILED); one with no samples logs no metric (a job that failed before timing); ``"metrics"`` replace or
+    add logged values (e.g. a NaN median)."""
     parent = client.create_run(experiment_id, run_name="sweep", tags={"sweep_overrides": "x"}).info.run_id
     for job in jobs:
         samples = list(job["samples"])  # type: ignore[call-overload]
-        stats = LatencyStats.from_samples(samples)
         tags = {"mlflow.parentRunId": parent, "hardware": "cpu:test", **job.get("tags", {})}  # type: ignore[dict-item]
         run_id = client.create_run(experiment_id, run_name=str(job["name"]), tags=tags).info.run_id
         for key, value in job.get("params", {}).items():  # type: ignore[attr-defined]
             client.log_param(run_id, key, value)
+        if not samples:
+            client.set_terminated(run_id, str(job.get("status", "FINISHED")))
+            continue
+        stats = LatencyStats.from_samples(samples)
         metrics = {"latency/median_ms": stats.median_ms, "latency/ci95_low_ms": stats.ci_low_ms,
                    "latency/ci95_high_ms": stats.ci_high_ms, "timing/timed_iterations": len(samples)}  # fmt: skip
         if legacy:
             metrics = {"latency_median_ms": stats.median_ms, "latency_ci95_low_ms": stats.ci_low_ms,
                        "latency_ci95_high_ms": stats.ci_high_ms, "timed_iterations": len(samples)}  # fmt: skip
-        for key, value in metrics.items():
+        for key, value in {**metrics, **job.get("metrics", {})}.items():  # type: ignore[dict-item]
             client.log_metric(run_id, key, value)
         client.log_text(run_id, json.dumps({"latency_ms": samples}), "latency_samples.json")
-        client.set_terminated(run_id)
+        client.set_terminated(run_id, str(job.get("status", "FINISHED")))
     client.set_terminated(parent)
     return parent
 

@@ -25,6 +25,7 @@ from gflops_track import names
 from gflops_track.app import console
 from gflops_track.app.outcomes import FAILED, FINISHED, KILLED, JobOutcome, OutcomeLedger, run_key
 from gflops_track.app.schema import DEFAULT_RUN_NAME, AppConfig
+from gflops_track.compare.gate import override_identity
 from gflops_track.hardware import Fingerprint
 from gflops_track.profiler import count, measure, rate, resolve_device, where_it_runs
 from gflops_track.result import ProfileResult, TrainingStep
@@ -217,8 +218,9 @@ def swept_overrides(overrides: Sequence[str]) -> list[str] | None:
 
 
 def job_tags(config: AppConfig, device: torch.device, overrides: list[str], facts: Fingerprint) -> dict[str, str]:
-    """Tags to group and filter by, the same on every run: the job's overrides and its variant (the overrides that
-    differ inside its sweep), model, device, dtype, batch size, and MLflow's own source tags (never a remote URL: it
+    """Tags to group and filter by, the same on every run: the job's identity (its overrides, sorted, tracking.* and
+    hydra.* left out, hashed when long: ``override_identity``) and its variant (the overrides that differ inside its
+    sweep), model, device, dtype, batch size, and MLflow's own source tags (never a remote URL: it
     can hold a token)."""
     swept = swept_overrides(overrides)
     variant = swept if swept is not None else overrides
@@ -229,7 +231,7 @@ def job_tags(config: AppConfig, device: torch.device, overrides: list[str], fact
         names.DTYPE_TAG: config.precision.dtype,
         names.BATCH_SIZE_TAG: str(config.batch.size),
         names.MODE_TAG: config.mode,
-        names.OVERRIDES_TAG: " ".join(overrides),
+        names.OVERRIDES_TAG: override_identity(overrides),  # what the gate pairs runs by, as it reads it
         names.VARIANT_TAG: " ".join(variant) or "defaults",
     }
     return {**tags, **source_tags(facts.git_commit)}

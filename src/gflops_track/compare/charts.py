@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gflops_track.compare.render import variant
-from gflops_track.compare.rows import Row
+from gflops_track.compare.rows import Row, finite_only
 from gflops_track.peaks import Roof, RooflinePoint
 from gflops_track.plots import finish_figure, new_figure, roofline_png, throughput_curve_png, variant_colors
 
@@ -122,8 +122,9 @@ def _save(figure: Figure, path: Path) -> Path:
 
 def comparison_charts(rows: Sequence[Row], folder: Path) -> list[Path]:
     """Every plot the rows support, written into ``folder``: inference runs (latency, achieved GFLOP/s, FLOPs vs
-    latency, throughput curve), train runs (step GFLOP/s, MFU), and one roofline with both."""
-    finished = [row for row in rows if row.status == "FINISHED"]
+    latency, throughput curve), train runs (step GFLOP/s, MFU), and one roofline with both. A number that is NaN or
+    inf is left out (``finite_only``; the report names it)."""
+    finished = [finite_only(row) for row in rows if row.status == "FINISHED"]
     timed = [row for row in finished if row.median_ms is not None]
     trained = [row for row in finished if row.step_achieved_gflop_per_s is not None]
     charts = []

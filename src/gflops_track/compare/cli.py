@@ -1,16 +1,19 @@
 """``gflops-track compare`` / ``python -m gflops_track.compare``: tables, plots, HTML report, regression gate.
 
 Exit codes: 0 fine; 1 the regression gate found a regression (and nothing else: a CI job reads 1 as "slower");
-2 bad arguments, an unknown run or sweep id, a bad ``--filter``, an output directory that does not exist, a store that
-does not exist or does not answer, an ambiguous match, or nothing to compare — always one line on stderr; 3 the
-gate found no regression but could not judge every row (INCONCLUSIVE: timed under load, too few samples or no
-confidence interval). Reading never creates a store.
+2 bad arguments, an unknown or ambiguous run or sweep id, a bad ``--filter``, an output directory that does not
+exist, a store that does not exist or does not answer, an ambiguous match, or nothing to compare — always one line on
+stderr; 3 the gate found no regression but could not judge every row (INCONCLUSIVE: timed under load, too few samples
+or no confidence interval); 4 the gate found a baseline row the candidate did not measure (its run FAILED or was
+KILLED, or is MISSING) or a median that is NaN or inf (NOT FINITE), whatever the other rows say. Reading never
+creates a store.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -20,10 +23,30 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 from rich.markup import escape
 
-from gflops_track.compare.gate import MIN_SAMPLES, AmbiguousMatch, Side, judge, pair_label, pair_rows, parse_threshold
+from gflops_track.compare.gate import (
+    EXIT_USAGE,
+    MIN_SAMPLES,
+    AmbiguousMatch,
+    Side,
+    exit_code,
+    judge,
+    pair_label,
+    pair_rows,
+    parse_threshold,
+    row_label,
+    unmeasured_verdict,
+)
 from gflops_track.compare.render import ALL_COLUMNS, csv_table, markdown_table, parse_columns, rich_table
 from gflops_track.compare.report import log_report, write_report
-from gflops_track.compare.rows import Row, build_rows, expand, latency_samples, select_runs
+from gflops_track.compare.rows import (
+    Row,
+    build_rows,
+    expand,
+    latency_samples,
+    not_finite_notes,
+    resolve_run_id,
+    select_runs,
+)
 from gflops_track.environment import ENV_HASH_TAG, environment_note
 from gflops_track.tracking.store import (
     StoreError,
@@ -33,10 +56,6 @@ from gflops_track.tracking.store import (
     redact_uri,
     resolve_tracking_uri,
 )
-
-EXIT_REGRESSION = 1
-EXIT_USAGE = 2
-EXIT_INCONCLUSIVE = 3
 
 
 def parser() -> argparse.ArgumentParser:
@@ -69,7 +88,10 @@ def parser() -> argparse.ArgumentParser:
     output.add_argument("--output", type=Path, help="write the markdown/csv table here instead of stdout")
     output.add_argument("--html", type=Path, help="write the self-contained HTML report (tables + plots) here")
     output.add_argument("--log-report", action="store_true", help="with --sweep: attach report.html to the sweep run")
-    gate = cli.add_argument_group("regression gate (exit 1 on a regression, 3 when inconclusive)")
+    gate = cli.add_argument_group(
+        "regression gate (exit 1 on a regression, 3 when inconclusive, 4 when a candidate row FAILED, is MISSING or "
+        "NOT FINITE)"
+    )
     gate.add_argument("--baseline", help="run id or sweep id of the reference")
     gate.add_argument("--candidate", help="run id or sweep id to check against it")
     gate.add_argument("--threshold", default="5%", help="allowed slowdown, e.g. 5%% or 0.05 (default 5%%)")
@@ -90,13 +112,13 @@ def run_gate(
     console: Console,
     min_samples: int = MIN_SAMPLES,
 ) -> int:
-    """Pair the two sides' rows by identity, judge each pair, print one line per pair; the exit code says the worst
-    (regression 1, inconclusive 3, else 0)."""
+    """Pair the two sides' rows by identity, judge each pair, print one line per baseline row; the exit code says
+    the worst (``gate.exit_code``: FAILED, MISSING or NOT FINITE 4, regression 1, inconclusive 3, else 0)."""
     threshold = parse_threshold(threshold_text)
     if min_samples < 2:
         raise ValueError(f"--min-samples={min_samples} is not allowed: it must be an integer >= 2")
-    base_rows = build_rows(expand(client, baseline))
-    cand_rows = build_rows(expand(client, candidate))
+    base_rows = build_rows(expand(client, baseline, "--baseline"))
+    cand_rows = build_rows(expand(client, candidate, "--candidate"))
     try:
         pairing = pair_rows(base_rows, cand_rows)
     except AmbiguousMatch as error:
@@ -104,7 +126,7 @@ def run_gate(
             f"[red]gflops-track compare:[/red] ambiguous match: {escape(str(error))}", highlight=False, soft_wrap=True
         )
         return EXIT_USAGE
-    if not pairing.pairs:
+    if not pairing.matched:
         console.print(
             f"[red]no timed runs of {escape(baseline)} and {escape(candidate)} match by {pairing.basis}[/red]",
             highlight=False,
@@ -138,22 +160,24 @@ def run_gate(
             min_samples,
         )
         verdicts.append(replace(verdict, label=pair_label(base, cand, pairing.basis)))
+    compared = len(verdicts)
+    verdicts += [unmeasured_verdict(base, runs, row_label(base, pairing.basis)) for base, runs in pairing.unmeasured]
     for verdict in verdicts:
-        style = "red" if verdict.regression else "yellow" if verdict.inconclusive else "green"
+        style = "red" if verdict.regression or verdict.broken else "yellow" if verdict.inconclusive else "green"
         console.print(f"[{style}]{escape(verdict.describe(threshold))}[/{style}]", highlight=False, soft_wrap=True)
     for line in pairing.unmatched:
         console.print(f"[yellow]not compared ({escape(line)})[/yellow]", highlight=False, soft_wrap=True)
     regressions = sum(verdict.regression for verdict in verdicts)
     inconclusive = sum(verdict.inconclusive for verdict in verdicts)
+    broken = Counter(verdict.status for verdict in verdicts if verdict.broken)
     console.print(
-        f"{regressions} regression(s), {inconclusive} inconclusive in {len(verdicts)} compared row(s), "
-        f"threshold {threshold:.1%}, at least {min_samples} samples per side",
+        f"{regressions} regression(s), {inconclusive} inconclusive in {compared} compared row(s), "
+        + "".join(f"{count} {status}, " for status, count in sorted(broken.items()))
+        + f"threshold {threshold:.1%}, at least {min_samples} samples per side",
         highlight=False,
         soft_wrap=True,
     )
-    if regressions:
-        return EXIT_REGRESSION
-    return EXIT_INCONCLUSIVE if inconclusive else 0
+    return exit_code(verdicts)
 
 
 class UsageError(Exception):
@@ -203,12 +227,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not (args.baseline and args.candidate):
                 raise ValueError("--baseline and --candidate go together")
             return run_gate(client, args.baseline, args.candidate, args.threshold, console, args.min_samples)
-        runs = select_runs(client, args.experiment, args.sweep, args.run_id, args.filter)
+        sweep = resolve_run_id(client, args.sweep, "--sweep") if args.sweep else None  # a prefix names it too
+        runs = select_runs(client, args.experiment, sweep, args.run_id, args.filter)
         if not runs:
             errors.print(f"[red]gflops-track compare:[/red] no runs selected in {escape(redact_uri(uri))}")
             return EXIT_USAGE
         rows = build_rows(runs, args.baseline_row)
-        title = f"gflops-track comparison ({(args.sweep and f'sweep {args.sweep}') or f'{len(rows)} runs'})"
+        title = f"gflops-track comparison ({(sweep and f'sweep {sweep}') or f'{len(rows)} runs'})"
         text = {"markdown": markdown_table, "csv": csv_table}.get(args.format)
         if text is None:
             console.print(rich_table(rows, title, columns, args.wide), crop=False)
@@ -217,13 +242,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             sys.stdout.write(text(rows))
         notes = Console(stderr=True, highlight=False, soft_wrap=True) if text is not None else console
-        for note in environment_notes(rows):  # a CSV or Markdown table on stdout stays clean: said on stderr
-            notes.print(f"[yellow]{escape(note)}[/yellow]")
+        for note in [*environment_notes(rows), *not_finite_notes(rows)]:  # a CSV or Markdown table on stdout
+            notes.print(f"[yellow]{escape(note)}[/yellow]")  # stays clean: said on stderr
         if args.html:
             write_report(rows, args.html, title, redact_uri(uri))
             console.print(f"HTML report written to {escape(str(args.html))}", highlight=False)
-        if args.log_report and args.sweep:
-            log_report(client, args.sweep, rows, title, redact_uri(uri))
+        if args.log_report and sweep:
+            log_report(client, sweep, rows, title, redact_uri(uri))
     except (ValueError, UsageError, StoreError, MlflowException, OSError) as error:
         errors.print(f"[red]gflops-track compare:[/red] {escape(describe_error(error))}")
         return EXIT_USAGE

@@ -11,13 +11,19 @@ that every timed row on both sides has:
 3. its run name.
 
 Two rows of one side with the same identity make the match ambiguous: the gate names them and refuses to guess.
-When each side holds exactly one timed run, the two are compared directly (the user named them).
+When the baseline holds exactly one timed run and the candidate exactly one run, the two are compared directly (the
+user named them).
+
+A baseline row the candidate did not measure fails the gate: FAILED when the candidate's run of that identity FAILED
+or was KILLED (its status and error named), MISSING when the candidate has no run of it, or only one still RUNNING or
+never timed. A row the candidate has and the baseline has not is listed as not compared (a new configuration).
 
 Decision, per pair. ``ratio`` = median(candidate) / median(baseline), with an interval: a 99% percentile bootstrap
 of the raw samples both runs stored (2,000 resamples, fixed seed), or, without samples, the runs' logged 95% CIs of
 the median (low = candidate CI low / baseline CI high, high = candidate CI high / baseline CI low: two intervals that
 do not overlap).
 
+* NOT FINITE when either median, or the interval, is NaN or inf: no comparison with such a number means anything.
 * INCONCLUSIVE when either side has fewer than ``MIN_SAMPLES`` timed iterations, or no interval is known: nothing
   can be said either way.
 * REGRESSION when ``ratio > 1 + threshold`` *and* the interval lies wholly above 1 (the slowdown is not noise) —
@@ -31,33 +37,52 @@ per cell, 5% threshold): with log-normal samples (CV 10%) a 95% bootstrap called
 n = 10-50 (the percentile bootstrap of a median is too narrow), the 99% one 0.2-0.5%; with a heavy tail (10% of
 samples at 1.5-3x) a 2x slowdown was missed 9 times in 1,000 at n = 20, never from n = 30 on. 30 is also the timing
 engine's default ``min_repeats``. The README has the table.
+
+Exit code, worst first (``exit_code``): 4 when a row is FAILED, MISSING or NOT FINITE (the candidate, or a
+measurement, is broken); 1 on a REGRESSION; 3 when a row is INCONCLUSIVE; else 0. 2 is the command's: bad
+arguments, an ambiguous match, or nothing matched.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+import re
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
+from gflops_track.compare.render import short_id
 from gflops_track.compare.rows import Row
+from gflops_track.names import OVERRIDES_TAG, TIMING_SUSPECT_TAG, VARIANT_TAG
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_CONFIDENCE = 0.99
 SEED = 0
 MIN_SAMPLES = 30
 DEFAULT_THRESHOLD = 0.05
-OVERRIDES_TAG = "overrides"
-VARIANT_TAG = "variant"
-SUSPECT_TAG = "timing_suspect"
 NOT_CONFIGURATION = ("tracking.", "hydra.")  # overrides that change where a run is logged, not what is measured
+ENDED_BADLY = ("FAILED", "KILLED")  # MLflow run statuses of a job that did not finish
+HASHED = re.compile(r" \.\.\. sha256=[0-9a-f]{64}$")  # the end of an identity too long for a tag, cut (see below)
 
 REGRESSION = "REGRESSION"
 INCONCLUSIVE = "INCONCLUSIVE"
 WITHIN_NOISE = "within noise"
 FASTER = "faster"
 OK = "ok"
+NOT_FINITE = "NOT FINITE"  # a median or interval is NaN or inf
+FAILED = "FAILED"  # the candidate's run of a baseline row FAILED or was KILLED
+MISSING = "MISSING"  # the candidate has no measured run of a baseline row
+BROKEN = (NOT_FINITE, FAILED, MISSING)
+
+EXIT_OK = 0
+EXIT_REGRESSION = 1
+EXIT_USAGE = 2
+EXIT_INCONCLUSIVE = 3
+EXIT_BROKEN = 4
 
 
 class AmbiguousMatch(ValueError):
@@ -80,7 +105,7 @@ class Side:
     @classmethod
     def from_row(cls, row: Row, samples: Sequence[float] | None) -> Side:
         assert row.median_ms is not None
-        suspect = row.tags.get(SUSPECT_TAG, "").lower() == "true"
+        suspect = row.tags.get(TIMING_SUSPECT_TAG, "").lower() == "true"
         count = len(samples) if samples else row.timed_iterations
         return cls(row.run_name, row.median_ms, row.ci_low_ms, row.ci_high_ms, tuple(samples or ()), count, suspect)
 
@@ -95,13 +120,13 @@ class Side:
 class Verdict:
     label: str
     baseline_ms: float
-    candidate_ms: float
-    ratio: float
+    candidate_ms: float | None  # None: the candidate measured nothing (FAILED, MISSING)
+    ratio: float | None
     ratio_low: float | None  # None: no interval known
     ratio_high: float | None
     noise_basis: str  # "bootstrap of stored samples", "logged median CIs" or "no interval known"
-    status: str  # REGRESSION, INCONCLUSIVE, "within noise", "faster" or "ok"
-    reason: str = ""  # why INCONCLUSIVE
+    status: str  # REGRESSION, INCONCLUSIVE, NOT FINITE, FAILED, MISSING, "within noise", "faster" or "ok"
+    reason: str = ""  # why INCONCLUSIVE, NOT FINITE, FAILED or MISSING
 
     @property
     def regression(self) -> bool:
@@ -112,10 +137,13 @@ class Verdict:
         return self.status == INCONCLUSIVE
 
     @property
-    def change(self) -> float:
-        return self.ratio - 1
+    def broken(self) -> bool:
+        """FAILED, MISSING or NOT FINITE: the gate fails whatever the other rows say."""
+        return self.status in BROKEN
 
     def describe(self, threshold: float) -> str:
+        if self.candidate_ms is None or self.ratio is None:
+            return f"{self.label}: {self.baseline_ms:,.3f} ms -> {self.status}: {self.reason}"
         interval = (
             f"interval {self.ratio_low - 1:+.1%} .. {self.ratio_high - 1:+.1%}"
             if self.ratio_low is not None and self.ratio_high is not None
@@ -124,12 +152,13 @@ class Verdict:
         verdict = {
             REGRESSION: f"REGRESSION (> {threshold:.1%} and beyond noise)",
             INCONCLUSIVE: f"INCONCLUSIVE: {self.reason}",
+            NOT_FINITE: f"NOT FINITE: {self.reason}",
             WITHIN_NOISE: "slower beyond the threshold, but within the measured noise",
         }.get(self.status, self.status)
-        if self.reason and self.status != INCONCLUSIVE:
+        if self.reason and self.status not in (INCONCLUSIVE, NOT_FINITE):
             verdict += f" ({self.reason})"
         return (
-            f"{self.label}: {self.baseline_ms:,.3f} ms -> {self.candidate_ms:,.3f} ms ({self.change:+.1%}, "
+            f"{self.label}: {self.baseline_ms:,.3f} ms -> {self.candidate_ms:,.3f} ms ({self.ratio - 1:+.1%}, "
             f"{interval}, {self.noise_basis}): {verdict}"
         )
 
@@ -159,15 +188,30 @@ def _interval(baseline: Side, candidate: Side) -> tuple[float | None, float | No
     return None, None, "no interval known"
 
 
+def _not_finite(baseline: Side, candidate: Side, ratio: float, low: float | None, high: float | None) -> str:
+    """What is NaN or inf among the numbers a verdict rests on ("" when nothing is)."""
+    medians = (("baseline", baseline.median_ms), ("candidate", candidate.median_ms))
+    bad = [f"{side} median is {value} ms" for side, value in medians if not math.isfinite(value)]
+    if not bad and not math.isfinite(ratio):
+        bad = [f"the ratio is {ratio}"]
+    if not bad and not all(math.isfinite(value) for value in (low, high) if value is not None):
+        bad = [f"the interval is {low:.4g} .. {high:.4g} (a stored sample or logged CI is NaN or inf)"]
+    return "; ".join(bad)
+
+
 def judge(
     baseline: Side, candidate: Side, threshold: float = DEFAULT_THRESHOLD, min_samples: int = MIN_SAMPLES
 ) -> Verdict:
     """The verdict for one pair (see the module docstring for the rule)."""
-    ratio = candidate.median_ms / baseline.median_ms
-    low, high, basis = _interval(baseline, candidate)
+    with np.errstate(all="ignore"):  # a NaN or inf median or sample is judged NOT FINITE below, not warned about
+        ratio = float(np.float64(candidate.median_ms) / np.float64(baseline.median_ms))
+        low, high, basis = _interval(baseline, candidate)
     reason = ""
     counts = (baseline.sample_count, candidate.sample_count)
-    if any(count is None or count < min_samples for count in counts):
+    unreadable = _not_finite(baseline, candidate, ratio, low, high)
+    if unreadable:
+        status, reason = NOT_FINITE, unreadable
+    elif any(count is None or count < min_samples for count in counts):
         status = INCONCLUSIVE
         shown = ", ".join("unknown" if count is None else str(count) for count in counts)
         reason = f"too few samples ({shown}; at least {min_samples} each), re-run with more timed iterations"
@@ -185,15 +229,32 @@ def judge(
     if loaded and status == REGRESSION:
         status = INCONCLUSIVE
         reason = f"timed under load ({' and '.join(loaded)}), re-run on a quiet machine"
-    elif loaded and status != INCONCLUSIVE:
+    elif loaded and status not in (INCONCLUSIVE, NOT_FINITE):
         reason = f"{' and '.join(loaded)} timed under load"
     return Verdict(candidate.label, baseline.median_ms, candidate.median_ms, ratio, low, high, basis, status, reason)
 
 
+def override_identity(overrides: Iterable[str]) -> str:
+    """A job's identity as its ``overrides`` tag stores it and the gate reads it: its Hydra overrides as
+    whitespace-separated tokens, sorted (``a=1 b=2`` equals ``b=2 a=1``), without those that only say where results go
+    (tracking.*, hydra.*). Longer than MLflow keeps a tag (``MAX_TAG_VAL_LENGTH``; it would cut it silently), it is
+    cut and ends in the SHA-256 of the whole, so identities that differ past the cut never read as one."""
+    tokens = " ".join(overrides).split()
+    identity = " ".join(sorted(t for t in tokens if not t.lstrip("+~").startswith(NOT_CONFIGURATION)))
+    if len(identity) <= MAX_TAG_VAL_LENGTH:
+        return identity
+    suffix = f" ... sha256={hashlib.sha256(identity.encode()).hexdigest()}"
+    return identity[: MAX_TAG_VAL_LENGTH - len(suffix)] + suffix
+
+
+def stored_identity(tag: str) -> str:
+    """The identity an ``overrides`` tag holds: as stored when it was cut and hashed, else normalised again, since
+    runs logged before the tag was normalised hold the raw overrides (unsorted, ``tracking.*`` included)."""
+    return tag if HASHED.search(tag) else override_identity([tag])
+
+
 def _override_key(row: Row) -> str:
-    """The job's overrides, sorted, without those that only say where results go (tracking.*, hydra.*)."""
-    tokens = row.tags[OVERRIDES_TAG].split()
-    return " ".join(sorted(t for t in tokens if not t.lstrip("+~").startswith(NOT_CONFIGURATION)))
+    return stored_identity(row.tags[OVERRIDES_TAG])
 
 
 def _differing_params(rows: Sequence[Row]) -> set[str]:
@@ -230,32 +291,94 @@ def _by_identity(rows: Sequence[Row], identity: Callable[[Row], str], side: str)
 @dataclass(frozen=True)
 class Pairing:
     pairs: list[tuple[Row, Row]]
-    unmatched: list[str]  # "baseline only: name [identity]" lines
+    unmeasured: list[tuple[Row, list[Row]]]  # baseline rows the candidate did not measure, with its runs of them
+    unmatched: list[str]  # "candidate only: name [identity]" lines; "baseline only" too when nothing matched
     basis: str
+
+    @property
+    def matched(self) -> bool:
+        """Whether the candidate has a run, measured or not, of any baseline row: else the two sides have nothing
+        in common, which is a usage error rather than a failed candidate."""
+        return bool(self.pairs) or any(runs for _, runs in self.unmeasured)
+
+
+def measured(row: Row) -> bool:
+    """A candidate row the gate can judge: timed, and its run did not fail or get killed."""
+    return bool(row.median_ms) and row.status not in ENDED_BADLY
 
 
 def pair_rows(baseline: Sequence[Row], candidate: Sequence[Row]) -> Pairing:
-    """Timed rows matched by identity (see the module docstring); raises AmbiguousMatch rather than guess."""
+    """Timed baseline rows matched by identity to the candidate's measured rows (see the module docstring); a
+    baseline row without one is kept with the candidate's unmeasured runs of its identity (failed, killed, running,
+    untimed). Raises AmbiguousMatch rather than guess."""
     base = [row for row in baseline if row.median_ms]
-    cand = [row for row in candidate if row.median_ms]
-    if len(base) == 1 and len(cand) == 1:
-        return Pairing([(base[0], cand[0])], [], "one run on each side")
+    cand = [row for row in candidate if measured(row)]
+    if len(base) == 1 and len(candidate) == 1:
+        if cand:
+            return Pairing([(base[0], cand[0])], [], [], "one run on each side")
+        return Pairing([], [(base[0], list(candidate))], [], "one run on each side")
     basis, identity = identity_basis(base, cand)
     base_by = _by_identity(base, identity, "the baseline")
     cand_by = _by_identity(cand, identity, "the candidate")
+    others: dict[str, list[Row]] = defaultdict(list)
+    for row in candidate:
+        if not measured(row) and (basis != "overrides" or OVERRIDES_TAG in row.tags):
+            others[identity(row)].append(row)
     pairs = [(base_by[key], cand_by[key]) for key in sorted(base_by.keys() & cand_by.keys())]
-    unmatched = [f"baseline only: {base_by[key].run_name} [{key}]" for key in sorted(base_by.keys() - cand_by.keys())]
-    unmatched += [f"candidate only: {cand_by[key].run_name} [{key}]" for key in sorted(cand_by.keys() - base_by.keys())]
-    return Pairing(pairs, unmatched, basis)
+    absent = sorted(base_by.keys() - cand_by.keys())
+    unmeasured = [(base_by[key], others.get(key, [])) for key in absent]
+    unmatched = [f"candidate only: {cand_by[key].run_name} [{key}]" for key in sorted(cand_by.keys() - base_by.keys())]
+    if not pairs and not any(runs for _, runs in unmeasured):
+        unmatched = [f"baseline only: {base_by[key].run_name} [{key}]" for key in absent] + unmatched
+    return Pairing(pairs, unmeasured, unmatched, basis)
+
+
+def row_label(row: Row, basis: str) -> str:
+    """What to call a row in the gate's output: the variant (tag, else run name) and, when matched by overrides, the
+    identity that matched it."""
+    variant = row.tags.get(VARIANT_TAG) or row.run_name
+    if basis == "overrides" and row.tags.get(OVERRIDES_TAG):
+        return f"{variant} [{_override_key(row)}]"
+    return variant
 
 
 def pair_label(baseline: Row, candidate: Row, basis: str) -> str:
-    """What to call a pair in the gate's output: the variant (tag, else run name) and, when matched by config, the
-    identity that matched it."""
-    variant = candidate.tags.get(VARIANT_TAG) or candidate.run_name
-    if basis == "overrides" and candidate.tags.get(OVERRIDES_TAG):
-        return f"{variant} [{_override_key(candidate)}]"
-    return variant
+    """A pair is called by its candidate row (see ``row_label``)."""
+    return row_label(candidate, basis)
+
+
+def unmeasured_verdict(baseline: Row, runs: Sequence[Row], label: str) -> Verdict:
+    """The verdict for a baseline row the candidate did not measure: FAILED when a candidate run of its identity
+    FAILED or was KILLED (each named with its status and error), else MISSING (its runs still RUNNING or never timed
+    named, or none at all). Either fails the gate."""
+    assert baseline.median_ms is not None
+    ended = [row for row in runs if row.status in ENDED_BADLY]
+    if ended:
+        reason = "; ".join(
+            f"the candidate's run {row.run_name} ({short_id(row)}) is {row.status}"
+            + (f": {row.error.strip().splitlines()[0]}" if row.error.strip() else "")
+            for row in ended
+        )
+        status = FAILED
+    elif runs:
+        status = MISSING
+        reason = "; ".join(
+            f"the candidate's run {row.run_name} ({short_id(row)}) is {row.status} with no latency" for row in runs
+        )
+    else:
+        status, reason = MISSING, "the candidate has no run of this row"
+    return Verdict(label, baseline.median_ms, None, None, None, None, "", status, reason)
+
+
+def exit_code(verdicts: Iterable[Verdict]) -> int:
+    """The gate's exit code, worst first: 4 when a row is FAILED, MISSING or NOT FINITE; 1 on a REGRESSION; 3 when a
+    row is INCONCLUSIVE; else 0."""
+    statuses = {verdict.status for verdict in verdicts}
+    if statuses & set(BROKEN):
+        return EXIT_BROKEN
+    if REGRESSION in statuses:
+        return EXIT_REGRESSION
+    return EXIT_INCONCLUSIVE if INCONCLUSIVE in statuses else EXIT_OK
 
 
 def parse_threshold(text: str) -> float:

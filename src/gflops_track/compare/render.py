@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gflops_track import names
-from gflops_track.compare.rows import Row
+from gflops_track.compare.rows import Row, not_finite_notes
 
 Formatter = Callable[[Row], str]
 ROOMY = 10_000  # a width no table reaches: measuring at it gives a table's natural (unwrapped) width
@@ -335,6 +335,7 @@ def html_report(rows: Sequence[Row], images: Sequence[Path], title: str, source:
         "throughput / baseline throughput (the column's header says which). Train-mode runs: train step GFLOPs "
         "per whole step (forward, backward, optimizer), MFU = step FLOPs / median step time / peak (the run's "
         "mfu_peak tag names the peak).</p>"
-        f'<table id="runs"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+        + "".join(f'<p class="warning">{html.escape(note)}</p>' for note in not_finite_notes(rows))
+        + f'<table id="runs"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
         f"{figures}</body></html>"
     )

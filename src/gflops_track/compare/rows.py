@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
+import re
+import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from gflops_track import names
@@ -51,14 +56,21 @@ class Row:
     speed_basis: str = "latency"  # what relative_speed compares: "latency" (same batch sizes) or "throughput"
     tags: dict[str, str] = field(default_factory=dict, compare=False)  # the run's tags (the gate's identity, load)
     config: dict[str, str] = field(default_factory=dict, compare=False)  # the run's params (the gate's fallback)
+    not_finite: tuple[str, ...] = ()  # "metric=nan" for each metric of the run that is NaN or inf: said, never plotted
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.hardware, self.run_name)
 
 
+def stored_value(value: float) -> float:
+    """A metric as logged: MLflow's SQL stores keep an inf as the largest float, which means inf."""
+    return math.copysign(math.inf, value) if abs(value) == sys.float_info.max else value
+
+
 def row_from_run(run: Run) -> Row:
-    metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
+    metrics = {key: stored_value(value) for key, value in run.data.metrics.items()}
+    params, tags = run.data.params, run.data.tags
     batch = params.get("batch.size")
     return Row(
         run_id=run.info.run_id,
@@ -91,7 +103,29 @@ def row_from_run(run: Run) -> Row:
         start_time=run.info.start_time,
         tags=dict(tags),
         config=dict(params),
+        not_finite=tuple(f"{key}={value}" for key, value in sorted(metrics.items()) if not math.isfinite(value)),
     )
+
+
+def finite_only(row: Row) -> Row:
+    """The row with every number that is NaN or inf set to None: what a chart may draw (matplotlib refuses such
+    axis limits, and a NaN bar means nothing)."""
+    bad = {
+        item.name: None
+        for item in fields(row)
+        if isinstance(value := getattr(row, item.name), float) and not math.isfinite(value)
+    }
+    return replace(row, **bad) if bad else row
+
+
+def not_finite_notes(rows: Sequence[Row]) -> list[str]:
+    """One line per run with a metric that is NaN or inf, naming the run and the metrics: reported, never plotted."""
+    return [
+        f"run {row.run_name} ({row.run_id[:8]}): {', '.join(row.not_finite)} is not a finite number, left out of "
+        "the plots"
+        for row in rows
+        if row.not_finite
+    ]
 
 
 def build_rows(runs: Sequence[Run], baseline: str | None = None) -> list[Row]:
@@ -99,7 +133,7 @@ def build_rows(runs: Sequence[Run], baseline: str | None = None) -> list[Row]:
     name; default: the first row that has a latency). Same batch sizes: baseline median / median (latency speed-up);
     batch sizes differ: throughput / baseline throughput, since a batch of 4 takes longer but may do as much work."""
     rows = sorted((row_from_run(run) for run in runs), key=lambda row: row.key)
-    timed = [row for row in rows if row.median_ms]
+    timed = [row for row in rows if row.median_ms and math.isfinite(row.median_ms)]  # a NaN is no reference
     if not timed:
         return rows
     chosen = next((row for row in timed if baseline in (row.run_id, row.run_name)), None)
@@ -129,9 +163,9 @@ def select_runs(
     """Runs by sweep (the parent's children), by run ids, or by experiment names (default: all experiments) with an
     optional MLflow filter string. Sweep parents themselves are left out of experiment-wide selections."""
     if sweep:
-        return child_runs(client, sweep)
+        return child_runs(client, resolve_run_id(client, sweep, "--sweep"))
     if run_ids:
-        return [client.get_run(run_id) for run_id in run_ids]
+        return [client.get_run(resolve_run_id(client, run_id, "--run-id")) for run_id in run_ids]
     if experiments:
         found = [client.get_experiment_by_name(name) for name in experiments]
         missing = [name for name, experiment in zip(experiments, found, strict=True) if experiment is None]
@@ -145,10 +179,34 @@ def select_runs(
     return [run for run in runs if run.info.run_id not in parents]
 
 
-def expand(client: MlflowClient, run_or_sweep: str) -> list[Run]:
-    """A sweep id means its children; a plain run id means that run."""
-    children = child_runs(client, run_or_sweep)
-    return children or [client.get_run(run_or_sweep)]
+RUN_ID_PREFIX = re.compile(r"[0-9a-f]{1,31}")  # MLflow's run ids are 32 lowercase hex digits
+
+
+def resolve_run_id(client: MlflowClient, text: str, flag: str) -> str:
+    """The run id ``text`` names: a whole id, or a unique prefix of one (the 8 characters the tables print). An
+    unknown id raises MLflow's own error; a prefix of several ids raises ValueError naming them."""
+    try:
+        return client.get_run(text).info.run_id
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST) or not RUN_ID_PREFIX.fullmatch(text):
+            raise
+        experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+        found = search_all_runs(client, experiments, f"attributes.run_id LIKE '{text}%'") if experiments else []
+        if len(found) == 1:
+            return found[0].info.run_id
+        if not found:
+            raise
+        named = ", ".join(f"{run.info.run_name} ({run.info.run_id})" for run in found)
+        raise ValueError(
+            f"{flag}={text!r} is ambiguous: {len(found)} runs start with it: {named}; give more of the id"
+        ) from None
+
+
+def expand(client: MlflowClient, run_or_sweep: str, flag: str = "--baseline") -> list[Run]:
+    """A sweep id means its children; a plain run id means that run (either may be a unique prefix)."""
+    run_id = resolve_run_id(client, run_or_sweep, flag)
+    children = child_runs(client, run_id)
+    return children or [client.get_run(run_id)]
 
 
 def latency_samples(client: MlflowClient, run_id: str) -> list[float] | None:
