@@ -124,6 +124,55 @@ def test_gate_command_fails_when_a_candidate_job_crashed_was_killed_or_is_missin
     assert code == 0, out  # the same sweep run again, complete: passes
 
 
+CANDIDATE_MODEL = """
+import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == {fail_on}:
+            raise RuntimeError("planted failure for batch size {fail_on}")
+        return self.conv(x)
+"""
+
+
+@pytest.mark.slow
+def test_a_crashed_candidate_job_fails_the_gate_end_to_end(tmp_path: Path, compare: Compare, store_uri: str) -> None:
+    """The issue's probe with the real app: the model's code changes between the baseline and the candidate sweep
+    (same overrides, so the same identities) and the candidate's batch-2 job raises. Old gate: "not compared
+    (baseline only: b2-...)" and a passing exit code."""
+    model = tmp_path / "gate_model.py"  # importable: ``python -m`` puts the working directory on sys.path
+    sweep_ids = []
+    for fail_on in (-1, 2):  # the baseline never fails
+        model.write_text(CANDIDATE_MODEL.format(fail_on=fail_on))
+        args = [
+            "-m",
+            "batch.size=1,2",
+            "model=custom",
+            "model._target_=gate_model.Block",
+            "+model.in_channels=3",
+            *QUICK,
+        ]
+        done = run_cli(args, cwd=tmp_path, MLFLOW_TRACKING_URI=store_uri, PYTHONDONTWRITEBYTECODE="1")
+        assert done.returncode == (0 if fail_on < 0 else 1), done.stderr[-3000:]
+        client = MlflowClient(store_uri)
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        sweep_ids += [
+            r.info.run_id for r in runs if "sweep_overrides" in r.data.tags and r.info.run_id not in sweep_ids
+        ]
+    baseline, candidate = sweep_ids
+    code, out, err = compare("--baseline", baseline, "--candidate", candidate, "--min-samples", "2")
+    assert code == 4, out + err
+    assert re.search(r"^batch\.size=2 \[.*\]: [0-9.]+ ms -> FAILED: the candidate's run b2-block-cpu-fp32 "
+                     r"\([0-9a-f]{8}\) is FAILED: .*planted failure for batch size 2$", out, re.M), out  # fmt: skip
+    assert "baseline only" not in out and "in 1 compared row(s), 1 FAILED," in out
+
+
 # --- item 11: NaN and inf ------------------------------------------------------------------------------------------
 
 STEADY = [10.0 + 0.1 * (i % 7) for i in range(30)]  # 30 samples, 10.0 .. 10.6 ms
@@ -168,22 +217,24 @@ def test_not_finite_numbers_are_named_and_never_plotted() -> None:
 
 
 def test_gate_and_html_report_with_a_nan_median(store_uri: str, compare: Compare, tmp_path: Path) -> None:
-    """A candidate job whose median was logged as NaN and whose achieved GFLOP/s as inf: the gate says NOT FINITE
+    """A candidate job whose median and CI were logged as NaN, its achieved GFLOP/s as inf: the gate says NOT FINITE
     (the old gate: "ok", exit 0), and ``compare --html`` writes the report naming both numbers (the old one failed
     with "Axis limits cannot be NaN or Inf")."""
     client = MlflowClient(store_uri)
     experiment = client.create_experiment("gate")
     baseline = log_sweep(client, experiment, jobs(0))
     first, second = jobs(10)
-    broken = {**first, "metrics": {names.LATENCY_MEDIAN_MS: NAN, names.ACHIEVED: INF, names.GFLOPS: 0.5}}
+    latency = {name: NAN for name in (names.LATENCY_MEDIAN_MS, names.LATENCY_CI_LOW_MS, names.LATENCY_CI_HIGH_MS)}
+    broken = {**first, "metrics": {**latency, names.ACHIEVED: INF, names.GFLOPS: 0.5}}
     candidate = log_sweep(client, experiment, [broken, {**second, "metrics": {names.GFLOPS: 4.0}}])
     report = tmp_path / "report.html"
     code, out, err = compare("--sweep", candidate, "--html", str(report))
     assert code == 0, err
     nan_run = next(run for run in MlflowClient(store_uri).search_runs([experiment])
                    if math.isnan(run.data.metrics.get(names.LATENCY_MEDIAN_MS, 0.0)))  # fmt: skip
-    note = (f"run {nan_run.info.run_name} ({nan_run.info.run_id[:8]}): {names.LATENCY_MEDIAN_MS}=nan, "
-            f"{names.ACHIEVED}=inf is not a finite number, left out of the plots")  # fmt: skip
+    note = (f"run {nan_run.info.run_name} ({nan_run.info.run_id[:8]}): {names.LATENCY_CI_HIGH_MS}=nan, "
+            f"{names.LATENCY_CI_LOW_MS}=nan, {names.LATENCY_MEDIAN_MS}=nan, {names.ACHIEVED}=inf is not a finite "
+            "number, left out of the plots")  # fmt: skip
     assert note in out and note in report.read_text()
     assert report.read_text().count('src="data:image/png;base64,') >= 3  # the charts are there, without the NaN
     code, out, _ = compare("--baseline", baseline, "--candidate", candidate)
