@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
-from conftest import run_cli
+from conftest import QUICK_NO_THOP, SMALL_BLOCK, run_cli
 from gflops_track import names
 from gflops_track.compare import charts, gate, rows
 from gflops_track.compare.cli import main as compare_main
@@ -156,7 +156,7 @@ def test_a_crashed_candidate_job_fails_the_gate_end_to_end(tmp_path: Path, compa
             "model=custom",
             "model._target_=gate_model.Block",
             "+model.in_channels=3",
-            *QUICK,
+            *QUICK_NO_THOP,
         ]
         done = run_cli(args, cwd=tmp_path, MLFLOW_TRACKING_URI=store_uri, PYTHONDONTWRITEBYTECODE="1")
         assert done.returncode == (0 if fail_on < 0 else 1), done.stderr[-3000:]
@@ -264,9 +264,6 @@ def test_the_overrides_identity_is_sorted_without_tracking_and_hashed_when_long(
     ]  # fmt: skip
 
 
-QUICK = ["timing.warmup=1", "timing.min_repeats=5", "timing.max_time_s=1", "peak.measure=false", "counting.thop=false"]
-
-
 @pytest.mark.slow
 def test_a_long_run_name_never_makes_a_sweep_ambiguous_against_itself(
     tmp_path: Path, compare: Compare, store_uri: str
@@ -274,19 +271,21 @@ def test_a_long_run_name_never_makes_a_sweep_ambiguous_against_itself(
     """A real sweep with a 9,000-character ``tracking.run_name`` first: the old raw tag was cut by MLflow at 8,000
     characters before ``batch.size``, so both jobs had the identity '' and the gate refused the sweep against
     itself (exit 2). The tag now holds the sorted identity without tracking.*."""
-    done = run_cli(["-m", "tracking.run_name=" + "r" * 9000, "batch.size=1,2", *QUICK], cwd=tmp_path,
-                   MLFLOW_TRACKING_URI=store_uri)  # fmt: skip
+    args = ["-m", "tracking.run_name=" + "r" * 9000, "batch.size=1,2", *SMALL_BLOCK, *QUICK_NO_THOP]
+    done = run_cli(args, cwd=tmp_path, MLFLOW_TRACKING_URI=store_uri)
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(store_uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     sweep = next(run.info.run_id for run in runs if "sweep_overrides" in run.data.tags)
     code, out, err = compare("--baseline", sweep, "--candidate", sweep, "--min-samples", "2")
-    assert code == 0 and "rows matched by overrides" in out and "in 2 compared row(s)" in out, out + err
+    assert "rows matched by overrides" in out and "in 2 compared row(s)" in out, out + err
+    assert code in (0, 3), out  # 3: a loaded machine timed fewer than 2 iterations in the 0.3 s allowed
     stored = sorted(run.data.tags[names.OVERRIDES_TAG] for run in runs if names.OVERRIDES_TAG in run.data.tags)
     assert len(stored) == 2  # Hydra hands a sweep's job "peak.measure=False": the values as it prints them
     for size, tag in zip((1, 2), stored, strict=True):
         tokens = tag.split()
-        assert tokens == sorted(tokens) and tokens[0] == f"batch.size={size}" and len(tokens) == 1 + len(QUICK)
+        assert tokens == sorted(tokens) and f"batch.size={size}" in tokens
+        assert len(tokens) == 1 + len(SMALL_BLOCK) + len(QUICK_NO_THOP)
         assert not any(token.startswith("tracking.") for token in tokens)
 
 
