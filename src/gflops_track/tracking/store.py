@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -28,6 +29,7 @@ ERROR_TAG = "error"
 PARENT_TAG = "mlflow.parentRunId"
 # What a tracking call raises when the store or server fails: caught wherever a failure must not cost a measurement
 TRACKING_ERRORS: tuple[type[BaseException], ...] = (MlflowException, requests.RequestException, OSError)
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file size limit: spooled, not failed
 
 
 def resolve_tracking_uri(configured: str | None, launch_dir: Path) -> str:
@@ -306,10 +308,11 @@ def local_artifact_path(location: str) -> Path | None:
 
 
 def artifact_write_failure(client: MlflowClient, run_id: str, error: BaseException) -> str | None:
-    """The run's artifact location when ``error`` (raised writing the run's files) is a local write failure: a
-    permission, a full disk, a file in the way, while the store itself answers. Not an outage, so a spool would not
-    help: the job fails. None otherwise (a server or network failure: spooled)."""
-    if not isinstance(error, OSError) or isinstance(error, requests.RequestException):
+    """The run's artifact location when ``error`` (raised writing the run's files) is a local location refusing
+    them while the store itself answers: a permission, a read-only or immutable directory, a file in the way. No
+    outage, so a spool would not help (``sync`` would meet the same refusal): the job fails. None otherwise: a
+    server or network failure, or a full disk (room can be made, then ``sync`` completes the run): spooled."""
+    if not isinstance(error, OSError) or isinstance(error, requests.RequestException) or error.errno in NO_ROOM:
         return None
     try:
         location = client.get_run(run_id).info.artifact_uri
