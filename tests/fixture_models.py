@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -109,4 +111,33 @@ class RaisesMarkup(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == self.fail_on:
             raise RuntimeError("cannot load [/opt/ext/op.so] ([bold]missing[/bold])")
+        return self.conv(x)
+
+
+class Hangs(nn.Module):
+    """A forward that never returns for one batch size (``time.sleep(10**6)`` in the main thread): a job only
+    ``timeout_s`` can end."""
+
+    def __init__(self, in_channels: int, hang_on: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, kernel_size=1)
+        self.hang_on = hang_on
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == self.hang_on and x.device.type != "meta":
+            time.sleep(10**6)
+        return self.conv(x)
+
+
+class BreaksArtifactLocation(nn.Module):
+    """Built after its run exists (and has its first files): puts a regular file where the experiment's artifact
+    directory ``location`` was, so every later file of every run fails to be written there (also for root)."""
+
+    def __init__(self, in_channels: int, location: str) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, kernel_size=1)
+        shutil.rmtree(location, ignore_errors=True)
+        Path(location).write_text("a file in the way of the artifact directory")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)

@@ -5,6 +5,7 @@ the bandwidth probe runs out of memory. Probes run for real, with a tiny plan so
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 import textwrap
@@ -130,18 +131,19 @@ def test_utilization_divides_by_the_roof() -> None:
 
 
 BAD_FILES = {
-    "a list": "[1, 2, 3]",
-    "null": "null",
-    "a string": '"peaks"',
-    "a number": "42",
-    "not JSON": "{not json",
-    "empty": "",
+    "a list": b"[1, 2, 3]",
+    "null": b"null",
+    "a string": b'"peaks"',
+    "a number": b"42",
+    "not JSON": b"{not json",
+    "empty": b"",
+    "binary bytes": b"{\xff\xfe" + random.Random(0).randbytes(3000),  # not UTF-8: UnicodeDecodeError
 }
 
 
 @pytest.mark.parametrize("content", BAD_FILES.values(), ids=BAD_FILES.keys())
-def test_bad_cache_file_is_remeasured_and_rewritten(tmp_path: Path, content: str) -> None:
-    (tmp_path / "peaks.json").write_text(content)
+def test_bad_cache_file_is_remeasured_and_rewritten(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "peaks.json").write_bytes(content)
     peak = measured_peak(CPU, "fp32", "cpu:test", tmp_path, TINY)
     assert not peak.cached and peak.compute_gflop_per_s > 0
     assert any("peaks cache" in note and "rewritten" in note for note in peak.notes)

@@ -358,14 +358,14 @@ def _entry(peak: MeasuredPeak, hardware: str, key_text: str) -> dict[str, Any]:
 def _read_cache(cache_file: Path) -> tuple[dict[str, Any], list[str]]:
     """The cache's entries, and a note when the file exists but is not a JSON object (it will be rewritten)."""
     try:
-        text = cache_file.read_text()
+        content = cache_file.read_bytes()
     except FileNotFoundError:
         return {}, []
     except OSError as error:
         return {}, [f"peaks cache {cache_file} unreadable ({error.strerror}): peaks re-measured"]
     try:
-        cache = json.loads(text)
-    except ValueError:
+        cache = json.loads(content)
+    except ValueError:  # UnicodeDecodeError included: binary bytes are not JSON either
         return {}, [f"peaks cache {cache_file} is not valid JSON: re-measured and rewritten"]
     if not isinstance(cache, dict):
         kind = type(cache).__name__

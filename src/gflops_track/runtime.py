@@ -24,6 +24,9 @@ DTYPES: dict[str, torch.dtype] = {
 DTYPE_MODES = ("autocast", "convert")
 MEMORY_FORMATS = ("contiguous", "channels_last")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+# torch.set_num_threads takes any int, then its OpenMP pool crashes the process (segfault, or libgomp's "Thread
+# creation failed") when the threads cannot be made: 30,000 on a 2-core VM. No machine has more cores than this.
+MAX_THREADS = 1024
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,12 @@ class RuntimeOptions:
             for name, choices in allowed.items()
             if getattr(self, name) not in choices
         ]
-        if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
-            found.append(("threads", f"={self.threads!r} is not allowed: it must be null or an integer >= 1"))
+        if self.threads is not None and (isinstance(self.threads, bool) or not 1 <= self.threads <= MAX_THREADS):
+            found.append((
+                "threads",
+                f"={self.threads!r} is not allowed: it must be null (torch's default) or an integer from 1 to "
+                f"{MAX_THREADS}",
+            ))  # fmt: skip
         return found
 
     @property

@@ -25,7 +25,7 @@ from rich.text import Text
 from gflops_track import names
 from gflops_track.app import console
 from gflops_track.app.job import SWEPT_KEYS_ENV, source_tags
-from gflops_track.app.outcomes import FAILED, FINISHED, KILLED, OutcomeLedger, run_key
+from gflops_track.app.outcomes import FAILED, FINISHED, KILLED, JobOutcome, OutcomeLedger, run_key
 from gflops_track.compare.render import rich_table
 from gflops_track.compare.report import finish_sweep
 from gflops_track.compare.rows import build_rows
@@ -35,7 +35,14 @@ from gflops_track.tracking.reap import PID_TAG, Dead, process_alive, process_of,
 from gflops_track.tracking.recorder import TRACKING_ERRORS, Recorder, RunTarget
 from gflops_track.tracking.records import RunRecord
 from gflops_track.tracking.spool import SPOOL_FOLDER
-from gflops_track.tracking.store import PARENT_RUN_ENV, child_runs, first_line, redact_uri, resolve_tracking_uri
+from gflops_track.tracking.store import (
+    PARENT_RUN_ENV,
+    artifact_write_failure,
+    child_runs,
+    first_line,
+    redact_uri,
+    resolve_tracking_uri,
+)
 
 PARALLEL_LAUNCHERS = ("JoblibLauncher", "LocalLauncher")  # hydra-joblib-launcher; hydra-submitit-launcher (local)
 JOB_GRACE_S = 10.0  # after an interrupt, how long a job's live process gets to end its own run before we do
@@ -176,15 +183,24 @@ class MlflowSweepCallback(Callback):
             return
         ledger = OutcomeLedger.current()
         failed_here = ledger is not None and ledger.exit_code() != 0
+        reason = ""
         if recorder.spooled is None and recorder.client is not None and recorder.run_id is not None:
             try:
                 failed_here = self._report(recorder.client, recorder.run_id, recorder.target.uri) or failed_here
             except TRACKING_ERRORS as error:
-                console.print_warning(
-                    f"tracking store {redact_uri(recorder.target.uri)} failed at the end of the sweep "
-                    f"({type(error).__name__}); the sweep's ending is kept for gflops-track sync"
-                )
-        recorder.finish(FAILED if failed_here else FINISHED)
+                location = artifact_write_failure(recorder.client, recorder.run_id, error)
+                if location is not None:  # the store answers; the sweep's report cannot be written: FAILED
+                    failed_here = True
+                    reason = f"the sweep's report could not be written to {location}: {first_line(error)}"
+                    console.print_warning(reason)
+                    if ledger is not None:  # the command's exit code says so too
+                        ledger.record(JobOutcome(recorder.target.run_name, recorder.run_id, FAILED, reason))
+                else:
+                    console.print_warning(
+                        f"tracking store {redact_uri(recorder.target.uri)} failed at the end of the sweep "
+                        f"({type(error).__name__}); the sweep's ending is kept for gflops-track sync"
+                    )
+        recorder.finish(FAILED if failed_here else FINISHED, reason)
         if ledger is not None:
             ledger.close_sweep(run_key(recorder.state()))
 

@@ -25,6 +25,7 @@ from gflops_track import names
 from gflops_track.app import console
 from gflops_track.app.outcomes import FAILED, FINISHED, KILLED, JobOutcome, OutcomeLedger, run_key
 from gflops_track.app.schema import DEFAULT_RUN_NAME, AppConfig
+from gflops_track.app.signals import JobTimeout, job_deadline
 from gflops_track.compare.gate import override_identity
 from gflops_track.hardware import Fingerprint
 from gflops_track.profiler import count, measure, rate, resolve_device, where_it_runs
@@ -258,8 +259,9 @@ def run_job(
     overrides: list[str] | None = None,
 ) -> JobOutcome:
     """Profile one configuration into one MLflow run (or the spool in ``output_dir`` if the store fails); never
-    raises for a failure inside the job (SystemExit from the user's model included): the run is FAILED, the reason
-    is its ``error`` tag, and the sweep goes on. An interrupt ends the run KILLED and goes on."""
+    raises for a failure inside the job (SystemExit from the user's model included, and running past ``timeout_s``):
+    the run is FAILED, the reason is its ``error`` tag, and the sweep goes on. An interrupt ends the run KILLED and
+    goes on."""
     device = job_device(config)
     run_name = run_name_for(config, device, (swept_overrides(overrides or []) or []) if in_sweep else [])
     facts, settings = where_it_runs(device, config.runtime_options())
@@ -278,9 +280,15 @@ def run_job(
             recorder.open(start)
             if ledger is not None:  # so the command's process can end this run if this process is killed
                 ledger.open_job_run({**recorder.state(), "process": liveness_tags()})
-        with recorder.heartbeat() if recorder is not None else contextlib.nullcontext():
+        with (
+            recorder.heartbeat() if recorder is not None else contextlib.nullcontext(),
+            job_deadline(config.timeout_s) as bounded,
+        ):
+            if config.timeout_s is not None and not bounded:
+                console.print_warning(f"timeout_s={config.timeout_s:g} is not in force: this job runs outside the "
+                                      "main thread (a thread launcher), where no signal can stop it")  # fmt: skip
             result = profile_job(config, device, run_name, facts, settings, recorder)
-    except (Exception, SystemExit) as error:
+    except (Exception, SystemExit, JobTimeout) as error:  # a job past timeout_s fails like one that raised
         message = f"{type(error).__name__}: {error}"
         end_job_run(recorder, ledger, FAILED, message)
         run_id = recorder.run_id if recorder else None

@@ -8,6 +8,7 @@ Command lines with flags this module does not know (``--help``, ``--cfg``, ...) 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +18,21 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf.errors import OmegaConfBaseException
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, OmegaConfBaseException
 
 from gflops_track.app.job import training_config_errors
-from gflops_track.app.schema import AppConfig, ConfigError, register_schema, to_app_config
-from gflops_track.tracking.store import reachability, resolve_tracking_uri, store_problems
+from gflops_track.app.schema import AppConfig, ConfigError, register_schema, to_app_config, unknown_key_error
+from gflops_track.tracking.store import (
+    connect,
+    launched_by_mlflow,
+    launched_run_problems,
+    local_artifact_path,
+    reachability,
+    resolve_tracking_uri,
+    store_problems,
+)
 
 MULTIRUN_FLAGS = {"-m", "--multirun"}
 VALUE_FLAGS = {
@@ -39,6 +50,7 @@ def _split_argv(argv: Sequence[str]) -> tuple[list[str], dict[str, str]] | None:
     for item in items:
         name, _, inline = item.partition("=")
         if item in MULTIRUN_FLAGS:
+            flags["multirun"] = "true"
             continue
         if name in VALUE_FLAGS:
             flags[VALUE_FLAGS[name]] = inline or next(items, "")
@@ -52,6 +64,10 @@ def _split_argv(argv: Sequence[str]) -> tuple[list[str], dict[str, str]] | None:
 def _cause_line(error: BaseException) -> str:
     cause = error.__cause__ or error
     key = getattr(cause, "full_key", None)
+    if isinstance(cause, ConfigAttributeError) and key and not key.startswith("hydra."):
+        unknown = unknown_key_error(key)  # Hydra's own line names neither the known keys nor a close one
+        if unknown:
+            return unknown
     first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
     return f"{key}: {first}" if key else first
 
@@ -89,6 +105,14 @@ def _group_choice_errors(overrides: list[str]) -> list[str]:
     return errors
 
 
+def _config_dir(flags: dict[str, str], config_dir: str) -> str:
+    """The config directory Hydra will read: ``--config-dir``, else ``--config-path`` (relative to the app), else
+    ours."""
+    if "config_path" in flags:
+        config_dir = str(APP_DIR / flags["config_path"])  # an absolute path stays as it is
+    return flags.get("config_dir", config_dir)
+
+
 @dataclass
 class Preflight:
     """Problems that stop the command (one line each) and warnings to show before it runs."""
@@ -103,12 +127,91 @@ def preflight(argv: Sequence[str], config_dir: str, config_name: str = "config")
     if split is None:
         return Preflight()
     errors, configs = _check_jobs(split, config_dir, config_name)
+    if not errors and configs:
+        errors = _output_dir_problems(split, config_dir, config_name)  # before anything is written anywhere
     if errors or not configs or not configs[0].tracking.enabled:
         return Preflight(errors)
     tracking = configs[0].tracking
     uri = resolve_tracking_uri(tracking.uri, Path.cwd())
     tracking_errors, warnings = reachability(uri)
-    return Preflight(tracking_errors + store_problems(uri, tracking.experiment), warnings + _thread_warnings(configs))
+    if not tracking_errors and not warnings:  # the store answers (a server out of reach: the runs are spooled)
+        tracking_errors = launched_run_problems(uri)
+    if not tracking_errors:
+        tracking_errors = store_problems(uri, tracking.experiment)
+    if not tracking_errors and not warnings:
+        tracking_errors = _artifact_problems(uri, tracking.experiment)
+    return Preflight(tracking_errors, warnings + _thread_warnings(configs))
+
+
+def unwritable(directory: Path) -> str | None:
+    """Why ``directory`` (made later, with its parents) cannot be made and written, or None when it can: the
+    nearest part of it that exists must be a directory in which a directory can be made (tried for real: a
+    read-only mount, an immutable directory or missing permissions all refuse it, also to root)."""
+    existing = directory.absolute()
+    while existing != existing.parent:
+        try:
+            if os.path.lexists(existing):
+                break
+        except OSError:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".gflops-track-write-check-", dir=existing))
+    except OSError as error:
+        return f"nothing can be created in {existing}: {error.strerror or error}"
+    return None
+
+
+def _output_dir_problems(split: tuple[list[str], dict[str, str]], config_dir: str, config_name: str) -> list[str]:
+    """Hydra's output directory for this command (``hydra.sweep.dir`` in a sweep, else ``hydra.run.dir``, as the
+    first job resolves it) must be writable: Hydra makes it after the sweep's run exists, and fails with a
+    traceback when it cannot. Left to Hydra when it does not resolve here."""
+    overrides, flags = split
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=_config_dir(flags, config_dir), version_base="1.3"):
+            parsed = OverridesParser.create().parse_overrides(overrides)
+            first = BasicSweeper.split_arguments(parsed, None)[0][0]
+            config = compose(flags.get("config_name", config_name), overrides=first, return_hydra_config=True)
+            multirun = "multirun" in flags or OmegaConf.select(config, "hydra.mode") == RunMode.MULTIRUN
+            key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+            directory = str(OmegaConf.select(config, key))
+    except Exception:
+        return []
+    finally:
+        GlobalHydra.instance().clear()
+    reason = unwritable(Path(directory))
+    if reason is None:
+        return []
+    return [
+        f"{key}={directory!r} cannot be written ({reason}): Hydra keeps the jobs' outputs there; run from a "
+        f"writable directory or set {key} to one"
+    ]
+
+
+def _artifact_problems(uri: str, experiment: str) -> list[str]:
+    """The experiment's local artifact location (where every run's files go; under ``mlflow run``, that run's
+    experiment's) must be writable: else each job's files fail after its run exists."""
+    try:
+        client = connect(uri)
+        launched = launched_by_mlflow()
+        found = (
+            client.get_experiment(client.get_run(launched).info.experiment_id)
+            if launched
+            else client.get_experiment_by_name(experiment)
+        )
+    except Exception:  # the store's own checks speak for it
+        return []
+    path = local_artifact_path(found.artifact_location) if found is not None else None
+    reason = unwritable(path) if path is not None else None
+    if found is None or reason is None:
+        return []
+    return [
+        f"tracking.experiment={found.name!r} cannot be used: its artifact location {found.artifact_location} cannot "
+        f"be written ({reason}), and every run's files go there; make it writable or name another experiment"
+    ]
 
 
 def _thread_warnings(configs: Sequence[AppConfig]) -> list[str]:
@@ -135,9 +238,7 @@ def _check_jobs(
     if errors:
         return errors, configs
     try:
-        if "config_path" in flags:
-            config_dir = str(APP_DIR / flags["config_path"])  # an absolute path stays as it is
-        with initialize_config_dir(config_dir=flags.get("config_dir", config_dir), version_base="1.3"):
+        with initialize_config_dir(config_dir=_config_dir(flags, config_dir), version_base="1.3"):
             try:
                 errors = _group_choice_errors(checked)
                 if errors:

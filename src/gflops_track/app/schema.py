@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
@@ -112,6 +113,7 @@ class AppConfig:
     model: dict[str, Any] = MISSING
     norm_fn: str = "group"  # the residual block's norm (model.norm_fn: ${norm_fn}); -m norm_fn=group,batch sweeps it
     mode: str = "inference"  # inference (one forward) or train (a whole step: train.*); -m mode=inference,train
+    timeout_s: float | None = 3600.0  # bound on one job (build, count, time, peaks); past it FAILED; null: no bound
     train: TrainConfig = field(default_factory=TrainConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
@@ -172,6 +174,11 @@ class ConfigError(ValueError):
 def validate(config: AppConfig) -> list[str]:
     """All problems with ``config``, one line each (empty when it is valid)."""
     errors = device_problems(config.device.type, config.device.index)
+    if config.device.type == "cpu" and config.device.index is not None:
+        errors.append(
+            f"device.index={config.device.index!r} is not allowed with device=cpu: it picks a CUDA device "
+            "(device=cuda or auto); leave it null"
+        )
     errors += integer_problems("batch.size", config.batch.size)
     errors += integer_problems("batch.height", config.batch.height)
     errors += integer_problems("batch.width", config.batch.width)
@@ -189,6 +196,10 @@ def validate(config: AppConfig) -> list[str]:
             f" is not allowed: MLflow takes experiment names of at most {MAX_EXPERIMENT_NAME} characters"
         )
     errors += _run_name_errors(config.tracking.run_name)
+    if config.timeout_s is not None and not (math.isfinite(config.timeout_s) and config.timeout_s > 0):
+        errors.append(
+            f"timeout_s={config.timeout_s!r} is not allowed: it must be a number of seconds > 0, or null for no bound"
+        )
     errors += _choice_errors("mode", config.mode, MODES)
     errors += _choice_errors("train.loss", config.train.loss, LOSSES)
     errors += _choice_errors("train.optimizer", config.train.optimizer, OPTIMIZERS)
@@ -258,14 +269,37 @@ def unknown_keys(node: Any, schema: type, prefix: str = "") -> list[str]:
         if key == "hydra" and not prefix:
             continue
         if key not in known:
-            close = difflib.get_close_matches(str(key), list(known), n=1)
-            hint = f"did you mean {prefix}{close[0]}?" if close else f"known keys: {', '.join(sorted(known))}"
-            errors.append(f"{dotted} is not a known key ({hint}); unknown keys would be ignored, so they are refused")
+            errors.append(f"{not_a_known_key(dotted, known)}; unknown keys would be ignored, so they are refused")
             continue
         kind = hints[key]
         if is_dataclass(kind) and OmegaConf.is_dict(node[key]):
             errors += unknown_keys(node[key], kind, f"{dotted}.")
     return errors
+
+
+def not_a_known_key(dotted: str, known: Sequence[str]) -> str:
+    """'a.b is not a known key (did you mean a.c?)', or with the known keys at that level when none is close."""
+    prefix, _, key = dotted.rpartition(".")
+    prefix = f"{prefix}." if prefix else ""
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f"did you mean {prefix}{close[0]}?" if close else f"known keys: {', '.join(sorted(known))}"
+    return f"{dotted} is not a known key ({hint})"
+
+
+def unknown_key_error(dotted: str) -> str | None:
+    """The line for an override of a key the config does not have (Hydra's own says only "Key 'foo' not in
+    'AppConfig'"): named with the close or known keys of the schema; a free-form node (``model``,
+    ``input.kwargs``) takes new keys with ``+``. None when the schema does have the key."""
+    schema: Any = AppConfig
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts):
+        if not is_dataclass(schema):
+            return f"{dotted} is not in the config: add it with +{dotted}=<value>"
+        known = {f.name: f for f in fields(schema)}
+        if part not in known:
+            return not_a_known_key(".".join(parts[: depth + 1]), list(known))
+        schema = get_type_hints(schema)[part]
+    return None
 
 
 def model_argument_errors(model: Mapping[str, Any]) -> list[str]:

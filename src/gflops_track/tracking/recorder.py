@@ -21,10 +21,11 @@ from gflops_track import names
 from gflops_track.tracking import spool
 from gflops_track.tracking.interrupts import interrupts_held
 from gflops_track.tracking.reap import Heartbeat, liveness_tags
-from gflops_track.tracking.records import RunRecord, write_to_mlflow
+from gflops_track.tracking.records import RunRecord, write_files, write_values
 from gflops_track.tracking.store import (
     PARENT_RUN_ENV,
     TRACKING_ERRORS,
+    artifact_write_failure,
     connect,
     ensure_experiment,
     first_line,
@@ -33,6 +34,11 @@ from gflops_track.tracking.store import (
 )
 
 MAX_ERROR_TAG = 5000
+
+
+class ArtifactWriteError(Exception):
+    """The store took the run's values but its local artifact location refused the files: the job fails (spooling
+    would not help: ``sync`` would meet the same location)."""
 
 
 @dataclass(frozen=True)
@@ -127,15 +133,28 @@ class Recorder:
         return Heartbeat(self.client, self.run_id)
 
     def log(self, record: RunRecord) -> None:
+        """Write ``record`` to the run, or to the spool once the store has failed. Raises ``ArtifactWriteError``
+        when the store takes the values but the run's local artifact location refuses its files."""
         self.history.append(record)
         if self.spooled is not None:
             spool.write(self.spool_dir, self.spooled, record)
             return
         assert self.client is not None and self.run_id is not None
         try:
-            write_to_mlflow(self.client, self.run_id, record)
+            write_values(self.client, self.run_id, record)
         except TRACKING_ERRORS as error:
             self._to_spool(error)
+            return
+        try:
+            write_files(self.client, self.run_id, record.files)
+        except TRACKING_ERRORS as error:
+            location = artifact_write_failure(self.client, self.run_id, error)
+            if location is None:
+                self._to_spool(error)
+                return
+            raise ArtifactWriteError(
+                f"the run's files could not be written to its artifact location {location}: {first_line(error)}"
+            ) from error
 
     def finish(self, status: str, error: str = "") -> None:
         """End the run FINISHED, FAILED or KILLED (with the reason as the ``error`` tag). A run never created (its

@@ -168,6 +168,12 @@ def peak_record(result: ProfileResult, run_name: str) -> RunRecord:
 
 def write_to_mlflow(client: MlflowClient, run_id: str, record: RunRecord) -> None:
     """Params, metrics and tags in one batch call (MLflow splits batches over its limits); then the files."""
+    write_values(client, run_id, record)
+    write_files(client, run_id, record.files)
+
+
+def write_values(client: MlflowClient, run_id: str, record: RunRecord) -> None:
+    """A record's params, metrics and tags, in one batch call (MLflow splits batches over its limits)."""
     now = int(time.time() * 1000)
     client.log_batch(
         run_id,
@@ -175,13 +181,18 @@ def write_to_mlflow(client: MlflowClient, run_id: str, record: RunRecord) -> Non
         params=[Param(key, value) for key, value in record.params.items()],
         tags=[RunTag(key, value) for key, value in record.tags.items()],
     )
-    if record.files:
-        with tempfile.TemporaryDirectory() as folder:
-            for name, content in record.files.items():
-                path = Path(folder) / name
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(content)
-            client.log_artifacts(run_id, folder)
+
+
+def write_files(client: MlflowClient, run_id: str, files: Mapping[str, bytes]) -> None:
+    """A record's files, as the run's artifacts (names may hold folders)."""
+    if not files:
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        for name, content in files.items():
+            path = Path(folder) / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+        client.log_artifacts(run_id, folder)
 
 
 def training_count_record(result: ProfileResult) -> RunRecord:

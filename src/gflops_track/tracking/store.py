@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -28,6 +29,7 @@ ERROR_TAG = "error"
 PARENT_TAG = "mlflow.parentRunId"
 # What a tracking call raises when the store or server fails: caught wherever a failure must not cost a measurement
 TRACKING_ERRORS: tuple[type[BaseException], ...] = (MlflowException, requests.RequestException, OSError)
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file size limit: spooled, not failed
 
 
 def resolve_tracking_uri(configured: str | None, launch_dir: Path) -> str:
@@ -292,6 +294,61 @@ def store_problems(uri: str, experiment: str) -> list[str]:
     return []
 
 
+def local_artifact_path(location: str) -> Path | None:
+    """The directory of a local artifact location (``/path`` or ``file:///path``); None for a server's or a cloud
+    bucket's (those are checked by writing through them)."""
+    from mlflow.utils.file_utils import local_file_uri_to_path
+    from mlflow.utils.uri import is_local_uri
+
+    try:
+        local = is_local_uri(location, is_tracking_or_registry_uri=False)
+    except MlflowException:  # file://remote-host/...
+        return None
+    return Path(local_file_uri_to_path(location)) if local else None
+
+
+def artifact_write_failure(client: MlflowClient, run_id: str, error: BaseException) -> str | None:
+    """The run's artifact location when ``error`` (raised writing the run's files) is a local location refusing
+    them while the store itself answers: a permission, a read-only or immutable directory, a file in the way. No
+    outage, so a spool would not help (``sync`` would meet the same refusal): the job fails. None otherwise: a
+    server or network failure, or a full disk (room can be made, then ``sync`` completes the run): spooled."""
+    if not isinstance(error, OSError) or isinstance(error, requests.RequestException) or error.errno in NO_ROOM:
+        return None
+    try:
+        location = client.get_run(run_id).info.artifact_uri
+    except TRACKING_ERRORS:
+        return None
+    return location if local_artifact_path(location) is not None else None
+
+
 def launched_by_mlflow() -> str:
     """The run ``mlflow run`` created for this process (``MLFLOW_RUN_ID``), or ''."""
     return os.environ.get("MLFLOW_RUN_ID", "")
+
+
+def launched_run_problems(uri: str) -> list[str]:
+    """``MLFLOW_RUN_ID`` must name a run that is open in the store: ``mlflow run`` sets it for the run it made and
+    keeps it RUNNING. One left over in a shell (a run that ended, or that is not in this store) would have its name,
+    tags and params overwritten, or be taken for an outage; one line, before anything is written."""
+    run_id = launched_by_mlflow()
+    if not run_id:
+        return []
+    database = sqlite_path(uri)
+    fix = "it is set by `mlflow run` for the run it makes: unset it (unset MLFLOW_RUN_ID) to log new runs"
+    try:
+        run = None if database is not None and not database.is_file() else connect(uri).get_run(run_id)
+    except MlflowException as error:
+        if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return []  # the store itself fails: its own check says so
+        run = None
+    except Exception:
+        return []
+    if run is None:
+        return [f"MLFLOW_RUN_ID={run_id!r} is not allowed: {redact_uri(uri)} has no such run; {fix}"]
+    if run.info.lifecycle_stage == "deleted" or run.info.status != "RUNNING":
+        state = "deleted" if run.info.lifecycle_stage == "deleted" else f"already {run.info.status}"
+        return [
+            f"MLFLOW_RUN_ID={run_id!r} is not allowed: that run ({run.info.run_name}) is {state}, and a run that "
+            f"ended is never written again; {fix}"
+        ]
+    return []
