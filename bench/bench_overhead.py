@@ -154,11 +154,11 @@ def patch(owner, attr, phase):
     setattr(owner, attr, timed(phase, getattr(owner, attr)))
 
 
-import gflops_track.app.main as app_main
+import gflops_track.cli.run as app_main
 spent["imports"] = time.perf_counter() - started
 import gflops_track.app.callbacks as callbacks
 import gflops_track.app.job as job
-import gflops_track.profiler as profiler
+import gflops_track.pipeline.steps as profiler
 import gflops_track.tracking.recorder as recorder
 import gflops_track.tracking.store as store
 
@@ -249,7 +249,7 @@ def _sweep(work: Path, name: str, overrides: list[str]) -> tuple[float, dict[str
 def _logged_timing_s(store: Path) -> tuple[float, str]:
     """The sum of ``timing_total_s`` (cold start + warm-up + timed iterations) over a store's job runs, and the
     sweep's parent run id."""
-    from gflops_track import names
+    from gflops_track.common import names
     from gflops_track.tracking.store import PARENT_TAG, connect, search_all_runs
 
     client = connect(f"sqlite:///{store}")

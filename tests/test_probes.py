@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from gflops_track.probes import (
+from gflops_track.peaks.probes import (
     MAX_AGE_DAYS,
     MeasuredPeak,
     ProbePlan,
@@ -207,7 +207,7 @@ WRITER = textwrap.dedent(
     import sys
     import time
     from pathlib import Path
-    from gflops_track.probes import update_cache
+    from gflops_track.peaks.probes import update_cache
 
     folder, name, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     (folder / f"ready-{name}").touch()
@@ -246,7 +246,7 @@ PROBER = textwrap.dedent(
     import sys
     from pathlib import Path
     import torch
-    from gflops_track.probes import ProbePlan, measured_peak
+    from gflops_track.peaks.probes import ProbePlan, measured_peak
 
     plan = ProbePlan((32, 64), ((1, 8, 8, "contiguous"),), 4 * 2**20, 0.002, 1)
     peak = measured_peak(torch.device("cpu"), "fp32", "cpu:parallel", Path(sys.argv[1]), plan)

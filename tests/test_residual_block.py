@@ -25,7 +25,7 @@ from gflops_track.counting.thop_compare import (
     thop_version_label,
 )
 from gflops_track.models import ResidualBlock
-from gflops_track.timing import TimingOptions
+from gflops_track.timing.engine import TimingOptions
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 N, C, H, W = 2, 384, 32, 32

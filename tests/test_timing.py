@@ -19,8 +19,8 @@ from torch import nn
 
 from fixture_models import Sleeper
 from gflops_track import CountOptions, profile
-from gflops_track.conditions import available_cpus, suspicions, watch_conditions
-from gflops_track.timing import (
+from gflops_track.timing.conditions import available_cpus, suspicions, watch_conditions
+from gflops_track.timing.engine import (
     MIN_CI_SAMPLES,
     SKEW_LIMIT,
     LatencyStats,
@@ -300,7 +300,7 @@ def test_training_step_memory_growth_includes_the_gradients() -> None:
     with it, and the RSS high-water mark sees them. A window that opened with the gradient held would see ~0."""
     if sys.platform != "linux":
         pytest.skip("the RSS high-water mark is reset only on Linux")
-    from gflops_track.training_step import measure_training_step
+    from gflops_track.pipeline.training_step import measure_training_step
 
     model = nn.Linear(4096, 4096, bias=False)
     options = TimingOptions(warmup=1, min_repeats=3, max_repeats=3, max_time_s=5.0)

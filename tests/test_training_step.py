@@ -16,12 +16,12 @@ from torch import nn
 from gflops_track.counting.rules import Category, OpCall, convolution_backward, fused_adam, fused_sgd
 from gflops_track.counting.training import count_training_cost, torch_training_check
 from gflops_track.models import ResidualBlock
-from gflops_track.peak_report import PeakReport
-from gflops_track.peaks import GpuSpec
-from gflops_track.probes import MeasuredPeak
-from gflops_track.summary import summary_text
-from gflops_track.timing import TimingOptions
-from gflops_track.training_step import count_training_step, measure_training_step, profile_training_step
+from gflops_track.peaks.probes import MeasuredPeak
+from gflops_track.peaks.report import PeakReport
+from gflops_track.peaks.table import GpuSpec
+from gflops_track.pipeline.training_step import count_training_step, measure_training_step, profile_training_step
+from gflops_track.render.summary import summary_text
+from gflops_track.timing.engine import TimingOptions
 
 aten = torch.ops.aten
 

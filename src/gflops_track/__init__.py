@@ -16,33 +16,33 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gflops_track.peak_report import PeakOptions, PeakReport, compare_with_peaks
-    from gflops_track.profiler import CountOptions, count, measure, profile, rate, resolve_device
-    from gflops_track.result import CountResult, ProfileResult
-    from gflops_track.runtime import RuntimeOptions
-    from gflops_track.timing import TimingOptions, TimingResult
-    from gflops_track.training_step import count_training_step, measure_training_step, profile_training_step
+    from gflops_track.peaks.report import PeakOptions, PeakReport, compare_with_peaks
+    from gflops_track.pipeline.runtime import RuntimeOptions
+    from gflops_track.pipeline.steps import CountOptions, count, measure, profile, rate, resolve_device
+    from gflops_track.pipeline.training_step import count_training_step, measure_training_step, profile_training_step
+    from gflops_track.results.profile import CountResult, ProfileResult
+    from gflops_track.timing.engine import TimingOptions, TimingResult
 
 # Each public name and the module that defines it, imported on first use (PEP 562): a tool that only reads runs,
 # such as `gflops-track compare`, never pays for importing torch.
 _PUBLIC = {
-    "PeakOptions": "peak_report",
-    "PeakReport": "peak_report",
-    "compare_with_peaks": "peak_report",
-    "CountOptions": "profiler",
-    "count": "profiler",
-    "measure": "profiler",
-    "profile": "profiler",
-    "rate": "profiler",
-    "resolve_device": "profiler",
-    "CountResult": "result",
-    "ProfileResult": "result",
-    "RuntimeOptions": "runtime",
-    "TimingOptions": "timing",
-    "TimingResult": "timing",
-    "count_training_step": "training_step",
-    "measure_training_step": "training_step",
-    "profile_training_step": "training_step",
+    "PeakOptions": "peaks.report",
+    "PeakReport": "peaks.report",
+    "compare_with_peaks": "peaks.report",
+    "CountOptions": "pipeline.steps",
+    "count": "pipeline.steps",
+    "measure": "pipeline.steps",
+    "profile": "pipeline.steps",
+    "rate": "pipeline.steps",
+    "resolve_device": "pipeline.steps",
+    "CountResult": "results.profile",
+    "ProfileResult": "results.profile",
+    "RuntimeOptions": "pipeline.runtime",
+    "TimingOptions": "timing.engine",
+    "TimingResult": "timing.engine",
+    "count_training_step": "pipeline.training_step",
+    "measure_training_step": "pipeline.training_step",
+    "profile_training_step": "pipeline.training_step",
 }
 
 

@@ -22,14 +22,14 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 from rich.text import Text
 
-from gflops_track import names
 from gflops_track.app import console
+from gflops_track.app.channels import FAILED, FINISHED, KILLED, OutcomeLedger, run_key
 from gflops_track.app.job import SWEPT_KEYS_ENV, source_tags
-from gflops_track.app.outcomes import FAILED, FINISHED, KILLED, OutcomeLedger, run_key
+from gflops_track.common import names
 from gflops_track.compare.render import rich_table
 from gflops_track.compare.report import finish_sweep
 from gflops_track.compare.rows import build_rows
-from gflops_track.hardware import git_commit
+from gflops_track.machine.hardware import git_commit
 from gflops_track.tracking.interrupts import interrupts_held
 from gflops_track.tracking.reap import PID_TAG, Dead, process_alive, process_of, reap, seen_from_here
 from gflops_track.tracking.recorder import TRACKING_ERRORS, Recorder, RunTarget

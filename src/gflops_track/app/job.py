@@ -21,15 +21,16 @@ import yaml
 from hydra.utils import instantiate
 from torch import nn
 
-from gflops_track import names
 from gflops_track.app import console
-from gflops_track.app.outcomes import FAILED, FINISHED, KILLED, JobOutcome, OutcomeLedger, run_key
+from gflops_track.app.channels import FAILED, FINISHED, KILLED, JobOutcome, OutcomeLedger, run_key
 from gflops_track.app.schema import DEFAULT_RUN_NAME, AppConfig
-from gflops_track.hardware import Fingerprint
-from gflops_track.profiler import count, measure, rate, resolve_device, where_it_runs
-from gflops_track.result import ProfileResult, TrainingStep
-from gflops_track.runtime import convert_inputs
-from gflops_track.timing import ProgressCallback
+from gflops_track.common import names
+from gflops_track.machine.hardware import Fingerprint
+from gflops_track.pipeline.runtime import convert_inputs
+from gflops_track.pipeline.steps import count, measure, rate, resolve_device, where_it_runs
+from gflops_track.pipeline.training_step import count_training_step, measure_training_step, training_input_errors
+from gflops_track.results.profile import ProfileResult, TrainingStep
+from gflops_track.timing.engine import ProgressCallback
 from gflops_track.tracking.reap import liveness_tags
 from gflops_track.tracking.recorder import Recorder, RunTarget
 from gflops_track.tracking.records import (
@@ -43,7 +44,6 @@ from gflops_track.tracking.records import (
 )
 from gflops_track.tracking.spool import SPOOL_FOLDER
 from gflops_track.tracking.store import launched_by_mlflow, redact_uri, resolve_tracking_uri
-from gflops_track.training_step import count_training_step, measure_training_step, training_input_errors
 
 
 def model_short_name(target: str) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from gflops_track import names
+from gflops_track.common import names
 from gflops_track.tracking.store import ERROR_TAG, PARENT_TAG, child_runs, search_all_runs
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from gflops_track import names
+from gflops_track.common import names
 from gflops_track.tracking import spool
 from gflops_track.tracking.interrupts import interrupts_held
 from gflops_track.tracking.reap import Heartbeat, liveness_tags

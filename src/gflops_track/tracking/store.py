@@ -17,8 +17,8 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from gflops_track import names
-from gflops_track.redact import mask_credentials
+from gflops_track.common import names
+from gflops_track.common.redact import mask_credentials
 
 DEFAULT_STORE_FILE = "mlflow.db"
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
@@ -40,7 +40,7 @@ def resolve_tracking_uri(configured: str | None, launch_dir: Path) -> str:
 
 
 def redact_uri(uri: str) -> str:
-    """The URI without any password or token, fit to be logged or printed (see ``gflops_track.redact``)."""
+    """The URI without any password or token, fit to be logged or printed (see ``gflops_track.common.redact``)."""
     return mask_credentials(uri)
 
 

@@ -14,13 +14,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from gflops_track.app import console
 from gflops_track.app.callbacks import JOB_GRACE_S, end_interrupted_runs
+from gflops_track.app.channels import FAILED, INVALID_CONFIG, JobOutcome, OutcomeLedger
 from gflops_track.app.credentials import credentials_to_environment
 from gflops_track.app.job import run_job
-from gflops_track.app.outcomes import FAILED, INVALID_CONFIG, JobOutcome, OutcomeLedger
 from gflops_track.app.preflight import preflight
 from gflops_track.app.schema import ConfigError, register_schema, to_app_config
 from gflops_track.app.signals import SIGNAL_EXITS, Terminated, raise_on_termination
-from gflops_track.redact import install_console_masking
+from gflops_track.common.redact import install_console_masking
 from gflops_track.tracking.records import flatten_params
 from gflops_track.tracking.store import cap_http_retries
 

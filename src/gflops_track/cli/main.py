@@ -16,16 +16,16 @@ USAGE = """usage: gflops-track {run,compare,sync,reap} ...
 def main() -> None:
     command, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
     if command == "run":
-        from gflops_track.app.main import main as run_main
+        from gflops_track.cli.run import main as run_main
 
         sys.argv = [f"{sys.argv[0]} run", *rest]
         run_main()
     elif command == "compare":
-        from gflops_track.compare.cli import main as compare_main
+        from gflops_track.cli.compare import main as compare_main
 
         sys.exit(compare_main(rest))
     elif command == "sync":
-        from gflops_track.tracking.sync_cli import main as sync_main
+        from gflops_track.cli.sync import main as sync_main
 
         sys.exit(sync_main(rest))
     elif command == "reap":

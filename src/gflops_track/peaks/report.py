@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from gflops_track.peaks import CpuPeakEstimate, GpuSpec, Roof, cpu_peak_estimate, gpu_spec
-from gflops_track.probes import MeasuredPeak, raise_roof
+from gflops_track.peaks.probes import MeasuredPeak, raise_roof
+from gflops_track.peaks.table import CpuPeakEstimate, GpuSpec, Roof, cpu_peak_estimate, gpu_spec
 
 
 @dataclass(frozen=True)

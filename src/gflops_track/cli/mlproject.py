@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-USAGE = "usage: python -m gflops_track.app.mlproject {main,sweep,compare} [overrides ...]"
+USAGE = "usage: python -m gflops_track.cli.mlproject {main,sweep,compare} [overrides ...]"
 
 
 def split_overrides(words: Sequence[str]) -> list[str]:
@@ -70,7 +70,7 @@ def redirect_from_default(overrides: Sequence[str]) -> tuple[str, str] | None:
     run_id, uri = os.environ.get("MLFLOW_RUN_ID", ""), os.environ.get("MLFLOW_TRACKING_URI", "")
     if not run_id or not uri:
         return None
-    from gflops_track.redact import mask_credentials
+    from gflops_track.common.redact import mask_credentials
     from gflops_track.tracking.store import connect, mark_experiment
 
     client = connect(uri)
@@ -92,7 +92,7 @@ def redirect_from_default(overrides: Sequence[str]) -> tuple[str, str] | None:
 def link_results(uri: str, project_run_id: str, experiment: str, since_ms: int) -> None:
     """Point the run ``mlflow run`` made at the top-level run(s) this process made in ``experiment`` since
     ``since_ms`` (found by host and PID), and those at it; give them the project's source tags."""
-    from gflops_track.redact import mask_credentials
+    from gflops_track.common.redact import mask_credentials
     from gflops_track.tracking.reap import HOST_TAG, PID_TAG
     from gflops_track.tracking.store import NOTE_TAG, connect, search_all_runs
 
@@ -131,10 +131,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     entry, rest = words[0], words[1:]
     if entry == "compare":
-        from gflops_track.compare.cli import main as compare_main
+        from gflops_track.cli.compare import main as compare_main
 
         sys.exit(compare_main([token for word in rest for token in shlex.split(word)]))
-    from gflops_track.app.main import main as app_main
+    from gflops_track.cli.run import main as app_main
 
     overrides = split_overrides(rest)
     redirect = redirect_from_default(overrides)

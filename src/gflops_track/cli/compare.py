@@ -24,7 +24,7 @@ from gflops_track.compare.gate import MIN_SAMPLES, AmbiguousMatch, Side, judge, 
 from gflops_track.compare.render import ALL_COLUMNS, csv_table, markdown_table, parse_columns, rich_table
 from gflops_track.compare.report import log_report, write_report
 from gflops_track.compare.rows import Row, build_rows, expand, latency_samples, select_runs
-from gflops_track.environment import ENV_HASH_TAG, environment_note
+from gflops_track.machine.environment import ENV_HASH_TAG, environment_note
 from gflops_track.tracking.store import (
     StoreError,
     cap_http_retries,

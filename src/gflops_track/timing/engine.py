@@ -57,9 +57,9 @@ from typing import Any
 import psutil
 import torch
 
-from gflops_track import names
-from gflops_track.conditions import Conditions, watch_conditions
-from gflops_track.validation import integer_problem
+from gflops_track.common import names
+from gflops_track.common.validation import integer_problem
+from gflops_track.timing.conditions import Conditions, watch_conditions
 
 ProgressCallback = Callable[[str, int, int], None]  # (phase, completed, total; total 0 = open-ended)
 Forward = Callable[[], Any]

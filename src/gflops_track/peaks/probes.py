@@ -39,9 +39,9 @@ import filelock
 import torch
 import torch.nn.functional as F
 
-from gflops_track import names
-from gflops_track.conditions import NvmlDevice
-from gflops_track.runtime import DTYPES
+from gflops_track.common import names
+from gflops_track.pipeline.runtime import DTYPES
+from gflops_track.timing.conditions import NvmlDevice
 
 MIB = 2**20
 MAX_AGE_DAYS = 30

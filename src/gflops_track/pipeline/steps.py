@@ -22,16 +22,16 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves, tree_map
 
+from gflops_track.common.validation import device_problems
 from gflops_track.counting.counting_forward import eval_mode
 from gflops_track.counting.op_counter import count_cost
 from gflops_track.counting.thop_compare import thop_count, thop_notes
 from gflops_track.counting.torch_crosscheck import torch_flop_count
-from gflops_track.hardware import Fingerprint, fingerprint
-from gflops_track.peak_report import PeakOptions, PeakReport, compare_with_peaks
-from gflops_track.result import CountResult, ProfileResult, achieved_gflop_per_s
-from gflops_track.runtime import RuntimeOptions, effective_settings, prepare, runtime_context
-from gflops_track.timing import ProgressCallback, TimingOptions, TimingResult, measure_latency
-from gflops_track.validation import device_problems
+from gflops_track.machine.hardware import Fingerprint, fingerprint
+from gflops_track.peaks.report import PeakOptions, PeakReport, compare_with_peaks
+from gflops_track.pipeline.runtime import RuntimeOptions, effective_settings, prepare, runtime_context
+from gflops_track.results.profile import CountResult, ProfileResult, achieved_gflop_per_s
+from gflops_track.timing.engine import ProgressCallback, TimingOptions, TimingResult, measure_latency
 
 Inputs = torch.Tensor | Sequence[Any]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from gflops_track.hardware import cpu_model_name
+from gflops_track.machine.hardware import cpu_model_name
 
 
 @dataclass(frozen=True)

@@ -11,19 +11,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gflops_track import names
+from gflops_track.common import names
 from gflops_track.counting.layer_info import LayerCost
 from gflops_track.counting.thop_compare import ThopCount
 from gflops_track.counting.torch_crosscheck import TorchCount
-from gflops_track.hardware import Fingerprint
-from gflops_track.peak_report import PeakReport
-from gflops_track.peaks import CpuPeakEstimate, GpuSpec, Roof, RooflinePoint
-from gflops_track.probes import MeasuredPeak
-from gflops_track.runtime import RuntimeOptions
-from gflops_track.timing import TimingResult, latency_metrics
+from gflops_track.machine.hardware import Fingerprint
+from gflops_track.peaks.probes import MeasuredPeak
+from gflops_track.peaks.report import PeakReport
+from gflops_track.peaks.table import CpuPeakEstimate, GpuSpec, Roof, RooflinePoint
+from gflops_track.pipeline.runtime import RuntimeOptions
+from gflops_track.timing.engine import TimingResult, latency_metrics
 
 if TYPE_CHECKING:  # training_step builds on profiler, which builds on this module
-    from gflops_track.training_step import TrainingCountResult, TrainingTimingResult
+    from gflops_track.pipeline.training_step import TrainingCountResult, TrainingTimingResult
 
 MIB = 2**20
 

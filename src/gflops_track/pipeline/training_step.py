@@ -28,8 +28,9 @@ from gflops_track.counting.training import (
     train_mode,
     training_arg_errors,
 )
-from gflops_track.peak_report import PeakOptions
-from gflops_track.profiler import (
+from gflops_track.peaks.report import PeakOptions
+from gflops_track.pipeline.runtime import RuntimeOptions, prepare, runtime_context
+from gflops_track.pipeline.steps import (
     CountOptions,
     Inputs,
     _as_call,
@@ -43,9 +44,8 @@ from gflops_track.profiler import (
     timing_options,
     where_it_runs,
 )
-from gflops_track.result import ProfileResult, TrainingStep, achieved_gflop_per_s
-from gflops_track.runtime import RuntimeOptions, prepare, runtime_context
-from gflops_track.timing import ProgressCallback, TimingOptions, TimingResult, measure_latency
+from gflops_track.results.profile import ProfileResult, TrainingStep, achieved_gflop_per_s
+from gflops_track.timing.engine import ProgressCallback, TimingOptions, TimingResult, measure_latency
 
 
 @dataclass(frozen=True)
