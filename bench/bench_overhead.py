@@ -297,7 +297,7 @@ def main() -> None:
 
         console.print("(e) gflops-track compare on (b)'s store")
         compare_s = _run(
-            [sys.executable, "-m", "gflops_track.compare", "--sweep", parent, "--format", "markdown"],
+            [sys.executable, "-m", "gflops_track.cli", "compare", "--sweep", parent, "--format", "markdown"],
             work / "b",
             _env(work, work / "b"),
         )

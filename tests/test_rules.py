@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import ast
-import importlib
 import math
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -477,7 +475,7 @@ def test_as_strided_restride_moves_no_bytes() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Module layout: no import cycle, the old module name still works for one release
+# Module layout: no import cycle
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -498,19 +496,6 @@ def test_counting_modules_import_no_cycle() -> None:
         return any(nxt == target or (nxt not in seen and reaches(nxt, target, seen | {nxt})) for nxt in graph[start])
 
     assert [module for module in graph if reaches(module, module, set())] == []
-
-
-def test_execution_module_is_a_deprecated_alias() -> None:
-    import gflops_track.counting.counting_forward as counting_forward
-    import gflops_track.counting.execution as execution
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        importlib.reload(execution)
-    assert [w.category for w in caught] == [DeprecationWarning]
-    assert "counting_forward" in str(caught[0].message)
-    assert execution.run_counting_forward is counting_forward.run_counting_forward
-    assert execution.eval_mode is counting_forward.eval_mode
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -335,7 +335,6 @@ def test_cpu_memory_is_rss_baseline_and_growth() -> None:
     clock = FakeClock()
     result = measure_latency(fake_forward(clock, [], 1.0), "cpu", QUICK, clock=clock)
     assert result.memory_kind == "cpu_rss" and result.memory_baseline_bytes > 0 and result.memory_growth_bytes >= 0
-    assert result.peak_memory_bytes == result.memory_growth_bytes  # the old name is the growth on every device
     assert result.energy_per_iteration_j is None and result.gflop_per_joule(1e9) is None  # no NVML on CPU
 
 
@@ -386,11 +385,7 @@ def test_cuda_requested_without_cuda_is_a_clear_error() -> None:
         profile(nn.ReLU(), torch.randn(2), device="cuda")
 
 
-def test_pre_options_keywords_still_work_with_a_deprecation_warning() -> None:
+def test_profile_takes_options_objects_not_loose_keywords() -> None:
     model = nn.Linear(8, 4)
-    with pytest.warns(DeprecationWarning, match="compare_thop"):
-        old = profile(model, torch.randn(2, 8), measure_speed=False, compare_thop=False)
-    new = profile(model, torch.randn(2, 8), timing=False, counting=CountOptions(thop=False))
-    assert old.timing is None and old.thop is None and old.macs == new.macs == 2 * 8 * 4
     with pytest.raises(TypeError, match="'warmup'"):
         profile(model, torch.randn(2, 8), warmup=3)

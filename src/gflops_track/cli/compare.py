@@ -1,4 +1,4 @@
-"""``gflops-track compare`` / ``python -m gflops_track.compare``: tables, plots, HTML report, regression gate.
+"""``gflops-track compare`` / ``python -m gflops_track.cli compare``: tables, plots, HTML report, regression gate.
 
 Exit codes: 0 fine; 1 the regression gate found a regression (and nothing else: a CI job reads 1 as "slower");
 2 bad arguments, an unknown run or sweep id, a bad ``--filter``, an output directory that does not exist, a store that

@@ -29,7 +29,7 @@ def main() -> None:
 
         sys.exit(sync_main(rest))
     elif command == "reap":
-        from gflops_track.tracking.reap import main as reap_main
+        from gflops_track.cli.reap import main as reap_main
 
         sys.exit(reap_main(rest))
     else:

@@ -13,7 +13,6 @@ The Hydra app calls the steps itself (count -> log -> time -> log); Python users
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -216,39 +215,6 @@ def measure(
     return timed
 
 
-LEGACY_FLAGS = {  # profile()'s old keyword -> how it maps onto the options objects
-    "measure_speed": "timing=False",
-    "measure_peak": "peak=PeakOptions(measure=...)",
-    "peak_cache_dir": "peak=PeakOptions(cache_dir=...)",
-    "compare_thop": "counting=CountOptions(thop=...)",
-    "compare_torch": "counting=CountOptions(torch_check=...)",
-    "prefer_meta": "counting=CountOptions(meta=...)",
-}
-
-
-def _legacy_options(
-    legacy: dict[str, Any], counting: CountOptions, timing: TimingOptions | bool, peak: PeakOptions
-) -> tuple[CountOptions, TimingOptions | bool, PeakOptions]:
-    """Map profile()'s pre-0.2 keywords onto the options objects, with a DeprecationWarning."""
-    unknown = sorted(set(legacy) - set(LEGACY_FLAGS))
-    if unknown:
-        raise TypeError(f"profile() got an unexpected keyword argument {unknown[0]!r}")
-    for name in legacy:
-        warnings.warn(f"profile({name}=...) is deprecated: use {LEGACY_FLAGS[name]}", DeprecationWarning, stacklevel=3)
-    counting = CountOptions(
-        meta=legacy.get("prefer_meta", counting.meta),
-        thop=legacy.get("compare_thop", counting.thop),
-        torch_check=legacy.get("compare_torch", counting.torch_check),
-        extra_rules=counting.extra_rules,
-    )
-    if legacy.get("measure_speed") is False:
-        timing = False
-    peak = PeakOptions(
-        measure=legacy.get("measure_peak", peak.measure), cache_dir=legacy.get("peak_cache_dir", peak.cache_dir)
-    )
-    return counting, timing, peak
-
-
 def profile(
     model: nn.Module,
     inputs: Inputs,
@@ -260,12 +226,12 @@ def profile(
     timing: TimingOptions | bool = True,
     peak: PeakOptions | None = None,
     on_progress: ProgressCallback | None = None,
-    **legacy: Any,
 ) -> ProfileResult:
     """Count, time (``timing=False`` skips it; ``True`` uses the default ``TimingOptions``) and set against the
     device's peaks; ``model`` and inputs are moved to ``device``."""
     runtime = runtime or RuntimeOptions()
-    counting, timing, peak = _legacy_options(legacy, counting or CountOptions(), timing, peak or PeakOptions())
+    counting = counting or CountOptions()
+    peak = peak or PeakOptions()
     target = resolve_device(device)
     cost = count(model, inputs, target, kwargs=kwargs, runtime=runtime, options=counting, on_progress=on_progress)
     facts, settings = where_it_runs(target, runtime)

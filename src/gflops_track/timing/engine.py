@@ -244,11 +244,6 @@ class TimingResult:
         """The numbers may say more about the machine than the module (reasons in ``suspect_reasons``)."""
         return bool(self.suspect_reasons)
 
-    @property
-    def peak_memory_bytes(self) -> int:
-        """Deprecated name: the growth over the baseline during timing (``memory_growth_bytes``) on every device."""
-        return self.memory_growth_bytes
-
     def gflop_per_joule(self, flops: int | float) -> float | None:
         """flops of one iteration / 1e9 / joules per iteration; None when no energy was measured."""
         if not self.energy_per_iteration_j:
