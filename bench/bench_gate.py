@@ -48,7 +48,8 @@ from gflops_track.compare.gate import (
     judge,
     parse_threshold,
 )
-from gflops_track.timing.engine import TimingOptions, measure_latency
+from gflops_track.options.timing import TimingOptions
+from gflops_track.timing.engine import measure_latency
 
 SIZES = (1, 2, 3, 5, 8, 10, 15, 20, 30, 50)
 CV = 0.10

@@ -20,17 +20,12 @@ from torch import nn
 
 from conftest import requires_cuda
 from gflops_track import CountOptions, PeakOptions, profile
+from gflops_track.options.runtime import RuntimeOptions
+from gflops_track.options.timing import TimingOptions
 from gflops_track.peaks.probes import cache_key, measured_peak
 from gflops_track.peaks.table import gpu_spec
-from gflops_track.pipeline.runtime import RuntimeOptions
 from gflops_track.timing.conditions import NvmlDevice
-from gflops_track.timing.engine import (
-    FLUSH_MIN_BYTES,
-    TimingOptions,
-    _graph_forward,
-    flush_bytes,
-    measure_latency,
-)
+from gflops_track.timing.engine import FLUSH_MIN_BYTES, _graph_forward, flush_bytes, measure_latency
 
 pytestmark = [pytest.mark.cuda, requires_cuda]
 TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")

@@ -29,7 +29,7 @@ from gflops_track.compare.gate import (
     parse_threshold,
 )
 from gflops_track.compare.rows import Row
-from gflops_track.timing.engine import LatencyStats
+from gflops_track.results.timing import LatencyStats
 
 DEFAULT = 0.05  # the gate's default threshold, 5%
 

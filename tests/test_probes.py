@@ -21,7 +21,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gflops_track.peaks.probes import (
     MAX_AGE_DAYS,
-    MeasuredPeak,
     ProbePlan,
     cache_key,
     compute_probes,
@@ -32,6 +31,7 @@ from gflops_track.peaks.probes import (
     raise_roof,
     seconds_per_call,
 )
+from gflops_track.results.peaks import MeasuredPeak
 
 CPU = torch.device("cpu")
 TINY = ProbePlan(

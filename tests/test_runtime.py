@@ -10,10 +10,11 @@ from torch import nn
 
 from gflops_track import CountOptions, PeakOptions, profile
 from gflops_track.counting.op_counter import count_cost
-from gflops_track.peaks.table import Roof, RooflinePoint
-from gflops_track.pipeline.runtime import RuntimeOptions, effective_settings, runtime_context
+from gflops_track.options.runtime import RuntimeOptions
+from gflops_track.options.timing import TimingOptions
+from gflops_track.pipeline.runtime import effective_settings, runtime_context
 from gflops_track.render.plots import roofline_png, throughput_curve_png
-from gflops_track.timing.engine import TimingOptions
+from gflops_track.results.peaks import Roof, RooflinePoint
 
 QUICK = TimingOptions(warmup=1, min_repeats=3, max_time_s=0.5)
 

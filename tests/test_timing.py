@@ -19,20 +19,18 @@ from torch import nn
 
 from fixture_models import Sleeper
 from gflops_track import CountOptions, profile
-from gflops_track.timing.conditions import available_cpus, suspicions, watch_conditions
-from gflops_track.timing.engine import (
+from gflops_track.options.timing import TimingOptions
+from gflops_track.results.timing import (
     MIN_CI_SAMPLES,
-    SKEW_LIMIT,
     LatencyStats,
-    TimingOptions,
     ci_text,
-    measure_latency,
     median_ci,
     median_ci_ranks,
     percentile,
     precision_text,
-    skew_reasons,
 )
+from gflops_track.timing.conditions import available_cpus, suspicions, watch_conditions
+from gflops_track.timing.engine import SKEW_LIMIT, measure_latency, skew_reasons
 
 QUICK = TimingOptions(warmup=1, min_repeats=5, max_time_s=1)
 

@@ -16,12 +16,10 @@ from torch import nn
 from gflops_track.counting.rules import Category, OpCall, convolution_backward, fused_adam, fused_sgd
 from gflops_track.counting.training import count_training_cost, torch_training_check
 from gflops_track.models import ResidualBlock
-from gflops_track.peaks.probes import MeasuredPeak
-from gflops_track.peaks.report import PeakReport
-from gflops_track.peaks.table import GpuSpec
+from gflops_track.options.timing import TimingOptions
 from gflops_track.pipeline.training_step import count_training_step, measure_training_step, profile_training_step
 from gflops_track.render.summary import summary_text
-from gflops_track.timing.engine import TimingOptions
+from gflops_track.results.peaks import GpuSpec, MeasuredPeak, PeakReport
 
 aten = torch.ops.aten
 

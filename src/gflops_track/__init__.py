@@ -16,33 +16,38 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gflops_track.peaks.report import PeakOptions, PeakReport, compare_with_peaks
-    from gflops_track.pipeline.runtime import RuntimeOptions
-    from gflops_track.pipeline.steps import CountOptions, count, measure, profile, rate, resolve_device
+    from gflops_track.options.count import CountOptions
+    from gflops_track.options.peaks import PeakOptions
+    from gflops_track.options.runtime import RuntimeOptions
+    from gflops_track.options.timing import TimingOptions
+    from gflops_track.peaks.report import compare_with_peaks
+    from gflops_track.pipeline.placement import resolve_device
+    from gflops_track.pipeline.steps import count, measure, profile, rate
     from gflops_track.pipeline.training_step import count_training_step, measure_training_step, profile_training_step
+    from gflops_track.results.peaks import PeakReport
     from gflops_track.results.profile import CountResult, ProfileResult
-    from gflops_track.timing.engine import TimingOptions, TimingResult
+    from gflops_track.results.timing import TimingResult
 
 # Each public name and the module that defines it, imported on first use (PEP 562): a tool that only reads runs,
 # such as `gflops-track compare`, never pays for importing torch.
 _PUBLIC = {
-    "PeakOptions": "peaks.report",
-    "PeakReport": "peaks.report",
+    "CountOptions": "options.count",
+    "PeakOptions": "options.peaks",
+    "RuntimeOptions": "options.runtime",
+    "TimingOptions": "options.timing",
     "compare_with_peaks": "peaks.report",
-    "CountOptions": "pipeline.steps",
+    "resolve_device": "pipeline.placement",
     "count": "pipeline.steps",
     "measure": "pipeline.steps",
     "profile": "pipeline.steps",
     "rate": "pipeline.steps",
-    "resolve_device": "pipeline.steps",
-    "CountResult": "results.profile",
-    "ProfileResult": "results.profile",
-    "RuntimeOptions": "pipeline.runtime",
-    "TimingOptions": "timing.engine",
-    "TimingResult": "timing.engine",
     "count_training_step": "pipeline.training_step",
     "measure_training_step": "pipeline.training_step",
     "profile_training_step": "pipeline.training_step",
+    "PeakReport": "results.peaks",
+    "CountResult": "results.profile",
+    "ProfileResult": "results.profile",
+    "TimingResult": "results.timing",
 }
 
 

@@ -25,12 +25,14 @@ from gflops_track.app import console
 from gflops_track.app.channels import FAILED, FINISHED, KILLED, JobOutcome, OutcomeLedger, run_key
 from gflops_track.app.schema import DEFAULT_RUN_NAME, AppConfig
 from gflops_track.common import names
-from gflops_track.machine.hardware import Fingerprint
+from gflops_track.options.timing import ProgressCallback
+from gflops_track.pipeline.placement import resolve_device, where_it_runs
 from gflops_track.pipeline.runtime import convert_inputs
-from gflops_track.pipeline.steps import count, measure, rate, resolve_device, where_it_runs
+from gflops_track.pipeline.steps import count, measure, rate
 from gflops_track.pipeline.training_step import count_training_step, measure_training_step, training_input_errors
-from gflops_track.results.profile import ProfileResult, TrainingStep
-from gflops_track.timing.engine import ProgressCallback
+from gflops_track.results.fingerprint import Fingerprint
+from gflops_track.results.profile import ProfileResult
+from gflops_track.results.training import TrainingStep
 from gflops_track.tracking.reap import liveness_tags
 from gflops_track.tracking.recorder import Recorder, RunTarget
 from gflops_track.tracking.records import (

@@ -20,12 +20,12 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from gflops_track.common.validation import device_problems, integer_problems
-from gflops_track.counting.training import LOSSES, OPTIMIZERS
 from gflops_track.models.residual_block import NORM_CHOICES, residual_block_arg_errors
-from gflops_track.peaks.report import PeakOptions
-from gflops_track.pipeline.runtime import RuntimeOptions
-from gflops_track.pipeline.steps import CountOptions
-from gflops_track.timing.engine import TimingOptions
+from gflops_track.options.count import CountOptions
+from gflops_track.options.peaks import PeakOptions
+from gflops_track.options.runtime import RuntimeOptions
+from gflops_track.options.timing import TimingOptions
+from gflops_track.options.training import LOSSES, OPTIMIZERS
 
 SCHEMA_NAME = "gflops_track_schema"
 MAX_EXPERIMENT_NAME = 500  # MLflow's limit (mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH)

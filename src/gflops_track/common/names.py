@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+MIB = 2**20  # bytes per MiB: the unit of every *_mib metric
+
 # Metric keys are "section/name": MLflow's chart view draws one section per prefix, sections sorted by name (keys
 # without one go last, under "Model metrics"). The sections are named so they sort in reading order: cost, latency,
 # memory, peak, speed, step, sweep, timing, xcheck. Old runs used flat names: LEGACY_NAMES below.

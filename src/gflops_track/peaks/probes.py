@@ -31,7 +31,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +39,11 @@ import filelock
 import torch
 import torch.nn.functional as F
 
-from gflops_track.common import names
-from gflops_track.pipeline.runtime import DTYPES
+from gflops_track.common.names import MIB
+from gflops_track.options.runtime import DTYPES
+from gflops_track.results.peaks import MeasuredPeak
 from gflops_track.timing.conditions import NvmlDevice
 
-MIB = 2**20
 MAX_AGE_DAYS = 30
 LOCK_TIMEOUT_S = 900.0  # a GPU probe of every shape takes well under a minute; a stuck holder is not waited on forever
 BANDWIDTH_FLOOR_BYTES = 256 * MIB
@@ -76,38 +76,6 @@ GPU_PLAN = ProbePlan(
 
 def default_plan(device: torch.device) -> ProbePlan:
     return GPU_PLAN if device.type == "cuda" else CPU_PLAN
-
-
-@dataclass(frozen=True)
-class MeasuredPeak:
-    """GFLOP/s and GB/s (10^9 bytes/s). ``gemm_*``: the best GEMM probe; ``compute_*``: the roof — the best of every
-    probed kernel, raised by any run that beat it. ``bandwidth_gb_s`` is None when no copy buffer fit in memory."""
-
-    gemm_gflop_per_s: float
-    gemm_size: int
-    bandwidth_gb_s: float | None
-    bandwidth_buffer_mib: float | None
-    dtype: str
-    cached: bool = False
-    compute_gflop_per_s: float = 0.0
-    compute_kernel: str = ""
-    measured_at: float = 0.0  # unix time of the probe
-    notes: tuple[str, ...] = field(default=(), compare=False)
-
-    @property
-    def roof_gflop_per_s(self) -> float:
-        """The compute roof: what utilization divides by (never below the GEMM probe)."""
-        return max(self.compute_gflop_per_s, self.gemm_gflop_per_s)
-
-    def metrics(self, achieved_gflop_per_s: float | None = None) -> dict[str, float]:
-        """``measured_peak_gflop_per_s`` is the roof (what a roofline draws and utilization divides by);
-        ``measured_gemm_gflop_per_s`` the GEMM probe; bandwidth only when known."""
-        values = {names.MEASURED_PEAK: self.roof_gflop_per_s, names.MEASURED_GEMM: self.gemm_gflop_per_s}
-        if self.bandwidth_gb_s is not None:
-            values[names.MEASURED_BANDWIDTH] = self.bandwidth_gb_s
-        if achieved_gflop_per_s is not None:
-            values[names.UTILIZATION_MEASURED] = achieved_gflop_per_s / self.roof_gflop_per_s
-        return values
 
 
 _STORED = ("gemm_gflop_per_s", "gemm_size", "bandwidth_gb_s", "bandwidth_buffer_mib", "dtype",

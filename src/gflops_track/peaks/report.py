@@ -7,45 +7,12 @@ of the GEMM and convolution probes, cached per machine), raised when a run beats
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-
 import torch
 
-from gflops_track.peaks.probes import MeasuredPeak, raise_roof
-from gflops_track.peaks.table import CpuPeakEstimate, GpuSpec, Roof, cpu_peak_estimate, gpu_spec
-
-
-@dataclass(frozen=True)
-class PeakOptions:
-    """``measure``: run the GEMM and bandwidth probes (seconds once per machine, then cached in ``cache_dir``,
-    default ``~/.cache/gflops-track``) for utilization vs measured peak."""
-
-    measure: bool = False
-    cache_dir: Path | None = None
-
-
-@dataclass(frozen=True)
-class PeakReport:
-    """The peaks that apply to one run; GFLOP/s and GB/s (10^9 bytes/s)."""
-
-    gpu_spec: GpuSpec | None = None
-    spec_gflop_per_s: float | None = None  # vendor dense peak for the run's dtype (GPU)
-    cpu_peak: CpuPeakEstimate | None = None  # theoretical estimate (CPU)
-    measured: MeasuredPeak | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def roofs(self) -> list[Roof]:
-        """The roofs we know: vendor spec (GPU), CPU estimate paired with measured bandwidth, measured."""
-        roofs = []
-        if self.gpu_spec is not None and self.spec_gflop_per_s:
-            roofs.append(Roof(f"{self.gpu_spec.name} spec", self.spec_gflop_per_s, self.gpu_spec.bandwidth_gb_s))
-        bandwidth = self.measured.bandwidth_gb_s if self.measured is not None else None
-        if self.cpu_peak is not None and bandwidth:
-            roofs.append(Roof("CPU estimate", self.cpu_peak.gflop_per_s, bandwidth))
-        if self.measured is not None and bandwidth:
-            roofs.append(Roof("measured", self.measured.roof_gflop_per_s, bandwidth))
-        return roofs
+from gflops_track.options.peaks import PeakOptions
+from gflops_track.peaks.probes import raise_roof
+from gflops_track.peaks.table import cpu_peak_estimate, gpu_spec
+from gflops_track.results.peaks import CpuPeakEstimate, GpuSpec, PeakReport
 
 
 def _spec_notes(device_name: str, spec: GpuSpec | None, dtype: str) -> list[str]:

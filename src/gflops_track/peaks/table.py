@@ -10,20 +10,11 @@ An unknown device gets no figure (``None``), never another card's.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import psutil
 
 from gflops_track.machine.hardware import cpu_model_name
-
-
-@dataclass(frozen=True)
-class GpuSpec:
-    name: str
-    tflops: dict[str, float]  # dtype -> dense TFLOP/s: fp32 (no tensor cores), tf32, fp16, bf16
-    bandwidth_gb_s: float
-    source: str
-
+from gflops_track.results.peaks import CpuPeakEstimate, GpuSpec
 
 # Matched in order against torch.cuda.get_device_name(): more specific patterns first. An entry of None stops the
 # search with no figure: MIG slices (a "1g.5gb" slice has 1/7 of an A100's SMs and 1/8 of its memory bandwidth, and
@@ -92,16 +83,6 @@ def gpu_spec(device_name: str) -> GpuSpec | None:
     return None
 
 
-@dataclass(frozen=True)
-class CpuPeakEstimate:
-    """cores x clock x FP32 FLOPs per cycle; an estimate (VMs often report the TSC rate as the clock)."""
-
-    gflop_per_s: float
-    cores: int
-    clock_ghz: float
-    flops_per_cycle: int
-
-
 def _cpu_clock_ghz() -> float:
     frequency = psutil.cpu_freq()
     if frequency is not None and (frequency.max or frequency.current):
@@ -125,7 +106,7 @@ def fp32_flops_per_cycle(capability: str, cpu_model: str) -> int:
 
 def cpu_peak_estimate(threads: int | None = None) -> CpuPeakEstimate | None:
     """Theoretical FP32 peak of the cores torch uses; None when the clock is unknown."""
-    import torch  # here, not at the top: `gflops-track compare` reads Roof from this module and never needs torch
+    import torch  # here, not at the top: of this module only the estimate needs torch
 
     clock = _cpu_clock_ghz()
     if clock <= 0:
@@ -134,26 +115,3 @@ def cpu_peak_estimate(threads: int | None = None) -> CpuPeakEstimate | None:
     cores = min(physical, threads or torch.get_num_threads())
     per_cycle = fp32_flops_per_cycle(torch.backends.cpu.get_cpu_capability(), cpu_model_name())
     return CpuPeakEstimate(cores * clock * per_cycle, cores, clock, per_cycle)
-
-
-@dataclass(frozen=True)
-class Roof:
-    """A compute roof (GFLOP/s) and a memory roof (GB/s), e.g. the vendor's or the measured ones."""
-
-    label: str
-    gflop_per_s: float
-    bandwidth_gb_s: float
-
-    @property
-    def ridge(self) -> float:
-        """Arithmetic intensity (FLOP/byte) where the memory roof meets the compute roof."""
-        return self.gflop_per_s / self.bandwidth_gb_s
-
-
-@dataclass(frozen=True)
-class RooflinePoint:
-    """One run on the roofline: arithmetic intensity (FLOP/byte) and achieved GFLOP/s."""
-
-    label: str
-    intensity: float
-    gflop_per_s: float

@@ -13,71 +13,30 @@ The Hydra app calls the steps itself (count -> log -> time -> log); Python users
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_leaves, tree_map
+from torch.utils._pytree import tree_map
 
-from gflops_track.common.validation import device_problems
 from gflops_track.counting.counting_forward import eval_mode
 from gflops_track.counting.op_counter import count_cost
 from gflops_track.counting.thop_compare import thop_count, thop_notes
 from gflops_track.counting.torch_crosscheck import torch_flop_count
-from gflops_track.machine.hardware import Fingerprint, fingerprint
-from gflops_track.peaks.report import PeakOptions, PeakReport, compare_with_peaks
-from gflops_track.pipeline.runtime import RuntimeOptions, effective_settings, prepare, runtime_context
-from gflops_track.results.profile import CountResult, ProfileResult, achieved_gflop_per_s
-from gflops_track.timing.engine import ProgressCallback, TimingOptions, TimingResult, measure_latency
-
-Inputs = torch.Tensor | Sequence[Any]
-
-
-@dataclass(frozen=True)
-class CountOptions:
-    """``meta``: count on meta tensors (no memory, fast), falling back to a real forward when meta fails;
-    ``thop``: run thop on a copy and explain where it differs; ``torch_check``: cross-check the dense FLOPs with
-    ``torch.utils.flop_counter.FlopCounterMode``; ``extra_rules``: counting rules for your own ops, ``{op: rule}``
-    (see ``counting/rules.py``), for this call only."""
-
-    meta: bool = True
-    thop: bool = True
-    torch_check: bool = True
-    extra_rules: Mapping[Any, Any] = field(default_factory=dict)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """'auto' -> cuda when available, else cpu. Asking for CUDA without CUDA is an error, not a silent CPU run."""
-    if isinstance(device, torch.device):
-        kind, index = device.type, device.index
-    else:
-        kind, _, index_text = str(device).partition(":")
-        index = int(index_text) if index_text.isdigit() else None
-        if index_text and index is None:
-            kind = str(device)
-    problems = device_problems(kind, index, key="device")
-    if problems:
-        raise ValueError("; ".join(problems))
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(kind, index) if index is not None and kind == "cuda" else torch.device(kind)
-
-
-def _as_call(inputs: Inputs, kwargs: Mapping[str, Any] | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """A lone tensor is one positional argument; a sequence is the positional arguments."""
-    return ((inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)), dict(kwargs or {})
-
-
-def input_shapes(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[list[int]]:
-    """Shapes of every tensor in the call, nested lists, tuples and dicts included (pytree order)."""
-    return [list(leaf.shape) for leaf in tree_leaves((tuple(args), dict(kwargs))) if isinstance(leaf, torch.Tensor)]
-
-
-def batch_size_of(shapes: Sequence[Sequence[int]]) -> int:
-    """The batch: the first dimension of the first input (1 for a call without tensors or with a 0-d one)."""
-    return shapes[0][0] if shapes and shapes[0] else 1
+from gflops_track.options.count import CountOptions
+from gflops_track.options.peaks import PeakOptions
+from gflops_track.options.runtime import RuntimeOptions
+from gflops_track.options.timing import ProgressCallback, TimingOptions
+from gflops_track.peaks.report import compare_with_peaks
+from gflops_track.pipeline.placement import Inputs, batch_size_of, input_shapes, place, resolve_device, where_it_runs
+from gflops_track.pipeline.runtime import prepare, runtime_context
+from gflops_track.results.fingerprint import Fingerprint
+from gflops_track.results.peaks import PeakReport
+from gflops_track.results.profile import CountResult, ProfileResult
+from gflops_track.results.timing import TimingResult, achieved_gflop_per_s
+from gflops_track.timing.engine import measure_latency
 
 
 def timing_options(timing: TimingOptions | bool) -> TimingOptions | None:
@@ -85,21 +44,6 @@ def timing_options(timing: TimingOptions | bool) -> TimingOptions | None:
     if timing is False:
         return None
     return timing if isinstance(timing, TimingOptions) else TimingOptions()
-
-
-def _placed(
-    model: nn.Module, inputs: Inputs, kwargs: Mapping[str, Any] | None, device: torch.device, runtime: RuntimeOptions
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Model and inputs on ``device``, converted to the runtime's dtype and memory format (the model in place)."""
-    problems = runtime.problems()
-    if problems:
-        raise ValueError("; ".join(f"{name}{message}" for name, message in problems))
-    args, kwargs = _as_call(inputs, kwargs)
-    model.to(device)
-    args, kwargs = tree_map(lambda v: v.to(device) if isinstance(v, torch.Tensor) else v, (args, kwargs))
-    if not input_shapes(args, kwargs):
-        raise ValueError("inputs must contain at least one tensor")
-    return args, kwargs
 
 
 def counting_notes(backend_note: str, uncounted_ops: Mapping[str, int]) -> list[str]:
@@ -132,7 +76,7 @@ def count(
     runtime = runtime or RuntimeOptions()
     options = options or CountOptions()
     report = on_progress or _no_progress
-    args, kwargs = _placed(model, inputs, kwargs, target, runtime)
+    args, kwargs = place(model, inputs, kwargs, target, runtime)
     with runtime_context(runtime):
         _forward, args, kwargs = prepare(model, args, kwargs, runtime, target)
         report("counting", 0, 1)
@@ -205,7 +149,7 @@ def measure(
     problems = options.problems()
     if problems:
         raise ValueError("; ".join(f"{name}{message}" for name, message in problems))
-    args, kwargs = _placed(model, inputs, kwargs, target, runtime)
+    args, kwargs = place(model, inputs, kwargs, target, runtime)
     with runtime_context(runtime):
         forward, args, kwargs = prepare(model, args, kwargs, runtime, target)  # the unconverted copies are let go
         with eval_mode(model):
@@ -240,12 +184,6 @@ def profile(
         timed = measure(model, inputs, target, kwargs=kwargs, runtime=runtime, options=options, on_progress=on_progress)
     peaks = rate(cost, timed, target, runtime, facts, peak) if timed is not None or peak.measure else None
     return ProfileResult(cost, facts, runtime, settings, timed, peaks)
-
-
-def where_it_runs(device: torch.device, runtime: RuntimeOptions) -> tuple[Fingerprint, dict[str, str]]:
-    """The fingerprint and the effective flags, taken under the run's runtime options (its thread count)."""
-    with runtime_context(runtime):
-        return fingerprint(device), effective_settings()
 
 
 def rate(

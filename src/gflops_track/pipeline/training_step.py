@@ -10,64 +10,39 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from gflops_track.counting.torch_crosscheck import TorchCount
 from gflops_track.counting.training import (
-    TrainingCost,
     TrainingInputError,
     compute_loss,
     count_training_cost,
     make_optimizer,
     torch_training_check,
     train_mode,
-    training_arg_errors,
 )
-from gflops_track.peaks.report import PeakOptions
-from gflops_track.pipeline.runtime import RuntimeOptions, prepare, runtime_context
-from gflops_track.pipeline.steps import (
-    CountOptions,
+from gflops_track.options.count import CountOptions
+from gflops_track.options.peaks import PeakOptions
+from gflops_track.options.runtime import RuntimeOptions
+from gflops_track.options.timing import ProgressCallback, TimingOptions
+from gflops_track.options.training import training_arg_errors
+from gflops_track.pipeline.placement import (
     Inputs,
-    _as_call,
-    _placed,
+    as_call,
     batch_size_of,
-    count,
-    counting_notes,
     input_shapes,
-    rate,
+    place,
     resolve_device,
-    timing_options,
     where_it_runs,
 )
-from gflops_track.results.profile import ProfileResult, TrainingStep, achieved_gflop_per_s
-from gflops_track.timing.engine import ProgressCallback, TimingOptions, TimingResult, measure_latency
-
-
-@dataclass(frozen=True)
-class TrainingCountResult:
-    """One training step's count: ``cost`` has MACs/FLOPs by phase (forward, backward, optimizer), by category and
-    the per-layer forward/backward columns; ``torch_count`` is FlopCounterMode over the same step (dense ops)."""
-
-    model_name: str
-    device: str
-    input_shapes: list[list[int]]
-    batch_size: int
-    cost: TrainingCost
-    torch_count: TorchCount | None
-    notes: list[str]
-
-    @property
-    def macs(self) -> int:
-        return self.cost.macs
-
-    @property
-    def flops(self) -> int:
-        return self.cost.flops
+from gflops_track.pipeline.runtime import prepare, runtime_context
+from gflops_track.pipeline.steps import count, counting_notes, rate, timing_options
+from gflops_track.results.profile import ProfileResult
+from gflops_track.results.training import TrainingCountResult, TrainingStep, TrainingTimingResult
+from gflops_track.timing.engine import measure_latency
 
 
 def count_training_step(
@@ -90,7 +65,7 @@ def count_training_step(
     target = resolve_device(device)
     runtime = runtime or RuntimeOptions()
     options = options or CountOptions()
-    args, kwargs = _placed(model, inputs, kwargs, target, runtime)
+    args, kwargs = place(model, inputs, kwargs, target, runtime)
     args, kwargs = tree_map(lambda leaf: leaf.detach() if isinstance(leaf, torch.Tensor) else leaf, (args, kwargs))
     with runtime_context(runtime):
         cost = count_training_cost(
@@ -120,42 +95,6 @@ def count_training_step(
     )
 
 
-@dataclass(frozen=True)
-class TrainingTimingResult:
-    """One training step timed by the adaptive engine: ``step`` is forward + loss + backward + optimizer step +
-    zero_grad (set to None), ``forward`` the forward + loss alone (recording autograd, as in the step); backward +
-    optimizer is derived as the difference of the medians. ``step.memory_growth_bytes`` is the step's peak over the
-    baseline: activations and gradients (each step frees its gradients, so they are allocated inside the window) and
-    the optimizer's temporaries; the optimizer's persistent state (AdamW's moments, created by the first step) is in
-    the baseline. On CUDA from ``max_memory_allocated``, on CPU the RSS high-water mark. ``step.cold_start_ms`` is
-    the cold call; ``forward.cold_start_ms`` is not one (the step ran the forward before it) and is not reported."""
-
-    step: TimingResult
-    forward: TimingResult
-    batch_size: int
-
-    @property
-    def step_ms(self) -> float:
-        return self.step.latency.median_ms
-
-    @property
-    def forward_ms(self) -> float:
-        return self.forward.latency.median_ms
-
-    @property
-    def backward_and_optimizer_ms(self) -> float:
-        """Median step minus median forward, in ms (0 when noise makes the difference negative)."""
-        return max(self.step_ms - self.forward_ms, 0.0)
-
-    @property
-    def samples_per_s(self) -> float | None:
-        return self.batch_size / (self.step_ms / 1e3) if self.step_ms else None
-
-    def achieved_gflop_per_s(self, step_flops: int) -> float | None:
-        """Counted FLOPs of the step / median step latency, in GFLOP/s."""
-        return achieved_gflop_per_s(step_flops, self.step_ms)
-
-
 def measure_training_step(
     model: nn.Module,
     inputs: Inputs,
@@ -183,7 +122,7 @@ def measure_training_step(
     errors += [f"{name}{message}" for name, message in options.problems()]
     if errors:
         raise ValueError("; ".join(errors))
-    args, kwargs = _placed(model, inputs, kwargs, target, runtime)
+    args, kwargs = place(model, inputs, kwargs, target, runtime)
     args, kwargs = tree_map(lambda leaf: leaf.detach() if isinstance(leaf, torch.Tensor) else leaf, (args, kwargs))
     target_labels = labels.to(target) if labels is not None else None
     replica = copy.deepcopy(model)
@@ -223,7 +162,7 @@ def training_input_errors(
     errors = training_arg_errors(model, loss, optimizer)
     if errors or loss == "sum":
         return errors
-    args, call_kwargs = _as_call(inputs, kwargs)
+    args, call_kwargs = as_call(inputs, kwargs)
     try:
         replica = copy.deepcopy(model).to("meta")
         meta_args, meta_kwargs = tree_map(

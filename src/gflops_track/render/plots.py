@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gflops_track.peaks.table import Roof, RooflinePoint
+from gflops_track.results.peaks import Roof, RooflinePoint
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -4,7 +4,7 @@ same rows with rich."""
 from __future__ import annotations
 
 from gflops_track.results.profile import ProfileResult
-from gflops_track.timing.engine import ci_text, precision_text
+from gflops_track.results.timing import ci_text, precision_text
 
 
 def _number(value: float | None, digits: int = 3) -> str:

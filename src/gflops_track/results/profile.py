@@ -1,5 +1,6 @@
-"""What the steps produce: ``CountResult`` (count), ``TimingResult`` (measure, in timing.py), ``PeakReport`` (peaks,
-in peak_report.py), and ``ProfileResult``, which holds all three with the fingerprint and names every metric.
+"""What the steps produce, together: ``CountResult`` (the count step) and ``ProfileResult``, which holds the count,
+the timing (``results.timing``), the peaks (``results.peaks``) and in train mode the training step
+(``results.training``) with the fingerprint, and names every metric.
 
 Units: ``params`` in parameters, ``macs`` in multiply-accumulates, ``flops`` in floating-point operations
 (1 MAC = 2 FLOPs for the dense part), bytes in bytes, latency in milliseconds, throughput in samples per second,
@@ -9,23 +10,14 @@ Units: ``params`` in parameters, ``macs`` in multiply-accumulates, ``flops`` in 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from gflops_track.common import names
-from gflops_track.counting.layer_info import LayerCost
-from gflops_track.counting.thop_compare import ThopCount
-from gflops_track.counting.torch_crosscheck import TorchCount
-from gflops_track.machine.hardware import Fingerprint
-from gflops_track.peaks.probes import MeasuredPeak
-from gflops_track.peaks.report import PeakReport
-from gflops_track.peaks.table import CpuPeakEstimate, GpuSpec, Roof, RooflinePoint
-from gflops_track.pipeline.runtime import RuntimeOptions
-from gflops_track.timing.engine import TimingResult, latency_metrics
-
-if TYPE_CHECKING:  # training_step builds on profiler, which builds on this module
-    from gflops_track.pipeline.training_step import TrainingCountResult, TrainingTimingResult
-
-MIB = 2**20
+from gflops_track.options.runtime import RuntimeOptions
+from gflops_track.results.counting import LayerCost, ThopCount, TorchCount
+from gflops_track.results.fingerprint import Fingerprint
+from gflops_track.results.peaks import CpuPeakEstimate, GpuSpec, MeasuredPeak, PeakReport, Roof, RooflinePoint
+from gflops_track.results.timing import TimingResult, achieved_gflop_per_s
+from gflops_track.results.training import TrainingStep
 
 
 @dataclass(frozen=True)
@@ -64,8 +56,8 @@ class CountResult:
             names.GFLOPS: self.flops / 1e9,
             names.UNCOUNTED_OP_CALLS: sum(self.uncounted_ops.values()),
             **{f"{names.FLOPS_CATEGORY_PREFIX}{category}": flops for category, flops in self.flops_by_category.items()},
-            names.BYTES_MOVED_MIB: self.bytes_moved / MIB,
-            names.MIN_BYTES_MIB: self.min_bytes / MIB,
+            names.BYTES_MOVED_MIB: self.bytes_moved / names.MIB,
+            names.MIN_BYTES_MIB: self.min_bytes / names.MIB,
         }
         if self.bytes_moved:
             values[names.INTENSITY] = self.flops / self.bytes_moved
@@ -83,48 +75,6 @@ class CountResult:
 
 def _share(achieved: float | None, peak: float | None) -> float | None:
     return achieved / peak if achieved is not None and peak else None
-
-
-def achieved_gflop_per_s(flops: int, median_ms: float | None) -> float | None:
-    """FLOPs / median latency, in GFLOP/s (10^9 FLOP per second)."""
-    return flops / (median_ms / 1e3) / 1e9 if median_ms else None
-
-
-@dataclass(frozen=True)
-class TrainingStep:
-    """A training step of the module (``mode='train'``): its count (forward, backward, optimizer step) and, once
-    timed, its timing (the whole step, and the forward + loss alone)."""
-
-    count: TrainingCountResult
-    timing: TrainingTimingResult | None = None
-
-    @property
-    def achieved_gflop_per_s(self) -> float | None:
-        """Counted FLOPs of the step / median step latency, in GFLOP/s."""
-        return self.timing.achieved_gflop_per_s(self.count.flops) if self.timing is not None else None
-
-    def metrics(self) -> dict[str, float]:
-        """The step's counts, and its timing once timed, under ``step_*`` names."""
-        cost = self.count.cost
-        values: dict[str, float] = {
-            names.STEP_MACS: cost.macs,
-            names.STEP_FLOPS: cost.flops,
-            names.STEP_GFLOPS: cost.flops / 1e9,
-            **{f"{names.STEP_FLOPS_PHASE_PREFIX}{phase}": flops for phase, flops in cost.flops_by_phase.items()},
-        }
-        if self.count.torch_count is not None:
-            values[names.STEP_TORCH_FLOPS] = self.count.torch_count.flops
-        timing = self.timing
-        if timing is not None:
-            values.update(latency_metrics(names.STEP_LATENCY_PREFIX, timing.step.latency))
-            values[names.STEP_FORWARD_MS] = timing.forward_ms
-            values[names.STEP_BACKWARD_OPTIMIZER_MS] = timing.backward_and_optimizer_ms
-            values[names.STEP_THROUGHPUT] = timing.samples_per_s or 0.0
-            values[names.STEP_ACHIEVED] = self.achieved_gflop_per_s or 0.0
-            values[names.STEP_MEMORY_GROWTH_MIB] = timing.step.memory_growth_bytes / MIB
-            values[names.STEP_TIMED_ITERATIONS] = timing.step.timed_iterations
-            values[names.STEP_PRECISION_TARGET_MET] = float(timing.step.precision_met)
-        return values
 
 
 @dataclass(frozen=True)

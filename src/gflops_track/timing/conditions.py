@@ -24,17 +24,17 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 import torch
 
+from gflops_track.results.timing import Conditions
+
 OTHER_CPU_WARN = 0.25  # other processes busy for a quarter of a core on average
 STEAL_WARN = 0.05  # 5% of CPU time stolen by the hypervisor
 CLOCK_WARN = 0.9  # SM clock below 90% of its default applications clock while the GPU worked
 VIOLATION_WARN = 0.05  # clocks held back by the thermal policy for 5% of the timed loop
-SAMPLE_EVERY_S = 0.05  # NVML clock/reason samples at most this often while the GPU is busy
 THROTTLE_BITS = {  # NVML clocks-event (throttle) reason bits, as in nvml.h
     0x1: "gpu_idle",
     0x2: "applications_clocks_setting",
@@ -150,33 +150,6 @@ class NvmlDevice:
         if mask is None:
             mask = _attempt(lambda: self.nvml.nvmlDeviceGetCurrentClocksThrottleReasons(self.board))
         return None if mask is None else [name for bit, name in THROTTLE_BITS.items() if mask & bit]
-
-
-@dataclass
-class Conditions:
-    """What the machine was doing while we timed (metrics) and what that means (warnings). ``sample`` is called by the
-    timer while the GPU works through a block."""
-
-    metrics: dict[str, float] = field(default_factory=dict)
-    throttle_reasons: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # what was left out and why (not a reason to doubt the run)
-    _gpu: NvmlDevice | None = field(default=None, repr=False, compare=False)
-    _clocks: list[float] = field(default_factory=list, repr=False, compare=False)
-    _last_sample: float = field(default=0.0, repr=False, compare=False)
-
-    def sample(self) -> None:
-        """SM clock and clocks-event reasons now (GPU busy), at most every SAMPLE_EVERY_S."""
-        now = time.perf_counter()
-        if self._gpu is None or now - self._last_sample < SAMPLE_EVERY_S:
-            return
-        self._last_sample = now
-        clock = self._gpu.sm_clock_mhz()
-        if clock is not None:
-            self._clocks.append(clock)
-        for reason in self._gpu.clock_reasons() or []:
-            if reason not in self.throttle_reasons:
-                self.throttle_reasons.append(reason)
 
 
 def _busy_seconds(times: psutil._common.scputimes) -> float:  # type: ignore[name-defined]
