@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from gflops_track.options.timing import TimingOptions
     from gflops_track.peaks.report import compare_with_peaks
     from gflops_track.pipeline.placement import resolve_device
-    from gflops_track.pipeline.steps import count, measure, profile, rate
+    from gflops_track.pipeline.steps import count, measure, peak_report, profile
     from gflops_track.pipeline.training_step import count_training_step, measure_training_step, profile_training_step
     from gflops_track.results.peaks import PeakReport
     from gflops_track.results.profile import CountResult, ProfileResult
@@ -40,7 +40,7 @@ _PUBLIC = {
     "count": "pipeline.steps",
     "measure": "pipeline.steps",
     "profile": "pipeline.steps",
-    "rate": "pipeline.steps",
+    "peak_report": "pipeline.steps",
     "count_training_step": "pipeline.training_step",
     "measure_training_step": "pipeline.training_step",
     "profile_training_step": "pipeline.training_step",
@@ -78,9 +78,9 @@ __all__ = [
     "count_training_step",
     "measure",
     "measure_training_step",
+    "peak_report",
     "profile",
     "profile_training_step",
-    "rate",
     "resolve_device",
 ]
 __version__ = "0.1.0"

@@ -1,9 +1,16 @@
-"""What each job of a command ended as, and so the command's exit code.
+"""The sweep's cross-process channels: what a command's processes tell each other through the environment.
 
-Jobs may run in other processes (joblib, submitit), so outcomes are not kept in a Python list: the entry point opens
-a ledger file and names it in ``LEDGER_ENV``; Hydra's ``on_job_end`` (in whichever process ran the job) appends one
-JSON line per job, and the sweep's callback writes what is needed to end the sweep's run after an interrupt. The
-entry point reads the ledger back for the exit code, then deletes it.
+A sweep's jobs may run in other processes (joblib, submitit, SLURM), which inherit the environment of the command that
+launched them. Three channels, each defined, written and read here only:
+
+- ``PARENT_RUN_ENV``: the sweep's run (its id, or ``spool:<id>`` while it is spooled). The sweep callback publishes it
+  once the run exists; each job nests its run under it.
+- ``SWEPT_KEYS_ENV``: the keys whose values differ between the sweep's jobs. The sweep callback publishes them; each
+  job leads its run name and its ``variant`` tag with them.
+- ``LEDGER_ENV``: the path of the command's ledger, a file of JSON lines. The entry point creates it; each job (in
+  whichever process runs it) appends its ``JobOutcome`` and its open run; the sweep callback appends the sweep's run.
+  The entry point reads it back for the exit code (``OutcomeLedger.exit_code``: a failed job makes it 1) and to end
+  what an interrupt left open, then deletes it.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +27,39 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+PARENT_RUN_ENV = "GFLOPS_TRACK_PARENT_RUN_ID"
+SWEPT_KEYS_ENV = "GFLOPS_TRACK_SWEPT_KEYS"
 LEDGER_ENV = "GFLOPS_TRACK_LEDGER"
 FINISHED, FAILED, KILLED, INVALID_CONFIG = "FINISHED", "FAILED", "KILLED", "INVALID_CONFIG"
 EXIT_OK, EXIT_JOB_FAILED, EXIT_CONFIG_ERROR = 0, 1, 2
+
+
+def publish_parent_run(reference: str) -> None:
+    """The sweep's run exists: its jobs, in any process started from now on, nest their runs under ``reference``."""
+    os.environ[PARENT_RUN_ENV] = reference
+
+
+def published_parent_run() -> str:
+    """The run this process's jobs nest under ('' outside a sweep, or before its run exists)."""
+    return os.environ.get(PARENT_RUN_ENV, "")
+
+
+def withdraw_parent_run() -> None:
+    os.environ.pop(PARENT_RUN_ENV, None)
+
+
+def publish_swept_keys(keys: Sequence[str]) -> None:
+    """The keys the sweep gives several values, for its jobs to name themselves by."""
+    os.environ[SWEPT_KEYS_ENV] = ",".join(keys)
+
+
+def published_swept_keys() -> set[str]:
+    """The keys of this process's sweep that take several values (empty outside a sweep)."""
+    return set(filter(None, os.environ.get(SWEPT_KEYS_ENV, "").split(",")))
+
+
+def withdraw_swept_keys() -> None:
+    os.environ.pop(SWEPT_KEYS_ENV, None)
 
 
 @dataclass(frozen=True)
@@ -120,14 +158,13 @@ def run_key(state: dict[str, Any]) -> str:
 
 
 class OutcomeCallback(Callback):
-    """Hydra's ``on_job_end``, in the process that ran the job: write its outcome to the ledger."""
+    """Hydra's ``on_job_end``, in the process that ran the job: a job whose task function raised instead of returning
+    its outcome (which the entry point records itself) is written to the ledger as FAILED."""
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         ledger = OutcomeLedger.current()
         if ledger is None:
             return
-        if job_return.status == JobStatus.COMPLETED and isinstance(job_return.return_value, JobOutcome):
-            ledger.record(job_return.return_value)
-        elif job_return.status == JobStatus.FAILED:
+        if job_return.status == JobStatus.FAILED:
             error = job_return._return_value  # the exception the task function raised
             ledger.record(JobOutcome(str(config.hydra.job.get("override_dirname", "")), None, FAILED, repr(error)))

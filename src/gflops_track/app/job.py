@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -22,13 +21,22 @@ from hydra.utils import instantiate
 from torch import nn
 
 from gflops_track.app import console
-from gflops_track.app.channels import FAILED, FINISHED, KILLED, JobOutcome, OutcomeLedger, run_key
+from gflops_track.app.channels import (
+    FAILED,
+    FINISHED,
+    KILLED,
+    JobOutcome,
+    OutcomeLedger,
+    published_parent_run,
+    published_swept_keys,
+    run_key,
+)
 from gflops_track.app.schema import DEFAULT_RUN_NAME, AppConfig
 from gflops_track.common import names
 from gflops_track.options.timing import ProgressCallback
 from gflops_track.pipeline.placement import resolve_device, where_it_runs
 from gflops_track.pipeline.runtime import convert_inputs
-from gflops_track.pipeline.steps import count, measure, rate
+from gflops_track.pipeline.steps import count, measure, peak_report
 from gflops_track.pipeline.training_step import count_training_step, measure_training_step, training_input_errors
 from gflops_track.results.fingerprint import Fingerprint
 from gflops_track.results.profile import ProfileResult
@@ -155,7 +163,7 @@ def profile_job(
         peak = config.peak_options()
         if config.timing.enabled or peak.measure:
             progress("peak", 0, 1)
-            result = replace(result, peaks=rate(cost, result.timing, device, runtime, facts, peak))
+            result = replace(result, peaks=peak_report(cost, result.timing, device, runtime, facts, peak))
             record(peak_record(result, title))
     return result
 
@@ -205,16 +213,13 @@ def training_config_errors(config: AppConfig) -> list[str]:
     ]
 
 
-SWEPT_KEYS_ENV = "GFLOPS_TRACK_SWEPT_KEYS"  # set by the sweep callback: the keys whose values differ between jobs
-
-
 def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
 def swept_overrides(overrides: Sequence[str]) -> list[str] | None:
     """The job's overrides whose keys take several values in its sweep (None outside a sweep)."""
-    swept = set(filter(None, os.environ.get(SWEPT_KEYS_ENV, "").split(",")))
+    swept = published_swept_keys()
     return [o for o in overrides if override_key(o) in swept] if swept else None
 
 
@@ -266,7 +271,7 @@ def run_job(
     recorder = None
     if config.tracking.enabled:
         uri = resolve_tracking_uri(config.tracking.uri, launch_dir)
-        target = RunTarget.for_job(uri, config.tracking.experiment, run_name, in_sweep)
+        target = RunTarget.for_job(uri, config.tracking.experiment, run_name, in_sweep, published_parent_run())
         recorder = Recorder(target, output_dir / SPOOL_FOLDER, console.print_warning)
     ledger = OutcomeLedger.current()
     try:

@@ -25,7 +25,7 @@ from gflops_track.options.count import CountOptions
 from gflops_track.options.peaks import PeakOptions
 from gflops_track.options.runtime import RuntimeOptions
 from gflops_track.options.timing import TimingOptions
-from gflops_track.options.training import LOSSES, OPTIMIZERS
+from gflops_track.options.training import DEFAULT_LOSS, DEFAULT_OPTIMIZER, LOSSES, OPTIMIZERS
 
 SCHEMA_NAME = "gflops_track_schema"
 MAX_EXPERIMENT_NAME = 500  # MLflow's limit (mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH)
@@ -90,8 +90,8 @@ class InputConfig:
 class TrainConfig:
     """The training step of ``mode=train`` (see ``gflops_track.pipeline.training_step``)."""
 
-    loss: str = "sum"  # sum (needs no labels) or cross_entropy (labels: class 0, shaped to the output)
-    optimizer: str = "sgd"  # sgd, adamw, or none (forward + backward only)
+    loss: str = DEFAULT_LOSS  # sum (needs no labels) or cross_entropy (labels: class 0, shaped to the output)
+    optimizer: str = DEFAULT_OPTIMIZER  # sgd, adamw, or none (forward + backward only)
 
 
 DEFAULT_RUN_NAME = "{model}-{norm_fn}-b{batch_size}-{device}-{dtype}"

@@ -20,7 +20,16 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 from rich.markup import escape
 
-from gflops_track.compare.gate import MIN_SAMPLES, AmbiguousMatch, Side, judge, pair_label, pair_rows, parse_threshold
+from gflops_track.compare.gate import (
+    DEFAULT_THRESHOLD,
+    MIN_SAMPLES,
+    AmbiguousMatch,
+    Side,
+    judge,
+    pair_label,
+    pair_rows,
+    parse_threshold,
+)
 from gflops_track.compare.render import ALL_COLUMNS, csv_table, markdown_table, parse_columns, rich_table
 from gflops_track.compare.report import log_report, write_report
 from gflops_track.compare.rows import Row, build_rows, expand, latency_samples, select_runs
@@ -72,7 +81,11 @@ def parser() -> argparse.ArgumentParser:
     gate = cli.add_argument_group("regression gate (exit 1 on a regression, 3 when inconclusive)")
     gate.add_argument("--baseline", help="run id or sweep id of the reference")
     gate.add_argument("--candidate", help="run id or sweep id to check against it")
-    gate.add_argument("--threshold", default="5%", help="allowed slowdown, e.g. 5%% or 0.05 (default 5%%)")
+    gate.add_argument(
+        "--threshold",
+        default=f"{DEFAULT_THRESHOLD:.0%}",
+        help=f"allowed slowdown, e.g. 5%% or 0.05 (default {DEFAULT_THRESHOLD * 100:g}%%)",
+    )
     gate.add_argument(
         "--min-samples",
         type=int,

@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-USAGE = "usage: python -m gflops_track.cli.mlproject {main,sweep,compare} [overrides ...]"
+MLPROJECT_USAGE = "usage: python -m gflops_track.cli.mlproject {main,sweep,compare} [overrides ...]"
 
 
 def split_overrides(words: Sequence[str]) -> list[str]:
@@ -92,6 +92,7 @@ def redirect_from_default(overrides: Sequence[str]) -> tuple[str, str] | None:
 def link_results(uri: str, project_run_id: str, experiment: str, since_ms: int) -> None:
     """Point the run ``mlflow run`` made at the top-level run(s) this process made in ``experiment`` since
     ``since_ms`` (found by host and PID), and those at it; give them the project's source tags."""
+    from gflops_track.common.names import PARENT_TAG
     from gflops_track.common.redact import mask_credentials
     from gflops_track.tracking.reap import HOST_TAG, PID_TAG
     from gflops_track.tracking.store import NOTE_TAG, connect, search_all_runs
@@ -106,7 +107,7 @@ def link_results(uri: str, project_run_id: str, experiment: str, since_ms: int) 
         filter_string=f"tags.`{HOST_TAG}` = '{socket.gethostname()}' and tags.`{PID_TAG}` = '{os.getpid()}' "
         f"and attributes.start_time >= {since_ms}",
     )
-    ours = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    ours = [run for run in runs if PARENT_TAG not in run.data.tags]
     project = client.get_run(project_run_id).data.tags
     for run in ours:
         client.set_tag(run.info.run_id, PROJECT_RUN_TAG, project_run_id)
@@ -127,7 +128,7 @@ def link_results(uri: str, project_run_id: str, experiment: str, since_ms: int) 
 def main(argv: Sequence[str] | None = None) -> None:
     words = list(sys.argv[1:] if argv is None else argv)
     if not words or words[0] not in ("main", "sweep", "compare"):
-        sys.stderr.write(USAGE + "\n")
+        sys.stderr.write(MLPROJECT_USAGE + "\n")
         sys.exit(2)
     entry, rest = words[0], words[1:]
     if entry == "compare":

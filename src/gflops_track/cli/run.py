@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gflops_track.app import console
 from gflops_track.app.callbacks import JOB_GRACE_S, end_interrupted_runs
-from gflops_track.app.channels import FAILED, INVALID_CONFIG, JobOutcome, OutcomeLedger
+from gflops_track.app.channels import EXIT_CONFIG_ERROR, FAILED, INVALID_CONFIG, JobOutcome, OutcomeLedger
 from gflops_track.app.credentials import credentials_to_environment
 from gflops_track.app.job import run_job
 from gflops_track.app.preflight import preflight
@@ -24,7 +24,6 @@ from gflops_track.common.redact import install_console_masking
 from gflops_track.tracking.records import flatten_params
 from gflops_track.tracking.store import cap_http_retries
 
-EXIT_CONFIG_ERROR = 2
 NOT_LOGGED = ("norm_fn",)  # top-level keys logged through the model (model.norm_fn) when they apply to it
 
 
@@ -40,6 +39,17 @@ register_schema()
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def hydra_app(cfg: DictConfig) -> JobOutcome:
+    """One job, in whichever process runs it; its outcome goes to the command's ledger, which ``main`` reads back for
+    the exit code."""
+    outcome = job_outcome(cfg)
+    ledger = OutcomeLedger.current()
+    if ledger is not None:
+        ledger.record(outcome)
+    return outcome
+
+
+def job_outcome(cfg: DictConfig) -> JobOutcome:
+    """Run the job; never raises for the job's own failure (a FAILED outcome, the sweep goes on)."""
     hydra_config = HydraConfig.get()
     try:
         config = to_app_config(cfg)

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gflops_track.common.names import OVERRIDES_TAG, TIMING_SUSPECT_TAG, VARIANT_TAG
 from gflops_track.compare.rows import Row
 
 BOOTSTRAP_RESAMPLES = 2000
@@ -48,9 +49,6 @@ BOOTSTRAP_CONFIDENCE = 0.99
 SEED = 0
 MIN_SAMPLES = 30
 DEFAULT_THRESHOLD = 0.05
-OVERRIDES_TAG = "overrides"
-VARIANT_TAG = "variant"
-SUSPECT_TAG = "timing_suspect"
 NOT_CONFIGURATION = ("tracking.", "hydra.")  # overrides that change where a run is logged, not what is measured
 
 REGRESSION = "REGRESSION"
@@ -80,7 +78,7 @@ class Side:
     @classmethod
     def from_row(cls, row: Row, samples: Sequence[float] | None) -> Side:
         assert row.median_ms is not None
-        suspect = row.tags.get(SUSPECT_TAG, "").lower() == "true"
+        suspect = row.tags.get(TIMING_SUSPECT_TAG, "").lower() == "true"
         count = len(samples) if samples else row.timed_iterations
         return cls(row.run_name, row.median_ms, row.ci_low_ms, row.ci_high_ms, tuple(samples or ()), count, suspect)
 

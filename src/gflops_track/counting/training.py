@@ -33,11 +33,12 @@ from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
 from gflops_track.counting.counting_forward import dynamo_import_deferred, meta_tensors
+from gflops_track.counting.layer_info import ROOT_LABEL
 from gflops_track.counting.op_counter import _CountingMode, validate_extra_rules
 from gflops_track.counting.rules import Category, Rule
 from gflops_track.counting.scope import ScopeTally
 from gflops_track.counting.torch_crosscheck import agreement
-from gflops_track.options.training import training_arg_errors
+from gflops_track.options.training import DEFAULT_LOSS, DEFAULT_OPTIMIZER, training_arg_errors
 from gflops_track.results.counting import TorchCount, TrainingCost, TrainingLayerCost
 
 __all__ = [
@@ -54,7 +55,6 @@ __all__ = [
 PHASES: tuple[str, ...] = ("forward", "backward", "optimizer")
 LOSS_ROW = "(loss)"
 OPTIMIZER_ROW = "(optimizer)"
-ROOT_LABEL = "(root)"
 SCOPE_KEY = "gflops_track.scope"  # the key of an autograd node's ``metadata`` that names the module it came from
 LEARNING_RATE = 1e-3  # any value: FLOPs do not depend on it
 
@@ -311,8 +311,8 @@ def count_training_cost(
     args: Sequence[Any],
     kwargs: Mapping[str, Any] | None = None,
     *,
-    loss: str = "sum",
-    optimizer: str = "sgd",
+    loss: str = DEFAULT_LOSS,
+    optimizer: str = DEFAULT_OPTIMIZER,
     labels: torch.Tensor | None = None,
     prefer_meta: bool = True,
     extra_rules: Mapping[Any, Rule] | None = None,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
-LOSSES: tuple[str, ...] = ("sum", "cross_entropy")
-OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw", "none")
-DEFAULT_LOSS = "sum"  # needs no labels
+DEFAULT_LOSS = "sum"  # the sum of the outputs: needs no labels
 DEFAULT_OPTIMIZER = "sgd"
+LOSSES: tuple[str, ...] = (DEFAULT_LOSS, "cross_entropy")
+OPTIMIZERS: tuple[str, ...] = (DEFAULT_OPTIMIZER, "adamw", "none")
 
 
 def training_arg_errors(model: nn.Module, loss: str, optimizer: str) -> list[str]:

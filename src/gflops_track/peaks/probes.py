@@ -45,7 +45,9 @@ from gflops_track.results.peaks import MeasuredPeak
 from gflops_track.timing.conditions import NvmlDevice
 
 MAX_AGE_DAYS = 30
-LOCK_TIMEOUT_S = 900.0  # a GPU probe of every shape takes well under a minute; a stuck holder is not waited on forever
+CACHE_LOCK_TIMEOUT_S = (
+    900.0  # a GPU probe of every shape takes well under a minute; a stuck holder is not waited on forever
+)
 BANDWIDTH_FLOOR_BYTES = 256 * MIB
 CACHE_FORMAT = 2
 
@@ -359,7 +361,7 @@ def _locked(cache_file: Path) -> Iterator[str | None]:
     """Hold the cache's file lock; yields None when held, else a note (unwritable directory, lock timeout)."""
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        lock = filelock.FileLock(str(cache_file) + ".lock", timeout=LOCK_TIMEOUT_S)
+        lock = filelock.FileLock(str(cache_file) + ".lock", timeout=CACHE_LOCK_TIMEOUT_S)
         lock.acquire()
     except (OSError, filelock.Timeout) as error:
         yield f"peaks cache {cache_file} not locked ({type(error).__name__}: {error}): measured without the cache"

@@ -2,7 +2,7 @@
 
     count(model, inputs)    -> CountResult   params, MACs, FLOPs, per-layer table, thop and FlopCounterMode beside ours
     measure(model, inputs)  -> TimingResult  latency statistics under the runtime options (timing.py)
-    rate(cost, timing, ...)  -> PeakReport    vendor / estimated / measured peaks (peak_report.py)
+    peak_report(cost, timing, ...)  -> PeakReport    vendor / estimated / measured peaks (peak_report.py)
     profile(model, inputs)  -> ProfileResult all of the above, with the fingerprint
     count_training_step(model, inputs) -> TrainingCountResult  one training step by phase, category and layer
     measure_training_step(model, inputs) -> TrainingTimingResult  step latency, forward alone, samples/s
@@ -182,11 +182,11 @@ def profile(
     timed = None
     if (options := timing_options(timing)) is not None:
         timed = measure(model, inputs, target, kwargs=kwargs, runtime=runtime, options=options, on_progress=on_progress)
-    peaks = rate(cost, timed, target, runtime, facts, peak) if timed is not None or peak.measure else None
+    peaks = peak_report(cost, timed, target, runtime, facts, peak) if timed is not None or peak.measure else None
     return ProfileResult(cost, facts, runtime, settings, timed, peaks)
 
 
-def rate(
+def peak_report(
     cost: CountResult,
     timing: TimingResult | None,
     device: torch.device,

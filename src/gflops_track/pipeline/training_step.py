@@ -28,7 +28,7 @@ from gflops_track.options.count import CountOptions
 from gflops_track.options.peaks import PeakOptions
 from gflops_track.options.runtime import RuntimeOptions
 from gflops_track.options.timing import ProgressCallback, TimingOptions
-from gflops_track.options.training import training_arg_errors
+from gflops_track.options.training import DEFAULT_LOSS, DEFAULT_OPTIMIZER, training_arg_errors
 from gflops_track.pipeline.placement import (
     Inputs,
     as_call,
@@ -39,7 +39,7 @@ from gflops_track.pipeline.placement import (
     where_it_runs,
 )
 from gflops_track.pipeline.runtime import prepare, runtime_context
-from gflops_track.pipeline.steps import count, counting_notes, rate, timing_options
+from gflops_track.pipeline.steps import count, counting_notes, peak_report, timing_options
 from gflops_track.results.profile import ProfileResult
 from gflops_track.results.training import TrainingCountResult, TrainingStep, TrainingTimingResult
 from gflops_track.timing.engine import measure_latency
@@ -50,8 +50,8 @@ def count_training_step(
     inputs: Inputs,
     device: str | torch.device = "cpu",
     *,
-    loss: str = "sum",
-    optimizer: str = "sgd",
+    loss: str = DEFAULT_LOSS,
+    optimizer: str = DEFAULT_OPTIMIZER,
     labels: torch.Tensor | None = None,
     kwargs: Mapping[str, Any] | None = None,
     runtime: RuntimeOptions | None = None,
@@ -100,8 +100,8 @@ def measure_training_step(
     inputs: Inputs,
     device: str | torch.device = "cpu",
     *,
-    loss: str = "sum",
-    optimizer: str = "sgd",
+    loss: str = DEFAULT_LOSS,
+    optimizer: str = DEFAULT_OPTIMIZER,
     labels: torch.Tensor | None = None,
     kwargs: Mapping[str, Any] | None = None,
     runtime: RuntimeOptions | None = None,
@@ -152,8 +152,8 @@ def training_input_errors(
     model: nn.Module,
     inputs: Inputs,
     *,
-    loss: str = "sum",
-    optimizer: str = "sgd",
+    loss: str = DEFAULT_LOSS,
+    optimizer: str = DEFAULT_OPTIMIZER,
     kwargs: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """One line per reason a training step of ``model`` cannot run, found before anything is measured: the loss
@@ -184,8 +184,8 @@ def profile_training_step(
     inputs: Inputs,
     device: str | torch.device = "cpu",
     *,
-    loss: str = "sum",
-    optimizer: str = "sgd",
+    loss: str = DEFAULT_LOSS,
+    optimizer: str = DEFAULT_OPTIMIZER,
     labels: torch.Tensor | None = None,
     kwargs: Mapping[str, Any] | None = None,
     runtime: RuntimeOptions | None = None,
@@ -216,5 +216,5 @@ def profile_training_step(
             model, inputs, target, loss=loss, optimizer=optimizer, labels=labels, kwargs=kwargs, runtime=runtime,
             options=options, on_progress=on_progress,
         )  # fmt: skip
-    peaks = rate(cost, None, target, runtime, facts, peak) if timed is not None or peak.measure else None
+    peaks = peak_report(cost, None, target, runtime, facts, peak) if timed is not None or peak.measure else None
     return ProfileResult(cost, facts, runtime, settings, peaks=peaks, training=TrainingStep(step, timed))

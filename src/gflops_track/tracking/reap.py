@@ -177,7 +177,7 @@ def find_dead(
 
 def reap(client: MlflowClient, dead: Sequence[Dead]) -> None:
     """Mark each run KILLED, the reason in ``gflops_track.reaped`` and (if the run has none yet) ``error``."""
-    from gflops_track.tracking.store import ERROR_TAG
+    from gflops_track.common.names import ERROR_TAG
 
     for run in dead:
         client.set_tag(run.run_id, REAPED_TAG, run.reason)

@@ -18,14 +18,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from gflops_track.common import names
+from gflops_track.common.names import PARENT_TAG
 from gflops_track.common.redact import mask_credentials
 
 DEFAULT_STORE_FILE = "mlflow.db"
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 SEARCH_PAGE = 1000  # runs per search request (MLflow's default page size)
-PARENT_RUN_ENV = "GFLOPS_TRACK_PARENT_RUN_ID"  # set by the sweep callback, read by each job
-ERROR_TAG = "error"
-PARENT_TAG = "mlflow.parentRunId"
 # What a tracking call raises when the store or server fails: caught wherever a failure must not cost a measurement
 TRACKING_ERRORS: tuple[type[BaseException], ...] = (MlflowException, requests.RequestException, OSError)
 
