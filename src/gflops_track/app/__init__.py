@@ -1,2 +1,1 @@
-"""The Hydra app: the config schema, preflight, one job (count -> log -> time -> log), the sweep callback and the
-channels between the command's processes."""
+"""The Hydra app: config schema, preflight, one job, the sweep callback and the channels between processes."""

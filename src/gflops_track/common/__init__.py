@@ -1,2 +1,1 @@
-"""Helpers every layer may import, and which import nothing of ours: metric, tag and artifact names, value checks,
-credential masking."""
+"""Helpers any layer may import (they import nothing of ours): metric and tag names, value checks, masking."""

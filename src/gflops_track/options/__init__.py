@@ -1,2 +1,1 @@
-"""What each step can be asked (count, runtime, timing, peaks, training step): plain dataclasses and names whose
-defaults are the only defaults in the project (the Hydra schema derives its config from them)."""
+"""The options every step takes (count, runtime, timing, peaks, training): the only defaults in the project."""

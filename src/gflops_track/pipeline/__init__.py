@@ -1,2 +1,1 @@
-"""The pipeline: count -> measure -> peaks as plain functions (inference and training step), and the placement and
-runtime every step shares."""
+"""The steps as plain functions (count, measure, peak report, training step) and the placement they share."""

@@ -1,1 +1,1 @@
-"""MLflow: run records, one run written to the store or the spool, sync of the spool, stores, and reaping dead runs."""
+"""MLflow: run records, one run to the store or the spool, syncing the spool, stores, reaping dead runs."""
