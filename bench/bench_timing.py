@@ -30,7 +30,8 @@ import torch.utils.benchmark as torch_benchmark
 from rich.console import Console
 from rich.table import Table
 
-from gflops_track import CountOptions, names, profile
+from gflops_track import CountOptions, profile
+from gflops_track.common import names
 from gflops_track.counting.counting_forward import eval_mode
 from gflops_track.models import ResidualBlock
 from gflops_track.options.timing import TimingOptions

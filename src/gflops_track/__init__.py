@@ -6,8 +6,9 @@ The core API imports neither MLflow, Hydra nor matplotlib. One call does everyth
     result = profile(model, torch.randn(2, 384, 32, 32), device="cpu")
     print(result.macs, result.flops, result.median_latency_ms)
 
-or run the steps yourself: ``count`` -> ``measure`` -> ``rate`` (see ``profiler.py``). A training step (forward,
-loss, backward, optimizer step) and its MFU: ``profile_training_step`` (see ``training_step.py``).
+or run the steps yourself: ``count`` -> ``measure`` -> ``peak_report`` (see ``pipeline/steps.py``). A training step
+(forward, loss, backward, optimizer step) and its MFU: ``profile_training_step`` (see ``pipeline/training_step.py``).
+What the steps take is in ``options/``, what they return in ``results/``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Every metric, tag and artifact name a run carries, in one place.
 
-The result (``result.py``) writes metrics under these keys, the tracking layer writes the tags and artifacts, and the
+The results (``results/``) write metrics under these keys, the tracking layer writes the tags and artifacts, and the
 compare layer reads them back; nobody types a key as a literal elsewhere. Units are part of the names.
 """
 

@@ -30,7 +30,7 @@ The 99% interval and ``MIN_SAMPLES`` = 30 come from ``bench/bench_gate.py`` (1,0
 per cell, 5% threshold): with log-normal samples (CV 10%) a 95% bootstrap called 1.1-2.1% of pairs a regression at
 n = 10-50 (the percentile bootstrap of a median is too narrow), the 99% one 0.2-0.5%; with a heavy tail (10% of
 samples at 1.5-3x) a 2x slowdown was missed 9 times in 1,000 at n = 20, never from n = 30 on. 30 is also the timing
-engine's default ``min_repeats``. The README has the table.
+engine's default ``min_repeats``. docs/regression-gate.md has the table.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """The pipeline's steps as plain functions, and ``profile``, a thin facade that runs them in order.
 
-    count(model, inputs)    -> CountResult   params, MACs, FLOPs, per-layer table, thop and FlopCounterMode beside ours
-    measure(model, inputs)  -> TimingResult  latency statistics under the runtime options (timing.py)
-    peak_report(cost, timing, ...)  -> PeakReport    vendor / estimated / measured peaks (peak_report.py)
-    profile(model, inputs)  -> ProfileResult all of the above, with the fingerprint
-    count_training_step(model, inputs) -> TrainingCountResult  one training step by phase, category and layer
-    measure_training_step(model, inputs) -> TrainingTimingResult  step latency, forward alone, samples/s
+    count(model, inputs)            -> CountResult    params, MACs, FLOPs, per-layer table, thop and FlopCounterMode
+    measure(model, inputs)          -> TimingResult   latency statistics under the runtime options (timing/engine.py)
+    peak_report(cost, timing, ...)  -> PeakReport     vendor / estimated / measured peaks (peaks/report.py)
+    profile(model, inputs)          -> ProfileResult  all of the above, with the fingerprint
+
+The training step's counterparts are in ``training_step.py``; what every step shares (the device, the placed call,
+the fingerprint) in ``placement.py``.
 
 The Hydra app calls the steps itself (count -> log -> time -> log); Python users call ``profile``. No MLflow, no Hydra.
 """
@@ -142,7 +143,7 @@ def measure(
     on_progress: ProgressCallback | None = None,
 ) -> TimingResult:
     """Latency of ``model(*inputs, **kwargs)`` in eval mode under the runtime options (dtype, memory format,
-    threads, torch.compile), timed as ``timing.py`` describes; the module's flags are restored after."""
+    threads, torch.compile), timed as ``timing/engine.py`` describes; the module's flags are restored after."""
     target = resolve_device(device)
     runtime = runtime or RuntimeOptions()
     options = options or TimingOptions()

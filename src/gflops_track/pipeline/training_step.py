@@ -1,7 +1,7 @@
 """The training step as a first-class workload: ``count_training_step`` (forward, loss, backward and optimizer step
 counted on meta tensors with the same rule table, by phase, category and layer), ``measure_training_step`` (the
 whole step timed with the same engine) and ``profile_training_step`` (both, set against the device's peaks: MFU).
-Built on the inference steps in ``profiler.py``.
+Built on the inference steps in ``steps.py``.
 
 MFU (model FLOPs utilization) = counted FLOPs of one step / median step time / peak FLOP/s, against the datasheet
 peak on a GPU that has one for the run's dtype, else the measured roof (``ProfileResult.mfu`` names which)."""
