@@ -173,6 +173,21 @@ def test_no_cycle_between_packages() -> None:
     assert cycle is None, f"packages import each other: {' -> '.join(cycle or [])}"
 
 
+def test_the_picture_in_the_docs_matches_the_layers() -> None:
+    """docs/architecture.md draws each package on its row; a package moved or added changes the picture too."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    picture = text.split("```", 2)[1]
+    drawn: dict[str, int] = {}
+    row = -1
+    for line in picture.splitlines():
+        if match := re.match(r"row (\d+)", line):
+            row = int(match.group(1))
+        for package in re.findall(r"(?:^|\s)(\w+)/(?=\s)", line):
+            drawn.setdefault(package, row)
+    expected = {package: level for package, level in LAYERS.items() if package not in ("", "__main__")}
+    assert {package: drawn.get(package) for package in expected} == expected
+
+
 def test_the_root_holds_the_public_api_only() -> None:
     assert {path.name for path in PACKAGE.glob("*.py")} == PUBLIC_ROOT
 

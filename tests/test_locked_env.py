@@ -30,7 +30,7 @@ def test_python_env_installs_torch_then_the_lock_then_the_project() -> None:
     assert python_env["python"] == "3.11"
     locked = parse_environment_txt(LOCK.read_text())
     assert {"mlflow", "hydra-core", "thop", "numpy"} <= locked.keys()
-    assert "torch" not in locked  # each user picks the torch build (CPU or CUDA): README, "Reproducible jobs"
+    assert "torch" not in locked  # each user picks the torch build (CPU or CUDA): docs/reproducible-runs.md
     assert not [name for name in locked if name.startswith(("nvidia-cu", "nvidia-cudnn", "triton", "cuda-"))]
     lines = [line for line in LOCK.read_text().splitlines() if line and not line.startswith("#")]
     assert all("==" in line for line in lines)  # every line a pin

@@ -1,7 +1,8 @@
 """Counting a training step (forward, loss, backward, optimizer) against formulas written out, and FlopCounterMode.
 
-Convention (README, "Counting a training step"): the backward of a convolution costs M MACs per gradient it computes
-(grad-input, grad-weight), M being the forward's MACs; an input that needs no grad gets no grad-input.
+Convention (docs/training-steps.md, "Counting a training step"): the backward of a convolution costs M MACs per
+gradient it computes (grad-input, grad-weight), M being the forward's MACs; an input that needs no grad gets no
+grad-input.
 """
 
 from __future__ import annotations
