@@ -9,7 +9,7 @@
   drawn uniformly from 0.97 .. 1.03, which the samples of one run cannot see); a heavy tail (10% of samples 1.5-3x).
   This is what chooses the gate's ``MIN_SAMPLES``.
 * real: pairs of identical profiles of a small MLP (two 256x256 Linear layers, batch 32) timed by the package's own
-  engine (``gflops_track.timing.measure_latency``) and judged by ``gflops_track.compare.gate.judge``, as the gate
+  engine (``gflops_track.timing.engine.measure_latency``) and judged by ``gflops_track.compare.gate.judge``, as the gate
   judges stored runs: on the machine as it is ("quiet"), and with the candidate timed under a CPU load this script
   makes itself (one busy-looping subprocess per CPU, each with its own deadline, stopped by PID). The 2x rows time the
   candidate as two forward calls per iteration: exactly twice the work. ``timing_suspect`` comes from the timing
@@ -48,7 +48,8 @@ from gflops_track.compare.gate import (
     judge,
     parse_threshold,
 )
-from gflops_track.timing import TimingOptions, measure_latency
+from gflops_track.options.timing import TimingOptions
+from gflops_track.timing.engine import measure_latency
 
 SIZES = (1, 2, 3, 5, 8, 10, 15, 20, 30, 50)
 CV = 0.10

@@ -27,10 +27,12 @@ from rich.table import Table
 
 from gflops_track.counting.op_counter import count_cost
 from gflops_track.models import ResidualBlock
-from gflops_track.peaks import gpu_spec
-from gflops_track.probes import measured_peak
-from gflops_track.runtime import RuntimeOptions, prepare, runtime_context
-from gflops_track.timing import TimingOptions, measure_latency
+from gflops_track.options.runtime import RuntimeOptions
+from gflops_track.options.timing import TimingOptions
+from gflops_track.peaks.probes import measured_peak
+from gflops_track.peaks.table import gpu_spec
+from gflops_track.pipeline.runtime import prepare, runtime_context
+from gflops_track.timing.engine import measure_latency
 
 SEED_SHAPE = (2, 384, 32, 32)
 DTYPES = ("fp32", "tf32", "fp16", "bf16")

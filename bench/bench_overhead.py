@@ -154,11 +154,11 @@ def patch(owner, attr, phase):
     setattr(owner, attr, timed(phase, getattr(owner, attr)))
 
 
-import gflops_track.app.main as app_main
+import gflops_track.cli.run as app_main
 spent["imports"] = time.perf_counter() - started
 import gflops_track.app.callbacks as callbacks
 import gflops_track.app.job as job
-import gflops_track.profiler as profiler
+import gflops_track.pipeline.steps as steps
 import gflops_track.tracking.recorder as recorder
 import gflops_track.tracking.store as store
 
@@ -167,9 +167,9 @@ for owner in (store, recorder):
     patch(owner, "connect", "store")
 patch(store, "ensure_experiment", "store")
 patch(job, "count", "count")
-patch(profiler, "thop_count", "thop")
+patch(steps, "thop_count", "thop")
 patch(job, "measure", "timing")
-patch(job, "rate", "peaks")
+patch(job, "peak_report", "peaks")
 for method in ("open", "log", "finish"):
     patch(recorder.Recorder, method, "logging")
 patch(callbacks.MlflowSweepCallback, "_report", "report")
@@ -249,8 +249,9 @@ def _sweep(work: Path, name: str, overrides: list[str]) -> tuple[float, dict[str
 def _logged_timing_s(store: Path) -> tuple[float, str]:
     """The sum of ``timing_total_s`` (cold start + warm-up + timed iterations) over a store's job runs, and the
     sweep's parent run id."""
-    from gflops_track import names
-    from gflops_track.tracking.store import PARENT_TAG, connect, search_all_runs
+    from gflops_track.common import names
+    from gflops_track.common.names import PARENT_TAG
+    from gflops_track.tracking.store import connect, search_all_runs
 
     client = connect(f"sqlite:///{store}")
     experiments = [e.experiment_id for e in client.search_experiments()]
@@ -297,7 +298,7 @@ def main() -> None:
 
         console.print("(e) gflops-track compare on (b)'s store")
         compare_s = _run(
-            [sys.executable, "-m", "gflops_track.compare", "--sweep", parent, "--format", "markdown"],
+            [sys.executable, "-m", "gflops_track.cli", "compare", "--sweep", parent, "--format", "markdown"],
             work / "b",
             _env(work, work / "b"),
         )

@@ -30,10 +30,12 @@ import torch.utils.benchmark as torch_benchmark
 from rich.console import Console
 from rich.table import Table
 
-from gflops_track import CountOptions, names, profile
+from gflops_track import CountOptions, profile
+from gflops_track.common import names
 from gflops_track.counting.counting_forward import eval_mode
 from gflops_track.models import ResidualBlock
-from gflops_track.timing import TimingOptions, measure_latency
+from gflops_track.options.timing import TimingOptions
+from gflops_track.timing.engine import measure_latency
 from gflops_track.tracking.records import cost_record, peak_record, timing_record, write_to_mlflow
 from gflops_track.tracking.store import connect, ensure_experiment
 

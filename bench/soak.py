@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 from rich.table import Table
 
-from gflops_track import names
+from gflops_track.common import names
 
 SMALL = ["model.in_planes=16", "model.planes=16", "batch.height=8", "batch.width=8"]
 ARTIFACTS = {"config.yaml", "layers.csv", "layers.json", "summary.txt"}

@@ -161,7 +161,7 @@ class Server:
         self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
-        """The command line, as README's "Team setup" gives it (with this test's host, port and paths)."""
+        """The command line, as docs/team-setup.md gives it (with this test's host, port and paths)."""
         command = [
             sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
             "--backend-store-uri", self.backend_uri,

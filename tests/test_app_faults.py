@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import QUICK_NO_THOP, SMALL_BLOCK, cli_env, run_cli
 from gflops_track.app.callbacks import end_interrupted_runs
-from gflops_track.app.outcomes import OutcomeLedger, run_key
+from gflops_track.app.channels import OutcomeLedger, run_key
 from gflops_track.tracking.reap import HOST_TAG, PID_START_TAG, PID_TAG, liveness_tags
 from gflops_track.tracking.recorder import Recorder, RunTarget
 from servers import Server, SignallingProxy, free_port
@@ -287,8 +287,12 @@ def test_a_second_interrupt_cuts_the_wait_short_and_still_ends_the_sweep(tmp_pat
         program = f"""
 import os, signal, threading, time
 from pathlib import Path
-from gflops_track.app import main
-from gflops_track.app.outcomes import OutcomeLedger
+from gflops_track.cli import run as main
+from gflops_track.app.channels import OutcomeLedger
+from mlflow.tracking import MlflowClient
+# MLflow's SQL store imported and opened first: a SIGINT inside that import (a loaded machine takes seconds) breaks
+# the import itself ("Table 'experiments' is already defined"), which is not the wait this test is about.
+MlflowClient({store_uri!r}).search_experiments()
 threading.Timer(2, os.kill, (os.getpid(), signal.SIGINT)).start()  # the second Ctrl-C, during the wait
 started = time.monotonic()
 code = main.stop_after_interrupt(OutcomeLedger(Path({str(ledger.path)!r})), KeyboardInterrupt(), grace_s=600)

@@ -19,8 +19,8 @@ from mlflow.tracking import MlflowClient
 from conftest import QUICK_NO_THOP as QUICK
 from conftest import SMALL_BLOCK as SMALL
 from conftest import cli_env, run_cli
-from gflops_track.app.main import CONFIG_DIR
 from gflops_track.app.preflight import preflight
+from gflops_track.cli.run import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,7 +23,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 def compare(cwd: Path, uri: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gflops_track.compare", "--tracking-uri", uri, *args],
+        [sys.executable, "-m", "gflops_track.cli", "compare", "--tracking-uri", uri, *args],
         cwd=cwd,
         env=cli_env(),
         capture_output=True,

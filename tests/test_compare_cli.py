@@ -18,7 +18,7 @@ from conftest import cli_env
 
 def compare(cwd: Path, *args: str, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "gflops_track.compare", *args],
+        [sys.executable, "-m", "gflops_track.cli", "compare", *args],
         cwd=cwd, env=cli_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 

@@ -20,17 +20,12 @@ from torch import nn
 
 from conftest import requires_cuda
 from gflops_track import CountOptions, PeakOptions, profile
-from gflops_track.conditions import NvmlDevice
-from gflops_track.peaks import gpu_spec
-from gflops_track.probes import cache_key, measured_peak
-from gflops_track.runtime import RuntimeOptions
-from gflops_track.timing import (
-    FLUSH_MIN_BYTES,
-    TimingOptions,
-    _graph_forward,
-    flush_bytes,
-    measure_latency,
-)
+from gflops_track.options.runtime import RuntimeOptions
+from gflops_track.options.timing import TimingOptions
+from gflops_track.peaks.probes import cache_key, measured_peak
+from gflops_track.peaks.table import gpu_spec
+from gflops_track.timing.conditions import NvmlDevice
+from gflops_track.timing.engine import FLUSH_MIN_BYTES, _graph_forward, flush_bytes, measure_latency
 
 pytestmark = [pytest.mark.cuda, requires_cuda]
 TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
@@ -129,7 +124,7 @@ def test_nvml_handle_by_uuid_is_the_torch_device() -> None:
 UUID_CHECK = textwrap.dedent(
     """
     import torch
-    from gflops_track.conditions import NvmlDevice
+    from gflops_track.timing.conditions import NvmlDevice
     with NvmlDevice.open(torch.device("cuda", 0)) as gpu:
         uuid = gpu.nvml.nvmlDeviceGetUUID(gpu.handle)
         uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
@@ -194,7 +189,7 @@ def test_training_step_memory_growth_holds_the_gradients() -> None:
     """Linear(4096, 4096) without bias, fp32, on a (1, 4096) input: a 64 MiB weight gradient per step. Each step frees
     its gradients, so the memory window opens with none and the growth holds the new ones (with them held at the
     start, it was ~the activations alone: kilobytes)."""
-    from gflops_track.training_step import measure_training_step
+    from gflops_track.pipeline.training_step import measure_training_step
 
     device = torch.device("cuda", torch.cuda.current_device())
     options = TimingOptions(warmup=2, min_repeats=5, max_time_s=1)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from gflops_track.environment import (
+from gflops_track.machine.environment import (
     ENVIRONMENT_ARTIFACT,
     environment_files,
     environment_hash,
@@ -78,7 +78,7 @@ def test_env_hash_is_the_same_before_and_after_thop_is_imported() -> None:
     """thop imports distutils, i.e. setuptools, which puts `setuptools/_vendor` on sys.path: the first job of a sweep
     (hashed before thop ran) and the others used to get different `env_hash` tags in one process."""
     code = (
-        "import json; from gflops_track.environment import installed_packages as p; before = p(); import thop; "
+        "import json; from gflops_track.machine.environment import installed_packages as p; before = p(); import thop; "
         "print(json.dumps([before, p()]))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
@@ -145,6 +145,6 @@ def test_environment_note() -> None:
 def test_core_module_imports_no_mlflow_or_hydra() -> None:
     import subprocess
 
-    code = "import sys, gflops_track.environment; print(sorted({'mlflow', 'hydra'} & set(sys.modules)))"
+    code = "import sys, gflops_track.machine.environment; print(sorted({'mlflow', 'hydra'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import cli_env
-from gflops_track.compare.cli import main as compare_main
+from gflops_track.cli.compare import main as compare_main
 from gflops_track.compare.gate import (
     FASTER,
     INCONCLUSIVE,
@@ -29,7 +29,7 @@ from gflops_track.compare.gate import (
     parse_threshold,
 )
 from gflops_track.compare.rows import Row
-from gflops_track.timing import LatencyStats
+from gflops_track.results.timing import LatencyStats
 
 DEFAULT = 0.05  # the gate's default threshold, 5%
 
@@ -232,7 +232,7 @@ def log_sweep(client: MlflowClient, experiment_id: str, jobs: list[dict[str, obj
 
 
 def gate(uri: str, cwd: Path, baseline: str, candidate: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    """The real console command: ``gflops-track compare`` is ``gflops_track.cli:main``."""
+    """The real console command: ``gflops-track compare`` is ``gflops_track.cli.main:main``."""
     command = [sys.executable, "-m", "gflops_track.cli", "compare", "--tracking-uri", uri,
                "--baseline", baseline, "--candidate", candidate, *extra]  # fmt: skip
     return subprocess.run(command, cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=300)

@@ -17,9 +17,9 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
 from conftest import QUICK_NO_THOP, SMALL_BLOCK, run_cli
-from gflops_track import names
+from gflops_track.cli.compare import main as compare_main
+from gflops_track.common import names
 from gflops_track.compare import charts, gate, rows
-from gflops_track.compare.cli import main as compare_main
 from gflops_track.compare.gate import INCONCLUSIVE, OK, REGRESSION, Side, judge, pair_rows
 from gflops_track.compare.rows import Row
 from test_gate import jobs, log_sweep, row

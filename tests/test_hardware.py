@@ -10,7 +10,7 @@ import psutil
 import pytest
 import torch
 
-from gflops_track.hardware import (
+from gflops_track.machine.hardware import (
     CpuInfo,
     cache_sizes_kib,
     cpu_label,
@@ -18,7 +18,8 @@ from gflops_track.hardware import (
     parse_cpuinfo,
     read_cpuinfo,
 )
-from gflops_track.runtime import RuntimeOptions, runtime_context
+from gflops_track.options.runtime import RuntimeOptions
+from gflops_track.pipeline.runtime import runtime_context
 
 # Google Cloud c3d (AMD EPYC 9B14, Genoa): first processor block, flags shortened to the ones around what we read.
 ZEN4 = """processor	: 0

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from packaging.version import Version
 
 from conftest import SMALL_BLOCK, cli_env
-from gflops_track.environment import canonical_name, environment_hash, parse_environment_txt
+from gflops_track.machine.environment import canonical_name, environment_hash, parse_environment_txt
 
 REPO = Path(__file__).resolve().parents[1]
 LOCK = REPO / "requirements.lock"
@@ -30,7 +30,7 @@ def test_python_env_installs_torch_then_the_lock_then_the_project() -> None:
     assert python_env["python"] == "3.11"
     locked = parse_environment_txt(LOCK.read_text())
     assert {"mlflow", "hydra-core", "thop", "numpy"} <= locked.keys()
-    assert "torch" not in locked  # each user picks the torch build (CPU or CUDA): README, "Reproducible jobs"
+    assert "torch" not in locked  # each user picks the torch build (CPU or CUDA): docs/reproducible-runs.md
     assert not [name for name in locked if name.startswith(("nvidia-cu", "nvidia-cudnn", "triton", "cuda-"))]
     lines = [line for line in LOCK.read_text().splitlines() if line and not line.startswith("#")]
     assert all("==" in line for line in lines)  # every line a pin
@@ -76,7 +76,7 @@ def test_mlflow_run_with_uv_builds_the_locked_environment(tmp_path: Path) -> Non
     assert run.data.metrics["cost/macs"] == 2 * (2 * 16 * 8 * 8 * 16 * 9)  # two 3x3 convs, batch 2, 16->16, 8x8
 
     (built,) = (tmp_path / "envs").iterdir()  # the env mlflow built for this project
-    code = "import json; from gflops_track.environment import installed_packages as p; print(json.dumps(p()))"
+    code = "import json; from gflops_track.machine.environment import installed_packages as p; print(json.dumps(p()))"
     listing = subprocess.run([str(built / "bin" / "python"), "-c", code], env=env, capture_output=True, text=True)
     assert listing.returncode == 0, listing.stderr
     installed = json.loads(listing.stdout)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gflops_track.peaks import GPU_SPECS, cpu_peak_estimate, fp32_flops_per_cycle, gpu_spec
+from gflops_track.peaks.table import GPU_SPECS, cpu_peak_estimate, fp32_flops_per_cycle, gpu_spec
 
 
 @pytest.mark.parametrize(

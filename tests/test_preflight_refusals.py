@@ -19,10 +19,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import QUICK_NO_THOP, SMALL_BLOCK, run_cli
-from gflops_track.app.main import CONFIG_DIR
 from gflops_track.app.preflight import preflight
 from gflops_track.app.signals import JobTimeout, job_deadline
-from gflops_track.runtime import MAX_THREADS
+from gflops_track.cli.run import CONFIG_DIR
+from gflops_track.options.runtime import MAX_THREADS
 from gflops_track.tracking.recorder import ArtifactWriteError, Recorder, RunTarget
 from gflops_track.tracking.records import RunRecord
 

@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from gflops_track.probes import (
+from gflops_track.peaks.probes import (
     MAX_AGE_DAYS,
-    MeasuredPeak,
     ProbePlan,
     cache_key,
     compute_probes,
@@ -33,6 +32,7 @@ from gflops_track.probes import (
     raise_roof,
     seconds_per_call,
 )
+from gflops_track.results.peaks import MeasuredPeak
 
 CPU = torch.device("cpu")
 TINY = ProbePlan(
@@ -209,7 +209,7 @@ WRITER = textwrap.dedent(
     import sys
     import time
     from pathlib import Path
-    from gflops_track.probes import update_cache
+    from gflops_track.peaks.probes import update_cache
 
     folder, name, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     (folder / f"ready-{name}").touch()
@@ -248,7 +248,7 @@ PROBER = textwrap.dedent(
     import sys
     from pathlib import Path
     import torch
-    from gflops_track.probes import ProbePlan, measured_peak
+    from gflops_track.peaks.probes import ProbePlan, measured_peak
 
     plan = ProbePlan((32, 64), ((1, 8, 8, "contiguous"),), 4 * 2**20, 0.002, 1)
     peak = measured_peak(torch.device("cpu"), "fp32", "cpu:parallel", Path(sys.argv[1]), plan)

@@ -1,9 +1,11 @@
-"""README.md runs: every code block and every shell command in it is executed by a test, so it cannot drift.
+"""README.md and docs/*.md run: every code block and every shell command in them is executed by a test, so they
+cannot drift.
 
 Python blocks and the shell commands that run on one machine are executed here (with the tests' quick timing
-appended to sweeps, and placeholders such as ``<parent run id>`` filled from a sweep this module makes). Commands that
-need another setup are run by the test named for them in ``ELSEWHERE`` (each entry is checked to still say so); a
-README command that matches neither fails the test, so a new command cannot go untested.
+appended to sweeps, and placeholders such as ``<parent run id>`` filled from a sweep this module makes); a command
+written on two pages runs once. Commands that need another setup are run by the test named for them in ``ELSEWHERE``
+(each entry is checked to still say so); a command that matches neither fails the test, so a new command cannot go
+untested. Every relative link must lead to a file (and heading) that exists.
 """
 
 from __future__ import annotations
@@ -24,7 +26,11 @@ import requests
 from conftest import QUICK_NO_THOP, SMALL_BLOCK, cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 README = (ROOT / "README.md").read_text()
+CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()
+README_MAX_LINES = 300
+FIRST_SCREENFUL = 30  # lines: how to profile your own model and open it in the UI must be answered within them
 QUICK = [*SMALL_BLOCK, *QUICK_NO_THOP]
 
 # command pattern -> (file that runs it, text that file must contain)
@@ -52,11 +58,15 @@ ELSEWHERE: dict[str, tuple[str, str]] = {
 
 
 def blocks(language: str) -> list[str]:
-    """The fenced blocks of README.md opened with ```language (``""``: a bare fence), in order."""
+    """The fenced blocks of README.md, then of each docs page, opened with ```language (``""``: a bare fence)."""
+    return [block for page in PAGES for block in page_blocks(page.read_text(), language)]
+
+
+def page_blocks(text: str, language: str) -> list[str]:
     found: list[str] = []
     current: list[str] | None = None
     opened = ""
-    for line in README.splitlines():
+    for line in text.splitlines():
         if line.startswith("```"):
             if current is None:
                 current, opened = [], line[3:].strip()
@@ -70,12 +80,12 @@ def blocks(language: str) -> list[str]:
 
 
 def shell_commands() -> list[str]:
-    """Every command of every bash block: continuation lines joined, trailing comments dropped."""
+    """Every command of every bash block, once: continuation lines joined, trailing comments dropped."""
     commands = []
     for block in blocks("bash"):
         for line in block.replace("\\\n", " ").splitlines():
             command = re.sub(r"\s+#.*$", "", line).strip()
-            if command:
+            if command and re.sub(r"\s+", " ", command) not in commands:
                 commands.append(re.sub(r"\s+", " ", command))
     return commands
 
@@ -87,26 +97,56 @@ def elsewhere(command: str) -> tuple[str, str] | None:
 def test_every_command_is_run_here_or_by_a_named_test() -> None:
     runnable = [c for c in shell_commands() if elsewhere(c) is None]
     unknown = [c for c in runnable if not c.startswith(("python -m gflops_track", "gflops-track ", "mlflow ui "))]
-    assert not unknown, f"README commands no test runs: {unknown}"
+    assert not unknown, f"documented commands no test runs: {unknown}"
     for pattern, (path, text) in ELSEWHERE.items():
-        assert any(re.search(pattern, c) for c in shell_commands()), f"stale entry (not in README): {pattern}"
+        assert any(re.search(pattern, c) for c in shell_commands()), f"stale entry (in no page): {pattern}"
         assert text in (ROOT / path).read_text(), f"{path} no longer runs {pattern!r} (looked for {text!r})"
 
 
 def test_readme_configuration_table_states_the_schema_defaults() -> None:
-    """The defaults are written once, in the core's options dataclasses; README's table must say the same."""
+    """The defaults are written once, in the options dataclasses; docs/configuration.md's table must say the same."""
     from gflops_track.app.schema import CountingConfig, PeakConfig, RuntimeConfig, TimingConfig
 
-    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)` \| (.*?) \|", README, re.M)}
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)` \| (.*?) \|", CONFIGURATION, re.M)}
     for node, schema in (("timing", TimingConfig), ("runtime", RuntimeConfig), ("peak", PeakConfig),
                          ("counting", CountingConfig)):  # fmt: skip
         for field in fields(schema):
             default = "null" if field.default is None else str(field.default).lower()
             stated = re.search(rf"`{field.name}=\"?([^`\"]*)\"?`", rows[node])
-            assert stated, f"README's configuration table does not state {node}.{field.name}"
+            assert stated, f"the configuration table does not state {node}.{field.name}"
             number = re.fullmatch(r"[0-9.e+-]+", default) and re.fullmatch(r"[0-9.e+-]+", stated.group(1))
             same = float(default) == float(stated.group(1)) if number else default == stated.group(1)
-            assert same, f"README says {node}.{field.name}={stated.group(1)}, the schema {default}"
+            assert same, f"the docs say {node}.{field.name}={stated.group(1)}, the schema {default}"
+
+
+def test_readme_is_short_and_answers_the_first_question_first() -> None:
+    """A newcomer reads the README in minutes; the reference lives in docs/. Its first screenful says how to profile
+    your own model and open it in the MLflow UI."""
+    lines = README.splitlines()
+    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines (at most {README_MAX_LINES})"
+    first = "\n".join(lines[:FIRST_SCREENFUL])
+    assert "model._target_=" in first and "mlflow ui --backend-store-uri" in first
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_every_relative_link_leads_somewhere(page: Path) -> None:
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    assert links or page.name != "README.md"
+    for link in links:
+        if re.match(r"[a-z]+://", link):
+            continue
+        path, _, anchor = link.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        assert target.exists(), f"{page.name}: {link} leads nowhere"
+        if anchor:
+            headings = re.findall(r"^#+ (.*)$", target.read_text(), re.M)
+            assert anchor in {_anchor(heading) for heading in headings}, f"{page.name}: no heading for {link}"
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from gflops_track import profile
 from gflops_track.compare.report import finish_sweep, sweep_note
 from gflops_track.counting.layer_info import layers_to_columns
-from gflops_track.summary import summary_text
+from gflops_track.render.summary import summary_text
 from gflops_track.tracking.records import NOTE_TAG, cost_record, summary_note, write_to_mlflow
 from gflops_track.tracking.store import (
     EXPERIMENT_KIND_TAG,

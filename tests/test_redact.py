@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import cli_env
-from gflops_track.redact import MASK, credential_warning, mask_credentials
+from gflops_track.common.redact import MASK, credential_warning, mask_credentials
 from gflops_track.tracking.store import redact_uri
 
 # the password carries a marker no other part can contain, so "the password is gone" is exact
@@ -83,7 +83,7 @@ def test_console_masking_catches_mlflows_own_view_run_line(tmp_path: Path) -> No
     script = textwrap.dedent(
         f"""
         import logging, sys
-        from gflops_track.redact import install_console_masking
+        from gflops_track.common.redact import install_console_masking
         install_console_masking()
         from mlflow.tracking import MlflowClient
         uri = "http://bob:{password}@127.0.0.1:{server.port}"

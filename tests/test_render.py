@@ -14,12 +14,12 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from rich.console import Console
 
+from gflops_track.cli.compare import main
 from gflops_track.compare.charts import bars_figure, comparison_charts, flops_vs_latency_figure
-from gflops_track.compare.cli import main
 from gflops_track.compare.render import ComparisonTable, markdown_table, parse_columns
 from gflops_track.compare.rows import Row, build_rows
-from gflops_track.environment import environment_tags
-from gflops_track.plots import Roof, RooflinePoint, roofline_figure, throughput_curve_figure
+from gflops_track.machine.environment import environment_tags
+from gflops_track.render.plots import Roof, RooflinePoint, roofline_figure, throughput_curve_figure
 
 LONG_MACHINE = "cpu:AMD EPYC 7B13 64-Core Processor (Zen 3, 2 cores, AVX2)"
 

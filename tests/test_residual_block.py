@@ -15,9 +15,6 @@ from torch import nn
 from gflops_track import profile
 from gflops_track.counting.op_counter import count_cost
 from gflops_track.counting.thop_compare import (
-    ORIGINAL_THOP,
-    ULTRALYTICS_THOP,
-    ThopCount,
     thop_count,
     thop_distribution,
     thop_has_rule,
@@ -25,7 +22,8 @@ from gflops_track.counting.thop_compare import (
     thop_version_label,
 )
 from gflops_track.models import ResidualBlock
-from gflops_track.timing import TimingOptions
+from gflops_track.options.timing import TimingOptions
+from gflops_track.results.counting import ORIGINAL_THOP, ULTRALYTICS_THOP, ThopCount
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 N, C, H, W = 2, 384, 32, 32

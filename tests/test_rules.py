@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import ast
-import importlib
+import itertools
 import math
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from gflops_track.counting.rules import (
 )
 from gflops_track.counting.torch_crosscheck import torch_flop_count
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+CONVENTION = Path(__file__).resolve().parents[1] / "docs" / "counting-convention.md"
 
 
 class Functional(nn.Module):
@@ -265,14 +264,16 @@ def test_every_rule_binds_its_ops_real_schema() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The README's counting table: one case per row, each with its formula
+# The counting table (docs/counting-convention.md): one case per row, each with its formula
 # ---------------------------------------------------------------------------------------------------------------------
 
 
 def readme_table_ops() -> list[str]:
-    """The 'op' column of the table under '## Counting convention' in README.md."""
-    section = README.read_text().split("## Counting convention", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+    """The 'op' column of the first table in docs/counting-convention.md."""
+    lines = CONVENTION.read_text().splitlines()
+    start = next(index for index, line in enumerate(lines) if line.startswith("| "))
+    table = list(itertools.takewhile(lambda line: line.startswith("| "), lines[start:]))
+    rows = [line for line in table if not line.startswith("| ---")]
     return [row.split(" | ")[1] for row in rows[1:]]
 
 
@@ -287,7 +288,7 @@ def _sdpa_inputs() -> tuple[torch.Tensor, ...]:
     return torch.randn(B, HEADS, L, EQK), torch.randn(B, HEADS, S, EQK), torch.randn(B, HEADS, S, EV)
 
 
-# README op cell -> [(label, module, inputs, expected FLOPs by category (others 0), expected MACs)]
+# The table's op cell -> [(label, module, inputs, expected FLOPs by category (others 0), expected MACs)]
 ROW_CASES: dict[str, list[tuple[str, nn.Module, tuple[torch.Tensor, ...], dict[str, int], int]]] = {
     "conv, matmul, attention products": [
         ("conv 3x3 4->6, no bias", nn.Conv2d(4, 6, 3, bias=False), (torch.randn(X),), {}, 2 * 6 * 6 * 6 * 4 * 9),
@@ -424,7 +425,7 @@ ROW_CASES: dict[str, list[tuple[str, nn.Module, tuple[torch.Tensor, ...], dict[s
 
 
 def test_readme_table_rows_each_have_a_test() -> None:
-    """The README's table and the cases below name the same rows, so neither can drift from the other."""
+    """The documented table and the cases below name the same rows, so neither can drift from the other."""
     assert readme_table_ops() == list(ROW_CASES)
 
 
@@ -477,7 +478,7 @@ def test_as_strided_restride_moves_no_bytes() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Module layout: no import cycle, the old module name still works for one release
+# Module layout: no import cycle
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -498,19 +499,6 @@ def test_counting_modules_import_no_cycle() -> None:
         return any(nxt == target or (nxt not in seen and reaches(nxt, target, seen | {nxt})) for nxt in graph[start])
 
     assert [module for module in graph if reaches(module, module, set())] == []
-
-
-def test_execution_module_is_a_deprecated_alias() -> None:
-    import gflops_track.counting.counting_forward as counting_forward
-    import gflops_track.counting.execution as execution
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        importlib.reload(execution)
-    assert [w.category for w in caught] == [DeprecationWarning]
-    assert "counting_forward" in str(caught[0].message)
-    assert execution.run_counting_forward is counting_forward.run_counting_forward
-    assert execution.eval_mode is counting_forward.eval_mode
 
 
 # ---------------------------------------------------------------------------------------------------------------------

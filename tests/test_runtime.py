@@ -10,10 +10,11 @@ from torch import nn
 
 from gflops_track import CountOptions, PeakOptions, profile
 from gflops_track.counting.op_counter import count_cost
-from gflops_track.peaks import Roof, RooflinePoint
-from gflops_track.plots import roofline_png, throughput_curve_png
-from gflops_track.runtime import RuntimeOptions, effective_settings, runtime_context
-from gflops_track.timing import TimingOptions
+from gflops_track.options.runtime import RuntimeOptions
+from gflops_track.options.timing import TimingOptions
+from gflops_track.pipeline.runtime import effective_settings, runtime_context
+from gflops_track.render.plots import roofline_png, throughput_curve_png
+from gflops_track.results.peaks import Roof, RooflinePoint
 
 QUICK = TimingOptions(warmup=1, min_repeats=3, max_time_s=0.5)
 
@@ -98,9 +99,9 @@ def test_convert_mode_inputs_are_made_once_in_the_runs_dtype_and_format() -> Non
     from hydra import compose, initialize_config_dir
 
     from gflops_track.app.job import build_inputs, build_model
-    from gflops_track.app.main import CONFIG_DIR
     from gflops_track.app.schema import register_schema, to_app_config
-    from gflops_track.runtime import prepare
+    from gflops_track.cli.run import CONFIG_DIR
+    from gflops_track.pipeline.runtime import prepare
 
     register_schema()
     overrides = ["precision=bf16", "precision.mode=convert", "runtime.memory_format=channels_last", "model.planes=8",

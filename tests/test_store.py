@@ -10,15 +10,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from gflops_track.common.names import PARENT_TAG
 from gflops_track.tracking import store
-from gflops_track.tracking.store import (
-    PARENT_TAG,
-    StoreError,
-    child_runs,
-    open_store,
-    reachability,
-    search_all_runs,
-)
+from gflops_track.tracking.store import StoreError, child_runs, open_store, reachability, search_all_runs
 
 
 def test_search_all_runs_pages_past_one_page(store_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:

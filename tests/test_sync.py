@@ -14,10 +14,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import cli_env
-from gflops_track.tracking import spool, sync_cli
+from gflops_track.cli import sync as sync_cli
+from gflops_track.common.names import PARENT_TAG
+from gflops_track.tracking import spool
 from gflops_track.tracking.records import RunRecord
 from gflops_track.tracking.spool import RECREATED_TAG, SPOOL_FOLDER, SPOOL_TAG, SpooledRun
-from gflops_track.tracking.store import PARENT_TAG
 
 EXPERIMENT = "gflops-track"
 

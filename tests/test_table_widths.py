@@ -48,7 +48,7 @@ def sweep_command() -> list[str]:
 
 
 def compare_command(uri: str, parent: str) -> list[str]:
-    return [sys.executable, "-m", "gflops_track.compare", "--tracking-uri", uri, "--sweep", parent]
+    return [sys.executable, "-m", "gflops_track.cli", "compare", "--tracking-uri", uri, "--sweep", parent]
 
 
 def children(uri: str) -> tuple[str, list[dict[str, str]]]:

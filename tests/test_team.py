@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 class Backend:
     """Where a test's `mlflow server` keeps its runs: a SQLite file beside it, or a fresh database on the module's
-    throwaway PostgreSQL cluster (what README's "Team setup" runs)."""
+    throwaway PostgreSQL cluster (what docs/team-setup.md runs)."""
 
     def __init__(self, name: str, postgres: Postgres | None = None) -> None:
         self.name, self.postgres, self.count = name, postgres, 0

@@ -19,20 +19,18 @@ from torch import nn
 
 from fixture_models import Sleeper
 from gflops_track import CountOptions, profile
-from gflops_track.conditions import available_cpus, suspicions, watch_conditions
-from gflops_track.timing import (
+from gflops_track.options.timing import TimingOptions
+from gflops_track.results.timing import (
     MIN_CI_SAMPLES,
-    SKEW_LIMIT,
     LatencyStats,
-    TimingOptions,
     ci_text,
-    measure_latency,
     median_ci,
     median_ci_ranks,
     percentile,
     precision_text,
-    skew_reasons,
 )
+from gflops_track.timing.conditions import available_cpus, suspicions, watch_conditions
+from gflops_track.timing.engine import SKEW_LIMIT, measure_latency, skew_reasons
 
 QUICK = TimingOptions(warmup=1, min_repeats=5, max_time_s=1)
 
@@ -300,7 +298,7 @@ def test_training_step_memory_growth_includes_the_gradients() -> None:
     with it, and the RSS high-water mark sees them. A window that opened with the gradient held would see ~0."""
     if sys.platform != "linux":
         pytest.skip("the RSS high-water mark is reset only on Linux")
-    from gflops_track.training_step import measure_training_step
+    from gflops_track.pipeline.training_step import measure_training_step
 
     model = nn.Linear(4096, 4096, bias=False)
     options = TimingOptions(warmup=1, min_repeats=3, max_repeats=3, max_time_s=5.0)
@@ -335,7 +333,6 @@ def test_cpu_memory_is_rss_baseline_and_growth() -> None:
     clock = FakeClock()
     result = measure_latency(fake_forward(clock, [], 1.0), "cpu", QUICK, clock=clock)
     assert result.memory_kind == "cpu_rss" and result.memory_baseline_bytes > 0 and result.memory_growth_bytes >= 0
-    assert result.peak_memory_bytes == result.memory_growth_bytes  # the old name is the growth on every device
     assert result.energy_per_iteration_j is None and result.gflop_per_joule(1e9) is None  # no NVML on CPU
 
 
@@ -386,11 +383,7 @@ def test_cuda_requested_without_cuda_is_a_clear_error() -> None:
         profile(nn.ReLU(), torch.randn(2), device="cuda")
 
 
-def test_pre_options_keywords_still_work_with_a_deprecation_warning() -> None:
+def test_profile_takes_options_objects_not_loose_keywords() -> None:
     model = nn.Linear(8, 4)
-    with pytest.warns(DeprecationWarning, match="compare_thop"):
-        old = profile(model, torch.randn(2, 8), measure_speed=False, compare_thop=False)
-    new = profile(model, torch.randn(2, 8), timing=False, counting=CountOptions(thop=False))
-    assert old.timing is None and old.thop is None and old.macs == new.macs == 2 * 8 * 4
     with pytest.raises(TypeError, match="'warmup'"):
         profile(model, torch.randn(2, 8), warmup=3)

@@ -11,7 +11,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from gflops_track import PeakOptions, profile
 from gflops_track.models import ResidualBlock
-from gflops_track.timing import TimingOptions
+from gflops_track.options.timing import TimingOptions
 from gflops_track.tracking.records import (
     TRUNCATION_MARK,
     cost_record,

@@ -1,7 +1,8 @@
 """Counting a training step (forward, loss, backward, optimizer) against formulas written out, and FlopCounterMode.
 
-Convention (README, "Counting a training step"): the backward of a convolution costs M MACs per gradient it computes
-(grad-input, grad-weight), M being the forward's MACs; an input that needs no grad gets no grad-input.
+Convention (docs/training-steps.md, "Counting a training step"): the backward of a convolution costs M MACs per
+gradient it computes (grad-input, grad-weight), M being the forward's MACs; an input that needs no grad gets no
+grad-input.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ from torch import nn
 from gflops_track.counting.rules import Category, OpCall, convolution_backward, fused_adam, fused_sgd
 from gflops_track.counting.training import count_training_cost, torch_training_check
 from gflops_track.models import ResidualBlock
-from gflops_track.peak_report import PeakReport
-from gflops_track.peaks import GpuSpec
-from gflops_track.probes import MeasuredPeak
-from gflops_track.summary import summary_text
-from gflops_track.timing import TimingOptions
-from gflops_track.training_step import count_training_step, measure_training_step, profile_training_step
+from gflops_track.options.timing import TimingOptions
+from gflops_track.pipeline.training_step import count_training_step, measure_training_step, profile_training_step
+from gflops_track.render.summary import summary_text
+from gflops_track.results.peaks import GpuSpec, MeasuredPeak, PeakReport
 
 aten = torch.ops.aten
 

@@ -1,10 +1,10 @@
 """Hydra callback that makes a multirun sweep one MLflow run with its jobs nested under it.
 
 The sweep's run (and the store, with its schema migration) is created once in the launching process before any job
-starts: a fresh SQLite store hit by several writers at once breaks in MLflow's migration. Jobs find it through an
-environment variable, so launchers that run jobs in other processes see it too. The sweep's run is a ``Recorder``
-like a job's: it spools when the store is out of reach, and the ledger (``outcomes.py``) knows how to end it if the
-command is interrupted.
+starts: a fresh SQLite store hit by several writers at once breaks in MLflow's migration. Jobs find it through a
+channel (``channels.py``: an environment variable), so launchers that run jobs in other processes see it too. The
+sweep's run is a ``Recorder`` like a job's: it spools when the store is out of reach, and the ledger (``channels.py``)
+knows how to end it if the command is interrupted.
 """
 
 from __future__ import annotations
@@ -22,21 +22,29 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 from rich.text import Text
 
-from gflops_track import names
 from gflops_track.app import console
-from gflops_track.app.job import SWEPT_KEYS_ENV, source_tags
-from gflops_track.app.outcomes import FAILED, FINISHED, KILLED, JobOutcome, OutcomeLedger, run_key
+from gflops_track.app.channels import (
+    JobOutcome,
+    OutcomeLedger,
+    publish_parent_run,
+    publish_swept_keys,
+    run_key,
+    withdraw_parent_run,
+    withdraw_swept_keys,
+)
+from gflops_track.app.job import source_tags
+from gflops_track.common import names
+from gflops_track.common.names import FAILED, FINISHED, KILLED
 from gflops_track.compare.render import rich_table
 from gflops_track.compare.report import finish_sweep
 from gflops_track.compare.rows import build_rows
-from gflops_track.hardware import git_commit
+from gflops_track.machine.hardware import git_commit
 from gflops_track.tracking.interrupts import interrupts_held
 from gflops_track.tracking.reap import PID_TAG, Dead, process_alive, process_of, reap, seen_from_here
 from gflops_track.tracking.recorder import TRACKING_ERRORS, Recorder, RunTarget
 from gflops_track.tracking.records import RunRecord
 from gflops_track.tracking.spool import SPOOL_FOLDER
 from gflops_track.tracking.store import (
-    PARENT_RUN_ENV,
     artifact_write_failure,
     child_runs,
     first_line,
@@ -59,7 +67,7 @@ def end_interrupted_runs(ledger: OutcomeLedger, grace_s: float = JOB_GRACE_S) ->
     alive get ``grace_s`` in all (one deadline, not one each) to end their own runs; one alive after it (a SLURM job
     on this host, still ending its run) keeps its run. A second interrupt cuts the wait short: the sweep's run is
     ended all the same."""
-    os.environ.pop(PARENT_RUN_ENV, None)
+    withdraw_parent_run()
     deadline = time.monotonic() + grace_s
     judged: set[str] = set()
     try:
@@ -165,7 +173,7 @@ class MlflowSweepCallback(Callback):
         if not tracking.enabled:
             return
         overrides = " ".join(config.hydra.overrides.task)
-        os.environ[SWEPT_KEYS_ENV] = ",".join(swept_keys(list(config.hydra.overrides.task)))
+        publish_swept_keys(swept_keys(list(config.hydra.overrides.task)))
         uri = resolve_tracking_uri(tracking.uri, Path.cwd())
         started = datetime.now().strftime("%m-%d %H:%M:%S")  # sweeps of the same overrides get distinct names
         target = RunTarget.for_sweep(uri, tracking.experiment, f"sweep {started} {overrides}".strip())
@@ -173,11 +181,11 @@ class MlflowSweepCallback(Callback):
         ledger = OutcomeLedger.current()
         record = RunRecord(tags={names.SWEEP_OVERRIDES_TAG: overrides, **source_tags(git_commit())})
         self.recorder.open(record, on_created=ledger.open_sweep if ledger is not None else None)  # Ctrl-C ends it
-        os.environ[PARENT_RUN_ENV] = self.recorder.reference
+        publish_parent_run(self.recorder.reference)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        os.environ.pop(PARENT_RUN_ENV, None)
-        os.environ.pop(SWEPT_KEYS_ENV, None)
+        withdraw_parent_run()
+        withdraw_swept_keys()
         recorder = self.recorder
         if recorder is None:
             return

@@ -11,9 +11,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from rich.text import Text
 
-from gflops_track.result import ProfileResult
-from gflops_track.summary import summary_rows
-from gflops_track.timing import ProgressCallback
+from gflops_track.options.timing import ProgressCallback
+from gflops_track.render.summary import summary_rows
+from gflops_track.results.profile import ProfileResult
 
 
 def _console(stderr: bool = False) -> Console:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -21,17 +20,27 @@ import yaml
 from hydra.utils import instantiate
 from torch import nn
 
-from gflops_track import names
 from gflops_track.app import console
-from gflops_track.app.outcomes import FAILED, FINISHED, KILLED, JobOutcome, OutcomeLedger, run_key
+from gflops_track.app.channels import (
+    JobOutcome,
+    OutcomeLedger,
+    published_parent_run,
+    published_swept_keys,
+    run_key,
+)
 from gflops_track.app.schema import DEFAULT_RUN_NAME, AppConfig
 from gflops_track.app.signals import JobTimeout, job_deadline
+from gflops_track.common import names
+from gflops_track.common.names import FAILED, FINISHED, KILLED
 from gflops_track.compare.gate import override_identity
-from gflops_track.hardware import Fingerprint
-from gflops_track.profiler import count, measure, rate, resolve_device, where_it_runs
-from gflops_track.result import ProfileResult, TrainingStep
-from gflops_track.runtime import convert_inputs
-from gflops_track.timing import ProgressCallback
+from gflops_track.options.timing import ProgressCallback
+from gflops_track.pipeline.placement import resolve_device, where_it_runs
+from gflops_track.pipeline.runtime import convert_inputs
+from gflops_track.pipeline.steps import count, measure, peak_report
+from gflops_track.pipeline.training_step import count_training_step, measure_training_step, training_input_errors
+from gflops_track.results.fingerprint import Fingerprint
+from gflops_track.results.profile import ProfileResult
+from gflops_track.results.training import TrainingStep
 from gflops_track.tracking.reap import liveness_tags
 from gflops_track.tracking.recorder import Recorder, RunTarget
 from gflops_track.tracking.records import (
@@ -45,7 +54,6 @@ from gflops_track.tracking.records import (
 )
 from gflops_track.tracking.spool import SPOOL_FOLDER
 from gflops_track.tracking.store import launched_by_mlflow, redact_uri, resolve_tracking_uri
-from gflops_track.training_step import count_training_step, measure_training_step, training_input_errors
 
 
 def model_short_name(target: str) -> str:
@@ -155,7 +163,7 @@ def profile_job(
         peak = config.peak_options()
         if config.timing.enabled or peak.measure:
             progress("peak", 0, 1)
-            result = replace(result, peaks=rate(cost, result.timing, device, runtime, facts, peak))
+            result = replace(result, peaks=peak_report(cost, result.timing, device, runtime, facts, peak))
             record(peak_record(result, title))
     return result
 
@@ -205,16 +213,13 @@ def training_config_errors(config: AppConfig) -> list[str]:
     ]
 
 
-SWEPT_KEYS_ENV = "GFLOPS_TRACK_SWEPT_KEYS"  # set by the sweep callback: the keys whose values differ between jobs
-
-
 def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
 def swept_overrides(overrides: Sequence[str]) -> list[str] | None:
     """The job's overrides whose keys take several values in its sweep (None outside a sweep)."""
-    swept = set(filter(None, os.environ.get(SWEPT_KEYS_ENV, "").split(",")))
+    swept = published_swept_keys()
     return [o for o in overrides if override_key(o) in swept] if swept else None
 
 
@@ -268,7 +273,7 @@ def run_job(
     recorder = None
     if config.tracking.enabled:
         uri = resolve_tracking_uri(config.tracking.uri, launch_dir)
-        target = RunTarget.for_job(uri, config.tracking.experiment, run_name, in_sweep)
+        target = RunTarget.for_job(uri, config.tracking.experiment, run_name, in_sweep, published_parent_run())
         recorder = Recorder(target, output_dir / SPOOL_FOLDER, console.print_warning)
     ledger = OutcomeLedger.current()
     try:

@@ -20,13 +20,13 @@ from hydra._internal.utils import _locate
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from gflops_track.counting.training import LOSSES, OPTIMIZERS
+from gflops_track.common.validation import device_problems, integer_problems
 from gflops_track.models.residual_block import NORM_CHOICES, residual_block_arg_errors
-from gflops_track.peak_report import PeakOptions
-from gflops_track.profiler import CountOptions
-from gflops_track.runtime import RuntimeOptions
-from gflops_track.timing import TimingOptions
-from gflops_track.validation import device_problems, integer_problems
+from gflops_track.options.count import CountOptions
+from gflops_track.options.peaks import PeakOptions
+from gflops_track.options.runtime import RuntimeOptions
+from gflops_track.options.timing import TimingOptions
+from gflops_track.options.training import DEFAULT_LOSS, DEFAULT_OPTIMIZER, LOSSES, OPTIMIZERS
 
 SCHEMA_NAME = "gflops_track_schema"
 MAX_EXPERIMENT_NAME = 500  # MLflow's limit (mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH)
@@ -89,10 +89,10 @@ class InputConfig:
 
 @dataclass
 class TrainConfig:
-    """The training step of ``mode=train`` (see ``gflops_track.training_step``)."""
+    """The training step of ``mode=train`` (see ``gflops_track.pipeline.training_step``)."""
 
-    loss: str = "sum"  # sum (needs no labels) or cross_entropy (labels: class 0, shaped to the output)
-    optimizer: str = "sgd"  # sgd, adamw, or none (forward + backward only)
+    loss: str = DEFAULT_LOSS  # sum (needs no labels) or cross_entropy (labels: class 0, shaped to the output)
+    optimizer: str = DEFAULT_OPTIMIZER  # sgd, adamw, or none (forward + backward only)
 
 
 DEFAULT_RUN_NAME = "{model}-{norm_fn}-b{batch_size}-{device}-{dtype}"

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 from gflops_track.compare.render import variant
 from gflops_track.compare.rows import Row, finite_only
-from gflops_track.peaks import Roof, RooflinePoint
-from gflops_track.plots import finish_figure, new_figure, roofline_png, throughput_curve_png, variant_colors
+from gflops_track.render.plots import finish_figure, new_figure, roofline_png, throughput_curve_png, variant_colors
+from gflops_track.results.peaks import Roof, RooflinePoint
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

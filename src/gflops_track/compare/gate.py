@@ -36,7 +36,7 @@ The 99% interval and ``MIN_SAMPLES`` = 30 come from ``bench/bench_gate.py`` (1,0
 per cell, 5% threshold): with log-normal samples (CV 10%) a 95% bootstrap called 1.1-2.1% of pairs a regression at
 n = 10-50 (the percentile bootstrap of a median is too narrow), the 99% one 0.2-0.5%; with a heavy tail (10% of
 samples at 1.5-3x) a 2x slowdown was missed 9 times in 1,000 at n = 20, never from n = 30 on. 30 is also the timing
-engine's default ``min_repeats``. The README has the table.
+engine's default ``min_repeats``. docs/regression-gate.md has the table.
 
 Exit code, worst first (``exit_code``): 4 when a row is FAILED, MISSING or NOT FINITE (the candidate, or a
 measurement, is broken); 1 on a REGRESSION; 3 when a row is INCONCLUSIVE; else 0. 2 is the command's: bad
@@ -55,9 +55,9 @@ from dataclasses import dataclass
 import numpy as np
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
+from gflops_track.common.names import FAILED, OVERRIDES_TAG, TIMING_SUSPECT_TAG, VARIANT_TAG  # FAILED: also a verdict
 from gflops_track.compare.render import short_id
 from gflops_track.compare.rows import Row
-from gflops_track.names import OVERRIDES_TAG, TIMING_SUSPECT_TAG, VARIANT_TAG
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_CONFIDENCE = 0.99
@@ -74,11 +74,10 @@ WITHIN_NOISE = "within noise"
 FASTER = "faster"
 OK = "ok"
 NOT_FINITE = "NOT FINITE"  # a median or interval is NaN or inf
-FAILED = "FAILED"  # the candidate's run of a baseline row FAILED or was KILLED
 MISSING = "MISSING"  # the candidate has no measured run of a baseline row
 BROKEN = (NOT_FINITE, FAILED, MISSING)
 
-EXIT_OK = 0
+EXIT_PASSED = 0
 EXIT_REGRESSION = 1
 EXIT_USAGE = 2
 EXIT_INCONCLUSIVE = 3
@@ -378,7 +377,7 @@ def exit_code(verdicts: Iterable[Verdict]) -> int:
         return EXIT_BROKEN
     if REGRESSION in statuses:
         return EXIT_REGRESSION
-    return EXIT_INCONCLUSIVE if INCONCLUSIVE in statuses else EXIT_OK
+    return EXIT_INCONCLUSIVE if INCONCLUSIVE in statuses else EXIT_PASSED
 
 
 def parse_threshold(text: str) -> float:

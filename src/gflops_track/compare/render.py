@@ -18,7 +18,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from gflops_track import names
+from gflops_track.common import names
 from gflops_track.compare.rows import Row, not_finite_notes
 
 Formatter = Callable[[Row], str]

@@ -11,7 +11,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
-from gflops_track import names
+from gflops_track.common import names
 from gflops_track.compare.charts import comparison_charts
 from gflops_track.compare.render import csv_table, html_report, markdown_table
 from gflops_track.compare.rows import Row, build_rows

@@ -16,8 +16,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from gflops_track import names
-from gflops_track.tracking.store import ERROR_TAG, PARENT_TAG, child_runs, search_all_runs
+from gflops_track.common import names
+from gflops_track.common.names import ERROR_TAG, PARENT_TAG
+from gflops_track.tracking.store import child_runs, search_all_runs
 
 
 @dataclass(frozen=True)

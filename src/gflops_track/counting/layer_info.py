@@ -5,31 +5,15 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from typing import Any
 
 from torch import nn
 
 from gflops_track.counting.scope import ScopeTally
+from gflops_track.results.counting import LayerCost
 
 ROOT_LABEL = "(root)"
-
-
-@dataclass(frozen=True)
-class LayerCost:
-    """One module. ``macs``/``flops`` are *self* costs (ops run in this module, not in its children), so the
-    column sums equal the model totals; ``params`` are the module's own (shared tensors listed once)."""
-
-    name: str
-    type: str
-    depth: int
-    output_shape: str
-    params: int
-    calls: int
-    macs: int
-    flops: int
-    flops_share: float  # of the model's total FLOPs, 0..1
-    ops: str  # ATen ops that ran directly here, e.g. "convolution x1"
 
 
 LAYER_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LayerCost))

@@ -26,7 +26,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.hooks import RemovableHandle
 
 from gflops_track.counting.counting_forward import run_counting_forward
-from gflops_track.counting.layer_info import LayerCost, build_layer_table
+from gflops_track.counting.layer_info import build_layer_table
 from gflops_track.counting.rules import (
     COMPOSITE_RULES,
     FLOP_RULES,
@@ -39,6 +39,7 @@ from gflops_track.counting.rules import (
     bind_arguments,
 )
 from gflops_track.counting.scope import ScopeTally, describe_shape, tensor_bytes
+from gflops_track.results.counting import LayerCost
 
 __all__ = [
     "CostReport",

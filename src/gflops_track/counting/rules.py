@@ -1,6 +1,6 @@
 """Counting rules as data: one table from ATen op to a small cost function (the fvcore pattern).
 
-Convention (also in README.md, "Counting convention"):
+Convention (also in docs/counting-convention.md):
 
 * 1 MAC (multiply-accumulate) = 2 FLOPs. MACs are counted for dense ops only (convolution, matmul, attention).
 * Every other op is counted in FLOPs per element, one FLOP per elementary arithmetic operation; a transcendental

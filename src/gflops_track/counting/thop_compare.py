@@ -29,12 +29,13 @@ import importlib.metadata
 import importlib.util
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 from torch.utils._pytree import tree_map
+
+from gflops_track.results.counting import ORIGINAL_THOP, ULTRALYTICS_THOP, ThopCount
 
 # thop's import (0.2 s: it imports distutils, i.e. setuptools) happens with this module, not in the first count; a
 # broken thop must not stop counting (thop is a reference figure: thop_count reports its failure)
@@ -42,17 +43,13 @@ with contextlib.suppress(Exception):
     import thop.profile  # noqa: F401
 
 from gflops_track.counting.counting_forward import _to_meta, dynamo_import_deferred, meta_tensors
-from gflops_track.counting.layer_info import LayerCost
 from gflops_track.counting.op_counter import CostReport
+from gflops_track.results.counting import LayerCost
 
 NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.GroupNorm,
     *(getattr(nn, name) for name in ("RMSNorm",) if hasattr(nn, name)),
 )
-
-
-ORIGINAL_THOP = "thop"
-ULTRALYTICS_THOP = "ultralytics-thop"
 
 
 def _thop_owners() -> Iterator[str]:
@@ -96,20 +93,6 @@ def thop_has_rule(kind: type[nn.Module], register_hooks: Mapping[Any, Any], dist
 def _count_nothing(module: nn.Module, _inputs: Any, _output: Any) -> None:
     """Registering any rule makes thop count the module's parameters; the ops stay at thop's default, zero."""
     module.total_ops += 0
-
-
-@dataclass(frozen=True)
-class ThopCount:
-    """thop's MACs and params: ``raw_*`` as the blog post ran it, the others with our custom_ops; why they differ."""
-
-    raw_macs: int
-    raw_params: int
-    macs: int
-    params: int
-    unruled_types: list[str] = field(default_factory=list)  # module types thop has no rule for
-    reasons: list[str] = field(default_factory=list)
-    error: str = ""
-    distribution: str = ORIGINAL_THOP  # which distribution provides ``thop`` (see ``thop_distribution``)
 
 
 def _custom_ops(model: nn.Module, distribution: str) -> dict[type[nn.Module], Any]:

@@ -7,7 +7,6 @@ comparison is made on the ops it has a formula for: there our conv/matmul FLOPs 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -15,19 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gflops_track.counting.counting_forward import run_counting_forward
 from gflops_track.counting.op_counter import CostReport, op_label
-
-
-@dataclass(frozen=True)
-class TorchCount:
-    """FlopCounterMode's total, and how it compares with our dense FLOPs on the ops it counts."""
-
-    flops: int
-    our_flops_on_same_ops: int
-    notes: list[str]
-
-    @property
-    def agrees(self) -> bool:
-        return self.flops == self.our_flops_on_same_ops
+from gflops_track.results.counting import TorchCount
 
 
 def torch_flop_count(

@@ -33,14 +33,15 @@ from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
 from gflops_track.counting.counting_forward import dynamo_import_deferred, meta_tensors
+from gflops_track.counting.layer_info import ROOT_LABEL
 from gflops_track.counting.op_counter import _CountingMode, validate_extra_rules
 from gflops_track.counting.rules import Category, Rule
 from gflops_track.counting.scope import ScopeTally
-from gflops_track.counting.torch_crosscheck import TorchCount, agreement
+from gflops_track.counting.torch_crosscheck import agreement
+from gflops_track.options.training import DEFAULT_LOSS, DEFAULT_OPTIMIZER, training_arg_errors
+from gflops_track.results.counting import TorchCount, TrainingCost, TrainingLayerCost
 
 __all__ = [
-    "LOSSES",
-    "OPTIMIZERS",
     "PHASES",
     "TrainingCost",
     "TrainingLayerCost",
@@ -49,80 +50,17 @@ __all__ = [
     "make_optimizer",
     "torch_training_check",
     "train_mode",
-    "training_arg_errors",
 ]
 
 PHASES: tuple[str, ...] = ("forward", "backward", "optimizer")
-LOSSES: tuple[str, ...] = ("sum", "cross_entropy")
-OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw", "none")
 LOSS_ROW = "(loss)"
 OPTIMIZER_ROW = "(optimizer)"
-ROOT_LABEL = "(root)"
 SCOPE_KEY = "gflops_track.scope"  # the key of an autograd node's ``metadata`` that names the module it came from
 LEARNING_RATE = 1e-3  # any value: FLOPs do not depend on it
 
 
 class TrainingInputError(ValueError):
     """Bad input found while running the step (e.g. a loss that does not fit the output): no fallback, no run."""
-
-
-@dataclass(frozen=True)
-class TrainingLayerCost:
-    """One module's *self* costs in the step: what ran directly in it in the forward, and the backward of those ops
-    (so each column adds up to its phase total). ``params`` are its own trainable parameters (shared listed once)."""
-
-    name: str
-    type: str
-    depth: int
-    params: int
-    forward_macs: int
-    forward_flops: int
-    backward_macs: int
-    backward_flops: int
-    forward_ops: str
-    backward_ops: str
-
-
-@dataclass(frozen=True)
-class TrainingCost:
-    """Whole-batch cost of one training step, by phase, by category and by layer."""
-
-    params: int
-    trainable_params: int
-    loss: str
-    optimizer: str
-    macs_by_phase: dict[str, int]
-    flops_by_phase: dict[str, int]
-    flops_by_category: dict[str, int]  # the whole step
-    flops_by_phase_category: dict[str, dict[str, int]]
-    layers: list[TrainingLayerCost]  # modules in ``named_modules`` order, then ``(loss)``
-    uncounted_ops: dict[str, int]  # "aten.op (phase, in module)" -> calls
-    dense_flops_by_op: dict[str, int]  # whole step, for the FlopCounterMode cross-check
-    backend: str  # 'meta' or 'real'
-    backend_note: str = ""
-
-    @property
-    def macs(self) -> int:
-        return sum(self.macs_by_phase.values())
-
-    @property
-    def flops(self) -> int:
-        return sum(self.flops_by_phase.values())
-
-
-def training_arg_errors(model: nn.Module, loss: str, optimizer: str) -> list[str]:
-    """One line per bad argument (empty when the step can be counted)."""
-    errors = []
-    if loss not in LOSSES:
-        errors.append(f"loss={loss!r} is not allowed: choose one of {', '.join(LOSSES)}")
-    if optimizer not in OPTIMIZERS:
-        errors.append(f"optimizer={optimizer!r} is not allowed: choose one of {', '.join(OPTIMIZERS)}")
-    if not any(parameter.requires_grad for parameter in model.parameters()):
-        errors.append(
-            f"model={type(model).__name__} is not allowed in a training step: it has no trainable parameters "
-            "(none requires grad)"
-        )
-    return errors
 
 
 def mark_graph(value: Any, label: str) -> None:
@@ -373,8 +311,8 @@ def count_training_cost(
     args: Sequence[Any],
     kwargs: Mapping[str, Any] | None = None,
     *,
-    loss: str = "sum",
-    optimizer: str = "sgd",
+    loss: str = DEFAULT_LOSS,
+    optimizer: str = DEFAULT_OPTIMIZER,
     labels: torch.Tensor | None = None,
     prefer_meta: bool = True,
     extra_rules: Mapping[Any, Rule] | None = None,

@@ -11,7 +11,7 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-from gflops_track.validation import integer_problems
+from gflops_track.common.validation import integer_problems
 
 NormName = Literal["group", "batch", "instance", "none"]
 NORM_CHOICES: tuple[str, ...] = get_args(NormName)

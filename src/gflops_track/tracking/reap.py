@@ -20,16 +20,13 @@ import contextlib
 import os
 import re
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import psutil
 from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 HOST_TAG = "gflops_track.host"
@@ -180,7 +177,7 @@ def find_dead(
 
 def reap(client: MlflowClient, dead: Sequence[Dead]) -> None:
     """Mark each run KILLED, the reason in ``gflops_track.reaped`` and (if the run has none yet) ``error``."""
-    from gflops_track.tracking.store import ERROR_TAG
+    from gflops_track.common.names import ERROR_TAG
 
     for run in dead:
         client.set_tag(run.run_id, REAPED_TAG, run.reason)
@@ -195,60 +192,3 @@ def parse_duration(text: str) -> float:
     if not match:
         raise argparse.ArgumentTypeError(f"--stale-after={text!r} is not allowed: a duration like 600s, 10m or 1h")
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from rich.console import Console
-    from rich.markup import escape
-
-    from gflops_track.tracking.store import (
-        StoreError,
-        cap_http_retries,
-        first_line,
-        open_store,
-        redact_uri,
-        resolve_tracking_uri,
-    )
-
-    cli = argparse.ArgumentParser(
-        prog="gflops-track reap", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    cli.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db")
-    cli.add_argument("--experiment", action="append", default=[], help="experiment name (repeatable; default: all)")
-    cli.add_argument(
-        "--stale-after", type=parse_duration, default=DEFAULT_STALE_AFTER_S, help="heartbeat age, e.g. 10m (default)"
-    )
-    cli.add_argument("--yes", action="store_true", help="mark the runs KILLED (default: only list them)")
-    args = cli.parse_args(argv)
-    cap_http_retries()
-    console = Console(soft_wrap=True, highlight=False)
-    errors = Console(stderr=True, soft_wrap=True, highlight=False)
-    uri = resolve_tracking_uri(args.tracking_uri, Path.cwd())
-    try:
-        client = open_store(uri)
-        if args.experiment:
-            found = [client.get_experiment_by_name(name) for name in args.experiment]
-            missing = [name for name, experiment in zip(args.experiment, found, strict=True) if experiment is None]
-            if missing:
-                raise StoreError(f"--experiment={missing[0]!r} does not exist in {redact_uri(uri)}")
-            ids = [experiment.experiment_id for experiment in found if experiment is not None]
-        else:
-            ids = [experiment.experiment_id for experiment in client.search_experiments()]
-        dead = find_dead(client, ids, time.time(), args.stale_after)
-        for run in dead:
-            verb = "KILLED" if args.yes else "would mark KILLED"
-            console.print(f"{verb}: run {run.run_id} ({escape(run.run_name)}): {escape(run.reason)}")
-        if args.yes:
-            reap(client, dead)
-    except (StoreError, MlflowException, OSError) as error:
-        errors.print(f"[red]gflops-track reap:[/red] {escape(first_line(error))}")
-        return 2
-    if not dead:
-        console.print(f"no run left RUNNING by a process that is gone in {redact_uri(uri)}")
-    elif not args.yes:
-        console.print(f"{len(dead)} run(s) to reap: run again with --yes to mark them KILLED")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """One MLflow run, a job's or a sweep's: records go to the tracking store while it answers, and to the local spool
 from the moment it does not, so nothing measured is lost. The user is told, with the command that uploads the spool.
 
-Where the run comes from: a job in a sweep is nested under the sweep's run (found through ``PARENT_RUN_ENV``); a job
+Where the run comes from: a job in a sweep is nested under the sweep's run (its reference is passed in); a job
 or sweep launched by ``mlflow run`` logs into the run MLflow made (``MLFLOW_RUN_ID``), which MLflow itself ends;
 otherwise a new run is created in the experiment.
 """
@@ -9,7 +9,6 @@ otherwise a new run is created in the experiment.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +16,12 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from gflops_track import names
+from gflops_track.common import names
 from gflops_track.tracking import spool
 from gflops_track.tracking.interrupts import interrupts_held
 from gflops_track.tracking.reap import Heartbeat, liveness_tags
 from gflops_track.tracking.records import RunRecord, write_files, write_values
 from gflops_track.tracking.store import (
-    PARENT_RUN_ENV,
     TRACKING_ERRORS,
     artifact_write_failure,
     connect,
@@ -55,10 +53,12 @@ class RunTarget:
     ends_run: bool = True
 
     @classmethod
-    def for_job(cls, uri: str, experiment: str, run_name: str, in_sweep: bool) -> RunTarget:
+    def for_job(cls, uri: str, experiment: str, run_name: str, in_sweep: bool, sweep_run: str = "") -> RunTarget:
+        """A job's run: in a sweep nested under ``sweep_run`` (the sweep's reference), else under the run
+        ``mlflow run`` made; outside a sweep, that run itself or a new one."""
         launched = launched_by_mlflow()
         if in_sweep:
-            return cls(uri, experiment, run_name, parent=os.environ.get(PARENT_RUN_ENV, "") or launched)
+            return cls(uri, experiment, run_name, parent=sweep_run or launched)
         return cls(uri, experiment, run_name, reuse=launched)
 
     @classmethod

@@ -19,13 +19,13 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
-from gflops_track import names
+from gflops_track.common import names
 from gflops_track.counting.layer_info import layers_to_columns, layers_to_csv
-from gflops_track.environment import ENV_HASH_TAG, environment_files, environment_hash, installed_packages
-from gflops_track.hardware import Fingerprint
-from gflops_track.plots import roofline_png
-from gflops_track.result import ProfileResult
-from gflops_track.summary import summary_text
+from gflops_track.machine.environment import ENV_HASH_TAG, environment_files, environment_hash, installed_packages
+from gflops_track.render.plots import roofline_png
+from gflops_track.render.summary import summary_text
+from gflops_track.results.fingerprint import Fingerprint
+from gflops_track.results.profile import ProfileResult
 from gflops_track.tracking.store import NOTE_TAG
 
 TRUNCATION_MARK = "...[truncated]"

@@ -28,8 +28,9 @@ from pathlib import Path
 from filelock import FileLock
 from mlflow.tracking import MlflowClient
 
+from gflops_track.common.names import PARENT_TAG
 from gflops_track.tracking.records import RunRecord, write_to_mlflow
-from gflops_track.tracking.store import PARENT_TAG, ensure_experiment, redact_uri
+from gflops_track.tracking.store import ensure_experiment, redact_uri
 
 SPOOL_FOLDER = "mlflow_spool"
 SPOOL_TAG = "gflops_track.spool_id"
@@ -38,7 +39,7 @@ SPOOL_PARENT_PREFIX = "spool:"  # a parent that is itself still in a spool
 RUN_FILE = "run.json"
 SYNCED_FILE = "synced.json"
 LOCK_FILE = ".sync.lock"
-LOCK_TIMEOUT_S = 600.0  # another sync holding a spool directory this long is stuck
+SYNC_LOCK_TIMEOUT_S = 600.0  # another sync holding a spool directory this long is stuck
 
 
 class BrokenSpool(Exception):
@@ -187,7 +188,7 @@ class Uploader:
         # one lock per (store, original) for every sync on this machine: the jobs of one sweep spool into different
         # folders, and concurrent syncs of them must recreate the lost parent once
         key = hashlib.sha256(f"{self.target}|{original}".encode()).hexdigest()[:24]
-        with FileLock(Path(tempfile.gettempdir()) / f"gflops-track-recreate-{key}.lock", timeout=LOCK_TIMEOUT_S):
+        with FileLock(Path(tempfile.gettempdir()) / f"gflops-track-recreate-{key}.lock", timeout=SYNC_LOCK_TIMEOUT_S):
             found = self._existing(experiment_id, RECREATED_TAG, original)
             if found:
                 return found
@@ -218,7 +219,7 @@ class Uploader:
         """Upload one spooled run under its lock; (run id in this store, whether this call created or completed
         it)."""
         run = load(directory)
-        with FileLock(directory / LOCK_FILE, timeout=LOCK_TIMEOUT_S):
+        with FileLock(directory / LOCK_FILE, timeout=SYNC_LOCK_TIMEOUT_S):
             run_id, created = self._upload_locked(directory, run)
         self.uploaded[run.spool_id] = run_id
         if run.run_id:
@@ -292,7 +293,7 @@ def sync_lock(target: str) -> FileLock:
     is never ended from half of its jobs). Per-directory locks and spool-id lookups still guard syncs from other
     machines against duplicates."""
     key = hashlib.sha256(redact_uri(target).encode()).hexdigest()[:24]
-    return FileLock(Path(tempfile.gettempdir()) / f"gflops-track-sync-{key}.lock", timeout=LOCK_TIMEOUT_S)
+    return FileLock(Path(tempfile.gettempdir()) / f"gflops-track-sync-{key}.lock", timeout=SYNC_LOCK_TIMEOUT_S)
 
 
 def sync(

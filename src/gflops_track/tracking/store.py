@@ -18,15 +18,13 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from gflops_track import names
-from gflops_track.redact import mask_credentials
+from gflops_track.common import names
+from gflops_track.common.names import PARENT_TAG
+from gflops_track.common.redact import mask_credentials
 
 DEFAULT_STORE_FILE = "mlflow.db"
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 SEARCH_PAGE = 1000  # runs per search request (MLflow's default page size)
-PARENT_RUN_ENV = "GFLOPS_TRACK_PARENT_RUN_ID"  # set by the sweep callback, read by each job
-ERROR_TAG = "error"
-PARENT_TAG = "mlflow.parentRunId"
 # What a tracking call raises when the store or server fails: caught wherever a failure must not cost a measurement
 TRACKING_ERRORS: tuple[type[BaseException], ...] = (MlflowException, requests.RequestException, OSError)
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file size limit: spooled, not failed
@@ -42,7 +40,7 @@ def resolve_tracking_uri(configured: str | None, launch_dir: Path) -> str:
 
 
 def redact_uri(uri: str) -> str:
-    """The URI without any password or token, fit to be logged or printed (see ``gflops_track.redact``)."""
+    """The URI without any password or token, fit to be logged or printed (see ``gflops_track.common.redact``)."""
     return mask_credentials(uri)
 
 

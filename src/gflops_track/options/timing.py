@@ -1,0 +1,42 @@
+"""How long and how precisely to time (``TimingOptions``): the timing defaults, and the progress callback's shape.
+
+``target_precision`` is statistical: the half-width of the median's 95% confidence interval over the median. (The
+config group ``precision`` is the dtype: ``RuntimeOptions.dtype``.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gflops_track.common.validation import integer_problem
+
+ProgressCallback = Callable[[str, int, int], None]  # (phase, completed, total; total 0 = open-ended)
+
+
+@dataclass(frozen=True)
+class TimingOptions:
+    """How long and how precisely to time (how each is used: ``gflops_track.timing.engine``; ``max_time_s`` bounds
+    the whole phase)."""
+
+    warmup: int = 10
+    warmup_max_s: float = 5.0
+    min_repeats: int = 30
+    max_repeats: int = 10_000
+    target_precision: float = 0.01
+    max_time_s: float = 10.0
+    cuda_graph: bool = False
+    flush_l2: bool = False
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(field, "=value is not allowed: ...") per invalid option; callers prefix the key they expose."""
+        checks = [
+            ("warmup", self.warmup, 0),
+            ("min_repeats", self.min_repeats, 1),
+            ("max_repeats", self.max_repeats, max(1, self.min_repeats)),
+        ]
+        found = [(name, problem) for name, value, low in checks if (problem := integer_problem(value, low))]
+        for name in ("warmup_max_s", "max_time_s", "target_precision"):
+            if not getattr(self, name) > 0:
+                found.append((name, f"={getattr(self, name)!r} is not allowed: it must be > 0"))
+        return found

@@ -1,0 +1,72 @@
+"""Where a step runs, and on what: the device resolved, the fingerprint and flags in force there, and the model and its
+inputs placed on the device as one call. Every step (count, measure, the training step) starts here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_leaves, tree_map
+
+from gflops_track.common.validation import device_problems
+from gflops_track.machine.hardware import fingerprint
+from gflops_track.options.runtime import RuntimeOptions
+from gflops_track.pipeline.runtime import effective_settings, runtime_context
+from gflops_track.results.fingerprint import Fingerprint
+
+Inputs = torch.Tensor | Sequence[Any]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """'auto' -> cuda when available, else cpu. Asking for CUDA without CUDA is an error, not a silent CPU run."""
+    if isinstance(device, torch.device):
+        kind, index = device.type, device.index
+    else:
+        kind, _, index_text = str(device).partition(":")
+        index = int(index_text) if index_text.isdigit() else None
+        if index_text and index is None:
+            kind = str(device)
+    problems = device_problems(kind, index, key="device")
+    if problems:
+        raise ValueError("; ".join(problems))
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(kind, index) if index is not None and kind == "cuda" else torch.device(kind)
+
+
+def as_call(inputs: Inputs, kwargs: Mapping[str, Any] | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A lone tensor is one positional argument; a sequence is the positional arguments."""
+    return ((inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)), dict(kwargs or {})
+
+
+def input_shapes(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[list[int]]:
+    """Shapes of every tensor in the call, nested lists, tuples and dicts included (pytree order)."""
+    return [list(leaf.shape) for leaf in tree_leaves((tuple(args), dict(kwargs))) if isinstance(leaf, torch.Tensor)]
+
+
+def batch_size_of(shapes: Sequence[Sequence[int]]) -> int:
+    """The batch: the first dimension of the first input (1 for a call without tensors or with a 0-d one)."""
+    return shapes[0][0] if shapes and shapes[0] else 1
+
+
+def where_it_runs(device: torch.device, runtime: RuntimeOptions) -> tuple[Fingerprint, dict[str, str]]:
+    """The fingerprint and the effective flags, taken under the run's runtime options (its thread count)."""
+    with runtime_context(runtime):
+        return fingerprint(device), effective_settings()
+
+
+def place(
+    model: nn.Module, inputs: Inputs, kwargs: Mapping[str, Any] | None, device: torch.device, runtime: RuntimeOptions
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Model and inputs on ``device``, converted to the runtime's dtype and memory format (the model in place)."""
+    problems = runtime.problems()
+    if problems:
+        raise ValueError("; ".join(f"{name}{message}" for name, message in problems))
+    args, kwargs = as_call(inputs, kwargs)
+    model.to(device)
+    args, kwargs = tree_map(lambda v: v.to(device) if isinstance(v, torch.Tensor) else v, (args, kwargs))
+    if not input_shapes(args, kwargs):
+        raise ValueError("inputs must contain at least one tensor")
+    return args, kwargs

@@ -1,0 +1,202 @@
+"""The pipeline's steps as plain functions, and ``profile``, a thin facade that runs them in order.
+
+    count(model, inputs)            -> CountResult    params, MACs, FLOPs, per-layer table, thop and FlopCounterMode
+    measure(model, inputs)          -> TimingResult   latency statistics under the runtime options (timing/engine.py)
+    peak_report(cost, timing, ...)  -> PeakReport     vendor / estimated / measured peaks (peaks/report.py)
+    profile(model, inputs)          -> ProfileResult  all of the above, with the fingerprint
+
+The training step's counterparts are in ``training_step.py``; what every step shares (the device, the placed call,
+the fingerprint) in ``placement.py``.
+
+The Hydra app calls the steps itself (count -> log -> time -> log); Python users call ``profile``. No MLflow, no Hydra.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_map
+
+from gflops_track.counting.counting_forward import eval_mode
+from gflops_track.counting.op_counter import count_cost
+from gflops_track.counting.thop_compare import thop_count, thop_notes
+from gflops_track.counting.torch_crosscheck import torch_flop_count
+from gflops_track.options.count import CountOptions
+from gflops_track.options.peaks import PeakOptions
+from gflops_track.options.runtime import RuntimeOptions
+from gflops_track.options.timing import ProgressCallback, TimingOptions
+from gflops_track.peaks.report import compare_with_peaks
+from gflops_track.pipeline.placement import Inputs, batch_size_of, input_shapes, place, resolve_device, where_it_runs
+from gflops_track.pipeline.runtime import prepare, runtime_context
+from gflops_track.results.fingerprint import Fingerprint
+from gflops_track.results.peaks import PeakReport
+from gflops_track.results.profile import CountResult, ProfileResult
+from gflops_track.results.timing import TimingResult, achieved_gflop_per_s
+from gflops_track.timing.engine import measure_latency
+
+
+def timing_options(timing: TimingOptions | bool) -> TimingOptions | None:
+    """``timing=`` of the one-call APIs: options as given, ``True`` the defaults, ``False`` no timing (None)."""
+    if timing is False:
+        return None
+    return timing if isinstance(timing, TimingOptions) else TimingOptions()
+
+
+def counting_notes(backend_note: str, uncounted_ops: Mapping[str, int]) -> list[str]:
+    """What a count says about itself: why it did not run on meta, and every op it has no rule for (never 0)."""
+    notes = [backend_note] if backend_note else []
+    if uncounted_ops:
+        listed = ", ".join(f"{op} x{calls}" for op, calls in uncounted_ops.items())
+        notes.append(f"ops with no counting rule (not included in FLOPs): {listed}")
+    return notes
+
+
+def _no_progress(phase: str, done: int, total: int) -> None:
+    """The default progress callback: say nothing."""
+
+
+def count(
+    model: nn.Module,
+    inputs: Inputs,
+    device: str | torch.device = "cpu",
+    *,
+    kwargs: Mapping[str, Any] | None = None,
+    runtime: RuntimeOptions | None = None,
+    options: CountOptions | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> CountResult:
+    """Params, MACs and FLOPs of ``model(*inputs, **kwargs)`` for the whole batch (dim 0 of the first input), by
+    category and by layer, with thop's figure and FlopCounterMode's beside ours. Counting runs in eval mode (on meta
+    tensors when possible) and leaves the module's state_dict, hooks and train/eval flags as they were."""
+    target = resolve_device(device)
+    runtime = runtime or RuntimeOptions()
+    options = options or CountOptions()
+    report = on_progress or _no_progress
+    args, kwargs = place(model, inputs, kwargs, target, runtime)
+    with runtime_context(runtime):
+        _forward, args, kwargs = prepare(model, args, kwargs, runtime, target)
+        report("counting", 0, 1)
+        cost = count_cost(
+            model,
+            args,
+            kwargs,
+            prefer_meta=options.meta,
+            extra_rules=options.extra_rules,
+            autocast_dtype=runtime.torch_dtype if runtime.autocasts else None,  # bytes priced in autocast's dtypes
+            device_type=target.type,
+        )
+        notes = counting_notes(cost.backend_note, cost.uncounted_ops)
+        torch_count = None
+        if options.torch_check:
+            report("torch FlopCounterMode", 0, 1)
+            torch_count = torch_flop_count(model, args, kwargs, cost, prefer_meta=options.meta)
+            notes.extend(f"counters disagree: {note}" for note in torch_count.notes)
+        thop = None
+        if options.thop and kwargs:
+            notes.append("thop not run: thop.profile passes positional inputs only")
+        elif options.thop:
+            report("thop", 0, 1)
+            thop = _thop_off_device(model, args, cost, target)
+            notes.extend(thop_notes(thop, cost.macs, cost.params))
+    shapes = input_shapes(args, kwargs)
+    return CountResult(
+        model_name=type(model).__name__,
+        device=str(target),
+        input_shapes=shapes,
+        batch_size=batch_size_of(shapes),
+        params=cost.params,
+        macs=cost.macs,
+        flops=cost.flops,
+        flops_by_category=cost.flops_by_category,
+        uncounted_ops=cost.uncounted_ops,
+        count_backend=cost.backend,
+        layers=cost.layers,
+        bytes_moved=cost.bytes_moved,
+        min_bytes=cost.min_bytes,
+        thop=thop,
+        torch_count=torch_count,
+        notes=notes,
+    )
+
+
+def _thop_off_device(model: nn.Module, args: tuple[Any, ...], cost: Any, device: torch.device) -> Any:
+    """thop runs real forwards: on a GPU run they go to a CPU copy, so the timed cold start stays cold."""
+    if device.type == "cpu":
+        return thop_count(model, args, cost)
+    on_cpu = tree_map(lambda v: v.cpu() if isinstance(v, torch.Tensor) else v, args)
+    return thop_count(copy.deepcopy(model).cpu(), on_cpu, cost)
+
+
+def measure(
+    model: nn.Module,
+    inputs: Inputs,
+    device: str | torch.device = "cpu",
+    *,
+    kwargs: Mapping[str, Any] | None = None,
+    runtime: RuntimeOptions | None = None,
+    options: TimingOptions | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> TimingResult:
+    """Latency of ``model(*inputs, **kwargs)`` in eval mode under the runtime options (dtype, memory format,
+    threads, torch.compile), timed as ``timing/engine.py`` describes; the module's flags are restored after."""
+    target = resolve_device(device)
+    runtime = runtime or RuntimeOptions()
+    options = options or TimingOptions()
+    problems = options.problems()
+    if problems:
+        raise ValueError("; ".join(f"{name}{message}" for name, message in problems))
+    args, kwargs = place(model, inputs, kwargs, target, runtime)
+    with runtime_context(runtime):
+        forward, args, kwargs = prepare(model, args, kwargs, runtime, target)  # the unconverted copies are let go
+        with eval_mode(model):
+            timed = measure_latency(forward, target, options, on_progress)
+    if options.flush_l2 and target.type != "cuda":
+        return replace(timed, notes=[*timed.notes, "L2 flushing is GPU-only: CPU timings ran with warm caches"])
+    return timed
+
+
+def profile(
+    model: nn.Module,
+    inputs: Inputs,
+    device: str | torch.device = "cpu",
+    *,
+    kwargs: Mapping[str, Any] | None = None,
+    runtime: RuntimeOptions | None = None,
+    counting: CountOptions | None = None,
+    timing: TimingOptions | bool = True,
+    peak: PeakOptions | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> ProfileResult:
+    """Count, time (``timing=False`` skips it; ``True`` uses the default ``TimingOptions``) and set against the
+    device's peaks; ``model`` and inputs are moved to ``device``."""
+    runtime = runtime or RuntimeOptions()
+    counting = counting or CountOptions()
+    peak = peak or PeakOptions()
+    target = resolve_device(device)
+    cost = count(model, inputs, target, kwargs=kwargs, runtime=runtime, options=counting, on_progress=on_progress)
+    facts, settings = where_it_runs(target, runtime)
+    timed = None
+    if (options := timing_options(timing)) is not None:
+        timed = measure(model, inputs, target, kwargs=kwargs, runtime=runtime, options=options, on_progress=on_progress)
+    peaks = peak_report(cost, timed, target, runtime, facts, peak) if timed is not None or peak.measure else None
+    return ProfileResult(cost, facts, runtime, settings, timed, peaks)
+
+
+def peak_report(
+    cost: CountResult,
+    timing: TimingResult | None,
+    device: torch.device,
+    runtime: RuntimeOptions,
+    facts: Fingerprint,
+    options: PeakOptions | None = None,
+) -> PeakReport:
+    """The peak step: the device's peaks for the run's dtype and thread count, and notes where one is beaten."""
+    achieved = achieved_gflop_per_s(cost.flops, timing.latency.median_ms if timing else None)
+    with runtime_context(runtime):  # the CPU estimate and the probes use the run's thread count
+        kernel = f"{cost.model_name} ({runtime.dtype})"
+        return compare_with_peaks(device, runtime.dtype, facts.hardware, facts.gpu_name, achieved, options, kernel)

@@ -1,0 +1,1 @@
+"""Rendering a run: the summary text and the plots (matplotlib imported inside the functions only)."""

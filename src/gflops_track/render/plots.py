@@ -1,0 +1,166 @@
+"""Plots (matplotlib, PNG, no display needed): the roofline, the throughput-vs-batch-size curve, and the helpers the
+comparison charts share.
+
+Figures are built with ``matplotlib.figure.Figure`` directly: no pyplot state and no backend switch, so importing
+this module never changes how a notebook draws, and matplotlib is only imported when a plot is written. Every
+``*_figure`` function returns the Figure before it is saved, so tests can read its axes; ``*_png`` writes it.
+
+Readable by rule: no offset notation on any axis (a 0.006 GFLOP spread is not blown up to full width), axes that
+compare magnitudes start at zero, labels stay inside the axes, and every variant has its own colour and label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gflops_track.results.peaks import Roof, RooflinePoint
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "Roof",
+    "RooflinePoint",
+    "finish_figure",
+    "new_figure",
+    "roofline_figure",
+    "roofline_png",
+    "save_figure",
+    "throughput_curve_figure",
+    "throughput_curve_png",
+    "variant_colors",
+]
+
+
+def new_figure(width: float = 7, height: float = 4.5) -> tuple[Figure, Axes]:
+    """A figure with one axes on an Agg canvas, detached from pyplot (freed when it goes out of scope); the canvas
+    can draw, so text extents are known before saving."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot()
+
+
+def variant_colors(labels: Sequence[str]) -> dict[str, Any]:
+    """One distinct colour per label, in first-seen order, from a qualitative colormap (tab10, tab20 beyond 10
+    labels; cycled beyond 20)."""
+    from matplotlib import colormaps
+
+    unique = list(dict.fromkeys(labels))
+    palette = colormaps["tab10" if len(unique) <= 10 else "tab20"].colors
+    return {label: palette[index % len(palette)] for index, label in enumerate(unique)}
+
+
+def no_offset(axes: Axes) -> None:
+    """Plain tick labels on every linear axis: no ``+1.088e1`` offset, no scientific multiplier."""
+    from matplotlib.ticker import ScalarFormatter
+
+    for axis in (axes.xaxis, axes.yaxis):
+        formatter = axis.get_major_formatter()
+        if isinstance(formatter, ScalarFormatter):
+            formatter.set_useOffset(False)
+            formatter.set_scientific(False)
+
+
+def label_inside(axes: Axes, text: str, xy: tuple[float, float], color: Any = None) -> None:
+    """Annotate a data point with its label placed towards the middle of the axes (left of points in the right half,
+    below points in the top half), so the label stays inside the axes; clipped if it still would not."""
+    figure = axes.get_figure()
+    assert figure is not None
+    figure.canvas.draw()  # limits and transforms are final once drawn
+    fx, fy = axes.transAxes.inverted().transform(axes.transData.transform(xy))
+    right, top = fx > 0.5, fy > 0.5
+    axes.annotate(
+        text,
+        xy,
+        xytext=(-6 if right else 6, -6 if top else 6),
+        textcoords="offset points",
+        ha="right" if right else "left",
+        va="top" if top else "bottom",
+        fontsize="small",
+        color=color,
+        annotation_clip=True,
+        clip_on=True,
+    )
+
+
+def finish_figure(figure: Figure, axes: Axes, title: str, grid: bool = True, legend: bool = True) -> Figure:
+    """Title, grid, legend and plain tick labels, laid out."""
+    axes.set_title(title)
+    if grid:
+        axes.grid(True, which="both", alpha=0.3)
+    if legend and axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize="small")
+    no_offset(axes)
+    figure.tight_layout()
+    return figure
+
+
+def save_figure(figure: Figure, axes: Axes, path: Path, title: str, grid: bool = True) -> Path:
+    """Title, grid and legend, then write the PNG."""
+    finish_figure(figure, axes, title, grid)
+    figure.savefig(path)
+    return path
+
+
+def roofline_figure(roofs: Sequence[Roof], points: Sequence[RooflinePoint], title: str) -> Figure:
+    """Log-log roofline: attainable GFLOP/s = min(compute roof, intensity x bandwidth), with the runs on it, each
+    in its own colour, labelled inside the axes."""
+    figure, axes = new_figure()
+    intensities = [p.intensity for p in points] + [r.ridge for r in roofs]
+    low = min(intensities, default=1.0) / 10
+    high = max(intensities, default=100.0) * 10
+    for roof, style in zip(roofs, ("-", "--", ":", "-."), strict=False):
+        xs = [low, roof.ridge, high]
+        ys = [low * roof.bandwidth_gb_s, roof.gflop_per_s, roof.gflop_per_s]
+        axes.plot(
+            xs, ys, style, color="0.3", label=f"{roof.label}: {roof.gflop_per_s:,.0f} GFLOP/s, "
+            f"{roof.bandwidth_gb_s:,.0f} GB/s"
+        )  # fmt: skip
+    colors = variant_colors([point.label for point in points])
+    for point in points:
+        axes.scatter([point.intensity], [point.gflop_per_s], zorder=3, color=colors[point.label])
+    rates = [p.gflop_per_s for p in points] + [r.gflop_per_s for r in roofs] + [low * r.bandwidth_gb_s for r in roofs]
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlim(low, high)
+    axes.set_ylim(min(rates) / 3, max(rates) * 3)  # room above the top roof for its legend and labels
+    axes.set_xlabel("arithmetic intensity (FLOP/byte)")
+    axes.set_ylabel("GFLOP/s")
+    for point in points:
+        label_inside(axes, point.label, (point.intensity, point.gflop_per_s), colors[point.label])
+    return finish_figure(figure, axes, title)
+
+
+def roofline_png(path: Path, roofs: Sequence[Roof], points: Sequence[RooflinePoint], title: str) -> Path:
+    roofline_figure(roofs, points, title).savefig(path)
+    return path
+
+
+def throughput_curve_figure(series: dict[str, list[tuple[int, float]]], title: str) -> Figure:
+    """Throughput (samples/s) against batch size, one coloured line per variant; the throughput axis from zero."""
+    from matplotlib.ticker import NullFormatter
+
+    figure, axes = new_figure()
+    colors = variant_colors(sorted(series))
+    for label, points in sorted(series.items()):
+        ordered = sorted(points)
+        axes.plot([b for b, _ in ordered], [t for _, t in ordered], marker="o", label=label, color=colors[label])
+    axes.set_xscale("log", base=2)
+    batches = sorted({b for points in series.values() for b, _ in points})
+    axes.set_xticks(batches, [str(b) for b in batches])
+    axes.xaxis.set_minor_formatter(NullFormatter())  # the batch sizes only, no 3x2^0 in between
+    axes.set_ylim(bottom=0, top=max((t for points in series.values() for _, t in points), default=1.0) * 1.1)
+    axes.set_xlabel("batch size")
+    axes.set_ylabel("throughput (samples/s)")
+    return finish_figure(figure, axes, title)
+
+
+def throughput_curve_png(path: Path, series: dict[str, list[tuple[int, float]]], title: str) -> Path:
+    throughput_curve_figure(series, title).savefig(path)
+    return path

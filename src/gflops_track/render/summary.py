@@ -1,0 +1,140 @@
+"""The run summary: (label, value) rows of a ProfileResult, as plain text for summary.txt; the console renders the
+same rows with rich."""
+
+from __future__ import annotations
+
+from gflops_track.results.profile import ProfileResult
+from gflops_track.results.timing import ci_text, precision_text
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def summary_rows(result: ProfileResult) -> list[tuple[str, str]]:
+    """(label with unit, value) pairs: what a job prints and what summary.txt holds."""
+    rows = [
+        ("model", result.model_name),
+        ("device", f"{result.device} ({result.fingerprint.hardware})"),
+        ("input shape(s)", ", ".join(str(shape) for shape in result.input_shapes)),
+        ("params", f"{result.params:,}"),
+        ("MACs (GMACs)", f"{result.macs:,} ({result.macs / 1e9:,.3f})"),
+        ("FLOPs (GFLOPs)", f"{result.flops:,} ({result.flops / 1e9:,.3f})"),
+        ("FLOPs by category", ", ".join(f"{k} {v:,}" for k, v in result.flops_by_category.items() if v) or "none"),
+        ("counted on", result.count_backend),
+    ]
+    if result.thop is not None and not result.thop.error:
+        rows.append(("thop MACs raw / with custom_ops", f"{result.thop.raw_macs:,} / {result.thop.macs:,}"))
+    if result.torch_count is not None:
+        verdict = "agrees" if result.torch_count.agrees else "DISAGREES"
+        rows.append(("torch FlopCounterMode FLOPs", f"{result.torch_count.flops:,} ({verdict} on dense ops)"))
+    rows.append(("precision", _precision(result)))
+    if result.timing is not None:
+        timing = result.timing
+        latency = timing.latency
+        rows += [
+            (
+                "latency median (ms)",
+                f"{latency.median_ms:,.3f} ({ci_text(latency)})",
+            ),
+            ("median precision", precision_text(timing)),
+            ("latency mean ± std (ms)", f"{latency.mean_ms:,.3f} ± {latency.std_ms:,.3f} (cv {latency.cv:.1%})"),
+            ("latency min / p90 / p95 (ms)", f"{latency.min_ms:,.3f} / {latency.p90_ms:,.3f} / {latency.p95_ms:,.3f}"),
+            ("cold start (ms)", f"{timing.cold_start_ms:,.3f}"),
+            (
+                "iterations warm-up / timed",
+                f"{timing.warmup_iterations} ({timing.warmup_s:.1f} s, "
+                f"{'settled' if timing.warmup_settled else 'NOT settled'}) / {timing.timed_iterations}",
+            ),
+            ("throughput (samples/s)", _number(result.throughput_samples_per_s, 1)),
+            ("achieved GFLOP/s", _number(result.achieved_gflop_per_s, 1)),
+            (
+                f"memory baseline / growth (MiB, {timing.memory_kind})",
+                f"{timing.memory_baseline_bytes / 2**20:,.1f} / {timing.memory_growth_bytes / 2**20:,.1f}",
+            ),
+        ]
+        if timing.graph_latency is not None:
+            rows.append(("CUDA-graph replay median (ms)", f"{timing.graph_latency.median_ms:,.3f}"))
+    if result.arithmetic_intensity is not None:
+        rows.append(("arithmetic intensity (FLOP/byte)", f"{result.arithmetic_intensity:,.1f} (unfused byte model)"))
+    rows += _training_rows(result)
+    rows += _peak_rows(result)
+    return rows
+
+
+def _training_rows(result: ProfileResult) -> list[tuple[str, str]]:
+    """The training step (train mode): its cost by phase, its cross-check, its timing."""
+    if result.training is None:
+        return []
+    count, timing = result.training.count, result.training.timing
+    cost = count.cost
+    rows = [
+        ("train step", f"loss {cost.loss}, optimizer {cost.optimizer}, module in train(), inputs without grad"),
+        ("step MACs (GMACs)", f"{cost.macs:,} ({cost.macs / 1e9:,.3f})"),
+        ("step FLOPs (GFLOPs)", f"{cost.flops:,} ({cost.flops / 1e9:,.3f})"),
+        ("step FLOPs by phase", ", ".join(f"{phase} {flops:,}" for phase, flops in cost.flops_by_phase.items())),
+    ]
+    if count.torch_count is not None:
+        verdict = "agrees" if count.torch_count.agrees else "DISAGREES"
+        rows.append(("step torch FlopCounterMode FLOPs", f"{count.torch_count.flops:,} ({verdict} on dense ops)"))
+    if timing is not None:
+        step = timing.step
+        rows += [
+            ("step latency median (ms)", f"{timing.step_ms:,.3f} ({ci_text(step.latency)})"),
+            ("step median precision", precision_text(step)),
+            (
+                "forward / backward+optimizer (ms)",
+                f"{timing.forward_ms:,.3f} / {timing.backward_and_optimizer_ms:,.3f} (forward timed alone)",
+            ),
+            ("step throughput (samples/s)", _number(timing.samples_per_s, 1)),
+            ("step achieved GFLOP/s", _number(result.training.achieved_gflop_per_s, 1)),
+            (f"step memory growth (MiB, {step.memory_kind})", f"{step.memory_growth_bytes / 2**20:,.1f}"),
+        ]
+    mfu = result.mfu
+    if mfu is not None:
+        rows.append(("MFU", f"{mfu[0]:.1%} of the {mfu[1]}"))
+    elif timing is not None:
+        rows.append(("MFU", "n/a: no datasheet peak for this device and dtype, and no measured peak (peak.measure)"))
+    return rows
+
+
+def _peak_rows(result: ProfileResult) -> list[tuple[str, str]]:
+    """Each peak we know, then the achieved rate's share of it."""
+    rows = []
+    if result.spec_gflop_per_s:
+        rows.append(("vendor peak (GFLOP/s)", f"{result.spec_gflop_per_s:,.1f}"))
+    if result.cpu_peak is not None:
+        rows.append(("estimated CPU peak (GFLOP/s)", f"{result.cpu_peak.gflop_per_s:,.1f}"))
+    if result.measured_peak is not None:
+        measured = result.measured_peak
+        rows.append(
+            ("measured roof (GFLOP/s)", f"{measured.roof_gflop_per_s:,.1f} ({measured.compute_kernel or 'gemm'})")
+        )
+        rows.append(("measured bandwidth (GB/s)", _number(measured.bandwidth_gb_s, 1)))
+    for label, share in (
+        ("utilization vs vendor peak", result.utilization_vs_spec),
+        ("utilization vs estimated peak", result.utilization_vs_estimate),
+        ("utilization vs measured peak", result.utilization_vs_measured),
+    ):
+        if share is not None:
+            rows.append((label, f"{share:.1%}"))
+    return rows
+
+
+def _precision(result: ProfileResult) -> str:
+    runtime = result.runtime
+    mode = f" ({runtime.dtype_mode})" if runtime.dtype in ("fp16", "bf16") else ""
+    extras = [runtime.memory_format]
+    if runtime.compile != "off":
+        extras.append(f"torch.compile {runtime.compile}")
+    return f"{runtime.dtype}{mode}, " + ", ".join(extras) + f", {result.settings.get('torch_num_threads', '?')} threads"
+
+
+def summary_text(result: ProfileResult) -> str:
+    """The summary as aligned plain text, followed by every note (counter disagreements included)."""
+    rows = summary_rows(result)
+    width = max(len(label) for label, _ in rows)
+    lines = [f"{label:<{width}}  {value}" for label, value in rows]
+    if result.notes:
+        lines += ["", "notes:", *result.notes]
+    return "\n".join(lines) + "\n"

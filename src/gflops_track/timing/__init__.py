@@ -1,0 +1,1 @@
+"""Timing: the adaptive latency engine and the machine conditions it records while it times."""
