@@ -35,7 +35,14 @@ from gflops_track.tracking.reap import PID_TAG, Dead, process_alive, process_of,
 from gflops_track.tracking.recorder import TRACKING_ERRORS, Recorder, RunTarget
 from gflops_track.tracking.records import RunRecord
 from gflops_track.tracking.spool import SPOOL_FOLDER
-from gflops_track.tracking.store import PARENT_RUN_ENV, child_runs, first_line, redact_uri, resolve_tracking_uri
+from gflops_track.tracking.store import (
+    PARENT_RUN_ENV,
+    child_runs,
+    first_line,
+    redact_uri,
+    resolve_tracking_uri,
+    sync_command,
+)
 
 PARALLEL_LAUNCHERS = ("JoblibLauncher", "LocalLauncher")  # hydra-joblib-launcher; hydra-submitit-launcher (local)
 JOB_GRACE_S = 10.0  # after an interrupt, how long a job's live process gets to end its own run before we do
@@ -198,7 +205,7 @@ class MlflowSweepCallback(Callback):
         if spooled:
             console.print_warning(
                 f"{len(spooled)} job(s) of this sweep are not complete in the store (spooled while it was out of "
-                "reach): upload them with gflops-track sync"
+                f"reach): upload them with {sync_command(uri)}"
             )
         status = finish_sweep(client, parent_run_id, redact_uri(uri), terminate=False)
         console.console.print(f"comparison report.html logged to the sweep's run {parent_run_id}")

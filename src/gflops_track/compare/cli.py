@@ -25,14 +25,8 @@ from gflops_track.compare.render import ALL_COLUMNS, csv_table, markdown_table, 
 from gflops_track.compare.report import log_report, write_report
 from gflops_track.compare.rows import Row, build_rows, expand, latency_samples, select_runs
 from gflops_track.environment import ENV_HASH_TAG, environment_note
-from gflops_track.tracking.store import (
-    StoreError,
-    cap_http_retries,
-    first_line,
-    open_store,
-    redact_uri,
-    resolve_tracking_uri,
-)
+from gflops_track.tracking.credentials import command_store
+from gflops_track.tracking.store import StoreError, cap_http_retries, first_line, open_store, redact_uri
 
 EXIT_REGRESSION = 1
 EXIT_USAGE = 2
@@ -194,11 +188,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not console.is_terminal:  # a pipe, a file, a CI log: lines are printed whole, never cropped at 80 columns
         console = Console(soft_wrap=True)
     errors = Console(stderr=True, highlight=False, soft_wrap=True)
-    uri = resolve_tracking_uri(args.tracking_uri, Path.cwd())
     try:
+        uri, warnings = command_store(args.tracking_uri, Path.cwd())  # a password moves to the environment
         check_outputs(args)
         columns = parse_columns(args.columns) if args.columns is not None else None
         client = open_store(uri)
+        for warning in warnings:  # after the store answered: a failure stays one line
+            errors.print(f"[yellow]warning: {escape(warning)}[/yellow]")
         if args.baseline or args.candidate:
             if not (args.baseline and args.candidate):
                 raise ValueError("--baseline and --candidate go together")

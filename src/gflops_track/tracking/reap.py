@@ -190,25 +190,24 @@ def reap(client: MlflowClient, dead: Sequence[Dead]) -> None:
 
 
 def parse_duration(text: str) -> float:
-    """'600', '600s', '10m', '1.5h' -> seconds."""
+    """'600', '600s', '10m', '1.5h' -> seconds, more than ``HEARTBEAT_EVERY_S``: a shorter wait would judge live
+    runs dead between two heartbeats. ``ValueError`` naming the flag, the value and what is allowed."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"--stale-after={text!r} is not allowed: a duration like 600s, 10m or 1h")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)] if match else None
+    if seconds is None or seconds <= HEARTBEAT_EVERY_S:
+        raise ValueError(
+            f"--stale-after={text!r} is not allowed: a duration like 600s, 10m or 1h, more than "
+            f"{HEARTBEAT_EVERY_S:.0f}s (the time between two heartbeats of a live run)"
+        )
+    return seconds
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    from gflops_track.tracking.store import (
-        StoreError,
-        cap_http_retries,
-        first_line,
-        open_store,
-        redact_uri,
-        resolve_tracking_uri,
-    )
+    from gflops_track.tracking.credentials import command_store
+    from gflops_track.tracking.store import StoreError, cap_http_retries, first_line, open_store, redact_uri
 
     cli = argparse.ArgumentParser(
         prog="gflops-track reap", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -216,16 +215,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db")
     cli.add_argument("--experiment", action="append", default=[], help="experiment name (repeatable; default: all)")
     cli.add_argument(
-        "--stale-after", type=parse_duration, default=DEFAULT_STALE_AFTER_S, help="heartbeat age, e.g. 10m (default)"
+        "--stale-after",
+        default=f"{DEFAULT_STALE_AFTER_S:.0f}s",
+        help=f"heartbeat age, e.g. 10m (default: %(default)s; more than {HEARTBEAT_EVERY_S:.0f}s)",
     )
     cli.add_argument("--yes", action="store_true", help="mark the runs KILLED (default: only list them)")
     args = cli.parse_args(argv)
     cap_http_retries()
     console = Console(soft_wrap=True, highlight=False)
     errors = Console(stderr=True, soft_wrap=True, highlight=False)
-    uri = resolve_tracking_uri(args.tracking_uri, Path.cwd())
     try:
+        stale_after_s = parse_duration(args.stale_after)
+        uri, warnings = command_store(args.tracking_uri, Path.cwd())  # a password moves to the environment
         client = open_store(uri)
+        for warning in warnings:  # after the store answered: a failure stays one line
+            errors.print(f"[yellow]warning: {escape(warning)}[/yellow]")
         if args.experiment:
             found = [client.get_experiment_by_name(name) for name in args.experiment]
             missing = [name for name, experiment in zip(args.experiment, found, strict=True) if experiment is None]
@@ -234,13 +238,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             ids = [experiment.experiment_id for experiment in found if experiment is not None]
         else:
             ids = [experiment.experiment_id for experiment in client.search_experiments()]
-        dead = find_dead(client, ids, time.time(), args.stale_after)
+        dead = find_dead(client, ids, time.time(), stale_after_s)
         for run in dead:
             verb = "KILLED" if args.yes else "would mark KILLED"
             console.print(f"{verb}: run {run.run_id} ({escape(run.run_name)}): {escape(run.reason)}")
         if args.yes:
             reap(client, dead)
-    except (StoreError, MlflowException, OSError) as error:
+    except (ValueError, StoreError, MlflowException, OSError) as error:
         errors.print(f"[red]gflops-track reap:[/red] {escape(first_line(error))}")
         return 2
     if not dead:
@@ -251,4 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from gflops_track.redact import install_console_masking
+
+    install_console_masking()
     sys.exit(main())
