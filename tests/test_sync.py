@@ -298,11 +298,10 @@ def test_a_reaped_run_brought_back_by_sync_drops_its_earlier_fate(tmp_path: Path
     """A job opened its run, the store failed, the job finished into the spool and its process exited; `reap --yes`
     then marked the run KILLED (tags `error`, `gflops_track.reaped`). `sync` uploads the spooled results: the run
     is FINISHED, says it was recovered, and keeps no tag of the fate it no longer had."""
-    from test_reap import finished_process
-
     from gflops_track.tracking import reap
     from gflops_track.tracking.reap import PID_START_TAG, REAPED_TAG, liveness_tags
     from gflops_track.tracking.spool import RECOVERED_TAG
+    from test_reap import finished_process
 
     uri = store_uri  # tmp_path / 'store.db', a copy of the session's migrated empty store
     client = MlflowClient(uri)
