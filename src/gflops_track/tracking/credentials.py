@@ -76,4 +76,4 @@ def command_store(
         cleaned[key] = stripped
     if URI_ENV in cleaned:
         environ[URI_ENV] = cleaned[URI_ENV]
-    return resolve_tracking_uri(cleaned.get(URI_FLAG), launch_dir), warnings
+    return resolve_tracking_uri(cleaned.get(URI_FLAG) or cleaned.get(URI_ENV), launch_dir), warnings
