@@ -121,3 +121,21 @@ def test_reap_never_creates_a_store(tmp_path: Path) -> None:
     done = reap_command(tmp_path, f"sqlite:///{tmp_path / 'typo' / 'x.db'}")
     assert done.returncode == 2 and "no tracking store at" in done.stderr and "Traceback" not in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["0", "60s", "1m", "-5"])
+def test_stale_after_of_one_heartbeat_or_less_is_refused_in_one_line(
+    tmp_path: Path, store_uri: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A live run on another host refreshes its heartbeat every 60 s: a shorter --stale-after would mark it KILLED."""
+    from gflops_track.cli.reap import main
+
+    client = MlflowClient(store_uri)
+    experiment = client.create_experiment("gflops-track")
+    remote = {HOST_TAG: "node-b", "gflops_track.pid": "1", HEARTBEAT_TAG: f"{time.time() - 30:.0f}"}
+    run_id = client.create_run(experiment, run_name="alive-elsewhere", tags=remote).info.run_id
+    assert main(["--tracking-uri", store_uri, "--yes", "--stale-after", value]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1, err
+    assert f"--stale-after={value!r} is not allowed" in err and "more than 60s" in err
+    assert client.get_run(run_id).info.status == "RUNNING"

@@ -74,3 +74,36 @@ def test_connect_makes_one_client_per_uri_and_retries_a_failed_open(tmp_path: Pa
     (tmp_path / "later").mkdir()
     shutil.copyfile(migrated_store, tmp_path / "later" / "c.db")
     assert store.connect(missing).search_experiments(max_results=1)  # the Default experiment: opened this time
+
+
+def test_command_store_moves_a_password_out_of_the_flag_and_the_environment(tmp_path: Path) -> None:
+    """The path `sync`, `compare` and `reap` share with `run`: the URI they use holds no password; the password is
+    where MLflow (or libpq) reads it; a value the user set there wins; a scheme with no such variable is refused."""
+    from gflops_track.tracking.credentials import command_store
+
+    environ = {"MLFLOW_TRACKING_URI": "postgresql://bob:Zq-db@db:5432/mlflow"}
+    uri, warnings = command_store("http://alice:Zq-http@host:5000", tmp_path, environ)
+    assert uri == "http://host:5000" and environ["MLFLOW_TRACKING_URI"] == "postgresql://bob@db:5432/mlflow"
+    assert environ["MLFLOW_TRACKING_PASSWORD"] == "Zq-http" and environ["PGPASSWORD"] == "Zq-db"
+    assert len(warnings) == 2 and not any("Zq-" in warning for warning in warnings)
+    environ = {"MLFLOW_TRACKING_URI": "http://alice:Zq-http@host:5000", "MLFLOW_TRACKING_PASSWORD": "mine"}
+    assert command_store(None, tmp_path, environ)[0] == "http://host:5000"
+    assert environ["MLFLOW_TRACKING_PASSWORD"] == "mine"
+    assert command_store(None, tmp_path, {}) == (f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}", [])
+    with pytest.raises(StoreError, match=r"--tracking-uri holds a password for a mysql:// store") as refused:
+        command_store("mysql://bob:Zq-my@db/mlflow", tmp_path, {})
+    assert "Zq-my" not in str(refused.value)
+
+
+def test_a_database_that_does_not_answer_is_one_line_at_once() -> None:
+    """One connection attempt (MLflow itself retries for about 100 s); the password never shows."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    problem = store.unreachable(f"postgresql://bob:Zq-pw@127.0.0.1:{port}/mlflow")
+    assert problem is not None and "\n" not in problem and "Zq-pw" not in problem
+    assert problem.startswith(f"tracking store postgresql://bob:***@127.0.0.1:{port}/mlflow cannot be reached")
+    assert "Connection refused" in problem
+    with pytest.raises(StoreError, match="Connection refused"):
+        open_store(f"postgresql://bob@127.0.0.1:{port}/mlflow")
+    assert store.unreachable("sqlite:////nowhere/mlflow.db") is None  # files are judged by opening them

@@ -264,3 +264,92 @@ def test_sync_without_arguments_reads_multirun_and_outputs_into_the_default_stor
     out, _ = nothing.communicate(timeout=300)
     assert nothing.returncode == 0 and "no spooled runs under multirun, outputs" in out
     assert not (empty / "mlflow.db").exists()
+
+
+def test_a_job_synced_before_its_sweep_leaves_one_sweep_run(tmp_path: Path, store_uri: str) -> None:
+    """The layout a sweep spools into while its store is down: the sweep's own run in the sweep directory, each job's
+    in its job directory. `sync <sweep dir>/0` (the job's own hint) makes a stand-in for the sweep; a later plain
+    `sync` must complete that stand-in with the sweep's spool, not add a second, empty sweep run."""
+    sweep_dir = tmp_path / "multirun" / "2026-01-01" / "12-00-00"
+    parent = SpooledRun.new(EXPERIMENT, "sweep 01-01 12:00:00 norm_fn=a,b")
+    spool.write(sweep_dir / SPOOL_FOLDER, parent, RunRecord(tags={"sweep_overrides": "norm_fn=a,b"}))
+    for index in range(2):
+        child = SpooledRun.new(EXPERIMENT, f"job-{index}", parent=spool.SPOOL_PARENT_PREFIX + parent.spool_id)
+        child.status = "FINISHED"
+        spool.write(sweep_dir / str(index) / SPOOL_FOLDER, child, job_record(index))
+    parent.status = "FINISHED"
+    spool.write(sweep_dir / SPOOL_FOLDER, parent, RunRecord())
+    uri = store_uri  # tmp_path / 'store.db', a copy of the session's migrated empty store
+    assert sync_cli.main(["--tracking-uri", uri, str(sweep_dir / "0")]) == 0
+    assert sync_cli.main(["--tracking-uri", uri, str(tmp_path / "multirun")]) == 0
+    runs = runs_of(uri)
+    (sweep,) = [r for r in runs if PARENT_TAG not in r.data.tags]  # one sweep run, not a second "Sweep of 0 job(s)"
+    assert len(runs) == 1 + 2
+    assert sweep.info.run_name == parent.run_name and sweep.data.tags["sweep_overrides"] == "norm_fn=a,b"
+    assert sweep.data.tags[SPOOL_TAG] == parent.spool_id
+    assert sorted(r.info.run_name for r in runs if r.data.tags.get(PARENT_TAG) == sweep.info.run_id) == [
+        "job-0",
+        "job-1",
+    ]
+    assert sweep.info.status == "FINISHED" and sweep.data.metrics["sweep/jobs"] == 2
+    assert "Sweep of 2 job(s): 2 FINISHED" in sweep.data.tags["mlflow.note.content"]
+
+
+def test_a_reaped_run_brought_back_by_sync_drops_its_earlier_fate(tmp_path: Path, store_uri: str) -> None:
+    """A job opened its run, the store failed, the job finished into the spool and its process exited; `reap --yes`
+    then marked the run KILLED (tags `error`, `gflops_track.reaped`). `sync` uploads the spooled results: the run
+    is FINISHED, says it was recovered, and keeps no tag of the fate it no longer had."""
+    from gflops_track.cli import reap
+    from gflops_track.tracking.reap import PID_START_TAG, REAPED_TAG, liveness_tags
+    from gflops_track.tracking.spool import RECOVERED_TAG
+    from test_reap import finished_process
+
+    uri = store_uri  # tmp_path / 'store.db', a copy of the session's migrated empty store
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment(EXPERIMENT)
+    gone_pid, gone_start = finished_process()
+    tags = {**liveness_tags(), "gflops_track.pid": str(gone_pid), PID_START_TAG: f"{gone_start:.3f}"}
+    run_id = client.create_run(experiment_id, run_name="job-0", tags=tags).info.run_id
+    spooled = SpooledRun.new(EXPERIMENT, "job-0", run_id=run_id)
+    spooled.status = "FINISHED"
+    spool.write(tmp_path / "outputs" / SPOOL_FOLDER, spooled, job_record(0))
+    assert reap.main(["--tracking-uri", uri, "--yes"]) == 0
+    reaped = client.get_run(run_id)
+    assert reaped.info.status == "KILLED" and {REAPED_TAG, "error"} <= set(reaped.data.tags)
+    assert sync_cli.main(["--tracking-uri", uri, str(tmp_path / "outputs")]) == 0
+    recovered = client.get_run(run_id)
+    assert recovered.info.status == "FINISHED" and recovered.data.metrics["cost/macs"] == 1000.0
+    assert REAPED_TAG not in recovered.data.tags and "error" not in recovered.data.tags
+    assert recovered.data.tags[RECOVERED_TAG].startswith(f"was KILLED (process {gone_pid} on ")
+
+
+def test_the_spool_hint_names_the_store_and_uploads_there_when_run_as_printed(
+    tmp_path: Path, migrated_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that fails (here: its folder is a file) sends the run to the spool; the console's hint, run as printed
+    from another directory, uploads it into that store, not into ./mlflow.db there."""
+    import shlex
+    import shutil
+
+    from gflops_track.tracking.recorder import Recorder, RunTarget
+
+    (tmp_path / "stores").write_text("a file where the store's folder should be")
+    uri = f"sqlite:///{tmp_path / 'stores' / 'team.db'}"
+    said: list[str] = []
+    recorder = Recorder(RunTarget(uri, EXPERIMENT, "job-0"), tmp_path / "job" / SPOOL_FOLDER, said.append)
+    recorder.open(job_record(0))
+    recorder.finish("FINISHED")
+    assert recorder.spooled is not None and len(said) == 1
+    hint = said[0].split("upload it later with: ", 1)[1]
+    assert hint == f"gflops-track sync {tmp_path / 'job'} --tracking-uri {uri}"
+    (tmp_path / "stores").unlink()
+    (tmp_path / "stores").mkdir()
+    shutil.copyfile(migrated_store, tmp_path / "stores" / "team.db")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    command = shlex.split(hint)
+    assert command[:2] == ["gflops-track", "sync"] and sync_cli.main(command[2:]) == 0
+    (uploaded,) = runs_of(uri)
+    assert uploaded.info.run_name == "job-0" and uploaded.data.metrics["cost/macs"] == 1000.0
+    assert not (elsewhere / "mlflow.db").exists()

@@ -50,6 +50,7 @@ from gflops_track.tracking.store import (
     first_line,
     redact_uri,
     resolve_tracking_uri,
+    sync_command,
 )
 
 PARALLEL_LAUNCHERS = ("JoblibLauncher", "LocalLauncher")  # hydra-joblib-launcher; hydra-submitit-launcher (local)
@@ -222,7 +223,7 @@ class MlflowSweepCallback(Callback):
         if spooled:
             console.print_warning(
                 f"{len(spooled)} job(s) of this sweep are not complete in the store (spooled while it was out of "
-                "reach): upload them with gflops-track sync"
+                f"reach): upload them with {sync_command(uri)}"
             )
         status = finish_sweep(client, parent_run_id, redact_uri(uri), terminate=False)
         console.console.print(f"comparison report.html logged to the sweep's run {parent_run_id}")

@@ -49,13 +49,13 @@ from gflops_track.compare.rows import (
     select_runs,
 )
 from gflops_track.machine.environment import ENV_HASH_TAG, environment_note
+from gflops_track.tracking.credentials import command_store
 from gflops_track.tracking.store import (
     StoreError,
     cap_http_retries,
     first_line,
     open_store,
     redact_uri,
-    resolve_tracking_uri,
 )
 
 
@@ -223,11 +223,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not console.is_terminal:  # a pipe, a file, a CI log: lines are printed whole, never cropped at 80 columns
         console = Console(soft_wrap=True)
     errors = Console(stderr=True, highlight=False, soft_wrap=True)
-    uri = resolve_tracking_uri(args.tracking_uri, Path.cwd())
     try:
+        uri, warnings = command_store(args.tracking_uri, Path.cwd())  # a password moves to the environment
         check_outputs(args)
         columns = parse_columns(args.columns) if args.columns is not None else None
         client = open_store(uri)
+        for warning in warnings:  # after the store answered: a failure stays one line
+            errors.print(f"[yellow]warning: {escape(warning)}[/yellow]")
         if args.baseline or args.candidate:
             if not (args.baseline and args.candidate):
                 raise ValueError("--baseline and --candidate go together")

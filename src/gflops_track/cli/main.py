@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from gflops_track.common.redact import install_console_masking
+
 USAGE = """usage: gflops-track {run,compare,sync,reap} ...
 
   run [hydra overrides]   profile and track, e.g. gflops-track run -m norm_fn=group,batch,instance
@@ -14,6 +16,7 @@ USAGE = """usage: gflops-track {run,compare,sync,reap} ...
 
 
 def main() -> None:
+    install_console_masking()  # belt and braces: no command prints a credential, whoever prints it
     command, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
     if command == "run":
         from gflops_track.cli.run import main as run_main

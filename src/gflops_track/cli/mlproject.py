@@ -19,14 +19,19 @@ import shlex
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 MLPROJECT_USAGE = "usage: python -m gflops_track.cli.mlproject {main,sweep,compare} [overrides ...]"
 
 
+def shell_words(words: Sequence[str]) -> list[str]:
+    """Each of mlflow's arguments shell-split (``ValueError`` for an unclosed quote)."""
+    return [token for word in words for token in shlex.split(word)]
+
+
 def split_overrides(words: Sequence[str]) -> list[str]:
     """Hydra overrides from mlflow's arguments: each word shell-split, ``--key value`` turned into ``key=value``."""
-    tokens = [token for word in words for token in shlex.split(word)]
+    tokens = shell_words(words)
     overrides: list[str] = []
     index = 0
     while index < len(tokens):
@@ -50,14 +55,20 @@ SOURCE_TAGS = (
 URL_TAGS = ("mlflow.source.name", "mlflow.source.git.repoURL", "mlflow.gitRepoURL")  # may hold a token
 
 
-def configured_experiment(overrides: Sequence[str]) -> str:
-    """``tracking.experiment`` as the overrides set it (the last one wins), else the config's default."""
+def configured_experiment(overrides: Sequence[str]) -> str | None:
+    """``tracking.experiment`` as the overrides set it (the last one wins), else the config's default; None when an
+    override does not parse (the app's preflight names it, exit 2)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
     from gflops_track.app.schema import TrackingConfig
 
     name = TrackingConfig.experiment
-    for override in OverridesParser.create().parse_overrides(list(overrides)):
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException:
+        return None
+    for override in parsed:
         if override.key_or_group == "tracking.experiment" and not override.is_sweep_override():
             name = str(override.value())
     return name
@@ -81,7 +92,10 @@ def redirect_from_default(overrides: Sequence[str]) -> tuple[str, str] | None:
             client.set_tag(run_id, key, mask_credentials(value))
     experiment = client.get_experiment(run.info.experiment_id)
     named = os.environ.get("MLFLOW_EXPERIMENT_NAME")
-    if run.info.experiment_id != DEFAULT_EXPERIMENT_ID or named or configured_experiment(overrides) == experiment.name:
+    configured = configured_experiment(overrides)
+    if configured is None:
+        return None  # a bad override: the app refuses the command line before anything is written
+    if run.info.experiment_id != DEFAULT_EXPERIMENT_ID or named or configured == experiment.name:
         mark_experiment(client, experiment.experiment_id, experiment.tags)
         return None
     os.environ.pop("MLFLOW_RUN_ID")
@@ -125,6 +139,20 @@ def link_results(uri: str, project_run_id: str, experiment: str, since_ms: int) 
     )
 
 
+def split_or_exit(words: Sequence[str], split: Callable[[Sequence[str]], list[str]]) -> list[str]:
+    """``split(words)``, or exit 2 with one line when a word cannot be shell-split (an unclosed quote)."""
+    try:
+        return split(words)
+    except ValueError as error:
+        from gflops_track.app.channels import EXIT_CONFIG_ERROR
+
+        sys.stderr.write(
+            f"gflops-track: invalid parameter: {' '.join(words)!r} cannot be split into words ({error}): close "
+            "every quote, e.g. -P overrides=\"tracking.run_name='a b'\"\n"
+        )
+        sys.exit(EXIT_CONFIG_ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     words = list(sys.argv[1:] if argv is None else argv)
     if not words or words[0] not in ("main", "sweep", "compare"):
@@ -133,11 +161,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     entry, rest = words[0], words[1:]
     if entry == "compare":
         from gflops_track.cli.compare import main as compare_main
+        from gflops_track.common.redact import install_console_masking
 
-        sys.exit(compare_main([token for word in rest for token in shlex.split(word)]))
+        install_console_masking()
+        sys.exit(compare_main(split_or_exit(rest, shell_words)))
     from gflops_track.cli.run import main as app_main
 
-    overrides = split_overrides(rest)
+    overrides = split_or_exit(rest, split_overrides)
     redirect = redirect_from_default(overrides)
     since_ms = int(time.time() * 1000)
     sys.argv = ["gflops_track", *(["-m"] if entry == "sweep" else []), *overrides]
@@ -146,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     finally:
         if redirect is not None:
             try:
-                link_results(*redirect, configured_experiment(overrides), since_ms)
+                link_results(*redirect, configured_experiment(overrides) or "", since_ms)
             except Exception as error:  # the results are safe; only the pointer to them is missing
                 sys.stderr.write(f"gflops-track: could not link the mlflow run to its results: {error!r}\n")
 

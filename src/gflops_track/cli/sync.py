@@ -5,8 +5,9 @@ skipped, so no duplicates. An unreadable spool file is named and skipped; the re
 were spooled is then finished the way the sweep would have finished it: status from its children (a child spooled
 and uploaded FINISHED counts as FINISHED), the comparison report, the jobs/failed_jobs metrics and a description.
 
-Exit code 0 when everything is uploaded; 1 when something could not be (the store did not answer, or a spool
-directory is unreadable: each is named, and the spool stays as is for the next try).
+Exit code 0 when everything is uploaded; 1 when something could not be (the store failed during the upload, or a
+spool directory is unreadable: each is named, and the spool stays as is for the next try); 2 when the store cannot
+be used at all (a server or database that does not answer or refuses the credentials: one line, nothing uploaded).
 """
 
 from __future__ import annotations
@@ -19,18 +20,21 @@ from filelock import Timeout
 from rich.console import Console
 from rich.markup import escape
 
+from gflops_track.tracking.credentials import command_store
 from gflops_track.tracking.spool import DERIVE, IF_ENDED, SyncReport, find, sync, sync_lock
 from gflops_track.tracking.store import (
     TRACKING_ERRORS,
+    StoreError,
     cap_http_retries,
     connect,
     first_line,
     redact_uri,
-    resolve_tracking_uri,
+    unreachable,
 )
 
 DEFAULT_ROOTS = ("multirun", "outputs")
 EXIT_INCOMPLETE = 1
+EXIT_UNUSABLE_STORE = 2
 PROJECT_TAG = "mlflow.project.entryPoint"  # the run `mlflow run` made: `mlflow run` ends it, not us
 
 
@@ -71,10 +75,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(soft_wrap=True)
     errors = Console(stderr=True, soft_wrap=True, highlight=False)
     roots = args.folders or [Path(name) for name in DEFAULT_ROOTS]
-    uri = resolve_tracking_uri(args.tracking_uri, Path.cwd())
+    try:
+        uri, warnings = command_store(args.tracking_uri, Path.cwd())  # a password moves to the environment
+    except StoreError as error:
+        errors.print(f"[red]gflops-track sync:[/red] {escape(str(error))}")
+        return EXIT_UNUSABLE_STORE
     if not find(roots):
         console.print(f"no spooled runs under {', '.join(str(root) for root in roots)}", highlight=False)
         return 0
+    problem = unreachable(uri)  # one probe, no retries: a dead store is one line at once, not one per spool
+    if problem is not None:
+        errors.print(f"[red]gflops-track sync:[/red] {escape(problem)}; nothing uploaded, the spool is kept")
+        return EXIT_UNUSABLE_STORE
+    for warning in warnings:  # after the store answered: a failure stays one line
+        errors.print(f"[yellow]warning: {escape(warning)}[/yellow]")
     try:
         with sync_lock(uri):
             report = sync(connect(uri), roots, uri, TRACKING_ERRORS)

@@ -15,7 +15,6 @@ the reason in the tags ``gflops_track.reaped`` and ``error``. Dry run by default
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import re
@@ -187,8 +186,13 @@ def reap(client: MlflowClient, dead: Sequence[Dead]) -> None:
 
 
 def parse_duration(text: str) -> float:
-    """'600', '600s', '10m', '1.5h' -> seconds."""
+    """'600', '600s', '10m', '1.5h' -> seconds, more than ``HEARTBEAT_EVERY_S``: a shorter wait would judge live
+    runs dead between two heartbeats. ``ValueError`` naming the flag, the value and what is allowed."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"--stale-after={text!r} is not allowed: a duration like 600s, 10m or 1h")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)] if match else None
+    if seconds is None or seconds <= HEARTBEAT_EVERY_S:
+        raise ValueError(
+            f"--stale-after={text!r} is not allowed: a duration like 600s, 10m or 1h, more than "
+            f"{HEARTBEAT_EVERY_S:.0f}s (the time between two heartbeats of a live run)"
+        )
+    return seconds

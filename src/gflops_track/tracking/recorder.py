@@ -29,6 +29,7 @@ from gflops_track.tracking.store import (
     first_line,
     launched_by_mlflow,
     redact_uri,
+    sync_command,
 )
 
 MAX_ERROR_TAG = 5000
@@ -199,7 +200,7 @@ class Recorder:
         reason = f"{type(error).__name__}: {first_line(error)}" if error else "the sweep is spooled"
         self.announce(
             f"tracking store {redact_uri(target.uri)} failed ({reason}); run {target.run_name} is kept in "
-            f"{directory} — upload it later with: gflops-track sync {self.spool_dir.parent}"
+            f"{directory} — upload it later with: {sync_command(target.uri, self.spool_dir.parent)}"
         )
 
     def state(self) -> dict[str, Any]:

@@ -27,14 +27,17 @@ from pathlib import Path
 
 from filelock import FileLock
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
-from gflops_track.common.names import PARENT_TAG
+from gflops_track.common.names import ERROR_TAG, PARENT_TAG
+from gflops_track.tracking.reap import REAPED_TAG
 from gflops_track.tracking.records import RunRecord, write_to_mlflow
 from gflops_track.tracking.store import ensure_experiment, redact_uri
 
 SPOOL_FOLDER = "mlflow_spool"
 SPOOL_TAG = "gflops_track.spool_id"
 RECREATED_TAG = "gflops_track.recreated_from"  # the run id (or spool reference) a recreated run stands in for
+RECOVERED_TAG = "gflops_track.recovered_by_sync"  # on a run the store had ended otherwise (e.g. reaped): what it was
 SPOOL_PARENT_PREFIX = "spool:"  # a parent that is itself still in a spool
 RUN_FILE = "run.json"
 SYNCED_FILE = "synced.json"
@@ -183,19 +186,29 @@ class Uploader:
         return True
 
     def _recreate(self, experiment_id: str, original: str, name: str, tags: dict[str, str]) -> str:
-        """The run standing in for ``original`` (a run id the store lost, or a spooled parent that cannot be read):
-        found by its tag, else created (under a lock, so concurrent syncs make one)."""
-        # one lock per (store, original) for every sync on this machine: the jobs of one sweep spool into different
-        # folders, and concurrent syncs of them must recreate the lost parent once
-        key = hashlib.sha256(f"{self.target}|{original}".encode()).hexdigest()[:24]
-        with FileLock(Path(tempfile.gettempdir()) / f"gflops-track-recreate-{key}.lock", timeout=SYNC_LOCK_TIMEOUT_S):
-            found = self._existing(experiment_id, RECREATED_TAG, original)
+        """The run standing in for ``original`` (a run id the store lost, or a spooled parent that cannot be read
+        or was not synced yet): found by its tag, else created (under a lock, so concurrent syncs make one)."""
+        with self._recreate_lock(original):
+            found = self._stand_in(experiment_id, original)
             if found:
                 return found
             tags = {**tags, RECREATED_TAG: original}
             run_id = self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
         self.report.recreated[original] = run_id
         return run_id
+
+    def _recreate_lock(self, original: str) -> FileLock:
+        """One lock per (store, original) for every sync on this machine: the jobs of one sweep spool into different
+        folders, and concurrent syncs of them must recreate the lost parent once."""
+        key = hashlib.sha256(f"{self.target}|{original}".encode()).hexdigest()[:24]
+        return FileLock(Path(tempfile.gettempdir()) / f"gflops-track-recreate-{key}.lock", timeout=SYNC_LOCK_TIMEOUT_S)
+
+    def _stand_in(self, experiment_id: str, original: str) -> str | None:
+        """The run already standing in for ``original``: recreated for it, or (a spooled parent) uploaded."""
+        found = self._existing(experiment_id, RECREATED_TAG, original)
+        if not found and original.startswith(SPOOL_PARENT_PREFIX):
+            found = self._existing(experiment_id, SPOOL_TAG, original.removeprefix(SPOOL_PARENT_PREFIX))
+        return found
 
     def parent_id(self, run: SpooledRun, experiment_id: str) -> str:
         """The id, in this store, of the run ``run`` nests under: uploaded, found by tag, or recreated."""
@@ -255,6 +268,23 @@ class Uploader:
         temporary.write_text(json.dumps({"targets": targets}, indent=1))
         temporary.replace(marker)
 
+    def _recovered(self, run_id: str, run: SpooledRun) -> dict[str, str]:
+        """Tags that make the store's run say what the spool says: its name (a stand-in is called "sweep"), and, for
+        a run the store had ended otherwise (``reap`` marks a run whose process is gone KILLED, while its results
+        were safe in the spool), ``RECOVERED_TAG`` saying so; the earlier fate's ``reaped`` and ``error`` tags go."""
+        stored = self.client.get_run(run_id)
+        tags = {MLFLOW_RUN_NAME: run.run_name} if stored.info.run_name != run.run_name else {}
+        before = stored.info.status
+        stand_in = RECREATED_TAG in stored.data.tags  # its status was derived by an earlier sync, not a fate
+        if stand_in or (before in ("RUNNING", run.status) and REAPED_TAG not in stored.data.tags):
+            return tags
+        reason = stored.data.tags.get(REAPED_TAG) or stored.data.tags.get(ERROR_TAG, "")
+        tags[RECOVERED_TAG] = f"was {before}{f' ({reason})' if reason else ''}; uploaded from the spool by sync"
+        for stale in (REAPED_TAG, ERROR_TAG):
+            if stale in stored.data.tags and stale not in run.tags:
+                self.client.delete_tag(run_id, stale)
+        return tags
+
     def _upload_locked(self, directory: Path, run: SpooledRun) -> tuple[str, bool]:
         synced = self._synced(directory)
         if synced:
@@ -276,12 +306,15 @@ class Uploader:
         else:
             parent = self.parent_id(run, experiment_id)
             tags = {SPOOL_TAG: run.spool_id, **({PARENT_TAG: parent} if parent else {})}
-            run_id = self.client.create_run(experiment_id, run_name=run.run_name, tags=tags).info.run_id
+            with self._recreate_lock(SPOOL_PARENT_PREFIX + run.spool_id):  # a child's sync may be making a stand-in
+                # a sync of only a job's folder made a stand-in for this spooled sweep: it becomes the sweep's run
+                run_id = self._existing(experiment_id, RECREATED_TAG, SPOOL_PARENT_PREFIX + run.spool_id) or ""
+                if not run_id:
+                    run_id = self.client.create_run(experiment_id, run_name=run.run_name, tags=tags).info.run_id
         files, links = artifact_files(directory)
         self.report.links += links
-        write_to_mlflow(
-            self.client, run_id, RunRecord(run.params, run.metrics, {**run.tags, SPOOL_TAG: run.spool_id}, files)
-        )
+        tags = {**run.tags, SPOOL_TAG: run.spool_id, **self._recovered(run_id, run)}
+        write_to_mlflow(self.client, run_id, RunRecord(run.params, run.metrics, tags, files))
         if run.status != "RUNNING":
             self.client.set_terminated(run_id, run.status)
         self._mark(directory, run_id)

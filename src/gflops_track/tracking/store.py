@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import re
+import shlex
 import threading
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from gflops_track.common.redact import mask_credentials
 DEFAULT_STORE_FILE = "mlflow.db"
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 SEARCH_PAGE = 1000  # runs per search request (MLflow's default page size)
+DATABASE_DIALECTS = ("postgresql", "mysql", "mssql")  # SQLAlchemy stores reached over the network
 # What a tracking call raises when the store or server fails: caught wherever a failure must not cost a measurement
 TRACKING_ERRORS: tuple[type[BaseException], ...] = (MlflowException, requests.RequestException, OSError)
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file size limit: spooled, not failed
@@ -33,15 +35,24 @@ NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a f
 def resolve_tracking_uri(configured: str | None, launch_dir: Path) -> str:
     """tracking.uri if set, else $MLFLOW_TRACKING_URI, else a SQLite store ``mlflow.db`` in the launch directory
     (absolute, so Hydra's per-job output directories never scatter stores)."""
-    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or default_store_uri(launch_dir)
+
+
+def default_store_uri(launch_dir: Path) -> str:
+    """The SQLite store ``mlflow.db`` in the launch directory, absolute."""
     return f"sqlite:///{(launch_dir / DEFAULT_STORE_FILE).resolve()}"
 
 
 def redact_uri(uri: str) -> str:
     """The URI without any password or token, fit to be logged or printed (see ``gflops_track.common.redact``)."""
     return mask_credentials(uri)
+
+
+def sync_command(uri: str, folder: Path | None = None) -> str:
+    """The command that uploads a spool (under ``folder``, else the default folders) to the store at ``uri``, ready
+    to paste: without ``--tracking-uri``, ``sync`` uploads to $MLFLOW_TRACKING_URI or ./mlflow.db instead. A
+    password never shows (it belongs in the environment)."""
+    return shlex.join(["gflops-track", "sync", *([str(folder)] if folder else []), "--tracking-uri", redact_uri(uri)])
 
 
 def cap_http_retries() -> None:
@@ -195,7 +206,7 @@ def reachability(uri: str, timeout_s: float = 5.0) -> tuple[list[str], list[str]
     if status is None:
         return [], [
             f"tracking server {redact_uri(uri)} is not reachable ({reason}): runs will be kept in a "
-            "local spool in the job's output directory; upload them later with: gflops-track sync"
+            f"local spool in the job's output directory; upload them later with: {sync_command(uri)}"
         ]
     if status in (401, 403):
         username = urlsplit(uri).username or os.environ.get("MLFLOW_TRACKING_USERNAME")
@@ -239,11 +250,53 @@ def first_line(error: BaseException, limit: int = 300) -> str:
     return mask_credentials(line.strip())[:limit]
 
 
+def probe_database(uri: str, timeout_s: float = 5.0) -> str | None:
+    """Why the database behind a ``postgresql://``, ``mysql://`` or ``mssql://`` store cannot be used (refused
+    connection, unknown host, wrong password, no such database), or None when a connection opens; any other URI:
+    None. One attempt, bounded by ``timeout_s``: MLflow retries a failed connection 10 times, about 100 s, then
+    raises with a traceback."""
+    dialect = urlsplit(uri).scheme.split("+", 1)[0]
+    if dialect not in DATABASE_DIALECTS:
+        return None
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    timeout = {"connect_timeout": max(2, round(timeout_s))} if dialect in ("postgresql", "mysql") else {}
+    try:
+        engine = sqlalchemy.create_engine(uri, poolclass=NullPool, connect_args=timeout)
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+    except Exception as error:  # the driver's error (or a missing driver), wrapped by SQLAlchemy
+        cause = getattr(error, "orig", None) or error
+        return f"{type(cause).__name__}: {first_line(cause, 200)}"
+    return None
+
+
+def unreachable(uri: str, timeout_s: float = 5.0) -> str | None:
+    """One line saying why the server or database behind ``uri`` cannot be used (it does not answer, or refuses
+    the credentials), or None; file and SQLite stores: None. No retries: a dead store is reported at once."""
+    if urlsplit(uri).scheme in ("http", "https"):
+        status, reason = probe_server(uri, timeout_s)
+        if status is None:
+            return f"tracking server {redact_uri(uri)} is not reachable ({reason})"
+        if status in (401, 403):
+            return (
+                f"tracking server {redact_uri(uri)} refused the credentials (HTTP {status}): set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+            )
+        return None
+    reason = probe_database(uri, timeout_s)
+    return None if reason is None else f"tracking store {redact_uri(uri)} cannot be reached ({reason})"
+
+
 def open_store(uri: str) -> MlflowClient:
     """A client for *reading* an existing store: never creates a store, a database file or a directory.
 
-    A ``sqlite:///`` or file store must exist; a server must answer (one probe, no retries) and accept the
-    credentials. Raises ``StoreError`` with one line otherwise.
+    A ``sqlite:///`` or file store must exist; a server or database must answer (one probe, no retries) and accept
+    the credentials. Raises ``StoreError`` with one line otherwise.
     """
     scheme = urlsplit(uri).scheme
     database = sqlite_path(uri)
@@ -254,15 +307,10 @@ def open_store(uri: str) -> MlflowClient:
         folder = Path(urlsplit(uri).path if scheme == "file" else uri)
         if not folder.is_dir():
             raise StoreError(f"no tracking store at {folder} (from {redact_uri(uri)}): nothing to read")
-    elif scheme in ("http", "https"):
-        status, reason = probe_server(uri)
-        if status is None:
-            raise StoreError(f"tracking server {redact_uri(uri)} is not reachable ({reason})")
-        if status in (401, 403):
-            raise StoreError(
-                f"tracking server {redact_uri(uri)} refused the credentials (HTTP {status}): set "
-                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
-            )
+    else:
+        problem = unreachable(uri)
+        if problem is not None:
+            raise StoreError(problem)
     return MlflowClient(tracking_uri=uri)
 
 
@@ -276,6 +324,9 @@ def store_problems(uri: str, experiment: str) -> list[str]:
     level = mlflow_logger.level
     mlflow_logger.setLevel(logging.CRITICAL)  # MLflow logs the failing SQL with a traceback; we say it in one line
     try:
+        reason = probe_database(uri)  # a dead database: at once, not after MLflow's 100 s of retries
+        if reason is not None:
+            raise StoreError(reason)
         client = connect(uri)
         existing = client.get_experiment_by_name(experiment)
         experiment_id = ensure_experiment(client, experiment)
