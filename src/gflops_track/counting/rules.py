@@ -677,6 +677,8 @@ FLOP_RULES: dict[Any, Rule] = {
     aten.reciprocal: elementwise(1),
     aten.pow: elementwise(1),
     aten.erf: elementwise(1),
+    aten.sin: elementwise(1),  # rotary position embeddings (Llama, ...): one sin and one cos per angle
+    aten.cos: elementwise(1),
     aten.clamp: elementwise(2),
     aten.clamp_: elementwise(2),
     aten.clamp_min: elementwise(1),
