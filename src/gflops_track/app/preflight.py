@@ -19,6 +19,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from gflops_track.app.building import input_range_errors
 from gflops_track.app.job import training_config_errors
 from gflops_track.app.schema import AppConfig, ConfigError, register_schema, to_app_config
 from gflops_track.tracking.store import reachability, resolve_tracking_uri, store_problems
@@ -158,6 +159,6 @@ def _check_jobs(
                     errors += [line] if line not in errors else []
     finally:
         GlobalHydra.instance().clear()
-    for config in configs:  # train mode: the model's step must be able to run (built here, checked on meta tensors)
-        errors += [e for e in training_config_errors(config) if e not in errors]
+    for config in configs:  # built without weights here: ids within the embedding, and (train) a step that can run
+        errors += [e for e in input_range_errors(config) + training_config_errors(config) if e not in errors]
     return errors, configs

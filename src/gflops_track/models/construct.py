@@ -16,6 +16,7 @@ from torch import nn
 from gflops_track.machine.hardware import free_memory
 
 INIT_CHOICES = ("auto", "meta", "real")
+DEFAULT_INIT = "auto"  # model.init when a model's config does not set it
 HEADROOM = 0.9  # auto builds for real only when the weights take at most this share of the free memory
 GB = 1e9  # bytes per GB, the unit of the notes
 
