@@ -110,6 +110,10 @@ def test_a_training_step_of_a_model_on_meta_is_counted_like_the_real_one() -> No
     # forward M; backward 2M: both operands of every product need a gradient (the embedding's weight is trained)
     assert step.cost.macs_by_phase == {"forward": tiny_lm_macs(BATCH, SEQ), "backward": 2 * tiny_lm_macs(BATCH, SEQ),
                                        "optimizer": 0}  # fmt: skip
+    # the embedding's backward priced: each of the batch * seq gradient rows (width 64) is added to its id's row
+    assert not any("embed" in op for op in step.cost.uncounted_ops)
+    embedding = next(layer for layer in step.cost.layers if layer.name == "embed")
+    assert embedding.backward_flops == BATCH * SEQ * 64 and "embedding_dense_backward x1" in embedding.backward_ops
 
 
 def test_under_autocast_a_model_on_meta_is_priced_in_the_runs_dtype() -> None:

@@ -555,6 +555,7 @@ BACKWARD_RULES: dict[Any, Rule] = {
     aten._softmax_backward_data: backward_per_element(4, Category.ACTIVATION),  # y*(dy - sum(dy*y))
     aten._log_softmax_backward_data: backward_per_element(4, Category.ACTIVATION),  # dy - exp(y)*sum(dy)
     aten.native_dropout_backward: backward_per_element(2, Category.ELEMENTWISE),  # mask multiply, scale
+    aten.embedding_dense_backward: backward_per_element(1, Category.ELEMENTWISE),  # each row added to its id's row
     aten._scaled_dot_product_flash_attention_backward: attention_backward,
     aten._scaled_dot_product_efficient_attention_backward: attention_backward,
     aten._scaled_dot_product_cudnn_attention_backward: attention_backward,
