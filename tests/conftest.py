@@ -3,10 +3,12 @@ CLI run as users run it."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -21,11 +23,32 @@ QUICK_NO_THOP = [
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
+# The model libraries of the extras hf and vision, each in a folder of its own (.ci/install-extras puts them there):
+# the torchvision wheel of this environment breaks `import transformers` wherever it is importable (see
+# tests/torchvision_ops.py), so the hf tests run with .extras/hf on their path and the vision tests with .extras/vision.
+EXTRAS_DIR = TESTS_DIR.parent / ".extras"
+# `python -m gflops_track` for the vision tests: torchvision_ops declares the ops a mismatched torchvision lacks first
+WITH_TORCHVISION_OPS = (
+    "import torchvision_ops, runpy; runpy.run_module('gflops_track', run_name='__main__', alter_sys=True)"
+)
 
-def cli_env(**extra: str) -> dict[str, str]:
-    """The environment of a user's shell: no inherited MLflow run or URI unless a test sets one."""
+
+def extra_path(extra: str, module: str) -> str:
+    """The folder to put on PYTHONPATH for an extra's library: .extras/<extra>, or '' when this environment has the
+    library itself; skips the test (as pytest.importorskip does) when neither has it."""
+    folder = EXTRAS_DIR / extra
+    if (folder / module).is_dir():
+        return str(folder)
+    if importlib.util.find_spec(module) is not None:
+        return ""
+    pytest.skip(f"{module} is not installed: .ci/install-extras puts the {extra} extra in .extras/{extra}")
+
+
+def cli_env(*, pythonpath: Sequence[str] = (), **extra: str) -> dict[str, str]:
+    """The environment of a user's shell: no inherited MLflow run or URI unless a test sets one; ``pythonpath``
+    (an extra's folder) comes after tests/ on the path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "GFLOPS_TRACK_"))}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH", "")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), *pythonpath, env.get("PYTHONPATH", "")]))
     env["COLUMNS"] = "200"
     # The servers tests start skip MLflow's GenAI job runner (six huey consumer processes and seconds of CPU at every
     # start), which gflops-track never uses; tracking, artifacts and the UI are the same.
@@ -34,13 +57,23 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str], cwd: Path, timeout: int = 600, **env: str) -> subprocess.CompletedProcess[str]:
-    """``python -m gflops_track ARGS`` in ``cwd``."""
+def run_cli(
+    args: list[str],
+    cwd: Path,
+    timeout: int = 600,
+    *,
+    pythonpath: Sequence[str] = (),
+    torchvision_ops: bool = False,
+    **env: str,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m gflops_track ARGS`` in ``cwd`` (``pythonpath``: an extra's folder; ``torchvision_ops``: with the
+    ops a mismatched torchvision lacks declared first)."""
     env.setdefault("XDG_CACHE_HOME", str(cwd / ".cache"))  # the peak-probe cache stays in the test's temp dir
+    command = ["-c", WITH_TORCHVISION_OPS] if torchvision_ops else ["-m", "gflops_track"]
     return subprocess.run(
-        [sys.executable, "-m", "gflops_track", *args],
+        [sys.executable, *command, *args],
         cwd=cwd,
-        env=cli_env(**env),
+        env=cli_env(pythonpath=pythonpath, **env),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -141,3 +141,59 @@ class BreaksArtifactLocation(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
+
+
+class TinyLM(nn.Module):
+    """A small language model: token embedding, a post-norm Transformer encoder, a vocabulary head; fed token ids.
+    Dense MACs per forward of (batch, seq) ids, T = batch * seq tokens, per layer: QKV T*d*3d, output projection T*d*d,
+    scores and weighted sum 2 * batch * seq^2 * d, feed-forward 2 * T*d*ff; then the head T*d*vocab."""
+
+    def __init__(self, vocab: int = 1000, width: int = 64, layers: int = 2, heads: int = 4, ff: int = 256) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=ff, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(width, vocab)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = self.encoder(self.embed(ids), src_key_padding_mask=None if mask is None else ~mask)
+        return self.head(hidden)
+
+
+def tiny_lm_macs(batch: int, seq: int, vocab: int = 1000, width: int = 64, layers: int = 2, ff: int = 256) -> int:
+    """TinyLM's dense MACs by formula (see its docstring)."""
+    tokens = batch * seq
+    per_layer = tokens * width * 3 * width + tokens * width * width + 2 * batch * seq * seq * width
+    per_layer += 2 * tokens * width * ff
+    return layers * per_layer + tokens * width * vocab
+
+
+def tiny_lm_params(vocab: int = 1000, width: int = 64, layers: int = 2, ff: int = 256) -> int:
+    """Embedding, per layer (QKV and output projections with biases, two feed-forward linears, two LayerNorms), head."""
+    per_layer = (3 * width * width + 3 * width) + (width * width + width) + (width * ff + ff) + (ff * width + width)
+    per_layer += 2 * 2 * width
+    return vocab * width + layers * per_layer + (width * vocab + vocab)
+
+
+class Conv1D(nn.Module):
+    """A linear layer as Hugging Face's GPT-2 writes it (``x @ weight + bias``, weight (in, out)): a module type thop
+    has no rule for. MACs: rows * n_in * n_out."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_in, n_out))
+        self.bias = nn.Parameter(torch.zeros(n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight + self.bias
+
+
+class Conv1DStack(nn.Module):
+    """``count`` Conv1D layers of width ``width`` in a row."""
+
+    def __init__(self, width: int, count: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(*(Conv1D(width, width) for _ in range(count)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import QUICK_NO_THOP, SMALL_BLOCK, cli_env
+from conftest import QUICK_NO_THOP, SMALL_BLOCK, WITH_TORCHVISION_OPS, cli_env, extra_path
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -54,6 +54,8 @@ ELSEWHERE: dict[str, tuple[str, str]] = {
     r"^export MLFLOW_TRACKING_(URI|USERNAME)=": ("tests/test_team.py", "MLFLOW_TRACKING_USERNAME"),
     r"^python -m gflops_track -m norm_fn=group,batch,instance$": ("tests/test_team.py", "MLFLOW_TRACKING_URI"),
     r"hydra/launcher=slurm_(gpu|cpu)": ("tests/test_slurm.py", "hydra/launcher=slurm_cpu"),
+    r"^python -m gflops_track model=(hf |torchvision |timm |custom model\._target_=mymodels\.)": (
+        "tests/test_readme.py", "def test_profile_your_model_examples"),
 }  # fmt: skip
 
 
@@ -248,3 +250,41 @@ def test_invalid_config_lines_are_what_the_command_prints(tmp_path: Path) -> Non
         assert key_value, line
         done = _run(f"python -m gflops_track {key_value.group(1)}", tmp_path)
         assert done.returncode == 2 and line.removesuffix(" ...") in done.stderr, done.stderr
+
+
+PROFILE_SECTION = "## Profile your model\n"
+LIBRARY_OF = {"model=hf": ("hf", "transformers"), "model=torchvision": ("vision", "torchvision"),
+              "model=timm": ("vision", "timm")}  # fmt: skip
+NUMBER = re.compile(r"\d{1,3}(?:,\d{3})+")
+
+
+def profile_examples() -> list[tuple[str, str]]:
+    """README's "Profile your model": each bash block's command and the text block after it (what it prints)."""
+    section = README.split(PROFILE_SECTION, 1)[1].split("\n## ", 1)[0]
+    pairs = re.findall(r"```bash\n(.*?)\n```\s*```text\n(.*?)\n```", section, re.S)
+    return [(command.strip(), printed) for command, printed in pairs]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(profile_examples())))
+def test_profile_your_model_examples(index: int, tmp_path: Path) -> None:
+    """Each example runs as written (in a folder holding the section's mymodels.py, with quick timing) and prints
+    the figures README shows: every number, and every line without one, is in its output. The model libraries come
+    from .extras/ (see tests/conftest.py); an example whose library is missing is skipped."""
+    command, printed = profile_examples()[index]
+    module = next(block for block in blocks("python") if block.startswith("# mymodels.py"))
+    (tmp_path / "mymodels.py").write_text(module)
+    words = shlex.split(command)
+    library = next((LIBRARY_OF[word] for word in words if word in LIBRARY_OF), None)
+    pythonpath = [path for path in [extra_path(*library)] if path] if library else []
+    start = ["-c", WITH_TORCHVISION_OPS] if library and library[0] == "vision" else ["-m", "gflops_track"]
+    quick = ["timing.warmup=1", "timing.min_repeats=3", "timing.max_time_s=0.3", "peak.measure=false"]
+    done = subprocess.run(
+        [sys.executable, *start, *words[3:], *quick], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+        env=cli_env(pythonpath=pythonpath, XDG_CACHE_HOME=str(tmp_path / ".cache")),
+    )  # fmt: skip
+    assert done.returncode == 0, f"{command}\n{done.stderr[-2000:]}"
+    for line in printed.splitlines():
+        figures = NUMBER.findall(line)
+        for figure in figures or [line.strip()]:
+            assert figure in done.stdout, f"{command}: README shows {figure!r}, the command printed:\n{done.stdout}"

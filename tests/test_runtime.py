@@ -98,7 +98,7 @@ def test_convert_mode_inputs_are_made_once_in_the_runs_dtype_and_format() -> Non
     returns the very same tensors: no second, unconverted copy stays alive while timing."""
     from hydra import compose, initialize_config_dir
 
-    from gflops_track.app.job import build_inputs, build_model
+    from gflops_track.app.building import build_inputs, build_model
     from gflops_track.app.schema import register_schema, to_app_config
     from gflops_track.cli.run import CONFIG_DIR
     from gflops_track.pipeline.runtime import prepare

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -88,5 +89,22 @@ def print_warning(message: str) -> None:
 
 
 def print_job_failure(run_name: str, run_id: str | None, error: str) -> None:
+    line = job_failure_line(run_name, run_id, error)
+    head = line[: len(line) - len(error)]
+    error_console.print(Text(head, style="red") + Text(error), soft_wrap=True)
+
+
+def job_failure_line(run_name: str, run_id: str | None, error: str) -> str:
     where = f" (MLflow run {run_id} marked FAILED)" if run_id else ""
-    error_console.print(Text(f"job {run_name} failed{where}: ", style="red") + Text(error), soft_wrap=True)
+    return f"job {run_name} failed{where}: {error}"
+
+
+def log_job_failure(run_name: str, run_id: str | None, error: str) -> None:
+    """The failure line in Hydra's job log (``<output dir>/<job name>.log``) too: its file handlers get it, the
+    console (which has it already) does not get it twice."""
+    record = logging.LogRecord(
+        __name__, logging.ERROR, __file__, 0, job_failure_line(run_name, run_id, error), None, None
+    )
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)

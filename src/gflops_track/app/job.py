@@ -13,14 +13,13 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
-from hydra.utils import instantiate
 from torch import nn
 
 from gflops_track.app import console
+from gflops_track.app.building import build_inputs, build_job_model, model_factory, model_label, model_tag
 from gflops_track.app.channels import (
     JobOutcome,
     OutcomeLedger,
@@ -33,10 +32,11 @@ from gflops_track.app.signals import JobTimeout, job_deadline
 from gflops_track.common import names
 from gflops_track.common.names import FAILED, FINISHED, KILLED
 from gflops_track.compare.gate import override_identity
+from gflops_track.counting.counting_forward import on_meta
+from gflops_track.models.construct import construct
 from gflops_track.options.timing import ProgressCallback
 from gflops_track.pipeline.placement import resolve_device, where_it_runs
-from gflops_track.pipeline.runtime import convert_inputs
-from gflops_track.pipeline.steps import count, measure, peak_report
+from gflops_track.pipeline.steps import WEIGHTLESS, count, measure, peak_report, timing_skipped_note
 from gflops_track.pipeline.training_step import count_training_step, measure_training_step, training_input_errors
 from gflops_track.results.fingerprint import Fingerprint
 from gflops_track.results.profile import ProfileResult
@@ -56,12 +56,6 @@ from gflops_track.tracking.spool import SPOOL_FOLDER
 from gflops_track.tracking.store import launched_by_mlflow, redact_uri, resolve_tracking_uri
 
 
-def model_short_name(target: str) -> str:
-    """'gflops_track.models.ResidualBlock' -> 'residual_block'."""
-    class_name = target.rsplit(".", 1)[-1]
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", class_name).lower()
-
-
 def job_device(config: AppConfig) -> torch.device:
     """device.type resolved ('auto' -> cuda when available); device.index applies whenever that is CUDA."""
     device = resolve_device(config.device.type)
@@ -78,7 +72,7 @@ def run_name_for(config: AppConfig, device: torch.device, variant: Sequence[str]
     ``group-residual_block-b2-cpu-fp32``, ``b8-residual_block-group-cpu-fp32``, ``planes64-residual_block-...``."""
     template = config.tracking.run_name
     name = template.format(
-        model=model_short_name(config.model["_target_"]),
+        model=model_label(config),
         norm_fn=config.model.get("norm_fn", ""),
         batch_size=config.batch.size,
         device=str(device),  # "cpu", "cuda" or "cuda:1": runs on two GPUs of one machine never share a name
@@ -107,30 +101,6 @@ def variant_segment(override: str) -> str:
     return f"{key.rsplit('.', 1)[-1]}{value}"
 
 
-def build_model(model_config: dict[str, Any]) -> nn.Module:
-    """Instantiate ``model._target_`` with the other keys as kwargs (this imports and runs that code)."""
-    model = instantiate(model_config, _convert_="all")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model._target_={model_config['_target_']!r} built a {type(model).__name__}, not an nn.Module")
-    return model
-
-
-def build_inputs(config: AppConfig, device: torch.device) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]:
-    """Random inputs created directly on ``device``, each (batch.size, *per-sample shape): the first from
-    input.shape (image models: (in_planes|in_channels, batch.height, batch.width)), then input.args and input.kwargs.
-    A size that cannot be allocated fails here, inside the job, as a FAILED run. In ``convert`` mode and with
-    channels_last they are made in the run's dtype and memory format, so the timing holds no second copy."""
-    batch = config.batch.size
-    if config.input.shape is not None:
-        first = list(config.input.shape)
-    else:
-        channels = config.model.get("in_planes", config.model.get("in_channels"))
-        first = [int(channels), config.batch.height, config.batch.width]
-    args = tuple(torch.randn([batch, *shape], device=device) for shape in [first, *config.input.args])
-    kwargs = {name: torch.randn([batch, *shape], device=device) for name, shape in config.input.kwargs.items()}
-    return convert_inputs(args, kwargs, config.runtime_options())
-
-
 def profile_job(
     config: AppConfig,
     device: torch.device,
@@ -142,18 +112,22 @@ def profile_job(
     """Build, then count -> log -> time -> log -> peaks -> log: whatever a later step fails on, what the steps
     before it measured is already recorded."""
     record = recorder.log if recorder is not None else (lambda _record: None)
-    model = build_model(config.model)
-    args, kwargs = build_inputs(config, device)
-    runtime = config.runtime_options()
     with console.job_progress(title) as progress:
+        progress("building the model", 0, 1)
+        built = build_job_model(config, device)
+        model = built.module
+        weightless = on_meta(model)  # counted only: nothing to time, nothing to set against the peaks
+        args, kwargs = build_inputs(config, device, model)
+        runtime = config.runtime_options()
         cost = count(
             model, args, device, kwargs=kwargs, runtime=runtime, options=config.count_options(), on_progress=progress
         )
-        result = ProfileResult(cost, facts, runtime, settings)
+        skipped = [timing_skipped_note(built.weightless_reason or WEIGHTLESS)] if weightless else []
+        result = ProfileResult(cost, facts, runtime, settings, run_notes=skipped if config.timing.enabled else [])
         record(cost_record(result))
         if config.mode == "train":
             result = train_step_job(config, model, args, kwargs, device, result, record, progress)
-        elif config.timing.enabled:
+        elif config.timing.enabled and not weightless:
             timing = measure(
                 model, args, device, kwargs=kwargs, runtime=runtime, options=config.timing_options(),
                 on_progress=progress,
@@ -161,7 +135,7 @@ def profile_job(
             result = replace(result, timing=timing)
             record(timing_record(result))
         peak = config.peak_options()
-        if config.timing.enabled or peak.measure:
+        if (config.timing.enabled or peak.measure) and not weightless:
             progress("peak", 0, 1)
             result = replace(result, peaks=peak_report(cost, result.timing, device, runtime, facts, peak))
             record(peak_record(result, title))
@@ -187,7 +161,7 @@ def train_step_job(
     )
     result = replace(result, training=TrainingStep(step))
     record(training_count_record(result))
-    if config.timing.enabled:
+    if config.timing.enabled and not on_meta(model):
         timed = measure_training_step(
             model, args, device, kwargs=kwargs, runtime=runtime, options=config.timing_options(), on_progress=progress,
             **config.train_options(),
@@ -204,8 +178,8 @@ def training_config_errors(config: AppConfig) -> list[str]:
     if config.mode != "train":
         return []
     try:
-        model = build_model(config.model)
-        args, kwargs = build_inputs(config, torch.device("meta"))
+        model = construct(model_factory(config.model), "meta", torch.device("cpu")).module
+        args, kwargs = build_inputs(config, torch.device("meta"), model)
     except Exception:
         return []
     return [
@@ -232,7 +206,7 @@ def job_tags(config: AppConfig, device: torch.device, overrides: list[str], fact
     variant = swept if swept is not None else overrides
     tags = {
         names.MODEL_TARGET_TAG: config.model["_target_"],
-        names.MODEL_TAG: config.model["_target_"].rsplit(".", 1)[-1],
+        names.MODEL_TAG: model_tag(config),
         names.DEVICE_TAG: str(device),
         names.DTYPE_TAG: config.precision.dtype,
         names.BATCH_SIZE_TAG: str(config.batch.size),
@@ -298,6 +272,7 @@ def run_job(
         end_job_run(recorder, ledger, FAILED, message)
         run_id = recorder.run_id if recorder else None
         console.print_job_failure(run_name, run_id, message)
+        console.log_job_failure(run_name, run_id, message)
         return JobOutcome(run_name, run_id, FAILED, message)
     except BaseException as interrupt:  # Ctrl-C, SIGTERM, SIGHUP: the run is KILLED, the interrupt goes on
         end_job_run(recorder, ledger, KILLED, f"{type(interrupt).__name__}: interrupted")

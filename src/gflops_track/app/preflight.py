@@ -22,6 +22,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, OmegaConfBaseException
 
+from gflops_track.app.building import input_range_errors
 from gflops_track.app.job import training_config_errors
 from gflops_track.app.schema import AppConfig, ConfigError, register_schema, to_app_config, unknown_key_error
 from gflops_track.tracking.store import (
@@ -259,6 +260,6 @@ def _check_jobs(
                     errors += [line] if line not in errors else []
     finally:
         GlobalHydra.instance().clear()
-    for config in configs:  # train mode: the model's step must be able to run (built here, checked on meta tensors)
-        errors += [e for e in training_config_errors(config) if e not in errors]
+    for config in configs:  # built without weights here: ids within the embedding, and (train) a step that can run
+        errors += [e for e in input_range_errors(config) + training_config_errors(config) if e not in errors]
     return errors, configs

@@ -21,14 +21,18 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from gflops_track.common.validation import device_problems, integer_problems
+from gflops_track.models.construct import DEFAULT_INIT, INIT_CHOICES
+from gflops_track.models.named import Library, library_of
 from gflops_track.models.residual_block import NORM_CHOICES, residual_block_arg_errors
 from gflops_track.options.count import CountOptions
+from gflops_track.options.inputs import FLOAT, InputSpec, input_spec
 from gflops_track.options.peaks import PeakOptions
 from gflops_track.options.runtime import RuntimeOptions
 from gflops_track.options.timing import TimingOptions
 from gflops_track.options.training import DEFAULT_LOSS, DEFAULT_OPTIMIZER, LOSSES, OPTIMIZERS
 
 SCHEMA_NAME = "gflops_track_schema"
+OUR_MODEL_KEYS = ("init",)  # model.* keys the app reads itself (model.init): never passed to the model's constructor
 MAX_EXPERIMENT_NAME = 500  # MLflow's limit (mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH)
 RESIDUAL_BLOCK_TARGETS = ("gflops_track.models.ResidualBlock", "gflops_track.models.residual_block.ResidualBlock")
 
@@ -76,15 +80,23 @@ class DeviceConfig:
 @dataclass
 class BatchConfig:
     size: int = 2
-    height: int = 32
-    width: int = 32
+    height: int | None = None  # an image's height: the model's own (torchvision, timm), else 32
+    width: int | None = None
+    seq_len: int = 128  # token ids per sequence of a model=hf text model
 
 
 @dataclass
 class InputConfig:
+    """The inputs when the model's own will not do. The first positional input: ``shape`` (per sample), ``dtype``,
+    and for integers and masks the range ``[low, high)``; further inputs as a shape (float) or a mapping
+    ``{shape, dtype, low, high}`` (``options/inputs.py``)."""
+
     shape: list[int] | None = None  # per-sample shape of the first positional input
-    args: list[list[int]] = field(default_factory=list)  # per-sample shapes of further positional inputs
-    kwargs: dict[str, list[int]] = field(default_factory=dict)  # keyword inputs: name -> per-sample shape
+    dtype: str = FLOAT  # float (the run's precision), int64 / int32 (ids in [low, high)), bool (a mask)
+    low: int | None = None  # integers: 0 by default; a mask: 1 (all true), 0 for random true and false
+    high: int | None = None  # integers: the exclusive upper bound, e.g. the vocabulary size (required)
+    args: list[Any] = field(default_factory=list)  # further positional inputs: [64] or {shape: [64], dtype: ...}
+    kwargs: dict[str, Any] = field(default_factory=dict)  # keyword inputs: name -> as args
 
 
 @dataclass
@@ -180,12 +192,11 @@ def validate(config: AppConfig) -> list[str]:
             "(device=cuda or auto); leave it null"
         )
     errors += integer_problems("batch.size", config.batch.size)
-    errors += integer_problems("batch.height", config.batch.height)
-    errors += integer_problems("batch.width", config.batch.width)
-    if config.input.shape is not None and (not config.input.shape or any(
-        integer_problems("", d) for d in config.input.shape
-    )):  # fmt: skip
-        errors.append(f"input.shape={config.input.shape!r} is not allowed: it must be a list of integers >= 1")
+    for key in ("height", "width"):
+        if getattr(config.batch, key) is not None:
+            errors += integer_problems(f"batch.{key}", getattr(config.batch, key))
+    errors += integer_problems("batch.seq_len", config.batch.seq_len)
+    errors += input_errors(config.input)
     errors += [f"{option_key('timing', name)}{message}" for name, message in config.timing_options().problems()]
     errors += [f"{option_key('runtime', name)}{message}" for name, message in config.runtime_options().problems()]
     if not config.tracking.experiment.strip():
@@ -204,6 +215,26 @@ def validate(config: AppConfig) -> list[str]:
     errors += _choice_errors("train.loss", config.train.loss, LOSSES)
     errors += _choice_errors("train.optimizer", config.train.optimizer, OPTIMIZERS)
     errors += _model_errors(config)
+    return errors
+
+
+def input_errors(inputs: InputConfig) -> list[str]:
+    """The inputs as ``input.*`` writes them: each one a valid spec; the first one's dtype and range only with its
+    shape (without ``input.shape`` the first input is the model's own)."""
+    if inputs.shape is not None:
+        first = InputSpec(tuple(inputs.shape), inputs.dtype, inputs.low, inputs.high)
+        errors = first.problems("input")
+    else:
+        errors = [
+            f"input.{key}={value!r} is not allowed without input.shape: it describes the first input, which "
+            "input.shape sets (the model's own input is used without it)"
+            for key, value in (("dtype", inputs.dtype), ("low", inputs.low), ("high", inputs.high))
+            if value != getattr(InputConfig, key)
+        ]
+    for index, value in enumerate(inputs.args):
+        errors += input_spec(value, f"input.args[{index}]")[1]
+    for name, value in inputs.kwargs.items():
+        errors += input_spec(value, f"input.kwargs.{name}")[1]
     return errors
 
 
@@ -236,6 +267,11 @@ def _model_errors(config: AppConfig) -> list[str]:
             f"model._target_={target!r} is not allowed: it must name an importable nn.Module class by its dotted "
             "path, e.g. torch.nn.Linear"
         ]
+    if model.get("init", DEFAULT_INIT) not in INIT_CHOICES:
+        return [f"model.init={model.get('init')!r} is not allowed: choose one of {', '.join(INIT_CHOICES)}"]
+    library = library_of(model)
+    if library is not None:
+        return _named_model_errors(model, library)
     unknown = model_argument_errors(model)
     if unknown:
         return unknown
@@ -256,6 +292,21 @@ def _model_errors(config: AppConfig) -> list[str]:
             "e.g. input.shape=[128,256] (only models with in_planes/in_channels get an image input by default)"
         ]
     return []
+
+
+def _named_model_errors(model: Mapping[str, Any], library: Library) -> list[str]:
+    """A model by name: its library installed (else the ``pip install`` to run) and the name known to it. A library
+    that is installed but does not import is left to the job, which reports its error as a FAILED run."""
+    missing = library.extra.missing()
+    if missing:
+        return [missing]
+    unknown = model_argument_errors(model)
+    if unknown:
+        return unknown
+    try:
+        return library.name_problems(model)
+    except Exception:
+        return []
 
 
 def unknown_keys(node: Any, schema: type, prefix: str = "") -> list[str]:
@@ -317,7 +368,7 @@ def model_argument_errors(model: Mapping[str, Any]) -> list[str]:
     return [
         f"model.{key} is not allowed: {target} takes {', '.join(sorted(accepted)) or 'no arguments'}"
         for key in model
-        if not str(key).startswith("_") and key not in accepted
+        if not str(key).startswith("_") and key not in accepted and key not in OUR_MODEL_KEYS
     ]
 
 

@@ -94,9 +94,17 @@ def stop_after_interrupt(
     return SIGNAL_EXITS[signal.Signals(signum)]
 
 
+def import_from_launch_dir() -> None:
+    """A module in the directory the command runs from imports, as under ``python -m`` (``model._target_=mymodels.Net``
+    next to mymodels.py): the ``gflops-track`` console script's path starts with its own folder instead."""
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
 def main() -> None:
     """``python -m gflops_track [overrides]``; exits 2 on a config error (no run created), 1 if any job failed,
     128 + the signal's number when interrupted (SIGINT 130, SIGTERM 143, SIGHUP 129)."""
+    import_from_launch_dir()
     install_console_masking()  # belt and braces: no console line shows a credential, whoever prints it
     cap_http_retries()  # a dead server must not stall every call for minutes of retries
     argv, moved, refused = credentials_to_environment(sys.argv[1:], os.environ)

@@ -159,6 +159,7 @@ LAYERS_CSV_ARTIFACT = "layers.csv"
 LAYERS_JSON_ARTIFACT = "layers.json"
 STEP_LAYERS_CSV_ARTIFACT = "step_layers.csv"  # per-layer forward and backward columns of the training step
 SUMMARY_ARTIFACT = "summary.txt"
+THOP_ARTIFACT = "thop.txt"  # why thop's figure differs from ours, each reason naming every module (notes name a few)
 SAMPLES_ARTIFACT = "latency_samples.json"
 ROOFLINE_ARTIFACT = "roofline.png"
 REPORT_ARTIFACT = "report.html"

@@ -39,6 +39,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 CounterT = TypeVar("CounterT", bound=AbstractContextManager[Any])
+ValuesT = TypeVar("ValuesT")
 
 
 @contextmanager
@@ -51,6 +52,12 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in flags.items():
             module.training = training
+
+
+def on_meta(model: nn.Module) -> bool:
+    """Whether any of the model's parameters or buffers is on the meta device (built without weights): it can be
+    counted, never run."""
+    return any(tensor.is_meta for tensor in (*model.parameters(), *model.buffers()))
 
 
 def _to_meta(value: Any) -> Any:
@@ -133,8 +140,9 @@ def dynamo_import_deferred() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class CountingPass(Generic[CounterT]):
-    """How the counting forward ran: ``backend`` is 'meta', 'fake' (autocast) or 'real'; ``note`` says why meta was
-    not used; ``counter`` is the counter of the attempt that succeeded."""
+    """How the counting forward ran: ``backend`` is 'meta', 'fake' (autocast, or a model without weights that meta
+    could not run) or 'real'; ``note`` says why meta was not used; ``counter`` is the counter of the attempt that
+    succeeded."""
 
     backend: str
     note: str = ""
@@ -143,6 +151,24 @@ class CountingPass(Generic[CounterT]):
 
 def _autocast(autocast_dtype: torch.dtype | None, device_type: str) -> AbstractContextManager[Any]:
     return torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
+
+
+def counting_attempts(prefer_meta: bool, autocast: bool, weightless: bool) -> tuple[str, ...]:
+    """The backends a counting pass tries, in order. Meta first (fake tensors under autocast, which meta tensors
+    would escape); then a real forward, or, for a model built without weights, fake tensors (libraries that read a
+    tensor's values, such as a mask's "all ones" check, skip the read on fake tensors: they know it is a trace)."""
+    if weightless:
+        return ("fake",) if autocast else ("meta", "fake")
+    first = ("fake",) if autocast else ("meta",)
+    return (*first, "real") if prefer_meta else ("real",)
+
+
+def weightless_failure(failures: Sequence[str]) -> RuntimeError:
+    """Why a model built without weights could not be counted: every attempt's error, and what would help."""
+    return RuntimeError(
+        f"the model's weights are on the meta device and it could not be counted without them ({'; '.join(failures)});"
+        " build it with its weights"
+    )
 
 
 def run_counting_forward(
@@ -156,49 +182,63 @@ def run_counting_forward(
     device_type: str = "cpu",
 ) -> CountingPass[CounterT]:
     """Run ``model(*args, **kwargs)`` in eval mode, without grad and under ``torch.autocast(device_type,
-    autocast_dtype)`` when a dtype is given, inside a fresh ``make_counter()`` per attempt: on meta (fake tensors
-    under autocast) first, for real if that fails. Returns how it ran and the counter that saw the whole pass."""
-    note = "meta disabled"
+    autocast_dtype)`` when a dtype is given, inside a fresh ``make_counter()`` per attempt, trying the backends of
+    ``counting_attempts`` in order. Returns how it ran and the counter that saw the whole pass. A model whose
+    weights are on meta is never run for real: there is nothing to run."""
+    weightless = on_meta(model)
+    failures: list[str] = []
     with eval_mode(model), torch.no_grad(), dynamo_import_deferred():
-        if prefer_meta:
+        for backend in counting_attempts(prefer_meta, autocast_dtype is not None, weightless):
             counter = make_counter()
+            if backend == "real":
+                with _autocast(autocast_dtype, device_type), counter:
+                    model(*args, **kwargs)
+                note = "; ".join([*failures, "counted with a real forward"]) if failures else "meta disabled"
+                return CountingPass("real", note, counter)
             try:
-                if autocast_dtype is None:
+                if backend == "meta":
                     meta_args, meta_kwargs = tree_map(_to_meta, (tuple(args), dict(kwargs)))
                     with meta_tensors(model), counter:
                         model(*meta_args, **meta_kwargs)
-                    return CountingPass("meta", counter=counter)
-                with (
-                    _fake_forward(model, args, kwargs) as (fake_args, fake_kwargs),
-                    _autocast(autocast_dtype, device_type),
-                    counter,
-                ):
-                    model(*fake_args, **fake_kwargs)
-                return CountingPass("fake", counter=counter)
-            except Exception as error:  # any failure on meta means: count for real instead
-                kind = "meta" if autocast_dtype is None else "fake-tensor"
-                note = f"{kind} forward failed ({type(error).__name__}: {error}); counted with a real forward"
-        counter = make_counter()
-        with _autocast(autocast_dtype, device_type), counter:
-            model(*args, **kwargs)
-    return CountingPass("real", note, counter)
+                else:
+                    with (
+                        fake_tensors(model, (tuple(args), dict(kwargs)), device_type) as (fake_args, fake_kwargs),
+                        _autocast(autocast_dtype, device_type),
+                        counter,
+                    ):
+                        model(*fake_args, **fake_kwargs)
+            except Exception as error:  # try the next backend
+                kind = "meta" if backend == "meta" else "fake-tensor"
+                failures.append(f"{kind} forward failed ({type(error).__name__}: {error})")
+                continue
+            return CountingPass(
+                backend, "; ".join([*failures, f"counted on {backend} tensors"]) if failures else "", counter
+            )
+    raise weightless_failure(failures)
 
 
 @contextmanager
-def _fake_forward(
-    model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any]
-) -> Iterator[tuple[tuple[Any, ...], dict[str, Any]]]:
+def fake_tensors(
+    model: nn.Module, values: ValuesT, device_type: str, *, keep_requires_grad: bool = False
+) -> Iterator[ValuesT]:
     """Inside a ``FakeTensorMode``: fake stand-ins (same device, shape, dtype and strides, no storage) for the model's
-    parameters, buffers and the inputs."""
+    parameters and buffers (see ``swapped_tensors``) and for every tensor in ``values`` (the inputs), which come back
+    as fakes. A meta tensor (a model built without weights) gets a fake one on ``device_type``, where the run would
+    hold it, so autocast casts it as it would the real one."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     fake_mode = FakeTensorMode(allow_non_fake_inputs=False)
 
     def to_fake(value: Any) -> Any:
-        return fake_mode.from_tensor(value) if isinstance(value, torch.Tensor) else value
+        if not isinstance(value, torch.Tensor):
+            return value
+        if value.is_meta:
+            with fake_mode:
+                return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device=device_type)
+        return fake_mode.from_tensor(value)
 
     with ExitStack() as stack:
-        fake_args, fake_kwargs = tree_map(to_fake, (tuple(args), dict(kwargs)))
-        stack.enter_context(swapped_tensors(model, to_fake))
+        fake_values = tree_map(to_fake, values)
+        stack.enter_context(swapped_tensors(model, to_fake, keep_requires_grad=keep_requires_grad))
         stack.enter_context(fake_mode)
-        yield fake_args, fake_kwargs
+        yield fake_values

@@ -109,13 +109,14 @@ def validate_autocast(
     autocast_dtype: torch.dtype | None,
     device_type: str,
 ) -> None:
-    """Autocast acts per device type: one whose tensors are elsewhere would silently leave every op in fp32."""
+    """Autocast acts per device type: one whose tensors are elsewhere would silently leave every op in fp32. Meta
+    tensors (a model built without weights) count as being where the run is: their fake stand-ins are made there."""
     if autocast_dtype is None:
         return
     if autocast_dtype not in AUTOCAST_DTYPES:
         raise ValueError(f"autocast_dtype={autocast_dtype} is not allowed: use torch.float16 or torch.bfloat16")
     tensors = [*model.parameters(), *model.buffers(), *(leaf for leaf in tree_leaves((args, kwargs)))]
-    devices = sorted({leaf.device.type for leaf in tensors if isinstance(leaf, torch.Tensor)})
+    devices = sorted({leaf.device.type for leaf in tensors if isinstance(leaf, torch.Tensor) and not leaf.is_meta})
     if devices and devices != [device_type]:
         raise ValueError(
             f"device_type={device_type!r} is not allowed here: the model and inputs are on {', '.join(devices)}, "

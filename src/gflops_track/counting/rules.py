@@ -555,6 +555,7 @@ BACKWARD_RULES: dict[Any, Rule] = {
     aten._softmax_backward_data: backward_per_element(4, Category.ACTIVATION),  # y*(dy - sum(dy*y))
     aten._log_softmax_backward_data: backward_per_element(4, Category.ACTIVATION),  # dy - exp(y)*sum(dy)
     aten.native_dropout_backward: backward_per_element(2, Category.ELEMENTWISE),  # mask multiply, scale
+    aten.embedding_dense_backward: backward_per_element(1, Category.ELEMENTWISE),  # each row added to its id's row
     aten._scaled_dot_product_flash_attention_backward: attention_backward,
     aten._scaled_dot_product_efficient_attention_backward: attention_backward,
     aten._scaled_dot_product_cudnn_attention_backward: attention_backward,
@@ -677,6 +678,8 @@ FLOP_RULES: dict[Any, Rule] = {
     aten.reciprocal: elementwise(1),
     aten.pow: elementwise(1),
     aten.erf: elementwise(1),
+    aten.sin: elementwise(1),  # rotary position embeddings (Llama, ...): one sin and one cos per angle
+    aten.cos: elementwise(1),
     aten.clamp: elementwise(2),
     aten.clamp_: elementwise(2),
     aten.clamp_min: elementwise(1),

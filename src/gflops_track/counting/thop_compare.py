@@ -123,8 +123,21 @@ def _flatten(layer_info: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return flat
 
 
+class _KeywordCall(nn.Module):
+    """``thop.profile`` calls ``model(*inputs)``: this holds the keyword inputs and makes the call whole. The model is
+    its only child, so thop's per-module figures are the model's own under the prefix ``model.``."""
+
+    def __init__(self, model: nn.Module, kwargs: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.kwargs = dict(kwargs)
+
+    def forward(self, *args: Any) -> Any:
+        return self.model(*args, **self.kwargs)
+
+
 def _run_thop(
-    model: nn.Module, args: Sequence[Any], custom_ops: dict[Any, Any], meta: bool
+    model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any], custom_ops: dict[Any, Any], meta: bool
 ) -> tuple[int, int, dict[str, float]]:
     """thop on a deep copy of ``model``; with ``meta`` the copy holds meta tensors (copied without their data) and
     the inputs are meta too: thop's rules read shapes only, so the figures are those of a real forward."""
@@ -133,23 +146,29 @@ def _run_thop(
     if meta:
         with meta_tensors(model):  # the copy takes the stand-ins (shared tensors stay shared); the originals return
             clone = copy.deepcopy(model)
-        args = tree_map(_to_meta, tuple(args))
+        args, kwargs = tree_map(_to_meta, (tuple(args), dict(kwargs)))
     else:
         clone = copy.deepcopy(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         macs, params, layer_info = thop_profile(
-            clone, inputs=tuple(args), custom_ops=custom_ops, verbose=False, ret_layer_info=True
+            _KeywordCall(clone, kwargs) if kwargs else clone,
+            inputs=tuple(args),
+            custom_ops=custom_ops,
+            verbose=False,
+            ret_layer_info=True,
         )
+    if kwargs:  # the model's own figures, without the wrapper's level
+        layer_info = layer_info["model"][2]
     return int(macs), int(params), _flatten(layer_info)
 
 
 def _run_thop_twice(
-    model: nn.Module, args: Sequence[Any], custom_ops: dict[Any, Any], meta: bool
+    model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any], custom_ops: dict[Any, Any], meta: bool
 ) -> tuple[tuple[int, int, dict[str, float]], tuple[int, int, dict[str, float]]]:
     """thop raw and with ``custom_ops``; one run serves for both when there are no custom ops (the calls are equal)."""
-    raw = _run_thop(model, args, {}, meta)
-    return raw, (_run_thop(model, args, custom_ops, meta) if custom_ops else raw)
+    raw = _run_thop(model, args, kwargs, {}, meta)
+    return raw, (_run_thop(model, args, kwargs, custom_ops, meta) if custom_ops else raw)
 
 
 def _shared_module_names(model: nn.Module) -> dict[str, list[str]]:
@@ -159,6 +178,16 @@ def _shared_module_names(model: nn.Module) -> dict[str, list[str]]:
     return {aliases[0]: aliases for aliases in names.values() if len(aliases) > 1}
 
 
+NAMES_SHOWN = 3  # module names a note lists before "(+N more)"; the run's thop artifact lists every one
+
+
+def named(names: Sequence[str], shown: int | None = NAMES_SHOWN) -> str:
+    """'a, b, c (+4 more)': the first ``shown`` names (every one when ``shown`` is None), then how many are left."""
+    if shown is None or len(names) <= shown:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])} (+{len(names) - shown} more)"
+
+
 def explain_difference(
     ours: CostReport,
     thop_layers: dict[str, float],
@@ -166,8 +195,10 @@ def explain_difference(
     model: nn.Module,
     unruled: list[str],
     distribution: str = ORIGINAL_THOP,
+    shown: int | None = NAMES_SHOWN,
 ) -> list[str]:
-    """One line per reason thop's MACs differ from ours, each with the MACs it accounts for."""
+    """One line per reason thop's MACs differ from ours, each with the MACs it accounts for; modules of one type
+    share a line, which names ``shown`` of them (None: every one) and how many more."""
     ultralytics = distribution == ULTRALYTICS_THOP
     if thop_macs == ours.macs:
         return []
@@ -182,53 +213,65 @@ def explain_difference(
     for layer_type, pairs in grouped.items():
         delta = round(sum(thop_ops - layer.macs for layer, thop_ops in pairs))
         explained += delta
-        names = ", ".join(layer.name for layer, _ in pairs)
-        if all(layer.macs == 0 for layer, _ in pairs):
+        if layer_type in unruled and all(thop_ops == 0 for _, thop_ops in pairs):
+            why = f"thop has no rule for {layer_type} and counts 0 for it"
+        elif all(layer.macs == 0 for layer, _ in pairs):
             why = "thop counts this work as MACs; we count it as FLOPs in its category (no multiply-accumulate)"
         elif "Conv" in layer_type or "Linear" in layer_type:
             why = "thop counts each bias add as one MAC; we count bias adds as FLOPs (category 'bias')"
         else:
             why = "thop's formula for this module type differs from ours"
+        names = named([layer.name for layer, _ in pairs], shown)
         reasons.append(f"{layer_type} ({names}): thop {delta:+,} MACs vs ours; {why}")
+    unseen: dict[str, list[LayerCost]] = {}
     for layer in ours.layers:
         if layer.name not in thop_layers and layer.macs:
             explained -= layer.macs
-            why = (
-                "ultralytics-thop adds functional matmul, linear, einsum and attention outside modules it has a rule "
-                "for to its total without naming a module, and never sees other functional ops"
-                if ultralytics
-                else "thop counts modules of known types only, never functional ops"
-            )
-            reasons.append(
-                f"{layer.name} ({layer.type}): {-layer.macs:+,} MACs in ops thop cannot see ({layer.ops}); {why}"
-            )
+            unseen.setdefault(layer.type, []).append(layer)
+    for layer_type, layers in unseen.items():
+        why = (
+            "ultralytics-thop adds functional matmul, linear, einsum and attention outside modules it has a rule "
+            "for to its total without naming a module, and never sees other functional ops"
+            if ultralytics
+            else "thop counts modules of known types only, never functional ops"
+        )
+        ops = "; ".join(dict.fromkeys(layer.ops for layer in layers))
+        macs = -sum(layer.macs for layer in layers)
+        names = named([layer.name for layer in layers], shown)
+        reasons.append(f"{layer_type} ({names}): {macs:+,} MACs in ops thop cannot see ({ops}); {why}")
     residual = thop_macs - ours.macs - explained
     shared = [", ".join(aliases) for aliases in _shared_module_names(model).values()]
     if shared and not ultralytics:
+        groups = "; ".join(shared) if shown is None or len(shared) <= shown else named(shared, shown)
         reasons.append(
-            f"module shared under several names ({'; '.join(shared)}): thop hooks and counts it once per name "
-            f"({residual:+,} MACs)"
+            f"module shared under several names ({groups}): thop hooks and counts it once per name ({residual:+,} MACs)"
         )
     elif residual:
         where = " (functional products ultralytics-thop counts outside any module)" if ultralytics else ""
         reasons.append(f"thop's total holds {residual:+,} MACs that it attributes to no module{where}")
     if unruled:
         dropped = "" if ultralytics else " and drops their parameters"
-        reasons.append(f"thop has no rule for {', '.join(unruled)} (raw thop counts 0 MACs{dropped})")
+        reasons.append(f"thop has no rule for {named(unruled, shown)} (raw thop counts 0 MACs{dropped})")
     return reasons
 
 
-def thop_count(model: nn.Module, args: Sequence[Any], ours: CostReport) -> ThopCount:
+def thop_count(
+    model: nn.Module, args: Sequence[Any], ours: CostReport, kwargs: Mapping[str, Any] | None = None
+) -> ThopCount:
     """Run thop raw and patched on deep copies of ``model`` (which stays untouched) and explain the difference: on
-    meta tensors (no data copied, no arithmetic), for real when the model cannot run on meta."""
+    meta tensors (no data copied, no arithmetic), for real when the model cannot run on meta. Keyword inputs are
+    passed through a wrapper (``thop.profile`` takes positional inputs only)."""
     distribution, _version = thop_distribution()
+    kwargs = dict(kwargs or {})
     try:
         custom = _custom_ops(model, distribution)
         try:
             with dynamo_import_deferred():
-                (raw_macs, raw_params, _), (macs, params, layers) = _run_thop_twice(model, args, custom, meta=True)
+                (raw_macs, raw_params, _), (macs, params, layers) = _run_thop_twice(
+                    model, args, kwargs, custom, meta=True
+                )
         except Exception:  # a model that cannot run on meta (data-dependent code, CPU tensors made inside): for real
-            (raw_macs, raw_params, _), (macs, params, layers) = _run_thop_twice(model, args, custom, meta=False)
+            (raw_macs, raw_params, _), (macs, params, layers) = _run_thop_twice(model, args, kwargs, custom, meta=False)
     except Exception as error:  # thop is a reference figure: its failure must not cost the user's measurement
         return ThopCount(0, 0, 0, 0, error=f"thop failed: {type(error).__name__}: {error}", distribution=distribution)
     unruled = sorted({kind.__name__ for kind in custom})
@@ -240,11 +283,13 @@ def thop_count(model: nn.Module, args: Sequence[Any], ours: CostReport) -> ThopC
         unruled_types=unruled,
         reasons=explain_difference(ours, layers, macs, model, unruled, distribution),
         distribution=distribution,
+        every_module=explain_difference(ours, layers, macs, model, unruled, distribution, shown=None),
     )
 
 
-def thop_notes(thop: ThopCount, macs: int, params: int) -> list[str]:
-    """What the console and the run say about thop's figure when it is not ours."""
+def thop_notes(thop: ThopCount, macs: int, params: int, every_module: bool = False) -> list[str]:
+    """What the console and the run say about thop's figure when it is not ours (``every_module``: each reason
+    names every module it concerns, as the run's thop artifact does, not the first few)."""
     if thop.error:
         return [thop.error]
     notes = []
@@ -253,7 +298,8 @@ def thop_notes(thop: ThopCount, macs: int, params: int) -> list[str]:
             f"thop counts {thop.raw_macs:,} MACs as the blog post runs it and {thop.macs:,} with our custom_ops; "
             f"gflops-track counts {macs:,} MACs. Why:"
         )
-        notes.extend(f"  - {reason}" for reason in thop.reasons or ["(thop with custom_ops agrees with us)"])
+        reasons = thop.every_module if every_module else thop.reasons
+        notes.extend(f"  - {reason}" for reason in reasons or ["(thop with custom_ops agrees with us)"])
     if thop.raw_params != params or thop.params != params:
         notes.append(
             f"thop reports {thop.raw_params:,} params as the blog post runs it and {thop.params:,} with our "

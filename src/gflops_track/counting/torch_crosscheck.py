@@ -18,10 +18,17 @@ from gflops_track.results.counting import TorchCount
 
 
 def torch_flop_count(
-    model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any], ours: CostReport, prefer_meta: bool = True
+    model: nn.Module,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    ours: CostReport,
+    prefer_meta: bool = True,
+    device_type: str = "cpu",
 ) -> TorchCount:
     """Run FlopCounterMode over the same forward and compare op by op with ``ours``."""
-    counter = run_counting_forward(model, args, kwargs, lambda: FlopCounterMode(display=False), prefer_meta).counter
+    counter = run_counting_forward(
+        model, args, kwargs, lambda: FlopCounterMode(display=False), prefer_meta, device_type=device_type
+    ).counter
     assert counter is not None
     return agreement(counter, ours.dense_flops_by_op)
 

@@ -32,7 +32,13 @@ from torch import nn
 from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
-from gflops_track.counting.counting_forward import dynamo_import_deferred, meta_tensors
+from gflops_track.counting.counting_forward import (
+    dynamo_import_deferred,
+    fake_tensors,
+    meta_tensors,
+    on_meta,
+    weightless_failure,
+)
 from gflops_track.counting.layer_info import ROOT_LABEL
 from gflops_track.counting.op_counter import _CountingMode, validate_extra_rules
 from gflops_track.counting.rules import Category, Rule
@@ -242,15 +248,19 @@ def run_training_step(
     optimizer: str,
     labels: torch.Tensor | None,
     prefer_meta: bool = True,
+    device_type: str = "cpu",
 ) -> tuple[str, str, Any]:
-    """Run the step on meta (then, if that fails, for real on a deep copy). ``make_counter(module)`` makes a fresh
-    counter for the module that runs (the copy has modules of its own). Returns (backend, note, counter)."""
+    """Run the step on meta (then, if that fails, for real on a deep copy; a model built without weights on fake
+    tensors of ``device_type`` instead). ``make_counter(module)`` makes a fresh counter for the module that runs (the
+    copy has modules of its own). Returns (backend, note, counter)."""
     errors = training_arg_errors(model, loss, optimizer)
     if errors:
         raise ValueError("; ".join(errors))
     note = "meta disabled"
+    weightless = on_meta(model)  # built without weights: counted on meta, else on fake tensors, never for real
+    failures: list[str] = []
     with train_mode(model):
-        if prefer_meta:
+        if prefer_meta or weightless:
             counter = make_counter(model)
             try:
                 meta_args, meta_kwargs, meta_labels = tree_map(_to_meta, (tuple(args), dict(kwargs), labels))
@@ -260,7 +270,27 @@ def run_training_step(
             except TrainingInputError:
                 raise
             except Exception as error:  # any other failure on meta means: count for real instead
-                note = f"meta step failed ({type(error).__name__}: {error}); counted with a real step on a copy"
+                failures.append(f"meta step failed ({type(error).__name__}: {error})")
+                note = f"{failures[0]}; counted with a real step on a copy"
+        if weightless:
+            counter = make_counter(model)
+            values = (tuple(args), dict(kwargs), labels)
+            try:
+                with (
+                    fake_tensors(model, values, device_type, keep_requires_grad=True) as (
+                        fake_args,
+                        fake_kwargs,
+                        fake_labels,
+                    ),
+                    dynamo_import_deferred(),
+                ):
+                    _step(model, fake_args, fake_kwargs, counter, loss=loss, optimizer=optimizer, labels=fake_labels)
+                return "fake", f"{failures[0]}; counted on fake tensors", counter
+            except TrainingInputError:
+                raise
+            except Exception as error:
+                failures.append(f"fake-tensor step failed ({type(error).__name__}: {error})")
+                raise weightless_failure(failures) from error
     replica = copy.deepcopy(model)
     replica.train()
     counter = make_counter(replica)
@@ -316,8 +346,10 @@ def count_training_cost(
     labels: torch.Tensor | None = None,
     prefer_meta: bool = True,
     extra_rules: Mapping[Any, Rule] | None = None,
+    device_type: str = "cpu",
 ) -> TrainingCost:
-    """Count MACs and FLOPs of one training step of ``model(*args, **kwargs)`` by phase, category and layer."""
+    """Count MACs and FLOPs of one training step of ``model(*args, **kwargs)`` by phase, category and layer
+    (``device_type``: where a model built without weights would run, for its fake tensors)."""
     rules = validate_extra_rules(extra_rules)
     backend, note, counter = run_training_step(
         model,
@@ -328,6 +360,7 @@ def count_training_cost(
         optimizer=optimizer,
         labels=labels,
         prefer_meta=prefer_meta,
+        device_type=device_type,
     )
     by_phase_category: dict[str, dict[str, int]] = {}
     by_category: Counter[str] = Counter({str(category): 0 for category in Category})
@@ -370,6 +403,7 @@ def torch_training_check(
     *,
     labels: torch.Tensor | None = None,
     prefer_meta: bool = True,
+    device_type: str = "cpu",
 ) -> TorchCount:
     """Run the same step under ``FlopCounterMode`` and compare, op by op, on the ops it has a formula for."""
     _, _, counter = run_training_step(
@@ -381,5 +415,6 @@ def torch_training_check(
         optimizer=ours.optimizer,
         labels=labels,
         prefer_meta=prefer_meta,
+        device_type=device_type,
     )
     return agreement(counter, ours.dense_flops_by_op)

@@ -314,3 +314,16 @@ def fingerprint(device: str | torch.device = "cpu") -> Fingerprint:
         git_commit=commit,
         git_dirty=("true" if _git("status", "--porcelain", "--untracked-files=no") else "false") if commit else "",
     )
+
+
+def free_memory(device: str | torch.device = "cpu") -> tuple[int, str]:
+    """Bytes a model's weights could still take on ``device``, and where that is in words: the host's available
+    memory (a model is built there first), or the less of it and the GPU's free memory for a CUDA device."""
+    import torch
+
+    device = torch.device(device)
+    host = psutil.virtual_memory().available
+    if device.type != "cuda":
+        return host, "free"
+    gpu, _total = torch.cuda.mem_get_info(device)
+    return (gpu, f"free on {device}") if gpu < host else (host, "free on the host")

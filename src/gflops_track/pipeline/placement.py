@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils._pytree import tree_leaves, tree_map
 
 from gflops_track.common.validation import device_problems
+from gflops_track.counting.counting_forward import on_meta
 from gflops_track.machine.hardware import fingerprint
 from gflops_track.options.runtime import RuntimeOptions
 from gflops_track.pipeline.runtime import effective_settings, runtime_context
@@ -60,12 +61,14 @@ def where_it_runs(device: torch.device, runtime: RuntimeOptions) -> tuple[Finger
 def place(
     model: nn.Module, inputs: Inputs, kwargs: Mapping[str, Any] | None, device: torch.device, runtime: RuntimeOptions
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Model and inputs on ``device``, converted to the runtime's dtype and memory format (the model in place)."""
+    """Model and inputs on ``device``, converted to the runtime's dtype and memory format (the model in place). A
+    model built on meta (no weights) stays there: counting needs none, and there are none to move."""
     problems = runtime.problems()
     if problems:
         raise ValueError("; ".join(f"{name}{message}" for name, message in problems))
     args, kwargs = as_call(inputs, kwargs)
-    model.to(device)
+    if not on_meta(model):
+        model.to(device)
     args, kwargs = tree_map(lambda v: v.to(device) if isinstance(v, torch.Tensor) else v, (args, kwargs))
     if not input_shapes(args, kwargs):
         raise ValueError("inputs must contain at least one tensor")

@@ -54,9 +54,10 @@ def runtime_context(options: RuntimeOptions) -> Iterator[None]:
 
 
 def _convert_tensor(value: Any, options: RuntimeOptions) -> Any:
-    if not isinstance(value, torch.Tensor):
+    """A floating tensor in the run's dtype and memory format; integer ids and boolean masks stay as they are."""
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
         return value
-    if options.converts and value.is_floating_point():
+    if options.converts:
         value = value.to(options.torch_dtype)
     if options.memory_format == "channels_last" and value.dim() == 4:
         value = value.contiguous(memory_format=torch.channels_last)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from gflops_track.counting.counting_forward import eval_mode
+from gflops_track.counting.counting_forward import eval_mode, on_meta
 from gflops_track.counting.op_counter import count_cost
 from gflops_track.counting.thop_compare import thop_count, thop_notes
 from gflops_track.counting.torch_crosscheck import torch_flop_count
@@ -45,6 +45,14 @@ def timing_options(timing: TimingOptions | bool) -> TimingOptions | None:
     if timing is False:
         return None
     return timing if isinstance(timing, TimingOptions) else TimingOptions()
+
+
+WEIGHTLESS = "the model's weights are on the meta device (built without weights): it can be counted, not run"
+
+
+def timing_skipped_note(reason: str = WEIGHTLESS) -> str:
+    """What a run without timing says: why, e.g. 'weights need 27.0 GB, 21.3 GB free'."""
+    return f"timing skipped: {reason}; the counts above need no weights"
 
 
 def counting_notes(backend_note: str, uncounted_ops: Mapping[str, int]) -> list[str]:
@@ -94,14 +102,12 @@ def count(
         torch_count = None
         if options.torch_check:
             report("torch FlopCounterMode", 0, 1)
-            torch_count = torch_flop_count(model, args, kwargs, cost, prefer_meta=options.meta)
+            torch_count = torch_flop_count(model, args, kwargs, cost, prefer_meta=options.meta, device_type=target.type)
             notes.extend(f"counters disagree: {note}" for note in torch_count.notes)
         thop = None
-        if options.thop and kwargs:
-            notes.append("thop not run: thop.profile passes positional inputs only")
-        elif options.thop:
+        if options.thop:
             report("thop", 0, 1)
-            thop = _thop_off_device(model, args, cost, target)
+            thop = _thop_off_device(model, args, kwargs, cost, target)
             notes.extend(thop_notes(thop, cost.macs, cost.params))
     shapes = input_shapes(args, kwargs)
     return CountResult(
@@ -124,12 +130,15 @@ def count(
     )
 
 
-def _thop_off_device(model: nn.Module, args: tuple[Any, ...], cost: Any, device: torch.device) -> Any:
-    """thop runs real forwards: on a GPU run they go to a CPU copy, so the timed cold start stays cold."""
-    if device.type == "cpu":
-        return thop_count(model, args, cost)
-    on_cpu = tree_map(lambda v: v.cpu() if isinstance(v, torch.Tensor) else v, args)
-    return thop_count(copy.deepcopy(model).cpu(), on_cpu, cost)
+def _thop_off_device(
+    model: nn.Module, args: tuple[Any, ...], kwargs: Mapping[str, Any], cost: Any, device: torch.device
+) -> Any:
+    """thop runs real forwards: on a GPU run they go to a CPU copy, so the timed cold start stays cold. A model on
+    meta is counted by thop on meta where it is."""
+    if device.type == "cpu" or on_meta(model):
+        return thop_count(model, args, cost, kwargs)
+    on_cpu = tree_map(lambda v: v.cpu() if isinstance(v, torch.Tensor) else v, (args, dict(kwargs)))
+    return thop_count(copy.deepcopy(model).cpu(), on_cpu[0], cost, on_cpu[1])
 
 
 def measure(
@@ -143,7 +152,10 @@ def measure(
     on_progress: ProgressCallback | None = None,
 ) -> TimingResult:
     """Latency of ``model(*inputs, **kwargs)`` in eval mode under the runtime options (dtype, memory format,
-    threads, torch.compile), timed as ``timing/engine.py`` describes; the module's flags are restored after."""
+    threads, torch.compile), timed as ``timing/engine.py`` describes; the module's flags are restored after. A model
+    on meta (no weights) cannot be timed: ``ValueError``."""
+    if on_meta(model):
+        raise ValueError(f"{type(model).__name__} cannot be timed: {WEIGHTLESS}")
     target = resolve_device(device)
     runtime = runtime or RuntimeOptions()
     options = options or TimingOptions()
@@ -173,13 +185,17 @@ def profile(
     on_progress: ProgressCallback | None = None,
 ) -> ProfileResult:
     """Count, time (``timing=False`` skips it; ``True`` uses the default ``TimingOptions``) and set against the
-    device's peaks; ``model`` and inputs are moved to ``device``."""
+    device's peaks; ``model`` and inputs are moved to ``device``. A model on meta (built without weights) is counted
+    only: timing and peaks are skipped, and a note says why."""
     runtime = runtime or RuntimeOptions()
     counting = counting or CountOptions()
     peak = peak or PeakOptions()
     target = resolve_device(device)
     cost = count(model, inputs, target, kwargs=kwargs, runtime=runtime, options=counting, on_progress=on_progress)
     facts, settings = where_it_runs(target, runtime)
+    if on_meta(model):
+        notes = [timing_skipped_note()] if timing is not False else []
+        return ProfileResult(cost, facts, runtime, settings, run_notes=notes)
     timed = None
     if (options := timing_options(timing)) is not None:
         timed = measure(model, inputs, target, kwargs=kwargs, runtime=runtime, options=options, on_progress=on_progress)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
+from gflops_track.counting.counting_forward import on_meta
 from gflops_track.counting.training import (
     TrainingInputError,
     compute_loss,
@@ -39,7 +40,14 @@ from gflops_track.pipeline.placement import (
     where_it_runs,
 )
 from gflops_track.pipeline.runtime import prepare, runtime_context
-from gflops_track.pipeline.steps import count, counting_notes, peak_report, timing_options
+from gflops_track.pipeline.steps import (
+    WEIGHTLESS,
+    count,
+    counting_notes,
+    peak_report,
+    timing_options,
+    timing_skipped_note,
+)
 from gflops_track.results.profile import ProfileResult
 from gflops_track.results.training import TrainingCountResult, TrainingStep, TrainingTimingResult
 from gflops_track.timing.engine import measure_latency
@@ -77,11 +85,14 @@ def count_training_step(
             labels=labels,
             prefer_meta=options.meta,
             extra_rules=options.extra_rules,
+            device_type=target.type,
         )
         notes = counting_notes(cost.backend_note, cost.uncounted_ops)
         torch_count = None
         if options.torch_check:
-            torch_count = torch_training_check(model, args, kwargs, cost, labels=labels, prefer_meta=options.meta)
+            torch_count = torch_training_check(
+                model, args, kwargs, cost, labels=labels, prefer_meta=options.meta, device_type=target.type
+            )
             notes.extend(f"counters disagree: {note}" for note in torch_count.notes)
     shapes = input_shapes(args, kwargs)
     return TrainingCountResult(
@@ -115,6 +126,8 @@ def measure_training_step(
     the same inputs, and the optimizer's learning rate is 0, so every kernel of the step runs (SGD's ``add_``, AdamW's
     decay, moments and ``addcdiv_``) but the weights never drift. Your module's weights, ``.grad`` and flags are left
     as they were (it is moved to ``device`` and converted as ``measure`` does)."""
+    if on_meta(model):
+        raise ValueError(f"{type(model).__name__}'s training step cannot be timed: {WEIGHTLESS}")
     errors = training_arg_errors(model, loss, optimizer)
     target = resolve_device(device)
     runtime = runtime or RuntimeOptions()
@@ -210,6 +223,9 @@ def profile_training_step(
         options=counting,
     )  # fmt: skip
     facts, settings = where_it_runs(target, runtime)
+    if on_meta(model):
+        notes = [timing_skipped_note()] if timing is not False else []
+        return ProfileResult(cost, facts, runtime, settings, training=TrainingStep(step), run_notes=notes)
     timed = None
     if (options := timing_options(timing)) is not None:
         timed = measure_training_step(

@@ -39,9 +39,10 @@ class ThopCount:
     macs: int
     params: int
     unruled_types: list[str] = field(default_factory=list)  # module types thop has no rule for
-    reasons: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)  # each names a few modules, then "(+N more)"
     error: str = ""
     distribution: str = ORIGINAL_THOP  # which distribution provides ``thop`` (see ``thop_distribution``)
+    every_module: list[str] = field(default_factory=list)  # the reasons naming every module (the run's artifact)
 
 
 @dataclass(frozen=True)

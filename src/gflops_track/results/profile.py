@@ -89,6 +89,7 @@ class ProfileResult:
     timing: TimingResult | None = None
     peaks: PeakReport | None = None
     training: TrainingStep | None = None
+    run_notes: list[str] = field(default_factory=list)  # what the run itself says, e.g. a step skipped and why
 
     # What was counted (the count step's fields, read through).
     model_name = property(lambda self: self.cost.model_name)
@@ -130,15 +131,16 @@ class ProfileResult:
 
     @property
     def notes(self) -> list[str]:
-        """Every step's notes in pipeline order: counting, timing (with its conditions), the training step's
-        counting and timing, peaks."""
+        """Every step's notes in pipeline order: the run's own (a step skipped), counting, timing (with its
+        conditions), the training step's counting and timing, peaks."""
         timing_notes = self.timing.notes if self.timing else []
         training_notes: list[str] = []
         if self.training is not None:
             training_notes += [f"training step: {note}" for note in self.training.count.notes]
             if self.training.timing is not None:
                 training_notes += [f"training step timing: {note}" for note in self.training.timing.step.notes]
-        return [*self.cost.notes, *timing_notes, *training_notes, *(self.peaks.notes if self.peaks else [])]
+        peak_notes = self.peaks.notes if self.peaks else []
+        return [*self.run_notes, *self.cost.notes, *timing_notes, *training_notes, *peak_notes]
 
     @property
     def mfu_vs_spec(self) -> float | None:

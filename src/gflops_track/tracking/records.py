@@ -21,6 +21,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 from gflops_track.common import names
 from gflops_track.counting.layer_info import layers_to_columns, layers_to_csv
+from gflops_track.counting.thop_compare import thop_notes
 from gflops_track.machine.environment import ENV_HASH_TAG, environment_files, environment_hash, installed_packages
 from gflops_track.render.plots import roofline_png
 from gflops_track.render.summary import summary_text
@@ -117,15 +118,20 @@ def cost_record(result: ProfileResult) -> RunRecord:
         tags[names.TORCH_AGREES_TAG] = str(result.torch_count.agrees).lower()
     if result.thop is not None and not result.thop.error:
         tags[names.THOP_AGREES_TAG] = str(result.thop.macs == result.macs).lower()
+    files = {
+        names.LAYERS_CSV_ARTIFACT: layers_to_csv(result.layers).encode(),
+        names.LAYERS_JSON_ARTIFACT: table_json(layers_to_columns(result.layers)),
+        names.SUMMARY_ARTIFACT: summary.encode(),
+    }
+    if result.thop is not None:
+        thop = thop_notes(result.thop, result.macs, result.params, every_module=True)
+        if thop:
+            files[names.THOP_ARTIFACT] = ("\n".join(thop) + "\n").encode()
     return RunRecord(
         params={f"effective.{key}": value for key, value in result.settings.items()},
         metrics=result.metrics(),
         tags=tags,
-        files={
-            names.LAYERS_CSV_ARTIFACT: layers_to_csv(result.layers).encode(),
-            names.LAYERS_JSON_ARTIFACT: table_json(layers_to_columns(result.layers)),
-            names.SUMMARY_ARTIFACT: summary.encode(),
-        },
+        files=files,
     )
 
 

@@ -1,0 +1,60 @@
+"""Building a model with its weights, or on the meta device without them (``model.init``: auto, meta, real).
+
+A model built on meta holds shapes and dtypes only: it is counted (params, MACs, FLOPs, the per-layer table, the
+training step) with no memory for its weights, but it cannot be run, so it is not timed. ``auto`` builds on meta
+first, which costs no memory, weighs the parameters and buffers, and builds for real only when they fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gflops_track.machine.hardware import free_memory
+
+INIT_CHOICES = ("auto", "meta", "real")
+DEFAULT_INIT = "auto"  # model.init when a model's config does not set it
+HEADROOM = 0.9  # auto builds for real only when the weights take at most this share of the free memory
+GB = 1e9  # bytes per GB, the unit of the notes
+
+
+@dataclass(frozen=True)
+class Built:
+    """The model, and why it has no weights when it was built on meta ('' when it has them)."""
+
+    module: nn.Module
+    weightless_reason: str = ""
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer, a tensor shared by several modules once."""
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def construct(factory: Callable[[], nn.Module], init: str, device: torch.device) -> Built:
+    """``factory()`` with weights (``real``), on meta (``meta``), or (``auto``) on meta when the weights would not
+    fit the memory free for ``device`` (see ``HEADROOM``). A factory that cannot build on meta is built for real
+    under ``auto``."""
+    if init not in INIT_CHOICES:
+        raise ValueError(f"init={init!r} is not allowed: choose one of {', '.join(INIT_CHOICES)}")
+    if init == "real":
+        return Built(factory())
+    try:
+        with torch.device("meta"):
+            weightless = factory()
+    except Exception:
+        if init == "meta":
+            raise
+        return Built(factory())
+    if init == "meta":
+        return Built(weightless, "model.init=meta built it without weights")
+    need = weight_bytes(weightless)
+    free, where = free_memory(device)
+    if need <= HEADROOM * free:
+        del weightless
+        return Built(factory())
+    return Built(weightless, f"weights need {need / GB:.1f} GB, {free / GB:.1f} GB {where} (model.init=auto)")

@@ -1,0 +1,46 @@
+"""Models by name, one config group per library (``model=hf``, ``model=torchvision``, ``model=timm``): which builder
+each group's ``_target_`` names, the extra that installs the library, what the model is fed, and how its name is
+checked before any run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from gflops_track.models import huggingface, vision
+from gflops_track.models.extras import HF, TIMM, TORCHVISION, Extra
+from gflops_track.options.inputs import InputSizes, ModelInputs
+
+
+@dataclass(frozen=True)
+class Library:
+    """A library's models by name: the extra it needs, the inputs a model of it is fed, its name check."""
+
+    extra: Extra
+    natural_inputs: Callable[[nn.Module, Mapping[str, Any], InputSizes], ModelInputs]
+    name_problems: Callable[[Mapping[str, Any]], list[str]]
+
+
+LIBRARIES: dict[str, Library] = {  # the builder a group's _target_ names -> its library
+    "gflops_track.models.huggingface.build": Library(
+        HF,
+        huggingface.natural_inputs,
+        lambda model: huggingface.name_problems(
+            str(model["name"]), str(model.get("task", huggingface.DEFAULT_TASK)), model.get("config")
+        ),
+    ),
+    "gflops_track.models.vision.torchvision_model": Library(
+        TORCHVISION, vision.torchvision_inputs, lambda model: vision.torchvision_name_problems(str(model["name"]))
+    ),
+    "gflops_track.models.vision.timm_model": Library(
+        TIMM, vision.timm_inputs, lambda model: vision.timm_name_problems(str(model["name"]))
+    ),
+}
+
+
+def library_of(model_config: Mapping[str, Any]) -> Library | None:
+    """The library whose builder ``model._target_`` names (None for a class of one's own)."""
+    return LIBRARIES.get(str(model_config.get("_target_")))

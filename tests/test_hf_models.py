@@ -1,0 +1,154 @@
+"""Hugging Face models by name from the command line (``model=hf``): GPT-2's exact count, Llama-2-7B counted without its
+weights, config overrides, heads, local configs and names checked before any run.
+
+transformers comes from the ``hf`` extra, which .ci/install-extras puts in .extras/hf; these tests run the command
+with that folder on its path and torchvision absent (this environment's torchvision breaks ``import transformers``:
+tests/torchvision_ops.py). Without transformers they are skipped. Every figure has its formula written out.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import cli_env, extra_path, run_cli
+
+pytestmark = pytest.mark.slow
+COUNT_ONLY = ["timing.enabled=false", "peak.measure=false"]
+
+
+@pytest.fixture(scope="module")
+def hf_path() -> list[str]:
+    return [path for path in [extra_path("hf", "transformers")] if path]
+
+
+def all_runs(uri: str) -> list:
+    client = MlflowClient(uri)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def gpt2_params(layers: int = 12, d: int = 768, vocab: int = 50_257, positions: int = 1024) -> int:
+    """Token and position embeddings; per block two LayerNorms (2d each), c_attn (d x 3d + 3d), attention c_proj
+    (d x d + d), c_fc (d x 4d + 4d), MLP c_proj (4d x d + d): 12d^2 + 13d; the final LayerNorm; the head is tied to
+    the token embedding (no parameters of its own)."""
+    return vocab * d + positions * d + layers * (12 * d * d + 13 * d) + 2 * d
+
+
+def gpt2_macs(batch: int, seq: int, layers: int = 12, d: int = 768, vocab: int = 50_257, head: bool = True) -> int:
+    """T = batch * seq tokens; per block QKV T*d*3d, output projection T*d*d, scores and weighted sum 2*batch*seq^2*d
+    (every head, the full square: the causal mask skips no product), MLP 2*T*d*4d; the head T*d*vocab."""
+    tokens = batch * seq
+    block = tokens * d * 3 * d + tokens * d * d + 2 * batch * seq * seq * d + 2 * tokens * d * 4 * d
+    return layers * block + (tokens * d * vocab if head else 0)
+
+
+def test_gpt2_by_name_counts_exactly(tmp_path: Path, store_uri: str, hf_path: list[str]) -> None:
+    """`model=hf model.name=gpt2` at batch 1, seq 128 (input_ids and an all-ones attention_mask): thop has no rule for
+    GPT-2's Conv1D; its note says so, names three of the 48 and how many more, and thop.txt names every one."""
+    done = run_cli(["model=hf", "model.name=gpt2", "batch.size=1", *COUNT_ONLY], cwd=tmp_path, pythonpath=hf_path,
+                   MLFLOW_TRACKING_URI=store_uri)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = all_runs(store_uri)
+    metrics = run.data.metrics
+    assert run.info.status == "FINISHED" and run.info.run_name == "gpt2-b1-cpu-fp32"
+    assert metrics["cost/params"] == gpt2_params() == 124_439_808
+    assert metrics["cost/macs"] == gpt2_macs(1, 128) == 16_114_089_984
+    assert run.data.tags["model"] == "GPT2LMHeadModel" and run.data.tags["torch_flop_counter_agrees"] == "true"
+    assert "thop has no rule for Conv1D and counts 0 for it" in done.stdout
+    parts = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    conv1d_names = [f"transformer.h.{i}.{part}" for i in range(12) for part in parts]
+    assert f"Conv1D ({', '.join(conv1d_names[:3])} (+45 more)): thop" in done.stdout
+    thop_txt = Path(MlflowClient(store_uri).download_artifacts(run.info.run_id, "thop.txt", str(tmp_path))).read_text()
+    assert f"Conv1D ({', '.join(conv1d_names)}): thop" in thop_txt
+    assert "bias add" not in thop_txt
+
+
+PEAK_RSS = (  # runs the command given as its arguments, then prints its peak resident set (its only child)
+    "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+    "print(f'peak_rss_kib={resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}'); sys.exit(code)"
+)
+
+
+def test_llama_7b_is_counted_without_its_weights(tmp_path: Path, store_uri: str, hf_path: list[str]) -> None:
+    """Llama-2-7B (transformers' default LlamaConfig) built on meta: 27 GB of fp32 weights never allocated; the
+    command's peak resident memory stays under 3 GB. (model.init=meta: auto would do the same where the weights do
+    not fit, and time the model where they do.)"""
+    d, ff, layers, vocab, batch, seq = 4096, 11_008, 32, 32_000, 1, 128
+    command = [sys.executable, "-m", "gflops_track", "model=hf", "model.name=llama", "model.init=meta", "batch.size=1"]
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, *command], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env=cli_env(pythonpath=hf_path, MLFLOW_TRACKING_URI=store_uri, XDG_CACHE_HOME=str(tmp_path / ".cache")),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    peak_kib = int(re.search(r"peak_rss_kib=(\d+)", done.stdout).group(1))
+    assert peak_kib < 3 * 2**20, f"peak RSS {peak_kib / 2**20:.2f} GiB"
+    (run,) = all_runs(store_uri)
+    metrics = run.data.metrics
+    # embeddings and the untied head 2*vocab*d; per layer q, k, v, o 4d^2, gate/up/down 3*d*ff, two RMSNorms 2d; the
+    # final RMSNorm d
+    assert metrics["cost/params"] == 2 * vocab * d + layers * (4 * d * d + 3 * d * ff + 2 * d) + d == 6_738_415_616
+    tokens = batch * seq
+    block = 4 * tokens * d * d + 3 * tokens * d * ff + 2 * batch * seq * seq * d  # projections, MLP, scores and sum
+    assert metrics["cost/macs"] == layers * block + tokens * d * vocab == 850_000_871_424
+    assert run.info.status == "FINISHED" and run.data.tags["count_backend"] == "fake"
+    assert not any(key.startswith(("latency/", "peak/")) for key in metrics)
+    assert "timing skipped: model.init=meta built it without weights" in done.stdout
+
+
+def test_config_overrides_and_heads(tmp_path: Path, store_uri: str, hf_path: list[str]) -> None:
+    """`+model.config.n_layer=2`, swept over the causal-LM head and the bare model (no head: no vocabulary product;
+    the same parameters, the head being tied)."""
+    done = run_cli(
+        ["-m", "model=hf", "model.name=gpt2", "+model.config.n_layer=2", "model.task=causal_lm,base", "batch.size=1",
+         "batch.seq_len=32", *COUNT_ONLY],
+        cwd=tmp_path, pythonpath=hf_path, MLFLOW_TRACKING_URI=store_uri,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = {r.data.params["model.task"]: r for r in all_runs(store_uri) if "mlflow.parentRunId" in r.data.tags}
+    assert jobs["causal_lm"].data.metrics["cost/macs"] == gpt2_macs(1, 32, layers=2)
+    assert jobs["base"].data.metrics["cost/macs"] == gpt2_macs(1, 32, layers=2, head=False)
+    assert {run.data.metrics["cost/params"] for run in jobs.values()} == {gpt2_params(layers=2)}
+    assert {run.data.tags["model"] for run in jobs.values()} == {"GPT2LMHeadModel", "GPT2Model"}
+
+
+def test_a_local_config_trains_on_meta(tmp_path: Path, store_uri: str, hf_path: list[str]) -> None:
+    """A folder holding a config.json (one GPT-2 block), its training step counted without weights: forward M,
+    backward 2M (both operands of every product need a gradient, the embeddings being trained)."""
+    folder = tmp_path / "tiny-gpt2"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1, "n_embd": 64, "n_head": 4}))
+    done = run_cli(
+        ["model=hf", f"model.name={folder}", "model.init=meta", "mode=train", "batch.size=2", "batch.seq_len=16"],
+        cwd=tmp_path, pythonpath=hf_path, MLFLOW_TRACKING_URI=store_uri,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = all_runs(store_uri)
+    forward = gpt2_macs(2, 16, layers=1, d=64)
+    assert run.info.status == "FINISHED" and run.info.run_name == "tiny_gpt2-b2-cpu-fp32-train"
+    assert run.data.metrics["cost/macs"] == forward and run.data.metrics["step/macs"] == 3 * forward
+    assert "step/latency_median_ms" not in run.data.metrics
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["model.name=gtp2"], "model.name='gtp2' is not allowed: it is neither a transformers model type (did you "
+                              "mean gpt2?) nor a local config.json or folder holding one"),
+        (["model.name=t5", "model.task=causal_lm"], "model.task='causal_lm' is not allowed for model.name='t5': "
+                                                   "choose one of seq2seq_lm, base,"),
+        (["model.name=gpt2", "model.task=chat"], "model.task='chat' is not allowed: choose one of causal_lm,"),
+        ([], "model.name=??? is not allowed: this key must be set"),
+    ],
+)  # fmt: skip
+def test_names_and_heads_are_checked_before_any_run(
+    tmp_path: Path, hf_path: list[str], args: list[str], message: str
+) -> None:
+    done = run_cli(["model=hf", *args], cwd=tmp_path, pythonpath=hf_path)
+    assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "mlflow.db").exists()

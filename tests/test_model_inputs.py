@@ -1,0 +1,202 @@
+"""Inputs of any dtype, models built without weights (meta), and what thop's notes say, through the Python API.
+
+Every count is checked against its formula (``fixture_models``: TinyLM's MACs and params written out).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fixture_models import Conv1D, Conv1DStack, TinyLM, tiny_lm_macs, tiny_lm_params
+from gflops_track import count, count_training_step, measure, profile
+from gflops_track.counting.op_counter import count_cost
+from gflops_track.counting.thop_compare import NAMES_SHOWN, named, thop_count, thop_notes
+from gflops_track.models.construct import construct, weight_bytes
+from gflops_track.options.inputs import InputSpec, ModelInputs, input_spec
+from gflops_track.options.runtime import RuntimeOptions
+from gflops_track.pipeline.inputs import random_input, random_inputs
+from gflops_track.pipeline.runtime import convert_inputs
+
+BATCH, SEQ, VOCAB = 2, 64, 1000
+
+
+def ids(batch: int = BATCH, seq: int = SEQ) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, seq))
+
+
+# --- inputs of any dtype ---------------------------------------------------------------------------------------
+
+
+def test_integer_ids_are_drawn_in_their_range_and_masks_are_all_true() -> None:
+    spec = InputSpec((4096,), "int64", 5, 9)
+    values = random_input(spec, 3, torch.device("cpu"))
+    assert values.dtype == torch.int64 and values.shape == (3, 4096)
+    assert int(values.min()) == 5 and int(values.max()) == 8  # [low, high): every value of 5..8 drawn from 12,288
+    assert random_input(InputSpec((7,), "int32", high=3), 2, torch.device("cpu")).dtype == torch.int32
+    mask = random_input(InputSpec((64,), "bool"), 2, torch.device("cpu"))
+    assert mask.dtype == torch.bool and bool(mask.all())  # all true unless asked otherwise
+    random_mask = random_input(InputSpec((4096,), "bool", low=0), 1, torch.device("cpu"))
+    assert 0 < int(random_mask.sum()) < 4096  # low=0: true and false
+    floats = random_input(InputSpec((8,)), 2, torch.device("cpu"))
+    assert floats.dtype == torch.float32
+
+
+def test_precision_converts_floating_inputs_only() -> None:
+    """bf16 convert + channels_last: the image follows the run; token ids and a 4-D integer tensor stay as made."""
+    runtime = RuntimeOptions(dtype="bf16", dtype_mode="convert", memory_format="channels_last")
+    plan = ModelInputs(
+        (InputSpec((3, 4, 4)), InputSpec((3, 4, 4), "int64", high=10)), {"mask": InputSpec((16,), "bool")}
+    )
+    args, kwargs = convert_inputs(*random_inputs(plan, 2, torch.device("cpu")), runtime)
+    image, integers = args
+    assert image.dtype == torch.bfloat16 and image.is_contiguous(memory_format=torch.channels_last)
+    assert integers.dtype == torch.int64 and integers.is_contiguous()  # never channels_last: not an image
+    assert kwargs["mask"].dtype == torch.bool
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ({"shape": [64], "dtype": "int64"}, "input.kwargs.ids.high=None is not allowed for input.kwargs.ids.dtype"),
+        ({"shape": [64], "dtype": "int8", "high": 5}, "input.kwargs.ids.dtype='int8' is not allowed: choose one of"),
+        ({"shape": [64], "high": 5}, "input.kwargs.ids.high=5 is not allowed for input.kwargs.ids.dtype='float'"),
+        ({"shape": [64], "dtype": "bool", "low": 0, "high": 3}, "are not allowed for a bool mask"),
+        ({"shape": [64], "dtype": "int32", "low": 9, "high": 9}, "input.kwargs.ids.low=9 is not allowed"),
+        ({"shape": [0]}, "input.kwargs.ids.shape=[0] is not allowed: it must be a list of integers >= 1"),
+        ({"shape": [4], "size": 3}, "input.kwargs.ids.size is not allowed: an input takes shape, dtype, low, high"),
+        ("abc", "input.kwargs.ids='abc' is not allowed: give a per-sample shape"),
+    ],
+)
+def test_bad_input_specs_are_one_line_naming_the_key(value: object, problem: str) -> None:
+    spec, problems = input_spec(value, "input.kwargs.ids")
+    assert spec is None and len(problems) == 1 and problem in problems[0]
+
+
+def test_a_token_id_model_is_counted_by_formula() -> None:
+    model = TinyLM()
+    result = count(model, ids(), kwargs={"mask": torch.ones(BATCH, SEQ, dtype=torch.bool)})
+    assert result.macs == tiny_lm_macs(BATCH, SEQ) == 22_872_064
+    assert result.params == tiny_lm_params() == 228_968
+    assert result.count_backend == "meta" and result.thop is not None and not result.thop.error  # thop with kwargs
+
+
+# --- models built without weights ---------------------------------------------------------------------------------
+
+
+def test_profile_and_count_accept_a_model_on_meta() -> None:
+    """Built under torch.device('meta'): the same counts as with weights, timing skipped with a note (this failed
+    with 'Cannot copy out of meta tensor' when profile moved the model to the device)."""
+    with torch.device("meta"):
+        weightless = TinyLM()
+    real = count(TinyLM(), ids())
+    result = profile(weightless, ids())
+    assert (result.params, result.macs, result.flops) == (real.params, real.macs, real.flops)
+    assert result.macs == tiny_lm_macs(BATCH, SEQ) and result.timing is None and result.peaks is None
+    assert result.notes[0].startswith("timing skipped: the model's weights are on the meta device")
+    assert [layer.macs for layer in result.layers] == [layer.macs for layer in real.layers]
+    assert all(p.is_meta for p in weightless.parameters())  # left where it was
+    with pytest.raises(ValueError, match="cannot be timed"):
+        measure(weightless, ids())
+
+
+def test_a_training_step_of_a_model_on_meta_is_counted_like_the_real_one() -> None:
+    with torch.device("meta"):
+        weightless = TinyLM()
+    real = count_training_step(TinyLM(), ids(), optimizer="adamw")
+    step = count_training_step(weightless, ids(), optimizer="adamw")
+    assert step.cost.macs_by_phase == real.cost.macs_by_phase and step.cost.flops == real.cost.flops
+    # forward M; backward 2M: both operands of every product need a gradient (the embedding's weight is trained)
+    assert step.cost.macs_by_phase == {"forward": tiny_lm_macs(BATCH, SEQ), "backward": 2 * tiny_lm_macs(BATCH, SEQ),
+                                       "optimizer": 0}  # fmt: skip
+    # the embedding's backward priced: each of the batch * seq gradient rows (width 64) is added to its id's row
+    assert not any("embed" in op for op in step.cost.uncounted_ops)
+    embedding = next(layer for layer in step.cost.layers if layer.name == "embed")
+    assert embedding.backward_flops == BATCH * SEQ * 64 and "embedding_dense_backward x1" in embedding.backward_ops
+
+
+def test_under_autocast_a_model_on_meta_is_priced_in_the_runs_dtype() -> None:
+    """Its fake stand-ins live on the run's device, so autocast casts them: the same bytes as the real model."""
+    runtime = RuntimeOptions(dtype="bf16")
+    with torch.device("meta"):
+        weightless = TinyLM()
+    real, meta = count(TinyLM(), ids(), runtime=runtime), count(weightless, ids(), runtime=runtime)
+    assert meta.count_backend == real.count_backend == "fake"
+    assert meta.bytes_moved == real.bytes_moved and meta.macs == real.macs
+
+
+class ReadsItsInput(nn.Module):
+    """Reads a value of its input (as a library checking whether a mask is all ones does): no meta forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch._subclasses.fake_tensor import is_fake
+
+        if not is_fake(x) and bool(x.sum() > 1e9):  # a library skips the read on fake tensors: it is a trace
+            return x
+        return self.linear(x)
+
+
+def test_a_model_on_meta_that_reads_values_is_counted_on_fake_tensors() -> None:
+    with torch.device("meta"):
+        weightless = ReadsItsInput()
+    result = count(weightless, torch.randn(4, 8))
+    assert result.count_backend == "fake" and result.macs == 4 * 8 * 8
+    assert "meta forward failed" in result.notes[0] and "counted on fake tensors" in result.notes[0]
+
+
+def test_auto_builds_on_meta_when_the_weights_do_not_fit() -> None:
+    """A 200,000 x 200,000 linear layer: 4e10 fp32 weights, 160 GB; built on meta for free, never for real."""
+    built = construct(lambda: nn.Linear(200_000, 200_000, bias=False), "auto", torch.device("cpu"))
+    assert all(p.is_meta for p in built.module.parameters())
+    assert weight_bytes(built.module) == 200_000 * 200_000 * 4
+    assert built.weightless_reason.startswith("weights need 160.0 GB, ") and "free (model.init=auto)" in (
+        built.weightless_reason
+    )
+    small = construct(lambda: nn.Linear(8, 8), "auto", torch.device("cpu"))
+    assert small.weightless_reason == "" and not any(p.is_meta for p in small.module.parameters())
+    assert construct(lambda: nn.Linear(8, 8), "meta", torch.device("cpu")).module.weight.is_meta
+    with pytest.raises(ValueError, match="init='lazy' is not allowed: choose one of auto, meta, real"):
+        construct(lambda: nn.Linear(8, 8), "lazy", torch.device("cpu"))
+
+
+def test_rotary_sin_and_cos_are_priced_one_flop_per_element() -> None:
+    class Rotary(nn.Module):
+        def forward(self, angles: torch.Tensor) -> torch.Tensor:
+            return angles.sin() + angles.cos()
+
+    report = count_cost(Rotary(), (torch.randn(3, 5),))
+    assert report.uncounted_ops == {} and report.flops_by_category["elementwise"] == 3 * 15  # sin, cos, add
+
+
+# --- thop's notes -------------------------------------------------------------------------------------------------
+
+
+def test_thop_note_says_it_has_no_rule_for_a_module_type_and_counts_zero() -> None:
+    """Hugging Face's GPT-2 builds its linears as Conv1D; thop has no rule for it and counts 0 (the note used to say
+    'thop counts each bias add as one MAC'). Six of them: three named, then '(+3 more)'; the artifact names all."""
+    rows, width, layers = 4, 16, 6
+    model, x = Conv1DStack(width, layers), torch.randn(rows, width)
+    ours = count_cost(model, (x,))
+    assert ours.macs == layers * rows * width * width
+    thop = thop_count(model, (x,), ours)
+    assert thop.raw_macs == thop.macs == 0
+    conv1d = next(reason for reason in thop.reasons if reason.startswith("Conv1D ("))
+    assert conv1d == (
+        f"Conv1D (layers.0, layers.1, layers.2 (+{layers - NAMES_SHOWN} more)): thop {-ours.macs:+,} MACs vs ours; "
+        "thop has no rule for Conv1D and counts 0 for it"
+    )
+    full = thop_notes(thop, ours.macs, ours.params, every_module=True)
+    assert any(", ".join(f"layers.{i}" for i in range(layers)) + ")" in line for line in full)
+    assert "bias add" not in " ".join(thop_notes(thop, ours.macs, ours.params))
+    assert isinstance(model.layers[0], Conv1D)
+
+
+def test_a_note_names_a_few_modules_then_how_many_more() -> None:
+    assert named(["a", "b"]) == "a, b"
+    assert named([f"bn{i}" for i in range(53)]) == "bn0, bn1, bn2 (+50 more)"
+    assert named(["a", "b", "c", "d"], None) == "a, b, c, d"
