@@ -54,7 +54,7 @@ def test_the_entry_point_exits_2_with_one_line(tmp_path: Path, store_uri: str, p
     client = MlflowClient(store_uri)
     run_id = client.create_run(DEFAULT_EXPERIMENT_ID).info.run_id
     done = subprocess.run(
-        [sys.executable, "-m", "gflops_track.app.mlproject", "main", parameter],
+        [sys.executable, "-m", "gflops_track.cli.mlproject", "main", parameter],
         cwd=tmp_path, env=cli_env(MLFLOW_TRACKING_URI=store_uri, MLFLOW_RUN_ID=run_id), capture_output=True,
         text=True, timeout=300,
     )  # fmt: skip

@@ -348,3 +348,14 @@ def test_thread_counts_within_the_bound_are_accepted(tmp_path: Path, monkeypatch
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'p.db'}")
     assert preflight(["-m", f"runtime.threads=1,{MAX_THREADS}"], CONFIG_DIR).errors == []
     assert preflight(["device=cpu"], CONFIG_DIR).errors == []
+
+
+def test_a_negative_token_id_is_refused_before_any_run() -> None:
+    """An id indexes a row of the model's embedding: a negative one fails the forward with an IndexError after the run
+    exists (found by the adversarial pass). Refused in preflight, like an id beyond the rows."""
+    tiny_lm = ["model=custom", "model._target_=fixture_models.TinyLM", "input.shape=[64]", "input.dtype=int64"]
+    errors = preflight([*tiny_lm, "input.low=-3", "input.high=5"], CONFIG_DIR).errors
+    assert len(errors) == 1 and errors[0].endswith(
+        "input.low=-3 is not allowed: TinyLM's only nn.Embedding (embed) has 1,000 rows, so token ids must be >= 0"
+    ), errors
+    assert preflight([*tiny_lm, "input.low=0", "input.high=5"], CONFIG_DIR).errors == []

@@ -120,8 +120,9 @@ def embedding_rows(model: nn.Module) -> tuple[int, str] | None:
 
 
 def input_range_errors(config: AppConfig) -> list[str]:
-    """input.high beyond the rows of the model's embedding, where the model says how many it has (checked on a copy
-    built without weights, before any run). A model that does not build is left to the job, which reports it."""
+    """input.low below 0 or input.high beyond the rows of the model's embedding, where the model says how many it has
+    (checked on a copy built without weights, before any run). A model that does not build is left to the job, which
+    reports it."""
     first = first_input(config)
     if first is None or not first.is_integer or first.high is None:
         return []
@@ -129,13 +130,19 @@ def input_range_errors(config: AppConfig) -> list[str]:
         rows = embedding_rows(construct(model_factory(config.model), "meta", torch.device("cpu")).module)
     except Exception:
         return []
-    if rows is None or first.high <= rows[0]:
+    if rows is None:
         return []
     size, where = rows
-    return [
-        f"input.high={first.high} is not allowed: {where} has {size:,} rows, so token ids must be below {size:,} "
-        f"(input.high <= {size})"
-    ]
+    low = first.value_range()[0]
+    errors = []
+    if low < 0:  # an id indexes a row: a negative one is an IndexError in the forward, after the run exists
+        errors.append(f"input.low={low} is not allowed: {where} has {size:,} rows, so token ids must be >= 0")
+    if first.high > size:
+        errors.append(
+            f"input.high={first.high} is not allowed: {where} has {size:,} rows, so token ids must be below {size:,} "
+            f"(input.high <= {size})"
+        )
+    return errors
 
 
 def model_label(config: AppConfig) -> str:
