@@ -80,6 +80,19 @@ def run_cli(
     )
 
 
+@pytest.fixture(autouse=True)
+def no_inherited_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no MLflow tracking URI and no active run id, and leaves none behind:
+    ``mlflow.set_tracking_uri`` (called by ``tracking.store.connect``) also writes $MLFLOW_TRACKING_URI into
+    ``os.environ``, so without this a test that logs in-process would point every later test of its worker at its
+    store (a preflight test once read another test's broken artifact location that way)."""
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
+
+
 @pytest.fixture(scope="session")
 def migrated_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty SQLite store with MLflow's schema, made once per session: creating and migrating a store takes

@@ -350,9 +350,11 @@ def test_thread_counts_within_the_bound_are_accepted(tmp_path: Path, monkeypatch
     assert preflight(["device=cpu"], CONFIG_DIR).errors == []
 
 
-def test_a_negative_token_id_is_refused_before_any_run() -> None:
+def test_a_negative_token_id_is_refused_before_any_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An id indexes a row of the model's embedding: a negative one fails the forward with an IndexError after the run
     exists (found by the adversarial pass). Refused in preflight, like an id beyond the rows."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'p.db'}")
     tiny_lm = ["model=custom", "model._target_=fixture_models.TinyLM", "input.shape=[64]", "input.dtype=int64"]
     errors = preflight([*tiny_lm, "input.low=-3", "input.high=5"], CONFIG_DIR).errors
     assert len(errors) == 1 and errors[0].endswith(
