@@ -36,6 +36,15 @@ def command(cwd: Path, *args: str, timeout: int = 300, **env: str) -> subprocess
     )  # fmt: skip
 
 
+def runs_as_admin(uri: str) -> list:
+    """Every run of EXPERIMENT on the basic-auth server at ``uri``, read with the admin's credentials."""
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in ADMIN.items():
+            env.setenv(key, value)
+        client = MlflowClient(uri)
+        return client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+
+
 def spool_a_sweep(folder: Path) -> None:
     """A sweep of two finished jobs, spooled (the spool API the recorder uses)."""
     parent = SpooledRun.new(EXPERIMENT, "sweep norm_fn=a,b")
@@ -67,11 +76,7 @@ def test_store_commands_keep_a_planted_password_out_of_every_console_line(
             results[f"sync ({form})"] = command(tmp_path, "sync", *flag, "multirun", **env)
             results[f"compare ({form})"] = command(tmp_path, "compare", *flag, "--experiment", EXPERIMENT, **env)
             results[f"reap ({form})"] = command(tmp_path, "reap", *flag, **env)
-        client = MlflowClient(server.uri)
-        with pytest.MonkeyPatch.context() as env:
-            for key, value in ADMIN.items():
-                env.setenv(key, value)
-            runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+        runs = runs_as_admin(server.uri)
     finally:
         server.stop()
     for name, done in results.items():
@@ -134,11 +139,7 @@ def test_the_spool_hints_run_as_printed_upload_into_the_right_store_with_one_swe
         assert first.returncode == 0, first.stdout + first.stderr
         second = command(tmp_path, *shlex.split(plain_hint)[1:], **ADMIN)
         assert second.returncode == 0, second.stdout + second.stderr
-        client = MlflowClient(server.uri)
-        with pytest.MonkeyPatch.context() as env:
-            for key, value in ADMIN.items():
-                env.setenv(key, value)
-            runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+        runs = runs_as_admin(server.uri)
     finally:
         server.stop()
     assert not (tmp_path / "mlflow.db").exists()  # nothing went to a store of its own
