@@ -20,7 +20,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 from gflops_track.common import names
-from gflops_track.counting.layer_info import layers_to_columns, layers_to_csv
+from gflops_track.counting.layer_info import layers_to_columns, layers_to_csv, rows_to_columns
 from gflops_track.counting.thop_compare import thop_notes
 from gflops_track.machine.environment import ENV_HASH_TAG, environment_files, environment_hash, installed_packages
 from gflops_track.render.plots import roofline_png
@@ -169,6 +169,22 @@ def peak_record(result: ProfileResult, run_name: str) -> RunRecord:
         with tempfile.TemporaryDirectory() as folder:
             path = roofline_png(Path(folder) / names.ROOFLINE_ARTIFACT, roofs, points, run_name)
             record.files[names.ROOFLINE_ARTIFACT] = path.read_bytes()
+    return record
+
+
+def layers_record(result: ProfileResult) -> RunRecord:
+    """The layers table with time, bytes and bound (``layers.csv`` and the UI's table, replacing the count's), the
+    per-op traffic the bounds used (so ``whatif`` can bound them on other hardware), the pass's metrics and the
+    summary."""
+    record = summary_record(result)
+    rows = result.layer_rows
+    record.files[names.LAYERS_CSV_ARTIFACT] = layers_to_csv(rows).encode()
+    record.files[names.LAYERS_JSON_ARTIFACT] = table_json(rows_to_columns(rows))
+    record.files[names.LAYER_TRAFFIC_ARTIFACT] = json.dumps(result.cost.layer_traffic).encode()
+    if result.layer_timing is not None:
+        record.tags[names.LAYER_TIMING_TAG] = result.layer_timing.method
+    if result.layer_roof is not None:
+        record.tags[names.LAYER_BOUND_TAG] = result.layer_roof.rule[:MAX_TAG_VAL_LENGTH]
     return record
 
 
