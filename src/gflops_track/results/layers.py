@@ -7,7 +7,10 @@ Units: milliseconds, bytes, FLOPs, GFLOP/s and GB/s (10^9 bytes/s); shares and e
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import csv
+import io
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from gflops_track.common import names
 
@@ -152,3 +155,90 @@ def forward_bound_metrics(rows: list[LayerRow], latency_ms: float | None) -> dic
     if latency_ms:
         values[names.LAYERS_BOUND_EFFICIENCY] = bound / latency_ms
     return values
+
+
+_PARSERS: dict[str, Any] = {"int": int, "float": float, "str": str}
+
+
+def rows_from_csv(text: str) -> list[LayerRow]:
+    """A run's ``layers.csv`` (the timed table) back into rows; an empty cell of an optional column is None.
+    ``ValueError`` naming the column when the table is not a timed layers table (a run from before the layer pass)."""
+    reader = csv.DictReader(io.StringIO(text))
+    columns = {column.name: str(column.type) for column in fields(LayerRow)}
+    missing = [name for name in columns if name not in (reader.fieldnames or [])]
+    if missing:
+        raise ValueError(
+            f"layers.csv has no column {missing[0]!r}: the run has no per-layer times (it predates the layer pass, "
+            "ran with timing.layers=false, or in mode=train)"
+        )
+    rows = []
+    for record in reader:
+        values: dict[str, Any] = {}
+        for name, kind in columns.items():
+            cell = record[name]
+            base = kind.replace(" | None", "")
+            values[name] = None if cell == "" and kind.endswith("| None") else _PARSERS[base](cell)
+        rows.append(LayerRow(**values))
+    return rows
+
+
+@dataclass(frozen=True)
+class WhatIfLayer:
+    """One layer here and there: the time measured here, its bound here, its bound there (ms), and which roof sets
+    each bound ('compute', 'memory' or '-')."""
+
+    name: str
+    flops: int
+    measured_ms: float | None
+    bound_here_ms: float | None
+    limit_here: str
+    bound_there_ms: float
+    limit_there: str
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    """The run's layers bounded on other hardware. Every figure but ``measured_*`` is a bound: the least time (or the
+    most GFLOP/s) the roofs allow, never a prediction of what kernels there would reach."""
+
+    hardware: str
+    dtype: str
+    rule: str
+    layers: list[WhatIfLayer]
+    flops: int
+    measured_forward_ms: float | None  # here: the run's latency median
+
+    @property
+    def forward_bound_ms(self) -> float:
+        """The least time the forward could take there: the sum of the layers' bounds."""
+        return sum(layer.bound_there_ms for layer in self.layers)
+
+    @property
+    def forward_bound_here_ms(self) -> float | None:
+        bounds = [layer.bound_here_ms for layer in self.layers if layer.bound_here_ms is not None]
+        return sum(bounds) if bounds else None
+
+    @property
+    def max_gflop_per_s(self) -> float | None:
+        """The most GFLOP/s the forward could reach there: its FLOPs over its least time."""
+        return self.flops / self.forward_bound_ms / 1e6 if self.forward_bound_ms > 0 else None
+
+    def flips(self) -> list[WhatIfLayer]:
+        """Layers whose bound comes from another roof there than here (compute-bound here, memory-bound there, or
+        the reverse)."""
+        return [
+            layer
+            for layer in self.layers
+            if "-" not in (layer.limit_here, layer.limit_there)
+            and layer.limit_here
+            and layer.limit_here != layer.limit_there
+        ]
+
+    def metrics(self) -> dict[str, float]:
+        """What ``--log`` writes under ``whatif/<hardware>/``: bounds only, each named a bound."""
+        values = {"forward_bound_ms": self.forward_bound_ms, "layers_flipping_bound": float(len(self.flips()))}
+        if self.max_gflop_per_s is not None:
+            values["max_gflop_per_s_bound"] = self.max_gflop_per_s
+        if self.measured_forward_ms:
+            values["bound_over_measured_here"] = self.forward_bound_ms / self.measured_forward_ms
+        return values
