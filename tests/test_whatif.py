@@ -9,8 +9,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from gflops_track.cli.compare import main as compare_main
 from gflops_track.cli.whatif import main as whatif_main
 from gflops_track.common import names
+from gflops_track.compare.layers import RunLayers, share_change
+from gflops_track.compare.layers import markdown as layers_markdown
 from gflops_track.models import ResidualBlock
 from gflops_track.options.peaks import PeakOptions
 from gflops_track.options.runtime import RuntimeOptions
@@ -113,6 +116,12 @@ def test_whatif_on_a_real_run(store_uri: str, tmp_path, capsys: pytest.CaptureFi
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id, "whatif/h100_sxm")}
     assert artifacts == {"whatif/h100_sxm/layers.json"}
 
+    assert compare_main(["--tracking-uri", store_uri, "--run-id", run.info.run_id, "--layers", "2"]) == 0
+    table = capsys.readouterr().out  # piped (captured): Markdown, the two layers that take the most time
+    top = sorted((row for row in rows if row.self_ms is not None), key=lambda row: row.self_ms or 0.0)[-2:]
+    assert "| # | layer | type | self ms | time share |" in table
+    assert f"| 1 | {top[1].name} |" in table and f"| 2 | {top[0].name} |" in table
+
 
 def test_bad_input_is_one_line_and_exit_2(store_uri: str, capsys: pytest.CaptureFixture[str]) -> None:
     """A run without per-layer times, and an unknown card: exit 2, one line naming the flag and what is allowed."""
@@ -122,3 +131,17 @@ def test_bad_input_is_one_line_and_exit_2(store_uri: str, capsys: pytest.Capture
     assert f"--run {run.info.run_id} is not allowed" in capsys.readouterr().err
     assert whatif_main(["--run", run.info.run_id, "--hardware", "Z1", "--tracking-uri", store_uri]) == 2
     assert "--hardware 'Z1' is not allowed" in capsys.readouterr().err
+
+
+def test_compare_layers_names_the_share_that_changes_most() -> None:
+    """Two runs of one model: conv takes 60% of the time on one and 20% on the other (40 points), relu 10% and 15%:
+    conv is named, with both shares."""
+    fast = RunLayers("gpu-run", "gpu", [replace(_row("conv", 100, 1.0, "compute", 0.5), time_share=0.2),
+                                        replace(_row("relu", 1, 1.0, "memory", 0.5), time_share=0.1)])  # fmt: skip
+    slow = RunLayers("cpu-run", "cpu", [replace(_row("conv", 100, 9.0, "compute", 0.5), time_share=0.6),
+                                        replace(_row("relu", 1, 1.0, "memory", 0.5), time_share=0.15)])  # fmt: skip
+    name, delta, by_run = share_change([fast, slow]) or ("", 0.0, {})
+    assert name == "conv" and delta == pytest.approx(0.4) and by_run == {"gpu-run": 0.2, "cpu-run": 0.6}
+    text = layers_markdown([fast, slow], 1)
+    assert "### cpu-run (cpu)" in text and "| 1 | conv | T | 9.000 | 60.0% |" in text
+    assert "conv (40.0 percentage points: gpu-run 20.0%, cpu-run 60.0%)" in text

@@ -130,6 +130,8 @@ def headline(result: WhatIf, run_name: str, measured: tuple[str, float] | None) 
 
 
 HEADERS = ("layer", "measured here ms", f"{BOUND_WORD} here ms", f"{BOUND_WORD} there ms", "roof here/there")
+RICH_HEADERS = ("layer", "here ms", f"{BOUND_WORD} here", f"{BOUND_WORD} there", "roof")
+RICH_LEGEND = f"ms; here: measured; {BOUND_WORD}: the least time the roofs allow; roof: here/there"
 
 
 def _cells(result: WhatIf) -> list[tuple[str, ...]]:
@@ -155,8 +157,9 @@ def markdown(result: WhatIf) -> str:
 def rich_table(result: WhatIf) -> Table:
     """At 80 columns: names and headers wrap at spaces, numbers never wrap (so none is cut)."""
     table = Table(show_edge=False, pad_edge=False)
-    for index, header in enumerate(HEADERS):
-        table.add_column(header, justify="left" if index in (0, 4) else "right", no_wrap=index in (1, 2, 3))
+    for index, header in enumerate(RICH_HEADERS):
+        text = index in (0, 4)  # names wrap (folded, never cut); numbers stay whole on one line
+        table.add_column(header, justify="left" if text else "right", no_wrap=not text, overflow="fold")
     for row in _cells(result):
         table.add_row(*(Text(cell) for cell in row))
     return table
@@ -228,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if piped:
             sys.stdout.write("\n" + markdown(result))
         else:
+            console.print(Text(RICH_LEGEND))
             console.print(rich_table(result))
         if args.log:
             slug = HERE if args.hardware.strip().lower() == HERE else hardware_slug(result.hardware)
