@@ -14,7 +14,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from conftest import QUICK_NO_THOP, SMALL_BLOCK, run_cli
+from conftest import QUICK_NO_THOP, SMALL_BLOCK, extra_path, run_cli
 from gflops_track.common import names
 from gflops_track.models import ResidualBlock
 from gflops_track.options.timing import TimingOptions
@@ -22,6 +22,7 @@ from gflops_track.peaks.bounds import layer_bound, layer_rows, offchip_bytes, sp
 from gflops_track.peaks.probes import ProbePlan, measured_peak
 from gflops_track.peaks.table import cpu_peak_estimate, gpu_spec
 from gflops_track.pipeline.steps import count, layer_table, measure, measure_layers
+from gflops_track.render.plots import layer_roofline_figure, layer_share_figure
 from gflops_track.results.layers import BoundRoof, LayerRow, LayerTiming, ModuleTime
 from gflops_track.results.peaks import PeakReport
 
@@ -210,3 +211,46 @@ def test_a_run_logs_the_timed_layers_table(tmp_path: Path) -> None:
     assert set(traffic) == set(by_name)
     summary = Path(client.download_artifacts(run.info.run_id, "summary.txt")).read_text()
     assert "layer #1 by time" in summary and "self times add up to" in summary
+    artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
+    assert {names.LAYER_SHARES_ARTIFACT, names.LAYER_ROOFLINE_ARTIFACT} <= artifacts
+
+
+@pytest.mark.slow
+def test_no_layer_of_torchvision_models_beats_its_bound(tmp_path: Path) -> None:
+    """ResNet-50, MobileNetV3 (large) and ViT-B/16, batch 1, one sweep with the peaks measured: every job's layers
+    are timed, and not one is faster than its bound (``layers/layers_below_bound`` = 0)."""
+    vision = extra_path("vision", "torchvision")
+    store = tmp_path / "mlflow.db"
+    models = ("resnet50", "mobilenet_v3_large", "vit_b_16")
+    done = run_cli(
+        ["-m", "model=torchvision", f"model.name={','.join(models)}", "batch.size=1", "counting.thop=false",
+         "timing.warmup=1", "timing.min_repeats=3", "timing.max_time_s=1", f"tracking.uri=sqlite:///{store}"],
+        cwd=tmp_path, pythonpath=[vision] if vision else [], torchvision_ops=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{store}")
+    runs = client.search_runs([client.get_experiment_by_name("gflops-track").experiment_id])
+    jobs = {run.data.params.get("model.name"): run for run in runs if "mlflow.parentRunId" in run.data.tags}
+    assert set(jobs) == set(models)
+    for name, run in jobs.items():
+        metrics = run.data.metrics
+        assert metrics[names.LAYERS_BELOW_BOUND] == 0, name
+        assert 0 < metrics[names.LAYERS_BOUND_MS] <= metrics["latency/median_ms"], name
+        assert metrics[names.LAYERS_ITERATIONS] >= 3, name
+
+
+def test_layer_charts_show_time_beside_flops() -> None:
+    """The share chart: one time bar and one FLOP bar per timed layer (slowest at the top), in percent; the roofline:
+    one point per timed layer with FLOPs and bytes, under the roof the bounds use."""
+    model = ResidualBlock(16, 16).eval()
+    cost = count(model, (torch.randn(1, 16, 8, 8),), CPU)
+    spans = [ModuleTime("conv1", 1, 3.0, 3.0, 0.0), ModuleTime("conv2", 1, 1.0, 1.0, 0.0)]
+    rows = layer_rows(cost.layers, cost.layer_traffic, LayerTiming("test", 1, 4.0, spans), None)
+    shares = layer_share_figure(rows, "shares").axes[0]
+    assert [label.get_text() for label in shares.get_yticklabels()] == ["conv2", "conv1"]
+    widths = sorted(round(patch.get_width(), 6) for patch in shares.patches)
+    flop_share = round(100 * rows[1].flops_share, 6)  # conv1 and conv2 count alike
+    assert widths == sorted([25.0, 75.0, flop_share, flop_share])
+    roofline = layer_roofline_figure(rows, BoundRoof("r", 100.0, 10.0, None, "rule"), "roofline").axes[0]
+    (points,) = roofline.collections
+    assert len(points.get_offsets()) == 2

@@ -30,7 +30,7 @@ from rich.text import Text
 from gflops_track.common import names
 from gflops_track.peaks.table import gpu_spec
 from gflops_track.peaks.whatif import datasheet_names, datasheet_what_if, find_spec, hardware_slug, what_if
-from gflops_track.results.layers import BoundRoof, WhatIf, rows_from_csv
+from gflops_track.results.layers import BoundRoof, WhatIf, milliseconds, rows_from_csv
 from gflops_track.tracking.credentials import command_store
 from gflops_track.tracking.records import RunRecord, table_json, write_to_mlflow
 from gflops_track.tracking.store import TRACKING_ERRORS, StoreError, cap_http_retries, connect, first_line, unreachable
@@ -92,10 +92,7 @@ def _measured_there(client: Any, run: Any, hardware: str, dtype: str) -> tuple[s
 
 
 def _ms(value: float | None) -> str:
-    """Milliseconds, never rounded to nothing: 3 decimals from 0.1 ms up, 3 significant digits below."""
-    if value is None:
-        return "-"
-    return f"{value:,.3f}" if value >= 0.1 or value == 0 else f"{value:.3g}"
+    return "-" if value is None else milliseconds(value)
 
 
 def _limits(here: str, there: str) -> str:

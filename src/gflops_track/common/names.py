@@ -169,6 +169,8 @@ COMPARISON_ARTIFACT = "comparison.csv"
 
 # Per-layer time and roofline bounds (issue 25): the layer pass runs after the headline timing.
 LAYER_TRAFFIC_ARTIFACT = "layer_traffic.json"  # layer -> per-op [distinct input bytes, output bytes]
+LAYER_SHARES_ARTIFACT = "layers_time_vs_flops.png"  # per layer: time share beside FLOP share
+LAYER_ROOFLINE_ARTIFACT = "layers_roofline.png"  # per layer: intensity and achieved GFLOP/s under the bound's roof
 LAYERS_FORWARD_MS = "layers/forward_ms"  # median forward under the layer pass's hooks
 LAYERS_SELF_SUM_MS = "layers/self_sum_ms"  # sum of every module's median self time
 LAYERS_SELF_GAP = "layers/self_sum_gap"  # (self sum - latency/median_ms) / latency/median_ms, signed

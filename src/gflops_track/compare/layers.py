@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from rich.table import Table
 from rich.text import Text
 
-from gflops_track.results.layers import LayerRow
+from gflops_track.results.layers import LayerRow, milliseconds, percent
 
 HEADERS = ("#", "layer", "type", "self ms", "time share", "FLOP share", "bound ms", "roof", "efficiency")
 
@@ -29,13 +29,11 @@ class RunLayers:
 
 
 def _ms(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.3f}" if value >= 0.1 or value == 0 else f"{value:.3g}"
+    return "-" if value is None else milliseconds(value)
 
 
 def _share(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
+    return "-" if value is None else percent(value)
 
 
 def cells(row: LayerRow, rank: int) -> tuple[str, ...]:

@@ -3,6 +3,7 @@ same rows with rich."""
 
 from __future__ import annotations
 
+from gflops_track.results.layers import milliseconds, percent
 from gflops_track.results.profile import ProfileResult
 from gflops_track.results.timing import ci_text, precision_text
 
@@ -81,13 +82,17 @@ def _layer_rows(result: ProfileResult) -> list[tuple[str, str]]:
             if row.bound_ms and row.self_ms is not None and row.self_ms < row.bound_ms
         ]
         verdict = f"; BEATEN by {', '.join(below)}" if below else "; no layer beats its bound"
-        rows.append(("layers: forward bound (ms)", f"{bound:,.4f}{verdict}"))
+        rows.append(("layers: forward bound (ms)", f"{milliseconds(bound)}{verdict}"))
     for rank, row in enumerate(result.top_layers(), start=1):
-        parts = [f"{row.name} ({row.type})", f"{row.self_ms or 0.0:,.3f} ms", f"{row.time_share or 0.0:.1%} of time"]
+        parts = [
+            f"{row.name} ({row.type})",
+            f"{row.self_ms or 0.0:,.3f} ms",
+            f"{percent(row.time_share or 0.0)} of time",
+        ]
         if row.bound_ms is not None:
-            parts.append(f"bound {row.bound_ms:,.4f} ms ({row.bound})")
+            parts.append(f"bound {milliseconds(row.bound_ms)} ms ({row.bound})")
         if row.efficiency is not None:
-            parts.append(f"efficiency {row.efficiency:.1%}")
+            parts.append(f"efficiency {percent(row.efficiency)}")
         rows.append((f"layer #{rank} by time", ", ".join(parts)))
     return rows
 

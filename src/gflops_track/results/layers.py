@@ -18,6 +18,17 @@ SELF_SUM_LIMIT = 0.10  # the self times add up to the forward's median within 10
 BUSY_SKEW = 2.0  # as timing/engine.py's SKEW_LIMIT: a median over twice the minimum measures the machine's load
 
 
+def percent(share: float) -> str:
+    """A share as a percentage that never rounds to nothing: one decimal from 1% up, two significant digits below
+    (0.02%, not 0.0%)."""
+    return f"{share:.1%}" if share >= 0.01 or share == 0 else f"{share * 100:.2g}%"
+
+
+def milliseconds(value: float) -> str:
+    """Milliseconds that never round to nothing: 3 decimals from 0.1 ms up, 3 significant digits below."""
+    return f"{value:,.3f}" if value >= 0.1 or value == 0 else f"{value:.3g}"
+
+
 @dataclass(frozen=True)
 class ModuleTime:
     """One module's time per forward (all its calls summed), medians over the pass's iterations. ``self_ms`` is the

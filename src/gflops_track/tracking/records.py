@@ -6,6 +6,7 @@ local spool (``spool.py``) and later be uploaded unchanged.
 
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 import time
@@ -23,7 +24,7 @@ from gflops_track.common import names
 from gflops_track.counting.layer_info import layers_to_columns, layers_to_csv, rows_to_columns
 from gflops_track.counting.thop_compare import thop_notes
 from gflops_track.machine.environment import ENV_HASH_TAG, environment_files, environment_hash, installed_packages
-from gflops_track.render.plots import roofline_png
+from gflops_track.render.plots import layer_roofline_figure, layer_share_figure, roofline_png
 from gflops_track.render.summary import summary_text
 from gflops_track.results.fingerprint import Fingerprint
 from gflops_track.results.profile import ProfileResult
@@ -185,6 +186,14 @@ def layers_record(result: ProfileResult) -> RunRecord:
         record.tags[names.LAYER_TIMING_TAG] = result.layer_timing.method
     if result.layer_roof is not None:
         record.tags[names.LAYER_BOUND_TAG] = result.layer_roof.rule[:MAX_TAG_VAL_LENGTH]
+    if any(row.self_ms is not None for row in rows):
+        for artifact, figure in (
+            (names.LAYER_SHARES_ARTIFACT, layer_share_figure(rows, "time share vs FLOP share per layer")),
+            (names.LAYER_ROOFLINE_ARTIFACT, layer_roofline_figure(rows, result.layer_roof, "per-layer roofline")),
+        ):
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png")
+            record.files[artifact] = buffer.getvalue()
     return record
 
 
