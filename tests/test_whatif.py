@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from gflops_track.cli.compare import main as compare_main
 from gflops_track.cli.whatif import main as whatif_main
 from gflops_track.common import names
-from gflops_track.compare.layers import RunLayers, share_change
+from gflops_track.compare.layers import RunLayers, layer_charts, layer_time_by_run_figure, share_change
 from gflops_track.compare.layers import markdown as layers_markdown
 from gflops_track.models import ResidualBlock
 from gflops_track.options.peaks import PeakOptions
@@ -145,3 +145,19 @@ def test_compare_layers_names_the_share_that_changes_most() -> None:
     text = layers_markdown([fast, slow], 1)
     assert "### cpu-run (cpu)" in text and "| 1 | conv | T | 9.000 | 60.0% |" in text
     assert "conv (40.0 percentage points: gpu-run 20.0%, cpu-run 60.0%)" in text
+
+
+def test_side_by_side_chart_names_the_layer_whose_share_changes_most(tmp_path) -> None:
+    """The report's cross-run chart: one bar per run for each layer, titled with the layer that moves most; with
+    each run's own time-vs-FLOP chart, one PNG each."""
+    fast = RunLayers("gpu-run", "gpu", [replace(_row("conv", 100, 1.0, "compute", 0.5), time_share=0.2),
+                                        replace(_row("relu", 1, 1.0, "memory", 0.5), time_share=0.1)])  # fmt: skip
+    slow = RunLayers("cpu-run", "cpu", [replace(_row("conv", 100, 9.0, "compute", 0.5), time_share=0.6),
+                                        replace(_row("relu", 1, 1.0, "memory", 0.5), time_share=0.15)])  # fmt: skip
+    axes = layer_time_by_run_figure([fast, slow]).axes[0]
+    assert "changes most: conv (40.0 points)" in axes.get_title()
+    assert sorted(round(patch.get_width(), 6) for patch in axes.patches) == [10.0, 15.0, 20.0, 60.0]
+    charts = layer_charts([fast, slow], tmp_path)
+    assert [chart.name for chart in charts] == [
+        "layers_time_by_run.png", "layers_time_vs_flops_1.png", "layers_time_vs_flops_2.png",
+    ]  # fmt: skip

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
@@ -25,7 +24,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from gflops_track.common import names
 from gflops_track.compare.gate import (
     DEFAULT_THRESHOLD,
     EXIT_USAGE,
@@ -41,7 +39,7 @@ from gflops_track.compare.gate import (
     unmeasured_verdict,
 )
 from gflops_track.compare.layers import RICH_LEGEND as LAYERS_LEGEND
-from gflops_track.compare.layers import RunLayers, change_line
+from gflops_track.compare.layers import change_line, read_run_layers
 from gflops_track.compare.layers import markdown as layers_markdown
 from gflops_track.compare.layers import rich_tables as layer_tables
 from gflops_track.compare.render import ALL_COLUMNS, csv_table, markdown_table, parse_columns, rich_table
@@ -56,7 +54,6 @@ from gflops_track.compare.rows import (
     select_runs,
 )
 from gflops_track.machine.environment import ENV_HASH_TAG, environment_note
-from gflops_track.results.layers import rows_from_csv
 from gflops_track.tracking.credentials import command_store
 from gflops_track.tracking.store import (
     StoreError,
@@ -239,14 +236,9 @@ def print_layers(
     times are named on stderr."""
     if count < 1:
         raise UsageError(f"--layers={count} is not allowed: it must be an integer >= 1")
-    timed: list[RunLayers] = []
-    for row in rows:
-        try:
-            with tempfile.TemporaryDirectory() as folder:
-                text = Path(client.download_artifacts(row.run_id, names.LAYERS_CSV_ARTIFACT, folder)).read_text()
-            timed.append(RunLayers(row.run_name, row.hardware, rows_from_csv(text)))
-        except (ValueError, OSError, MlflowException) as error:
-            errors.print(f"[yellow]run {escape(row.run_name)}: no per-layer times ({escape(describe_error(error))})[/]")
+    timed, missing = read_run_layers(client, rows)
+    for line in missing:
+        errors.print(f"[yellow]{escape(line)}[/yellow]")
     if not timed:
         errors.print("[red]gflops-track compare:[/red] none of the runs selected has per-layer times")
         return EXIT_USAGE
@@ -300,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for note in [*environment_notes(rows), *not_finite_notes(rows)]:  # a CSV or Markdown table on stdout
             notes.print(f"[yellow]{escape(note)}[/yellow]")  # stays clean: said on stderr
         if args.html:
-            write_report(rows, args.html, title, redact_uri(uri))
+            write_report(rows, args.html, title, redact_uri(uri), layers=read_run_layers(client, rows)[0])
             console.print(f"HTML report written to {escape(str(args.html))}", highlight=False)
         if args.log_report and sweep:
             log_report(client, sweep, rows, title, redact_uri(uri))

@@ -4,13 +4,25 @@ forward, their roofline bound and how close they come to it; and across runs, th
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from rich.table import Table
 from rich.text import Text
 
-from gflops_track.results.layers import LayerRow, milliseconds, percent
+from gflops_track.common import names
+from gflops_track.compare.rows import Row
+from gflops_track.render.plots import finish_figure, layer_share_figure, new_figure, variant_colors
+from gflops_track.results.layers import LayerRow, milliseconds, percent, rows_from_csv
+from gflops_track.tracking.store import first_line
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 HEADERS = ("#", "layer", "type", "self ms", "time share", "FLOP share", "bound ms", "roof", "efficiency")
 
@@ -104,3 +116,57 @@ def rich_tables(runs: Sequence[RunLayers], count: int) -> list[Table]:
             table.add_row(*(Text(cell) for cell in (full[1], *full[3:])))
         tables.append(table)
     return tables
+
+
+def read_run_layers(client: MlflowClient, rows: Sequence[Row]) -> tuple[list[RunLayers], list[str]]:
+    """Each run's timed layers table (``layers.csv``), and one line per run that has none (why)."""
+    timed: list[RunLayers] = []
+    missing: list[str] = []
+    for row in rows:
+        try:
+            with tempfile.TemporaryDirectory() as folder:
+                text = Path(client.download_artifacts(row.run_id, names.LAYERS_CSV_ARTIFACT, folder)).read_text()
+            timed.append(RunLayers(row.run_name, row.hardware, rows_from_csv(text)))
+        except (ValueError, OSError, MlflowException) as error:
+            missing.append(f"run {row.run_name}: no per-layer times ({first_line(error)})")
+    return timed, missing
+
+
+def layer_time_by_run_figure(runs: Sequence[RunLayers], top: int = 8) -> Figure:
+    """Per layer, its time share on each run side by side (the layers among any run's ``top`` slowest); the title
+    names the layer whose share changes most."""
+    layers: list[str] = []
+    for run in runs:
+        layers += [row.name for row in run.top(top) if row.name not in layers]
+    figure, axes = new_figure(7.5, max(3.0, 0.5 * len(layers) + 1.5))
+    colors = variant_colors([f"{run.run_name} ({run.hardware})" for run in runs])
+    height = 0.8 / max(1, len(runs))
+    for index, run in enumerate(runs):
+        shares = {row.name: 100 * (row.time_share or 0.0) for row in run.rows}
+        label = f"{run.run_name} ({run.hardware})"
+        positions = [position - 0.4 + height * (index + 0.5) for position in range(len(layers))]
+        axes.barh(positions, [shares.get(name, 0.0) for name in layers], height, label=label, color=colors[label])
+    axes.set_yticks(range(len(layers)), layers, fontsize="small")
+    axes.invert_yaxis()
+    axes.set_xlim(left=0)
+    axes.set_xlabel("share of the forward's time (%)")
+    change = share_change(runs)
+    title = "time share per layer, by run"
+    if change is not None:
+        title += f"\nchanges most: {change[0]} ({change[1] * 100:.1f} points)"
+    return finish_figure(figure, axes, title)
+
+
+def layer_charts(runs: Sequence[RunLayers], folder: Path, most: int = 6) -> list[Path]:
+    """The report's per-layer charts: the runs side by side (two runs or more), then each run's time share against
+    its FLOP share (the first ``most`` runs)."""
+    charts = []
+    if len(runs) >= 2:
+        path = folder / "layers_time_by_run.png"
+        layer_time_by_run_figure(runs).savefig(path)
+        charts.append(path)
+    for index, run in enumerate(runs[:most]):
+        path = folder / f"layers_time_vs_flops_{index + 1}.png"
+        layer_share_figure(run.rows, f"{run.run_name} ({run.hardware}): time vs FLOP share").savefig(path)
+        charts.append(path)
+    return charts
