@@ -206,3 +206,50 @@ def _summarise(
         )
     roots = [forward[0].get(ROOT_LABEL, 0.0) for forward in per_forward]
     return LayerTiming(method, len(per_forward), statistics.median(roots) if roots else 0.0, modules)
+
+
+PROFILER_RANGE = "module::"  # the record_function ranges the cross-check opens around each module
+
+
+def profiler_shares(forward: Callable[[], Any], model: nn.Module, forwards: int = 5) -> dict[str, float]:
+    """The cross-check: each module's share of the ATen op time ``torch.profiler`` records over ``forwards``
+    forwards (CPU op time; every top-level ``aten::`` op attributed to the innermost module range open around it,
+    ranges opened by the same global hooks). Set against ``ModuleTime.self_ms`` shares: they should agree within a
+    few percentage points, the layer pass's own time also holding Python and dispatch outside the ops."""
+    from torch.autograd.profiler import record_function
+    from torch.profiler import ProfilerActivity, profile
+
+    names = {id(module): name or ROOT_LABEL for name, module in model.named_modules()}
+    ranges: list[Any] = []
+
+    def pre(module: nn.Module, _args: Any) -> None:
+        if id(module) in names:
+            ranges.append(record_function(f"{PROFILER_RANGE}{names[id(module)]}"))
+            ranges[-1].__enter__()
+
+    def post(module: nn.Module, _args: Any, _output: Any) -> None:
+        if id(module) in names and ranges:
+            ranges.pop().__exit__(None, None, None)
+
+    handles = [
+        nn.modules.module.register_module_forward_pre_hook(pre),
+        nn.modules.module.register_module_forward_hook(post, always_call=True),
+    ]
+    try:
+        with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as recorded:
+            for _ in range(forwards):
+                forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    per_module: dict[str, float] = defaultdict(float)
+    for event in recorded.events():
+        parent = event.cpu_parent
+        if not event.name.startswith("aten::") or (parent is not None and parent.name.startswith("aten::")):
+            continue  # only top-level ops: an op inside another is in that one's time
+        while parent is not None and not parent.name.startswith(PROFILER_RANGE):
+            parent = parent.cpu_parent
+        if parent is not None:
+            per_module[parent.name.removeprefix(PROFILER_RANGE)] += event.cpu_time_total
+    total = sum(per_module.values())
+    return {name: spent / total for name, spent in per_module.items()} if total else {}
