@@ -126,9 +126,9 @@ def headline(result: WhatIf, run_name: str, measured: tuple[str, float] | None) 
     return lines
 
 
-HEADERS = ("layer", "measured here ms", f"{BOUND_WORD} here ms", f"{BOUND_WORD} there ms", "roof here/there")
-RICH_HEADERS = ("layer", "here ms", f"{BOUND_WORD} here", f"{BOUND_WORD} there", "roof")
-RICH_LEGEND = f"ms; here: measured; {BOUND_WORD}: the least time the roofs allow; roof: here/there"
+WHATIF_HEADERS = ("layer", "measured here ms", f"{BOUND_WORD} here ms", f"{BOUND_WORD} there ms", "roof here/there")
+WHATIF_RICH_HEADERS = ("layer", "here ms", f"{BOUND_WORD} here", f"{BOUND_WORD} there", "roof")
+WHATIF_LEGEND = f"ms; here: measured; {BOUND_WORD}: the least time the roofs allow; roof: here/there"
 
 
 def _cells(result: WhatIf) -> list[tuple[str, ...]]:
@@ -146,7 +146,7 @@ def _cells(result: WhatIf) -> list[tuple[str, ...]]:
 
 
 def markdown(result: WhatIf) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines = ["| " + " | ".join(WHATIF_HEADERS) + " |", "|" + "---|" * len(WHATIF_HEADERS)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in _cells(result)]
     return "\n".join(lines) + "\n"
 
@@ -154,7 +154,7 @@ def markdown(result: WhatIf) -> str:
 def rich_table(result: WhatIf) -> Table:
     """At 80 columns: names and headers wrap at spaces, numbers never wrap (so none is cut)."""
     table = Table(show_edge=False, pad_edge=False)
-    for index, header in enumerate(RICH_HEADERS):
+    for index, header in enumerate(WHATIF_RICH_HEADERS):
         text = index in (0, 4)  # names wrap (folded, never cut); numbers stay whole on one line
         table.add_column(header, justify="left" if text else "right", no_wrap=not text, overflow="fold")
     for row in _cells(result):
@@ -228,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if piped:
             sys.stdout.write("\n" + markdown(result))
         else:
-            console.print(Text(RICH_LEGEND))
+            console.print(Text(WHATIF_LEGEND))
             console.print(rich_table(result))
         if args.log:
             slug = HERE if args.hardware.strip().lower() == HERE else hardware_slug(result.hardware)
