@@ -104,10 +104,16 @@ def test_whatif_on_a_real_run(store_uri: str, tmp_path, capsys: pytest.CaptureFi
         if row.self_ms is not None and row.bound_ms:
             assert row.bound_ms <= row.self_ms, row
 
+    # the same config measured on an H100 (a run record as a GPU job would leave it): shown beside the bound
+    client.set_tag(run.info.run_id, names.OVERRIDES_TAG, "model.planes=64")
+    on_h100 = {names.OVERRIDES_TAG: "model.planes=64", names.DTYPE_TAG: "fp32", "gpu_name": "NVIDIA H100 80GB HBM3"}
+    gpu = client.create_run(run.info.experiment_id, tags=on_h100)
+    client.log_metric(gpu.info.run_id, names.LATENCY_MEDIAN_MS, 0.5)
     code = whatif_main(["--run", run.info.run_id, "--hardware", "H100 SXM", "--tracking-uri", store_uri, "--log"])
     assert code == 0
     there = capsys.readouterr().out
     assert "on H100 SXM (fp32)" in there and "not a measurement" in there and "layers whose bound flips" in there
+    assert f"forward there, measured: 0.500 ms (run {gpu.info.run_id}); bound/measured" in there
     metrics = client.get_run(run.info.run_id).data.metrics
     flops = cost.flops
     bound_ms = metrics["whatif/h100_sxm/forward_bound_ms"]
