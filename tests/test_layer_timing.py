@@ -274,3 +274,24 @@ def test_shares_agree_with_torch_profiler() -> None:
         if gaps[-1][0] <= 0.05:
             break
     assert gaps[-1][0] <= 0.05, f"largest share gap (fraction, layer), each attempt: {gaps}"
+
+
+@pytest.mark.slow
+def test_a_failed_layer_pass_is_a_note_not_a_failed_run(tmp_path: Path) -> None:
+    """A model that will not run under global hooks: the run is FINISHED with its headline timing, and a note says
+    why it has no per-layer times."""
+    store = tmp_path / "mlflow.db"
+    done = run_cli(
+        ["model=custom", "model._target_=fixture_models.HookShy", "+model.in_channels=3", *QUICK_NO_THOP,
+         f"tracking.uri=sqlite:///{store}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{store}")
+    (run,) = client.search_runs([client.get_experiment_by_name("gflops-track").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.metrics["latency/median_ms"] > 0
+    assert names.LAYERS_SELF_SUM_MS not in run.data.metrics
+    summary = Path(client.download_artifacts(run.info.run_id, "summary.txt")).read_text()
+    assert (
+        "per-layer times skipped: the layer pass failed with RuntimeError: this model refuses global hooks" in summary
+    )

@@ -172,10 +172,16 @@ def layers_job(
         record(summary_record(result))
         return result
     progress("timing each layer", 0, 1)
-    timing = measure_layers(
-        model, args, device, kwargs=kwargs, runtime=runtime, iterations=config.timing.layer_iterations,
-        max_time_s=config.timing.max_time_s,
-    )  # fmt: skip
+    try:
+        timing = measure_layers(
+            model, args, device, kwargs=kwargs, runtime=runtime, iterations=config.timing.layer_iterations,
+            max_time_s=config.timing.max_time_s,
+        )  # fmt: skip
+    except Exception as error:  # the headline figures are logged: a failed extra pass is a note, not a FAILED run
+        note = f"per-layer times skipped: the layer pass failed with {type(error).__name__}: {error}"
+        result = replace(result, run_notes=[*result.run_notes, note])
+        record(summary_record(result))
+        return result
     timing = replace(timing, notes=[*timing.notes, timing.check_note(result.median_latency_ms)])
     rows, roof = layer_table(result.cost, timing, result.peaks, device, runtime.dtype, result.fingerprint.hardware)
     result = replace(result, layer_timing=timing, layer_roof=roof, layer_rows=rows)
