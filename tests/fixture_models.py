@@ -197,3 +197,18 @@ class Conv1DStack(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
+
+
+class HookShy(nn.Module):
+    """Runs as usual, but refuses to run under the layer pass's global forward hooks (a model that breaks under
+    hooks the counter's own hooks do not disturb)."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hooks = nn.modules.module._global_forward_pre_hooks.values()
+        if any(type(getattr(hook, "__self__", None)).__name__ == "_Recorder" for hook in hooks):
+            raise RuntimeError("this model refuses global hooks")
+        return self.conv(x)

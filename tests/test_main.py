@@ -82,6 +82,8 @@ def test_seed_sweep_exact_command(tmp_path: Path) -> None:
         } <= artifacts
         layers_csv = Path(client.download_artifacts(run.info.run_id, "layers.csv", str(tmp_path))).read_text()
         assert layers_csv.splitlines()[0].startswith("name,type,depth,output_shape,params")
+        assert "self_ms" in layers_csv.splitlines()[0] and "bound_ms" in layers_csv.splitlines()[0]
+        assert metrics["layers/layers_below_bound"] == 0 and metrics["layers/bound_ms"] > 0  # no layer beats its bound
         samples = json.loads(Path(client.download_artifacts(run.info.run_id, "latency_samples.json")).read_text())
         assert len(samples["latency_ms"]) == metrics["timing/timed_iterations"]
     assert "comparison.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}

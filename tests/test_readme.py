@@ -54,6 +54,8 @@ ELSEWHERE: dict[str, tuple[str, str]] = {
     r"^export MLFLOW_TRACKING_(URI|USERNAME)=": ("tests/test_team.py", "MLFLOW_TRACKING_USERNAME"),
     r"^python -m gflops_track -m norm_fn=group,batch,instance$": ("tests/test_team.py", "MLFLOW_TRACKING_URI"),
     r"hydra/launcher=slurm_(gpu|cpu)": ("tests/test_slurm.py", "hydra/launcher=slurm_cpu"),
+    r"^gflops-track whatif --run <id> --hardware": ("tests/test_whatif.py", '"--hardware", "H100 SXM"'),
+    r"^gflops-track compare --layers": ("tests/test_whatif.py", '"--layers"'),
     r"^python -m gflops_track model=(hf |torchvision |timm |custom model\._target_=mymodels\.)": (
         "tests/test_readme.py", "def test_profile_your_model_examples"),
 }  # fmt: skip

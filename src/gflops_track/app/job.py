@@ -36,7 +36,15 @@ from gflops_track.counting.counting_forward import on_meta
 from gflops_track.models.construct import construct
 from gflops_track.options.timing import ProgressCallback
 from gflops_track.pipeline.placement import resolve_device, where_it_runs
-from gflops_track.pipeline.steps import WEIGHTLESS, count, measure, peak_report, timing_skipped_note
+from gflops_track.pipeline.steps import (
+    WEIGHTLESS,
+    count,
+    layer_table,
+    measure,
+    measure_layers,
+    peak_report,
+    timing_skipped_note,
+)
 from gflops_track.pipeline.training_step import count_training_step, measure_training_step, training_input_errors
 from gflops_track.results.fingerprint import Fingerprint
 from gflops_track.results.profile import ProfileResult
@@ -46,6 +54,7 @@ from gflops_track.tracking.recorder import Recorder, RunTarget
 from gflops_track.tracking.records import (
     RunRecord,
     cost_record,
+    layers_record,
     peak_record,
     start_record,
     summary_record,
@@ -139,6 +148,44 @@ def profile_job(
             progress("peak", 0, 1)
             result = replace(result, peaks=peak_report(cost, result.timing, device, runtime, facts, peak))
             record(peak_record(result, title))
+        if config.timing.enabled and config.timing.layers and not weightless and config.mode != "train":
+            result = layers_job(config, model, args, kwargs, device, result, record, progress)
+    return result
+
+
+def layers_job(
+    config: AppConfig,
+    model: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    kwargs: dict[str, torch.Tensor],
+    device: torch.device,
+    result: ProfileResult,
+    record: Callable[[RunRecord], None],
+    progress: ProgressCallback,
+) -> ProfileResult:
+    """After the headline timing and the peaks: each module's time in a pass of its own, joined with the count and
+    bounded by this device's roof -> log. A compiled model has no modules to hook: a note says so."""
+    runtime = config.runtime_options()
+    if runtime.compile != "off":
+        note = f"per-layer times skipped: compile={runtime.compile} runs one graph, whose modules no hook sees"
+        result = replace(result, run_notes=[*result.run_notes, note])
+        record(summary_record(result))
+        return result
+    progress("timing each layer", 0, 1)
+    try:
+        timing = measure_layers(
+            model, args, device, kwargs=kwargs, runtime=runtime, iterations=config.timing.layer_iterations,
+            max_time_s=config.timing.max_time_s,
+        )  # fmt: skip
+    except Exception as error:  # the headline figures are logged: a failed extra pass is a note, not a FAILED run
+        note = f"per-layer times skipped: the layer pass failed with {type(error).__name__}: {error}"
+        result = replace(result, run_notes=[*result.run_notes, note])
+        record(summary_record(result))
+        return result
+    timing = replace(timing, notes=[*timing.notes, timing.check_note(result.median_latency_ms)])
+    rows, roof = layer_table(result.cost, timing, result.peaks, device, runtime.dtype, result.fingerprint.hardware)
+    result = replace(result, layer_timing=timing, layer_roof=roof, layer_rows=rows)
+    record(layers_record(result))
     return result
 
 

@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from gflops_track.compare.gate import (
     DEFAULT_THRESHOLD,
@@ -37,6 +38,10 @@ from gflops_track.compare.gate import (
     row_label,
     unmeasured_verdict,
 )
+from gflops_track.compare.layers import RICH_LEGEND as LAYERS_LEGEND
+from gflops_track.compare.layers import change_line, read_run_layers
+from gflops_track.compare.layers import markdown as layers_markdown
+from gflops_track.compare.layers import rich_tables as layer_tables
 from gflops_track.compare.render import ALL_COLUMNS, csv_table, markdown_table, parse_columns, rich_table
 from gflops_track.compare.report import log_report, write_report
 from gflops_track.compare.rows import (
@@ -86,6 +91,14 @@ def parser() -> argparse.ArgumentParser:
         help="comma-separated columns to show, in this order, nothing cut: " + ",".join(ALL_COLUMNS),
     )
     output.add_argument("--wide", action="store_true", help="every column, nothing cut (long lines wrap)")
+    output.add_argument(
+        "--layers",
+        type=int,
+        nargs="?",
+        const=5,
+        metavar="N",
+        help="the N layers (default 5) that take the most time in each run, with share, bound and efficiency",
+    )
     output.add_argument("--output", type=Path, help="write the markdown/csv table here instead of stdout")
     output.add_argument("--html", type=Path, help="write the self-contained HTML report (tables + plots) here")
     output.add_argument("--log-report", action="store_true", help="with --sweep: attach report.html to the sweep run")
@@ -216,6 +229,31 @@ def describe_error(error: Exception) -> str:
     return first_line(error)
 
 
+def print_layers(
+    client: MlflowClient, rows: Sequence[Row], count: int, form: str, console: Console, errors: Console
+) -> int:
+    """``--layers N``: each run's top N layers by time; Markdown when piped or asked for; runs without per-layer
+    times are named on stderr."""
+    if count < 1:
+        raise UsageError(f"--layers={count} is not allowed: it must be an integer >= 1")
+    timed, missing = read_run_layers(client, rows)
+    for line in missing:
+        errors.print(f"[yellow]{escape(line)}[/yellow]")
+    if not timed:
+        errors.print("[red]gflops-track compare:[/red] none of the runs selected has per-layer times")
+        return EXIT_USAGE
+    if form == "markdown" or (form == "rich" and not console.is_terminal):
+        sys.stdout.write(layers_markdown(timed, count))
+    else:
+        console.print(Text(LAYERS_LEGEND))
+        for table in layer_tables(timed, count):
+            console.print(table)
+        change = change_line(timed)
+        if change:
+            console.print(Text(change))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     cap_http_retries()  # a dead server must not stall compare for minutes of retries
@@ -240,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             errors.print(f"[red]gflops-track compare:[/red] no runs selected in {escape(redact_uri(uri))}")
             return EXIT_USAGE
         rows = build_rows(runs, args.baseline_row)
+        if args.layers is not None:
+            return print_layers(client, rows, args.layers, args.format, console, errors)
         title = f"gflops-track comparison ({(sweep and f'sweep {sweep}') or f'{len(rows)} runs'})"
         text = {"markdown": markdown_table, "csv": csv_table}.get(args.format)
         if text is None:
@@ -252,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for note in [*environment_notes(rows), *not_finite_notes(rows)]:  # a CSV or Markdown table on stdout
             notes.print(f"[yellow]{escape(note)}[/yellow]")  # stays clean: said on stderr
         if args.html:
-            write_report(rows, args.html, title, redact_uri(uri))
+            write_report(rows, args.html, title, redact_uri(uri), layers=read_run_layers(client, rows)[0])
             console.print(f"HTML report written to {escape(str(args.html))}", highlight=False)
         if args.log_report and sweep:
             log_report(client, sweep, rows, title, redact_uri(uri))

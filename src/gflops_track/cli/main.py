@@ -1,4 +1,4 @@
-"""The ``gflops-track`` console command: ``run`` (the Hydra app), ``compare``, ``sync`` and ``reap``."""
+"""The ``gflops-track`` console command: ``run`` (the Hydra app), ``compare``, ``sync``, ``reap`` and ``whatif``."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import sys
 
 from gflops_track.common.redact import install_console_masking
 
-USAGE = """usage: gflops-track {run,compare,sync,reap} ...
+USAGE = """usage: gflops-track {run,compare,sync,reap,whatif} ...
 
   run [hydra overrides]   profile and track, e.g. gflops-track run -m norm_fn=group,batch,instance
   compare [options]       compare runs, write reports, gate on regressions (gflops-track compare --help)
   sync [folders]          upload runs spooled while the tracking server was unreachable (gflops-track sync --help)
   reap [--yes]            end runs left RUNNING by a process that is gone, e.g. SIGKILL (gflops-track reap --help)
+  whatif --run ID --hardware NAME   a run's layers bounded on other hardware (gflops-track whatif --help)
 """
 
 
@@ -35,6 +36,10 @@ def main() -> None:
         from gflops_track.cli.reap import main as reap_main
 
         sys.exit(reap_main(rest))
+    elif command == "whatif":
+        from gflops_track.cli.whatif import main as whatif_main
+
+        sys.exit(whatif_main(rest))
     else:
         sys.stderr.write(USAGE)
         sys.exit(0 if command in ("-h", "--help") else 2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 MIB = 2**20  # bytes per MiB: the unit of every *_mib metric
+ROOT_LABEL = "(root)"  # the layers table's name for the model itself
 
 # MLflow run statuses, as runs carry them, the sweep's ledger records them and the gate names a failed candidate.
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
@@ -165,3 +166,24 @@ ROOFLINE_ARTIFACT = "roofline.png"
 REPORT_ARTIFACT = "report.html"
 REPORT_CHARTS_FOLDER = "report"
 COMPARISON_ARTIFACT = "comparison.csv"
+
+# Per-layer time and roofline bounds (issue 25): the layer pass runs after the headline timing.
+LAYER_TRAFFIC_ARTIFACT = "layer_traffic.json"  # layer -> per-op [distinct input bytes, output bytes]
+LAYER_SHARES_ARTIFACT = "layers_time_vs_flops.png"  # per layer: time share beside FLOP share
+LAYER_ROOFLINE_ARTIFACT = "layers_roofline.png"  # per layer: intensity and achieved GFLOP/s under the bound's roof
+LAYERS_FORWARD_MS = "layers/forward_ms"  # median forward under the layer pass's hooks
+LAYERS_SELF_SUM_MS = "layers/self_sum_ms"  # sum of every module's median self time
+LAYERS_SELF_GAP = "layers/self_sum_gap"  # (self sum - latency/median_ms) / latency/median_ms, signed
+LAYERS_SELF_GAP_SIDE = "layers/self_sum_gap_side_by_side"  # the same gap against unhooked forwards timed beside
+LAYERS_FASTEST_GAP = "layers/self_min_sum_gap"  # sum of the modules' quickest self times vs the quickest forward
+LAYERS_BUSY = "layers/busy"  # 1: the unhooked forwards' median was over twice their minimum (a loaded machine)
+LAYERS_ITERATIONS = "layers/iterations"
+LAYERS_BOUND_MS = "layers/bound_ms"  # the forward's roofline bound: sum of the layers' bounds
+LAYERS_BOUND_EFFICIENCY = "layers/bound_efficiency"  # bound_ms / latency/median_ms
+LAYERS_BELOW_BOUND = "layers/layers_below_bound"  # layers measured faster than their bound (must be 0)
+LAYERS_ROOF_GFLOP_PER_S = "layers/roof_gflop_per_s"  # the compute rate the bounds use
+LAYERS_ROOF_BANDWIDTH = "layers/roof_bandwidth_gb_per_s"  # the bandwidth the memory bounds use
+LAYERS_ON_CHIP_MIB = "layers/on_chip_mib"  # what the memory bound takes as kept on chip
+LAYER_TIMING_TAG = "layer_timing"  # how per-layer times were taken, in words
+LAYER_BOUND_TAG = "layer_bound_rule"  # the roof and byte rule the bounds use, in words
+WHATIF_PREFIX = "whatif/"  # + hardware slug + "/" + metric, e.g. whatif/h100_sxm/forward_bound_ms

@@ -13,6 +13,7 @@ from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
 from gflops_track.common import names
 from gflops_track.compare.charts import comparison_charts
+from gflops_track.compare.layers import RunLayers, layer_charts, read_run_layers
 from gflops_track.compare.render import csv_table, html_report, markdown_table
 from gflops_track.compare.rows import Row, build_rows
 from gflops_track.tracking.store import NOTE_TAG, TRACKING_ERRORS, child_runs, first_line
@@ -20,10 +21,19 @@ from gflops_track.tracking.store import NOTE_TAG, TRACKING_ERRORS, child_runs, f
 REPORT_ERROR_TAG = "report_error"
 
 
-def write_report(rows: Sequence[Row], path: Path, title: str, source: str, charts_dir: Path | None = None) -> Path:
-    """The HTML report with every chart the rows support, embedded (charts kept in ``charts_dir`` when given)."""
+def write_report(
+    rows: Sequence[Row],
+    path: Path,
+    title: str,
+    source: str,
+    charts_dir: Path | None = None,
+    layers: Sequence[RunLayers] = (),
+) -> Path:
+    """The HTML report with every chart the rows support, embedded (charts kept in ``charts_dir`` when given), and
+    the per-layer charts of the runs in ``layers`` (time share vs FLOP share; the runs side by side)."""
     with tempfile.TemporaryDirectory() as scratch:
-        charts = comparison_charts(rows, charts_dir or Path(scratch))
+        folder = charts_dir or Path(scratch)
+        charts = [*comparison_charts(rows, folder), *layer_charts(layers, folder)]
         path.write_text(html_report(rows, charts, title, source), encoding="utf-8")
     return path
 
@@ -35,7 +45,8 @@ def log_report(client: MlflowClient, run_id: str, rows: Sequence[Row], title: st
     with tempfile.TemporaryDirectory() as folder:
         charts = Path(folder) / "charts"
         charts.mkdir()
-        report = write_report(rows, Path(folder) / names.REPORT_ARTIFACT, title, source, charts)
+        layers, _missing = read_run_layers(client, rows)
+        report = write_report(rows, Path(folder) / names.REPORT_ARTIFACT, title, source, charts, layers)
         client.log_artifact(run_id, str(report))
         client.log_artifacts(run_id, str(charts), names.REPORT_CHARTS_FOLDER)
 

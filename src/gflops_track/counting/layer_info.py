@@ -10,11 +10,9 @@ from typing import Any
 
 from torch import nn
 
+from gflops_track.common.names import ROOT_LABEL
 from gflops_track.counting.scope import ScopeTally
 from gflops_track.results.counting import LayerCost
-
-ROOT_LABEL = "(root)"
-
 
 LAYER_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LayerCost))
 
@@ -43,6 +41,7 @@ def build_layer_table(model: nn.Module, scopes: Mapping[str, ScopeTally]) -> lis
                 ops=", ".join(f"{op.removeprefix('aten.')} x{n}" for op, n in sorted(tally.ops.items()))
                 if tally
                 else "",
+                bytes_moved=tally.bytes_moved if tally else 0,
             )
         )
     return rows
@@ -62,3 +61,9 @@ def layers_to_csv(layers: Sequence[Any]) -> str:
 def layers_to_columns(layers: list[LayerCost]) -> dict[str, list[Any]]:
     """Column-oriented form (what ``mlflow.log_table`` takes)."""
     return {column: [getattr(layer, column) for layer in layers] for column in LAYER_COLUMNS}
+
+
+def rows_to_columns(rows: Sequence[Any]) -> dict[str, list[Any]]:
+    """Column-oriented form of any per-layer table of dataclass rows (the timed ``LayerRow`` too)."""
+    columns = [column.name for column in fields(rows[0])] if rows else list(LAYER_COLUMNS)
+    return {column: [getattr(row, column) for row in rows] for column in columns}

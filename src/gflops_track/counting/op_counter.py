@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,7 +26,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.hooks import RemovableHandle
 
 from gflops_track.counting.counting_forward import run_counting_forward
-from gflops_track.counting.layer_info import build_layer_table
+from gflops_track.counting.layer_info import ROOT_LABEL, build_layer_table
 from gflops_track.counting.rules import (
     COMPOSITE_RULES,
     FLOP_RULES,
@@ -67,6 +67,7 @@ class CostReport:
     backend_note: str = ""
     bytes_moved: int = 0  # unfused model: every op reads its tensor inputs and writes its outputs once
     min_bytes: int = 0  # lower bound: parameters + buffers + model inputs + model outputs, once each
+    layer_traffic: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # layer -> per op (in, out) bytes
 
 
 def op_label(packet: Any) -> str:
@@ -208,7 +209,7 @@ class _CountingMode(TorchDispatchMode):
         cost = composite.rule(OpCall(str(overload), bind_arguments(overload, args, named), out))
         tally = self._current()
         tally.add(op_label(composite.schema), cost, dense_by_op=inner_dense)
-        tally.bytes_moved += tensor_bytes((args, kwargs)) + tensor_bytes(out)
+        tally.add_traffic((args, kwargs), out)
         return out
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
@@ -230,7 +231,7 @@ class _CountingMode(TorchDispatchMode):
         else:
             tally.uncounted[op_name] += 1
         if packet not in NO_TRAFFIC_OPS:
-            tally.bytes_moved += tensor_bytes((args, kwargs)) + tensor_bytes(out)
+            tally.add_traffic((args, kwargs), out)
         return out
 
 
@@ -288,4 +289,5 @@ def count_cost(
         backend_note=counting_pass.note,
         bytes_moved=sum(tally.bytes_moved for tally in scopes.values()),
         min_bytes=state_bytes + tensor_bytes((tuple(args), dict(kwargs or {}))) + root.output_bytes,
+        layer_traffic={name or ROOT_LABEL: tally.op_traffic for name, tally in scopes.items()},
     )

@@ -22,6 +22,16 @@ def tensor_bytes(value: Any) -> int:
     return sum(leaf.numel() * leaf.element_size() for leaf in tree_leaves(value) if isinstance(leaf, torch.Tensor))
 
 
+def unique_tensor_bytes(value: Any) -> int:
+    """Bytes of the distinct tensors inside nested containers (``x * x`` reads ``x`` once): what one op must at least
+    touch of them."""
+    seen: dict[int, int] = {}
+    for leaf in tree_leaves(value):
+        if isinstance(leaf, torch.Tensor):
+            seen[id(leaf)] = leaf.numel() * leaf.element_size()
+    return sum(seen.values())
+
+
 def describe_shape(value: Any) -> str:
     """Shape of a module output: '[2, 384, 32, 32]', or a tuple/list/dict of such."""
     if isinstance(value, torch.Tensor):
@@ -46,6 +56,13 @@ class ScopeTally:
     output_shape: str = ""
     bytes_moved: int = 0
     output_bytes: int = 0
+    op_traffic: list[tuple[int, int]] = field(default_factory=list)  # per op: (distinct input bytes, output bytes)
+
+    def add_traffic(self, inputs: Any, output: Any) -> None:
+        """File one op's bytes: the unfused model's (every input read, every output written once) and the op's own
+        (distinct inputs, outputs), from which a cache-aware lower bound on memory traffic is derived."""
+        self.bytes_moved += tensor_bytes(inputs) + tensor_bytes(output)
+        self.op_traffic.append((unique_tensor_bytes(inputs), tensor_bytes(output)))
 
     def add(self, op_name: str, cost: OpCost, dense_by_op: Mapping[str, int] | None = None) -> None:
         """File one priced call. ``dense_by_op`` credits the conv/matmul FLOPs to the dispatched ops that did them

@@ -327,3 +327,41 @@ def free_memory(device: str | torch.device = "cpu") -> tuple[int, str]:
         return host, "free"
     gpu, _total = torch.cuda.mem_get_info(device)
     return (gpu, f"free on {device}") if gpu < host else (host, "free on the host")
+
+
+CPU_ROOT = Path("/sys/devices/system/cpu")
+GPU_SM_ON_CHIP_FALLBACK = 512 * 2**10  # per SM when torch does not say: 256 KiB L1/shared + 256 KiB registers
+
+
+def cpu_cache_bytes(root: Path = CPU_ROOT) -> int | None:
+    """Every data and unified cache of the machine, each shared instance once (sysfs ``shared_cpu_list``), in bytes:
+    the most data that can stay on chip between two ops. None when sysfs does not say."""
+    instances: dict[tuple[int, str], int] = {}
+    for index in root.glob("cpu[0-9]*/cache/index[0-9]*"):
+        try:
+            level = int((index / "level").read_text())
+            kind = (index / "type").read_text().strip()
+            size = _size_kib((index / "size").read_text())
+            shared = (index / "shared_cpu_list").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        if kind != "Instruction" and size:
+            instances[(level, shared)] = size * 2**10
+    return sum(instances.values()) or None
+
+
+def gpu_on_chip_bytes(device: torch.device) -> int:
+    """L2 plus every SM's shared memory/L1 and registers, in bytes: the most data a CUDA device keeps on chip."""
+    import torch  # here, not at the top (see fingerprint)
+
+    props = torch.cuda.get_device_properties(device)
+    l2 = int(getattr(props, "L2_cache_size", 0) or 0)
+    shared = int(getattr(props, "shared_memory_per_multiprocessor", 0) or 0)
+    registers = int(getattr(props, "regs_per_multiprocessor", 0) or 0) * 4  # 32-bit registers
+    per_sm = shared + registers if shared and registers else GPU_SM_ON_CHIP_FALLBACK
+    return l2 + props.multi_processor_count * per_sm
+
+
+def on_chip_bytes(device: torch.device) -> int | None:
+    """The bytes a device can keep on chip (CPU: its caches; CUDA: L2, shared memory and registers)."""
+    return gpu_on_chip_bytes(device) if device.type == "cuda" else cpu_cache_bytes()

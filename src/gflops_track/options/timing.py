@@ -27,6 +27,8 @@ class TimingOptions:
     max_time_s: float = 10.0
     cuda_graph: bool = False
     flush_l2: bool = False
+    layers: bool = True  # time each module in a pass of its own after the headline timing (timing/layers.py)
+    layer_iterations: int = 21  # forwards the per-layer pass times (fewer once max_time_s has passed; at least 3)
 
     def problems(self) -> list[tuple[str, str]]:
         """(field, "=value is not allowed: ...") per invalid option; callers prefix the key they expose."""
@@ -34,6 +36,7 @@ class TimingOptions:
             ("warmup", self.warmup, 0),
             ("min_repeats", self.min_repeats, 1),
             ("max_repeats", self.max_repeats, max(1, self.min_repeats)),
+            ("layer_iterations", self.layer_iterations, 1),
         ]
         found = [(name, problem) for name, value, low in checks if (problem := integer_problem(value, low))]
         for name in ("warmup_max_s", "max_time_s", "target_precision"):

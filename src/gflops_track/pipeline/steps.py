@@ -26,18 +26,24 @@ from gflops_track.counting.counting_forward import eval_mode, on_meta
 from gflops_track.counting.op_counter import count_cost
 from gflops_track.counting.thop_compare import thop_count, thop_notes
 from gflops_track.counting.torch_crosscheck import torch_flop_count
+from gflops_track.machine.hardware import on_chip_bytes
 from gflops_track.options.count import CountOptions
 from gflops_track.options.peaks import PeakOptions
 from gflops_track.options.runtime import RuntimeOptions
 from gflops_track.options.timing import ProgressCallback, TimingOptions
+from gflops_track.peaks.bounds import device_roof, layer_rows
 from gflops_track.peaks.report import compare_with_peaks
 from gflops_track.pipeline.placement import Inputs, batch_size_of, input_shapes, place, resolve_device, where_it_runs
 from gflops_track.pipeline.runtime import prepare, runtime_context
 from gflops_track.results.fingerprint import Fingerprint
+from gflops_track.results.layers import BoundRoof, LayerRow, LayerTiming
 from gflops_track.results.peaks import PeakReport
 from gflops_track.results.profile import CountResult, ProfileResult
 from gflops_track.results.timing import TimingResult, achieved_gflop_per_s
 from gflops_track.timing.engine import measure_latency
+from gflops_track.timing.layers import DEFAULT_ITERATIONS as LAYER_ITERATIONS
+from gflops_track.timing.layers import DEFAULT_MAX_TIME_S as LAYER_MAX_TIME_S
+from gflops_track.timing.layers import time_layers
 
 
 def timing_options(timing: TimingOptions | bool) -> TimingOptions | None:
@@ -124,6 +130,7 @@ def count(
         layers=cost.layers,
         bytes_moved=cost.bytes_moved,
         min_bytes=cost.min_bytes,
+        layer_traffic=cost.layer_traffic,
         thop=thop,
         torch_count=torch_count,
         notes=notes,
@@ -216,3 +223,38 @@ def peak_report(
     with runtime_context(runtime):  # the CPU estimate and the probes use the run's thread count
         kernel = f"{cost.model_name} ({runtime.dtype})"
         return compare_with_peaks(device, runtime.dtype, facts.hardware, facts.gpu_name, achieved, options, kernel)
+
+
+def measure_layers(
+    model: nn.Module,
+    inputs: Inputs,
+    device: str | torch.device = "cpu",
+    *,
+    kwargs: Mapping[str, Any] | None = None,
+    runtime: RuntimeOptions | None = None,
+    iterations: int = LAYER_ITERATIONS,
+    max_time_s: float = LAYER_MAX_TIME_S,
+) -> LayerTiming:
+    """Each module's inclusive and self time in ``model(*inputs, **kwargs)`` (``timing/layers.py``), in eval mode
+    under the runtime options. Run it after ``measure``: its hooks never touch the headline latency. A compiled
+    model runs as one graph, whose modules no hook sees: ``ValueError``."""
+    if on_meta(model):
+        raise ValueError(f"{type(model).__name__} cannot be timed: {WEIGHTLESS}")
+    runtime = runtime or RuntimeOptions()
+    if runtime.compile != "off":
+        raise ValueError(f"compile={runtime.compile!r}: per-layer times need compile=off (a graph has no modules)")
+    target = resolve_device(device)
+    args, kwargs = place(model, inputs, kwargs, target, runtime)
+    with runtime_context(runtime):
+        forward, args, kwargs = prepare(model, args, kwargs, runtime, target)
+        with eval_mode(model):
+            return time_layers(forward, model, target, iterations=iterations, max_time_s=max_time_s)
+
+
+def layer_table(
+    cost: CountResult, timing: LayerTiming | None, peaks: PeakReport | None, device: torch.device, dtype: str,
+    label: str,
+) -> tuple[list[LayerRow], BoundRoof | None]:  # fmt: skip
+    """The layers table with each module's time, bytes and roofline bound on this device (``peaks/bounds.py``)."""
+    roof = device_roof(peaks, dtype, on_chip_bytes(device), label) if peaks is not None else None
+    return layer_rows(cost.layers, cost.layer_traffic, timing, roof), roof

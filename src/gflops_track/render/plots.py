@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gflops_track.results.layers import BoundRoof, LayerRow
 from gflops_track.results.peaks import Roof, RooflinePoint
 
 if TYPE_CHECKING:
@@ -25,6 +26,8 @@ __all__ = [
     "Roof",
     "RooflinePoint",
     "finish_figure",
+    "layer_roofline_figure",
+    "layer_share_figure",
     "new_figure",
     "roofline_figure",
     "roofline_png",
@@ -164,3 +167,48 @@ def throughput_curve_figure(series: dict[str, list[tuple[int, float]]], title: s
 def throughput_curve_png(path: Path, series: dict[str, list[tuple[int, float]]], title: str) -> Path:
     throughput_curve_figure(series, title).savefig(path)
     return path
+
+
+def layer_share_figure(rows: Sequence[LayerRow], title: str, top: int = 12) -> Figure:
+    """Per layer, its share of the forward's time beside its share of the FLOPs (the layers that take the most time,
+    ``top`` of them, slowest at the top): where the time goes against where the arithmetic is."""
+    timed = sorted((row for row in rows if row.time_share is not None), key=lambda row: row.time_share or 0.0)[-top:]
+    figure, axes = new_figure(7, max(2.5, 0.45 * len(timed) + 1.2))
+    positions = list(range(len(timed)))
+    axes.barh([p + 0.2 for p in positions], [100 * (row.time_share or 0.0) for row in timed], 0.4, label="time")
+    axes.barh([p - 0.2 for p in positions], [100 * row.flops_share for row in timed], 0.4, label="FLOPs")
+    axes.set_yticks(positions, [row.name for row in timed], fontsize="small")
+    axes.set_xlim(left=0)
+    axes.set_xlabel("share of the forward (%)")
+    return finish_figure(figure, axes, title)
+
+
+def layer_roofline_figure(rows: Sequence[LayerRow], roof: BoundRoof | None, title: str, labelled: int = 5) -> Figure:
+    """Each timed layer at its arithmetic intensity (unfused byte model) and achieved GFLOP/s, under the compute
+    roof and, where the bounds have one, the memory roof; the ``labelled`` slowest layers are named."""
+    points = [row for row in rows if row.intensity and row.gflop_per_s]
+    figure, axes = new_figure()
+    intensities = [row.intensity or 1.0 for row in points]
+    low, high = min(intensities, default=1.0) / 10, max(intensities, default=100.0) * 10
+    if roof is not None:
+        if roof.bandwidth_gb_s:
+            ridge = roof.gflop_per_s / roof.bandwidth_gb_s
+            xs, ys = [low, ridge, high], [low * roof.bandwidth_gb_s, roof.gflop_per_s, roof.gflop_per_s]
+        else:
+            xs, ys = [low, high], [roof.gflop_per_s, roof.gflop_per_s]
+        memory = f", {roof.bandwidth_gb_s:,.0f} GB/s" if roof.bandwidth_gb_s else ""
+        axes.plot(xs, ys, "-", color="0.3", label=f"the bounds' roof: {roof.gflop_per_s:,.0f} GFLOP/s{memory}")
+    axes.scatter(intensities, [row.gflop_per_s or 0.0 for row in points], zorder=3, label="layers (self time)")
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlim(low, high)
+    axes.set_xlabel("arithmetic intensity (FLOP/byte, unfused byte model)")
+    axes.set_ylabel("achieved GFLOP/s")
+    spots: dict[tuple[float, float], list[str]] = {}  # layers drawn at one spot share one label
+    for row in sorted(points, key=lambda row: row.self_ms or 0.0, reverse=True)[:labelled]:
+        xy = (row.intensity or 1.0, row.gflop_per_s or 0.0)
+        near = next((spot for spot in spots if abs(spot[0] / xy[0] - 1) < 0.05 and abs(spot[1] / xy[1] - 1) < 0.1), xy)
+        spots.setdefault(near, []).append(row.name)
+    for xy, layer_names in spots.items():
+        label_inside(axes, ", ".join(layer_names), xy)
+    return finish_figure(figure, axes, title)

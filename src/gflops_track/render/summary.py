@@ -3,6 +3,7 @@ same rows with rich."""
 
 from __future__ import annotations
 
+from gflops_track.results.layers import milliseconds, percent
 from gflops_track.results.profile import ProfileResult
 from gflops_track.results.timing import ci_text, precision_text
 
@@ -59,6 +60,40 @@ def summary_rows(result: ProfileResult) -> list[tuple[str, str]]:
         rows.append(("arithmetic intensity (FLOP/byte)", f"{result.arithmetic_intensity:,.1f} (unfused byte model)"))
     rows += _training_rows(result)
     rows += _peak_rows(result)
+    rows += _layer_rows(result)
+    return rows
+
+
+def _layer_rows(result: ProfileResult) -> list[tuple[str, str]]:
+    """The per-layer pass: the self times' sum against the headline median, the forward's bound, and the three
+    layers that take the most time with their share, bound and efficiency."""
+    timing = result.layer_timing
+    if timing is None:
+        return []
+    check = f"{timing.self_sum_ms:,.3f}"
+    if result.median_latency_ms:
+        check += f" ({timing.gap(result.median_latency_ms):+.1%} of the latency median)"
+    rows = [("layers: self times' sum (ms)", check)]
+    if result.layer_roof is not None:
+        bound = sum(row.bound_ms or 0.0 for row in result.layer_rows)
+        below = [
+            row.name
+            for row in result.layer_rows
+            if row.bound_ms and row.self_ms is not None and row.self_ms < row.bound_ms
+        ]
+        verdict = f"; BEATEN by {', '.join(below)}" if below else "; no layer beats its bound"
+        rows.append(("layers: forward bound (ms)", f"{milliseconds(bound)}{verdict}"))
+    for rank, row in enumerate(result.top_layers(), start=1):
+        parts = [
+            f"{row.name} ({row.type})",
+            f"{row.self_ms or 0.0:,.3f} ms",
+            f"{percent(row.time_share or 0.0)} of time",
+        ]
+        if row.bound_ms is not None:
+            parts.append(f"bound {milliseconds(row.bound_ms)} ms ({row.bound})")
+        if row.efficiency is not None:
+            parts.append(f"efficiency {percent(row.efficiency)}")
+        rows.append((f"layer #{rank} by time", ", ".join(parts)))
     return rows
 
 

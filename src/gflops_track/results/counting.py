@@ -28,6 +28,7 @@ class LayerCost:
     flops: int
     flops_share: float  # of the model's total FLOPs, 0..1
     ops: str  # ATen ops that ran directly here, e.g. "convolution x1"
+    bytes_moved: int = 0  # unfused byte model of the ops run here: every input read, every output written once
 
 
 @dataclass(frozen=True)

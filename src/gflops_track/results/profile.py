@@ -15,6 +15,7 @@ from gflops_track.common import names
 from gflops_track.options.runtime import RuntimeOptions
 from gflops_track.results.counting import LayerCost, ThopCount, TorchCount
 from gflops_track.results.fingerprint import Fingerprint
+from gflops_track.results.layers import BoundRoof, LayerRow, LayerTiming, forward_bound_metrics
 from gflops_track.results.peaks import CpuPeakEstimate, GpuSpec, MeasuredPeak, PeakReport, Roof, RooflinePoint
 from gflops_track.results.timing import TimingResult, achieved_gflop_per_s
 from gflops_track.results.training import TrainingStep
@@ -37,6 +38,7 @@ class CountResult:
     layers: list[LayerCost]
     bytes_moved: int = 0  # unfused byte model: every op reads its inputs and writes its outputs once
     min_bytes: int = 0  # lower bound: params + buffers + model inputs + outputs once
+    layer_traffic: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # layer -> per op (in, out) bytes
     thop: ThopCount | None = None
     torch_count: TorchCount | None = None
     notes: list[str] = field(default_factory=list)  # counter disagreements and caveats
@@ -90,6 +92,9 @@ class ProfileResult:
     peaks: PeakReport | None = None
     training: TrainingStep | None = None
     run_notes: list[str] = field(default_factory=list)  # what the run itself says, e.g. a step skipped and why
+    layer_timing: LayerTiming | None = None  # the per-layer pass (after the headline timing)
+    layer_roof: BoundRoof | None = None  # what the layers' bounds are taken against
+    layer_rows: list[LayerRow] = field(default_factory=list)  # the layers table with time and bound joined
 
     # What was counted (the count step's fields, read through).
     model_name = property(lambda self: self.cost.model_name)
@@ -140,7 +145,8 @@ class ProfileResult:
             if self.training.timing is not None:
                 training_notes += [f"training step timing: {note}" for note in self.training.timing.step.notes]
         peak_notes = self.peaks.notes if self.peaks else []
-        return [*self.run_notes, *self.cost.notes, *timing_notes, *training_notes, *peak_notes]
+        layer_notes = self.layer_timing.notes if self.layer_timing else []
+        return [*self.run_notes, *self.cost.notes, *timing_notes, *training_notes, *peak_notes, *layer_notes]
 
     @property
     def mfu_vs_spec(self) -> float | None:
@@ -225,6 +231,37 @@ class ProfileResult:
         if self.training is not None:
             values.update(self.training.metrics())
         values.update(self._peak_metrics())
+        values.update(self._layer_metrics())
+        return values
+
+    def top_layers(self, count: int = 3) -> list[LayerRow]:
+        """The ``count`` layers that take the most self time (the timed rows only)."""
+        timed = [row for row in self.layer_rows if row.self_ms is not None]
+        return sorted(timed, key=lambda row: row.self_ms or 0.0, reverse=True)[:count]
+
+    def _layer_metrics(self) -> dict[str, float]:
+        """The per-layer pass: its forward, the self times' sum and its gap to the headline median; the bounds."""
+        timing = self.layer_timing
+        if timing is None:
+            return {}
+        values = {
+            names.LAYERS_FORWARD_MS: timing.forward_ms,
+            names.LAYERS_SELF_SUM_MS: timing.self_sum_ms,
+            names.LAYERS_ITERATIONS: float(timing.iterations),
+        }
+        if timing.plain_ms:
+            values[names.LAYERS_SELF_GAP_SIDE] = timing.gap(timing.plain_ms)
+            values[names.LAYERS_BUSY] = float(timing.busy)
+        if timing.fastest_gap is not None:
+            values[names.LAYERS_FASTEST_GAP] = timing.fastest_gap
+        if self.median_latency_ms:
+            values[names.LAYERS_SELF_GAP] = timing.gap(self.median_latency_ms)
+        if self.layer_roof is not None:
+            values.update(forward_bound_metrics(self.layer_rows, self.median_latency_ms))
+            values[names.LAYERS_ROOF_GFLOP_PER_S] = self.layer_roof.gflop_per_s
+            if self.layer_roof.bandwidth_gb_s is not None and self.layer_roof.on_chip_bytes is not None:
+                values[names.LAYERS_ROOF_BANDWIDTH] = self.layer_roof.bandwidth_gb_s
+                values[names.LAYERS_ON_CHIP_MIB] = self.layer_roof.on_chip_bytes / names.MIB
         return values
 
     def _timing_metrics(self, timing: TimingResult) -> dict[str, float]:

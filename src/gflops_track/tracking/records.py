@@ -6,6 +6,7 @@ local spool (``spool.py``) and later be uploaded unchanged.
 
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 import time
@@ -20,10 +21,10 @@ from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 from gflops_track.common import names
-from gflops_track.counting.layer_info import layers_to_columns, layers_to_csv
+from gflops_track.counting.layer_info import layers_to_columns, layers_to_csv, rows_to_columns
 from gflops_track.counting.thop_compare import thop_notes
 from gflops_track.machine.environment import ENV_HASH_TAG, environment_files, environment_hash, installed_packages
-from gflops_track.render.plots import roofline_png
+from gflops_track.render.plots import layer_roofline_figure, layer_share_figure, roofline_png
 from gflops_track.render.summary import summary_text
 from gflops_track.results.fingerprint import Fingerprint
 from gflops_track.results.profile import ProfileResult
@@ -169,6 +170,30 @@ def peak_record(result: ProfileResult, run_name: str) -> RunRecord:
         with tempfile.TemporaryDirectory() as folder:
             path = roofline_png(Path(folder) / names.ROOFLINE_ARTIFACT, roofs, points, run_name)
             record.files[names.ROOFLINE_ARTIFACT] = path.read_bytes()
+    return record
+
+
+def layers_record(result: ProfileResult) -> RunRecord:
+    """The layers table with time, bytes and bound (``layers.csv`` and the UI's table, replacing the count's), the
+    per-op traffic the bounds used (so ``whatif`` can bound them on other hardware), the pass's metrics and the
+    summary."""
+    record = summary_record(result)
+    rows = result.layer_rows
+    record.files[names.LAYERS_CSV_ARTIFACT] = layers_to_csv(rows).encode()
+    record.files[names.LAYERS_JSON_ARTIFACT] = table_json(rows_to_columns(rows))
+    record.files[names.LAYER_TRAFFIC_ARTIFACT] = json.dumps(result.cost.layer_traffic).encode()
+    if result.layer_timing is not None:
+        record.tags[names.LAYER_TIMING_TAG] = result.layer_timing.method
+    if result.layer_roof is not None:
+        record.tags[names.LAYER_BOUND_TAG] = result.layer_roof.rule[:MAX_TAG_VAL_LENGTH]
+    if any(row.self_ms is not None for row in rows):
+        for artifact, figure in (
+            (names.LAYER_SHARES_ARTIFACT, layer_share_figure(rows, "time share vs FLOP share per layer")),
+            (names.LAYER_ROOFLINE_ARTIFACT, layer_roofline_figure(rows, result.layer_roof, "per-layer roofline")),
+        ):
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png")
+            record.files[artifact] = buffer.getvalue()
     return record
 
 

@@ -1,0 +1,172 @@
+"""``gflops-track compare --layers``: the layers that take the most time in each run compared, with their share of the
+forward, their roofline bound and how close they come to it; and across runs, the layer whose share changes most
+(the blog post's question: why one network's GFLOP/s differ between machines)."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from rich.table import Table
+from rich.text import Text
+
+from gflops_track.common import names
+from gflops_track.compare.rows import Row
+from gflops_track.render.plots import finish_figure, layer_share_figure, new_figure, variant_colors
+from gflops_track.results.layers import LayerRow, milliseconds, percent, rows_from_csv
+from gflops_track.tracking.store import first_line
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+HEADERS = ("#", "layer", "type", "self ms", "time share", "FLOP share", "bound ms", "roof", "efficiency")
+
+
+@dataclass(frozen=True)
+class RunLayers:
+    """One run's timed layers table, and the names it is shown by."""
+
+    run_name: str
+    hardware: str
+    rows: list[LayerRow]
+
+    def top(self, count: int) -> list[LayerRow]:
+        timed = [row for row in self.rows if row.self_ms is not None]
+        return sorted(timed, key=lambda row: row.self_ms or 0.0, reverse=True)[:count]
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else milliseconds(value)
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else percent(value)
+
+
+def cells(row: LayerRow, rank: int) -> tuple[str, ...]:
+    return (
+        str(rank), row.name, row.type, _ms(row.self_ms), _share(row.time_share), _share(row.flops_share),
+        _ms(row.bound_ms), row.bound or "-", _share(row.efficiency),
+    )  # fmt: skip
+
+
+def share_change(runs: Sequence[RunLayers]) -> tuple[str, float, Mapping[str, float]] | None:
+    """The layer (in two runs or more) whose time share differs most between the runs: (name, max - min, share by
+    run name); None with fewer than two timed runs."""
+    shares: dict[str, dict[str, float]] = {}
+    for run in runs:
+        for row in run.rows:
+            if row.time_share is not None:
+                shares.setdefault(row.name, {})[run.run_name] = row.time_share
+    spread = {name: by_run for name, by_run in shares.items() if len(by_run) >= 2}
+    if not spread:
+        return None
+    name = max(spread, key=lambda key: max(spread[key].values()) - min(spread[key].values()))
+    by_run = spread[name]
+    return name, max(by_run.values()) - min(by_run.values()), by_run
+
+
+def change_line(runs: Sequence[RunLayers]) -> str | None:
+    change = share_change(runs)
+    if change is None:
+        return None
+    name, delta, by_run = change
+    listed = ", ".join(f"{run} {share:.1%}" for run, share in by_run.items())
+    return f"the layer whose time share changes most: {name} ({delta * 100:.1f} percentage points: {listed})"
+
+
+def markdown(runs: Sequence[RunLayers], count: int) -> str:
+    """Every run's top layers as one Markdown table per run, headed by the run and its hardware."""
+    parts = []
+    for run in runs:
+        lines = [
+            f"### {run.run_name} ({run.hardware})",
+            "",
+            "| " + " | ".join(HEADERS) + " |",
+            "|" + "---|" * len(HEADERS),
+        ]
+        lines += [
+            "| " + " | ".join(cell.replace("|", "\\|") for cell in cells(row, rank)) + " |"
+            for rank, row in enumerate(run.top(count), start=1)
+        ]
+        parts.append("\n".join(lines) + "\n")
+    change = change_line(runs)
+    return "\n".join(parts) + (f"\n{change}\n" if change else "")
+
+
+RICH_HEADERS = ("layer", "self ms", "time", "FLOPs", "bound ms", "roof", "eff.")
+RICH_LEGEND = "time, FLOPs: the layer's share of the forward's; eff.: bound ms / self ms (1 = at the roof)"
+
+
+def rich_tables(runs: Sequence[RunLayers], count: int) -> list[Table]:
+    """One table per run, in 80 columns: layer names wrap (folded, never cut), numbers stay whole on one line."""
+    tables = []
+    for run in runs:
+        table = Table(title=Text(f"{run.run_name} ({run.hardware})"), show_edge=False, pad_edge=False)
+        for index, header in enumerate(RICH_HEADERS):
+            text = index in (0, 5)
+            table.add_column(header, justify="left" if text else "right", no_wrap=not text, overflow="fold")
+        for rank, row in enumerate(run.top(count), start=1):
+            full = cells(row, rank)
+            table.add_row(*(Text(cell) for cell in (full[1], *full[3:])))
+        tables.append(table)
+    return tables
+
+
+def read_run_layers(client: MlflowClient, rows: Sequence[Row]) -> tuple[list[RunLayers], list[str]]:
+    """Each run's timed layers table (``layers.csv``), and one line per run that has none (why)."""
+    timed: list[RunLayers] = []
+    missing: list[str] = []
+    for row in rows:
+        try:
+            with tempfile.TemporaryDirectory() as folder:
+                text = Path(client.download_artifacts(row.run_id, names.LAYERS_CSV_ARTIFACT, folder)).read_text()
+            timed.append(RunLayers(row.run_name, row.hardware, rows_from_csv(text)))
+        except (ValueError, OSError, MlflowException) as error:
+            missing.append(f"run {row.run_name}: no per-layer times ({first_line(error)})")
+    return timed, missing
+
+
+def layer_time_by_run_figure(runs: Sequence[RunLayers], top: int = 8) -> Figure:
+    """Per layer, its time share on each run side by side (the layers among any run's ``top`` slowest); the title
+    names the layer whose share changes most."""
+    layers: list[str] = []
+    for run in runs:
+        layers += [row.name for row in run.top(top) if row.name not in layers]
+    figure, axes = new_figure(7.5, max(3.0, 0.5 * len(layers) + 1.5))
+    colors = variant_colors([f"{run.run_name} ({run.hardware})" for run in runs])
+    height = 0.8 / max(1, len(runs))
+    for index, run in enumerate(runs):
+        shares = {row.name: 100 * (row.time_share or 0.0) for row in run.rows}
+        label = f"{run.run_name} ({run.hardware})"
+        positions = [position - 0.4 + height * (index + 0.5) for position in range(len(layers))]
+        axes.barh(positions, [shares.get(name, 0.0) for name in layers], height, label=label, color=colors[label])
+    axes.set_yticks(range(len(layers)), layers, fontsize="small")
+    axes.invert_yaxis()
+    axes.set_xlim(left=0)
+    axes.set_xlabel("share of the forward's time (%)")
+    change = share_change(runs)
+    title = "time share per layer, by run"
+    if change is not None:
+        title += f"\nchanges most: {change[0]} ({change[1] * 100:.1f} points)"
+    return finish_figure(figure, axes, title)
+
+
+def layer_charts(runs: Sequence[RunLayers], folder: Path, most: int = 6) -> list[Path]:
+    """The report's per-layer charts: the runs side by side (two runs or more), then each run's time share against
+    its FLOP share (the first ``most`` runs)."""
+    charts = []
+    if len(runs) >= 2:
+        path = folder / "layers_time_by_run.png"
+        layer_time_by_run_figure(runs).savefig(path)
+        charts.append(path)
+    for index, run in enumerate(runs[:most]):
+        path = folder / f"layers_time_vs_flops_{index + 1}.png"
+        layer_share_figure(run.rows, f"{run.run_name} ({run.hardware}): time vs FLOP share").savefig(path)
+        charts.append(path)
+    return charts

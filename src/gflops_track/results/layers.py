@@ -1,0 +1,255 @@
+"""What the per-layer pass produces: each module's time (``ModuleTime``, ``LayerTiming``), the roof a bound is taken
+against (``BoundRoof``) and the layers table's row with time and bound joined to the count (``LayerRow``). The pass
+is in ``timing/layers.py``; the bounds in ``peaks/bounds.py``.
+
+Units: milliseconds, bytes, FLOPs, GFLOP/s and GB/s (10^9 bytes/s); shares and efficiency 0..1.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from gflops_track.common import names
+
+SELF_SUM_LIMIT = 0.10  # the self times add up to the forward's median within 10%
+BUSY_SKEW = 2.0  # as timing/engine.py's SKEW_LIMIT: a median over twice the minimum measures the machine's load
+
+
+def percent(share: float) -> str:
+    """A share as a percentage that never rounds to nothing: one decimal from 1% up, two significant digits below
+    (0.02%, not 0.0%)."""
+    return f"{share:.1%}" if share >= 0.01 or share == 0 else f"{share * 100:.2g}%"
+
+
+def milliseconds(value: float) -> str:
+    """Milliseconds that never round to nothing: 3 decimals from 0.1 ms up, 3 significant digits below."""
+    return f"{value:,.3f}" if value >= 0.1 or value == 0 else f"{value:.3g}"
+
+
+@dataclass(frozen=True)
+class ModuleTime:
+    """One module's time per forward (all its calls summed), medians over the pass's iterations. ``self_ms`` is the
+    time in no module called inside it: for a parent, its own functional code (``x + identity``, a reshape)."""
+
+    name: str  # as in the layers table: '(root)' for the model itself
+    calls: int  # calls per forward
+    inclusive_ms: float
+    self_ms: float
+    self_iqr_ms: float  # spread of the self time: interquartile range over the iterations
+    self_min_ms: float = 0.0  # the quickest: what the module costs when nothing else is running
+
+
+@dataclass(frozen=True)
+class LayerTiming:
+    """The per-layer pass: how it timed (``method``), the hooked forward's median and every module's time."""
+
+    method: str
+    iterations: int
+    forward_ms: float  # median of the whole forward under the hooks (the root's inclusive time)
+    modules: list[ModuleTime]
+    notes: list[str] = field(default_factory=list)
+    plain_ms: float = 0.0  # median of the unhooked forwards timed beside the hooked ones (the side-by-side reference)
+    plain_min_ms: float = 0.0  # the quickest of those
+
+    @property
+    def busy(self) -> bool:
+        """The machine was busy: the unhooked forwards' median is over twice their minimum (the engine's skew rule),
+        so medians measured the load, and each module's median missed the waits that landed elsewhere."""
+        return self.plain_min_ms > 0 and self.plain_ms > BUSY_SKEW * self.plain_min_ms
+
+    @property
+    def fastest_gap(self) -> float | None:
+        """Signed relative gap between the modules' quickest self times, summed, and the quickest unhooked forward:
+        the check that holds on a busy machine, where minima still measure the model."""
+        if not self.plain_min_ms:
+            return None
+        return (sum(module.self_min_ms for module in self.modules) - self.plain_min_ms) / self.plain_min_ms
+
+    @property
+    def self_sum_ms(self) -> float:
+        """Sum of the modules' median self times: what the forward's median should be, hooks aside."""
+        return sum(module.self_ms for module in self.modules)
+
+    def gap(self, reference_ms: float) -> float:
+        """Signed relative gap between the self times' sum and ``reference_ms`` (the headline median)."""
+        return (self.self_sum_ms - reference_ms) / reference_ms
+
+    def check_note(self, reference_ms: float | None) -> str:
+        """The truth check in words: the self times' sum against the forward's median (the headline's and the one
+        timed beside), the limit, and on a busy machine the check on the quickest forwards."""
+        parts = []
+        if reference_ms:
+            parts.append(f"{self.gap(reference_ms):+.1%} of the latency median")
+        if self.plain_ms:
+            parts.append(f"{self.gap(self.plain_ms):+.1%} of the unhooked forwards timed beside")
+        gaps = [abs(self.gap(reference)) for reference in (reference_ms, self.plain_ms) if reference]
+        verdict = "within" if gaps and max(gaps) <= SELF_SUM_LIMIT else "NOT within"
+        text = f"layers: self times add up to {self.self_sum_ms:,.3f} ms, {', '.join(parts)}: {verdict} 10%"
+        fastest = self.fastest_gap
+        if self.busy and fastest is not None:
+            text += (
+                f"; the machine was busy (median over twice the minimum), so the quickest forwards decide: the "
+                f"modules' quickest self times add up to {fastest:+.1%} of the quickest forward"
+            )
+        return text
+
+
+@dataclass(frozen=True)
+class BoundRoof:
+    """What a roofline bound is taken against: the highest compute rate and memory bandwidth known for the device,
+    and the bytes that fit on chip (caches, and on a GPU the SMs' shared memory and registers). ``on_chip_bytes``
+    None: no memory bound (the compute bound alone). ``rule`` says which, in words."""
+
+    label: str
+    gflop_per_s: float
+    bandwidth_gb_s: float | None
+    on_chip_bytes: int | None
+    rule: str
+
+
+@dataclass(frozen=True)
+class LayerBound:
+    """One layer's roofline bound: the least time its FLOPs and its off-chip bytes allow (ms)."""
+
+    compute_ms: float
+    memory_ms: float
+    offchip_bytes: int  # bytes the memory bound counts: each op's traffic beyond what fits on chip
+
+    @property
+    def bound_ms(self) -> float:
+        return max(self.compute_ms, self.memory_ms)
+
+    @property
+    def limit(self) -> str:
+        """'compute' or 'memory': which roof sets the bound ('-' when the layer does nothing)."""
+        if self.bound_ms <= 0:
+            return "-"
+        return "memory" if self.memory_ms > self.compute_ms else "compute"
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """A row of the layers table once timed: the count's columns (``LayerCost``), then time, bytes and the bound.
+    ``self_ms`` and the columns after it are empty (None) for a module that never ran in the timed forward."""
+
+    name: str
+    type: str
+    depth: int
+    output_shape: str
+    params: int
+    calls: int
+    macs: int
+    flops: int
+    flops_share: float
+    ops: str
+    bytes_moved: int
+    self_ms: float | None = None
+    self_iqr_ms: float | None = None
+    inclusive_ms: float | None = None
+    time_share: float | None = None  # self_ms / the sum of every module's self time
+    gflop_per_s: float | None = None  # self FLOPs / self time
+    intensity: float | None = None  # FLOPs / bytes_moved (unfused byte model), FLOP/byte
+    offchip_bytes: int | None = None
+    bound: str = ""  # 'compute' or 'memory': which roof the bound comes from
+    bound_ms: float | None = None
+    efficiency: float | None = None  # bound_ms / self_ms: 1 = at the roof
+
+
+def forward_bound_metrics(rows: list[LayerRow], latency_ms: float | None) -> dict[str, float]:
+    """The forward's bound (sum of the layers'), its efficiency and how many layers beat their bound (must be 0)."""
+    bound = sum(row.bound_ms or 0.0 for row in rows)
+    below = sum(1 for row in rows if row.bound_ms and row.self_ms is not None and row.self_ms < row.bound_ms)
+    values = {names.LAYERS_BOUND_MS: bound, names.LAYERS_BELOW_BOUND: float(below)}
+    if latency_ms:
+        values[names.LAYERS_BOUND_EFFICIENCY] = bound / latency_ms
+    return values
+
+
+_PARSERS: dict[str, Any] = {"int": int, "float": float, "str": str}
+
+
+def rows_from_csv(text: str) -> list[LayerRow]:
+    """A run's ``layers.csv`` (the timed table) back into rows; an empty cell of an optional column is None.
+    ``ValueError`` naming the column when the table is not a timed layers table (a run from before the layer pass)."""
+    reader = csv.DictReader(io.StringIO(text))
+    columns = {column.name: str(column.type) for column in fields(LayerRow)}
+    missing = [name for name in columns if name not in (reader.fieldnames or [])]
+    if missing:
+        raise ValueError(
+            f"layers.csv has no column {missing[0]!r}: the run has no per-layer times (it predates the layer pass, "
+            "ran with timing.layers=false, or in mode=train)"
+        )
+    rows = []
+    for record in reader:
+        values: dict[str, Any] = {}
+        for name, kind in columns.items():
+            cell = record[name]
+            base = kind.replace(" | None", "")
+            values[name] = None if cell == "" and kind.endswith("| None") else _PARSERS[base](cell)
+        rows.append(LayerRow(**values))
+    return rows
+
+
+@dataclass(frozen=True)
+class WhatIfLayer:
+    """One layer here and there: the time measured here, its bound here, its bound there (ms), and which roof sets
+    each bound ('compute', 'memory' or '-')."""
+
+    name: str
+    flops: int
+    measured_ms: float | None
+    bound_here_ms: float | None
+    limit_here: str
+    bound_there_ms: float
+    limit_there: str
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    """The run's layers bounded on other hardware. Every figure but ``measured_*`` is a bound: the least time (or the
+    most GFLOP/s) the roofs allow, never a prediction of what kernels there would reach."""
+
+    hardware: str
+    dtype: str
+    rule: str
+    layers: list[WhatIfLayer]
+    flops: int
+    measured_forward_ms: float | None  # here: the run's latency median
+
+    @property
+    def forward_bound_ms(self) -> float:
+        """The least time the forward could take there: the sum of the layers' bounds."""
+        return sum(layer.bound_there_ms for layer in self.layers)
+
+    @property
+    def forward_bound_here_ms(self) -> float | None:
+        bounds = [layer.bound_here_ms for layer in self.layers if layer.bound_here_ms is not None]
+        return sum(bounds) if bounds else None
+
+    @property
+    def max_gflop_per_s(self) -> float | None:
+        """The most GFLOP/s the forward could reach there: its FLOPs over its least time."""
+        return self.flops / self.forward_bound_ms / 1e6 if self.forward_bound_ms > 0 else None
+
+    def flips(self) -> list[WhatIfLayer]:
+        """Layers whose bound comes from another roof there than here (compute-bound here, memory-bound there, or
+        the reverse)."""
+        return [
+            layer
+            for layer in self.layers
+            if "-" not in (layer.limit_here, layer.limit_there)
+            and layer.limit_here
+            and layer.limit_here != layer.limit_there
+        ]
+
+    def metrics(self) -> dict[str, float]:
+        """What ``--log`` writes under ``whatif/<hardware>/``: bounds only, each named a bound."""
+        values = {"forward_bound_ms": self.forward_bound_ms, "layers_flipping_bound": float(len(self.flips()))}
+        if self.max_gflop_per_s is not None:
+            values["max_gflop_per_s_bound"] = self.max_gflop_per_s
+        if self.measured_forward_ms:
+            values["bound_over_measured_here"] = self.forward_bound_ms / self.measured_forward_ms
+        return values

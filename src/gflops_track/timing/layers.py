@@ -1,0 +1,255 @@
+"""The per-layer pass: each module's forward timed with global module hooks, in a pass of its own that runs after the
+headline timing, so its hooks and synchronisation never touch ``latency/*``.
+
+* CPU: ``time.perf_counter`` read in each module's pre- and post-forward hook.
+* CUDA: a CUDA event recorded on the current stream in each hook (events come from a pool made before the timed
+  iterations, so no ``cudaEventCreate`` falls inside a span) and one synchronise after each forward, never inside it.
+  The times are the GPU's between the events: kernels queued by a module, attributed to it.
+
+Each call is a span; a span's *inclusive* time runs from its pre-hook to its post-hook, its *self* time is that minus
+the inclusive time of the spans that ran inside it (the runtime nesting, so a module shared under several names or
+called twice is counted where it ran). Per forward a module's calls are summed; the result is the median over the
+iterations, with the interquartile range as the spread. The self times of one forward add up exactly to the root's
+inclusive time; what separates their sum from the headline median is the hooks' own cost and the machine's noise,
+which the run logs as ``layers/self_sum_gap``. Each hooked forward is preceded by one with no hooks, timed the same
+way (``plain_ms``, their median): the side-by-side reference the self times are checked against on a busy machine,
+where a median taken seconds earlier measures the load as much as the model (``layers/self_sum_gap_side_by_side``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from gflops_track.common.names import ROOT_LABEL
+from gflops_track.results.layers import LayerTiming, ModuleTime
+
+CPU_METHOD = "perf_counter in forward pre/post hooks (CPU), after the headline timing"
+CUDA_METHOD = "CUDA events in forward pre/post hooks, one synchronise per forward, after the headline timing"
+DEFAULT_ITERATIONS = 21
+DEFAULT_MAX_TIME_S = 10.0
+MIN_ITERATIONS = 3
+
+
+@dataclass
+class _Span:
+    name: str
+    start: Any  # perf_counter seconds (CPU) or a recorded CUDA event
+    end: Any = None
+    parent: int = -1
+
+
+class _Marks:
+    """Time marks: ``perf_counter`` on CPU; CUDA events from a pool on CUDA (``elapsed`` only after a synchronise)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.pool: list[Any] = []
+        self.used = 0
+
+    def mark(self) -> Any:
+        if not self.cuda:
+            return time.perf_counter()
+        if self.used == len(self.pool):  # only in the warm-up forward, which sizes the pool
+            self.pool.append(torch.cuda.Event(enable_timing=True))
+        event = self.pool[self.used]
+        self.used += 1
+        event.record()
+        return event
+
+    def elapsed_ms(self, start: Any, end: Any) -> float:
+        return start.elapsed_time(end) if self.cuda else (end - start) * 1e3
+
+
+class _Recorder:
+    """Global forward hooks that open a span when a named module starts and close it when it ends."""
+
+    def __init__(self, names: dict[int, str], marks: _Marks) -> None:
+        self.names = names
+        self.marks = marks
+        self.spans: list[_Span] = []
+        self.stack: list[int] = []
+
+    def pre(self, module: nn.Module, _args: Any) -> None:
+        name = self.names.get(id(module))
+        if name is not None:
+            parent = self.stack[-1] if self.stack else -1
+            self.stack.append(len(self.spans))
+            self.spans.append(_Span(name, self.marks.mark(), parent=parent))
+
+    def post(self, module: nn.Module, _args: Any, _output: Any) -> None:
+        name = self.names.get(id(module))
+        if name is not None and self.stack and self.spans[self.stack[-1]].name == name:
+            self.spans[self.stack.pop()].end = self.marks.mark()
+
+    def forward_times(self) -> tuple[dict[str, float], dict[str, float], dict[str, int]]:
+        """(inclusive ms, self ms, calls) per module name for the forward just recorded."""
+        inclusive: dict[str, float] = defaultdict(float)
+        own: dict[str, float] = defaultdict(float)
+        calls: dict[str, int] = defaultdict(int)
+        durations = [
+            self.marks.elapsed_ms(span.start, span.end) if span.end is not None else 0.0 for span in self.spans
+        ]
+        children: list[float] = [0.0] * len(self.spans)
+        for index, span in enumerate(self.spans):
+            if span.parent >= 0:
+                children[span.parent] += durations[index]
+        for index, span in enumerate(self.spans):
+            inclusive[span.name] += durations[index]
+            own[span.name] += durations[index] - children[index]
+            calls[span.name] += 1
+        return inclusive, own, calls
+
+    def reset(self) -> None:
+        self.spans, self.stack = [], []
+        self.marks.used = 0
+
+
+def _iqr(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    quartiles = statistics.quantiles(values, n=4, method="inclusive")
+    return quartiles[2] - quartiles[0]
+
+
+def time_layers(
+    forward: Callable[[], Any],
+    model: nn.Module,
+    device: torch.device,
+    *,
+    iterations: int = DEFAULT_ITERATIONS,
+    max_time_s: float = DEFAULT_MAX_TIME_S,
+) -> LayerTiming:
+    """Time every named module of ``model`` while ``forward()`` runs it: one warm-up forward (it also sizes the
+    CUDA event pool), then up to ``iterations`` timed forwards, at least ``MIN_ITERATIONS``, stopping early once
+    ``max_time_s`` has passed. The caller puts the model in eval mode and its inputs in place."""
+    if iterations < 1:
+        raise ValueError(f"iterations={iterations} is not allowed: use 1 or more")
+    names = {id(module): name or ROOT_LABEL for name, module in model.named_modules()}
+    marks = _Marks(device)
+    recorder = _Recorder(names, marks)
+    per_forward: list[tuple[dict[str, float], dict[str, float], dict[str, int]]] = []
+    plain: list[float] = []
+    started = time.perf_counter()
+    with torch.inference_mode(), torch.cuda.device(device) if marks.cuda else contextlib.nullcontext():
+        for index in range(iterations + 1):
+            if index > 0:  # an unhooked forward beside each hooked one: the side-by-side reference
+                plain.append(_plain_forward_ms(forward, device, marks.cuda))
+            recorder.reset()
+            with _hooks(recorder):
+                forward()
+            if marks.cuda:
+                torch.cuda.synchronize(device)
+            if index > 0:  # the first forward warms up (and sizes the CUDA event pool)
+                per_forward.append(recorder.forward_times())
+            if index >= MIN_ITERATIONS and time.perf_counter() - started > max_time_s:
+                break
+    timing = _summarise(per_forward, list(dict.fromkeys(names.values())), CUDA_METHOD if marks.cuda else CPU_METHOD)
+    return replace(timing, plain_ms=statistics.median(plain) if plain else 0.0, plain_min_ms=min(plain, default=0.0))
+
+
+@contextlib.contextmanager
+def _hooks(recorder: _Recorder) -> Iterator[None]:
+    """The recorder's global forward hooks, for one forward (removed even when it raises)."""
+    handles = [
+        nn.modules.module.register_module_forward_pre_hook(recorder.pre),
+        nn.modules.module.register_module_forward_hook(recorder.post, always_call=True),
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _plain_forward_ms(forward: Callable[[], Any], device: torch.device, cuda: bool) -> float:
+    """One forward with no hook, timed as the hooked ones are (CUDA: events and a synchronise)."""
+    if not cuda:
+        start = time.perf_counter()
+        forward()
+        return (time.perf_counter() - start) * 1e3
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    forward()
+    end.record()
+    torch.cuda.synchronize(device)
+    return begin.elapsed_time(end)
+
+
+def _summarise(
+    per_forward: list[tuple[dict[str, float], dict[str, float], dict[str, int]]], order: list[str], method: str
+) -> LayerTiming:
+    """Medians over the forwards, modules in ``named_modules`` order; a module that never ran is left out."""
+    modules = []
+    for name in order:
+        ran = [forward for forward in per_forward if name in forward[2]]
+        if not ran:
+            continue
+        own = [forward[1][name] for forward in ran]
+        modules.append(
+            ModuleTime(
+                name=name,
+                calls=max(forward[2][name] for forward in ran),
+                inclusive_ms=statistics.median(forward[0][name] for forward in ran),
+                self_ms=statistics.median(own),
+                self_iqr_ms=_iqr(own),
+                self_min_ms=min(own),
+            )
+        )
+    roots = [forward[0].get(ROOT_LABEL, 0.0) for forward in per_forward]
+    return LayerTiming(method, len(per_forward), statistics.median(roots) if roots else 0.0, modules)
+
+
+PROFILER_RANGE = "module::"  # the record_function ranges the cross-check opens around each module
+
+
+def profiler_shares(forward: Callable[[], Any], model: nn.Module, forwards: int = 5) -> dict[str, float]:
+    """The cross-check: each module's share of the ATen op time ``torch.profiler`` records over ``forwards``
+    forwards (CPU op time; every top-level ``aten::`` op attributed to the innermost module range open around it,
+    ranges opened by the same global hooks). Set against ``ModuleTime.self_ms`` shares: they should agree within a
+    few percentage points, the layer pass's own time also holding Python and dispatch outside the ops."""
+    from torch.autograd.profiler import record_function
+    from torch.profiler import ProfilerActivity, profile
+
+    names = {id(module): name or ROOT_LABEL for name, module in model.named_modules()}
+    ranges: list[Any] = []
+
+    def pre(module: nn.Module, _args: Any) -> None:
+        if id(module) in names:
+            ranges.append(record_function(f"{PROFILER_RANGE}{names[id(module)]}"))
+            ranges[-1].__enter__()
+
+    def post(module: nn.Module, _args: Any, _output: Any) -> None:
+        if id(module) in names and ranges:
+            ranges.pop().__exit__(None, None, None)
+
+    handles = [
+        nn.modules.module.register_module_forward_pre_hook(pre),
+        nn.modules.module.register_module_forward_hook(post, always_call=True),
+    ]
+    try:
+        with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as recorded:
+            for _ in range(forwards):
+                forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    per_module: dict[str, float] = defaultdict(float)
+    for event in recorded.events():
+        parent = event.cpu_parent
+        if not event.name.startswith("aten::") or (parent is not None and parent.name.startswith("aten::")):
+            continue  # only top-level ops: an op inside another is in that one's time
+        while parent is not None and not parent.name.startswith(PROFILER_RANGE):
+            parent = parent.cpu_parent
+        if parent is not None:
+            per_module[parent.name.removeprefix(PROFILER_RANGE)] += event.cpu_time_total
+    total = sum(per_module.values())
+    return {name: spent / total for name, spent in per_module.items()} if total else {}
