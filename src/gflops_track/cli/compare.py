@@ -47,8 +47,9 @@ from gflops_track.compare.rows import (
     not_finite_notes,
     resolve_run_id,
     select_runs,
+    stored_packages,
 )
-from gflops_track.machine.environment import ENV_HASH_TAG, environment_note
+from gflops_track.machine.environment import ENV_HASH_TAG, ENV_PACKAGES_TAG, environment_note
 from gflops_track.tracking.credentials import command_store
 from gflops_track.tracking.store import (
     StoreError,
@@ -152,10 +153,16 @@ def run_gate(
     environments = {
         note
         for base, cand in pairing.pairs
-        if (note := environment_note(base.tags, cand.tags, names=("baseline", "candidate")))
+        if base.tags.get(ENV_HASH_TAG) != cand.tags.get(ENV_HASH_TAG)
+        and (
+            note := environment_note(
+                base.tags, cand.tags, names=("baseline", "candidate"), packages=_packages(client, base, cand)
+            )
+        )
     }
     for note in sorted(environments):  # said, so a "regression" from a library upgrade is read as one
         console.print(f"[yellow]{escape(note)}[/yellow]", highlight=False, soft_wrap=True)
+    grouped = len({row.group for row in [*base_rows, *cand_rows]}) > 1  # labels name their group
     verdicts = []
     for base, cand in pairing.pairs:
         verdict = judge(
@@ -164,9 +171,11 @@ def run_gate(
             threshold,
             min_samples,
         )
-        verdicts.append(replace(verdict, label=pair_label(base, cand, pairing.basis)))
+        verdicts.append(replace(verdict, label=pair_label(base, cand, pairing.basis, grouped)))
     compared = len(verdicts)
-    verdicts += [unmeasured_verdict(base, runs, row_label(base, pairing.basis)) for base, runs in pairing.unmeasured]
+    verdicts += [
+        unmeasured_verdict(base, runs, row_label(base, pairing.basis, grouped)) for base, runs in pairing.unmeasured
+    ]
     for verdict in verdicts:
         style = "red" if verdict.regression or verdict.broken else "yellow" if verdict.inconclusive else "green"
         console.print(f"[{style}]{escape(verdict.describe(threshold))}[/{style}]", highlight=False, soft_wrap=True)
@@ -189,16 +198,32 @@ class UsageError(Exception):
     """A bad argument found before anything is read: one line, exit 2."""
 
 
-def environment_notes(rows: Sequence[Row]) -> list[str]:
+def environment_notes(rows: Sequence[Row], client: MlflowClient | None = None) -> list[str]:
     """One line per Python environment among ``rows`` that differs from the first row's (their ``env_hash`` tags),
-    naming the packages that changed: a speed difference may come from a library upgrade, not the model."""
+    naming the packages that changed (from the runs' ``env_packages`` tags, else from the ``environment.txt`` each
+    run stores, read through ``client``): a speed difference may come from a library upgrade, not the model."""
     hashed = [row for row in rows if row.tags.get(ENV_HASH_TAG)]
     notes: dict[str, str] = {}
     for row in hashed[1:]:
-        note = environment_note(hashed[0].tags, row.tags, names=(hashed[0].run_name, row.run_name))
+        if row.tags[ENV_HASH_TAG] in notes or row.tags[ENV_HASH_TAG] == hashed[0].tags[ENV_HASH_TAG]:
+            continue
+        note = environment_note(
+            hashed[0].tags,
+            row.tags,
+            names=(hashed[0].run_name, row.run_name),
+            packages=_packages(client, hashed[0], row),
+        )
         if note is not None:
-            notes.setdefault(row.tags[ENV_HASH_TAG], note)
+            notes[row.tags[ENV_HASH_TAG]] = note
     return list(notes.values())
+
+
+def _packages(client: MlflowClient | None, *rows: Row) -> tuple[dict[str, str] | None, dict[str, str] | None]:
+    """Each run's stored package list (``environment.txt``) when its tags do not hold one and a store is at hand."""
+    found = [
+        None if client is None or ENV_PACKAGES_TAG in row.tags else stored_packages(client, row.run_id) for row in rows
+    ]
+    return found[0], found[1]
 
 
 def check_outputs(args: argparse.Namespace) -> None:
@@ -249,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             sys.stdout.write(text(rows))
         notes = Console(stderr=True, highlight=False, soft_wrap=True) if text is not None else console
-        for note in [*environment_notes(rows), *not_finite_notes(rows)]:  # a CSV or Markdown table on stdout
+        for note in [*environment_notes(rows, client), *not_finite_notes(rows)]:  # a CSV or Markdown table on stdout
             notes.print(f"[yellow]{escape(note)}[/yellow]")  # stays clean: said on stderr
         if args.html:
             write_report(rows, args.html, title, redact_uri(uri))

@@ -332,18 +332,17 @@ def pair_rows(baseline: Sequence[Row], candidate: Sequence[Row]) -> Pairing:
     return Pairing(pairs, unmeasured, unmatched, basis)
 
 
-def row_label(row: Row, basis: str) -> str:
-    """What to call a row in the gate's output: the variant (tag, else run name) and, when matched by overrides, the
-    identity that matched it."""
-    variant = row.tags.get(VARIANT_TAG) or row.run_name
-    if basis == "overrides" and row.tags.get(OVERRIDES_TAG):
-        return f"{variant} [{_override_key(row)}]"
-    return variant
+def row_label(row: Row, basis: str, grouped: bool = False) -> str:
+    """What to call a row in the gate's output: the short label the comparison table gives it (what differs inside
+    its group, ``rows.label_rows``), after its group's name when the rows span several groups (``grouped``); else
+    the variant tag or run name. The identity the rows were paired by (``basis``) is said once, not per row."""
+    variant = row.label or row.tags.get(VARIANT_TAG) or row.run_name
+    return f"{row.group}: {variant}" if grouped and row.group else variant
 
 
-def pair_label(baseline: Row, candidate: Row, basis: str) -> str:
+def pair_label(baseline: Row, candidate: Row, basis: str, grouped: bool = False) -> str:
     """A pair is called by its candidate row (see ``row_label``)."""
-    return row_label(candidate, basis)
+    return row_label(candidate, basis, grouped)
 
 
 def unmeasured_verdict(baseline: Row, runs: Sequence[Row], label: str) -> Verdict:
