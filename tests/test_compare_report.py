@@ -168,7 +168,7 @@ def test_gate_lines_use_the_short_labels(store_uri: str, capsys: pytest.CaptureF
     out = capsys.readouterr().out
     verdict = next(line for line in out.splitlines() if "ms ->" in line)
     # its own overrides less those naming the model and input (the old line repeated all of them in brackets)
-    assert verdict.startswith("batch.size=1 timing.max_time_s=10: 100.000 ms -> 100.000 ms"), verdict
+    assert verdict.startswith("batch.size=1 timing.max_time_s=10: median 100.000 ms -> 100.000 ms"), verdict
     assert "model._target_" not in verdict and "[" not in verdict.split(":")[0]
 
 

@@ -3,8 +3,9 @@
 Exit codes: 0 fine; 1 the regression gate found a regression (and nothing else: a CI job reads 1 as "slower");
 2 bad arguments, an unknown or ambiguous run or sweep id, a bad ``--filter``, an output directory that does not
 exist, a store that does not exist or does not answer, an ambiguous match, or nothing to compare — always one line on
-stderr; 3 the gate found no regression but could not judge every row (INCONCLUSIVE: timed under load, too few samples
-or no confidence interval); 4 the gate found a baseline row the candidate did not measure (its run FAILED or was
+stderr; 3 the gate found no regression but could not judge every row (INCONCLUSIVE: too few samples, no confidence
+interval, or load on one side alone could explain the verdict; each line names the setting or flag that decides
+it); 4 the gate found a baseline row the candidate did not measure (its run FAILED or was
 KILLED, or is MISSING) or a median that is NaN or inf (NOT FINITE), whatever the other rows say. Reading never
 creates a store.
 """

@@ -18,25 +18,31 @@ A baseline row the candidate did not measure fails the gate: FAILED when the can
 or was KILLED (its status and error named), MISSING when the candidate has no run of it, or only one still RUNNING or
 never timed. A row the candidate has and the baseline has not is listed as not compared (a new configuration).
 
-Decision, per pair. ``ratio`` = median(candidate) / median(baseline), with an interval: a 99% percentile bootstrap
-of the raw samples both runs stored (2,000 resamples, fixed seed), or, without samples, the runs' logged 95% CIs of
-the median (low = candidate CI low / baseline CI high, high = candidate CI high / baseline CI low: two intervals that
-do not overlap).
+Decision, per pair. With raw samples stored on both sides (every run of the app stores them) the estimator is the
+10% quantile (``LOW_QUANTILE``): noise on a shared machine is overwhelmingly additive and positive (Chen & Revels,
+"Robust benchmarking in noisy environments", 2016; BenchmarkTools.jl), so the fast end of the distribution moves
+least, while the median moves with every burst of load. ``ratio`` = q10(candidate) / q10(baseline), with a 99%
+percentile bootstrap interval of that ratio (2,000 resamples, fixed seed), and a one-sided Mann-Whitney U test over
+the samples (Google Benchmark's compare.py), numpy only. Without samples (older runs): ratio of the medians, interval
+from the runs' logged 95% CIs of the median (low = candidate CI low / baseline CI high, high = candidate CI high /
+baseline CI low: two intervals that do not overlap).
 
-* NOT FINITE when either median, or the interval, is NaN or inf: no comparison with such a number means anything.
-* INCONCLUSIVE when either side has fewer than ``MIN_SAMPLES`` timed iterations, or no interval is known: nothing
-  can be said either way.
-* REGRESSION when ``ratio > 1 + threshold`` *and* the interval lies wholly above 1 (the slowdown is not noise) —
-  unless either side carries ``timing_suspect=true`` (timed while the machine was loaded): then INCONCLUSIVE,
-  "timed under load, re-run on a quiet machine". A loaded machine is no evidence of a regression.
-* otherwise ``faster`` (interval wholly below 1), ``within noise`` (beyond the threshold, interval includes 1), or
-  ``ok``; a side timed under load is named in the line.
+* NOT FINITE when either median, or the interval, or the ratio is NaN or inf.
+* INCONCLUSIVE when either side has fewer than ``MIN_SAMPLES`` timed iterations (naming ``timing.max_time_s`` and
+  ``--rerun``), or no interval is known (naming ``--rerun``).
+* REGRESSION when ``ratio > 1 + threshold``, the interval lies wholly above 1 *and* (with samples) the Mann-Whitney
+  p < 0.01.
+* otherwise ``faster`` (interval wholly below 1), ``within noise`` (beyond the threshold, not beyond the noise), or
+  ``ok``.
+* Load (``timing_suspect=true``) only adds time. Both sides loaded (a shared CI runner): decided as above, said.
+  One side loaded: a verdict the load alone could explain (the loaded candidate slower; the candidate no slower than
+  a loaded baseline) is INCONCLUSIVE, naming ``--rerun`` (both configs re-measured interleaved, under the same
+  load); the other direction stands (the load worked against it).
 
-The 99% interval and ``MIN_SAMPLES`` = 30 come from ``bench/bench_gate.py`` (1,000 pairs of identical sample sets
-per cell, 5% threshold): with log-normal samples (CV 10%) a 95% bootstrap called 1.1-2.1% of pairs a regression at
-n = 10-50 (the percentile bootstrap of a median is too narrow), the 99% one 0.2-0.5%; with a heavy tail (10% of
-samples at 1.5-3x) a 2x slowdown was missed 9 times in 1,000 at n = 20, never from n = 30 on. 30 is also the timing
-engine's default ``min_repeats``. docs/regression-gate.md has the table.
+``MIN_SAMPLES`` = 10 and the 99% interval come from ``bench/bench_gate.py``'s synthetic table (docs/regression-gate.md):
+with the 10% quantile and the U test, identical log-normal, heavy-tailed and bursty-load pairs gave at most 1 false
+REGRESSION in 200 at n = 10, none from n = 15 on, and a 2x slowdown was caught 187-200 times in 200 at n = 10. The
+README's block gets 14-20 timed iterations in the default 10 s budget on a 2-core VM: 10 lets the gate judge it.
 
 Exit code, worst first (``exit_code``): 4 when a row is FAILED, MISSING or NOT FINITE (the candidate, or a
 measurement, is broken); 1 on a REGRESSION; 3 when a row is INCONCLUSIVE; else 0. 2 is the command's: bad
@@ -62,7 +68,13 @@ from gflops_track.compare.rows import Row
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_CONFIDENCE = 0.99
 SEED = 0
-MIN_SAMPLES = 30
+MIN_SAMPLES = 10
+LOW_QUANTILE = 0.10  # the estimator on stored samples: the 10th percentile
+MANN_WHITNEY_ALPHA = 0.01  # one-sided: a REGRESSION also needs the candidate's samples to be larger, p below this
+LOW_ESTIMATOR = f"{LOW_QUANTILE:.0%} quantile"
+LOW_WHY = "noise on a shared machine only adds time, so a low quantile moves least"
+MEDIAN_ESTIMATOR = "median"
+RERUN_HINT = "`--rerun` (re-measures both configs interleaved, under the same load)"
 DEFAULT_THRESHOLD = 0.05
 NOT_CONFIGURATION = ("tracking.", "hydra.")  # overrides that change where a run is logged, not what is measured
 ENDED_BADLY = ("FAILED", "KILLED")  # MLflow run statuses of a job that did not finish
@@ -126,6 +138,8 @@ class Verdict:
     noise_basis: str  # "bootstrap of stored samples", "logged median CIs" or "no interval known"
     status: str  # REGRESSION, INCONCLUSIVE, NOT FINITE, FAILED, MISSING, "within noise", "faster" or "ok"
     reason: str = ""  # why INCONCLUSIVE, NOT FINITE, FAILED or MISSING
+    estimator: str = MEDIAN_ESTIMATOR  # what ``ratio`` compares: LOW_ESTIMATOR on stored samples, else the median
+    p_value: float | None = None  # one-sided Mann-Whitney U, candidate slower (stored samples only)
 
     @property
     def regression(self) -> bool:
@@ -156,30 +170,58 @@ class Verdict:
         }.get(self.status, self.status)
         if self.reason and self.status not in (INCONCLUSIVE, NOT_FINITE):
             verdict += f" ({self.reason})"
+        why = LOW_WHY if self.estimator == LOW_ESTIMATOR else "no samples stored, the logged median and its CI"
+        test = "" if self.p_value is None else f", Mann-Whitney U p={self.p_value:.2g}"
         return (
-            f"{self.label}: {self.baseline_ms:,.3f} ms -> {self.candidate_ms:,.3f} ms ({self.ratio - 1:+.1%}, "
-            f"{interval}, {self.noise_basis}): {verdict}"
+            f"{self.label}: {self.estimator} {self.baseline_ms:,.3f} ms -> {self.candidate_ms:,.3f} ms "
+            f"({self.ratio - 1:+.1%}, {interval}, {self.noise_basis}{test}; {self.estimator}: {why}): {verdict}"
         )
 
 
 def bootstrap_ratio(
-    baseline: Sequence[float], candidate: Sequence[float], confidence: float = BOOTSTRAP_CONFIDENCE
+    baseline: Sequence[float],
+    candidate: Sequence[float],
+    confidence: float = BOOTSTRAP_CONFIDENCE,
+    quantile: float = 0.5,
 ) -> tuple[float, float]:
-    """Percentile-bootstrap interval of median(candidate) / median(baseline) (``confidence``, two-sided), resampling
-    each sample set with replacement."""
+    """Percentile-bootstrap interval of quantile(candidate) / quantile(baseline) (``confidence``, two-sided; the
+    median by default), resampling each sample set with replacement."""
     rng = np.random.default_rng(SEED)
     base = np.asarray(baseline, dtype=float)
     cand = np.asarray(candidate, dtype=float)
-    base_medians = np.median(rng.choice(base, size=(BOOTSTRAP_RESAMPLES, base.size)), axis=1)
-    cand_medians = np.median(rng.choice(cand, size=(BOOTSTRAP_RESAMPLES, cand.size)), axis=1)
-    ratios = cand_medians / base_medians
+    base_stat = np.quantile(rng.choice(base, size=(BOOTSTRAP_RESAMPLES, base.size)), quantile, axis=1)
+    cand_stat = np.quantile(rng.choice(cand, size=(BOOTSTRAP_RESAMPLES, cand.size)), quantile, axis=1)
+    ratios = cand_stat / base_stat
     tail = (1 - confidence) / 2
     return float(np.quantile(ratios, tail)), float(np.quantile(ratios, 1 - tail))
 
 
+def mann_whitney_greater(baseline: Sequence[float], candidate: Sequence[float]) -> float:
+    """One-sided p-value of the Mann-Whitney U test that the candidate's samples tend to be larger (slower): the
+    normal approximation with tie correction and continuity correction (as scipy's ``mannwhitneyu(...,
+    alternative="greater", method="asymptotic")``; numpy only, scipy is not a dependency)."""
+    base = np.asarray(baseline, dtype=float)
+    cand = np.asarray(candidate, dtype=float)
+    n1, n2 = cand.size, base.size
+    pooled = np.concatenate([cand, base])
+    order = pooled.argsort(kind="mergesort")
+    ranks = np.empty(pooled.size)
+    ranks[order] = np.arange(1, pooled.size + 1)
+    _values, inverse, counts = np.unique(pooled, return_inverse=True, return_counts=True)
+    ranks = np.bincount(inverse, weights=ranks)[inverse] / counts[inverse]  # ties share their mean rank
+    u = ranks[:n1].sum() - n1 * (n1 + 1) / 2
+    n = n1 + n2
+    ties = float((counts**3 - counts).sum())
+    sigma = math.sqrt(n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1)))) if n > 1 else 0.0
+    if sigma == 0:
+        return 0.5
+    z = (u - n1 * n2 / 2 - 0.5) / sigma
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
 def _interval(baseline: Side, candidate: Side) -> tuple[float | None, float | None, str]:
     if baseline.samples and candidate.samples:
-        low, high = bootstrap_ratio(baseline.samples, candidate.samples)
+        low, high = bootstrap_ratio(baseline.samples, candidate.samples, quantile=LOW_QUANTILE)
         return low, high, "99% bootstrap of stored samples"
     if None not in (baseline.ci_low_ms, baseline.ci_high_ms, candidate.ci_low_ms, candidate.ci_high_ms):
         assert baseline.ci_low_ms and baseline.ci_high_ms and candidate.ci_low_ms and candidate.ci_high_ms
@@ -191,10 +233,10 @@ def _not_finite(baseline: Side, candidate: Side, ratio: float, low: float | None
     """What is NaN or inf among the numbers a verdict rests on ("" when nothing is)."""
     medians = (("baseline", baseline.median_ms), ("candidate", candidate.median_ms))
     bad = [f"{side} median is {value} ms" for side, value in medians if not math.isfinite(value)]
-    if not bad and not math.isfinite(ratio):
-        bad = [f"the ratio is {ratio}"]
     if not bad and not all(math.isfinite(value) for value in (low, high) if value is not None):
         bad = [f"the interval is {low:.4g} .. {high:.4g} (a stored sample or logged CI is NaN or inf)"]
+    if not bad and not math.isfinite(ratio):
+        bad = [f"the ratio is {ratio}"]
     return "; ".join(bad)
 
 
@@ -202,21 +244,35 @@ def judge(
     baseline: Side, candidate: Side, threshold: float = DEFAULT_THRESHOLD, min_samples: int = MIN_SAMPLES
 ) -> Verdict:
     """The verdict for one pair (see the module docstring for the rule)."""
+    samples = bool(baseline.samples and candidate.samples)
+    estimator = LOW_ESTIMATOR if samples else MEDIAN_ESTIMATOR
+    p_value = None
     with np.errstate(all="ignore"):  # a NaN or inf median or sample is judged NOT FINITE below, not warned about
-        ratio = float(np.float64(candidate.median_ms) / np.float64(baseline.median_ms))
+        if samples:
+            base_stat = float(np.quantile(np.asarray(baseline.samples, dtype=float), LOW_QUANTILE))
+            cand_stat = float(np.quantile(np.asarray(candidate.samples, dtype=float), LOW_QUANTILE))
+        else:
+            base_stat, cand_stat = baseline.median_ms, candidate.median_ms
+        ratio = float(np.float64(cand_stat) / np.float64(base_stat))
         low, high, basis = _interval(baseline, candidate)
     reason = ""
     counts = (baseline.sample_count, candidate.sample_count)
     unreadable = _not_finite(baseline, candidate, ratio, low, high)
+    if not unreadable and samples:
+        p_value = mann_whitney_greater(baseline.samples, candidate.samples)
     if unreadable:
         status, reason = NOT_FINITE, unreadable
     elif any(count is None or count < min_samples for count in counts):
         status = INCONCLUSIVE
         shown = ", ".join("unknown" if count is None else str(count) for count in counts)
-        reason = f"too few samples ({shown}; at least {min_samples} each), re-run with more timed iterations"
+        reason = (
+            f"too few samples ({shown}; at least {min_samples} each): re-run the profile with a longer timing "
+            f"budget (timing.max_time_s=30) or decide now with {RERUN_HINT}"
+        )
     elif low is None or high is None:
-        status, reason = INCONCLUSIVE, "no confidence interval known for the medians"
-    elif ratio > 1 + threshold and low > 1:
+        status = INCONCLUSIVE
+        reason = f"no confidence interval known for the medians (no stored samples): decide with {RERUN_HINT}"
+    elif ratio > 1 + threshold and low > 1 and (p_value is None or p_value < MANN_WHITNEY_ALPHA):
         status = REGRESSION
     elif ratio > 1 + threshold:
         status = WITHIN_NOISE
@@ -224,13 +280,28 @@ def judge(
         status = FASTER
     else:
         status = OK
-    loaded = [side for side, suspect in (("baseline", baseline), ("candidate", candidate)) if suspect.timing_suspect]
-    if loaded and status == REGRESSION:
-        status = INCONCLUSIVE
-        reason = f"timed under load ({' and '.join(loaded)}), re-run on a quiet machine"
-    elif loaded and status not in (INCONCLUSIVE, NOT_FINITE):
-        reason = f"{' and '.join(loaded)} timed under load"
-    return Verdict(candidate.label, baseline.median_ms, candidate.median_ms, ratio, low, high, basis, status, reason)
+    status, reason = _under_load(baseline, candidate, status, reason)
+    return Verdict(candidate.label, base_stat, cand_stat, ratio, low, high, basis, status, reason, estimator,
+                   p_value)  # fmt: skip
+
+
+def _under_load(baseline: Side, candidate: Side, status: str, reason: str) -> tuple[str, str]:
+    """The verdict given which sides were timed under load (``timing_suspect``). Load only adds time. Both sides
+    loaded (a shared CI runner): the low quantile decides, said. One side loaded: a verdict that the load itself
+    could explain (a slower candidate timed under load, or a candidate no slower than a baseline timed under load)
+    is INCONCLUSIVE, naming ``--rerun``; the other direction stands (the load worked against it)."""
+    loaded = [name for name, side in (("baseline", baseline), ("candidate", candidate)) if side.timing_suspect]
+    if not loaded or status in (INCONCLUSIVE, NOT_FINITE):
+        return status, reason
+    if len(loaded) == 2:
+        return status, "both timed under load: decided on the low quantile, which load moves least"
+    slower = status in (REGRESSION, WITHIN_NOISE)
+    if (loaded == ["candidate"]) == slower:
+        return INCONCLUSIVE, (
+            f"only the {loaded[0]} was timed under load, which alone could explain this verdict: decide with "
+            f"{RERUN_HINT}, or re-run the {loaded[0]} on a quiet machine"
+        )
+    return status, f"{loaded[0]} timed under load, which works against this verdict"
 
 
 def override_identity(overrides: Iterable[str]) -> str:
