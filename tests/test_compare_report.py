@@ -6,6 +6,7 @@ environments differ; the gate's lines short; a job's summary as Markdown when pi
 from __future__ import annotations
 
 import io
+import json
 import re
 import shlex
 import shutil
@@ -17,11 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 from rich.console import Console
 
 from conftest import cli_env
 from gflops_track import TimingOptions, profile
 from gflops_track.app import console as app_console
+from gflops_track.app.schema import AppConfig
 from gflops_track.cli.compare import main
 from gflops_track.compare.render import ComparisonTable
 from gflops_track.compare.rows import build_rows
@@ -203,3 +206,41 @@ def test_warm_up_progress_shows_no_stale_total(monkeypatch: pytest.MonkeyPatch) 
         progress("warm-up", 13, 0)
     text = ANSI.sub("", out.getvalue())
     assert "13/?" in text and "13/1" not in text
+
+
+def sleeper_config(ms: float) -> str:
+    """A resolved config.yaml as a job stores it: ``fixture_models.Sleeper`` (busy-waits ``ms`` per call) on CPU."""
+    config = OmegaConf.structured(AppConfig)
+    config.model = {"_target_": "fixture_models.Sleeper", "in_channels": 2, "ms": ms}
+    config.input.shape = [2, 4, 4]
+    config.device.type = "cpu"
+    config.timing.warmup = 2
+    config.timing.max_time_s = 0.3
+    return OmegaConf.to_yaml(config)
+
+
+def test_rerun_decides_a_pair_the_stored_runs_cannot(store_uri: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Stored runs with 5 samples each (under the gate's 10): INCONCLUSIVE, exit 3, naming --rerun. With --rerun
+    both configs are rebuilt from their config.yaml and timed interleaved now: Sleeper(ms=2) against itself is not a
+    regression (exit 0); against Sleeper(ms=4), 2x slower through its argument, a REGRESSION (exit 1)."""
+    client = MlflowClient(store_uri)
+    experiment = client.create_experiment("rerun")
+    ids = {}
+    for name, ms in (("base", 2.0), ("same", 2.0), ("slow", 4.0)):
+        run_id = client.create_run(experiment, run_name=name, tags={"hardware": HARDWARE}).info.run_id
+        samples = [ms + 0.01 * i for i in range(5)]
+        client.log_metric(run_id, "latency/median_ms", samples[2])
+        client.log_text(run_id, json.dumps({"latency_ms": samples}), "latency_samples.json")
+        client.log_text(run_id, sleeper_config(ms), "config.yaml")
+        client.set_terminated(run_id)
+        ids[name] = run_id
+    gate = ["--tracking-uri", store_uri, "--baseline", ids["base"], "--candidate"]
+    assert main([*gate, ids["slow"]]) == 3
+    assert "`--rerun`" in capsys.readouterr().out
+    assert main([*gate, ids["same"], "--rerun", "--rerun-time-s", "0.3"]) == 0
+    out = capsys.readouterr().out
+    assert "re-measured now, interleaved" in out and "0 regression(s), 0 inconclusive" in out
+    assert main([*gate, ids["slow"], "--rerun", "--rerun-time-s", "0.3"]) == 1
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if "re-measured now" in line)
+    assert "REGRESSION" in line and "10% quantile" in line

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -116,24 +117,31 @@ def test_too_few_samples_is_inconclusive_not_a_regression() -> None:
     assert enough.status == REGRESSION
 
 
-def test_under_load_the_gate_decides_where_load_cannot_explain_the_verdict() -> None:
-    """Load only adds time. Both sides loaded (a shared runner): the low quantile decides. One side loaded: a
-    verdict the load alone could explain (candidate loaded and slower; baseline loaded and the candidate no slower)
-    is INCONCLUSIVE naming --rerun; the opposite direction stands."""
+def contended(samples: list[float]) -> Side:
+    """A side timed while other processes took 1.7 CPU-seconds per second of a 2-core machine its 2 threads ran on
+    (more than the 0 cores its threads left free: contended)."""
+    return replace(Side.from_samples("x", samples, timing_suspect=True, other_load=1.7), contended=True)
+
+
+def test_contended_sides_decide_only_where_the_load_cannot_explain_the_verdict() -> None:
+    """Load only adds time. Both contended: INCONCLUSIVE naming --rerun. One contended: a verdict its load could
+    explain (the contended candidate slower; a candidate no slower than a contended baseline) is INCONCLUSIVE naming
+    --rerun; the opposite direction stands. Load with cores to spare: decided on the low quantile."""
     base = [10.0 + 0.1 * (i % 7) for i in range(30)]
     slow = [1.6 * v for v in base]
-    cand_loaded = judge(Side.from_samples("b", base), Side.from_samples("c", slow, timing_suspect=True), DEFAULT)
-    assert cand_loaded.status == INCONCLUSIVE and "--rerun" in cand_loaded.reason
-    assert "only the candidate was timed under load" in cand_loaded.describe(DEFAULT)
-    base_loaded = judge(Side.from_samples("b", base, timing_suspect=True), Side.from_samples("c", slow), DEFAULT)
+    cand_loaded = judge(Side.from_samples("b", base), contended(slow), DEFAULT)
+    assert cand_loaded.status == INCONCLUSIVE and "`--rerun`" in cand_loaded.reason
+    assert "only the candidate was timed while other processes took the cores" in cand_loaded.describe(DEFAULT)
+    base_loaded = judge(contended(base), Side.from_samples("c", slow), DEFAULT)
     assert base_loaded.status == REGRESSION and "works against this verdict" in base_loaded.reason
-    both = judge(Side.from_samples("b", base, True), Side.from_samples("c", slow, True), DEFAULT)
-    assert both.status == REGRESSION and "both timed under load" in both.reason
-    assert "10% quantile" in both.describe(DEFAULT) and "only adds time" in both.describe(DEFAULT)
-    calm = judge(Side.from_samples("b", base, timing_suspect=True), Side.from_samples("c", base), DEFAULT)
+    both = judge(contended(base), contended(slow), DEFAULT)
+    assert both.status == INCONCLUSIVE and "both sides" in both.reason and "`--rerun`" in both.reason
+    calm = judge(contended(base), Side.from_samples("c", base), DEFAULT)
     assert calm.status == INCONCLUSIVE and "--rerun" in calm.reason  # the baseline's load could hide a slowdown
-    same_loaded = judge(Side.from_samples("b", base), Side.from_samples("c", base, timing_suspect=True), DEFAULT)
-    assert same_loaded.status == OK  # slowed by load and still not slower: no regression
+    assert judge(Side.from_samples("b", base), contended(base), DEFAULT).status == OK  # slowed, still not slower
+    spare = judge(Side.from_samples("b", base, True), Side.from_samples("c", slow, True), DEFAULT)
+    assert spare.status == REGRESSION and "cores to spare" in spare.reason
+    assert "10% quantile" in spare.describe(DEFAULT) and "only adds time" in spare.describe(DEFAULT)
 
 
 def test_additive_load_noise_is_decided_on_the_low_quantile() -> None:
@@ -316,9 +324,14 @@ def test_gate_command_on_logged_runs(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 0 and "0 regression(s), 0 inconclusive in 2 compared row(s)" in out
     code, out, _ = in_process("--baseline", stored, "--candidate", slower)
     assert code == 1 and "1 regression(s), 0 inconclusive in 2 compared row(s)" in out
-    loaded = log_sweep(client, experiment, jobs(30, slow_first=2.0, suspect="true"))
+    busy = {"timing/cond_other_processes_cpu_per_wall": 1.7, "timing/cond_cpus_available": 2.0,
+            "timing/cond_threads": 2.0}  # other processes took the cores the run's 2 threads needed  # fmt: skip
+    loaded = log_sweep(
+        client, experiment, [{**job, "metrics": busy} for job in jobs(30, slow_first=2.0, suspect="true")]
+    )
     code, out, _ = in_process("--baseline", baseline, "--candidate", loaded)
-    assert code == 3 and "INCONCLUSIVE: only the candidate was timed under load" in out and "`--rerun`" in out
+    assert code == 3 and "INCONCLUSIVE: only the candidate was timed while other processes took the" in out
+    assert "`--rerun`" in out
     few = log_sweep(client, experiment, jobs(40, slow_first=2.0, n=MIN_SAMPLES - 1))
     code, out, _ = in_process("--baseline", baseline, "--candidate", few)
     assert code == 3 and "REGRESSION" not in out and "too few samples" in out

@@ -30,6 +30,7 @@ from gflops_track.compare.gate import (
     MIN_SAMPLES,
     AmbiguousMatch,
     Side,
+    Verdict,
     exit_code,
     judge,
     pair_label,
@@ -103,6 +104,17 @@ def parser() -> argparse.ArgumentParser:
         help=f"allowed slowdown, e.g. 5%% or 0.05 (default {DEFAULT_THRESHOLD * 100:g}%%)",
     )
     gate.add_argument(
+        "--rerun",
+        action="store_true",
+        help="re-measure each INCONCLUSIVE pair now, baseline and candidate interleaved in this process (both "
+        "rebuilt from their runs' config.yaml: the model's _target_ must be importable here), then decide",
+    )
+    gate.add_argument(
+        "--rerun-time-s",
+        type=float,
+        help="time budget of each re-measured pair, both sides together (default: the runs' timing.max_time_s)",
+    )
+    gate.add_argument(
         "--min-samples",
         type=int,
         default=MIN_SAMPLES,
@@ -118,6 +130,8 @@ def run_gate(
     threshold_text: str,
     console: Console,
     min_samples: int = MIN_SAMPLES,
+    rerun: bool = False,
+    rerun_time_s: float | None = None,
 ) -> int:
     """Pair the two sides' rows by identity, judge each pair, print one line per baseline row; the exit code says
     the worst (``gate.exit_code``: FAILED, MISSING or NOT FINITE 4, regression 1, inconclusive 3, else 0)."""
@@ -172,7 +186,10 @@ def run_gate(
             threshold,
             min_samples,
         )
-        verdicts.append(replace(verdict, label=pair_label(base, cand, pairing.basis, grouped)))
+        verdict = replace(verdict, label=pair_label(base, cand, pairing.basis, grouped))
+        if rerun and verdict.inconclusive:
+            verdict = remeasured(client, base, cand, threshold, min_samples, rerun_time_s, verdict, console)
+        verdicts.append(verdict)
     compared = len(verdicts)
     verdicts += [
         unmeasured_verdict(base, runs, row_label(base, pairing.basis, grouped)) for base, runs in pairing.unmeasured
@@ -193,6 +210,38 @@ def run_gate(
         soft_wrap=True,
     )
     return exit_code(verdicts)
+
+
+def remeasured(
+    client: MlflowClient,
+    base: Row,
+    cand: Row,
+    threshold: float,
+    min_samples: int,
+    budget_s: float | None,
+    stored: Verdict,
+    console: Console,
+) -> Verdict:
+    """The pair's verdict from a re-measurement now, interleaved (``app.rerun``): both sides under the same load,
+    so neither is suspect. The stored verdict's reason is said first."""
+    from gflops_track.app.rerun import rerun_pair  # builds models: only when asked
+
+    console.print(
+        f"[yellow]{escape(stored.label)}: stored runs INCONCLUSIVE ({escape(stored.reason)}); re-measuring both "
+        "now, interleaved[/yellow]",
+        highlight=False,
+        soft_wrap=True,
+    )
+    fresh = rerun_pair(client, base.run_id, cand.run_id, budget_s)
+    verdict = judge(
+        Side.from_samples(base.run_name, fresh.baseline_ms), Side.from_samples(cand.run_name, fresh.candidate_ms),
+        threshold, min_samples,
+    )  # fmt: skip
+    rounds = len(fresh.baseline_ms)
+    basis = (
+        f"{verdict.noise_basis} re-measured now, interleaved ({rounds} rounds, {fresh.seconds:.1f} s, {fresh.device})"
+    )
+    return replace(verdict, noise_basis=basis)
 
 
 class UsageError(Exception):
@@ -259,7 +308,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.baseline or args.candidate:
             if not (args.baseline and args.candidate):
                 raise ValueError("--baseline and --candidate go together")
-            return run_gate(client, args.baseline, args.candidate, args.threshold, console, args.min_samples)
+            return run_gate(
+                client, args.baseline, args.candidate, args.threshold, console, args.min_samples, args.rerun,
+                args.rerun_time_s,
+            )  # fmt: skip
         sweep = resolve_run_id(client, args.sweep, "--sweep") if args.sweep else None  # a prefix names it too
         runs = select_runs(client, args.experiment, sweep, args.run_id, args.filter)
         if not runs:

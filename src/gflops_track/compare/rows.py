@@ -59,6 +59,8 @@ class Row:
     tags: dict[str, str] = field(default_factory=dict, compare=False)  # the run's tags (the gate's identity, load)
     config: dict[str, str] = field(default_factory=dict, compare=False)  # the run's params (the gate's fallback)
     not_finite: tuple[str, ...] = ()  # "metric=nan" for each metric of the run that is NaN or inf: said, never plotted
+    other_load: float | None = None  # CPU-seconds per second other processes used while it was timed
+    spare_cpus: float | None = None  # CPUs available to the run less the threads it timed with
     group: str = ""  # what the rows of its group share: the model and its input (see ``group_of``); "" when unknown
     label: str = ""  # what tells the row apart inside its group (see ``label_rows``), e.g. "norm_fn=batch"
 
@@ -105,6 +107,12 @@ def row_from_run(run: Run) -> Row:
         mfu=names.metric_value(metrics, names.MFU),
         timed_iterations=None if (timed := names.metric_value(metrics, names.TIMED_ITERATIONS)) is None else int(timed),
         start_time=run.info.start_time,
+        other_load=metrics.get(OTHER_LOAD_METRIC),
+        spare_cpus=(
+            metrics[CPUS_METRIC] - metrics[THREADS_METRIC]
+            if CPUS_METRIC in metrics and THREADS_METRIC in metrics
+            else None
+        ),
         tags=dict(tags),
         config=dict(params),
         not_finite=tuple(f"{key}={value}" for key, value in sorted(metrics.items()) if not math.isfinite(value)),
@@ -131,6 +139,10 @@ def not_finite_notes(rows: Sequence[Row]) -> list[str]:
         if row.not_finite
     ]
 
+
+OTHER_LOAD_METRIC = "timing/cond_other_processes_cpu_per_wall"  # the timing conditions' load, as logged
+CPUS_METRIC = "timing/cond_cpus_available"
+THREADS_METRIC = "timing/cond_threads"
 
 GROUP_PARAMS = ("input.", "batch.height", "batch.width", "batch.seq_len", "model.name")  # what the input is
 GROUP_OVERRIDES = ("model=", "model._target_=", "model.name=", *(f"{key}=" for key in GROUP_PARAMS[1:4]), "input.")
