@@ -399,3 +399,19 @@ def test_low_quantile_and_its_interval_are_stored() -> None:
     assert metrics["latency/p10_ms"] == pytest.approx(10.9)
     assert (metrics["latency/p10_ci95_low_ms"], metrics["latency/p10_ci95_high_ms"]) == (4.0, 17.0)
     assert LatencyStats.from_samples([1.0, 2.0, 3.0]).p10_ci is None  # too few samples for any interval
+
+
+def test_default_budget_gives_the_gate_its_samples_on_a_busy_machine() -> None:
+    """The README's block on this busy 2-core VM: 550-650 ms a forward. With the default options (warm-up at least 3
+    calls, at most 2 s; 10 s in all) the cold call (0.55 s) and warm-up (4 calls, 2.4 s) leave about 7 s: at least
+    the gate's 10 samples. The old defaults (10 warm-up calls within 5 s) left 7 here: every row INCONCLUSIVE."""
+    from gflops_track.compare.gate import MIN_SAMPLES
+
+    clock = FakeClock()
+    result = measure_latency(fake_forward(clock, cycle([550.0, 650.0]), 600.0), "cpu", TimingOptions(), clock=clock)
+    assert result.timed_iterations >= MIN_SAMPLES and result.total_s <= 10.0 + 0.65
+    old = FakeClock()
+    before = TimingOptions(warmup=10, warmup_max_s=5.0)
+    assert (
+        measure_latency(fake_forward(old, cycle([550.0, 650.0]), 600.0), "cpu", before, clock=old).timed_iterations < 10
+    )
