@@ -49,6 +49,7 @@ from gflops_track.compare.gate import (
     Side,
     bootstrap_ratio,
     judge,
+    judge_paired,
     parse_threshold,
 )
 from gflops_track.options.timing import TimingOptions
@@ -180,7 +181,9 @@ def stored_side(label: str, module: nn.Module, x: torch.Tensor, options: TimingO
     return replace(side, contended=other is not None and other > spare + SPARE)
 
 
-def duet_sides(base: nn.Module, cand: nn.Module, x: torch.Tensor, options: TimingOptions) -> tuple[Side, Side]:
+def duet_samples(
+    base: nn.Module, cand: nn.Module, x: torch.Tensor, options: TimingOptions
+) -> tuple[list[float], list[float]]:
     """Both modules re-measured now, interleaved call by call (``compare --rerun``'s way)."""
 
     def timed(module: nn.Module) -> Callable[[], float]:
@@ -193,7 +196,7 @@ def duet_sides(base: nn.Module, cand: nn.Module, x: torch.Tensor, options: Timin
         return call
 
     samples = interleaved([timed(base.eval()), timed(cand.eval())], options.warmup, 30, 10_000, options.max_time_s)
-    return Side.from_samples("b", samples[0]), Side.from_samples("c", samples[1])
+    return samples[0], samples[1]
 
 
 def real(pairs: int, threshold: float, options: TimingOptions, load_processes: int) -> Table:
@@ -215,7 +218,7 @@ def real(pairs: int, threshold: float, options: TimingOptions, load_processes: i
                 base, cand = Work(), slower()
                 cand.load_state_dict(base.state_dict())
                 stored = judge(stored_side("b", base, x, options), stored_side("c", cand, x, options), threshold)
-                duet = judge(*duet_sides(base, cand, x, options), threshold)
+                duet = judge_paired("pair", *duet_samples(base, cand, x, options), threshold)
                 for key, verdict in (("stored runs", stored), ("--rerun (interleaved)", duet)):
                     verdicts[key][verdict.status] += 1
                     ratios[key].append(verdict.ratio or float("nan"))

@@ -243,4 +243,4 @@ def test_rerun_decides_a_pair_the_stored_runs_cannot(store_uri: str, capsys: pyt
     assert main([*gate, ids["slow"], "--rerun", "--rerun-time-s", "0.3"]) == 1
     out = capsys.readouterr().out
     line = next(line for line in out.splitlines() if "re-measured now" in line)
-    assert "REGRESSION" in line and "10% quantile" in line
+    assert "REGRESSION" in line and "median of paired ratios" in line and "duet benchmarking" in line

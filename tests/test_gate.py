@@ -26,6 +26,7 @@ from gflops_track.compare.gate import (
     Side,
     bootstrap_ratio,
     judge,
+    judge_paired,
     mann_whitney_greater,
     pair_rows,
     parse_threshold,
@@ -350,3 +351,16 @@ def test_gate_command_on_logged_runs(tmp_path: Path, capsys: pytest.CaptureFixtu
     after = log_sweep(client, experiment, in_environment(jobs(80), "bbbbbbbbbbbb"))
     code, out, _ = in_process("--baseline", before, "--candidate", after)
     assert code == 0 and "environments differ: baseline env_hash=aaaaaaaaaaaa, candidate env_hash=bbbbbbbbbbbb" in out
+
+
+def test_interleaved_rounds_are_judged_by_their_paired_ratios() -> None:
+    """30 rounds in which a burst of load hits both calls of a round alike (x1 .. x3): the sides' own spreads overlap,
+    but every round's candidate / baseline is 1.3, so the median ratio is 1.3 with a 99% interval of [1.3, 1.3]: a
+    REGRESSION. Identical rounds give ratio 1: ok."""
+    bursts = [1.0 + 2.0 * ((7 * i) % 30) / 29 for i in range(30)]
+    base = [10.0 * burst for burst in bursts]
+    slower = judge_paired("p", base, [1.3 * v for v in base], DEFAULT)
+    assert slower.status == REGRESSION and slower.ratio == pytest.approx(1.3)
+    assert slower.ratio_low == pytest.approx(1.3) and "median of paired ratios" in slower.describe(DEFAULT)
+    assert judge_paired("p", base, list(base), DEFAULT).status == OK
+    assert judge_paired("p", base[:5], base[:5], DEFAULT).status == INCONCLUSIVE  # too few rounds

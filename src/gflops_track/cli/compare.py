@@ -33,6 +33,7 @@ from gflops_track.compare.gate import (
     Verdict,
     exit_code,
     judge,
+    judge_paired,
     pair_label,
     pair_rows,
     parse_threshold,
@@ -233,15 +234,10 @@ def remeasured(
         soft_wrap=True,
     )
     fresh = rerun_pair(client, base.run_id, cand.run_id, budget_s)
-    verdict = judge(
-        Side.from_samples(base.run_name, fresh.baseline_ms), Side.from_samples(cand.run_name, fresh.candidate_ms),
-        threshold, min_samples,
-    )  # fmt: skip
+    verdict = judge_paired(stored.label, fresh.baseline_ms, fresh.candidate_ms, threshold, min_samples)
     rounds = len(fresh.baseline_ms)
-    basis = (
-        f"{verdict.noise_basis} re-measured now, interleaved ({rounds} rounds, {fresh.seconds:.1f} s, {fresh.device})"
-    )
-    return replace(verdict, noise_basis=basis)
+    where = f"re-measured now, interleaved: {rounds} rounds, {fresh.seconds:.1f} s, {fresh.device}"
+    return replace(verdict, noise_basis=f"{verdict.noise_basis}, {where}")
 
 
 class UsageError(Exception):

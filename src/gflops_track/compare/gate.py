@@ -64,6 +64,7 @@ from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from gflops_track.common.names import FAILED, OVERRIDES_TAG, TIMING_SUSPECT_TAG, VARIANT_TAG  # FAILED: also a verdict
 from gflops_track.compare.render import short_id
 from gflops_track.compare.rows import Row
+from gflops_track.results.timing import median_ci
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_CONFIDENCE = 0.99
@@ -179,10 +180,13 @@ class Verdict:
         }.get(self.status, self.status)
         if self.reason and self.status not in (INCONCLUSIVE, NOT_FINITE):
             verdict += f" ({self.reason})"
-        why = LOW_WHY if self.estimator == LOW_ESTIMATOR else "no samples stored, the logged median and its CI"
+        why = {LOW_ESTIMATOR: LOW_WHY, PAIRED_ESTIMATOR: PAIRED_WHY}.get(
+            self.estimator, "no samples stored, the logged median and its CI"
+        )
         test = "" if self.p_value is None else f", Mann-Whitney U p={self.p_value:.2g}"
+        shown = "median" if self.estimator == PAIRED_ESTIMATOR else self.estimator
         return (
-            f"{self.label}: {self.estimator} {self.baseline_ms:,.3f} ms -> {self.candidate_ms:,.3f} ms "
+            f"{self.label}: {shown} {self.baseline_ms:,.3f} ms -> {self.candidate_ms:,.3f} ms "
             f"({self.ratio - 1:+.1%}, {interval}, {self.noise_basis}{test}; {self.estimator}: {why}): {verdict}"
         )
 
@@ -321,6 +325,48 @@ def _under_load(baseline: Side, candidate: Side, status: str, reason: str) -> tu
     if suspect:
         return status, f"{' and '.join(suspect)} timed under load with cores to spare: decided on the low quantile"
     return status, reason
+
+
+PAIRED_ESTIMATOR = "median of paired ratios"
+PAIRED_WHY = "each round timed both under the same interference, which the ratio cancels (duet benchmarking)"
+
+
+def judge_paired(
+    label: str,
+    baseline_ms: Sequence[float],
+    candidate_ms: Sequence[float],
+    threshold: float = DEFAULT_THRESHOLD,
+    min_samples: int = MIN_SAMPLES,
+) -> Verdict:
+    """The verdict for samples taken interleaved (``timing.duet``: round i timed baseline_ms[i] and candidate_ms[i]
+    back to back): ratio = median over rounds of candidate / baseline, with the distribution-free 99% interval of
+    that median (order statistics, the sign test's interval). REGRESSION when ratio > 1 + threshold and the interval
+    lies wholly above 1; faster, within noise or ok as ``judge`` says them. Load is shared by both sides of a round,
+    so no side is suspect."""
+    base = np.asarray(baseline_ms, dtype=float)
+    cand = np.asarray(candidate_ms, dtype=float)
+    with np.errstate(all="ignore"):
+        ratios = sorted((cand / base).tolist())
+    interval = median_ci(ratios, BOOTSTRAP_CONFIDENCE)
+    low, high = interval if interval is not None else (None, None)
+    ratio = float(np.median(ratios)) if ratios else math.nan
+    medians = float(np.median(base)), float(np.median(cand))
+    basis = "99% interval of the median ratio (order statistics)"
+    reason = ""
+    if not all(math.isfinite(value) for value in (*medians, ratio, *(v for v in (low, high) if v is not None))):
+        status, reason = NOT_FINITE, "a re-measured sample is NaN or inf"
+    elif len(ratios) < min_samples or low is None or high is None:
+        status = INCONCLUSIVE
+        reason = f"too few rounds ({len(ratios)}; at least {min_samples}): raise --rerun-time-s"
+    elif ratio > 1 + threshold and low > 1:
+        status = REGRESSION
+    elif ratio > 1 + threshold:
+        status = WITHIN_NOISE
+    elif high < 1:
+        status = FASTER
+    else:
+        status = OK
+    return Verdict(label, medians[0], medians[1], ratio, low, high, basis, status, reason, PAIRED_ESTIMATOR)
 
 
 def override_identity(overrides: Iterable[str]) -> str:
