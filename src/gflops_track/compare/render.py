@@ -123,10 +123,9 @@ ALL_COLUMNS: dict[str, Column] = {
     )
 }
 TRAINING = ["step_gflops", "step", "step_achieved", "mfu"]  # train-mode runs only: shown where a row has them
-# Markdown and HTML: every column (the first ones keep their places: readers index them).
+# Markdown and HTML: every column (the first ones and the last keep their places: readers index them).
 FULL = ["hardware", "variant", "status", "params", "gmacs", "gflops", "latency", "throughput", "achieved",
-        "utilization", "speed", "run_id", "start", "run_name",
-        "group"]  # fmt: skip
+        "utilization", "speed", "run_id", "start", "group", "run_name"]  # fmt: skip
 # The terminal: columns join in this order while they fit (key ones first), and show in DISPLAY's order.
 PRIORITY = ["variant", "hardware", "group", "gflops", "median", "achieved", "utilization", "step", "mfu", "speed",
             "run_id", "params", "start", "step_gflops", "ci", "throughput", "step_achieved", "batch", "gmacs",

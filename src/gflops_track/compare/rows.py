@@ -196,6 +196,8 @@ def label_rows(rows: Sequence[Row]) -> list[Row]:
                 own = [t for t in tokens if t not in shared]
                 if len(members) == 1 or not own:
                     own = [t for t in own if not t.lstrip("+~").startswith(GROUP_OVERRIDES) and t not in everywhere]
+                swept = (row.tags.get(names.VARIANT_TAG) or "").split()  # the sweep's order, where it has one
+                own.sort(key=lambda token: swept.index(token) if token in swept else len(swept))
                 label = " ".join(own) or "defaults"
             labelled[row.run_id] = replace(row, group=title, label=label)
     return [labelled[row.run_id] for row in rows]
