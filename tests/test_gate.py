@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,8 @@ from gflops_track.compare.gate import (
     Side,
     bootstrap_ratio,
     judge,
+    judge_paired,
+    mann_whitney_greater,
     pair_rows,
     parse_threshold,
 )
@@ -115,15 +118,57 @@ def test_too_few_samples_is_inconclusive_not_a_regression() -> None:
     assert enough.status == REGRESSION
 
 
-def test_timed_under_load_turns_a_regression_into_inconclusive() -> None:
+def contended(samples: list[float]) -> Side:
+    """A side timed while other processes took 1.7 CPU-seconds per second of a 2-core machine its 2 threads ran on
+    (more than the 0 cores its threads left free: contended)."""
+    return replace(Side.from_samples("x", samples, timing_suspect=True, other_load=1.7), contended=True)
+
+
+def test_contended_sides_decide_only_where_the_load_cannot_explain_the_verdict() -> None:
+    """Load only adds time. Both contended: INCONCLUSIVE naming --rerun. One contended: a verdict its load could
+    explain (the contended candidate slower; a candidate no slower than a contended baseline) is INCONCLUSIVE naming
+    --rerun; the opposite direction stands. Load with cores to spare: decided on the low quantile."""
     base = [10.0 + 0.1 * (i % 7) for i in range(30)]
-    loaded = Side.from_samples("c", [1.6 * v for v in base], timing_suspect=True)
-    verdict = judge(Side.from_samples("b", base), loaded, DEFAULT)
-    assert verdict.status == INCONCLUSIVE
-    assert verdict.reason == "timed under load (candidate), re-run on a quiet machine"
-    assert "INCONCLUSIVE: timed under load" in verdict.describe(DEFAULT)
-    calm = judge(Side.from_samples("b", base, timing_suspect=True), Side.from_samples("c", base), DEFAULT)
-    assert calm.status == OK and calm.reason == "baseline timed under load"  # said, but no reason to fail
+    slow = [1.6 * v for v in base]
+    cand_loaded = judge(Side.from_samples("b", base), contended(slow), DEFAULT)
+    assert cand_loaded.status == INCONCLUSIVE and "`--rerun`" in cand_loaded.reason
+    assert "only the candidate was timed while other processes took the cores" in cand_loaded.describe(DEFAULT)
+    base_loaded = judge(contended(base), Side.from_samples("c", slow), DEFAULT)
+    assert base_loaded.status == REGRESSION and "works against this verdict" in base_loaded.reason
+    both = judge(contended(base), contended(slow), DEFAULT)
+    assert both.status == INCONCLUSIVE and "both sides" in both.reason and "`--rerun`" in both.reason
+    calm = judge(contended(base), Side.from_samples("c", base), DEFAULT)
+    assert calm.status == INCONCLUSIVE and "--rerun" in calm.reason  # the baseline's load could hide a slowdown
+    assert judge(Side.from_samples("b", base), contended(base), DEFAULT).status == OK  # slowed, still not slower
+    spare = judge(Side.from_samples("b", base, True), Side.from_samples("c", slow, True), DEFAULT)
+    assert spare.status == REGRESSION and "cores to spare" in spare.reason
+    assert "10% quantile" in spare.describe(DEFAULT) and "only adds time" in spare.describe(DEFAULT)
+
+
+def test_additive_load_noise_is_decided_on_the_low_quantile() -> None:
+    """Both sides on a loaded machine: 40% of iterations hit by a burst adding 0-150% (additive, positive). The
+    candidate is identical, then 1.3x slower through its code. The median moves with the bursts; the 10% quantile
+    does not: identical pairs are ok, the 1.3x pair a REGRESSION, each decided (never INCONCLUSIVE)."""
+    rng = np.random.default_rng(3)
+
+    def bursty(scale: float) -> list[float]:
+        core = scale * (7.0 + 0.3 * rng.lognormal(0.0, 0.1, 20))
+        return np.where(rng.random(20) < 0.4, core * (1 + rng.uniform(0, 1.5, 20)), core).tolist()
+
+    same = judge(Side.from_samples("b", bursty(1), True), Side.from_samples("c", bursty(1), True), DEFAULT)
+    slower = judge(Side.from_samples("b", bursty(1), True), Side.from_samples("c", bursty(1.3), True), DEFAULT)
+    assert same.status in (OK, FASTER, WITHIN_NOISE) and slower.status == REGRESSION
+    assert slower.ratio == pytest.approx(1.3, rel=0.05) and slower.p_value is not None and slower.p_value < 0.01
+
+
+def test_mann_whitney_matches_the_textbook_example() -> None:
+    """U for candidate [3, 4, 5] over baseline [1, 2]: every candidate sample is larger, U = 3 * 2 = 6; normal
+    approximation with continuity correction: z = (6 - 3 - 0.5) / sqrt(3*2*6/12) = 2.5 / sqrt(3), p = 1 - Phi(z)."""
+    import math
+
+    expected = 0.5 * math.erfc((2.5 / math.sqrt(3)) / math.sqrt(2))
+    assert mann_whitney_greater([1.0, 2.0], [3.0, 4.0, 5.0]) == pytest.approx(expected)
+    assert mann_whitney_greater([3.0, 4.0, 5.0], [1.0, 2.0]) > 0.9
 
 
 def test_identical_distributions_give_no_false_alarm_at_the_default_threshold() -> None:
@@ -262,7 +307,7 @@ def test_gate_command_on_logged_runs(tmp_path: Path, capsys: pytest.CaptureFixtu
     regressed = gate(uri, tmp_path, baseline, slower)
     assert regressed.returncode == 1, regressed.stdout + regressed.stderr
     assert "rows matched by overrides" in regressed.stdout
-    assert "planes=32 [model.planes=32]: " in regressed.stdout and "REGRESSION" in regressed.stdout
+    assert "\nmodel.planes=32: 10% quantile " in regressed.stdout and "REGRESSION" in regressed.stdout
     assert "1 regression(s), 0 inconclusive in 2 compared row(s), threshold 5.0%" in regressed.stdout
 
     monkeypatch.setenv("COLUMNS", "250")  # the in-process runs below print through rich: no wrapping
@@ -280,9 +325,14 @@ def test_gate_command_on_logged_runs(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 0 and "0 regression(s), 0 inconclusive in 2 compared row(s)" in out
     code, out, _ = in_process("--baseline", stored, "--candidate", slower)
     assert code == 1 and "1 regression(s), 0 inconclusive in 2 compared row(s)" in out
-    loaded = log_sweep(client, experiment, jobs(30, slow_first=2.0, suspect="true"))
+    busy = {"timing/cond_other_processes_cpu_per_wall": 1.7, "timing/cond_cpus_available": 2.0,
+            "timing/cond_threads": 2.0}  # other processes took the cores the run's 2 threads needed  # fmt: skip
+    loaded = log_sweep(
+        client, experiment, [{**job, "metrics": busy} for job in jobs(30, slow_first=2.0, suspect="true")]
+    )
     code, out, _ = in_process("--baseline", baseline, "--candidate", loaded)
-    assert code == 3 and "INCONCLUSIVE: timed under load (candidate), re-run on a quiet machine" in out
+    assert code == 3 and "INCONCLUSIVE: only the candidate was timed while other processes took the" in out
+    assert "`--rerun`" in out
     few = log_sweep(client, experiment, jobs(40, slow_first=2.0, n=MIN_SAMPLES - 1))
     code, out, _ = in_process("--baseline", baseline, "--candidate", few)
     assert code == 3 and "REGRESSION" not in out and "too few samples" in out
@@ -301,3 +351,16 @@ def test_gate_command_on_logged_runs(tmp_path: Path, capsys: pytest.CaptureFixtu
     after = log_sweep(client, experiment, in_environment(jobs(80), "bbbbbbbbbbbb"))
     code, out, _ = in_process("--baseline", before, "--candidate", after)
     assert code == 0 and "environments differ: baseline env_hash=aaaaaaaaaaaa, candidate env_hash=bbbbbbbbbbbb" in out
+
+
+def test_interleaved_rounds_are_judged_by_their_paired_ratios() -> None:
+    """30 rounds in which a burst of load hits both calls of a round alike (x1 .. x3): the sides' own spreads overlap,
+    but every round's candidate / baseline is 1.3, so the median ratio is 1.3 with a 99% interval of [1.3, 1.3]: a
+    REGRESSION. Identical rounds give ratio 1: ok."""
+    bursts = [1.0 + 2.0 * ((7 * i) % 30) / 29 for i in range(30)]
+    base = [10.0 * burst for burst in bursts]
+    slower = judge_paired("p", base, [1.3 * v for v in base], DEFAULT)
+    assert slower.status == REGRESSION and slower.ratio == pytest.approx(1.3)
+    assert slower.ratio_low == pytest.approx(1.3) and "median of paired ratios" in slower.describe(DEFAULT)
+    assert judge_paired("p", base, list(base), DEFAULT).status == OK
+    assert judge_paired("p", base[:5], base[:5], DEFAULT).status == INCONCLUSIVE  # too few rounds

@@ -265,7 +265,7 @@ def test_runs_logged_under_the_old_flat_names_load_as_rows(tmp_path: Path) -> No
         client.set_terminated(run_id)
         runs[era] = client.get_run(run_id)
     old_row, new_row = build_rows([runs["old"], runs["new"]])
-    assert old_row.run_name == "new" and new_row.run_name == "old"  # sorted by name
+    assert old_row.run_name == "old" and new_row.run_name == "new"  # in the order they started
     fields = ("params", "gmacs", "gflops", "median_ms", "ci_low_ms", "ci_high_ms", "throughput_samples_per_s",
               "achieved_gflop_per_s", "utilization_vs_measured_peak", "arithmetic_intensity",
               "measured_peak_gflop_per_s", "measured_bandwidth_gb_per_s", "timed_iterations")  # fmt: skip

@@ -94,5 +94,6 @@ def test_sweep_and_compare_print_every_variant_and_number_whole(where: str, tmp_
         assert max(len(line) for line in compared.splitlines()) <= 80
         assert "achieved" in compared and "speed-up" in compared  # key columns chosen first
     else:
+        assert not set(printed) & set("━┃┏┓┗┛┡┩│"), printed  # each job's summary too is a Markdown table
         assert_whole(compared, jobs, ("params",))
         assert "| variant " in compared and "start (UTC)" in compared  # every column, as Markdown

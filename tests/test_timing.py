@@ -24,6 +24,7 @@ from gflops_track.results.timing import (
     MIN_CI_SAMPLES,
     LatencyStats,
     ci_text,
+    latency_metrics,
     median_ci,
     median_ci_ranks,
     percentile,
@@ -387,3 +388,30 @@ def test_profile_takes_options_objects_not_loose_keywords() -> None:
     model = nn.Linear(8, 4)
     with pytest.raises(TypeError, match="'warmup'"):
         profile(model, torch.randn(2, 8), warmup=3)
+
+
+def test_low_quantile_and_its_interval_are_stored() -> None:
+    """Samples 1..100 ms: the 10% quantile (linear interpolation) is 1 + 0.1 * 99 = 10.9 ms; its 95% CI ranks are
+    floor(10 - 1.96*sqrt(100*0.1*0.9)) = floor(4.12) = 4 and ceil(1 + 10 + 5.88) = 17, i.e. 4 ms and 17 ms."""
+    stats = LatencyStats.from_samples([float(v) for v in range(100, 0, -1)])
+    assert stats.p10_ms == pytest.approx(10.9) and stats.p10_ci == (4.0, 17.0)
+    metrics = latency_metrics("latency/", stats)
+    assert metrics["latency/p10_ms"] == pytest.approx(10.9)
+    assert (metrics["latency/p10_ci95_low_ms"], metrics["latency/p10_ci95_high_ms"]) == (4.0, 17.0)
+    assert LatencyStats.from_samples([1.0, 2.0, 3.0]).p10_ci is None  # too few samples for any interval
+
+
+def test_default_budget_gives_the_gate_its_samples_on_a_busy_machine() -> None:
+    """The README's block on this busy 2-core VM: 550-650 ms a forward. With the default options (warm-up at least 3
+    calls, at most 2 s; 10 s in all) the cold call (0.55 s) and warm-up (4 calls, 2.4 s) leave about 7 s: at least
+    the gate's 10 samples. The old defaults (10 warm-up calls within 5 s) left 7 here: every row INCONCLUSIVE."""
+    from gflops_track.compare.gate import MIN_SAMPLES
+
+    clock = FakeClock()
+    result = measure_latency(fake_forward(clock, cycle([550.0, 650.0]), 600.0), "cpu", TimingOptions(), clock=clock)
+    assert result.timed_iterations >= MIN_SAMPLES and result.total_s <= 10.0 + 0.65
+    old = FakeClock()
+    before = TimingOptions(warmup=10, warmup_max_s=5.0)
+    assert (
+        measure_latency(fake_forward(old, cycle([550.0, 650.0]), 600.0), "cpu", before, clock=old).timed_iterations < 10
+    )

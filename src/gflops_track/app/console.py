@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from rich import box
 from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -43,37 +44,50 @@ class Whole:
 
 
 @contextmanager
-def job_progress(title: str) -> Iterator[ProgressCallback]:
-    """A live line showing the phase (counting, thop, warm-up, timing) and its iterations."""
+def job_progress(title: str, where: Console | None = None) -> Iterator[ProgressCallback]:
+    """A live line showing the phase (counting, thop, warm-up, timing) and its iterations: ``done/total``, or
+    ``done/?`` for an open-ended phase (total 0: warm-up runs until the latency settles), never the total of the
+    phase before it."""
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}", style="bold", markup=False),  # run names are text, never markup
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=console,
+        console=where or console,
         transient=True,
     ) as progress:
         task = progress.add_task(title, total=None)
 
         def update(phase: str, completed: int, total: int) -> None:
+            if not total:  # rich's update() leaves the total as it was when given None: clear it here
+                progress.tasks[task].total = None
             progress.update(task, description=f"{title}: {phase}", completed=completed, total=total or None)
 
         yield update
 
 
-def print_summary(result: ProfileResult, run_name: str, run_id: str | None) -> None:
+def print_summary(result: ProfileResult, run_name: str, run_id: str | None, where: Console | None = None) -> None:
     """The run's summary table, then its notes. Every string from the run is shown as text, never as rich markup.
-    When space is short, labels and values wrap at spaces, so every number stays whole (never cut or folded)."""
+    When space is short, labels and values wrap at spaces, so every number stays whole (never cut or folded). Not in
+    a terminal (a pipe, a file, a CI log) it is a Markdown table, as every other table is there."""
+    where = where or console
     title = Text(run_name + (f"  (MLflow run {run_id})" if run_id else ""))
-    table = Table(title=title, show_header=False)
-    table.add_column(style="bold", overflow="fold")
-    table.add_column(justify="right", overflow="fold")
+    markdown = not where.is_terminal
+    table = Table(
+        title=title,
+        show_header=markdown,  # a Markdown table needs its header row
+        box=box.MARKDOWN if markdown else box.HEAVY_HEAD,
+        show_edge=True,
+        title_justify="left" if markdown else "center",
+    )
+    table.add_column("quantity" if markdown else "", style="bold", overflow="fold")
+    table.add_column("value" if markdown else "", justify="right", overflow="fold")
     for label, value in summary_rows(result):
-        table.add_row(Text(label), Text(value))
-    console.print(Whole(table))
+        table.add_row(Text(label), Text(value.replace("|", "\\|") if markdown else value))
+    where.print(Whole(table))
     if result.notes:
-        console.print(Text("notes:", style="yellow"), Text("\n".join(result.notes)), sep="\n", highlight=False)
+        where.print(Text("notes:", style="yellow"), Text("\n".join(result.notes)), sep="\n", highlight=False)
 
 
 def print_config_errors(errors: Sequence[str], run_created: bool = False) -> None:

@@ -3,8 +3,9 @@
 Exit codes: 0 fine; 1 the regression gate found a regression (and nothing else: a CI job reads 1 as "slower");
 2 bad arguments, an unknown or ambiguous run or sweep id, a bad ``--filter``, an output directory that does not
 exist, a store that does not exist or does not answer, an ambiguous match, or nothing to compare — always one line on
-stderr; 3 the gate found no regression but could not judge every row (INCONCLUSIVE: timed under load, too few samples
-or no confidence interval); 4 the gate found a baseline row the candidate did not measure (its run FAILED or was
+stderr; 3 the gate found no regression but could not judge every row (INCONCLUSIVE: too few samples, no confidence
+interval, or load on one side alone could explain the verdict; each line names the setting or flag that decides
+it); 4 the gate found a baseline row the candidate did not measure (its run FAILED or was
 KILLED, or is MISSING) or a median that is NaN or inf (NOT FINITE), whatever the other rows say. Reading never
 creates a store.
 """
@@ -30,8 +31,10 @@ from gflops_track.compare.gate import (
     MIN_SAMPLES,
     AmbiguousMatch,
     Side,
+    Verdict,
     exit_code,
     judge,
+    judge_paired,
     pair_label,
     pair_rows,
     parse_threshold,
@@ -52,8 +55,9 @@ from gflops_track.compare.rows import (
     not_finite_notes,
     resolve_run_id,
     select_runs,
+    stored_packages,
 )
-from gflops_track.machine.environment import ENV_HASH_TAG, environment_note
+from gflops_track.machine.environment import ENV_HASH_TAG, ENV_PACKAGES_TAG, environment_note
 from gflops_track.tracking.credentials import command_store
 from gflops_track.tracking.store import (
     StoreError,
@@ -114,6 +118,17 @@ def parser() -> argparse.ArgumentParser:
         help=f"allowed slowdown, e.g. 5%% or 0.05 (default {DEFAULT_THRESHOLD * 100:g}%%)",
     )
     gate.add_argument(
+        "--rerun",
+        action="store_true",
+        help="re-measure each INCONCLUSIVE pair now, baseline and candidate interleaved in this process (both "
+        "rebuilt from their runs' config.yaml: the model's _target_ must be importable here), then decide",
+    )
+    gate.add_argument(
+        "--rerun-time-s",
+        type=float,
+        help="time budget of each re-measured pair, both sides together (default: the runs' timing.max_time_s)",
+    )
+    gate.add_argument(
         "--min-samples",
         type=int,
         default=MIN_SAMPLES,
@@ -129,6 +144,8 @@ def run_gate(
     threshold_text: str,
     console: Console,
     min_samples: int = MIN_SAMPLES,
+    rerun: bool = False,
+    rerun_time_s: float | None = None,
 ) -> int:
     """Pair the two sides' rows by identity, judge each pair, print one line per baseline row; the exit code says
     the worst (``gate.exit_code``: FAILED, MISSING or NOT FINITE 4, regression 1, inconclusive 3, else 0)."""
@@ -165,10 +182,16 @@ def run_gate(
     environments = {
         note
         for base, cand in pairing.pairs
-        if (note := environment_note(base.tags, cand.tags, names=("baseline", "candidate")))
+        if base.tags.get(ENV_HASH_TAG) != cand.tags.get(ENV_HASH_TAG)
+        and (
+            note := environment_note(
+                base.tags, cand.tags, names=("baseline", "candidate"), packages=_packages(client, base, cand)
+            )
+        )
     }
     for note in sorted(environments):  # said, so a "regression" from a library upgrade is read as one
         console.print(f"[yellow]{escape(note)}[/yellow]", highlight=False, soft_wrap=True)
+    grouped = len({row.group for row in [*base_rows, *cand_rows]}) > 1  # labels name their group
     verdicts = []
     for base, cand in pairing.pairs:
         verdict = judge(
@@ -177,9 +200,14 @@ def run_gate(
             threshold,
             min_samples,
         )
-        verdicts.append(replace(verdict, label=pair_label(base, cand, pairing.basis)))
+        verdict = replace(verdict, label=pair_label(base, cand, pairing.basis, grouped))
+        if rerun and verdict.inconclusive:
+            verdict = remeasured(client, base, cand, threshold, min_samples, rerun_time_s, verdict, console)
+        verdicts.append(verdict)
     compared = len(verdicts)
-    verdicts += [unmeasured_verdict(base, runs, row_label(base, pairing.basis)) for base, runs in pairing.unmeasured]
+    verdicts += [
+        unmeasured_verdict(base, runs, row_label(base, pairing.basis, grouped)) for base, runs in pairing.unmeasured
+    ]
     for verdict in verdicts:
         style = "red" if verdict.regression or verdict.broken else "yellow" if verdict.inconclusive else "green"
         console.print(f"[{style}]{escape(verdict.describe(threshold))}[/{style}]", highlight=False, soft_wrap=True)
@@ -198,20 +226,63 @@ def run_gate(
     return exit_code(verdicts)
 
 
+def remeasured(
+    client: MlflowClient,
+    base: Row,
+    cand: Row,
+    threshold: float,
+    min_samples: int,
+    budget_s: float | None,
+    stored: Verdict,
+    console: Console,
+) -> Verdict:
+    """The pair's verdict from a re-measurement now, interleaved (``app.rerun``): both sides under the same load,
+    so neither is suspect. The stored verdict's reason is said first."""
+    from gflops_track.app.rerun import rerun_pair  # builds models: only when asked
+
+    console.print(
+        f"[yellow]{escape(stored.label)}: stored runs INCONCLUSIVE ({escape(stored.reason)}); re-measuring both "
+        "now, interleaved[/yellow]",
+        highlight=False,
+        soft_wrap=True,
+    )
+    fresh = rerun_pair(client, base.run_id, cand.run_id, budget_s)
+    verdict = judge_paired(stored.label, fresh.baseline_ms, fresh.candidate_ms, threshold, min_samples)
+    rounds = len(fresh.baseline_ms)
+    where = f"re-measured now, interleaved: {rounds} rounds, {fresh.seconds:.1f} s, {fresh.device}"
+    return replace(verdict, noise_basis=f"{verdict.noise_basis}, {where}")
+
+
 class UsageError(Exception):
     """A bad argument found before anything is read: one line, exit 2."""
 
 
-def environment_notes(rows: Sequence[Row]) -> list[str]:
+def environment_notes(rows: Sequence[Row], client: MlflowClient | None = None) -> list[str]:
     """One line per Python environment among ``rows`` that differs from the first row's (their ``env_hash`` tags),
-    naming the packages that changed: a speed difference may come from a library upgrade, not the model."""
+    naming the packages that changed (from the runs' ``env_packages`` tags, else from the ``environment.txt`` each
+    run stores, read through ``client``): a speed difference may come from a library upgrade, not the model."""
     hashed = [row for row in rows if row.tags.get(ENV_HASH_TAG)]
     notes: dict[str, str] = {}
     for row in hashed[1:]:
-        note = environment_note(hashed[0].tags, row.tags, names=(hashed[0].run_name, row.run_name))
+        if row.tags[ENV_HASH_TAG] in notes or row.tags[ENV_HASH_TAG] == hashed[0].tags[ENV_HASH_TAG]:
+            continue
+        note = environment_note(
+            hashed[0].tags,
+            row.tags,
+            names=(hashed[0].run_name, row.run_name),
+            packages=_packages(client, hashed[0], row),
+        )
         if note is not None:
-            notes.setdefault(row.tags[ENV_HASH_TAG], note)
+            notes[row.tags[ENV_HASH_TAG]] = note
     return list(notes.values())
+
+
+def _packages(client: MlflowClient | None, *rows: Row) -> tuple[dict[str, str] | None, dict[str, str] | None]:
+    """Each run's stored package list (``environment.txt``) when its tags do not hold one and a store is at hand."""
+    found = [
+        None if client is None or ENV_PACKAGES_TAG in row.tags else stored_packages(client, row.run_id) for row in rows
+    ]
+    return found[0], found[1]
 
 
 def check_outputs(args: argparse.Namespace) -> None:
@@ -271,7 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.baseline or args.candidate:
             if not (args.baseline and args.candidate):
                 raise ValueError("--baseline and --candidate go together")
-            return run_gate(client, args.baseline, args.candidate, args.threshold, console, args.min_samples)
+            return run_gate(
+                client, args.baseline, args.candidate, args.threshold, console, args.min_samples, args.rerun,
+                args.rerun_time_s,
+            )  # fmt: skip
         sweep = resolve_run_id(client, args.sweep, "--sweep") if args.sweep else None  # a prefix names it too
         runs = select_runs(client, args.experiment, sweep, args.run_id, args.filter)
         if not runs:
@@ -289,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             sys.stdout.write(text(rows))
         notes = Console(stderr=True, highlight=False, soft_wrap=True) if text is not None else console
-        for note in [*environment_notes(rows), *not_finite_notes(rows)]:  # a CSV or Markdown table on stdout
+        for note in [*environment_notes(rows, client), *not_finite_notes(rows)]:  # a CSV or Markdown table on stdout
             notes.print(f"[yellow]{escape(note)}[/yellow]")  # stays clean: said on stderr
         if args.html:
             write_report(rows, args.html, title, redact_uri(uri), layers=read_run_layers(client, rows)[0])

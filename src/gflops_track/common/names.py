@@ -43,7 +43,7 @@ LATENCY_PREFIX = "latency/"  # + one of LATENCY_STATS, e.g. latency/median_ms
 GRAPH_LATENCY_PREFIX = "latency/graph_"  # CUDA-graph replay: latency/graph_median_ms, ...
 LATENCY_STATS = (
     "mean_ms", "median_ms", "std_ms", "min_ms", "max_ms", "p90_ms", "p95_ms", "cv", "ci95_low_ms", "ci95_high_ms",
-    "precision",
+    "precision", "p10_ms", "p10_ci95_low_ms", "p10_ci95_high_ms",
 )  # fmt: skip
 LATENCY_MEDIAN_MS = "latency/median_ms"
 LATENCY_CI_LOW_MS = "latency/ci95_low_ms"

@@ -18,25 +18,31 @@ A baseline row the candidate did not measure fails the gate: FAILED when the can
 or was KILLED (its status and error named), MISSING when the candidate has no run of it, or only one still RUNNING or
 never timed. A row the candidate has and the baseline has not is listed as not compared (a new configuration).
 
-Decision, per pair. ``ratio`` = median(candidate) / median(baseline), with an interval: a 99% percentile bootstrap
-of the raw samples both runs stored (2,000 resamples, fixed seed), or, without samples, the runs' logged 95% CIs of
-the median (low = candidate CI low / baseline CI high, high = candidate CI high / baseline CI low: two intervals that
-do not overlap).
+Decision, per pair. With raw samples stored on both sides (every run of the app stores them) the estimator is the
+10% quantile (``LOW_QUANTILE``): noise on a shared machine is overwhelmingly additive and positive (Chen & Revels,
+"Robust benchmarking in noisy environments", 2016; BenchmarkTools.jl), so the fast end of the distribution moves
+least, while the median moves with every burst of load. ``ratio`` = q10(candidate) / q10(baseline), with a 99%
+percentile bootstrap interval of that ratio (2,000 resamples, fixed seed), and a one-sided Mann-Whitney U test over
+the samples (Google Benchmark's compare.py), numpy only. Without samples (older runs): ratio of the medians, interval
+from the runs' logged 95% CIs of the median (low = candidate CI low / baseline CI high, high = candidate CI high /
+baseline CI low: two intervals that do not overlap).
 
-* NOT FINITE when either median, or the interval, is NaN or inf: no comparison with such a number means anything.
-* INCONCLUSIVE when either side has fewer than ``MIN_SAMPLES`` timed iterations, or no interval is known: nothing
-  can be said either way.
-* REGRESSION when ``ratio > 1 + threshold`` *and* the interval lies wholly above 1 (the slowdown is not noise) —
-  unless either side carries ``timing_suspect=true`` (timed while the machine was loaded): then INCONCLUSIVE,
-  "timed under load, re-run on a quiet machine". A loaded machine is no evidence of a regression.
-* otherwise ``faster`` (interval wholly below 1), ``within noise`` (beyond the threshold, interval includes 1), or
-  ``ok``; a side timed under load is named in the line.
+* NOT FINITE when either median, or the interval, or the ratio is NaN or inf.
+* INCONCLUSIVE when either side has fewer than ``MIN_SAMPLES`` timed iterations (naming ``timing.max_time_s`` and
+  ``--rerun``), or no interval is known (naming ``--rerun``).
+* REGRESSION when ``ratio > 1 + threshold``, the interval lies wholly above 1 *and* (with samples) the Mann-Whitney
+  p < 0.01.
+* otherwise ``faster`` (interval wholly below 1), ``within noise`` (beyond the threshold, not beyond the noise), or
+  ``ok``.
+* Load only adds time (``_under_load``). Load with cores to spare: decided, said. A side *contended* (other
+  processes used more CPU than the cores its threads left free): its times are the scheduler's share. Both
+  contended: INCONCLUSIVE, naming ``--rerun``. One contended: a verdict its load could explain is INCONCLUSIVE,
+  naming ``--rerun`` (both configs re-measured now, interleaved: ``app.rerun``); the other direction stands.
 
-The 99% interval and ``MIN_SAMPLES`` = 30 come from ``bench/bench_gate.py`` (1,000 pairs of identical sample sets
-per cell, 5% threshold): with log-normal samples (CV 10%) a 95% bootstrap called 1.1-2.1% of pairs a regression at
-n = 10-50 (the percentile bootstrap of a median is too narrow), the 99% one 0.2-0.5%; with a heavy tail (10% of
-samples at 1.5-3x) a 2x slowdown was missed 9 times in 1,000 at n = 20, never from n = 30 on. 30 is also the timing
-engine's default ``min_repeats``. docs/regression-gate.md has the table.
+``MIN_SAMPLES`` = 10 and the 99% interval come from ``bench/bench_gate.py``'s synthetic table (docs/regression-gate.md):
+with the 10% quantile and the U test, identical log-normal, heavy-tailed and bursty-load pairs gave at most 1 false
+REGRESSION in 200 at n = 10, none from n = 15 on, and a 2x slowdown was caught 187-200 times in 200 at n = 10. The
+README's block gets 14-20 timed iterations in the default 10 s budget on a 2-core VM: 10 lets the gate judge it.
 
 Exit code, worst first (``exit_code``): 4 when a row is FAILED, MISSING or NOT FINITE (the candidate, or a
 measurement, is broken); 1 on a REGRESSION; 3 when a row is INCONCLUSIVE; else 0. 2 is the command's: bad
@@ -58,11 +64,19 @@ from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from gflops_track.common.names import FAILED, OVERRIDES_TAG, TIMING_SUSPECT_TAG, VARIANT_TAG  # FAILED: also a verdict
 from gflops_track.compare.render import short_id
 from gflops_track.compare.rows import Row
+from gflops_track.results.timing import median_ci
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_CONFIDENCE = 0.99
 SEED = 0
-MIN_SAMPLES = 30
+MIN_SAMPLES = 10
+LOW_QUANTILE = 0.10  # the estimator on stored samples: the 10th percentile
+MANN_WHITNEY_ALPHA = 0.01  # one-sided: a REGRESSION also needs the candidate's samples to be larger, p below this
+LOW_ESTIMATOR = f"{LOW_QUANTILE:.0%} quantile"
+LOW_WHY = "noise on a shared machine only adds time, so a low quantile moves least"
+MEDIAN_ESTIMATOR = "median"
+SPARE = 0.25  # CPU-seconds per second of other processes' load that spare cores absorb before threads compete
+RERUN_HINT = "`--rerun` (re-measures both configs interleaved, under the same load)"
 DEFAULT_THRESHOLD = 0.05
 NOT_CONFIGURATION = ("tracking.", "hydra.")  # overrides that change where a run is logged, not what is measured
 ENDED_BADLY = ("FAILED", "KILLED")  # MLflow run statuses of a job that did not finish
@@ -100,19 +114,27 @@ class Side:
     samples: tuple[float, ...] = ()
     sample_count: int | None = None
     timing_suspect: bool = False
+    other_load: float | None = None  # CPU-seconds per second other processes used meanwhile (None: not logged)
+    contended: bool = False  # other processes wanted the cores its threads ran on: its times are the scheduler's
 
     @classmethod
     def from_row(cls, row: Row, samples: Sequence[float] | None) -> Side:
         assert row.median_ms is not None
         suspect = row.tags.get(TIMING_SUSPECT_TAG, "").lower() == "true"
         count = len(samples) if samples else row.timed_iterations
-        return cls(row.run_name, row.median_ms, row.ci_low_ms, row.ci_high_ms, tuple(samples or ()), count, suspect)
+        contended = (
+            row.other_load is not None and row.spare_cpus is not None and row.other_load > row.spare_cpus + SPARE
+        )
+        return cls(row.run_name, row.median_ms, row.ci_low_ms, row.ci_high_ms, tuple(samples or ()), count, suspect,
+                   row.other_load, contended)  # fmt: skip
 
     @classmethod
-    def from_samples(cls, label: str, samples: Sequence[float], timing_suspect: bool = False) -> Side:
+    def from_samples(
+        cls, label: str, samples: Sequence[float], timing_suspect: bool = False, other_load: float | None = None
+    ) -> Side:
         data = np.asarray(samples, dtype=float)
         return cls(label, float(np.median(data)), samples=tuple(samples), sample_count=data.size,
-                   timing_suspect=timing_suspect)  # fmt: skip
+                   timing_suspect=timing_suspect, other_load=other_load)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -126,6 +148,8 @@ class Verdict:
     noise_basis: str  # "bootstrap of stored samples", "logged median CIs" or "no interval known"
     status: str  # REGRESSION, INCONCLUSIVE, NOT FINITE, FAILED, MISSING, "within noise", "faster" or "ok"
     reason: str = ""  # why INCONCLUSIVE, NOT FINITE, FAILED or MISSING
+    estimator: str = MEDIAN_ESTIMATOR  # what ``ratio`` compares: LOW_ESTIMATOR on stored samples, else the median
+    p_value: float | None = None  # one-sided Mann-Whitney U, candidate slower (stored samples only)
 
     @property
     def regression(self) -> bool:
@@ -156,30 +180,61 @@ class Verdict:
         }.get(self.status, self.status)
         if self.reason and self.status not in (INCONCLUSIVE, NOT_FINITE):
             verdict += f" ({self.reason})"
+        why = {LOW_ESTIMATOR: LOW_WHY, PAIRED_ESTIMATOR: PAIRED_WHY}.get(
+            self.estimator, "no samples stored, the logged median and its CI"
+        )
+        test = "" if self.p_value is None else f", Mann-Whitney U p={self.p_value:.2g}"
+        shown = "median" if self.estimator == PAIRED_ESTIMATOR else self.estimator
         return (
-            f"{self.label}: {self.baseline_ms:,.3f} ms -> {self.candidate_ms:,.3f} ms ({self.ratio - 1:+.1%}, "
-            f"{interval}, {self.noise_basis}): {verdict}"
+            f"{self.label}: {shown} {self.baseline_ms:,.3f} ms -> {self.candidate_ms:,.3f} ms "
+            f"({self.ratio - 1:+.1%}, {interval}, {self.noise_basis}{test}; {self.estimator}: {why}): {verdict}"
         )
 
 
 def bootstrap_ratio(
-    baseline: Sequence[float], candidate: Sequence[float], confidence: float = BOOTSTRAP_CONFIDENCE
+    baseline: Sequence[float],
+    candidate: Sequence[float],
+    confidence: float = BOOTSTRAP_CONFIDENCE,
+    quantile: float = 0.5,
 ) -> tuple[float, float]:
-    """Percentile-bootstrap interval of median(candidate) / median(baseline) (``confidence``, two-sided), resampling
-    each sample set with replacement."""
+    """Percentile-bootstrap interval of quantile(candidate) / quantile(baseline) (``confidence``, two-sided; the
+    median by default), resampling each sample set with replacement."""
     rng = np.random.default_rng(SEED)
     base = np.asarray(baseline, dtype=float)
     cand = np.asarray(candidate, dtype=float)
-    base_medians = np.median(rng.choice(base, size=(BOOTSTRAP_RESAMPLES, base.size)), axis=1)
-    cand_medians = np.median(rng.choice(cand, size=(BOOTSTRAP_RESAMPLES, cand.size)), axis=1)
-    ratios = cand_medians / base_medians
+    base_stat = np.quantile(rng.choice(base, size=(BOOTSTRAP_RESAMPLES, base.size)), quantile, axis=1)
+    cand_stat = np.quantile(rng.choice(cand, size=(BOOTSTRAP_RESAMPLES, cand.size)), quantile, axis=1)
+    ratios = cand_stat / base_stat
     tail = (1 - confidence) / 2
     return float(np.quantile(ratios, tail)), float(np.quantile(ratios, 1 - tail))
 
 
+def mann_whitney_greater(baseline: Sequence[float], candidate: Sequence[float]) -> float:
+    """One-sided p-value of the Mann-Whitney U test that the candidate's samples tend to be larger (slower): the
+    normal approximation with tie correction and continuity correction (as scipy's ``mannwhitneyu(...,
+    alternative="greater", method="asymptotic")``; numpy only, scipy is not a dependency)."""
+    base = np.asarray(baseline, dtype=float)
+    cand = np.asarray(candidate, dtype=float)
+    n1, n2 = cand.size, base.size
+    pooled = np.concatenate([cand, base])
+    order = pooled.argsort(kind="mergesort")
+    ranks = np.empty(pooled.size)
+    ranks[order] = np.arange(1, pooled.size + 1)
+    _values, inverse, counts = np.unique(pooled, return_inverse=True, return_counts=True)
+    ranks = np.bincount(inverse, weights=ranks)[inverse] / counts[inverse]  # ties share their mean rank
+    u = ranks[:n1].sum() - n1 * (n1 + 1) / 2
+    n = n1 + n2
+    ties = float((counts**3 - counts).sum())
+    sigma = math.sqrt(n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1)))) if n > 1 else 0.0
+    if sigma == 0:
+        return 0.5
+    z = (u - n1 * n2 / 2 - 0.5) / sigma
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
 def _interval(baseline: Side, candidate: Side) -> tuple[float | None, float | None, str]:
     if baseline.samples and candidate.samples:
-        low, high = bootstrap_ratio(baseline.samples, candidate.samples)
+        low, high = bootstrap_ratio(baseline.samples, candidate.samples, quantile=LOW_QUANTILE)
         return low, high, "99% bootstrap of stored samples"
     if None not in (baseline.ci_low_ms, baseline.ci_high_ms, candidate.ci_low_ms, candidate.ci_high_ms):
         assert baseline.ci_low_ms and baseline.ci_high_ms and candidate.ci_low_ms and candidate.ci_high_ms
@@ -191,10 +246,10 @@ def _not_finite(baseline: Side, candidate: Side, ratio: float, low: float | None
     """What is NaN or inf among the numbers a verdict rests on ("" when nothing is)."""
     medians = (("baseline", baseline.median_ms), ("candidate", candidate.median_ms))
     bad = [f"{side} median is {value} ms" for side, value in medians if not math.isfinite(value)]
-    if not bad and not math.isfinite(ratio):
-        bad = [f"the ratio is {ratio}"]
     if not bad and not all(math.isfinite(value) for value in (low, high) if value is not None):
         bad = [f"the interval is {low:.4g} .. {high:.4g} (a stored sample or logged CI is NaN or inf)"]
+    if not bad and not math.isfinite(ratio):
+        bad = [f"the ratio is {ratio}"]
     return "; ".join(bad)
 
 
@@ -202,20 +257,107 @@ def judge(
     baseline: Side, candidate: Side, threshold: float = DEFAULT_THRESHOLD, min_samples: int = MIN_SAMPLES
 ) -> Verdict:
     """The verdict for one pair (see the module docstring for the rule)."""
+    samples = bool(baseline.samples and candidate.samples)
+    estimator = LOW_ESTIMATOR if samples else MEDIAN_ESTIMATOR
+    p_value = None
     with np.errstate(all="ignore"):  # a NaN or inf median or sample is judged NOT FINITE below, not warned about
-        ratio = float(np.float64(candidate.median_ms) / np.float64(baseline.median_ms))
+        if samples:
+            base_stat = float(np.quantile(np.asarray(baseline.samples, dtype=float), LOW_QUANTILE))
+            cand_stat = float(np.quantile(np.asarray(candidate.samples, dtype=float), LOW_QUANTILE))
+        else:
+            base_stat, cand_stat = baseline.median_ms, candidate.median_ms
+        ratio = float(np.float64(cand_stat) / np.float64(base_stat))
         low, high, basis = _interval(baseline, candidate)
     reason = ""
     counts = (baseline.sample_count, candidate.sample_count)
     unreadable = _not_finite(baseline, candidate, ratio, low, high)
+    if not unreadable and samples:
+        p_value = mann_whitney_greater(baseline.samples, candidate.samples)
     if unreadable:
         status, reason = NOT_FINITE, unreadable
     elif any(count is None or count < min_samples for count in counts):
         status = INCONCLUSIVE
         shown = ", ".join("unknown" if count is None else str(count) for count in counts)
-        reason = f"too few samples ({shown}; at least {min_samples} each), re-run with more timed iterations"
+        reason = (
+            f"too few samples ({shown}; at least {min_samples} each): re-run the profile with a longer timing "
+            f"budget (timing.max_time_s=30) or decide now with {RERUN_HINT}"
+        )
     elif low is None or high is None:
-        status, reason = INCONCLUSIVE, "no confidence interval known for the medians"
+        status = INCONCLUSIVE
+        reason = f"no confidence interval known for the medians (no stored samples): decide with {RERUN_HINT}"
+    elif ratio > 1 + threshold and low > 1 and (p_value is None or p_value < MANN_WHITNEY_ALPHA):
+        status = REGRESSION
+    elif ratio > 1 + threshold:
+        status = WITHIN_NOISE
+    elif high < 1:
+        status = FASTER
+    else:
+        status = OK
+    status, reason = _under_load(baseline, candidate, status, reason)
+    return Verdict(candidate.label, base_stat, cand_stat, ratio, low, high, basis, status, reason, estimator,
+                   p_value)  # fmt: skip
+
+
+def _under_load(baseline: Side, candidate: Side, status: str, reason: str) -> tuple[str, str]:
+    """The verdict given the load each side was timed under. Load only adds time. A side is *contended* when other
+    processes used more CPU than the cores its threads left free (logged conditions): its times are then set by the
+    scheduler's share, which changes from run to run, and no estimator over stored samples can undo that (on this
+    project's 2-core VM, identical sweeps timed 1.6 CPU-s/s into each other differed by +62% at the 10% quantile).
+    Both contended: INCONCLUSIVE, naming ``--rerun``. One contended: a verdict that its load could explain (the
+    contended candidate slower, or a candidate no slower than a contended baseline) is INCONCLUSIVE, naming
+    ``--rerun``; the other direction stands. Load with cores to spare (``timing_suspect`` but not contended):
+    decided on the low quantile, said."""
+    if status in (INCONCLUSIVE, NOT_FINITE):
+        return status, reason
+    contended = [name for name, side in (("baseline", baseline), ("candidate", candidate)) if side.contended]
+    suspect = [name for name, side in (("baseline", baseline), ("candidate", candidate)) if side.timing_suspect]
+    if len(contended) == 2:
+        return INCONCLUSIVE, (
+            f"both sides were timed while other processes took the cores ({baseline.other_load:.2f} and "
+            f"{candidate.other_load:.2f} CPU-s/s): stored times are the scheduler's share, decide with {RERUN_HINT}"
+        )
+    if contended:
+        side = baseline if contended == ["baseline"] else candidate
+        what = f"only the {contended[0]} was timed while other processes took the cores ({side.other_load:.2f} CPU-s/s)"
+        if (contended == ["candidate"]) == (status in (REGRESSION, WITHIN_NOISE)):
+            return INCONCLUSIVE, f"{what}, which alone could explain this verdict: decide with {RERUN_HINT}"
+        return status, f"{what}, which works against this verdict"
+    if suspect:
+        return status, f"{' and '.join(suspect)} timed under load with cores to spare: decided on the low quantile"
+    return status, reason
+
+
+PAIRED_ESTIMATOR = "median of paired ratios"
+PAIRED_WHY = "each round timed both under the same interference, which the ratio cancels (duet benchmarking)"
+
+
+def judge_paired(
+    label: str,
+    baseline_ms: Sequence[float],
+    candidate_ms: Sequence[float],
+    threshold: float = DEFAULT_THRESHOLD,
+    min_samples: int = MIN_SAMPLES,
+) -> Verdict:
+    """The verdict for samples taken interleaved (``timing.duet``: round i timed baseline_ms[i] and candidate_ms[i]
+    back to back): ratio = median over rounds of candidate / baseline, with the distribution-free 99% interval of
+    that median (order statistics, the sign test's interval). REGRESSION when ratio > 1 + threshold and the interval
+    lies wholly above 1; faster, within noise or ok as ``judge`` says them. Load is shared by both sides of a round,
+    so no side is suspect."""
+    base = np.asarray(baseline_ms, dtype=float)
+    cand = np.asarray(candidate_ms, dtype=float)
+    with np.errstate(all="ignore"):
+        ratios = sorted((cand / base).tolist())
+    interval = median_ci(ratios, BOOTSTRAP_CONFIDENCE)
+    low, high = interval if interval is not None else (None, None)
+    ratio = float(np.median(ratios)) if ratios else math.nan
+    medians = float(np.median(base)), float(np.median(cand))
+    basis = "99% interval of the median ratio (order statistics)"
+    reason = ""
+    if not all(math.isfinite(value) for value in (*medians, ratio, *(v for v in (low, high) if v is not None))):
+        status, reason = NOT_FINITE, "a re-measured sample is NaN or inf"
+    elif len(ratios) < min_samples or low is None or high is None:
+        status = INCONCLUSIVE
+        reason = f"too few rounds ({len(ratios)}; at least {min_samples}): raise --rerun-time-s"
     elif ratio > 1 + threshold and low > 1:
         status = REGRESSION
     elif ratio > 1 + threshold:
@@ -224,13 +366,7 @@ def judge(
         status = FASTER
     else:
         status = OK
-    loaded = [side for side, suspect in (("baseline", baseline), ("candidate", candidate)) if suspect.timing_suspect]
-    if loaded and status == REGRESSION:
-        status = INCONCLUSIVE
-        reason = f"timed under load ({' and '.join(loaded)}), re-run on a quiet machine"
-    elif loaded and status not in (INCONCLUSIVE, NOT_FINITE):
-        reason = f"{' and '.join(loaded)} timed under load"
-    return Verdict(candidate.label, baseline.median_ms, candidate.median_ms, ratio, low, high, basis, status, reason)
+    return Verdict(label, medians[0], medians[1], ratio, low, high, basis, status, reason, PAIRED_ESTIMATOR)
 
 
 def override_identity(overrides: Iterable[str]) -> str:
@@ -332,18 +468,17 @@ def pair_rows(baseline: Sequence[Row], candidate: Sequence[Row]) -> Pairing:
     return Pairing(pairs, unmeasured, unmatched, basis)
 
 
-def row_label(row: Row, basis: str) -> str:
-    """What to call a row in the gate's output: the variant (tag, else run name) and, when matched by overrides, the
-    identity that matched it."""
-    variant = row.tags.get(VARIANT_TAG) or row.run_name
-    if basis == "overrides" and row.tags.get(OVERRIDES_TAG):
-        return f"{variant} [{_override_key(row)}]"
-    return variant
+def row_label(row: Row, basis: str, grouped: bool = False) -> str:
+    """What to call a row in the gate's output: the short label the comparison table gives it (what differs inside
+    its group, ``rows.label_rows``), after its group's name when the rows span several groups (``grouped``); else
+    the variant tag or run name. The identity the rows were paired by (``basis``) is said once, not per row."""
+    variant = row.label or row.tags.get(VARIANT_TAG) or row.run_name
+    return f"{row.group}: {variant}" if grouped and row.group else variant
 
 
-def pair_label(baseline: Row, candidate: Row, basis: str) -> str:
+def pair_label(baseline: Row, candidate: Row, basis: str, grouped: bool = False) -> str:
     """A pair is called by its candidate row (see ``row_label``)."""
-    return row_label(candidate, basis)
+    return row_label(candidate, basis, grouped)
 
 
 def unmeasured_verdict(baseline: Row, runs: Sequence[Row], label: str) -> Verdict:

@@ -61,8 +61,9 @@ def _utilization(row: Row) -> str:
 
 
 def variant(row: Row) -> str:
-    """What tells the row apart inside its sweep: the ``variant`` tag (e.g. ``norm_fn=group``), else the run name."""
-    return row.tags.get(names.VARIANT_TAG) or row.run_name
+    """What tells the row apart inside its group (``rows.label_rows``, e.g. ``norm_fn=group``), else its ``variant``
+    tag, else the run name."""
+    return row.label or row.tags.get(names.VARIANT_TAG) or row.run_name
 
 
 def short_id(row: Row) -> str:
@@ -98,6 +99,7 @@ ALL_COLUMNS: dict[str, Column] = {
     column.key: column
     for column in (
         Column("hardware", "hardware", lambda r: r.hardware, text=True),
+        Column("group", "model / input", lambda r: r.group, text=True),
         Column("variant", "variant", variant, text=True),
         Column("status", "status", lambda r: r.status if not r.error else f"{r.status}: {r.error[:80]}", text=True),
         Column("params", "params", lambda r: _fmt(r.params, ",.0f")),
@@ -121,22 +123,22 @@ ALL_COLUMNS: dict[str, Column] = {
     )
 }
 TRAINING = ["step_gflops", "step", "step_achieved", "mfu"]  # train-mode runs only: shown where a row has them
-# Markdown and HTML: every column (the first ones keep their places: readers index them).
+# Markdown and HTML: every column (the first ones and the last keep their places: readers index them).
 FULL = ["hardware", "variant", "status", "params", "gmacs", "gflops", "latency", "throughput", "achieved",
-        "utilization", "speed", "run_id", "start", "run_name"]  # fmt: skip
+        "utilization", "speed", "run_id", "start", "group", "run_name"]  # fmt: skip
 # The terminal: columns join in this order while they fit (key ones first), and show in DISPLAY's order.
-PRIORITY = ["variant", "hardware", "gflops", "median", "achieved", "utilization", "step", "mfu", "speed", "run_id",
-            "params", "start", "step_gflops", "ci", "throughput", "step_achieved", "batch", "gmacs",
+PRIORITY = ["variant", "hardware", "group", "gflops", "median", "achieved", "utilization", "step", "mfu", "speed",
+            "run_id", "params", "start", "step_gflops", "ci", "throughput", "step_achieved", "batch", "gmacs",
             "run_name"]  # fmt: skip
-DISPLAY = ["variant", "hardware", "run_id", "start", "status", "batch", "params", "gmacs", "gflops", "median", "ci",
-           "throughput", "achieved", "utilization", "step_gflops", "step", "step_achieved", "mfu", "speed",
-           "run_name"]  # fmt: skip
+DISPLAY = ["variant", "hardware", "group", "run_id", "start", "status", "batch", "params", "gmacs", "gflops",
+           "median", "ci", "throughput", "achieved", "utilization", "step_gflops", "step", "step_achieved", "mfu",
+           "speed", "run_name"]  # fmt: skip
 COLUMNS: list[tuple[str, Formatter]] = [(ALL_COLUMNS[key].header, ALL_COLUMNS[key].cell) for key in FULL]
 CSV_FIELDS = [
     "run_id", "run_name", "status", "hardware", "batch_size", "params", "gmacs", "gflops", "median_ms", "ci_low_ms",
     "ci_high_ms", "throughput_samples_per_s", "achieved_gflop_per_s", "utilization_vs_measured_peak",
     "utilization_vs_spec_peak", "arithmetic_intensity", "relative_speed", "speed_basis", "start_time", "error",
-    "mode", "step_gflops", "step_median_ms", "step_achieved_gflop_per_s", "mfu",
+    "mode", "step_gflops", "step_median_ms", "step_achieved_gflop_per_s", "mfu", "group", "label",
 ]  # fmt: skip
 
 
@@ -175,21 +177,36 @@ def column_widths(rows: Sequence[Row], keys: Sequence[str]) -> dict[str, int]:
     }
 
 
+def label_cap(rows: Sequence[Row], max_width: int) -> int:
+    """The width a variant label may take in a terminal table ``max_width`` wide: a third of it (at least 24), never
+    less than its longest word, so a long label wraps between its overrides and leaves room for the numbers."""
+    words = [cell_len(word) for row in rows for word in variant(row).split()] or [1]
+    return max(max(words), min(max(24, max_width // 3), max(cell_len(variant(row)) for row in rows)))
+
+
 def build_table(
-    rows: Sequence[Row], keys: Sequence[str], markdown: bool = False, widths: dict[str, int] | None = None
+    rows: Sequence[Row],
+    keys: Sequence[str],
+    markdown: bool = False,
+    widths: dict[str, int] | None = None,
+    label_width: int | None = None,
 ) -> Table:
-    """A rich table of ``keys``' columns; cells never wrap (a variant name or a number is never cut or folded
-    unless the terminal is narrower than the cell itself). ``markdown`` draws it as a Markdown table."""
+    """A rich table of ``keys``' columns; number cells never wrap (a number is never cut or folded unless the
+    terminal is narrower than the cell itself); with ``label_width`` the variant label wraps between its words at
+    that width. ``markdown`` draws it as a Markdown table."""
     headers = _headers(rows, lines=not markdown)
     table = Table(box=box.MARKDOWN if markdown else None, show_edge=markdown, pad_edge=markdown, header_style="bold")
     for key in keys:
         column = ALL_COLUMNS[key]
+        wraps = key == "variant" and label_width is not None
+        minimum = (widths or {}).get(key)
         table.add_column(
             headers[key],
             justify="left" if column.text else "right",
-            no_wrap=True,
+            no_wrap=not wraps,
             overflow="fold",
-            min_width=(widths or {}).get(key),
+            min_width=min(minimum, label_width) if wraps and minimum is not None and label_width else minimum,
+            max_width=label_width if wraps else None,
         )
     for row in rows:
         cells = [Text(ALL_COLUMNS[key].cell(row)) for key in keys]  # run names and errors are text, never markup
@@ -207,12 +224,14 @@ def natural_width(console: Console, options: ConsoleOptions, renderable: Table) 
 
 
 def fit_columns(console: Console, options: ConsoleOptions, rows: Sequence[Row], wanted: Sequence[str]) -> list[str]:
-    """The columns that fit ``options.max_width``: each of PRIORITY in turn joins when the table, measured by rich,
-    still fits; the variant always. Shown in DISPLAY's order."""
+    """The columns that fit ``options.max_width``: each of PRIORITY in turn joins when the table, measured by rich
+    with the variant label wrapped at ``label_cap``, still fits; the variant always. Shown in DISPLAY's order."""
     chosen: list[str] = []
+    cap = label_cap(rows, options.max_width)
     for key in wanted:
         trial = [k for k in DISPLAY if k in {*chosen, key}]
-        if not chosen or natural_width(console, options, build_table(rows, trial)) <= options.max_width:
+        table = build_table(rows, trial, label_width=cap)
+        if not chosen or natural_width(console, options, table) <= options.max_width:
             chosen.append(key)
     return [k for k in DISPLAY if k in chosen]
 
@@ -236,12 +255,31 @@ class ComparisonTable:
             keys.insert(1, "status")
         if grouped or len({row.hardware for row in self.rows}) == 1:
             keys.remove("hardware")
+        if grouped or len({row.group for row in self.rows}) == 1:
+            keys.remove("group")
         return [k for k in keys if any(ALL_COLUMNS[k].cell(row) for row in self.rows)]  # no empty columns
 
     def _lines(self, console: Console, options: ConsoleOptions, table: Table) -> RenderResult:
         for line in console.render_lines(table, options, pad=False, new_lines=True):
             if "".join(segment.text for segment in line).strip():  # Markdown's box draws blank top/bottom rows
                 yield from line
+
+    def _groups(self, keys: Sequence[str]) -> list[tuple[str, str, list[Row]]]:
+        """(hardware heading, group heading, rows) per table, in the rows' order (``build_rows``: hardware, group,
+        sweep order); a heading is "" where its column is shown instead, or for the hardware, where it is the one
+        above."""
+        split = [key for key in ("hardware", "group") if key not in keys]
+        tables: list[tuple[str, str, list[Row]]] = []
+        previous: tuple[str, str] | None = None
+        for row in self.rows:
+            current = (row.hardware if "hardware" in split else "", row.group if "group" in split else "")
+            if current == previous:
+                tables[-1][2].append(row)
+                continue
+            new_machine = previous is None or current[0] != previous[0]
+            tables.append((current[0] if new_machine else "", current[1], [row]))
+            previous = current
+        return tables
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         yield Text(self.title, style="bold")
@@ -252,13 +290,14 @@ class ComparisonTable:
             keys = list(self.columns)
         else:
             keys = [k for k in DISPLAY if self.wide or k in {*self._keys(grouped=False), "status"}]
-        machines = sorted({row.hardware for row in self.rows})
-        groups = [(machine, [row for row in self.rows if row.hardware == machine]) for machine in machines]
+        cap = label_cap(self.rows, options.max_width) if fitted else None
         widths = column_widths(self.rows, keys)
-        for machine, members in groups if "hardware" not in keys else [("", self.rows)]:
+        for machine, group, members in self._groups(keys):
             if machine:
                 yield Text(f"hardware: {machine}", style="bold")
-            table = build_table(members, keys, markdown=not console.is_terminal, widths=widths)
+            if group:
+                yield Text(f"model / input: {group}", style="bold")
+            table = build_table(members, keys, markdown=not console.is_terminal, widths=widths, label_width=cap)
             width = natural_width(console, options, table)
             yield from self._lines(
                 console, options if fitted else options.update_width(max(width, options.max_width)), table

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from gflops_track.common import names
 from gflops_track.common.names import ERROR_TAG, PARENT_TAG
+from gflops_track.machine.environment import ENVIRONMENT_ARTIFACT, parse_environment_txt
 from gflops_track.tracking.store import child_runs, search_all_runs
 
 
@@ -58,6 +59,10 @@ class Row:
     tags: dict[str, str] = field(default_factory=dict, compare=False)  # the run's tags (the gate's identity, load)
     config: dict[str, str] = field(default_factory=dict, compare=False)  # the run's params (the gate's fallback)
     not_finite: tuple[str, ...] = ()  # "metric=nan" for each metric of the run that is NaN or inf: said, never plotted
+    other_load: float | None = None  # CPU-seconds per second other processes used while it was timed
+    spare_cpus: float | None = None  # CPUs available to the run less the threads it timed with
+    group: str = ""  # what the rows of its group share: the model and its input (see ``group_of``); "" when unknown
+    label: str = ""  # what tells the row apart inside its group (see ``label_rows``), e.g. "norm_fn=batch"
 
     @property
     def key(self) -> tuple[str, str]:
@@ -102,6 +107,12 @@ def row_from_run(run: Run) -> Row:
         mfu=names.metric_value(metrics, names.MFU),
         timed_iterations=None if (timed := names.metric_value(metrics, names.TIMED_ITERATIONS)) is None else int(timed),
         start_time=run.info.start_time,
+        other_load=metrics.get(OTHER_LOAD_METRIC),
+        spare_cpus=(
+            metrics[CPUS_METRIC] - metrics[THREADS_METRIC]
+            if CPUS_METRIC in metrics and THREADS_METRIC in metrics
+            else None
+        ),
         tags=dict(tags),
         config=dict(params),
         not_finite=tuple(f"{key}={value}" for key, value in sorted(metrics.items()) if not math.isfinite(value)),
@@ -129,29 +140,110 @@ def not_finite_notes(rows: Sequence[Row]) -> list[str]:
     ]
 
 
-def build_rows(runs: Sequence[Run], baseline: str | None = None) -> list[Row]:
-    """Rows sorted by hardware then variant, each with its speed relative to the baseline row (a run id or run
-    name; default: the first row that has a latency). Same batch sizes: baseline median / median (latency speed-up);
-    batch sizes differ: throughput / baseline throughput, since a batch of 4 takes longer but may do as much work."""
-    rows = sorted((row_from_run(run) for run in runs), key=lambda row: row.key)
-    timed = [row for row in rows if row.median_ms and math.isfinite(row.median_ms)]  # a NaN is no reference
-    if not timed:
-        return rows
-    chosen = next((row for row in timed if baseline in (row.run_id, row.run_name)), None)
-    if baseline is not None and chosen is None:
-        raise ValueError(f"--baseline-row={baseline!r} names no timed run among the {len(rows)} selected")
-    reference = chosen or timed[0]
+OTHER_LOAD_METRIC = "timing/cond_other_processes_cpu_per_wall"  # the timing conditions' load, as logged
+CPUS_METRIC = "timing/cond_cpus_available"
+THREADS_METRIC = "timing/cond_threads"
+
+GROUP_PARAMS = ("input.", "batch.height", "batch.width", "batch.seq_len", "model.name")  # what the input is
+GROUP_OVERRIDES = ("model=", "model._target_=", "model.name=", *(f"{key}=" for key in GROUP_PARAMS[1:4]), "input.")
+
+
+def group_of(row: Row) -> tuple[str, ...]:
+    """What a row shares with the rows it may be ranked against: hardware, mode, the model (its ``_target_`` and,
+    for a model by name, the name) and its input (``input.*``, ``batch.height/width/seq_len``). A batch size is not
+    part of it: a batch sweep is compared by throughput inside one group."""
+    model = row.tags.get(names.MODEL_TARGET_TAG) or row.config.get("model._target_", "")
+    inputs = tuple(f"{key}={value}" for key, value in sorted(row.config.items()) if key.startswith(GROUP_PARAMS))
+    return (row.hardware, row.mode, model, *inputs)
+
+
+def _tokens(row: Row) -> list[str]:
+    """The row's configuration as override tokens: its ``overrides`` tag, else its ``variant`` tag (older runs)."""
+    text = row.tags.get(names.OVERRIDES_TAG) or row.tags.get(names.VARIANT_TAG) or ""
+    return [token for token in text.split() if not token.lstrip("+~").startswith(("tracking.", "hydra."))]
+
+
+def _group_title(key: tuple[str, ...], row: Row, keys: Sequence[tuple[str, ...]]) -> str:
+    """A group's name: its model (class name, else target) and the input settings that tell it from the other
+    groups on its hardware."""
+    model = row.tags.get(names.MODEL_TAG) or key[2].rsplit(".", 1)[-1]
+    if not model:
+        return ""
+    others = [other for other in keys if other[0] == key[0] and other != key]
+    differing = [part for part in key[3:] if any(part not in other[3:] for other in others)]
+    mode = [] if key[1] == "inference" else [f"mode={key[1]}"]
+    return " ".join([model, *mode, *differing])
+
+
+def label_rows(rows: Sequence[Row]) -> list[Row]:
+    """Each row with its group's title and its label: the override tokens that differ inside its group (a sweep's
+    ``norm_fn=batch``), or, alone in its group, its overrides less those naming the model and input and those every
+    selected run shares; "defaults" when nothing is left; the ``variant`` tag or run name when the run has no
+    overrides stored."""
+    groups: dict[tuple[str, ...], list[Row]] = {}
+    for row in rows:
+        groups.setdefault(group_of(row), []).append(row)
+    everywhere = set.intersection(*(set(_tokens(row)) for row in rows)) if len(rows) > 1 else set()
+    labelled: dict[str, Row] = {}
+    for key, members in groups.items():
+        title = _group_title(key, members[0], list(groups))
+        shared = set.intersection(*(set(_tokens(row)) for row in members)) if len(members) > 1 else set()
+        for row in members:
+            tokens = _tokens(row)
+            if not tokens:
+                label = row.tags.get(names.VARIANT_TAG) or row.run_name
+            else:
+                own = [t for t in tokens if t not in shared]
+                if len(members) == 1 or not own:
+                    own = [t for t in own if not t.lstrip("+~").startswith(GROUP_OVERRIDES) and t not in everywhere]
+                swept = (row.tags.get(names.VARIANT_TAG) or "").split()  # the sweep's order, where it has one
+                own.sort(key=lambda token: swept.index(token) if token in swept else len(swept))
+                label = " ".join(own) or "defaults"
+            labelled[row.run_id] = replace(row, group=title, label=label)
+    return [labelled[row.run_id] for row in rows]
+
+
+def _sweep_order(row: Row) -> tuple[float, str]:
+    """Within a group, the order the runs were started in: a sweep's jobs in the order of its swept values."""
+    return (row.start_time if row.start_time is not None else math.inf, row.run_name)
+
+
+def _relative(members: list[Row], reference: Row) -> list[Row]:
+    """Each row's speed against ``reference`` (same group). Same batch sizes: baseline median / median (latency
+    speed-up); batch sizes differ: throughput / baseline throughput, since a batch of 4 takes longer but may do as
+    much work."""
     assert reference.median_ms is not None
+    timed = [row for row in members if row.median_ms and math.isfinite(row.median_ms)]
     if len({row.batch_size for row in timed}) > 1 and reference.throughput_samples_per_s:
         base = reference.throughput_samples_per_s
         return [
             replace(row, speed_basis="throughput", relative_speed=row.throughput_samples_per_s / base)
             if row.throughput_samples_per_s is not None
             else row
-            for row in rows
+            for row in members
         ]
     median = reference.median_ms
-    return [replace(row, relative_speed=median / row.median_ms if row.median_ms else None) for row in rows]
+    return [replace(row, relative_speed=median / row.median_ms if row.median_ms else None) for row in members]
+
+
+def build_rows(runs: Sequence[Run], baseline: str | None = None) -> list[Row]:
+    """Rows grouped by hardware, then by what they share (model and input: ``group_of``), each group in the order
+    its runs were started (a sweep's order: the first value swept first), each row labelled by what differs inside
+    its group and with its speed relative to its group's baseline: the row ``baseline`` names (a run id or run name)
+    in its group, else the group's first timed row. Rows of different groups are never ranked against each other."""
+    rows = label_rows([row_from_run(run) for run in runs])
+    rows.sort(key=lambda row: (row.hardware, row.group, group_of(row), *_sweep_order(row)))
+    is_timed = lambda row: bool(row.median_ms and math.isfinite(row.median_ms))  # noqa: E731  # a NaN is no reference
+    chosen = next((row for row in rows if is_timed(row) and baseline in (row.run_id, row.run_name)), None)
+    if baseline is not None and chosen is None:
+        raise ValueError(f"--baseline-row={baseline!r} names no timed run among the {len(rows)} selected")
+    result: list[Row] = []
+    for key in dict.fromkeys(group_of(row) for row in rows):
+        members = [row for row in rows if group_of(row) == key]
+        timed = [row for row in members if is_timed(row)]
+        reference = chosen if chosen is not None and chosen in members else (timed[0] if timed else None)
+        result += _relative(members, reference) if reference is not None else members
+    return result
 
 
 def select_runs(
@@ -218,3 +310,14 @@ def latency_samples(client: MlflowClient, run_id: str) -> list[float] | None:
         except Exception:
             return None
         return json.loads(Path(path).read_text()).get("latency_ms")
+
+
+def stored_packages(client: MlflowClient, run_id: str) -> dict[str, str] | None:
+    """The packages the run's ``environment.txt`` artifact lists (``{name: version}``), or None when it has none:
+    what ``compare`` names when two runs' ``env_hash`` tags differ."""
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = client.download_artifacts(run_id, ENVIRONMENT_ARTIFACT, folder)
+        except Exception:
+            return None
+        return parse_environment_txt(Path(path).read_text(encoding="utf-8"))

@@ -17,10 +17,14 @@ ProgressCallback = Callable[[str, int, int], None]  # (phase, completed, total; 
 @dataclass(frozen=True)
 class TimingOptions:
     """How long and how precisely to time (how each is used: ``gflops_track.timing.engine``; ``max_time_s`` bounds
-    the whole phase)."""
+    the whole phase). The defaults are chosen together with the regression gate's minimum of 10 timed iterations
+    (``compare.gate.MIN_SAMPLES``): at least 3 warm-up calls (the eager CPU and CUDA paths settle within a few; the
+    settle check goes on) for at most 2 s, so a 0.5 s forward on a busy 2-core runner still gets about 7 s of the
+    10 s budget for timing, 14 samples (with 10 warm-up calls and 5 s, as before, it got 5-11 here: INCONCLUSIVE).
+    docs/timing.md says why."""
 
-    warmup: int = 10
-    warmup_max_s: float = 5.0
+    warmup: int = 3
+    warmup_max_s: float = 2.0
     min_repeats: int = 30
     max_repeats: int = 10_000
     target_precision: float = 0.01
