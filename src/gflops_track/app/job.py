@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,7 +34,6 @@ from gflops_track.common.names import FAILED, FINISHED, KILLED
 from gflops_track.compare.gate import override_identity
 from gflops_track.counting.counting_forward import on_meta
 from gflops_track.models.construct import construct
-from gflops_track.options.timing import ProgressCallback
 from gflops_track.pipeline.placement import resolve_device, where_it_runs
 from gflops_track.pipeline.steps import WEIGHTLESS, count, measure, peak_report, timing_skipped_note
 from gflops_track.pipeline.training_step import count_training_step, measure_training_step, training_input_errors
@@ -108,9 +107,12 @@ def profile_job(
     facts: Fingerprint,
     settings: dict[str, str],
     recorder: Recorder | None,
+    own_plot: bool = True,
 ) -> ProfileResult:
     """Build, then count -> log -> time -> log -> peaks -> log: whatever a later step fails on, what the steps
-    before it measured is already recorded."""
+    before it measured is already recorded. ``own_plot``: the run gets its own roofline.png (a single run; a sweep's
+    jobs share the one in the sweep's report). While the forward is timed nothing draws or logs: the progress line
+    and the heartbeat are paused (``quiet``)."""
     record = recorder.log if recorder is not None else (lambda _record: None)
     with console.job_progress(title) as progress:
         progress("building the model", 0, 1)
@@ -126,20 +128,28 @@ def profile_job(
         result = ProfileResult(cost, facts, runtime, settings, run_notes=skipped if config.timing.enabled else [])
         record(cost_record(result))
         if config.mode == "train":
-            result = train_step_job(config, model, args, kwargs, device, result, record, progress)
+            result = train_step_job(config, model, args, kwargs, device, result, record, progress, recorder)
         elif config.timing.enabled and not weightless:
-            timing = measure(
-                model, args, device, kwargs=kwargs, runtime=runtime, options=config.timing_options(),
-                on_progress=progress,
-            )  # fmt: skip
+            with quiet(progress, recorder):
+                timing = measure(
+                    model, args, device, kwargs=kwargs, runtime=runtime, options=config.timing_options(),
+                    on_progress=progress,
+                )  # fmt: skip
             result = replace(result, timing=timing)
             record(timing_record(result))
         peak = config.peak_options()
         if (config.timing.enabled or peak.measure) and not weightless:
             progress("peak", 0, 1)
             result = replace(result, peaks=peak_report(cost, result.timing, device, runtime, facts, peak))
-            record(peak_record(result, title))
+            record(peak_record(result, title, plot=own_plot))
     return result
+
+
+@contextlib.contextmanager
+def quiet(progress: console.JobProgress, recorder: Recorder | None) -> Iterator[None]:
+    """While a forward is timed: nothing drawn (the progress line waits), no heartbeat thread writing the run."""
+    with progress.quiet(), recorder.quiet() if recorder is not None else contextlib.nullcontext():
+        yield
 
 
 def train_step_job(
@@ -150,7 +160,8 @@ def train_step_job(
     device: torch.device,
     result: ProfileResult,
     record: Callable[[RunRecord], None],
-    progress: ProgressCallback,
+    progress: console.JobProgress,
+    recorder: Recorder | None = None,
 ) -> ProfileResult:
     """mode=train, after the forward's count: count the whole step -> log -> time it -> log (MFU comes with the
     peaks). No inference forward is timed."""
@@ -162,10 +173,11 @@ def train_step_job(
     result = replace(result, training=TrainingStep(step))
     record(training_count_record(result))
     if config.timing.enabled and not on_meta(model):
-        timed = measure_training_step(
-            model, args, device, kwargs=kwargs, runtime=runtime, options=config.timing_options(), on_progress=progress,
-            **config.train_options(),
-        )  # fmt: skip
+        with quiet(progress, recorder):
+            timed = measure_training_step(
+                model, args, device, kwargs=kwargs, runtime=runtime, options=config.timing_options(),
+                on_progress=progress, **config.train_options(),
+            )  # fmt: skip
         result = replace(result, training=TrainingStep(step, timed))
         record(summary_record(result))
     return result
@@ -266,7 +278,7 @@ def run_job(
             if config.timeout_s is not None and not bounded:
                 console.print_warning(f"timeout_s={config.timeout_s:g} is not in force: this job runs outside the "
                                       "main thread (a thread launcher), where no signal can stop it")  # fmt: skip
-            result = profile_job(config, device, run_name, facts, settings, recorder)
+            result = profile_job(config, device, run_name, facts, settings, recorder, own_plot=not in_sweep)
     except (Exception, SystemExit, JobTimeout) as error:  # a job past timeout_s fails like one that raised
         message = f"{type(error).__name__}: {error}"
         end_job_run(recorder, ledger, FAILED, message)

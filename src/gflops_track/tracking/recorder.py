@@ -9,7 +9,7 @@ otherwise a new run is created in the experiment.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,7 @@ class Recorder:
         self.run_id: str | None = None
         self.spooled: spool.SpooledRun | None = None
         self.history: list[RunRecord] = []
+        self._heartbeat: Heartbeat | None = None
 
     @property
     def reference(self) -> str:
@@ -131,7 +132,18 @@ class Recorder:
         """While in this block, the run's heartbeat tag is refreshed (``gflops-track reap`` judges runs by it)."""
         if self.client is None or self.run_id is None or self.spooled is not None:
             return contextlib.nullcontext()
-        return Heartbeat(self.client, self.run_id)
+        self._heartbeat = Heartbeat(self.client, self.run_id)
+        return self._heartbeat
+
+    @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        """Inside this block no thread of this run writes to the store (the heartbeat is paused): for timing."""
+        beat = self._heartbeat
+        if beat is None or not beat.running:
+            yield
+            return
+        with beat.paused():
+            yield
 
     def log(self, record: RunRecord) -> None:
         """Write ``record`` to the run, or to the spool once the store has failed. Raises ``ArtifactWriteError``
