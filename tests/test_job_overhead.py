@@ -107,3 +107,21 @@ def test_heartbeat_pauses_and_beats_again(store_uri: str) -> None:
             time.sleep(0.05)
     assert not beat.running
     assert float(client.get_run(run_id).data.tags[HEARTBEAT_TAG]) == pytest.approx(time.time(), abs=15)
+
+
+def test_the_sweeper_leaves_the_jobs_check_to_preflight_under_the_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hydra's batch check (a second composition of every job) runs unless the command's ledger exists, i.e. unless
+    ``python -m gflops_track``'s preflight composed and checked every job first. Here no Hydra context is set up, so
+    Hydra's own check fails at once where it runs."""
+    from gflops_track.app.channels import LEDGER_ENV, OutcomeLedger
+    from hydra_plugins.gflops_track_launchers.sweeper import CheckedSweeper
+
+    sweeper = CheckedSweeper(max_batch_size=None)
+    monkeypatch.delenv(LEDGER_ENV, raising=False)
+    with pytest.raises((AssertionError, AttributeError)):  # Hydra's check, reaching for a config loader
+        sweeper.validate_batch_is_legal([["norm_fn=group"]])
+    ledger = OutcomeLedger.create()
+    try:
+        sweeper.validate_batch_is_legal([["norm_fn=group"]])  # preflight vouches for it: not composed again
+    finally:
+        ledger.remove()

@@ -126,7 +126,11 @@ def profile_job(
         )
         skipped = [timing_skipped_note(built.weightless_reason or WEIGHTLESS)] if weightless else []
         result = ProfileResult(cost, facts, runtime, settings, run_notes=skipped if config.timing.enabled else [])
-        record(cost_record(result))
+        timed_next = config.mode == "train" or (config.timing.enabled and not weightless)
+        if recorder is not None and not timed_next:
+            recorder.hold(cost_record(result))  # written with the peaks' record: one batch, not two
+        else:
+            record(cost_record(result))  # safe in the store before the timing
         if config.mode == "train":
             result = train_step_job(config, model, args, kwargs, device, result, record, progress, recorder)
         elif config.timing.enabled and not weightless:
@@ -268,7 +272,8 @@ def run_job(
             params = {**params, "tracking.uri": redact_uri(recorder.target.uri)}
             start = start_record(params, config_yaml, job_tags(config, device, overrides, facts), facts)
             start.files[names.OVERRIDES_ARTIFACT] = yaml.safe_dump(overrides, default_flow_style=False).encode()
-            recorder.open(start)
+            recorder.open()
+            recorder.hold(start)  # written with the count, in one batch: building the model is quick
             if ledger is not None:  # so the command's process can end this run if this process is killed
                 ledger.open_job_run({**recorder.state(), "process": liveness_tags()})
         with (
