@@ -109,13 +109,23 @@ def test_a_database_that_does_not_answer_is_one_line_at_once() -> None:
     assert store.unreachable("sqlite:////nowhere/mlflow.db") is None  # files are judged by opening them
 
 
-def _contents(database: Path) -> tuple[list[str], list[tuple[object, ...]]]:
-    """A SQLite store's schema (every CREATE statement, sorted) and its rows outside the experiments table."""
+def _contents(database: Path) -> tuple[dict[str, object], list[tuple[object, ...]]]:
+    """A SQLite store's schema, table by table (columns, indexes with their columns, foreign keys, each sorted:
+    MLflow's migrations rebuild some tables from a reflection whose clause order varies between processes), and its
+    rows outside the experiments table, then the default experiment."""
     import sqlite3
 
     with sqlite3.connect(database) as db:
-        schema = sorted(sql for (sql,) in db.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL"))
         tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        schema: dict[str, object] = {}
+        for table in tables:
+            indexes = sorted(
+                (name, unique, tuple(sorted(c[2] for c in db.execute(f"PRAGMA index_info('{name}')"))))
+                for _, name, unique, *_ in db.execute(f"PRAGMA index_list('{table}')")
+            )
+            foreign = sorted(tuple(row[2:5]) for row in db.execute(f"PRAGMA foreign_key_list('{table}')"))
+            columns = sorted(tuple(row[1:]) for row in db.execute(f"PRAGMA table_info('{table}')"))
+            schema[table] = (columns, indexes, foreign)
         rows = [
             (table, *row) for table in tables if table != "experiments" for row in db.execute(f"SELECT * FROM {table}")
         ]

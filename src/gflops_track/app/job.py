@@ -110,9 +110,10 @@ def profile_job(
     own_plot: bool = True,
 ) -> ProfileResult:
     """Build, then count -> log -> time -> log -> peaks -> log: whatever a later step fails on, what the steps
-    before it measured is already recorded. ``own_plot``: the run gets its own roofline.png (a single run; a sweep's
-    jobs share the one in the sweep's report). While the forward is timed nothing draws or logs: the progress line
-    and the heartbeat are paused (``quiet``)."""
+    before it measured is already recorded (a record a quick step follows is held and written with the next one, or
+    by ``finish`` when the job fails: one MLflow batch instead of two). ``own_plot``: the run gets its own
+    roofline.png (a single run; a sweep's jobs share the one in the sweep's report). While the forward is timed
+    nothing draws or logs: the progress line and the heartbeat are paused (``quiet``)."""
     record = recorder.log if recorder is not None else (lambda _record: None)
     with console.job_progress(title) as progress:
         progress("building the model", 0, 1)
@@ -140,7 +141,8 @@ def profile_job(
                     on_progress=progress,
                 )  # fmt: skip
             result = replace(result, timing=timing)
-            record(timing_record(result))
+            if recorder is not None:  # written with the peaks' record, which follows at once: one batch, not two
+                recorder.hold(timing_record(result))
         peak = config.peak_options()
         if (config.timing.enabled or peak.measure) and not weightless:
             progress("peak", 0, 1)
