@@ -212,3 +212,21 @@ class HookShy(nn.Module):
         if any(type(getattr(hook, "__self__", None)).__name__ == "_Recorder" for hook in hooks):
             raise RuntimeError("this model refuses global hooks")
         return self.conv(x)
+
+
+class ThreadSpy(nn.Module):
+    """A linear layer that notes, on every real (not meta) forward, which other Python threads are alive: what a
+    test reads to see that nothing runs beside the timed forward."""
+
+    seen: list[list[str]] = []  # noqa: RUF012 (one list per process: the test reads it after the job)
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(features, features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_meta:
+            import threading
+
+            ThreadSpy.seen.append(sorted(t.name for t in threading.enumerate() if t is not threading.main_thread()))
+        return self.linear(x)

@@ -78,8 +78,8 @@ def test_seed_sweep_exact_command(tmp_path: Path) -> None:
             "layers.json",
             "summary.txt",
             "latency_samples.json",
-            "roofline.png",
         } <= artifacts
+        assert "roofline.png" not in artifacts  # a sweep's jobs share one roofline: the report's
         layers_csv = Path(client.download_artifacts(run.info.run_id, "layers.csv", str(tmp_path))).read_text()
         assert layers_csv.splitlines()[0].startswith("name,type,depth,output_shape,params")
         assert "self_ms" in layers_csv.splitlines()[0] and "bound_ms" in layers_csv.splitlines()[0]
@@ -87,6 +87,7 @@ def test_seed_sweep_exact_command(tmp_path: Path) -> None:
         samples = json.loads(Path(client.download_artifacts(run.info.run_id, "latency_samples.json")).read_text())
         assert len(samples["latency_ms"]) == metrics["timing/timed_iterations"]
     assert "comparison.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "report/roofline.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "sweep" in done.stdout and "instance-residual_block-b2-cpu" in done.stdout
     assert "thop counts" in done.stdout  # the disagreement with thop is said, not hidden
 

@@ -107,3 +107,56 @@ def test_a_database_that_does_not_answer_is_one_line_at_once() -> None:
     with pytest.raises(StoreError, match="Connection refused"):
         open_store(f"postgresql://bob@127.0.0.1:{port}/mlflow")
     assert store.unreachable("sqlite:////nowhere/mlflow.db") is None  # files are judged by opening them
+
+
+def _contents(database: Path) -> tuple[dict[str, object], list[tuple[object, ...]]]:
+    """A SQLite store's schema, table by table (columns, indexes with their columns, foreign keys, each sorted:
+    MLflow's migrations rebuild some tables from a reflection whose clause order varies between processes), and its
+    rows outside the experiments table, then the default experiment."""
+    import sqlite3
+
+    with sqlite3.connect(database) as db:
+        tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        schema: dict[str, object] = {}
+        for table in tables:
+            indexes = sorted(
+                (name, unique, tuple(sorted(c[2] for c in db.execute(f"PRAGMA index_info('{name}')"))))
+                for _, name, unique, *_ in db.execute(f"PRAGMA index_list('{table}')")
+            )
+            foreign = sorted(tuple(row[2:5]) for row in db.execute(f"PRAGMA foreign_key_list('{table}')"))
+            columns = sorted(tuple(row[1:]) for row in db.execute(f"PRAGMA table_info('{table}')"))
+            schema[table] = (columns, indexes, foreign)
+        rows = [
+            (table, *row) for table in tables if table != "experiments" for row in db.execute(f"SELECT * FROM {table}")
+        ]
+        default = list(db.execute("SELECT experiment_id, name, artifact_location FROM experiments"))
+    db.close()
+    return schema, [*rows, *default]
+
+
+def test_a_new_store_is_a_copy_of_mlflows_own_schema(
+    tmp_path: Path, migrated_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """connect() on a new SQLite file: the same schema, rows and default experiment as a store MLflow migrates itself
+    (``migrated_store``, made by MlflowClient from the same cwd, which the default experiment's artifact location
+    follows); the template is made once and reused, and the store takes runs."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = tmp_path / "one" / "mlflow.db"
+    client = store.connect(f"sqlite:///{first}")
+    (template,) = (tmp_path / "cache" / "gflops-track").glob("mlflow-*-empty.db")
+    assert _contents(first) == _contents(migrated_store)
+    made = template.stat().st_mtime_ns
+    second = tmp_path / "two.db"
+    store.connect(f"sqlite:///{second}")
+    assert template.stat().st_mtime_ns == made and _contents(second) == _contents(migrated_store)
+    assert sorted(p.name for p in first.parent.iterdir()) == ["mlflow.db", "mlflow.db.lock"]  # no copy left over
+    run = client.create_run(store.ensure_experiment(client, "new"), run_name="r").info.run_id
+    assert client.get_run(run).info.status == "RUNNING"
+
+
+def test_an_existing_store_is_opened_as_it_is(tmp_path: Path, store_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store that exists is never replaced by the template (its experiment survives); none is made."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    MlflowClient(store_uri).create_experiment("kept")
+    assert store.connect(store_uri).get_experiment_by_name("kept") is not None
+    assert not (tmp_path / "cache").exists()

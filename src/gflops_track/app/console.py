@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -13,7 +14,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from rich.text import Text
 
-from gflops_track.options.timing import ProgressCallback
 from gflops_track.render.summary import summary_rows
 from gflops_track.results.profile import ProfileResult
 
@@ -43,11 +43,44 @@ class Whole:
         yield from console.render(self.renderable, options)
 
 
+class JobProgress:
+    """The live line of one job (phase, iterations, elapsed time), drawn by the caller's own thread when a phase
+    reports, never by a refresh thread; ``quiet()`` holds every drawing while the forward is timed."""
+
+    DRAW_EVERY_S = 0.1
+
+    def __init__(self, progress: Progress, title: str) -> None:
+        self.progress, self.title = progress, title
+        self.task = progress.add_task(title, total=None)
+        self.drawn_at = 0.0
+        self.quiet_now = False
+
+    def __call__(self, phase: str, completed: int, total: int) -> None:
+        now = time.monotonic()
+        draw = not self.quiet_now and now - self.drawn_at >= self.DRAW_EVERY_S
+        if draw:
+            self.drawn_at = now
+        description = f"{self.title}: {phase}"
+        if not total:  # rich's update() leaves the total as it was when given None: clear it here
+            self.progress.tasks[self.task].total = None
+        self.progress.update(self.task, description=description, completed=completed, total=total or None, refresh=draw)
+
+    @contextmanager
+    def quiet(self) -> Iterator[None]:
+        """Nothing drawn inside this block (the line says it is timing); the updates it gets are kept for later."""
+        self.progress.update(self.task, description=f"{self.title}: timing", refresh=True)
+        self.quiet_now = True
+        try:
+            yield
+        finally:
+            self.quiet_now = False
+
+
 @contextmanager
-def job_progress(title: str, where: Console | None = None) -> Iterator[ProgressCallback]:
+def job_progress(title: str, where: Console | None = None) -> Iterator[JobProgress]:
     """A live line showing the phase (counting, thop, warm-up, timing) and its iterations: ``done/total``, or
     ``done/?`` for an open-ended phase (total 0: warm-up runs until the latency settles), never the total of the
-    phase before it."""
+    phase before it. No refresh thread: the job's own thread draws it (see ``JobProgress``)."""
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}", style="bold", markup=False),  # run names are text, never markup
@@ -56,15 +89,9 @@ def job_progress(title: str, where: Console | None = None) -> Iterator[ProgressC
         TimeElapsedColumn(),
         console=where or console,
         transient=True,
+        auto_refresh=False,
     ) as progress:
-        task = progress.add_task(title, total=None)
-
-        def update(phase: str, completed: int, total: int) -> None:
-            if not total:  # rich's update() leaves the total as it was when given None: clear it here
-                progress.tasks[task].total = None
-            progress.update(task, description=f"{title}: {phase}", completed=completed, total=total or None)
-
-        yield update
+        yield JobProgress(progress, title)
 
 
 def print_summary(result: ProfileResult, run_name: str, run_id: str | None, where: Console | None = None) -> None:

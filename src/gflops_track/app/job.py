@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,7 +34,6 @@ from gflops_track.common.names import FAILED, FINISHED, KILLED
 from gflops_track.compare.gate import override_identity
 from gflops_track.counting.counting_forward import on_meta
 from gflops_track.models.construct import construct
-from gflops_track.options.timing import ProgressCallback
 from gflops_track.pipeline.placement import resolve_device, where_it_runs
 from gflops_track.pipeline.steps import (
     WEIGHTLESS,
@@ -117,9 +116,13 @@ def profile_job(
     facts: Fingerprint,
     settings: dict[str, str],
     recorder: Recorder | None,
+    own_plot: bool = True,
 ) -> ProfileResult:
     """Build, then count -> log -> time -> log -> peaks -> log: whatever a later step fails on, what the steps
-    before it measured is already recorded."""
+    before it measured is already recorded (a record a quick step follows is held and written with the next one, or
+    by ``finish`` when the job fails: one MLflow batch instead of two). ``own_plot``: the run gets its own
+    roofline.png (a single run; a sweep's jobs share the one in the sweep's report). While the forward is timed
+    nothing draws or logs: the progress line and the heartbeat are paused (``quiet``)."""
     record = recorder.log if recorder is not None else (lambda _record: None)
     with console.job_progress(title) as progress:
         progress("building the model", 0, 1)
@@ -133,23 +136,29 @@ def profile_job(
         )
         skipped = [timing_skipped_note(built.weightless_reason or WEIGHTLESS)] if weightless else []
         result = ProfileResult(cost, facts, runtime, settings, run_notes=skipped if config.timing.enabled else [])
-        record(cost_record(result))
+        timed_next = config.mode == "train" or (config.timing.enabled and not weightless)
+        if recorder is not None and not timed_next:
+            recorder.hold(cost_record(result))  # written with the peaks' record: one batch, not two
+        else:
+            record(cost_record(result))  # safe in the store before the timing
         if config.mode == "train":
-            result = train_step_job(config, model, args, kwargs, device, result, record, progress)
+            result = train_step_job(config, model, args, kwargs, device, result, record, progress, recorder)
         elif config.timing.enabled and not weightless:
-            timing = measure(
-                model, args, device, kwargs=kwargs, runtime=runtime, options=config.timing_options(),
-                on_progress=progress,
-            )  # fmt: skip
+            with quiet(progress, recorder):
+                timing = measure(
+                    model, args, device, kwargs=kwargs, runtime=runtime, options=config.timing_options(),
+                    on_progress=progress,
+                )  # fmt: skip
             result = replace(result, timing=timing)
-            record(timing_record(result))
+            if recorder is not None:  # written with the peaks' record, which follows at once: one batch, not two
+                recorder.hold(timing_record(result))
         peak = config.peak_options()
         if (config.timing.enabled or peak.measure) and not weightless:
             progress("peak", 0, 1)
             result = replace(result, peaks=peak_report(cost, result.timing, device, runtime, facts, peak))
-            record(peak_record(result, title))
+            record(peak_record(result, title, plot=own_plot))
         if config.timing.enabled and config.timing.layers and not weightless and config.mode != "train":
-            result = layers_job(config, model, args, kwargs, device, result, record, progress)
+            result = layers_job(config, model, args, kwargs, device, result, record, progress, recorder)
     return result
 
 
@@ -161,10 +170,12 @@ def layers_job(
     device: torch.device,
     result: ProfileResult,
     record: Callable[[RunRecord], None],
-    progress: ProgressCallback,
+    progress: console.JobProgress,
+    recorder: Recorder | None = None,
 ) -> ProfileResult:
     """After the headline timing and the peaks: each module's time in a pass of its own, joined with the count and
-    bounded by this device's roof -> log. A compiled model has no modules to hook: a note says so."""
+    bounded by this device's roof -> log. A compiled model has no modules to hook: a note says so. Like the headline
+    timing, the pass runs ``quiet``: nothing draws or logs beside it."""
     runtime = config.runtime_options()
     if runtime.compile != "off":
         note = f"per-layer times skipped: compile={runtime.compile} runs one graph, whose modules no hook sees"
@@ -173,10 +184,11 @@ def layers_job(
         return result
     progress("timing each layer", 0, 1)
     try:
-        timing = measure_layers(
-            model, args, device, kwargs=kwargs, runtime=runtime, iterations=config.timing.layer_iterations,
-            max_time_s=config.timing.max_time_s,
-        )  # fmt: skip
+        with quiet(progress, recorder):
+            timing = measure_layers(
+                model, args, device, kwargs=kwargs, runtime=runtime, iterations=config.timing.layer_iterations,
+                max_time_s=config.timing.max_time_s,
+            )  # fmt: skip
     except Exception as error:  # the headline figures are logged: a failed extra pass is a note, not a FAILED run
         note = f"per-layer times skipped: the layer pass failed with {type(error).__name__}: {error}"
         result = replace(result, run_notes=[*result.run_notes, note])
@@ -189,6 +201,13 @@ def layers_job(
     return result
 
 
+@contextlib.contextmanager
+def quiet(progress: console.JobProgress, recorder: Recorder | None) -> Iterator[None]:
+    """While a forward is timed: nothing drawn (the progress line waits), no heartbeat thread writing the run."""
+    with progress.quiet(), recorder.quiet() if recorder is not None else contextlib.nullcontext():
+        yield
+
+
 def train_step_job(
     config: AppConfig,
     model: nn.Module,
@@ -197,7 +216,8 @@ def train_step_job(
     device: torch.device,
     result: ProfileResult,
     record: Callable[[RunRecord], None],
-    progress: ProgressCallback,
+    progress: console.JobProgress,
+    recorder: Recorder | None = None,
 ) -> ProfileResult:
     """mode=train, after the forward's count: count the whole step -> log -> time it -> log (MFU comes with the
     peaks). No inference forward is timed."""
@@ -209,10 +229,11 @@ def train_step_job(
     result = replace(result, training=TrainingStep(step))
     record(training_count_record(result))
     if config.timing.enabled and not on_meta(model):
-        timed = measure_training_step(
-            model, args, device, kwargs=kwargs, runtime=runtime, options=config.timing_options(), on_progress=progress,
-            **config.train_options(),
-        )  # fmt: skip
+        with quiet(progress, recorder):
+            timed = measure_training_step(
+                model, args, device, kwargs=kwargs, runtime=runtime, options=config.timing_options(),
+                on_progress=progress, **config.train_options(),
+            )  # fmt: skip
         result = replace(result, training=TrainingStep(step, timed))
         record(summary_record(result))
     return result
@@ -303,7 +324,8 @@ def run_job(
             params = {**params, "tracking.uri": redact_uri(recorder.target.uri)}
             start = start_record(params, config_yaml, job_tags(config, device, overrides, facts), facts)
             start.files[names.OVERRIDES_ARTIFACT] = yaml.safe_dump(overrides, default_flow_style=False).encode()
-            recorder.open(start)
+            recorder.open()
+            recorder.hold(start)  # written with the count, in one batch: building the model is quick
             if ledger is not None:  # so the command's process can end this run if this process is killed
                 ledger.open_job_run({**recorder.state(), "process": liveness_tags()})
         with (
@@ -313,7 +335,7 @@ def run_job(
             if config.timeout_s is not None and not bounded:
                 console.print_warning(f"timeout_s={config.timeout_s:g} is not in force: this job runs outside the "
                                       "main thread (a thread launcher), where no signal can stop it")  # fmt: skip
-            result = profile_job(config, device, run_name, facts, settings, recorder)
+            result = profile_job(config, device, run_name, facts, settings, recorder, own_plot=not in_sweep)
     except (Exception, SystemExit, JobTimeout) as error:  # a job past timeout_s fails like one that raised
         message = f"{type(error).__name__}: {error}"
         end_job_run(recorder, ledger, FAILED, message)

@@ -6,10 +6,20 @@ compare layer reads them back; nobody types a key as a literal elsewhere. Units 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
 MIB = 2**20  # bytes per MiB: the unit of every *_mib metric
 ROOT_LABEL = "(root)"  # the layers table's name for the model itself
+
+CACHE_FOLDER = "gflops-track"  # under $XDG_CACHE_HOME (default ~/.cache): the peaks, the empty store's template
+
+
+def user_cache_dir() -> Path:
+    """Where the tool keeps what it measures or builds once per machine (the peaks, an empty store's schema)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / CACHE_FOLDER
+
 
 # MLflow run statuses, as runs carry them, the sweep's ledger records them and the gate names a failed candidate.
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"

@@ -39,7 +39,7 @@ import filelock
 import torch
 import torch.nn.functional as F
 
-from gflops_track.common.names import MIB
+from gflops_track.common.names import MIB, user_cache_dir
 from gflops_track.options.runtime import DTYPES
 from gflops_track.results.peaks import MeasuredPeak
 from gflops_track.timing.conditions import NvmlDevice
@@ -85,7 +85,7 @@ _STORED = ("gemm_gflop_per_s", "gemm_size", "bandwidth_gb_s", "bandwidth_buffer_
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gflops-track"
+    return user_cache_dir()
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import psutil
@@ -72,10 +72,14 @@ class Heartbeat:
     def __init__(self, client: MlflowClient, run_id: str, every_s: float = HEARTBEAT_EVERY_S) -> None:
         self.client, self.run_id, self.every_s = client, run_id, every_s
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="gflops-track-heartbeat", daemon=True)
+        self._thread = self._new_thread()
 
-    def _beat(self) -> None:
-        while not self._stop.wait(self.every_s):
+    def _new_thread(self) -> threading.Thread:
+        self._stop = threading.Event()
+        return threading.Thread(target=self._beat, args=(self._stop,), name="gflops-track-heartbeat", daemon=True)
+
+    def _beat(self, stop: threading.Event) -> None:
+        while not stop.wait(self.every_s):
             with contextlib.suppress(Exception):
                 heartbeat(self.client, self.run_id)
 
@@ -86,6 +90,22 @@ class Heartbeat:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """No heartbeat thread inside this block (a write in flight is waited for): nothing competes with a timed
+        forward. The beating starts again after it (the next beat ``every_s`` later)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            yield
+        finally:
+            self._thread = self._new_thread()
+            self._thread.start()
 
 
 def process_alive(pid: int, started: float | None) -> bool:

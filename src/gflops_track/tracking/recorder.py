@@ -9,7 +9,7 @@ otherwise a new run is created in the experiment.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,8 @@ class Recorder:
         self.run_id: str | None = None
         self.spooled: spool.SpooledRun | None = None
         self.history: list[RunRecord] = []
+        self._heartbeat: Heartbeat | None = None
+        self.held: RunRecord | None = None
 
     @property
     def reference(self) -> str:
@@ -131,11 +133,31 @@ class Recorder:
         """While in this block, the run's heartbeat tag is refreshed (``gflops-track reap`` judges runs by it)."""
         if self.client is None or self.run_id is None or self.spooled is not None:
             return contextlib.nullcontext()
-        return Heartbeat(self.client, self.run_id)
+        self._heartbeat = Heartbeat(self.client, self.run_id)
+        return self._heartbeat
+
+    @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        """Inside this block no thread of this run writes to the store (the heartbeat is paused): for timing."""
+        beat = self._heartbeat
+        if beat is None or not beat.running:
+            yield
+            return
+        with beat.paused():
+            yield
+
+    def hold(self, record: RunRecord) -> None:
+        """Keep ``record`` to be written with the next one, in the same batch (each batch is several SQLite
+        commits): for a record a quick step follows. ``log`` and ``finish`` write what is held, so a job that
+        fails after it still has it."""
+        self.held = record if self.held is None else self.held.merge(record)
 
     def log(self, record: RunRecord) -> None:
-        """Write ``record`` to the run, or to the spool once the store has failed. Raises ``ArtifactWriteError``
-        when the store takes the values but the run's local artifact location refuses its files."""
+        """Write ``record`` (after what is held) to the run, or to the spool once the store has failed. Raises
+        ``ArtifactWriteError`` when the store takes the values but the run's local artifact location refuses its
+        files."""
+        if self.held is not None:
+            record, self.held = self.held.merge(record), None
         self.history.append(record)
         if self.spooled is not None:
             spool.write(self.spool_dir, self.spooled, record)
@@ -162,8 +184,8 @@ class Recorder:
         creation failed, outside the spool's reach) has nothing to end: the caller's own error is not masked."""
         if self.spooled is None and self.run_id is None:
             return
-        if error:
-            self.log(RunRecord(tags={names.ERROR_TAG: error[:MAX_ERROR_TAG]}))
+        if error or self.held is not None:
+            self.log(RunRecord(tags={names.ERROR_TAG: error[:MAX_ERROR_TAG]} if error else {}))
         if self.spooled is not None:
             self.spooled.status = status
             spool.write(self.spool_dir, self.spooled, RunRecord())

@@ -158,14 +158,16 @@ def timing_record(result: ProfileResult) -> RunRecord:
     return record
 
 
-def peak_record(result: ProfileResult, run_name: str) -> RunRecord:
-    """Peak and utilization metrics, the roofline plot and the final summary."""
+def peak_record(result: ProfileResult, run_name: str, plot: bool = True) -> RunRecord:
+    """Peak and utilization metrics, the final summary and (``plot``) the run's own roofline plot. A job of a sweep
+    leaves the plot out: the sweep's report draws one roofline with every run on it, and the numbers the plot showed
+    (intensity, achieved GFLOP/s, the roofs) are the run's metrics."""
     record = summary_record(result)
     mfu = result.mfu
     if mfu is not None:
         record.tags[names.MFU_PEAK_TAG] = mfu[1]
-    points = result.roofline_points(run_name)
-    roofs = result.roofs()
+    points = result.roofline_points(run_name) if plot else []
+    roofs = result.roofs() if plot else []
     if points and roofs:
         with tempfile.TemporaryDirectory() as folder:
             path = roofline_png(Path(folder) / names.ROOFLINE_ARTIFACT, roofs, points, run_name)

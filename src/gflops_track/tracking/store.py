@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import re
 import shlex
+import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import mlflow
@@ -20,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from gflops_track.common import names
-from gflops_track.common.names import PARENT_TAG
+from gflops_track.common.names import PARENT_TAG, user_cache_dir
 from gflops_track.common.redact import mask_credentials
 
 DEFAULT_STORE_FILE = "mlflow.db"
@@ -93,14 +96,82 @@ def connect(uri: str) -> MlflowClient:
 
 
 def _open(uri: str) -> MlflowClient:
-    """A new client on ``uri``; a SQLite store is opened (created and migrated if needed) under its file lock."""
+    """A new client on ``uri``; a SQLite store is opened (created from the schema's template if new, see
+    ``create_sqlite_store``) under its file lock."""
     database = sqlite_path(uri)
     if database is None:
         return MlflowClient(tracking_uri=uri)
     with FileLock(f"{database}.lock"):
+        if not database.exists() or database.stat().st_size == 0:
+            create_sqlite_store(database)
         client = MlflowClient(tracking_uri=uri)
-        client.search_experiments(max_results=1)  # opens the store: creates and migrates it if needed
+        client.search_experiments(max_results=1)  # opens the store (creates and migrates it if still needed)
     return client
+
+
+def _fast_pragmas(connection: Any, _record: Any) -> None:
+    """A file nobody else opens yet: no fsync per statement, the rollback journal in memory."""
+    connection.execute("PRAGMA synchronous=OFF")
+    connection.execute("PRAGMA journal_mode=MEMORY")
+
+
+def schema_template() -> Path | None:
+    """An empty SQLite file with MLflow's whole schema (its own migrations, run once per MLflow version and machine,
+    kept in the user cache), or None when it cannot be made or kept (a read-only cache, an MLflow without
+    ``_initialize_tables``): the store is then created the usual way.
+
+    Why: MLflow creates a store by running its ~100 migrations one statement at a time, each synced to disk: 5-8 s
+    on this project's VM (2 s of CPU, the rest fsync), a first run's largest fixed cost. Made with no fsync per
+    statement and copied afterwards, a new store costs about what opening an existing one does."""
+    import sqlite3
+
+    import mlflow.version
+    import sqlalchemy
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.pool import NullPool
+
+    try:
+        from mlflow.store.db.utils import _initialize_tables
+    except ImportError:
+        return None
+    folder = user_cache_dir()
+    template = folder / f"mlflow-{mlflow.version.VERSION}-sqlite-{sqlite3.sqlite_version}-empty.db"
+    if template.is_file():
+        return template
+    building = folder / f".{template.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        building.unlink(missing_ok=True)
+        engine = sqlalchemy.create_engine(f"sqlite:///{building}", poolclass=NullPool)
+        sqlalchemy.event.listen(engine, "connect", _fast_pragmas)
+        try:
+            _initialize_tables(engine)
+        finally:
+            engine.dispose()
+        os.replace(building, template)  # whole or absent, whoever else builds it at the same time
+    except (OSError, SQLAlchemyError):
+        with contextlib.suppress(OSError):
+            building.unlink(missing_ok=True)
+        return None
+    return template
+
+
+def create_sqlite_store(database: Path) -> None:
+    """A new SQLite store at ``database`` (caller holds its file lock): a copy of ``schema_template()`` written
+    beside it, synced once and renamed into place, so the file appears whole or not at all; MLflow's client then
+    adds its default experiment as it does on any new store. Without a template, MLflow creates it itself."""
+    template = schema_template()
+    if template is None:
+        return
+    database.parent.mkdir(parents=True, exist_ok=True)
+    copy = database.with_name(f".{database.name}.{os.getpid()}.creating")
+    try:
+        shutil.copyfile(template, copy)
+        with open(copy, "rb+") as written:
+            os.fsync(written.fileno())
+        os.replace(copy, database)
+    finally:
+        copy.unlink(missing_ok=True)
 
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3: which UI an experiment opens on

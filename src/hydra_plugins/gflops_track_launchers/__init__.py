@@ -1,1 +1,1 @@
-"""gflops-track's Hydra launchers (Hydra instantiates launchers only from the ``hydra_plugins`` package)."""
+"""gflops-track's Hydra launchers and sweeper (Hydra instantiates them only from the ``hydra_plugins`` package)."""
