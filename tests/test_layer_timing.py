@@ -68,7 +68,7 @@ class Twice(nn.Module):
 def test_time_lands_where_it_ran() -> None:
     """Calls per forward are counted (act x2); a leaf's self time is its inclusive time; the root's inclusive time
     holds its children's, and the functional matmul (2 x 384^3 FLOPs, 48x the head's 2 x 384^2 x 8) is the root's
-    self."""
+    self, by the quickest self times."""
     model = Twice().eval()
     timing = measure_layers(model, (torch.randn(384, 384),), CPU, iterations=5)
     by_name = {module.name: module for module in timing.modules}
@@ -78,7 +78,8 @@ def test_time_lands_where_it_ran() -> None:
         assert by_name[leaf].self_ms == pytest.approx(by_name[leaf].inclusive_ms)
     root = by_name["(root)"]
     assert root.inclusive_ms >= by_name["act"].inclusive_ms + by_name["head"].inclusive_ms
-    assert root.self_ms > by_name["act"].self_ms and root.self_ms > by_name["head"].self_ms
+    # the quickest self times: a busy machine's waits only add, and land in whichever module ran (medians of 5 don't)
+    assert root.self_min_ms > by_name["act"].self_min_ms and root.self_min_ms > by_name["head"].self_min_ms
     assert timing.forward_ms == root.inclusive_ms and timing.method.startswith("perf_counter")
 
 
