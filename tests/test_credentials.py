@@ -4,10 +4,12 @@ variables the store's client reads. Unit tests of ``gflops_track.app.credentials
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gflops_track.app.credentials import credentials_to_environment
-from gflops_track.tracking.credentials import URI_ENV, strip_credentials
+from gflops_track.tracking.credentials import URI_ENV, command_store, strip_credentials
 
 MLFLOW_USER, MLFLOW_PASSWORD = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
 
@@ -99,10 +101,37 @@ def test_a_password_for_a_store_without_credential_variables_is_an_error() -> No
     gets an error (not a warning), naming the key and the scheme."""
     environ: dict[str, str] = {}
     uri = "mysql://alice:pw@db/x"
-    assert strip_credentials(uri, environ)[0] == uri
+    refusal = (
+        "tracking.uri holds a password for a mysql:// store, which gflops-track cannot keep out of its logs: use a "
+        "store whose client reads credentials from the environment"
+    )
+    assert strip_credentials(uri, environ) == (uri, refusal)  # the key named by default: the override's
     cleaned, warnings, errors = credentials_to_environment([f"tracking.uri={uri}"], environ)
     assert cleaned == [f"tracking.uri={uri}"] and warnings == [] and environ == {}
     assert errors == [
         "tracking.uri holds a password for a mysql:// store, which gflops-track cannot keep out of its logs: use a "
         "store whose client reads credentials from the environment"
     ]
+
+
+def test_an_error_names_the_variable_or_the_override_that_holds_the_password() -> None:
+    """The same mysql:// password is refused in ``MLFLOW_TRACKING_URI`` and in ``tracking.uri=``: each error names
+    where the password is, so the user knows what to change."""
+    uri = "mysql://alice:pw@db/x"
+    environ = {URI_ENV: uri}
+    assert credentials_to_environment([f"tracking.uri={uri}"], environ)[2] == [
+        f"{name} holds a password for a mysql:// store, which gflops-track cannot keep out of its logs: use a store "
+        "whose client reads credentials from the environment"
+        for name in ("tracking.uri", URI_ENV)
+    ]
+    assert environ == {URI_ENV: uri}
+
+
+def test_a_command_store_without_a_password_gives_no_warning(tmp_path: Path) -> None:
+    """``sync``/``compare``/``reap``: a URI with no password is used as it is, with no warning; one with a password
+    gives its warning once, though the flag and ``MLFLOW_TRACKING_URI`` both held one (the flag wins)."""
+    assert command_store("http://host:5000", tmp_path, {URI_ENV: "http://other:5000"}) == ("http://host:5000", [])
+    environ = {URI_ENV: "http://bob:Zq-2@other:5000"}
+    uri, warnings = command_store("http://alice:Zq-1@host:5000", tmp_path, environ)
+    assert uri == "http://host:5000" and len(warnings) == 1 and "Zq-" not in warnings[0]
+    assert environ == {URI_ENV: "http://other:5000", MLFLOW_USER: "alice", MLFLOW_PASSWORD: "Zq-1"}
