@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 
 from gflops_track.compare.gate import (
+    EXIT_BROKEN,
+    EXIT_INCONCLUSIVE,
+    EXIT_PASSED,
+    EXIT_REGRESSION,
+    FAILED,
     FASTER,
     INCONCLUSIVE,
+    MISSING,
+    NOT_FINITE,
     OK,
     REGRESSION,
     WITHIN_NOISE,
@@ -17,6 +24,7 @@ from gflops_track.compare.gate import (
     Side,
     Verdict,
     bootstrap_ratio,
+    exit_code,
     judge,
     pair_label,
     pair_rows,
@@ -161,3 +169,23 @@ def test_identities_and_clashes_are_named_in_full() -> None:
     two_clashes = [row(name, run_id=name, config={"a": value}) for name, value in zip("mnop", "1122", strict=True)]
     with pytest.raises(AmbiguousMatch, match=r"'a=1': m \(m\), n \(n\); the baseline has 2 runs .* 'a=2': o \(o\)"):
         pair_rows(two_clashes, [row("c", config={"a": "1"}), row("d", config={"a": "2"})])
+
+
+@pytest.mark.parametrize(
+    ("statuses", "code"),
+    [
+        ((), EXIT_PASSED),  # nothing compared: nothing failed (the command itself says nothing matched: exit 2)
+        ((OK, FASTER, WITHIN_NOISE), EXIT_PASSED),
+        ((OK, INCONCLUSIVE), EXIT_INCONCLUSIVE),
+        ((INCONCLUSIVE, REGRESSION, OK), EXIT_REGRESSION),  # a regression outranks an inconclusive row
+        ((REGRESSION, FAILED), EXIT_BROKEN),  # a candidate that failed outranks everything
+        ((OK, MISSING), EXIT_BROKEN),
+        ((INCONCLUSIVE, NOT_FINITE), EXIT_BROKEN),
+    ],
+)
+def test_the_exit_code_is_the_worst_row(statuses: tuple[str, ...], code: int) -> None:
+    """What CI reads, worst first: 4 when a row is FAILED, MISSING or NOT FINITE; 1 on a REGRESSION; 3 when a row is
+    INCONCLUSIVE; else 0."""
+    assert (EXIT_PASSED, EXIT_REGRESSION, EXIT_INCONCLUSIVE, EXIT_BROKEN) == (0, 1, 3, 4)
+    verdicts = [Verdict("row", 10.0, None, None, None, None, "", status) for status in statuses]
+    assert exit_code(verdicts) == code
