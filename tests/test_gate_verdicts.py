@@ -4,6 +4,10 @@ verdict's line and label. Synthetic rows and samples (test_gate.py has the rule'
 
 from __future__ import annotations
 
+import math
+import warnings
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -140,7 +144,12 @@ def test_pair_labels_and_one_run_each() -> None:
     assert pair_label(base, row("c", tags={"overrides": "a=1"}), "overrides") == "c [a=1]"
     assert pair_label(base, row("c", tags={"variant": "v"}), "overrides") == "v"
     lone = pair_rows([base], [cand])
-    assert (lone.pairs, lone.unmatched, lone.basis) == ([(base, cand)], [], "one run on each side")
+    assert (lone.pairs, lone.unmeasured, lone.unmatched, lone.basis) == ([(base, cand)], [], [], "one run on each side")
+    failed = replace(row("c-failed", None), status="FAILED")
+    alone = pair_rows([base], [failed])  # the candidate's one run failed: it is that row's run, not a stranger
+    assert (alone.pairs, alone.unmeasured, alone.unmatched, alone.basis) == (
+        [], [(base, [failed])], [], "one run on each side"
+    )  # fmt: skip
 
 
 def test_identities_and_clashes_are_named_in_full() -> None:
@@ -189,3 +198,55 @@ def test_the_exit_code_is_the_worst_row(statuses: tuple[str, ...], code: int) ->
     assert (EXIT_PASSED, EXIT_REGRESSION, EXIT_INCONCLUSIVE, EXIT_BROKEN) == (0, 1, 3, 4)
     verdicts = [Verdict("row", 10.0, None, None, None, None, "", status) for status in statuses]
     assert exit_code(verdicts) == code
+
+
+def test_a_candidate_run_that_measured_nothing_is_kept_with_its_baseline_row() -> None:
+    """Matched by overrides: the candidate's FAILED run of planes=64 is kept with that baseline row (so the gate says
+    FAILED, not MISSING); its sweep's own run, untimed and without an overrides tag, is no row of anything and must
+    not break the match."""
+    tagged = {planes: {"overrides": f"model.planes={planes}"} for planes in (32, 64)}
+    base = [row("b32", tags=tagged[32]), row("b64", tags=tagged[64])]
+    failed = replace(row("c64", None, tags=tagged[64]), status="FAILED")
+    cand = [row("c32", tags=tagged[32]), failed, row("sweep", None, tags={})]
+    pairing = pair_rows(base, cand)
+    assert pairing.basis == "overrides" and [(b.run_name, c.run_name) for b, c in pairing.pairs] == [("b32", "c32")]
+    assert pairing.unmeasured == [(base[1], [failed])] and pairing.unmatched == []
+
+
+def test_reasons_name_the_loaded_sides_and_a_quiet_verdict_has_none() -> None:
+    """1.6x on tight samples. Quiet: REGRESSION with no reason. Loaded: INCONCLUSIVE naming the loaded side(s),
+    joined by " and ". The same samples either way: OK, with the loaded sides named, never a reason when quiet."""
+    base = [10.0 + 0.1 * (i % 7) for i in range(30)]
+    slower = [1.6 * v for v in base]
+    both = judge(Side.from_samples("b", base, True), Side.from_samples("c", slower, True), DEFAULT)
+    assert (both.status, both.reason) == (
+        INCONCLUSIVE, "timed under load (baseline and candidate), re-run on a quiet machine"
+    )  # fmt: skip
+    quiet = judge(Side.from_samples("b", base), Side.from_samples("c", slower), DEFAULT)
+    assert (quiet.status, quiet.reason) == (REGRESSION, "")
+    same = judge(Side.from_samples("b", base), Side.from_samples("c", base), DEFAULT)
+    assert (same.status, same.reason) == (OK, "")
+    loaded = judge(Side.from_samples("b", base, True), Side.from_samples("c", base, True), DEFAULT)
+    assert (loaded.status, loaded.reason) == (OK, "baseline and candidate timed under load")
+
+
+def test_nan_or_inf_is_not_finite_and_never_a_warning() -> None:
+    """A NaN median, or a logged CI bound that is NaN or inf (the interval is cand CI / base CI: low = 9 / 11,
+    high = 11 / 9 when finite), makes the verdict NOT FINITE with what is wrong, and numpy warns about nothing."""
+    finite = Side("b", 10.0, 9.0, 11.0, sample_count=30)
+    nan_sample = [10.0] * 29 + [math.nan]  # np.median of a sample with a NaN is NaN
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a RuntimeWarning (invalid value, divide by zero) would fail here
+        nan_median = judge(finite, Side.from_samples("c", nan_sample), DEFAULT)
+        inf_high = judge(finite, Side("c", 10.0, 9.0, math.inf, sample_count=30), DEFAULT)
+        nan_low = judge(finite, Side("c", 10.0, math.nan, 11.0, sample_count=30), DEFAULT)
+        zero = judge(Side("b", 0.0, sample_count=30), Side("c", 0.0, sample_count=30), DEFAULT)
+    assert (nan_median.status, nan_median.reason) == (NOT_FINITE, "candidate median is nan ms")
+    assert (inf_high.status, inf_high.reason) == (
+        NOT_FINITE, f"the interval is {9 / 11:.4g} .. inf (a stored sample or logged CI is NaN or inf)"
+    )  # fmt: skip
+    assert (nan_low.status, nan_low.reason) == (
+        NOT_FINITE, f"the interval is nan .. {11 / 9:.4g} (a stored sample or logged CI is NaN or inf)"
+    )  # fmt: skip
+    assert (zero.status, zero.reason) == (NOT_FINITE, "the ratio is nan")  # 0 / 0
+    assert judge(finite, Side("c", 10.0, 9.0, 11.0, sample_count=30), DEFAULT).status == OK
