@@ -330,3 +330,15 @@ def test_nll_loss_forward_and_backward() -> None:
     assert forward == OpCost(flops={Category.ELEMENTWISE: 2 * 6})
     backward = call(aten.nll_loss_backward.default, logits, grad_output=t(), total_weight=t(), **values)
     assert rules.nll_loss_backward(backward) == OpCost(flops={Category.ELEMENTWISE: 6})
+
+
+def test_a_call_without_alpha_or_beta_is_priced_at_the_schema_defaults() -> None:
+    """A hand-built call that names only its tensors (an extra rule may build one) is priced as the schema's defaults
+    alpha = beta = 1: (M, K) @ (K, N) = (5, 8) @ (8, 3) is M*K*N = 120 MACs and M*N = 15 bias FLOPs, the bias added
+    and neither term scaled; baddbmm on B = 2 batches: 240 MACs and 30 bias FLOPs."""
+    a, b = t(5, 8), t(8, 3)
+    bare = OpCall("aten.addmm.default", {"self": t(3), "mat1": a, "mat2": b}, t(5, 3))
+    assert rules.addmm(bare) == OpCost(macs=120, flops={Category.DENSE: 240, Category.BIAS: 15})
+    assert rules.addmm(bare) == rules.addmm(call(aten.addmm.default, t(5, 3), self=t(3), mat1=a, mat2=b))
+    batched = OpCall("aten.baddbmm.default", {"self": t(2, 5, 3), "batch1": t(2, 5, 8), "batch2": t(2, 8, 3)}, None)
+    assert rules.baddbmm(batched) == OpCost(macs=240, flops={Category.DENSE: 480, Category.BIAS: 30})
