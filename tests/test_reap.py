@@ -18,12 +18,15 @@ from conftest import cli_env
 from gflops_track.tracking.reap import (
     HEARTBEAT_TAG,
     HOST_TAG,
+    PID_NAMESPACE_TAG,
     PID_START_TAG,
+    PID_TAG,
     REAPED_TAG,
     Heartbeat,
     judge,
     liveness_tags,
     parse_duration,
+    seen_from_here,
 )
 
 
@@ -93,6 +96,34 @@ def test_staleness_rule_with_an_injected_clock(store_uri: str) -> None:
     start = no_beat.info.start_time / 1000  # no heartbeat yet: the run's start counts
     assert judge(no_beat, now=start + 599, stale_after_s=600) is None
     assert judge(no_beat, now=start + 700, stale_after_s=600) is not None
+
+
+def test_a_pid_is_judged_only_on_its_own_host(store_uri: str) -> None:
+    """A PID means something only on the host (and in the PID namespace) that recorded it. node-b shares this
+    machine's PID namespace name (containers on two hosts can) but not its host name: its dead-looking PID is not
+    checked here; its fresh heartbeat says it works. The same tags with this host's name: the PID decides."""
+    client = MlflowClient(store_uri)
+    experiment = client.create_experiment("e")
+    here = {HOST_TAG: "node-a", PID_NAMESPACE_TAG: "pid:[4026531836]"}
+    now = 10_000.0
+    tags = {**here, HOST_TAG: "node-b", PID_TAG: "4242", PID_START_TAG: "100.000", HEARTBEAT_TAG: f"{now - 30:.0f}"}
+    elsewhere = client.get_run(client.create_run(experiment, tags=tags).info.run_id)
+    local = client.get_run(client.create_run(experiment, tags={**tags, HOST_TAG: "node-a"}).info.run_id)
+    checked: list[tuple[int, float | None]] = []
+
+    def gone(pid: int, started: float | None) -> bool:
+        checked.append((pid, started))
+        return False
+
+    assert not seen_from_here(elsewhere.data.tags, here) and seen_from_here(local.data.tags, here)
+    assert judge(elsewhere, now, 600, here, alive=gone) is None and checked == []
+    assert judge(local, now, 600, here, alive=gone) == "process 4242 on node-a is gone (checked by gflops-track reap)"
+    assert checked == [(4242, 100.0)]
+    other_namespace = client.get_run(
+        client.create_run(experiment, tags={**tags, HOST_TAG: "node-a", PID_NAMESPACE_TAG: "pid:[1]"}).info.run_id
+    )
+    assert not seen_from_here(other_namespace.data.tags, here)  # a container on this host: its PIDs are not ours
+    assert judge(other_namespace, now, 600, here, alive=gone) is None and checked == [(4242, 100.0)]
 
 
 def test_heartbeat_thread_refreshes_the_tag(store_uri: str) -> None:

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from gflops_track.cli.compare import main
 from gflops_track.compare.charts import bars_figure, comparison_charts, flops_vs_latency_figure
-from gflops_track.compare.render import ComparisonTable, markdown_table, parse_columns
+from gflops_track.compare.render import ALL_COLUMNS, ComparisonTable, markdown_table, parse_columns, speed_header
 from gflops_track.compare.rows import Row, build_rows
 from gflops_track.machine.environment import environment_tags
 from gflops_track.render.plots import Roof, RooflinePoint, roofline_figure, throughput_curve_figure
@@ -75,6 +75,30 @@ def test_terminal_table_fits_its_width_and_cuts_nothing(width: int) -> None:
     assert any("GFLOPs" in line for line in header)  # the key columns are the ones that made it
     if width >= 200:
         assert LONG_MACHINE in text and ROWS[0].run_id[:8] in text and "2025-12-01 20:13:20" in text
+
+
+def test_fitted_columns_are_whole_at_every_width_and_fill_it() -> None:
+    """For terminals 80..160 wide: no line is wider than the terminal, every header word is a whole word of a column's
+    header (a column squeezed into the width shows "ut" for "utilization"), every cell of every shown column is in
+    its row whole, and the fit is tight: a terminal exactly as wide as the table shows the same table (a column joins
+    when the table with it is at most the terminal's width, not only when it is narrower)."""
+    words = {word for column in ALL_COLUMNS.values() for word in column.header.split()}
+    words |= set(speed_header(ROWS, short=True).split())
+    for width in range(80, 161, 4):
+        text = printed(ComparisonTable(ROWS, "three runs"), width, terminal=True)
+        lines = text.splitlines()[1:]
+        assert max(len(line) for line in lines) <= width, (width, text)
+        header = [line for line in lines if not line.startswith(("hardware:", "norm_fn="))]
+        assert {word for line in header for word in line.split()} <= words, (width, text)
+        shown = [key for key, column in ALL_COLUMNS.items() if all(
+            any(part in line for line in header) for part in column.header.split("\n"))]  # fmt: skip
+        assert "variant" in shown and "gflops" in shown, (width, text)
+        for row in ROWS:
+            (line,) = [line for line in lines if line.startswith(row.tags["variant"] + " ")]
+            for key in shown:
+                assert ALL_COLUMNS[key].cell(row) in line, (width, key, line)
+        tight = max(len(line) for line in text.splitlines())
+        assert printed(ComparisonTable(ROWS, "three runs"), tight, terminal=True) == text, (width, tight)
 
 
 def test_piped_table_prints_every_column_whole_as_markdown() -> None:

@@ -88,6 +88,30 @@ def test_linear_is_addmm_with_bias() -> None:
     assert report.flops_by_category["conv_matmul"] == torch_flops(linear, x)
 
 
+def test_addmm_and_baddbmm_scale_factors() -> None:
+    """out = beta * bias + alpha * (a @ b), (M, K) @ (K, N) = (5, 8) @ (8, 3): M*K*N = 120 MACs, and on the M*N = 15
+    outputs: the bias add 1 FLOP each unless beta = 0 (the bias is ignored), plus 1 for beta not in (0, 1) (scale
+    the bias) and 1 for alpha != 1 (scale the product), all in the bias category. baddbmm: the same per batch,
+    B = 2: 2*5*8*3 = 240 MACs on 30 outputs."""
+    m, k, n, batch = 5, 8, 3, 2
+    a, b, bias = torch.randn(m, k), torch.randn(k, n), torch.randn(n)
+    cases = {  # (alpha, beta) -> bias-category FLOPs per output element
+        (1, 1): 1, (1, 0): 0, (1, 2): 1 + 1, (2, 1): 1 + 1, (2, 0): 0 + 1, (3, 0.5): 1 + 1 + 1,
+    }  # fmt: skip
+    for (alpha, beta), per_output in cases.items():
+        model = Functional(lambda x, y, z, al=alpha, be=beta: torch.addmm(z, x, y, alpha=al, beta=be))
+        report = count_cost(model, (a, b, bias))
+        assert (alpha, beta, report.macs, report.flops_by_category["bias"]) == (
+            alpha, beta, m * k * n, per_output * m * n
+        )  # fmt: skip
+        batched = Functional(lambda x, y, z, al=alpha, be=beta: torch.baddbmm(z, x, y, alpha=al, beta=be))
+        inputs = (torch.randn(batch, m, k), torch.randn(batch, k, n), torch.randn(batch, m, n))
+        report = count_cost(batched, inputs)
+        assert (alpha, beta, report.macs, report.flops_by_category["bias"]) == (
+            alpha, beta, batch * m * k * n, per_output * batch * m * n
+        )  # fmt: skip
+
+
 def test_functional_ops_are_counted() -> None:
     """x @ w, F.conv2d and a broadcast add: what thop cannot see."""
     a = torch.randn(4, 5, 6)
@@ -344,6 +368,13 @@ ROW_CASES: dict[str, list[tuple[str, nn.Module, tuple[torch.Tensor, ...], dict[s
             Functional(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)),
             _sdpa_inputs(),
             {"activation": 5 * SCORES, "elementwise": (1 + 1) * SCORES},
+            SCORES * (EQK + EV),
+        ),
+        (
+            "SDPA, dropout_p=0.5",
+            Functional(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=0.5)),
+            _sdpa_inputs(),
+            {"activation": 5 * SCORES, "elementwise": (1 + 2) * SCORES},  # scale 1, dropout 2 (mask multiply, scale)
             SCORES * (EQK + EV),
         ),
     ],

@@ -181,6 +181,33 @@ def test_max_time_bounds_the_whole_phase_warmup_included() -> None:
     assert not result.precision_met  # 4 samples: no CI (needs 8)
 
 
+def test_precise_but_too_few_samples_is_not_met_and_says_the_bound_hit() -> None:
+    """A steady 125 ms forward, min_repeats = 30, max_time_s = 2, no warm-up: cold start 0.125 s, then timed calls
+    until the next would end past 2 s: (2 - 0.125) / 0.125 = 15 samples, every one 125 ms, so the CI is [125, 125]
+    (precision 0, within any target). The rule is "precise *and* at least min_repeats samples": 15 < 30, so the
+    target is not met, and it was the bound that ended timing."""
+    clock = FakeClock()
+    options = TimingOptions(warmup=0, min_repeats=30, max_time_s=2)
+    result = measure_latency(fake_forward(clock, [], 125.0), "cpu", options, clock=clock)
+    assert result.timed_iterations == 15 and result.latency.precision == 0.0
+    assert not result.precision_met and result.time_bound_hit
+    assert result.metrics(1.0)["timing/precision_target_met"] == 0.0
+    assert any("it cut timing to 15 iteration(s) (min_repeats=30)" in note for note in result.notes)
+
+
+def test_warmup_cut_by_the_bound_is_a_bound_hit_even_when_timing_meets_its_target() -> None:
+    """A steady 15.625 ms (1/64 s) forward, warmup = 1000, max_time_s = 2: warm-up may use half the bound, so it is
+    cut at 1 s, after (1 - 1/64) / (1/64) = 63 iterations; the 30 timed samples are then precise (all equal) and meet
+    the target. The run still says the bound cut it short: time_bound_hit and the note."""
+    clock = FakeClock()
+    options = TimingOptions(warmup=1000, min_repeats=30, max_time_s=2)
+    result = measure_latency(fake_forward(clock, [], 1000 / 64), "cpu", options, clock=clock)
+    assert result.warmup_iterations == 63 and result.timed_iterations == 30 and result.precision_met
+    assert result.time_bound_hit and result.metrics(1.0)["timing/time_bound_hit"] == 1.0
+    assert any("bounds the whole timing phase: it cut warm-up to 63 iteration(s) (warmup=1000" in note
+               for note in result.notes)  # fmt: skip
+
+
 def test_one_sample_has_no_ci_and_never_meets_the_target() -> None:
     """The issue's case: a 3 s forward with max_time_s = 2 took 52 s (10 mandatory warm-ups). Now the cold call and
     one timed call run (they always do) and nothing else: 6 s, with no CI and the target not met."""
