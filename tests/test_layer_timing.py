@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from dataclasses import fields
 from pathlib import Path
 
@@ -263,6 +264,9 @@ def test_shares_agree_with_torch_profiler() -> None:
     """Each module's share of the forward (self time / the self times' sum) agrees with its share of the ATen op
     time torch.profiler records, within 5 percentage points, on a 64-channel block. Three attempts (a busy machine
     moves one measurement and not the other); every attempt's largest gap is in the message."""
+    busy = os.getloadavg()[0] / (os.cpu_count() or 1)
+    if busy > 0.5:  # two separately sampled timings, each moved by other processes differently: not judgeable
+        pytest.skip(f"load average {busy:.1f} per core: the shares of two separate timings cannot be compared")
     model = ResidualBlock(64, 64).eval()
     inputs = (torch.randn(2, 64, 32, 32),)
     gaps = []

@@ -126,7 +126,7 @@ def test_mlflow_ui_opens_on_the_runs_and_shows_the_comparison(ui: tuple[str, str
             page.get_by_text("cost/gflops", exact=True).first.wait_for()
             lines = [line.strip() for line in page.inner_text("body").splitlines() if line.strip()]
             sections = [lines[i] for i in range(len(lines) - 1) if re.fullmatch(r"\(\d+\)", lines[i + 1])]
-            assert sections[:3] == ["cost", "latency", "memory"], sections
+            assert sections[:4] == ["cost", "latency", "layers", "memory"], sections  # layers: the per-layer pass
             assert {"peak", "speed", "timing", "xcheck"} <= set(sections) and "Model metrics" in sections
             assert lines[lines.index("cost") + 1] == "(16)"  # params, MACs, FLOPs (and by category), bytes, intensity
             page.locator("svg.main-svg").first.wait_for()  # a chart drawn (plotly), not its loading spinner
