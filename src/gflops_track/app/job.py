@@ -177,11 +177,14 @@ def layers_job(
     bounded by this device's roof -> log. A compiled model has no modules to hook: a note says so. Like the headline
     timing, the pass runs ``quiet``: nothing draws or logs beside it."""
     runtime = config.runtime_options()
+
+    def skipped(why: str) -> ProfileResult:
+        noted = replace(result, run_notes=[*result.run_notes, f"per-layer times skipped: {why}"])
+        record(summary_record(noted))
+        return noted
+
     if runtime.compile != "off":
-        note = f"per-layer times skipped: compile={runtime.compile} runs one graph, whose modules no hook sees"
-        result = replace(result, run_notes=[*result.run_notes, note])
-        record(summary_record(result))
-        return result
+        return skipped(f"compile={runtime.compile} runs one graph, whose modules no hook sees")
     progress("timing each layer", 0, 1)
     try:
         with quiet(progress, recorder):
@@ -190,10 +193,7 @@ def layers_job(
                 max_time_s=config.timing.max_time_s,
             )  # fmt: skip
     except Exception as error:  # the headline figures are logged: a failed extra pass is a note, not a FAILED run
-        note = f"per-layer times skipped: the layer pass failed with {type(error).__name__}: {error}"
-        result = replace(result, run_notes=[*result.run_notes, note])
-        record(summary_record(result))
-        return result
+        return skipped(f"the layer pass failed with {type(error).__name__}: {error}")
     timing = replace(timing, notes=[*timing.notes, timing.check_note(result.median_latency_ms)])
     rows, roof = layer_table(result.cost, timing, result.peaks, device, runtime.dtype, result.fingerprint.hardware)
     result = replace(result, layer_timing=timing, layer_roof=roof, layer_rows=rows)

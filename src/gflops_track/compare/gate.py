@@ -285,17 +285,20 @@ def judge(
     elif low is None or high is None:
         status = INCONCLUSIVE
         reason = f"no confidence interval known for the medians (no stored samples): decide with {RERUN_HINT}"
-    elif ratio > 1 + threshold and low > 1 and (p_value is None or p_value < MANN_WHITNEY_ALPHA):
-        status = REGRESSION
-    elif ratio > 1 + threshold:
-        status = WITHIN_NOISE
-    elif high < 1:
-        status = FASTER
     else:
-        status = OK
+        status = _decided(ratio, low, high, threshold, p_value is None or p_value < MANN_WHITNEY_ALPHA)
     status, reason = _under_load(baseline, candidate, status, reason)
     return Verdict(candidate.label, base_stat, cand_stat, ratio, low, high, basis, status, reason, estimator,
                    p_value)  # fmt: skip
+
+
+def _decided(ratio: float, low: float, high: float, threshold: float, significant: bool = True) -> str:
+    """The verdict once the evidence is enough to judge: REGRESSION when slower beyond the threshold, the interval
+    wholly above 1 and the rank test (where there is one) ``significant``; slower beyond the threshold otherwise is
+    within the noise; the interval wholly below 1 is faster; else ok. ``judge`` and ``judge_paired`` share it."""
+    if ratio > 1 + threshold:
+        return REGRESSION if low > 1 and significant else WITHIN_NOISE
+    return FASTER if high < 1 else OK
 
 
 def _under_load(baseline: Side, candidate: Side, status: str, reason: str) -> tuple[str, str]:
@@ -358,14 +361,8 @@ def judge_paired(
     elif len(ratios) < min_samples or low is None or high is None:
         status = INCONCLUSIVE
         reason = f"too few rounds ({len(ratios)}; at least {min_samples}): raise --rerun-time-s"
-    elif ratio > 1 + threshold and low > 1:
-        status = REGRESSION
-    elif ratio > 1 + threshold:
-        status = WITHIN_NOISE
-    elif high < 1:
-        status = FASTER
     else:
-        status = OK
+        status = _decided(ratio, low, high, threshold)
     return Verdict(label, medians[0], medians[1], ratio, low, high, basis, status, reason, PAIRED_ESTIMATOR)
 
 
