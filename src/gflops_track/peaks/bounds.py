@@ -131,26 +131,22 @@ def layer_rows(
     total = timing.self_sum_ms if timing else 0.0
     rows = []
     for layer in layers:
-        row = LayerRow(**asdict(layer))
-        intensity = layer.flops / layer.bytes_moved if layer.bytes_moved else None
+        values = asdict(layer)  # the count's columns, then what the pass and the bound add
         bound = layer_bound(layer.flops, traffic.get(layer.name, ()), roof) if roof is not None else None
         spent = times.get(layer.name)
         if spent is not None:
             seconds = spent.self_ms / 1e3
-            row = LayerRow(
-                **{
-                    **asdict(row),
-                    "self_ms": spent.self_ms,
-                    "self_iqr_ms": spent.self_iqr_ms,
-                    "inclusive_ms": spent.inclusive_ms,
-                    "time_share": spent.self_ms / total if total else None,
-                    "gflop_per_s": layer.flops / seconds / 1e9 if seconds > 0 else None,
-                }
-            )
-        extra = {"intensity": intensity}
+            values |= {
+                "self_ms": spent.self_ms,
+                "self_iqr_ms": spent.self_iqr_ms,
+                "inclusive_ms": spent.inclusive_ms,
+                "time_share": spent.self_ms / total if total else None,
+                "gflop_per_s": layer.flops / seconds / 1e9 if seconds > 0 else None,
+            }
+        values["intensity"] = layer.flops / layer.bytes_moved if layer.bytes_moved else None
         if bound is not None:
-            extra |= {"offchip_bytes": bound.offchip_bytes, "bound": bound.limit, "bound_ms": bound.bound_ms}
+            values |= {"offchip_bytes": bound.offchip_bytes, "bound": bound.limit, "bound_ms": bound.bound_ms}
             if spent is not None and spent.self_ms > 0:
-                extra["efficiency"] = bound.bound_ms / spent.self_ms
-        rows.append(LayerRow(**{**asdict(row), **extra}))
+                values["efficiency"] = bound.bound_ms / spent.self_ms
+        rows.append(LayerRow(**values))
     return rows

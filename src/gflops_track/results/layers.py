@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from gflops_track.common import names
+from gflops_track.results.counting import LayerCost
 
 SELF_SUM_LIMIT = 0.10  # the self times add up to the forward's median within 10%
 BUSY_SKEW = 2.0  # as timing/engine.py's SKEW_LIMIT: a median over twice the minimum measures the machine's load
@@ -131,21 +132,11 @@ class LayerBound:
 
 
 @dataclass(frozen=True)
-class LayerRow:
-    """A row of the layers table once timed: the count's columns (``LayerCost``), then time, bytes and the bound.
-    ``self_ms`` and the columns after it are empty (None) for a module that never ran in the timed forward."""
+class LayerRow(LayerCost):
+    """A row of the layers table once timed: the count's columns (``LayerCost``'s, the same fields in the same
+    order), then time, bytes and the bound. ``self_ms`` and the columns after it are empty (None) for a module that
+    never ran in the timed forward."""
 
-    name: str
-    type: str
-    depth: int
-    output_shape: str
-    params: int
-    calls: int
-    macs: int
-    flops: int
-    flops_share: float
-    ops: str
-    bytes_moved: int
     self_ms: float | None = None
     self_iqr_ms: float | None = None
     inclusive_ms: float | None = None
