@@ -101,6 +101,19 @@ def test_fitted_columns_are_whole_at_every_width_and_fill_it() -> None:
         assert printed(ComparisonTable(ROWS, "three runs"), tight, terminal=True) == text, (width, tight)
 
 
+def test_a_failed_row_says_why_at_80_columns() -> None:
+    """A FAILED run has no numbers: at 80 columns its status and error are shown (wrapped between words at the
+    label cap), not dropped for the numeric columns, which left a row of blank cells that said nothing. Every word
+    of the error is on the screen, and no line is wider than the terminal."""
+    error = "RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x256 and 512x2048)"
+    failed = replace(make_row("layer"), status="FAILED", error=error, median_ms=None, gflops=None)
+    text = printed(ComparisonTable([*ROWS[:2], failed], "a failed run"), 80, terminal=True)
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    assert "status" in text and "FAILED:" in text, text
+    shown = " ".join(text.split())
+    assert all(word in shown for word in error.split()), text
+
+
 def test_piped_table_prints_every_column_whole_as_markdown() -> None:
     text = printed(ComparisonTable(ROWS, "three runs"), 80, terminal=False)
     assert "…" not in text and "| variant" in text and "| run name" in text

@@ -122,6 +122,7 @@ ALL_COLUMNS: dict[str, Column] = {
         Column("mfu", "MFU", lambda r: _fmt(r.mfu, ".1%")),
     )
 }
+WRAPPING = ("variant", "status")  # text that wraps at the label cap in a fitted table: a label, a failed run's error
 TRAINING = ["step_gflops", "step", "step_achieved", "mfu"]  # train-mode runs only: shown where a row has them
 # Markdown and HTML: every column (the first ones and the last keep their places: readers index them).
 FULL = ["hardware", "variant", "status", "params", "gmacs", "gflops", "latency", "throughput", "achieved",
@@ -192,13 +193,14 @@ def build_table(
     label_width: int | None = None,
 ) -> Table:
     """A rich table of ``keys``' columns; number cells never wrap (a number is never cut or folded unless the
-    terminal is narrower than the cell itself); with ``label_width`` the variant label wraps between its words at
-    that width. ``markdown`` draws it as a Markdown table."""
+    terminal is narrower than the cell itself); with ``label_width`` the variant label and the status (a failed
+    run's error) wrap between their words at that width, so a failed row says why in any terminal. ``markdown``
+    draws it as a Markdown table."""
     headers = _headers(rows, lines=not markdown)
     table = Table(box=box.MARKDOWN if markdown else None, show_edge=markdown, pad_edge=markdown, header_style="bold")
     for key in keys:
         column = ALL_COLUMNS[key]
-        wraps = key == "variant" and label_width is not None
+        wraps = key in WRAPPING and label_width is not None
         minimum = (widths or {}).get(key)
         table.add_column(
             headers[key],
