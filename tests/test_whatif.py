@@ -95,7 +95,8 @@ def test_whatif_on_a_real_run(store_uri: str, tmp_path, capsys: pytest.CaptureFi
     record = cost_record(result).merge(timing_record(result)).merge(layers_record(result))
     write_to_mlflow(client, run.info.run_id, record)
 
-    assert whatif_main(["--run", run.info.run_id, "--hardware", "here", "--tracking-uri", store_uri]) == 0
+    short = run.info.run_id[:8]  # the run id as every table prints it: a unique prefix names the run, as in compare
+    assert whatif_main(["--run", short, "--hardware", "here", "--tracking-uri", store_uri]) == 0
     here = capsys.readouterr().out
     assert "forward there: bound" in here and "| layer | measured here ms | bound here ms |" in here
     assert result.median_latency_ms is not None

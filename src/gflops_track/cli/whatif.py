@@ -28,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gflops_track.common import names
+from gflops_track.compare.rows import resolve_run_id
 from gflops_track.peaks.table import gpu_spec
 from gflops_track.peaks.whatif import datasheet_names, datasheet_what_if, find_spec, hardware_slug, what_if
 from gflops_track.results.layers import BoundRoof, WhatIf, milliseconds, rows_from_csv
@@ -202,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for warning in warnings:
             errors.print(f"[yellow]warning: {escape(warning)}[/yellow]")
         client = connect(uri)
-        run = client.get_run(args.run)
+        run = client.get_run(resolve_run_id(client, args.run, "--run"))  # a whole id or the 8 the tables print
         run_dtype = run.data.tags.get(names.DTYPE_TAG, "fp32")
         dtype = args.dtype or run_dtype
         if args.hardware.strip().lower() != HERE:
