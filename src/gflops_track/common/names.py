@@ -188,6 +188,7 @@ LAYERS_SELF_GAP_SIDE = "layers/self_sum_gap_side_by_side"  # the same gap agains
 LAYERS_FASTEST_GAP = "layers/self_min_sum_gap"  # sum of the modules' quickest self times vs the quickest forward
 LAYERS_BUSY = "layers/busy"  # 1: the unhooked forwards' median was over twice their minimum (a loaded machine)
 LAYERS_ITERATIONS = "layers/iterations"
+LAYERS_TOTAL_S = "layers/total_s"  # the layer pass's wall time, seconds (as timing/total_s is the timing's)
 LAYERS_BOUND_MS = "layers/bound_ms"  # the forward's roofline bound: sum of the layers' bounds
 LAYERS_BOUND_EFFICIENCY = "layers/bound_efficiency"  # bound_ms / latency/median_ms
 LAYERS_BELOW_BOUND = "layers/layers_below_bound"  # layers measured faster than their bound (must be 0)

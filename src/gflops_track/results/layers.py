@@ -54,6 +54,7 @@ class LayerTiming:
     notes: list[str] = field(default_factory=list)
     plain_ms: float = 0.0  # median of the unhooked forwards timed beside the hooked ones (the side-by-side reference)
     plain_min_ms: float = 0.0  # the quickest of those
+    total_s: float = 0.0  # the whole pass, warm-up forward to the last, seconds (a measuring phase, like timing's)
 
     @property
     def busy(self) -> bool:

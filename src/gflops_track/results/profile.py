@@ -248,6 +248,7 @@ class ProfileResult:
             names.LAYERS_FORWARD_MS: timing.forward_ms,
             names.LAYERS_SELF_SUM_MS: timing.self_sum_ms,
             names.LAYERS_ITERATIONS: float(timing.iterations),
+            names.LAYERS_TOTAL_S: timing.total_s,
         }
         if timing.plain_ms:
             values[names.LAYERS_SELF_GAP_SIDE] = timing.gap(timing.plain_ms)

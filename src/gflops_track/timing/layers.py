@@ -153,7 +153,12 @@ def time_layers(
             if index >= MIN_ITERATIONS and time.perf_counter() - started > max_time_s:
                 break
     timing = _summarise(per_forward, list(dict.fromkeys(names.values())), CUDA_METHOD if marks.cuda else CPU_METHOD)
-    return replace(timing, plain_ms=statistics.median(plain) if plain else 0.0, plain_min_ms=min(plain, default=0.0))
+    return replace(
+        timing,
+        plain_ms=statistics.median(plain) if plain else 0.0,
+        plain_min_ms=min(plain, default=0.0),
+        total_s=time.perf_counter() - started,
+    )
 
 
 @contextlib.contextmanager
