@@ -1,6 +1,6 @@
-"""What a job does besides measuring, in process, into real MLflow stores: a single run keeps its own roofline.png,
-a sweep's jobs leave it to the sweep's report (one roofline with every run); nothing draws or writes from another
-thread while a forward is timed."""
+"""What a job does besides measuring, in process, into real MLflow stores: a single run keeps its own roofline.png
+and per-layer charts, a sweep's jobs leave them to the sweep's report (one roofline with every run, each run's
+layers); nothing draws or writes from another thread while a forward is timed."""
 
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def test_single_run_keeps_its_roofline_sweep_jobs_share_the_reports(
     config = app_config([*TINY, f"tracking.uri={store_uri}", "peak.measure=true", f"peak.cache_dir={peak_cache}"])
     client = connect(store_uri)
     single = job(config, tmp_path, in_sweep=False)
-    assert names.ROOFLINE_ARTIFACT in {a.path for a in client.list_artifacts(single)}
+    per_job_charts = {names.ROOFLINE_ARTIFACT, names.LAYER_SHARES_ARTIFACT, names.LAYER_ROOFLINE_ARTIFACT}
+    assert per_job_charts <= {a.path for a in client.list_artifacts(single)}
 
     parent = client.create_run(ensure_experiment(client, config.tracking.experiment), run_name="sweep").info.run_id
     publish_parent_run(parent)
@@ -64,7 +65,7 @@ def test_single_run_keeps_its_roofline_sweep_jobs_share_the_reports(
         run = client.get_run(child)
         assert run.data.tags[names.PARENT_TAG] == parent
         files = {a.path for a in client.list_artifacts(child)}
-        assert names.ROOFLINE_ARTIFACT not in files  # drawn once, in the sweep's report
+        assert not per_job_charts & files  # drawn once, in the sweep's report
         assert {names.LAYERS_JSON_ARTIFACT, names.LAYERS_CSV_ARTIFACT, names.SUMMARY_ARTIFACT} <= files
         metrics = run.data.metrics  # what the per-job plot showed is still in the run
         assert metrics["cost/macs"] == 2 * 16 * 16  # batch x in x out
@@ -72,6 +73,7 @@ def test_single_run_keeps_its_roofline_sweep_jobs_share_the_reports(
     assert finish_sweep(client, parent, store_uri) == "FINISHED"
     charts = {a.path for a in client.list_artifacts(parent, names.REPORT_CHARTS_FOLDER)}
     assert f"{names.REPORT_CHARTS_FOLDER}/roofline.png" in charts  # every run on one roofline
+    assert f"{names.REPORT_CHARTS_FOLDER}/layers_time_vs_flops_1.png" in charts  # each run's layers, in the report
 
 
 def test_nothing_runs_beside_the_timed_forward(store_uri: str, tmp_path: Path) -> None:

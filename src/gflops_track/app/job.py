@@ -158,7 +158,7 @@ def profile_job(
             result = replace(result, peaks=peak_report(cost, result.timing, device, runtime, facts, peak))
             record(peak_record(result, title, plot=own_plot))
         if config.timing.enabled and config.timing.layers and not weightless and config.mode != "train":
-            result = layers_job(config, model, args, kwargs, device, result, record, progress, recorder)
+            result = layers_job(config, model, args, kwargs, device, result, record, progress, recorder, own_plot)
     return result
 
 
@@ -172,10 +172,13 @@ def layers_job(
     record: Callable[[RunRecord], None],
     progress: console.JobProgress,
     recorder: Recorder | None = None,
+    own_plot: bool = True,
 ) -> ProfileResult:
     """After the headline timing and the peaks: each module's time in a pass of its own, joined with the count and
     bounded by this device's roof -> log. A compiled model has no modules to hook: a note says so. Like the headline
-    timing, the pass runs ``quiet``: nothing draws or logs beside it."""
+    timing, the pass runs ``quiet``: nothing draws or logs beside it. ``own_plot``: the run gets its per-layer PNGs;
+    a sweep's job leaves them to the sweep's report (each run's charts, drawn once per sweep; the layers table and
+    metrics stay on the job's run)."""
     runtime = config.runtime_options()
 
     def skipped(why: str) -> ProfileResult:
@@ -197,7 +200,7 @@ def layers_job(
     timing = replace(timing, notes=[*timing.notes, timing.check_note(result.median_latency_ms)])
     rows, roof = layer_table(result.cost, timing, result.peaks, device, runtime.dtype, result.fingerprint.hardware)
     result = replace(result, layer_timing=timing, layer_roof=roof, layer_rows=rows)
-    record(layers_record(result))
+    record(layers_record(result, plot=own_plot))
     return result
 
 

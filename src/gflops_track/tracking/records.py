@@ -175,10 +175,11 @@ def peak_record(result: ProfileResult, run_name: str, plot: bool = True) -> RunR
     return record
 
 
-def layers_record(result: ProfileResult) -> RunRecord:
+def layers_record(result: ProfileResult, plot: bool = True) -> RunRecord:
     """The layers table with time, bytes and bound (``layers.csv`` and the UI's table, replacing the count's), the
     per-op traffic the bounds used (so ``whatif`` can bound them on other hardware), the pass's metrics and the
-    summary."""
+    summary; with ``plot``, the per-layer charts as PNGs (a sweep's job leaves them to the sweep's report, where
+    drawing two figures per job cost about 1 s of each job's wall time)."""
     record = summary_record(result)
     rows = result.layer_rows
     record.files[names.LAYERS_CSV_ARTIFACT] = layers_to_csv(rows).encode()
@@ -188,7 +189,7 @@ def layers_record(result: ProfileResult) -> RunRecord:
         record.tags[names.LAYER_TIMING_TAG] = result.layer_timing.method
     if result.layer_roof is not None:
         record.tags[names.LAYER_BOUND_TAG] = result.layer_roof.rule[:MAX_TAG_VAL_LENGTH]
-    if any(row.self_ms is not None for row in rows):
+    if plot and any(row.self_ms is not None for row in rows):
         for artifact, figure in (
             (names.LAYER_SHARES_ARTIFACT, layer_share_figure(rows, "time share vs FLOP share per layer")),
             (names.LAYER_ROOFLINE_ARTIFACT, layer_roofline_figure(rows, result.layer_roof, "per-layer roofline")),
