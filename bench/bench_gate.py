@@ -58,7 +58,7 @@ from gflops_track.timing.duet import interleaved
 SIZES = (1, 2, 3, 5, 8, 10, 15, 20, 30, 50)
 CV = 0.10
 DRIFT = 0.03
-LOAD_DEADLINE_S = 900  # a load process never outlives this, even if this script dies
+LOAD_DEADLINE_S = 900  # per row at least: a load process never outlives its deadline, even if this script dies
 BUSY_LOOP = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end:\n    pass\n"
 BURSTY_LOOP = (  # busy and idle in random spells of 50-300 ms
     "import random, sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end:\n"
@@ -123,11 +123,11 @@ def synthetic(pairs: int, threshold: float) -> Table:
 
 
 @contextmanager
-def cpu_load(processes: int, bursty: int = 1) -> Iterator[list[int]]:
+def cpu_load(processes: int, bursty: int = 1, deadline_s: float = LOAD_DEADLINE_S) -> Iterator[list[int]]:
     """``processes`` busy-looping Python subprocesses and ``bursty`` ones alternating busy and idle spells, each
-    bounded by its own deadline; terminated by PID on exit."""
-    commands = [[sys.executable, "-c", BUSY_LOOP, str(LOAD_DEADLINE_S)] for _ in range(processes)]
-    commands += [[sys.executable, "-c", BURSTY_LOOP, str(LOAD_DEADLINE_S)] for _ in range(bursty)]
+    bounded by its own deadline (``deadline_s``: longer than the row they load); terminated by PID on exit."""
+    commands = [[sys.executable, "-c", BUSY_LOOP, str(deadline_s)] for _ in range(processes)]
+    commands += [[sys.executable, "-c", BURSTY_LOOP, str(deadline_s)] for _ in range(bursty)]
     busy = [subprocess.Popen(command, stdin=subprocess.DEVNULL) for command in commands]
     try:
         time.sleep(0.3)  # let them reach their loops
@@ -212,7 +212,9 @@ def real(pairs: int, threshold: float, options: TimingOptions, load_processes: i
     for name, slower in (("identical", Work), ("1.3x slower (code)", Slower13), ("2x slower (code)", Slower2)):
         verdicts: dict[str, Counter[str]] = {"stored runs": Counter(), "--rerun (interleaved)": Counter()}
         ratios: dict[str, list[float]] = {"stored runs": [], "--rerun (interleaved)": []}
-        with cpu_load(load_processes):
+        # a pair: two stored profiles and one interleaved re-measure, each up to max_time_s, plus warm-up: the load
+        # must outlast the row (100 pairs at a 3 s budget run past 900 s)
+        with cpu_load(load_processes, deadline_s=max(LOAD_DEADLINE_S, pairs * (3 * options.max_time_s + 10))):
             for index in range(pairs):
                 torch.manual_seed(index)
                 base, cand = Work(), slower()
