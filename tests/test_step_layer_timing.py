@@ -1,14 +1,15 @@
 """The training step's per-layer pass (timing/step_layers.py): each module's forward and backward time, on real
 modules and real clocks. A module whose forward and backward wait a known time (a custom autograd Function) shows
 those times where they ran; every module, the loss, the optimizer's step and zero_grad have a row; the rows add up
-to the step; no hook is left behind, even when the step raises; a mode=train run logs it all."""
+to the step; no hook is left behind, even when the step raises; a mode=train run logs it all; ``profile`` and
+``profile_training_step`` run the layer passes the job runs."""
 
 from __future__ import annotations
 
 import csv
 import io
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from conftest import QUICK_NO_THOP, SMALL_BLOCK, requires_cuda, run_cli
+from gflops_track import PeakOptions, TimingOptions, profile, profile_training_step
 from gflops_track.common import names
 from gflops_track.models import ResidualBlock
 from gflops_track.pipeline.training_step import count_training_step, measure_step_layers, step_layer_table
@@ -216,3 +218,27 @@ def test_a_train_run_logs_the_step_layers_table(tmp_path: Path) -> None:
     assert names.STEP_LAYERS_JSON_ARTIFACT in artifacts
     summary = Path(client.download_artifacts(run.info.run_id, "summary.txt")).read_text()
     assert "step layers: self times add up to" in summary
+
+
+def test_profile_times_each_layer_as_the_job_does_unless_told_not_to() -> None:
+    """``profile(model, x)`` with timing returns the layer pass and the layers table with time and bound, as the
+    job builds them (``measure_layers`` + ``layer_table``), the truth check among its notes;
+    ``TimingOptions(layers=False)`` and ``timing=False`` skip it. ``profile_training_step`` does the same for the
+    step's layers."""
+    block, x = ResidualBlock(16, 16).eval(), torch.randn(2, 16, 8, 8)
+    quick = TimingOptions(warmup=1, min_repeats=3, max_time_s=0.5, layer_iterations=3)
+    result = profile(block, x, timing=quick, peak=PeakOptions(measure=False))
+    assert result.layer_timing is not None and result.layer_timing.iterations == 3
+    by_name = {row.name: row for row in result.layer_rows}
+    assert set(by_name) == {"(root)", "conv1", "conv2", "relu", "norm1", "norm2"}
+    assert by_name["conv1"].self_ms and by_name["conv1"].bound_ms and result.layer_roof is not None
+    assert any("layers: self times add up to" in note for note in result.notes)
+    assert names.LAYERS_SELF_GAP in result.metrics()
+    skipped = profile(block, x, timing=replace(quick, layers=False), peak=PeakOptions(measure=False))
+    assert skipped.layer_timing is None and skipped.layer_rows == []
+    assert profile(block, x, timing=False).layer_rows == []
+    step = profile_training_step(block, x, timing=quick, peak=PeakOptions(measure=False))
+    assert step.training is not None and step.training.layer_timing is not None
+    assert [row.name for row in step.training.layer_rows] == BLOCK_ROWS
+    assert names.STEP_LAYERS_SELF_GAP in step.metrics()
+    assert _global_hooks() == [0, 0, 0, 0]

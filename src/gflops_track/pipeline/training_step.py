@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
@@ -299,7 +299,9 @@ def profile_training_step(
     on_progress: ProgressCallback | None = None,
 ) -> ProfileResult:
     """``profile`` for a training step: the forward counted as for inference (params, per-layer table, thop), the
-    whole step counted and timed (``timing=False`` skips timing), and the device's peaks, so ``result.mfu`` is known.
+    whole step counted and timed (``timing=False`` skips timing), each layer's forward and backward timed in a pass
+    of its own (``TimingOptions.layers``: ``result.training.layer_rows``), and the device's peaks, so
+    ``result.mfu`` is known.
     ``result.training`` holds the step; ``result.timing`` stays None (no inference forward is timed)."""
     runtime = runtime or RuntimeOptions()
     counting = counting or CountOptions()
@@ -324,4 +326,16 @@ def profile_training_step(
             options=options, on_progress=on_progress,
         )  # fmt: skip
     peaks = peak_report(cost, None, target, runtime, facts, peak) if timed is not None or peak.measure else None
-    return ProfileResult(cost, facts, runtime, settings, peaks=peaks, training=TrainingStep(step, timed))
+    training = TrainingStep(step, timed)
+    notes: list[str] = []
+    if options is not None and timed is not None and options.layers:
+        if runtime.compile != "off":
+            notes.append(f"per-layer step times skipped: compile={runtime.compile} runs one graph")
+        else:
+            layers = measure_step_layers(
+                model, inputs, target, loss=loss, optimizer=optimizer, labels=labels, kwargs=kwargs, runtime=runtime,
+                iterations=options.layer_iterations, max_time_s=options.max_time_s,
+            )  # fmt: skip
+            layers = replace(layers, notes=[*layers.notes, layers.check_note(timed.step_ms)])
+            training = replace(training, layer_timing=layers, layer_rows=step_layer_table(step.cost, layers))
+    return ProfileResult(cost, facts, runtime, settings, peaks=peaks, training=training, run_notes=notes)
