@@ -44,7 +44,13 @@ from gflops_track.pipeline.steps import (
     peak_report,
     timing_skipped_note,
 )
-from gflops_track.pipeline.training_step import count_training_step, measure_training_step, training_input_errors
+from gflops_track.pipeline.training_step import (
+    count_training_step,
+    measure_step_layers,
+    measure_training_step,
+    step_layer_table,
+    training_input_errors,
+)
 from gflops_track.results.fingerprint import Fingerprint
 from gflops_track.results.profile import ProfileResult
 from gflops_track.results.training import TrainingStep
@@ -56,6 +62,7 @@ from gflops_track.tracking.records import (
     layers_record,
     peak_record,
     start_record,
+    step_layers_record,
     summary_record,
     timing_record,
     training_count_record,
@@ -239,6 +246,48 @@ def train_step_job(
             )  # fmt: skip
         result = replace(result, training=TrainingStep(step, timed))
         record(summary_record(result))
+        if config.timing.layers:
+            result = step_layers_job(config, model, args, kwargs, device, result, record, progress, recorder)
+    return result
+
+
+def step_layers_job(
+    config: AppConfig,
+    model: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    kwargs: dict[str, torch.Tensor],
+    device: torch.device,
+    result: ProfileResult,
+    record: Callable[[RunRecord], None],
+    progress: console.JobProgress,
+    recorder: Recorder | None = None,
+) -> ProfileResult:
+    """mode=train, after the step's timing: each module's forward and backward time in a pass of its own, joined
+    to the step's per-layer FLOPs -> log. As for inference, a compiled model or a failed pass is a note, not a
+    FAILED run."""
+    assert result.training is not None and result.training.timing is not None
+    runtime = config.runtime_options()
+
+    def skipped(why: str) -> ProfileResult:
+        noted = replace(result, run_notes=[*result.run_notes, f"per-layer step times skipped: {why}"])
+        record(summary_record(noted))
+        return noted
+
+    if runtime.compile != "off":
+        return skipped(f"compile={runtime.compile} runs one graph, whose modules no hook sees")
+    progress("timing each layer of the step", 0, 1)
+    try:
+        with quiet(progress, recorder):
+            timing = measure_step_layers(
+                model, args, device, kwargs=kwargs, runtime=runtime, iterations=config.timing.layer_iterations,
+                max_time_s=config.timing.max_time_s, **config.train_options(),
+            )  # fmt: skip
+    except Exception as error:  # the step's headline figures are logged: a failed extra pass is a note
+        return skipped(f"the step's layer pass failed with {type(error).__name__}: {error}")
+    timing = replace(timing, notes=[*timing.notes, timing.check_note(result.training.timing.step_ms)])
+    rows = step_layer_table(result.training.count.cost, timing)
+    result = replace(result, training=replace(result.training, layer_timing=timing, layer_rows=rows))
+    record(step_layers_record(result))
     return result
 
 

@@ -16,10 +16,16 @@ from rich.table import Table
 from rich.text import Text
 
 from gflops_track.common import names
+from gflops_track.common.names import FAILED, KILLED
 from gflops_track.compare.rows import Row
-from gflops_track.render.plots import finish_figure, layer_share_figure, new_figure, variant_colors
-from gflops_track.results.layers import LayerRow, milliseconds, percent, rows_from_csv
-from gflops_track.tracking.store import first_line
+from gflops_track.render.plots import (
+    finish_figure,
+    layer_roofline_figure,
+    layer_share_figure,
+    new_figure,
+    variant_colors,
+)
+from gflops_track.results.layers import BoundRoof, LayerRow, milliseconds, percent, rows_from_csv
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -29,11 +35,13 @@ HEADERS = ("#", "layer", "type", "self ms", "time share", "FLOP share", "bound m
 
 @dataclass(frozen=True)
 class RunLayers:
-    """One run's timed layers table, and the names it is shown by."""
+    """One run's timed layers table, the names it is shown by, and the roof its bounds were taken against (None
+    for a run that logged none)."""
 
     run_name: str
     hardware: str
     rows: list[LayerRow]
+    roof: BoundRoof | None = None
 
     def top(self, count: int) -> list[LayerRow]:
         timed = [row for row in self.rows if row.self_ms is not None]
@@ -118,18 +126,46 @@ def rich_tables(runs: Sequence[RunLayers], count: int) -> list[Table]:
     return tables
 
 
+NO_LAYER_TIMES = (
+    "no per-layer times in {count} run(s): {ids} (from before the layer pass, timing.layers=false, mode=train, "
+    "compile, or a pass that failed)"
+)
+
+
 def read_run_layers(client: MlflowClient, rows: Sequence[Row]) -> tuple[list[RunLayers], list[str]]:
-    """Each run's timed layers table (``layers.csv``), and one line per run that has none (why)."""
+    """Each run's timed layers table (``layers.csv``), and what to say of those with none: a run that failed or was
+    killed, one line each with its error; every other, one line naming them all by short id (the id every table
+    prints), instead of a line each that repeats why."""
     timed: list[RunLayers] = []
     missing: list[str] = []
+    untimed: list[str] = []
     for row in rows:
         try:
             with tempfile.TemporaryDirectory() as folder:
                 text = Path(client.download_artifacts(row.run_id, names.LAYERS_CSV_ARTIFACT, folder)).read_text()
-            timed.append(RunLayers(row.run_name, row.hardware, rows_from_csv(text)))
-        except (ValueError, OSError, MlflowException) as error:
-            missing.append(f"run {row.run_name}: no per-layer times ({first_line(error)})")
+            timed.append(RunLayers(row.run_name, row.hardware, rows_from_csv(text), logged_roof(client, row)))
+        except (ValueError, OSError, MlflowException):
+            if row.status in (FAILED, KILLED):
+                error = f": {row.error.strip().splitlines()[0]}" if row.error.strip() else ""
+                missing.append(f"run {row.run_id[:8]} {row.status}{error}; no layers")
+            else:
+                untimed.append(row.run_id[:8])
+    if untimed:
+        missing.append(NO_LAYER_TIMES.format(count=len(untimed), ids=", ".join(untimed)))
     return timed, missing
+
+
+def logged_roof(client: MlflowClient, row: Row) -> BoundRoof | None:
+    """The roof a run's layer bounds used, from its ``layers/roof_*`` metrics and ``layer_bound_rule`` tag (no
+    bandwidth or on-chip size logged: no memory roof, as the bounds had none)."""
+    run = client.get_run(row.run_id)
+    metrics, rule = run.data.metrics, run.data.tags.get(names.LAYER_BOUND_TAG, "")
+    rate = metrics.get(names.LAYERS_ROOF_GFLOP_PER_S)
+    if not rate:
+        return None
+    bandwidth, on_chip_mib = metrics.get(names.LAYERS_ROOF_BANDWIDTH), metrics.get(names.LAYERS_ON_CHIP_MIB)
+    on_chip = int(on_chip_mib * names.MIB) if on_chip_mib is not None and bandwidth else None
+    return BoundRoof(row.hardware, rate, bandwidth if on_chip is not None else None, on_chip, rule)
 
 
 def layer_time_by_run_figure(runs: Sequence[RunLayers], top: int = 8) -> Figure:
@@ -158,15 +194,21 @@ def layer_time_by_run_figure(runs: Sequence[RunLayers], top: int = 8) -> Figure:
 
 
 def layer_charts(runs: Sequence[RunLayers], folder: Path, most: int = 6) -> list[Path]:
-    """The report's per-layer charts: the runs side by side (two runs or more), then each run's time share against
-    its FLOP share (the first ``most`` runs)."""
+    """The report's per-layer charts: the runs side by side (two runs or more), then for each run (the first
+    ``most``) its time share against its FLOP share and its per-layer roofline (each layer's intensity and achieved
+    GFLOP/s under the roof its bounds used; none for a run whose layers have neither)."""
     charts = []
     if len(runs) >= 2:
         path = folder / "layers_time_by_run.png"
         layer_time_by_run_figure(runs).savefig(path)
         charts.append(path)
     for index, run in enumerate(runs[:most]):
+        label = f"{run.run_name} ({run.hardware})"
         path = folder / f"layers_time_vs_flops_{index + 1}.png"
-        layer_share_figure(run.rows, f"{run.run_name} ({run.hardware}): time vs FLOP share").savefig(path)
+        layer_share_figure(run.rows, f"{label}: time vs FLOP share").savefig(path)
         charts.append(path)
+        if any(row.intensity and row.gflop_per_s for row in run.rows):  # a roofline needs a point to draw
+            path = folder / f"layers_roofline_{index + 1}.png"
+            layer_roofline_figure(run.rows, run.roof, f"{label}: per-layer roofline").savefig(path)
+            charts.append(path)
     return charts

@@ -191,9 +191,11 @@ def profile(
     peak: PeakOptions | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> ProfileResult:
-    """Count, time (``timing=False`` skips it; ``True`` uses the default ``TimingOptions``) and set against the
-    device's peaks; ``model`` and inputs are moved to ``device``. A model on meta (built without weights) is counted
-    only: timing and peaks are skipped, and a note says why."""
+    """Count, time (``timing=False`` skips it; ``True`` uses the default ``TimingOptions``), set against the
+    device's peaks and, as the Hydra job does, time each layer in a pass of its own (``TimingOptions.layers``, on by
+    default: ``layer_timing`` and ``layer_rows``, the layers table with time and bound); ``model`` and inputs are
+    moved to ``device``. A model on meta (built without weights) is counted only: timing and peaks are skipped, and
+    a note says why."""
     runtime = runtime or RuntimeOptions()
     counting = counting or CountOptions()
     peak = peak or PeakOptions()
@@ -207,7 +209,38 @@ def profile(
     if (options := timing_options(timing)) is not None:
         timed = measure(model, inputs, target, kwargs=kwargs, runtime=runtime, options=options, on_progress=on_progress)
     peaks = peak_report(cost, timed, target, runtime, facts, peak) if timed is not None or peak.measure else None
-    return ProfileResult(cost, facts, runtime, settings, timed, peaks)
+    result = ProfileResult(cost, facts, runtime, settings, timed, peaks)
+    if options is not None and options.layers:
+        result = with_layers(result, model, inputs, target, kwargs, options)
+    return result
+
+
+def with_layers(
+    result: ProfileResult,
+    model: nn.Module,
+    inputs: Inputs,
+    device: torch.device,
+    kwargs: Mapping[str, Any] | None,
+    options: TimingOptions,
+) -> ProfileResult:
+    """``profile``'s layer pass, after the headline timing and the peaks, as the Hydra job runs it: each module's
+    time joined to the count and bounded by the device's roof, the truth check as a note. A compiled model, or a
+    model that will not run under global hooks, keeps its figures and gets a note instead."""
+    runtime = result.runtime
+    if runtime.compile != "off":
+        why = f"compile={runtime.compile} runs one graph, whose modules no hook sees"
+        return replace(result, run_notes=[*result.run_notes, f"per-layer times skipped: {why}"])
+    try:
+        timing = measure_layers(
+            model, inputs, device, kwargs=kwargs, runtime=runtime, iterations=options.layer_iterations,
+            max_time_s=options.max_time_s,
+        )  # fmt: skip
+    except Exception as error:  # the headline figures stand: a failed extra pass is a note
+        why = f"the layer pass failed with {type(error).__name__}: {error}"
+        return replace(result, run_notes=[*result.run_notes, f"per-layer times skipped: {why}"])
+    timing = replace(timing, notes=[*timing.notes, timing.check_note(result.median_latency_ms)])
+    rows, roof = layer_table(result.cost, timing, result.peaks, device, runtime.dtype, result.fingerprint.hardware)
+    return replace(result, layer_timing=timing, layer_roof=roof, layer_rows=rows)
 
 
 def peak_report(

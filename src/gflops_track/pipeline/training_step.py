@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
@@ -48,9 +49,14 @@ from gflops_track.pipeline.steps import (
     timing_options,
     timing_skipped_note,
 )
+from gflops_track.results.counting import TrainingCost
+from gflops_track.results.layers import StepLayerRow, StepLayerTiming
 from gflops_track.results.profile import ProfileResult
 from gflops_track.results.training import TrainingCountResult, TrainingStep, TrainingTimingResult
 from gflops_track.timing.engine import measure_latency
+from gflops_track.timing.layers import DEFAULT_ITERATIONS as LAYER_ITERATIONS
+from gflops_track.timing.layers import DEFAULT_MAX_TIME_S as LAYER_MAX_TIME_S
+from gflops_track.timing.step_layers import OPTIMIZER_ROW, ZERO_GRAD_ROW, time_step_layers
 
 
 def count_training_step(
@@ -161,6 +167,91 @@ def measure_training_step(
     return TrainingTimingResult(step=step_timing, forward=forward_timing, batch_size=batch_size_of(shapes))
 
 
+def measure_step_layers(
+    model: nn.Module,
+    inputs: Inputs,
+    device: str | torch.device = "cpu",
+    *,
+    loss: str = DEFAULT_LOSS,
+    optimizer: str = DEFAULT_OPTIMIZER,
+    labels: torch.Tensor | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    runtime: RuntimeOptions | None = None,
+    iterations: int = LAYER_ITERATIONS,
+    max_time_s: float = LAYER_MAX_TIME_S,
+) -> StepLayerTiming:
+    """Each module's forward and backward time in a training step (``timing/step_layers.py``), the loss, the
+    optimizer's step and zero_grad as rows of their own. Run it after ``measure_training_step``: its hooks never
+    touch the step's headline timing. Like that timing, it steps a deep copy with lr 0: your module's weights,
+    ``.grad`` and flags are left as they were. A compiled model runs as one graph, whose modules no hook sees:
+    ``ValueError``."""
+    if on_meta(model):
+        raise ValueError(f"{type(model).__name__}'s training step cannot be timed: {WEIGHTLESS}")
+    runtime = runtime or RuntimeOptions()
+    if runtime.compile != "off":
+        raise ValueError(f"compile={runtime.compile!r}: per-layer times need compile=off (a graph has no modules)")
+    errors = training_arg_errors(model, loss, optimizer)
+    if errors:
+        raise ValueError("; ".join(errors))
+    target = resolve_device(device)
+    args, kwargs = place(model, inputs, kwargs, target, runtime)
+    args, kwargs = tree_map(lambda leaf: leaf.detach() if isinstance(leaf, torch.Tensor) else leaf, (args, kwargs))
+    target_labels = labels.to(target) if labels is not None else None
+    replica = copy.deepcopy(model)
+    with runtime_context(runtime):
+        forward, args, kwargs = prepare(replica, args, kwargs, runtime, target)
+        opt = make_optimizer(optimizer, [p for p in replica.parameters() if p.requires_grad], lr=0.0)
+        with train_mode(replica):
+            return time_step_layers(
+                replica, forward, lambda output: compute_loss(output, loss, target_labels), opt, target,
+                iterations=iterations, max_time_s=max_time_s,
+            )  # fmt: skip
+
+
+def step_layer_table(cost: TrainingCost, timing: StepLayerTiming) -> list[StepLayerRow]:
+    """``step_layers.csv`` with the pass's times joined to the count's rows by name, and rows for the optimizer's
+    step (with its FLOPs) and zero_grad; achieved GFLOP/s per direction where both FLOPs and time exist."""
+    times = {module.name: module for module in timing.modules}
+    total = timing.self_sum_ms
+    rows = []
+
+    def rate(flops: int, ms: float | None) -> float | None:
+        return flops / ms / 1e6 if flops and ms else None
+
+    for layer in cost.layers:
+        values = asdict(layer)
+        spent = times.get(layer.name)
+        if spent is not None:
+            values |= {
+                "forward_self_ms": spent.forward_self_ms,
+                "forward_self_iqr_ms": spent.forward_self_iqr_ms,
+                "forward_inclusive_ms": spent.forward_inclusive_ms,
+                "backward_self_ms": spent.backward_self_ms,
+                "backward_self_iqr_ms": spent.backward_self_iqr_ms,
+                "backward_inclusive_ms": spent.backward_inclusive_ms,
+                "time_share": spent.self_ms / total if total else None,
+                "forward_gflop_per_s": rate(layer.forward_flops, spent.forward_self_ms),
+                "backward_gflop_per_s": rate(layer.backward_flops, spent.backward_self_ms),
+            }
+        rows.append(StepLayerRow(**values))
+    for name, kind, flops in (
+        (OPTIMIZER_ROW, f"optimizer:{cost.optimizer}", cost.flops_by_phase.get("optimizer", 0)),
+        (ZERO_GRAD_ROW, "zero_grad", 0),
+    ):
+        spent = times.get(name)
+        if spent is None:
+            continue
+        rows.append(
+            StepLayerRow(
+                name=name, type=kind, depth=0, params=0, forward_macs=0, forward_flops=0, backward_macs=0,
+                backward_flops=0, forward_ops="", backward_ops="", optimizer_flops=flops,
+                optimizer_ms=spent.optimizer_ms, time_share=spent.self_ms / total if total else None,
+                optimizer_gflop_per_s=rate(flops, spent.optimizer_ms),
+            )
+        )  # fmt: skip
+    return rows
+
+
 def training_input_errors(
     model: nn.Module,
     inputs: Inputs,
@@ -208,7 +299,9 @@ def profile_training_step(
     on_progress: ProgressCallback | None = None,
 ) -> ProfileResult:
     """``profile`` for a training step: the forward counted as for inference (params, per-layer table, thop), the
-    whole step counted and timed (``timing=False`` skips timing), and the device's peaks, so ``result.mfu`` is known.
+    whole step counted and timed (``timing=False`` skips timing), each layer's forward and backward timed in a pass
+    of its own (``TimingOptions.layers``: ``result.training.layer_rows``), and the device's peaks, so
+    ``result.mfu`` is known.
     ``result.training`` holds the step; ``result.timing`` stays None (no inference forward is timed)."""
     runtime = runtime or RuntimeOptions()
     counting = counting or CountOptions()
@@ -233,4 +326,16 @@ def profile_training_step(
             options=options, on_progress=on_progress,
         )  # fmt: skip
     peaks = peak_report(cost, None, target, runtime, facts, peak) if timed is not None or peak.measure else None
-    return ProfileResult(cost, facts, runtime, settings, peaks=peaks, training=TrainingStep(step, timed))
+    training = TrainingStep(step, timed)
+    notes: list[str] = []
+    if options is not None and timed is not None and options.layers:
+        if runtime.compile != "off":
+            notes.append(f"per-layer step times skipped: compile={runtime.compile} runs one graph")
+        else:
+            layers = measure_step_layers(
+                model, inputs, target, loss=loss, optimizer=optimizer, labels=labels, kwargs=kwargs, runtime=runtime,
+                iterations=options.layer_iterations, max_time_s=options.max_time_s,
+            )  # fmt: skip
+            layers = replace(layers, notes=[*layers.notes, layers.check_note(timed.step_ms)])
+            training = replace(training, layer_timing=layers, layer_rows=step_layer_table(step.cost, layers))
+    return ProfileResult(cost, facts, runtime, settings, peaks=peaks, training=training, run_notes=notes)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from gflops_track.common import names
-from gflops_track.results.counting import LayerCost
+from gflops_track.results.counting import LayerCost, TrainingLayerCost
 
 SELF_SUM_LIMIT = 0.10  # the self times add up to the forward's median within 10%
 BUSY_SKEW = 2.0  # as timing/engine.py's SKEW_LIMIT: a median over twice the minimum measures the machine's load
@@ -79,24 +79,65 @@ class LayerTiming:
         """Signed relative gap between the self times' sum and ``reference_ms`` (the headline median)."""
         return (self.self_sum_ms - reference_ms) / reference_ms
 
+    # How the check note names the pass, its headline reference and what it times ("forward" or "step").
+    SUBJECT: ClassVar[str] = "layers"
+    REFERENCE: ClassVar[str] = "the latency median"
+    UNIT: ClassVar[str] = "forward"
+
     def check_note(self, reference_ms: float | None) -> str:
-        """The truth check in words: the self times' sum against the forward's median (the headline's and the one
-        timed beside), the limit, and on a busy machine the check on the quickest forwards."""
+        """The truth check in words: the self times' sum against the headline median (the forward's, or the
+        step's) and against the unhooked ones timed beside, the limit, and on a busy machine the check on the
+        quickest ones."""
         parts = []
         if reference_ms:
-            parts.append(f"{self.gap(reference_ms):+.1%} of the latency median")
+            parts.append(f"{self.gap(reference_ms):+.1%} of {self.REFERENCE}")
         if self.plain_ms:
-            parts.append(f"{self.gap(self.plain_ms):+.1%} of the unhooked forwards timed beside")
+            parts.append(f"{self.gap(self.plain_ms):+.1%} of the unhooked {self.UNIT}s timed beside")
         gaps = [abs(self.gap(reference)) for reference in (reference_ms, self.plain_ms) if reference]
         verdict = "within" if gaps and max(gaps) <= SELF_SUM_LIMIT else "NOT within"
-        text = f"layers: self times add up to {self.self_sum_ms:,.3f} ms, {', '.join(parts)}: {verdict} 10%"
+        text = f"{self.SUBJECT}: self times add up to {self.self_sum_ms:,.3f} ms, {', '.join(parts)}: {verdict} 10%"
         fastest = self.fastest_gap
         if self.busy and fastest is not None:
             text += (
-                f"; the machine was busy (median over twice the minimum), so the quickest forwards decide: the "
-                f"modules' quickest self times add up to {fastest:+.1%} of the quickest forward"
+                f"; the machine was busy (median over twice the minimum), so the quickest {self.UNIT}s decide: the "
+                f"modules' quickest self times add up to {fastest:+.1%} of the quickest {self.UNIT}"
             )
         return text
+
+
+@dataclass(frozen=True)
+class StepModuleTime:
+    """One row of the training step's per-layer pass, medians over its iterations (ms): a module's forward and
+    backward, self and inclusive, or a row of the step's own, '(loss)', '(optimizer)' (``optimizer.step()``) or
+    '(zero_grad)', whose time is in ``optimizer_ms``. Backward self time is the time of the autograd nodes the
+    module's forward made (labelled as the step's count labels them); backward inclusive adds its submodules'."""
+
+    name: str
+    calls: int  # forward calls per step
+    forward_self_ms: float
+    forward_inclusive_ms: float
+    forward_self_iqr_ms: float
+    backward_self_ms: float
+    backward_inclusive_ms: float
+    backward_self_iqr_ms: float
+    optimizer_ms: float = 0.0
+    self_min_ms: float = 0.0  # the quickest step's forward + backward + optimizer self time of this row
+
+    @property
+    def self_ms(self) -> float:
+        """The row's own time per step: forward self + backward self + optimizer (what the check adds up)."""
+        return self.forward_self_ms + self.backward_self_ms + self.optimizer_ms
+
+
+@dataclass(frozen=True)
+class StepLayerTiming(LayerTiming):
+    """The training step's per-layer pass: ``modules`` are ``StepModuleTime`` rows, ``forward_ms`` is the median of
+    the whole hooked step (forward, loss, backward, optimizer step, zero_grad), ``plain_ms`` that of the unhooked
+    steps timed beside."""
+
+    SUBJECT: ClassVar[str] = "step layers"
+    REFERENCE: ClassVar[str] = "the step's latency median"
+    UNIT: ClassVar[str] = "step"
 
 
 @dataclass(frozen=True)
@@ -148,6 +189,26 @@ class LayerRow(LayerCost):
     bound: str = ""  # 'compute' or 'memory': which roof the bound comes from
     bound_ms: float | None = None
     efficiency: float | None = None  # bound_ms / self_ms: 1 = at the roof
+
+
+@dataclass(frozen=True)
+class StepLayerRow(TrainingLayerCost):
+    """A row of ``step_layers.csv`` once the step's layer pass ran: the count's columns (``TrainingLayerCost``'s),
+    then the pass's medians (ms) and the achieved rate per direction (GFLOP/s: the row's self FLOPs over its self
+    time). The '(optimizer)' row carries the optimizer's FLOPs and time, '(zero_grad)' its time."""
+
+    forward_self_ms: float | None = None
+    forward_self_iqr_ms: float | None = None
+    forward_inclusive_ms: float | None = None
+    backward_self_ms: float | None = None
+    backward_self_iqr_ms: float | None = None
+    backward_inclusive_ms: float | None = None
+    optimizer_flops: int = 0
+    optimizer_ms: float | None = None
+    time_share: float | None = None  # the row's self time / the sum of every row's self time
+    forward_gflop_per_s: float | None = None
+    backward_gflop_per_s: float | None = None
+    optimizer_gflop_per_s: float | None = None
 
 
 def forward_bound_metrics(rows: list[LayerRow], latency_ms: float | None) -> dict[str, float]:

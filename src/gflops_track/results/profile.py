@@ -144,6 +144,8 @@ class ProfileResult:
             training_notes += [f"training step: {note}" for note in self.training.count.notes]
             if self.training.timing is not None:
                 training_notes += [f"training step timing: {note}" for note in self.training.timing.step.notes]
+            if self.training.layer_timing is not None:
+                training_notes += self.training.layer_timing.notes
         peak_notes = self.peaks.notes if self.peaks else []
         layer_notes = self.layer_timing.notes if self.layer_timing else []
         return [*self.run_notes, *self.cost.notes, *timing_notes, *training_notes, *peak_notes, *layer_notes]

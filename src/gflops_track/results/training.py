@@ -4,10 +4,11 @@ metric names they are logged under. The step itself is ``gflops_track.pipeline.t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gflops_track.common import names
 from gflops_track.results.counting import TorchCount, TrainingCost
+from gflops_track.results.layers import StepLayerRow, StepLayerTiming
 from gflops_track.results.timing import TimingResult, achieved_gflop_per_s, latency_metrics
 
 
@@ -76,6 +77,8 @@ class TrainingStep:
 
     count: TrainingCountResult
     timing: TrainingTimingResult | None = None
+    layer_timing: StepLayerTiming | None = None  # the step's per-layer pass (after the step's timing)
+    layer_rows: list[StepLayerRow] = field(default_factory=list)  # step_layers.csv with the pass's times joined
 
     @property
     def achieved_gflop_per_s(self) -> float | None:
@@ -103,4 +106,30 @@ class TrainingStep:
             values[names.STEP_MEMORY_GROWTH_MIB] = timing.step.memory_growth_bytes / names.MIB
             values[names.STEP_TIMED_ITERATIONS] = timing.step.timed_iterations
             values[names.STEP_PRECISION_TARGET_MET] = float(timing.step.precision_met)
+        values.update(self._layer_metrics())
+        return values
+
+    def _layer_metrics(self) -> dict[str, float]:
+        """The step's per-layer pass: its step, the self times' sums by direction and the gaps to the step's median."""
+        layers = self.layer_timing
+        if layers is None:
+            return {}
+        optimizer = sum(module.optimizer_ms for module in layers.modules)
+        backward = sum(module.backward_self_ms for module in layers.modules)
+        values = {
+            names.STEP_LAYERS_STEP_MS: layers.forward_ms,
+            names.STEP_LAYERS_SELF_SUM_MS: layers.self_sum_ms,
+            names.STEP_LAYERS_FORWARD_SELF_SUM_MS: layers.self_sum_ms - backward - optimizer,
+            names.STEP_LAYERS_BACKWARD_SELF_SUM_MS: backward,
+            names.STEP_LAYERS_OPTIMIZER_MS: optimizer,
+            names.STEP_LAYERS_ITERATIONS: float(layers.iterations),
+            names.STEP_LAYERS_TOTAL_S: layers.total_s,
+        }
+        if layers.plain_ms:
+            values[names.STEP_LAYERS_SELF_GAP_SIDE] = layers.gap(layers.plain_ms)
+            values[names.STEP_LAYERS_BUSY] = float(layers.busy)
+        if layers.fastest_gap is not None:
+            values[names.STEP_LAYERS_FASTEST_GAP] = layers.fastest_gap
+        if self.timing is not None and self.timing.step_ms:
+            values[names.STEP_LAYERS_SELF_GAP] = layers.gap(self.timing.step_ms)
         return values

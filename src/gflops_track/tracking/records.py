@@ -241,3 +241,17 @@ def training_count_record(result: ProfileResult) -> RunRecord:
         record.tags[names.STEP_TORCH_AGREES_TAG] = str(step.torch_count.agrees).lower()
     record.files[names.STEP_LAYERS_CSV_ARTIFACT] = layers_to_csv(step.cost.layers).encode()
     return record
+
+
+def step_layers_record(result: ProfileResult) -> RunRecord:
+    """The step's per-layer pass: ``step_layers.csv`` with forward and backward times beside the count's FLOPs
+    (replacing the count's), the same as the UI's table, the pass's metrics and the summary."""
+    assert result.training is not None
+    record = summary_record(result)
+    rows = result.training.layer_rows
+    record.files[names.STEP_LAYERS_CSV_ARTIFACT] = layers_to_csv(rows).encode()
+    record.files[names.STEP_LAYERS_JSON_ARTIFACT] = table_json(rows_to_columns(rows))
+    record.tags.update(logged_tables_tag(names.LAYERS_JSON_ARTIFACT, names.STEP_LAYERS_JSON_ARTIFACT))
+    if result.training.layer_timing is not None:
+        record.tags[names.STEP_LAYER_TIMING_TAG] = result.training.layer_timing.method
+    return record
