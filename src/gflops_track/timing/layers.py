@@ -22,8 +22,8 @@ import contextlib
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -31,93 +31,12 @@ from torch import nn
 
 from gflops_track.common.names import ROOT_LABEL
 from gflops_track.results.layers import LayerTiming, ModuleTime
+from gflops_track.timing.module_hooks import MIN_ITERATIONS, Marks, Recorder, forward_hooks, iqr
 
 CPU_METHOD = "perf_counter in forward pre/post hooks (CPU), after the headline timing"
 CUDA_METHOD = "CUDA events in forward pre/post hooks, one synchronise per forward, after the headline timing"
 DEFAULT_ITERATIONS = 21
 DEFAULT_MAX_TIME_S = 10.0
-MIN_ITERATIONS = 3
-
-
-@dataclass
-class _Span:
-    name: str
-    start: Any  # perf_counter seconds (CPU) or a recorded CUDA event
-    end: Any = None
-    parent: int = -1
-
-
-class _Marks:
-    """Time marks: ``perf_counter`` on CPU; CUDA events from a pool on CUDA (``elapsed`` only after a synchronise)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.pool: list[Any] = []
-        self.used = 0
-
-    def mark(self) -> Any:
-        if not self.cuda:
-            return time.perf_counter()
-        if self.used == len(self.pool):  # only in the warm-up forward, which sizes the pool
-            self.pool.append(torch.cuda.Event(enable_timing=True))
-        event = self.pool[self.used]
-        self.used += 1
-        event.record()
-        return event
-
-    def elapsed_ms(self, start: Any, end: Any) -> float:
-        return start.elapsed_time(end) if self.cuda else (end - start) * 1e3
-
-
-class _Recorder:
-    """Global forward hooks that open a span when a named module starts and close it when it ends."""
-
-    def __init__(self, names: dict[int, str], marks: _Marks) -> None:
-        self.names = names
-        self.marks = marks
-        self.spans: list[_Span] = []
-        self.stack: list[int] = []
-
-    def pre(self, module: nn.Module, _args: Any) -> None:
-        name = self.names.get(id(module))
-        if name is not None:
-            parent = self.stack[-1] if self.stack else -1
-            self.stack.append(len(self.spans))
-            self.spans.append(_Span(name, self.marks.mark(), parent=parent))
-
-    def post(self, module: nn.Module, _args: Any, _output: Any) -> None:
-        name = self.names.get(id(module))
-        if name is not None and self.stack and self.spans[self.stack[-1]].name == name:
-            self.spans[self.stack.pop()].end = self.marks.mark()
-
-    def forward_times(self) -> tuple[dict[str, float], dict[str, float], dict[str, int]]:
-        """(inclusive ms, self ms, calls) per module name for the forward just recorded."""
-        inclusive: dict[str, float] = defaultdict(float)
-        own: dict[str, float] = defaultdict(float)
-        calls: dict[str, int] = defaultdict(int)
-        durations = [
-            self.marks.elapsed_ms(span.start, span.end) if span.end is not None else 0.0 for span in self.spans
-        ]
-        children: list[float] = [0.0] * len(self.spans)
-        for index, span in enumerate(self.spans):
-            if span.parent >= 0:
-                children[span.parent] += durations[index]
-        for index, span in enumerate(self.spans):
-            inclusive[span.name] += durations[index]
-            own[span.name] += durations[index] - children[index]
-            calls[span.name] += 1
-        return inclusive, own, calls
-
-    def reset(self) -> None:
-        self.spans, self.stack = [], []
-        self.marks.used = 0
-
-
-def _iqr(values: list[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    quartiles = statistics.quantiles(values, n=4, method="inclusive")
-    return quartiles[2] - quartiles[0]
 
 
 def time_layers(
@@ -134,8 +53,8 @@ def time_layers(
     if iterations < 1:
         raise ValueError(f"iterations={iterations} is not allowed: use 1 or more")
     names = {id(module): name or ROOT_LABEL for name, module in model.named_modules()}
-    marks = _Marks(device)
-    recorder = _Recorder(names, marks)
+    marks = Marks(device)
+    recorder = Recorder(names, marks)
     per_forward: list[tuple[dict[str, float], dict[str, float], dict[str, int]]] = []
     plain: list[float] = []
     started = time.perf_counter()
@@ -144,7 +63,7 @@ def time_layers(
             if index > 0:  # an unhooked forward beside each hooked one: the side-by-side reference
                 plain.append(_plain_forward_ms(forward, device, marks.cuda))
             recorder.reset()
-            with _hooks(recorder):
+            with forward_hooks(recorder):
                 forward()
             if marks.cuda:
                 torch.cuda.synchronize(device)
@@ -159,20 +78,6 @@ def time_layers(
         plain_min_ms=min(plain, default=0.0),
         total_s=time.perf_counter() - started,
     )
-
-
-@contextlib.contextmanager
-def _hooks(recorder: _Recorder) -> Iterator[None]:
-    """The recorder's global forward hooks, for one forward (removed even when it raises)."""
-    handles = [
-        nn.modules.module.register_module_forward_pre_hook(recorder.pre),
-        nn.modules.module.register_module_forward_hook(recorder.post, always_call=True),
-    ]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _plain_forward_ms(forward: Callable[[], Any], device: torch.device, cuda: bool) -> float:
@@ -205,7 +110,7 @@ def _summarise(
                 calls=max(forward[2][name] for forward in ran),
                 inclusive_ms=statistics.median(forward[0][name] for forward in ran),
                 self_ms=statistics.median(own),
-                self_iqr_ms=_iqr(own),
+                self_iqr_ms=iqr(own),
                 self_min_ms=min(own),
             )
         )

@@ -35,7 +35,7 @@ from torch.utils._pytree import tree_leaves
 from gflops_track.common.names import ROOT_LABEL
 from gflops_track.counting.training import LOSS_ROW, OPTIMIZER_ROW
 from gflops_track.results.layers import StepLayerTiming, StepModuleTime
-from gflops_track.timing.layers import MIN_ITERATIONS, _hooks, _iqr, _Marks, _Recorder
+from gflops_track.timing.module_hooks import MIN_ITERATIONS, Marks, Recorder, forward_hooks, iqr
 
 ZERO_GRAD_ROW = "(zero_grad)"
 STEP_CPU_METHOD = (
@@ -52,11 +52,11 @@ def _grad_nodes(value: Any) -> list[Any]:
     return [leaf.grad_fn for leaf in tree_leaves(value) if isinstance(leaf, torch.Tensor) and leaf.grad_fn is not None]
 
 
-class _StepRecorder(_Recorder):
+class _StepRecorder(Recorder):
     """The forward spans, plus what labels the backward: in call order, (label, nodes) for each module's inputs
     (its caller's) and outputs (its own)."""
 
-    def __init__(self, names: dict[int, str], marks: _Marks) -> None:
+    def __init__(self, names: dict[int, str], marks: Marks) -> None:
         super().__init__(names, marks)
         self.claims: list[tuple[str, list[Any]]] = []
 
@@ -80,7 +80,7 @@ class _StepRecorder(_Recorder):
 class _Backward:
     """The backward's marks: (label, start, end) per stretch, from one node's start to the next one's."""
 
-    marks: _Marks
+    marks: Marks
     label: str = LOSS_ROW
     last: Any = None
     stretches: list[tuple[str, Any, Any]] = field(default_factory=list)
@@ -126,7 +126,7 @@ class _StepTimes:
 
 
 def _step_times(
-    recorder: _StepRecorder, backward: _Backward, marks: _Marks, points: list[Any], labels: list[str]
+    recorder: _StepRecorder, backward: _Backward, marks: Marks, points: list[Any], labels: list[str]
 ) -> _StepTimes:
     """After the step (and on CUDA its synchronise): the rows' times from the marks. ``points``: before and after
     the forward, after the loss, before and after the backward, after the optimizer's step, after zero_grad."""
@@ -174,7 +174,7 @@ def time_step_layers(
     names = {id(module): name or ROOT_LABEL for name, module in model.named_modules()}
     order = list(dict.fromkeys(names.values()))
     labels = [*order, LOSS_ROW]
-    marks = _Marks(device)
+    marks = Marks(device)
     recorder = _StepRecorder(names, marks)
 
     def plain_step() -> None:
@@ -189,7 +189,7 @@ def time_step_layers(
         backward = _Backward(marks)
         try:
             before = marks.mark()
-            with _hooks(recorder):
+            with forward_hooks(recorder):
                 output = forward()
             after_forward = marks.mark()
             loss = loss_of(output)
@@ -272,12 +272,12 @@ def _summarise(steps: list[_StepTimes], order: list[str], has_optimizer: bool) -
                 calls=max(step.calls.get(name, 0) for step in steps),
                 forward_self_ms=statistics.median(forward_own),
                 forward_inclusive_ms=statistics.median(step.forward_inclusive.get(name, 0.0) for step in steps),
-                forward_self_iqr_ms=_iqr(forward_own),
+                forward_self_iqr_ms=iqr(forward_own),
                 backward_self_ms=statistics.median(backward_own),
                 backward_inclusive_ms=statistics.median(
                     sum(step.backward_self.get(other, 0.0) for other in inner) for step in steps
                 ),
-                backward_self_iqr_ms=_iqr(backward_own),
+                backward_self_iqr_ms=iqr(backward_own),
                 self_min_ms=min(f + b for f, b in zip(forward_own, backward_own, strict=True)),
             )
         )
