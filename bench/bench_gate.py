@@ -248,7 +248,7 @@ def main() -> None:
         console.print(synthetic(args.synthetic_pairs, threshold))
     if not args.skip_real:
         torch.set_num_threads(args.threads)
-        options = TimingOptions(warmup=3, warmup_max_s=0.5, min_repeats=30, max_time_s=args.max_time_s)
+        options = TimingOptions(warmup=3, warmup_max_s=0.5, min_repeats=30, max_time_s=args.max_time_s, layers=False)
         console.print(real(args.pairs, threshold, options, args.load_processes))
     console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
 

@@ -82,7 +82,9 @@ def repeatability(device: torch.device, repeats: int) -> list[tuple[str, str]]:
     x = torch.randn(SEED_SHAPE)
     medians, samples = [], []
     for _ in range(repeats):
-        result = profile(model, x, device, counting=CountOptions(thop=False, torch_check=False))
+        result = profile(
+            model, x, device, timing=TimingOptions(layers=False), counting=CountOptions(thop=False, torch_check=False)
+        )
         assert result.timing is not None
         medians.append(result.timing.latency.median_ms)
         samples.append(result.timing.timed_iterations)
@@ -134,7 +136,9 @@ def overhead(work: Path) -> list[tuple[str, str]]:
 def logging_time(work: Path) -> list[tuple[str, str]]:
     client = connect(f"sqlite:///{work / 'log.db'}")
     experiment = ensure_experiment(client, "bench")
-    result = profile(ResidualBlock(384, 384, "group"), torch.randn(SEED_SHAPE), timing=TimingOptions(max_time_s=2))
+    result = profile(
+        ResidualBlock(384, 384, "group"), torch.randn(SEED_SHAPE), timing=TimingOptions(max_time_s=2, layers=False)
+    )
     seconds = []
     for index in range(3):
         run_id = client.create_run(experiment, run_name=f"log-{index}").info.run_id
