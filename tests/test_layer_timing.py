@@ -7,7 +7,7 @@ import csv
 import io
 import json
 import os
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -257,6 +257,33 @@ def test_layer_charts_show_time_beside_flops() -> None:
     roofline = layer_roofline_figure(rows, BoundRoof("r", 100.0, 10.0, None, "rule"), "roofline").axes[0]
     (points,) = roofline.collections
     assert len(points.get_offsets()) == 2
+
+
+def test_profiler_gap_is_the_largest_share_difference() -> None:
+    """Self times a = 3 ms, b = 1 ms, c = 0 ms: shares 0.75, 0.25, 0; torch.profiler's 0.6, 0.3, 0.1 -> gaps 0.15,
+    0.05, 0.10: the largest is 0.15, at a; the note names it in points and says it is NOT within 5; a module the
+    profiler never saw counts as 0 there; no profiler shares, no check."""
+    modules = [ModuleTime(name, 1, ms, ms, 0.0) for name, ms in (("a", 3.0), ("b", 1.0), ("c", 0.0))]
+    timing = LayerTiming("m", 3, 4.0, modules, profiler_shares={"a": 0.6, "b": 0.3, "c": 0.1})
+    gap, name = timing.profiler_gap or (None, None)
+    assert name == "a" and gap == pytest.approx(0.15)
+    assert "largest gap 15.0 points (a): NOT within 5 points" in timing.check_note(4.0)
+    unseen = replace(timing, profiler_shares={"a": 0.75})  # b and c have no op: 0 there
+    assert unseen.profiler_gap == pytest.approx((0.25, "b"))
+    assert replace(timing, profiler_shares={}).profiler_gap is None
+    assert "torch.profiler" not in replace(timing, profiler_shares={}).check_note(4.0)
+
+
+def test_the_pass_cross_checks_itself_with_torch_profiler() -> None:
+    """On CPU the pass records a few forwards under torch.profiler after its own: every module of the block has a
+    share, the shares add up to 1, and the run's note and metric carry the largest gap (the 5-point agreement
+    itself is the slow test below: two timings of a shared machine move apart)."""
+    model = ResidualBlock(16, 16, "group", stride=1).eval()
+    timing = measure_layers(model, (torch.randn(2, 16, 8, 8),), CPU, iterations=3, max_time_s=1.0)
+    assert set(timing.profiler_shares) == {"(root)", "conv1", "conv2", "relu", "norm1", "norm2"}
+    assert sum(timing.profiler_shares.values()) == pytest.approx(1.0)
+    assert timing.profiler_gap is not None and 0 <= timing.profiler_gap[0] <= 1
+    assert "against torch.profiler's per-op time: largest gap" in timing.check_note(timing.plain_ms)
 
 
 @pytest.mark.slow  # two separately sampled timings need enough forwards each to agree on a shared machine: ~15 s

@@ -107,9 +107,10 @@ def _global_hooks() -> list[int]:
 
 
 def test_known_waits_land_in_their_module_forward_and_backward() -> None:
-    """The waiting module's forward self time is its 20 ms wait, its backward self time its 40 ms wait (plus the
-    small arithmetic and the hooks: within 3 ms, or 15% on a loaded machine); its container's self times are
-    near 0 and its inclusive times hold the child's; every module and the loss, optimizer and zero_grad have rows;
+    """The waiting module's forward self time is its 20 ms wait, its backward self time its 40 ms wait (load only
+    adds time: each median at least its wait, the quickest step's two within 3 ms or 15% of 60 ms); its
+    container's self times are near 0 and its inclusive times hold the child's; every module and the loss, optimizer
+    and zero_grad have rows;
     the rows add up to the hooked step exactly and to the unhooked steps beside within 10%; no hook is left and the
     caller's module keeps its weights and no gradient."""
     model = _Net()
@@ -118,17 +119,18 @@ def test_known_waits_land_in_their_module_forward_and_backward() -> None:
         timing = measure_step_layers(model, (torch.randn(4, 8),), optimizer="sgd", iterations=5, max_time_s=5.0)
         rows = {row.name: row for row in timing.modules}
         waiting = rows["body.0"]
-        close = all(
-            abs(measured - expected) <= max(3.0, 0.15 * expected)
-            for measured, expected in (
-                (waiting.forward_self_ms, FORWARD_WAIT_MS),
-                (waiting.backward_self_ms, BACKWARD_WAIT_MS),
-            )
+        # Load only adds time: each median is at least its wait (the wait is on the wall clock, less 1 ms of clock
+        # and hook slack), and the quickest step's forward + backward is the two waits within 3 ms or 15%.
+        both = FORWARD_WAIT_MS + BACKWARD_WAIT_MS
+        close = (
+            waiting.forward_self_ms >= FORWARD_WAIT_MS - 1.0
+            and waiting.backward_self_ms >= BACKWARD_WAIT_MS - 1.0
+            and abs(waiting.self_min_ms - both) <= max(3.0, 0.15 * both)
         )
         if close and abs(timing.gap(timing.plain_ms)) <= GAP_LIMIT:
             break
     assert list(rows) == ["(root)", "body", "body.0", "head", "(loss)", "(optimizer)", "(zero_grad)"]
-    assert close, (waiting.forward_self_ms, waiting.backward_self_ms)
+    assert close, (waiting.forward_self_ms, waiting.backward_self_ms, waiting.self_min_ms)
     assert rows["body"].forward_self_ms < 3.0 and rows["body"].backward_self_ms < 3.0
     assert rows["body"].backward_inclusive_ms >= waiting.backward_self_ms
     assert rows["(root)"].forward_inclusive_ms >= rows["body"].forward_inclusive_ms

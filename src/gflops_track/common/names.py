@@ -187,6 +187,7 @@ LAYERS_SELF_SUM_MS = "layers/self_sum_ms"  # sum of every module's median self t
 LAYERS_SELF_GAP = "layers/self_sum_gap"  # (self sum - latency/median_ms) / latency/median_ms, signed
 LAYERS_SELF_GAP_SIDE = "layers/self_sum_gap_side_by_side"  # the same gap against unhooked forwards timed beside
 LAYERS_FASTEST_GAP = "layers/self_min_sum_gap"  # sum of the modules' quickest self times vs the quickest forward
+LAYERS_PROFILER_GAP = "layers/profiler_share_gap"  # largest |our share - torch.profiler's share| of a layer, 0..1
 LAYERS_BUSY = "layers/busy"  # 1: the unhooked forwards' median was over twice their minimum (a loaded machine)
 LAYERS_ITERATIONS = "layers/iterations"
 LAYERS_TOTAL_S = "layers/total_s"  # the layer pass's wall time, seconds (as timing/total_s is the timing's)

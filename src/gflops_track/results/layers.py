@@ -16,6 +16,7 @@ from gflops_track.common import names
 from gflops_track.results.counting import LayerCost, TrainingLayerCost
 
 SELF_SUM_LIMIT = 0.10  # the self times add up to the forward's median within 10%
+PROFILER_SHARE_LIMIT = 0.05  # each layer's share agrees with torch.profiler's per-op share within 5 points
 BUSY_SKEW = 2.0  # as timing/engine.py's SKEW_LIMIT: a median over twice the minimum measures the machine's load
 
 
@@ -55,6 +56,8 @@ class LayerTiming:
     plain_ms: float = 0.0  # median of the unhooked forwards timed beside the hooked ones (the side-by-side reference)
     plain_min_ms: float = 0.0  # the quickest of those
     total_s: float = 0.0  # the whole pass, warm-up forward to the last, seconds (a measuring phase, like timing's)
+    # each module's share of the ATen op time torch.profiler recorded after the pass (CPU; empty: not checked)
+    profiler_shares: dict[str, float] = field(default_factory=dict)
 
     @property
     def busy(self) -> bool:
@@ -69,6 +72,19 @@ class LayerTiming:
         if not self.plain_min_ms:
             return None
         return (sum(module.self_min_ms for module in self.modules) - self.plain_min_ms) / self.plain_min_ms
+
+    @property
+    def profiler_gap(self) -> tuple[float, str] | None:
+        """(the largest gap, its module) between a module's share of the self times and its share of the op time
+        ``torch.profiler`` recorded, as fractions of the forward (0.05 = 5 percentage points); None when not checked.
+        A module the profiler saw no op in has a share of 0 there."""
+        if not self.profiler_shares or not self.self_sum_ms:
+            return None
+        ours = {module.name: module.self_ms / self.self_sum_ms for module in self.modules}
+        return max(
+            (abs(ours.get(name, 0.0) - self.profiler_shares.get(name, 0.0)), name)
+            for name in {*ours, *self.profiler_shares}
+        )
 
     @property
     def self_sum_ms(self) -> float:
@@ -101,6 +117,13 @@ class LayerTiming:
             text += (
                 f"; the machine was busy (median over twice the minimum), so the quickest {self.UNIT}s decide: the "
                 f"modules' quickest self times add up to {fastest:+.1%} of the quickest {self.UNIT}"
+            )
+        checked = self.profiler_gap
+        if checked is not None:
+            verdict = "within" if checked[0] <= PROFILER_SHARE_LIMIT else "NOT within"
+            text += (
+                f"; each layer's share of the time against torch.profiler's per-op time: largest gap "
+                f"{checked[0] * 100:.1f} points ({checked[1]}): {verdict} 5 points"
             )
         return text
 

@@ -257,6 +257,8 @@ class ProfileResult:
             values[names.LAYERS_BUSY] = float(timing.busy)
         if timing.fastest_gap is not None:
             values[names.LAYERS_FASTEST_GAP] = timing.fastest_gap
+        if timing.profiler_gap is not None:
+            values[names.LAYERS_PROFILER_GAP] = timing.profiler_gap[0]
         if self.median_latency_ms:
             values[names.LAYERS_SELF_GAP] = timing.gap(self.median_latency_ms)
         if self.layer_roof is not None:

@@ -37,6 +37,7 @@ CPU_METHOD = "perf_counter in forward pre/post hooks (CPU), after the headline t
 CUDA_METHOD = "CUDA events in forward pre/post hooks, one synchronise per forward, after the headline timing"
 DEFAULT_ITERATIONS = 21
 DEFAULT_MAX_TIME_S = 10.0
+PROFILER_FORWARDS = 3  # forwards the torch.profiler cross-check records after the pass (CPU; 0: no cross-check)
 
 
 def time_layers(
@@ -46,10 +47,13 @@ def time_layers(
     *,
     iterations: int = DEFAULT_ITERATIONS,
     max_time_s: float = DEFAULT_MAX_TIME_S,
+    profiler_forwards: int = PROFILER_FORWARDS,
 ) -> LayerTiming:
     """Time every named module of ``model`` while ``forward()`` runs it: one warm-up forward (it also sizes the
     CUDA event pool), then up to ``iterations`` timed forwards, at least ``MIN_ITERATIONS``, stopping early once
-    ``max_time_s`` has passed. The caller puts the model in eval mode and its inputs in place."""
+    ``max_time_s`` has passed; on CPU, then ``profiler_forwards`` forwards under ``torch.profiler`` for the
+    cross-check (``profiler_shares``; on CUDA it would set CPU dispatch time against GPU time: not run). The caller
+    puts the model in eval mode and its inputs in place."""
     if iterations < 1:
         raise ValueError(f"iterations={iterations} is not allowed: use 1 or more")
     names = {id(module): name or ROOT_LABEL for name, module in model.named_modules()}
@@ -72,10 +76,12 @@ def time_layers(
             if index >= MIN_ITERATIONS and time.perf_counter() - started > max_time_s:
                 break
     timing = _summarise(per_forward, list(dict.fromkeys(names.values())), CUDA_METHOD if marks.cuda else CPU_METHOD)
+    checked = profiler_shares(forward, model, profiler_forwards) if profiler_forwards and not marks.cuda else {}
     return replace(
         timing,
         plain_ms=statistics.median(plain) if plain else 0.0,
         plain_min_ms=min(plain, default=0.0),
+        profiler_shares=checked,
         total_s=time.perf_counter() - started,
     )
 
