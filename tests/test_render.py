@@ -16,10 +16,19 @@ from rich.console import Console
 
 from gflops_track.cli.compare import main
 from gflops_track.compare.charts import bars_figure, comparison_charts, flops_vs_latency_figure
+from gflops_track.compare.layers import RunLayers, layer_time_by_run_figure
 from gflops_track.compare.render import ALL_COLUMNS, ComparisonTable, markdown_table, parse_columns, speed_header
 from gflops_track.compare.rows import Row, build_rows
 from gflops_track.machine.environment import environment_tags
-from gflops_track.render.plots import Roof, RooflinePoint, roofline_figure, throughput_curve_figure
+from gflops_track.render.plots import (
+    Roof,
+    RooflinePoint,
+    layer_roofline_figure,
+    layer_share_figure,
+    roofline_figure,
+    throughput_curve_figure,
+)
+from gflops_track.results.layers import BoundRoof, LayerRow
 
 LONG_MACHINE = "cpu:AMD EPYC 7B13 64-Core Processor (Zen 3, 2 cores, AVX2)"
 
@@ -332,3 +341,41 @@ def test_compare_says_when_the_runs_environments_differ(tmp_path: Path, capsys: 
     assert main(["--tracking-uri", uri, "--experiment", "environments", "--format", "csv"]) == 0
     printed = capsys.readouterr()
     assert "environments differ" not in printed.out and said in printed.err
+
+
+def _title_inside_figure(figure: Figure) -> None:
+    """The title's window extent lies inside the figure's (a wider title is cut at both edges when saved)."""
+    renderer = figure.canvas.get_renderer()
+    extent, whole = figure.axes[0].title.get_window_extent(renderer), figure.bbox
+    assert whole.x0 <= extent.x0 and extent.x1 <= whole.x1, figure.axes[0].get_title()
+
+
+def _layer_row(name: str, share: float, intensity: float, gflop_per_s: float) -> LayerRow:
+    row = LayerRow(name, "T", 1, "", 0, 1, 50, 100, 0.0, "", 0, self_ms=share * 10)
+    return replace(row, time_share=share, intensity=intensity, gflop_per_s=gflop_per_s)
+
+
+def test_per_layer_charts_keep_titles_legends_and_labels_in_view() -> None:
+    """A run name with its hardware runs past the figure's width: the title wraps and stays inside it; the runs
+    side by side keep their legend below the axes, where no bar is hidden; two layers that nearly coincide on the
+    log-log roofline share one label instead of two overlapping ones."""
+    name = "instance-residual_block-b2-cpu-fp32 (cpu:AMD EPYC (Zen 4, 2 cores, AVX-512))"
+    rows = [_layer_row("conv2", 0.4, 480.0, 70.0), _layer_row("relu", 0.1, 0.13, 0.10),
+            _layer_row("(root)", 0.05, 0.09, 0.085), _layer_row("norm1", 0.04, 1.0, 0.8)]  # fmt: skip
+    for figure in (
+        layer_share_figure(rows, f"{name}: time vs FLOP share"),
+        layer_roofline_figure(rows, BoundRoof("cpu", 332.0, 14.0, 0, "rule"), f"{name}: per-layer roofline"),
+    ):
+        figure.canvas.draw()
+        _title_inside_figure(figure)
+        _texts_inside_axes(figure)
+    labels = sorted(text.get_text() for text in figure.axes[0].texts)  # the roofline's
+    assert labels == ["conv2", "norm1", "relu, (root)"]
+
+    runs = [RunLayers(f"{variant}-{name}", "cpu", rows) for variant in ("group", "batch", "instance")]
+    figure = layer_time_by_run_figure(runs)
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    legend, plot = figure.axes[0].get_legend().get_window_extent(renderer), figure.axes[0].get_window_extent(renderer)
+    assert legend.y1 <= plot.y0 and figure.bbox.y0 <= legend.y0  # under the axes, inside the figure
+    _title_inside_figure(figure)

@@ -174,7 +174,7 @@ def layer_time_by_run_figure(runs: Sequence[RunLayers], top: int = 8) -> Figure:
     layers: list[str] = []
     for run in runs:
         layers += [row.name for row in run.top(top) if row.name not in layers]
-    figure, axes = new_figure(7.5, max(3.0, 0.5 * len(layers) + 1.5))
+    figure, axes = new_figure(7.5, max(3.0, 0.5 * len(layers) + 1.5) + 0.25 * len(runs))  # + the legend below
     colors = variant_colors([f"{run.run_name} ({run.hardware})" for run in runs])
     height = 0.8 / max(1, len(runs))
     for index, run in enumerate(runs):
@@ -190,7 +190,7 @@ def layer_time_by_run_figure(runs: Sequence[RunLayers], top: int = 8) -> Figure:
     title = "time share per layer, by run"
     if change is not None:
         title += f"\nchanges most: {change[0]} ({change[1] * 100:.1f} points)"
-    return finish_figure(figure, axes, title)
+    return finish_figure(figure, axes, title, legend_below=True)
 
 
 def layer_charts(runs: Sequence[RunLayers], folder: Path, most: int = 6) -> list[Path]:

@@ -11,6 +11,8 @@ compare magnitudes start at zero, labels stay inside the axes, and every variant
 
 from __future__ import annotations
 
+import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,13 +94,29 @@ def label_inside(axes: Axes, text: str, xy: tuple[float, float], color: Any = No
     )
 
 
-def finish_figure(figure: Figure, axes: Axes, title: str, grid: bool = True, legend: bool = True) -> Figure:
-    """Title, grid, legend and plain tick labels, laid out."""
-    axes.set_title(title)
+TITLE_CHARACTERS_PER_INCH = 10  # at the title's 12 pt, about what one inch of figure holds
+
+
+def fitted_title(title: str, figure: Figure) -> str:
+    """The title wrapped at word boundaries to the figure's width, each line as given kept apart: a run's name and
+    hardware can be longer than the figure, and a title wider than the figure is cut at both edges."""
+    width = max(20, int(figure.get_figwidth() * TITLE_CHARACTERS_PER_INCH))
+    return "\n".join(textwrap.fill(line, width) for line in title.splitlines())
+
+
+def finish_figure(
+    figure: Figure, axes: Axes, title: str, grid: bool = True, legend: bool = True, legend_below: bool = False
+) -> Figure:
+    """Title (wrapped to the figure), grid, legend and plain tick labels, laid out. ``legend_below``: the legend
+    under the axes, for charts whose bars fill every corner (a legend inside would hide some)."""
+    axes.set_title(fitted_title(title, figure))
     if grid:
         axes.grid(True, which="both", alpha=0.3)
     if legend and axes.get_legend_handles_labels()[0]:
-        axes.legend(fontsize="small")
+        if legend_below:
+            axes.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.12))
+        else:
+            axes.legend(fontsize="small")
     no_offset(axes)
     figure.tight_layout()
     return figure
@@ -204,11 +222,19 @@ def layer_roofline_figure(rows: Sequence[LayerRow], roof: BoundRoof | None, titl
     axes.set_xlim(low, high)
     axes.set_xlabel("arithmetic intensity (FLOP/byte, unfused byte model)")
     axes.set_ylabel("achieved GFLOP/s")
-    spots: dict[tuple[float, float], list[str]] = {}  # layers drawn at one spot share one label
+    spots: dict[tuple[float, float], list[str]] = {}  # layers drawn close together share one label
     for row in sorted(points, key=lambda row: row.self_ms or 0.0, reverse=True)[:labelled]:
         xy = (row.intensity or 1.0, row.gflop_per_s or 0.0)
-        near = next((spot for spot in spots if abs(spot[0] / xy[0] - 1) < 0.05 and abs(spot[1] / xy[1] - 1) < 0.1), xy)
+        near = next((spot for spot in spots if _close_on_log_axes(spot, xy)), xy)
         spots.setdefault(near, []).append(row.name)
     for xy, layer_names in spots.items():
         label_inside(axes, ", ".join(layer_names), xy)
     return finish_figure(figure, axes, title)
+
+
+LABEL_SPAN_DECADES = 0.3  # two points closer than this on both log axes would have overlapping labels
+
+
+def _close_on_log_axes(one: tuple[float, float], other: tuple[float, float]) -> bool:
+    """Whether two points of a log-log chart are near enough that their labels would overlap."""
+    return all(abs(math.log10(a / b)) < LABEL_SPAN_DECADES for a, b in zip(one, other, strict=True) if a > 0 and b > 0)
