@@ -208,6 +208,9 @@ def test_warm_up_progress_shows_no_stale_total(monkeypatch: pytest.MonkeyPatch) 
     assert "13/?" in text and "13/1" not in text
 
 
+RERUN_ATTEMPTS = 3
+
+
 def sleeper_config(ms: float) -> str:
     """A resolved config.yaml as a job stores it: ``fixture_models.Sleeper`` (busy-waits ``ms`` per call) on CPU."""
     config = OmegaConf.structured(AppConfig)
@@ -237,10 +240,22 @@ def test_rerun_decides_a_pair_the_stored_runs_cannot(store_uri: str, capsys: pyt
     gate = ["--tracking-uri", store_uri, "--baseline", ids["base"], "--candidate"]
     assert main([*gate, ids["slow"]]) == 3
     assert "`--rerun`" in capsys.readouterr().out
-    assert main([*gate, ids["same"], "--rerun", "--rerun-time-s", "0.3"]) == 0
-    out = capsys.readouterr().out
+    # A re-measure is real timing on a shared machine: a burst that takes the core in most of one side's rounds can
+    # move a 30-round verdict (seen once in six runs at load average 2.5 on 2 cores). Three attempts: a verdict that
+    # is wrong three times in a row is a real failure; each attempt's line is in the message.
+    same, slow = [], []
+    for _ in range(RERUN_ATTEMPTS):
+        same.append((main([*gate, ids["same"], "--rerun", "--rerun-time-s", "0.3"]), capsys.readouterr().out))
+        if same[-1][0] == 0:
+            break
+    code, out = same[-1]
+    assert code == 0, [text for _, text in same]
     assert "re-measured now, interleaved" in out and "0 regression(s), 0 inconclusive" in out
-    assert main([*gate, ids["slow"], "--rerun", "--rerun-time-s", "0.3"]) == 1
-    out = capsys.readouterr().out
+    for _ in range(RERUN_ATTEMPTS):
+        slow.append((main([*gate, ids["slow"], "--rerun", "--rerun-time-s", "0.3"]), capsys.readouterr().out))
+        if slow[-1][0] == 1:
+            break
+    code, out = slow[-1]
+    assert code == 1, [text for _, text in slow]
     line = next(line for line in out.splitlines() if "re-measured now" in line)
     assert "REGRESSION" in line and "median of paired ratios" in line and "duet benchmarking" in line

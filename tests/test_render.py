@@ -223,7 +223,12 @@ def test_bars_have_one_colour_per_variant_from_zero(tmp_path: Path) -> None:
     assert len(axes.patches) == 3 and len(colours) == 3
     assert all(abs(c[0] - c[1]) > 0.05 or abs(c[1] - c[2]) > 0.05 for c in colours)  # not a grey
     assert axes.get_ylim()[0] == 0
-    assert sorted(axes.get_legend_handles_labels()[1]) == ["norm_fn=batch", "norm_fn=group", "norm_fn=instance"]
+    # the rows' order (a sweep's, as its table), not the names' sorted: the first value swept is the first bar
+    assert axes.get_legend_handles_labels()[1] == ["norm_fn=group", "norm_fn=batch", "norm_fn=instance"]
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    legend = axes.get_legend().get_window_extent(renderer)
+    assert legend.y1 <= axes.get_window_extent(renderer).y0  # under the axes: it hides no bar
     figure.savefig(tmp_path / "bars.png")
     with Image.open(tmp_path / "bars.png") as image:
         pixels = set(image.convert("RGB").getdata())

@@ -44,17 +44,19 @@ def _ci_errors(rows: Sequence[Row]) -> list[list[float]]:
 
 
 def bars_figure(rows: Sequence[Row], value: str, error: bool, ylabel: str, title: str) -> Figure:
-    """One bar per run, grouped by hardware along x, coloured by variant (legend); the value axis from zero."""
+    """One bar per run, grouped by hardware along x, in the rows' order (the comparison's: a sweep's first value
+    first, as its table), coloured by variant, with the legend under the axes (inside, it hid the tallest bars);
+    the value axis from zero."""
     timed = [row for row in rows if getattr(row, value) is not None]
-    hardware = sorted({row.hardware for row in timed})
-    colors = variant_colors(sorted({variant(row) for row in timed}))
+    hardware = list(dict.fromkeys(row.hardware for row in timed))
+    colors = variant_colors([variant(row) for row in timed])
     per_group = max(len([r for r in timed if r.hardware == machine]) for machine in hardware) if timed else 1
-    figure, axes = new_figure(max(7.0, 0.9 * per_group * len(hardware) + 2))
+    figure, axes = new_figure(max(7.0, 0.9 * per_group * len(hardware) + 2), 4.5 + 0.25 * len(colors))
     width = 0.8 / per_group
     centers = []
     drawn: set[str] = set()
     for group, machine in enumerate(hardware):
-        members = sorted((r for r in timed if r.hardware == machine), key=variant)
+        members = [r for r in timed if r.hardware == machine]
         xs = [group + (index - (len(members) - 1) / 2) * width for index in range(len(members))]
         centers.append(group)
         for x, row in zip(xs, members, strict=True):
@@ -72,7 +74,7 @@ def bars_figure(rows: Sequence[Row], value: str, error: bool, ylabel: str, title
     axes.set_xticks(centers, hardware, fontsize="small")
     axes.set_ylim(bottom=0)
     axes.set_ylabel(ylabel)
-    return finish_figure(figure, axes, title, grid=False)
+    return finish_figure(figure, axes, title, grid=False, legend_below=True)
 
 
 def flops_vs_latency_figure(rows: Sequence[Row]) -> Figure:
