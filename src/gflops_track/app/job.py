@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import yaml
@@ -52,6 +53,7 @@ from gflops_track.pipeline.training_step import (
     training_input_errors,
 )
 from gflops_track.results.fingerprint import Fingerprint
+from gflops_track.results.layers import LayerTiming
 from gflops_track.results.profile import ProfileResult
 from gflops_track.results.training import TrainingStep
 from gflops_track.tracking.reap import liveness_tags
@@ -69,6 +71,8 @@ from gflops_track.tracking.records import (
 )
 from gflops_track.tracking.spool import SPOOL_FOLDER
 from gflops_track.tracking.store import launched_by_mlflow, redact_uri, resolve_tracking_uri
+
+PassTiming = TypeVar("PassTiming", bound=LayerTiming)  # what a per-layer pass returns (the step's is one too)
 
 
 def job_device(config: AppConfig) -> torch.device:
@@ -187,28 +191,51 @@ def layers_job(
     a sweep's job leaves them to the sweep's report (each run's charts, drawn once per sweep; the layers table and
     metrics stay on the job's run)."""
     runtime = config.runtime_options()
-
-    def skipped(why: str) -> ProfileResult:
-        noted = replace(result, run_notes=[*result.run_notes, f"per-layer times skipped: {why}"])
-        record(summary_record(noted))
-        return noted
-
-    if runtime.compile != "off":
-        return skipped(f"compile={runtime.compile} runs one graph, whose modules no hook sees")
-    progress("timing each layer", 0, 1)
-    try:
-        with quiet(progress, recorder):
-            timing = measure_layers(
-                model, args, device, kwargs=kwargs, runtime=runtime, iterations=config.timing.layer_iterations,
-                max_time_s=config.timing.max_time_s,
-            )  # fmt: skip
-    except Exception as error:  # the headline figures are logged: a failed extra pass is a note, not a FAILED run
-        return skipped(f"the layer pass failed with {type(error).__name__}: {error}")
+    timing = layer_pass(
+        result, record, progress, recorder, runtime.compile, "per-layer times", "the layer pass", "timing each layer",
+        lambda: measure_layers(
+            model, args, device, kwargs=kwargs, runtime=runtime, iterations=config.timing.layer_iterations,
+            max_time_s=config.timing.max_time_s,
+        ),
+    )  # fmt: skip
+    if isinstance(timing, ProfileResult):
+        return timing  # skipped, with a note
     timing = replace(timing, notes=[*timing.notes, timing.check_note(result.median_latency_ms)])
     rows, roof = layer_table(result.cost, timing, result.peaks, device, runtime.dtype, result.fingerprint.hardware)
     result = replace(result, layer_timing=timing, layer_roof=roof, layer_rows=rows)
     record(layers_record(result, plot=own_plot))
     return result
+
+
+def layer_pass(
+    result: ProfileResult,
+    record: Callable[[RunRecord], None],
+    progress: console.JobProgress,
+    recorder: Recorder | None,
+    compile_mode: str,
+    subject: str,
+    pass_name: str,
+    phase: str,
+    measure: Callable[[], PassTiming],
+) -> PassTiming | ProfileResult:
+    """Run a per-layer pass (``measure``) quiet, as the headline timing runs: its timing, or ``result`` with a note
+    "<subject> skipped: <why>" (logged with the summary) when the model is compiled (one graph, whose modules no
+    hook sees) or the pass fails (the headline figures are logged: a failed extra pass is a note, not a FAILED
+    run)."""
+
+    def skipped(why: str) -> ProfileResult:
+        noted = replace(result, run_notes=[*result.run_notes, f"{subject} skipped: {why}"])
+        record(summary_record(noted))
+        return noted
+
+    if compile_mode != "off":
+        return skipped(f"compile={compile_mode} runs one graph, whose modules no hook sees")
+    progress(phase, 0, 1)
+    try:
+        with quiet(progress, recorder):
+            return measure()
+    except Exception as error:
+        return skipped(f"{pass_name} failed with {type(error).__name__}: {error}")
 
 
 @contextlib.contextmanager
@@ -267,23 +294,16 @@ def step_layers_job(
     FAILED run."""
     assert result.training is not None and result.training.timing is not None
     runtime = config.runtime_options()
-
-    def skipped(why: str) -> ProfileResult:
-        noted = replace(result, run_notes=[*result.run_notes, f"per-layer step times skipped: {why}"])
-        record(summary_record(noted))
-        return noted
-
-    if runtime.compile != "off":
-        return skipped(f"compile={runtime.compile} runs one graph, whose modules no hook sees")
-    progress("timing each layer of the step", 0, 1)
-    try:
-        with quiet(progress, recorder):
-            timing = measure_step_layers(
-                model, args, device, kwargs=kwargs, runtime=runtime, iterations=config.timing.layer_iterations,
-                max_time_s=config.timing.max_time_s, **config.train_options(),
-            )  # fmt: skip
-    except Exception as error:  # the step's headline figures are logged: a failed extra pass is a note
-        return skipped(f"the step's layer pass failed with {type(error).__name__}: {error}")
+    timing = layer_pass(
+        result, record, progress, recorder, runtime.compile, "per-layer step times", "the step's layer pass",
+        "timing each layer of the step",
+        lambda: measure_step_layers(
+            model, args, device, kwargs=kwargs, runtime=runtime, iterations=config.timing.layer_iterations,
+            max_time_s=config.timing.max_time_s, **config.train_options(),
+        ),
+    )  # fmt: skip
+    if isinstance(timing, ProfileResult):
+        return timing  # skipped, with a note
     timing = replace(timing, notes=[*timing.notes, timing.check_note(result.training.timing.step_ms)])
     rows = step_layer_table(result.training.count.cost, timing)
     result = replace(result, training=replace(result.training, layer_timing=timing, layer_rows=rows))
