@@ -15,6 +15,7 @@ from PIL import Image
 from rich.console import Console
 
 from gflops_track.cli.compare import main
+from gflops_track.common.numbers import three_places
 from gflops_track.compare.charts import bars_figure, comparison_charts, flops_vs_latency_figure
 from gflops_track.compare.layers import RunLayers, layer_time_by_run_figure
 from gflops_track.compare.render import ALL_COLUMNS, ComparisonTable, markdown_table, parse_columns, speed_header
@@ -384,3 +385,14 @@ def test_per_layer_charts_keep_titles_legends_and_labels_in_view() -> None:
     legend, plot = figure.axes[0].get_legend().get_window_extent(renderer), figure.axes[0].get_window_extent(renderer)
     assert legend.y1 <= plot.y0 and figure.bbox.y0 <= legend.y0  # under the axes, inside the figure
     _title_inside_figure(figure)
+
+
+def test_small_numbers_keep_three_significant_digits() -> None:
+    """A tiny model's 0.000589 GMACs and a 0.00421 ms forward read as such, not as 0.001 and 0.004 (three decimals
+    would round them by up to 70%); from 0.1 up, three decimals with separators as before."""
+    assert [three_places(value) for value in (0.000589, 0.00421, 0.0, 0.1, 1234.5678)] == [
+        "0.000589", "0.00421", "0.000", "0.100", "1,234.568",
+    ]  # fmt: skip
+    row = make_row("group", gmacs=0.000589, gflops=0.00118, median_ms=0.00421, ci_low_ms=0.004, ci_high_ms=0.0045)
+    table = markdown_table([row])
+    assert "| 0.000589 | 0.00118 | 0.00421 [0.004, 0.0045] |" in table  # GMACs, GFLOPs, median latency [95% CI]

@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gflops_track.common import names
+from gflops_track.common.numbers import three_places
 from gflops_track.compare.rows import Row, not_finite_notes
 
 Formatter = Callable[[Row], str]
@@ -26,21 +27,24 @@ ROOMY = 10_000  # a width no table reaches: measuring at it gives a table's natu
 
 
 def _fmt(value: float | None, spec: str) -> str:
-    return "" if value is None else format(value, spec)
+    """A cell: empty when unknown; ``,.3f`` cells (GMACs, GFLOPs, ms) never round a small value to 0.001 or 0.000."""
+    if value is None:
+        return ""
+    return three_places(value) if spec == ",.3f" else format(value, spec)
 
 
 def _latency(row: Row) -> str:
     if row.median_ms is None:
         return ""
     if row.ci_low_ms is None or row.ci_high_ms is None:
-        return f"{row.median_ms:,.3f}"
-    return f"{row.median_ms:,.3f} [{row.ci_low_ms:,.3f}, {row.ci_high_ms:,.3f}]"
+        return three_places(row.median_ms)
+    return f"{three_places(row.median_ms)} {_ci(row)}"
 
 
 def _ci(row: Row) -> str:
     if row.ci_low_ms is None or row.ci_high_ms is None:
         return ""
-    return f"[{row.ci_low_ms:,.3f}, {row.ci_high_ms:,.3f}]"
+    return f"[{three_places(row.ci_low_ms)}, {three_places(row.ci_high_ms)}]"
 
 
 def _ratio(row: Row) -> str:

@@ -3,6 +3,7 @@ same rows with rich."""
 
 from __future__ import annotations
 
+from gflops_track.common.numbers import three_places
 from gflops_track.results.layers import milliseconds, percent
 from gflops_track.results.profile import ProfileResult
 from gflops_track.results.timing import ci_text, precision_text
@@ -19,8 +20,8 @@ def summary_rows(result: ProfileResult) -> list[tuple[str, str]]:
         ("device", f"{result.device} ({result.fingerprint.hardware})"),
         ("input shape(s)", ", ".join(str(shape) for shape in result.input_shapes)),
         ("params", f"{result.params:,}"),
-        ("MACs (GMACs)", f"{result.macs:,} ({result.macs / 1e9:,.3f})"),
-        ("FLOPs (GFLOPs)", f"{result.flops:,} ({result.flops / 1e9:,.3f})"),
+        ("MACs (GMACs)", f"{result.macs:,} ({three_places(result.macs / 1e9)})"),
+        ("FLOPs (GFLOPs)", f"{result.flops:,} ({three_places(result.flops / 1e9)})"),
         ("FLOPs by category", ", ".join(f"{k} {v:,}" for k, v in result.flops_by_category.items() if v) or "none"),
         ("counted on", result.count_backend),
     ]
@@ -36,12 +37,18 @@ def summary_rows(result: ProfileResult) -> list[tuple[str, str]]:
         rows += [
             (
                 "latency median (ms)",
-                f"{latency.median_ms:,.3f} ({ci_text(latency)})",
+                f"{three_places(latency.median_ms)} ({ci_text(latency)})",
             ),
             ("median precision", precision_text(timing)),
-            ("latency mean ± std (ms)", f"{latency.mean_ms:,.3f} ± {latency.std_ms:,.3f} (cv {latency.cv:.1%})"),
-            ("latency min / p90 / p95 (ms)", f"{latency.min_ms:,.3f} / {latency.p90_ms:,.3f} / {latency.p95_ms:,.3f}"),
-            ("cold start (ms)", f"{timing.cold_start_ms:,.3f}"),
+            (
+                "latency mean ± std (ms)",
+                f"{three_places(latency.mean_ms)} ± {three_places(latency.std_ms)} (cv {latency.cv:.1%})",
+            ),
+            (
+                "latency min / p90 / p95 (ms)",
+                " / ".join(three_places(value) for value in (latency.min_ms, latency.p90_ms, latency.p95_ms)),
+            ),
+            ("cold start (ms)", three_places(timing.cold_start_ms)),
             (
                 "iterations warm-up / timed",
                 f"{timing.warmup_iterations} ({timing.warmup_s:.1f} s, "
@@ -55,7 +62,7 @@ def summary_rows(result: ProfileResult) -> list[tuple[str, str]]:
             ),
         ]
         if timing.graph_latency is not None:
-            rows.append(("CUDA-graph replay median (ms)", f"{timing.graph_latency.median_ms:,.3f}"))
+            rows.append(("CUDA-graph replay median (ms)", three_places(timing.graph_latency.median_ms)))
     if result.arithmetic_intensity is not None:
         rows.append(("arithmetic intensity (FLOP/byte)", f"{result.arithmetic_intensity:,.1f} (unfused byte model)"))
     rows += _training_rows(result)
@@ -70,7 +77,7 @@ def _layer_rows(result: ProfileResult) -> list[tuple[str, str]]:
     timing = result.layer_timing
     if timing is None:
         return []
-    check = f"{timing.self_sum_ms:,.3f}"
+    check = three_places(timing.self_sum_ms)
     if result.median_latency_ms:
         check += f" ({timing.gap(result.median_latency_ms):+.1%} of the latency median)"
     rows = [("layers: self times' sum (ms)", check)]
@@ -86,7 +93,7 @@ def _layer_rows(result: ProfileResult) -> list[tuple[str, str]]:
     for rank, row in enumerate(result.top_layers(), start=1):
         parts = [
             f"{row.name} ({row.type})",
-            f"{row.self_ms or 0.0:,.3f} ms",
+            f"{three_places(row.self_ms or 0.0)} ms",
             f"{percent(row.time_share or 0.0)} of time",
         ]
         if row.bound_ms is not None:
@@ -105,8 +112,8 @@ def _training_rows(result: ProfileResult) -> list[tuple[str, str]]:
     cost = count.cost
     rows = [
         ("train step", f"loss {cost.loss}, optimizer {cost.optimizer}, module in train(), inputs without grad"),
-        ("step MACs (GMACs)", f"{cost.macs:,} ({cost.macs / 1e9:,.3f})"),
-        ("step FLOPs (GFLOPs)", f"{cost.flops:,} ({cost.flops / 1e9:,.3f})"),
+        ("step MACs (GMACs)", f"{cost.macs:,} ({three_places(cost.macs / 1e9)})"),
+        ("step FLOPs (GFLOPs)", f"{cost.flops:,} ({three_places(cost.flops / 1e9)})"),
         ("step FLOPs by phase", ", ".join(f"{phase} {flops:,}" for phase, flops in cost.flops_by_phase.items())),
     ]
     if count.torch_count is not None:
@@ -115,11 +122,12 @@ def _training_rows(result: ProfileResult) -> list[tuple[str, str]]:
     if timing is not None:
         step = timing.step
         rows += [
-            ("step latency median (ms)", f"{timing.step_ms:,.3f} ({ci_text(step.latency)})"),
+            ("step latency median (ms)", f"{three_places(timing.step_ms)} ({ci_text(step.latency)})"),
             ("step median precision", precision_text(step)),
             (
                 "forward / backward+optimizer (ms)",
-                f"{timing.forward_ms:,.3f} / {timing.backward_and_optimizer_ms:,.3f} (forward timed alone)",
+                f"{three_places(timing.forward_ms)} / {three_places(timing.backward_and_optimizer_ms)}"
+                " (forward timed alone)",
             ),
             ("step throughput (samples/s)", _number(timing.samples_per_s, 1)),
             ("step achieved GFLOP/s", _number(result.training.achieved_gflop_per_s, 1)),

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from gflops_track.common import names
+from gflops_track.common.numbers import three_places
 from gflops_track.results.counting import LayerCost, TrainingLayerCost
 
 SELF_SUM_LIMIT = 0.10  # the self times add up to the forward's median within 10%
@@ -28,7 +29,7 @@ def percent(share: float) -> str:
 
 def milliseconds(value: float) -> str:
     """Milliseconds that never round to nothing: 3 decimals from 0.1 ms up, 3 significant digits below."""
-    return f"{value:,.3f}" if value >= 0.1 or value == 0 else f"{value:.3g}"
+    return three_places(value)
 
 
 @dataclass(frozen=True)

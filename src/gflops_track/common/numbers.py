@@ -1,0 +1,12 @@
+"""How a measured or counted number is printed so that it never rounds to nothing or to something it is not: three
+decimals from 0.1 up (``1,234.568``), three significant digits below (``0.000589``, not ``0.001``)."""
+
+from __future__ import annotations
+
+SMALL = 0.1  # below this, three decimals would keep fewer than three significant digits
+
+
+def three_places(value: float) -> str:
+    """``value`` with three decimals and thousands separators, or three significant digits when it is below 0.1
+    (and not 0): a tiny model's 0.000589 GMACs reads as such, not as 0.001."""
+    return f"{value:,.3f}" if abs(value) >= SMALL or value == 0 else f"{value:.3g}"
