@@ -364,3 +364,9 @@ def test_interleaved_rounds_are_judged_by_their_paired_ratios() -> None:
     assert slower.ratio_low == pytest.approx(1.3) and "median of paired ratios" in slower.describe(DEFAULT)
     assert judge_paired("p", base, list(base), DEFAULT).status == OK
     assert judge_paired("p", base[:5], base[:5], DEFAULT).status == INCONCLUSIVE  # too few rounds
+    # The change is the median of the rounds' ratios, which need not match the two medians' ratio: bursts on the
+    # candidate's half of round 0 and the baseline's of rounds 1, 2 leave both medians at 10.5 ms, while the rounds'
+    # ratios 3, 1/3, 1/3, 11/10.5, 10/10.5 have the median 10/10.5 = -4.8%: the line names which ratio it shows.
+    mixed = judge_paired("p", [10.0, 30.0, 31.5, 10.5, 10.5], [30.0, 10.0, 10.5, 11.0, 10.0], DEFAULT, min_samples=1)
+    line = mixed.describe(DEFAULT)
+    assert "median 10.500 ms -> 10.500 ms (each round's ratio, median -4.8%," in line, line

@@ -184,10 +184,13 @@ class Verdict:
             self.estimator, "no samples stored, the logged median and its CI"
         )
         test = "" if self.p_value is None else f", Mann-Whitney U p={self.p_value:.2g}"
-        shown = "median" if self.estimator == PAIRED_ESTIMATOR else self.estimator
+        paired = self.estimator == PAIRED_ESTIMATOR
+        shown = "median" if paired else self.estimator
+        # paired: the change is the median of each round's ratio, which need not match the two medians' ratio
+        change = f"each round's ratio, median {self.ratio - 1:+.1%}" if paired else f"{self.ratio - 1:+.1%}"
         return (
             f"{self.label}: {shown} {self.baseline_ms:,.3f} ms -> {self.candidate_ms:,.3f} ms "
-            f"({self.ratio - 1:+.1%}, {interval}, {self.noise_basis}{test}; {self.estimator}: {why}): {verdict}"
+            f"({change}, {interval}, {self.noise_basis}{test}; {self.estimator}: {why}): {verdict}"
         )
 
 
