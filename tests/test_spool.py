@@ -124,6 +124,30 @@ def test_sync_lock_is_one_per_store_password_or_not() -> None:
     assert spool.sync_lock("http://alice:other@host:5000").lock_file == lock.lock_file
 
 
+def test_an_upload_carries_its_artifacts_names_every_link_and_leaves_a_running_run_open(
+    tmp_path: Path, store_uri: str
+) -> None:
+    """What an upload writes: the spooled artifact files (a.txt, with its bytes), the report's list of links it did
+    not follow, of every run (two here, one each), and the spool's status: a run spooled while RUNNING stays
+    RUNNING in the store, with no end time."""
+    client = MlflowClient(store_uri)
+    client.create_experiment(EXPERIMENT, artifact_location=(tmp_path / "artifacts").as_uri())
+    folder = tmp_path / "multirun" / SPOOL_FOLDER
+    done = spool.write(folder, SpooledRun.new(EXPERIMENT, "done"), RunRecord(files={"a.txt": b"a"}))
+    live_run = SpooledRun.new(EXPERIMENT, "live")
+    live_run.status = "RUNNING"
+    live = spool.write(folder, live_run, RunRecord())
+    for directory in (done, live):
+        (directory / "artifacts" / "link.txt").symlink_to(tmp_path / "outside")
+    report = spool.sync(client, [tmp_path / "multirun"], store_uri)
+    assert sorted(report.links) == sorted([done / "artifacts" / "link.txt", live / "artifacts" / "link.txt"])
+    run_ids = {directory.name: run_id for directory, run_id, _ in report.uploaded}
+    done_id, live_id = run_ids[done.name], run_ids[live.name]
+    assert [artifact.path for artifact in client.list_artifacts(done_id)] == ["a.txt"]
+    assert Path(client.download_artifacts(done_id, "a.txt", str(tmp_path))).read_bytes() == b"a"
+    assert client.get_run(live_id).info.status == "RUNNING" and client.get_run(live_id).info.end_time is None
+
+
 def test_uploads_find_complete_or_recreate_their_run(tmp_path: Path, store_uri: str) -> None:
     """A run spooled after its store lost it (its run id is not there) is recreated, tagged with the id it stands
     for, under its own name, and counted in the report; its children nest under it; a second sync (synced.json
@@ -282,6 +306,26 @@ def test_a_sweep_uploaded_while_its_job_waits_to_stand_in_for_it_is_found(tmp_pa
     ((_, job_id, created),) = reports[0].uploaded
     assert created and client.get_run(job_id).data.tags[PARENT_TAG] == sweep_id and reports[0].recreated == {}
     assert len(client.search_runs([experiment_id])) == 2
+
+
+def test_a_sweep_upload_waits_for_the_lock_its_jobs_take_to_stand_in_for_it(tmp_path: Path, store_uri: str) -> None:
+    """A sweep's upload creates its run under the recreate lock of (store, "spool:" + its spool id), the one its
+    jobs' syncs take to make a stand-in for it, so the two never both make a run: while another sync holds that lock
+    (2 s here) the sweep's run is not created; once it is free, it is."""
+    client = MlflowClient(store_uri)
+    experiment_id = client.create_experiment(EXPERIMENT)
+    sweep = spooled(tmp_path / "sweep" / SPOOL_FOLDER, "sweep a=1,2")
+    key = hashlib.sha256(f"{store_uri}|{spool.SPOOL_PARENT_PREFIX}{sweep.spool_id}".encode()).hexdigest()[:24]
+    held = filelock.FileLock(Path(tempfile.gettempdir()) / f"gflops-track-recreate-{key}.lock")
+    reports: list[spool.SyncReport] = []
+    with held:
+        upload = threading.Thread(target=lambda: reports.append(spool.sync(client, [tmp_path / "sweep"], store_uri)))
+        upload.start()
+        upload.join(2.0)
+        assert client.search_runs([experiment_id]) == [] and reports == []
+    upload.join(60)
+    ((_, sweep_id, created),) = reports[0].uploaded
+    assert created and client.get_run(sweep_id).data.tags[SPOOL_TAG] == sweep.spool_id
 
 
 def test_recreating_a_lost_parent_waits_for_another_sync_then_gives_up(
