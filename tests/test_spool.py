@@ -124,12 +124,10 @@ def test_sync_lock_is_one_per_store_password_or_not() -> None:
     assert spool.sync_lock("http://alice:other@host:5000").lock_file == lock.lock_file
 
 
-def test_an_upload_carries_its_artifacts_names_every_link_and_leaves_a_running_run_open(
-    tmp_path: Path, store_uri: str
-) -> None:
+def test_an_upload_writes_artifacts_status_and_synced_json_and_names_every_link(tmp_path: Path, store_uri: str) -> None:
     """What an upload writes: the spooled artifact files (a.txt, with its bytes), the report's list of links it did
-    not follow, of every run (two here, one each), and the spool's status: a run spooled while RUNNING stays
-    RUNNING in the store, with no end time."""
+    not follow, of every run (two here, one each), the spool's status (FAILED stays FAILED; a run spooled while
+    RUNNING stays RUNNING, with no end time), and synced.json naming the run it became in this store."""
     client = MlflowClient(store_uri)
     client.create_experiment(EXPERIMENT, artifact_location=(tmp_path / "artifacts").as_uri())
     folder = tmp_path / "multirun" / SPOOL_FOLDER
@@ -139,13 +137,16 @@ def test_an_upload_carries_its_artifacts_names_every_link_and_leaves_a_running_r
     live = spool.write(folder, live_run, RunRecord())
     for directory in (done, live):
         (directory / "artifacts" / "link.txt").symlink_to(tmp_path / "outside")
+    failed = spooled(folder, "failed", status="FAILED")
     report = spool.sync(client, [tmp_path / "multirun"], store_uri)
     assert sorted(report.links) == sorted([done / "artifacts" / "link.txt", live / "artifacts" / "link.txt"])
+    assert client.get_run({d.name: r for d, r, _ in report.uploaded}[failed.spool_id]).info.status == "FAILED"
     run_ids = {directory.name: run_id for directory, run_id, _ in report.uploaded}
     done_id, live_id = run_ids[done.name], run_ids[live.name]
     assert [artifact.path for artifact in client.list_artifacts(done_id)] == ["a.txt"]
     assert Path(client.download_artifacts(done_id, "a.txt", str(tmp_path))).read_bytes() == b"a"
     assert client.get_run(live_id).info.status == "RUNNING" and client.get_run(live_id).info.end_time is None
+    assert json.loads((done / spool.SYNCED_FILE).read_text()) == {"targets": {store_uri: done_id}}
 
 
 def test_uploads_find_complete_or_recreate_their_run(tmp_path: Path, store_uri: str) -> None:
