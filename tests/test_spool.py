@@ -216,7 +216,7 @@ def test_synced_json_is_trusted_when_it_is_a_file_naming_a_run_the_store_has(tmp
     """synced.json records the run each store's copy of a spool became. A later sync trusts it: nothing is uploaded
     again (created False), even when the store has since ended that run otherwise (here KILLED), in the per-store
     format sync writes and in the older one-store format {"run_id": ...}. A synced.json that is a symbolic link is
-    not read: the run is found by its spool id instead, not the run the link's target names."""
+    not read, nor one naming a run the store does not have: the run is found by its spool id instead."""
     client = MlflowClient(store_uri)
     spooled(tmp_path / "multirun" / SPOOL_FOLDER, "job-0")
     ((directory, run_id, _),) = spool.sync(client, [tmp_path / "multirun"], store_uri).uploaded
@@ -227,6 +227,10 @@ def test_synced_json_is_trusted_when_it_is_a_file_naming_a_run_the_store_has(tmp
     written = marker.read_text()
     marker.unlink()
     marker.symlink_to(decoy)
+    report = spool.sync(client, [tmp_path / "multirun"], store_uri)
+    assert [(found, created) for _, found, created in report.uploaded] == [(run_id, False)]
+    marker.unlink()
+    marker.write_text(json.dumps({"targets": {store_uri: "0" * 32}}))  # a run this store does not have
     report = spool.sync(client, [tmp_path / "multirun"], store_uri)
     assert [(found, created) for _, found, created in report.uploaded] == [(run_id, False)]
     client.set_terminated(run_id, "KILLED")  # ended otherwise after the upload: the marker still says done
