@@ -246,7 +246,8 @@ def test_a_job_synced_after_its_sweep_finds_it_by_its_spool_id(tmp_path: Path, s
     """A sweep's spool synced on its own, then one of its jobs (a sync per folder): the sweep's run has no parent;
     the job finds it by the sweep's spool id (SPOOL_TAG) and nests under it, nothing is recreated, and the report
     re-derives the sweep's status only if the store shows it ended (IF_ENDED), not from this job alone (DERIVE, for
-    a stand-in)."""
+    a stand-in). So does a job whose own run the store lost, when it is recreated; a parent named by a run id the
+    store has is taken as it is."""
     client = MlflowClient(store_uri)
     sweep = spooled(tmp_path / "sweep" / SPOOL_FOLDER, "sweep a=1,2")
     ((_, sweep_id, _),) = spool.sync(client, [tmp_path / "sweep"], store_uri).uploaded
@@ -260,6 +261,10 @@ def test_a_job_synced_after_its_sweep_finds_it_by_its_spool_id(tmp_path: Path, s
     ((_, job_id, _),) = spool.sync(client, [tmp_path / "kept"], store_uri).uploaded
     assert client.get_run(job_id).data.tags[PARENT_TAG] == sweep_id
     assert len(client.search_runs([client.get_run(sweep_id).info.experiment_id])) == 3  # no stand-in
+    reference = f"{spool.SPOOL_PARENT_PREFIX}{sweep.spool_id}"  # a job whose own run the store lost, recreated
+    spooled(tmp_path / "lost" / SPOOL_FOLDER, "job-2", run_id="c" * 32, parent=reference)
+    ((_, job_id, _),) = spool.sync(client, [tmp_path / "lost"], store_uri).uploaded
+    assert client.get_run(job_id).data.tags[PARENT_TAG] == sweep_id
 
 
 @pytest.mark.parametrize("parent_is", ["a lost run", "a spooled sweep not synced"])
