@@ -92,6 +92,10 @@ def test_staleness_rule_with_an_injected_clock(store_uri: str) -> None:
     run = client.get_run(run_id)
     assert judge(run, now=1000 + 600, stale_after_s=600) is None  # exactly at the limit: still alive
     assert judge(run, now=1000 + 601, stale_after_s=600) is not None
+    # the reason in minutes: silent 3600 s / 60 = 60 min, the limit 600 s / 60 = 10 min
+    assert judge(run, now=1000 + 3600, stale_after_s=600) == (
+        "no heartbeat from node-b for 60 min (stale after 10 min; checked by gflops-track reap)"
+    )
     no_beat = client.get_run(client.create_run(experiment, tags={HOST_TAG: "node-b"}).info.run_id)
     start = no_beat.info.start_time / 1000  # no heartbeat yet: the run's start counts
     assert judge(no_beat, now=start + 599, stale_after_s=600) is None
@@ -124,6 +128,30 @@ def test_a_pid_is_judged_only_on_its_own_host(store_uri: str) -> None:
     )
     assert not seen_from_here(other_namespace.data.tags, here)  # a container on this host: its PIDs are not ours
     assert judge(other_namespace, now, 600, here, alive=gone) is None and checked == [(4242, 100.0)]
+
+
+def test_only_a_running_run_that_names_its_host_is_judged(store_uri: str) -> None:
+    """judge's first rule: a run is ours to judge only when it is RUNNING *and* carries ``gflops_track.host``; another
+    tool's run (no host tag) or a run that already ended is left alone, however long ago its last sign of life."""
+    client = MlflowClient(store_uri)
+    experiment = client.create_experiment("e")
+    foreign = client.get_run(client.create_run(experiment).info.run_id)  # RUNNING, no host: another tool's
+    ended_id = client.create_run(experiment, tags={HOST_TAG: "node-b", HEARTBEAT_TAG: "1000"}).info.run_id
+    client.set_terminated(ended_id, "FINISHED")
+    ended = client.get_run(ended_id)
+    a_day_later = time.time() + 86_400  # both silent for a day, far past the 600 s limit
+    assert judge(foreign, now=a_day_later, stale_after_s=600) is None
+    assert judge(ended, now=a_day_later, stale_after_s=600) is None
+
+
+def test_seen_from_here_reads_a_missing_pid_namespace_as_empty() -> None:
+    """Same host name and same PID namespace, a missing namespace tag read as "" on either side (where /proc is
+    missing, liveness_tags records none): a run tagged without one is this host's only when this process has none
+    either. Without ``here``, this process's own liveness tags are the reference."""
+    assert seen_from_here({HOST_TAG: "node-a"}, {HOST_TAG: "node-a"})
+    assert not seen_from_here({HOST_TAG: "node-a"}, {HOST_TAG: "node-a", PID_NAMESPACE_TAG: "pid:[1]"})
+    assert not seen_from_here({HOST_TAG: "node-a", PID_NAMESPACE_TAG: "pid:[1]"}, {HOST_TAG: "node-a"})
+    assert seen_from_here(liveness_tags()) and not seen_from_here({**liveness_tags(), HOST_TAG: "elsewhere"})
 
 
 def test_heartbeat_thread_refreshes_the_tag(store_uri: str) -> None:

@@ -87,6 +87,13 @@ def test_terminal_table_fits_its_width_and_cuts_nothing(width: int) -> None:
         assert LONG_MACHINE in text and ROWS[0].run_id[:8] in text and "2025-12-01 20:13:20" in text
 
 
+def test_a_terminal_narrower_than_a_label_still_bounds_the_table() -> None:
+    """A terminal table is drawn at the terminal's width even when one column is wider (12 columns here, the label
+    norm_fn=instance 16): no line runs past the edge; only a piped table takes its natural width."""
+    text = printed(ComparisonTable(ROWS, "t"), 12, terminal=True)
+    assert max(len(line) for line in text.splitlines()) <= 12, text
+
+
 def test_fitted_columns_are_whole_at_every_width_and_fill_it() -> None:
     """For terminals 80..160 wide: no line is wider than the terminal, every header word is a whole word of a column's
     header (a column squeezed into the width shows "ut" for "utilization"), every cell of every shown column is in
@@ -138,6 +145,55 @@ def test_piped_table_prints_every_column_whole_as_markdown() -> None:
         ):
             assert whole in text
     assert max(len(line) for line in text.splitlines()) > 80  # nothing wrapped to fit 80 columns
+
+
+def piped_header(table: ComparisonTable) -> list[str]:
+    """The column headers of a piped (Markdown) table: the cells of its first ``| variant`` line."""
+    line = next(line for line in printed(table, 80, terminal=False).splitlines() if line.startswith("| variant"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_columns_follow_what_the_rows_differ_in() -> None:
+    """Which columns a table holds (ComparisonTable._keys): "batch" only when the rows' batch sizes differ; piped,
+    "hardware" and "model / input" columns only when the rows hold more than one (one is named once above the
+    table instead); in a terminal (400 columns: every allowed column fits), "status" only when a run did not
+    finish (a piped table always has it)."""
+    two_machines, one_machine = ROWS, ROWS[:2]
+    assert "hardware" in piped_header(ComparisonTable(two_machines, "t"))
+    one = printed(ComparisonTable(one_machine, "t"), 80, terminal=False)
+    assert "hardware" not in piped_header(ComparisonTable(one_machine, "t")) and f"hardware: {LONG_MACHINE}" in one
+    assert "batch" not in piped_header(ComparisonTable(one_machine, "t"))  # both batch 2
+    assert "status" in piped_header(ComparisonTable(one_machine, "t"))  # all FINISHED, and still there
+    assert "batch" in piped_header(ComparisonTable([ROWS[0], replace(ROWS[1], batch_size=4)], "t"))
+    same_group = [replace(row, group="net / 2x3x32x32") for row in one_machine]
+    assert "model / input" not in piped_header(ComparisonTable(same_group, "t"))
+    assert "model / input: net / 2x3x32x32" in printed(ComparisonTable(same_group, "t"), 80, terminal=False)
+    two_groups = [same_group[0], replace(same_group[1], group="net / 4x3x32x32")]
+    assert "model / input" in piped_header(ComparisonTable(two_groups, "t"))
+    finished = printed(ComparisonTable(one_machine, "t"), 400, terminal=True)
+    assert "FINISHED" not in finished and "status" not in finished
+    failed = printed(ComparisonTable([one_machine[0], replace(one_machine[1], status="FAILED")], "t"), 400, True)
+    assert "FINISHED" in failed and "FAILED" in failed
+
+
+def test_a_piped_label_is_never_wrapped() -> None:
+    """Labels wrap at the label cap (a third of the width, at least 24 columns) only in a terminal: piped, a 62-column
+    label stays on one line whatever the width."""
+    label = "norm_fn=group model.planes=64 model.depth=3 optimizer.lr=0.001"
+    row = replace(ROWS[0], tags={"variant": label})
+    assert label in printed(ComparisonTable([row, ROWS[1]], "t"), 80, terminal=False)
+
+
+def test_title_and_headings_are_bold_lines_of_their_own() -> None:
+    """First the title, then above each table its machine and its model / input, each a line of its own in bold
+    (SGR 1 on a colour terminal)."""
+    out = io.StringIO()
+    console = Console(file=out, width=200, force_terminal=True, color_system="standard")
+    console.print(ComparisonTable([replace(row, group="net / 2x3x32x32") for row in ROWS], "three runs"), crop=False)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "\x1b[1mthree runs\x1b[0m"
+    assert f"\x1b[1mhardware: {LONG_MACHINE}\x1b[0m" in lines
+    assert "\x1b[1mmodel / input: net / 2x3x32x32\x1b[0m" in lines
 
 
 def test_columns_option_shows_exactly_those_columns() -> None:

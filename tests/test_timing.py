@@ -169,14 +169,18 @@ def test_adaptive_stops_on_time_budget_and_says_so() -> None:
 def test_max_time_bounds_the_whole_phase_warmup_included() -> None:
     """A 250 ms forward, max_time_s = 2, warmup = 10, min_repeats = 30: the old engine ran 1 + 10 + 30 calls
     (10.25 s). Now: cold start (0.25 s); warm-up within half the bound (calls ending at 0.5, 0.75, 1.0 s); timed calls
-    until the next would end past 2 s (1.25, 1.5, 1.75, 2.0 s). 1 + 3 + 4 calls, 2.0 s."""
+    until the next would end past 2 s (1.25, 1.5, 1.75, 2.0 s). 1 + 3 + 4 calls, 2.0 s. The clock starts at 1000 s:
+    the bounds count from the start, and 3 warm-up calls are too few to know the latency settled (10 needed)."""
     clock = FakeClock()
+    clock.now = 1000.0
     fn = fake_forward(clock, [], 250.0)
     result = measure_latency(fn, "cpu", TimingOptions(warmup=10, min_repeats=30, max_time_s=2), clock=clock)
     assert fn.calls == 1 + 3 + 4  # type: ignore[attr-defined]
     assert result.warmup_iterations == 3 and result.timed_iterations == 4
     assert result.total_s == pytest.approx(2.0) and result.time_bound_hit
-    assert any("bounds the whole timing phase: it cut warm-up to 3" in note for note in result.notes)
+    assert any("it cut warm-up to 3 iteration(s) (warmup=10, latency not known to have settled;" in note
+               for note in result.notes)  # fmt: skip
+    assert not result.warmup_settled
     assert any("it cut timing to 4 iteration(s) (min_repeats=30)" in note for note in result.notes)
     assert not result.precision_met  # 4 samples: no CI (needs 8)
 
@@ -198,14 +202,16 @@ def test_precise_but_too_few_samples_is_not_met_and_says_the_bound_hit() -> None
 def test_warmup_cut_by_the_bound_is_a_bound_hit_even_when_timing_meets_its_target() -> None:
     """A steady 15.625 ms (1/64 s) forward, warmup = 1000, max_time_s = 2: warm-up may use half the bound, so it is
     cut at 1 s, after (1 - 1/64) / (1/64) = 63 iterations; the 30 timed samples are then precise (all equal) and meet
-    the target. The run still says the bound cut it short: time_bound_hit and the note."""
+    the target. The run still says the bound cut it short: time_bound_hit and the note, which (like warmup_settled)
+    says the latency had settled by then."""
     clock = FakeClock()
     options = TimingOptions(warmup=1000, min_repeats=30, max_time_s=2)
     result = measure_latency(fake_forward(clock, [], 1000 / 64), "cpu", options, clock=clock)
     assert result.warmup_iterations == 63 and result.timed_iterations == 30 and result.precision_met
     assert result.time_bound_hit and result.metrics(1.0)["timing/time_bound_hit"] == 1.0
-    assert any("bounds the whole timing phase: it cut warm-up to 63 iteration(s) (warmup=1000" in note
+    assert any("bounds the whole timing phase: it cut warm-up to 63 iteration(s) (warmup=1000, settled;" in note
                for note in result.notes)  # fmt: skip
+    assert result.warmup_settled  # 63 equal calls had settled before the bound cut warm-up
 
 
 def test_one_sample_has_no_ci_and_never_meets_the_target() -> None:

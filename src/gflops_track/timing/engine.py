@@ -43,6 +43,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import resource
 import statistics
 import sys
@@ -187,13 +188,23 @@ class _Timer:
         return [start.elapsed_time(end) for start, end in pairs]
 
 
+class Stop(enum.Enum):
+    """Why a loop of samples ended: named members, not words, so a misspelt reason is an error, not a silent
+    "some other stop"."""
+
+    SETTLED = "settled"  # warm-up: ``warmup`` iterations ran and the latency settled (or warmup = 0)
+    BUDGET = "budget"  # warm-up: warmup_max_s ran out before the latency settled
+    PRECISE = "precise"  # timing: the median is known to target_precision with at least min_repeats samples
+    MAX_REPEATS = "max_repeats"  # timing: max_repeats samples
+    BOUND = "bound"  # either: the next call or block would end past the bound (max_time_s)
+
+
 @dataclass
 class _Phase:
-    """Samples of one loop and why it stopped: "count" (asked-for count / settled / precise), "max_repeats",
-    "budget" (warmup_max_s) or "bound" (max_time_s)."""
+    """Samples of one loop and why it stopped."""
 
     samples: list[float]
-    stop: str
+    stop: Stop
 
 
 def _warmup(
@@ -204,32 +215,32 @@ def _warmup(
     until: float,
     eager_until: float,
     report: ProgressCallback,
-) -> tuple[_Phase, bool]:
+) -> _Phase:
     """Warm up in blocks the size timing uses until ``warmup`` iterations ran and the latency settled, warmup_max_s
     ran out, or the next block would end past ``until``. The first call is predicted from the cold call, which
     autotuning or compilation can make far longer than the rest: it runs unless a call that long would end past
     ``eager_until`` (the whole eager budget), so one slow cold start does not skip warm-up when the bound has room."""
     warm: list[float] = []
     if options.warmup == 0:
-        return _Phase(warm, "count"), True
+        return _Phase(warm, Stop.SETTLED)
     started = timer.clock()
     estimate_ms = cold_ms
     if started + cold_ms / 1e3 > eager_until:
-        return _Phase(warm, "bound"), False
+        return _Phase(warm, Stop.BOUND)
     block_s = 0.0  # the first block is sized from the cold call and always runs (see above)
     while True:
         began = timer.clock()
         if warm and began + block_s > until:
-            return _Phase(warm, "bound"), _settled(warm)
+            return _Phase(warm, Stop.BOUND)
         warm += timer.block(fn, timer.per_block(estimate_ms))
         now = timer.clock()
         block_s = now - began
         estimate_ms = statistics.median(warm[-SETTLE_WINDOW:])
         report("warm-up", len(warm), 0)
         if len(warm) >= options.warmup and _settled(warm):
-            return _Phase(warm, "count"), True
+            return _Phase(warm, Stop.SETTLED)
         if len(warm) >= options.warmup and now - started >= options.warmup_max_s:
-            return _Phase(warm, "budget"), False
+            return _Phase(warm, Stop.BUDGET)
 
 
 def _adaptive_samples(
@@ -253,12 +264,12 @@ def _adaptive_samples(
         report(phase, len(samples), max(options.min_repeats, len(samples)))
         if len(samples) >= next_check:
             if LatencyStats.from_samples(samples).meets(options.target_precision):
-                return _Phase(samples, "count")
+                return _Phase(samples, Stop.PRECISE)
             next_check = len(samples) + max(1, len(samples) // 10)
         if len(samples) >= options.max_repeats:
-            return _Phase(samples, "max_repeats")
+            return _Phase(samples, Stop.MAX_REPEATS)
         if now + (now - began) > until:
-            return _Phase(samples, "bound")
+            return _Phase(samples, Stop.BOUND)
         estimate_ms = statistics.median(samples[-count:])
 
 
@@ -344,17 +355,19 @@ def _measure(
     cold = timer.once(fn)
     warm_began = clock()
     warmup_until = started + (eager_until - started) * WARMUP_SHARE
-    warm, settled = _warmup(timer, fn, options, cold, warmup_until, eager_until, report)
+    warm = _warmup(timer, fn, options, cold, warmup_until, eager_until, report)
     warmup_s = clock() - warm_began
+    # settled: warm-up stopped because the latency settled (or warmup = 0), or the bound cut it once it had
+    settled = warm.stop is Stop.SETTLED or (warm.stop is Stop.BOUND and _settled(warm.samples))
     bound_hit = False
-    if warm.stop == "bound":
+    if warm.stop is Stop.BOUND:
         bound_hit = True
         notes.append(
             f"max_time_s={options.max_time_s:g} s bounds the whole timing phase: it cut warm-up to "
             f"{len(warm.samples)} iteration(s) (warmup={options.warmup}, "
             f"{'settled' if settled else 'latency not known to have settled'}; the cold start took {cold / 1e3:.2f} s)"
         )
-    elif not settled:
+    elif warm.stop is Stop.BUDGET:
         notes.append(f"latency had not settled after {len(warm.samples)} warm-up iterations ({warmup_s:.1f} s)")
     estimate = statistics.median(warm.samples[-SETTLE_WINDOW:]) if warm.samples else cold
     with (
@@ -365,10 +378,10 @@ def _measure(
         timed = _adaptive_samples(timer, fn, options, estimate, eager_until, "timing", report)
         timer.on_busy = lambda: None
     latency = LatencyStats.from_samples(timed.samples)
-    met = timed.stop == "count" or (
+    met = timed.stop is Stop.PRECISE or (
         len(timed.samples) >= options.min_repeats and latency.meets(options.target_precision)
     )
-    if timed.stop == "bound" and not met:
+    if timed.stop is Stop.BOUND and not met:
         # The bound, not the precision rule, ended timing: short of min_repeats, or with enough samples whose median
         # was not yet known to target_precision. Either way the run says so (time_bound_hit), never a silent stop.
         bound_hit = True
