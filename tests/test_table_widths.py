@@ -15,6 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import QUICK_NO_THOP, SMALL_BLOCK, cli_env
+from gflops_track.common.numbers import three_places
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("script") is None, reason="needs util-linux script")]
 NORMS = ["group", "batch", "instance"]
@@ -64,8 +65,8 @@ def children(uri: str) -> tuple[str, list[dict[str, str]]]:
             "variant": run.data.tags["variant"],
             "run id": run.info.run_id[:8],
             "params": f"{int(run.data.metrics['cost/params']):,}",
-            "GFLOPs": f"{run.data.metrics['cost/gflops']:,.3f}",
-            "median": f"{run.data.metrics['latency/median_ms']:,.3f}",
+            "GFLOPs": three_places(run.data.metrics["cost/gflops"]),
+            "median": three_places(run.data.metrics["latency/median_ms"]),
         }
         for run in jobs
     ]
