@@ -267,10 +267,12 @@ def measure_layers(
     runtime: RuntimeOptions | None = None,
     iterations: int = LAYER_ITERATIONS,
     max_time_s: float = LAYER_MAX_TIME_S,
+    profiler_forwards: int = 0,
 ) -> LayerTiming:
     """Each module's inclusive and self time in ``model(*inputs, **kwargs)`` (``timing/layers.py``), in eval mode
-    under the runtime options. Run it after ``measure``: its hooks never touch the headline latency. A compiled
-    model runs as one graph, whose modules no hook sees: ``ValueError``."""
+    under the runtime options; with ``profiler_forwards`` (3 is enough), also each module's share of the op time
+    ``torch.profiler`` records, the cross-check in ``LayerTiming.profiler_gap``. Run it after ``measure``: its hooks
+    never touch the headline latency. A compiled model runs as one graph, whose modules no hook sees: ``ValueError``."""
     if on_meta(model):
         raise ValueError(f"{type(model).__name__} cannot be timed: {WEIGHTLESS}")
     runtime = runtime or RuntimeOptions()
@@ -281,7 +283,10 @@ def measure_layers(
     with runtime_context(runtime):
         forward, args, kwargs = prepare(model, args, kwargs, runtime, target)
         with eval_mode(model):
-            return time_layers(forward, model, target, iterations=iterations, max_time_s=max_time_s)
+            return time_layers(
+                forward, model, target, iterations=iterations, max_time_s=max_time_s,
+                profiler_forwards=profiler_forwards,
+            )  # fmt: skip
 
 
 def layer_table(
