@@ -96,6 +96,22 @@ class LayerTiming:
         """Signed relative gap between the self times' sum and ``reference_ms`` (the headline median)."""
         return (self.self_sum_ms - reference_ms) / reference_ms
 
+    def check_metrics(self, prefix: str, reference_ms: float | None) -> dict[str, float]:
+        """The truth checks as metrics under ``prefix`` (``layers/``, or ``step_layers/`` for the step's pass): the
+        self times' gap to ``reference_ms`` (the headline median) and to the unhooked ones timed beside, whether the
+        machine was busy, the quickest times' gap, and the profiler's share gap when it ran; unknown ones left out."""
+        values: dict[str, float] = {}
+        if self.plain_ms:
+            values[f"{prefix}self_sum_gap_side_by_side"] = self.gap(self.plain_ms)
+            values[f"{prefix}busy"] = float(self.busy)
+        if self.fastest_gap is not None:
+            values[f"{prefix}self_min_sum_gap"] = self.fastest_gap
+        if self.profiler_gap is not None:
+            values[f"{prefix}profiler_share_gap"] = self.profiler_gap[0]
+        if reference_ms:
+            values[f"{prefix}self_sum_gap"] = self.gap(reference_ms)
+        return values
+
     # How the check note names the pass, its headline reference and what it times ("forward" or "step").
     SUBJECT: ClassVar[str] = "layers"
     REFERENCE: ClassVar[str] = "the latency median"

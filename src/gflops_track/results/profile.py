@@ -252,15 +252,7 @@ class ProfileResult:
             names.LAYERS_ITERATIONS: float(timing.iterations),
             names.LAYERS_TOTAL_S: timing.total_s,
         }
-        if timing.plain_ms:
-            values[names.LAYERS_SELF_GAP_SIDE] = timing.gap(timing.plain_ms)
-            values[names.LAYERS_BUSY] = float(timing.busy)
-        if timing.fastest_gap is not None:
-            values[names.LAYERS_FASTEST_GAP] = timing.fastest_gap
-        if timing.profiler_gap is not None:
-            values[names.LAYERS_PROFILER_GAP] = timing.profiler_gap[0]
-        if self.median_latency_ms:
-            values[names.LAYERS_SELF_GAP] = timing.gap(self.median_latency_ms)
+        values.update(timing.check_metrics(names.LAYERS_PREFIX, self.median_latency_ms))
         if self.layer_roof is not None:
             values.update(forward_bound_metrics(self.layer_rows, self.median_latency_ms))
             values[names.LAYERS_ROOF_GFLOP_PER_S] = self.layer_roof.gflop_per_s

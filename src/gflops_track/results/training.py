@@ -125,11 +125,5 @@ class TrainingStep:
             names.STEP_LAYERS_ITERATIONS: float(layers.iterations),
             names.STEP_LAYERS_TOTAL_S: layers.total_s,
         }
-        if layers.plain_ms:
-            values[names.STEP_LAYERS_SELF_GAP_SIDE] = layers.gap(layers.plain_ms)
-            values[names.STEP_LAYERS_BUSY] = float(layers.busy)
-        if layers.fastest_gap is not None:
-            values[names.STEP_LAYERS_FASTEST_GAP] = layers.fastest_gap
-        if self.timing is not None and self.timing.step_ms:
-            values[names.STEP_LAYERS_SELF_GAP] = layers.gap(self.timing.step_ms)
-        return values
+        reference_ms = self.timing.step_ms if self.timing is not None else None
+        return {**values, **layers.check_metrics(names.STEP_LAYERS_PREFIX, reference_ms)}
