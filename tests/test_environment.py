@@ -6,16 +6,20 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from gflops_track.machine.environment import (
     ENVIRONMENT_ARTIFACT,
+    ENVIRONMENTS_FOLDER,
+    _interpreter_packages,
     environment_files,
     environment_hash,
     environment_note,
@@ -59,6 +63,64 @@ def test_installed_packages_sees_an_install_and_a_removal(tmp_path: Path, monkey
     assert installed_packages()["gflops-probe-dist"] == "2.0"
     shutil.rmtree(tmp_path / "gflops_probe_dist-2.0.dist-info")
     assert "gflops-probe-dist" not in installed_packages()
+
+
+def test_the_list_is_kept_in_the_user_cache_for_the_next_command(tmp_path: Path, monkeypatch: Any) -> None:
+    """The next command (here: the process's own list forgotten) reads the list the last one saved for the same
+    installed state, not every METADATA file again; an install gives a new state, read from the files."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    dist_info(tmp_path / "site", "gflops_probe_dist", "1.0")
+    _interpreter_packages.cache_clear()
+    assert installed_packages()["gflops-probe-dist"] == "1.0"
+    [saved] = (tmp_path / "cache" / "gflops-track" / ENVIRONMENTS_FOLDER).glob("*.json")
+    content = json.loads(saved.read_text())
+    content["packages"] = [[name, "7.7" if name == "gflops-probe-dist" else v] for name, v in content["packages"]]
+    saved.write_text(json.dumps(content))  # what only a read of the cache can return
+    _interpreter_packages.cache_clear()
+    assert installed_packages()["gflops-probe-dist"] == "7.7"
+    dist_info(tmp_path / "site", "gflops_other_dist", "3.0")  # an install: a new state, the files are read again
+    _interpreter_packages.cache_clear()
+    packages = installed_packages()
+    assert (packages["gflops-probe-dist"], packages["gflops-other-dist"]) == ("1.0", "3.0")
+    _interpreter_packages.cache_clear()
+
+
+def test_an_egg_info_rewritten_in_place_is_read_again(tmp_path: Path, monkeypatch: Any) -> None:
+    """`setup.py develop` rewrites `name.egg-info/PKG-INFO` without renaming the folder: its write time is part of
+    the state, so a cached list never outlives it."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    egg = tmp_path / "gflops_probe_egg.egg-info"
+    egg.mkdir()
+    (egg / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: gflops-probe-egg\nVersion: 1.0\n")
+    _interpreter_packages.cache_clear()
+    assert installed_packages()["gflops-probe-egg"] == "1.0"
+    (egg / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: gflops-probe-egg\nVersion: 2.0\n")
+    written = (egg / "PKG-INFO").stat().st_mtime_ns + 10**9  # a clock too coarse to tell the writes apart
+    os.utime(egg / "PKG-INFO", ns=(written, written))
+    _interpreter_packages.cache_clear()
+    assert installed_packages()["gflops-probe-egg"] == "2.0"
+    _interpreter_packages.cache_clear()
+
+
+@pytest.mark.parametrize("cache", ["unwritable", "corrupt"])
+def test_a_cache_that_cannot_be_used_only_costs_a_read(cache: str, tmp_path: Path, monkeypatch: Any) -> None:
+    if cache == "unwritable":
+        (tmp_path / "cache").write_text("a file where the cache folder goes")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    dist_info(tmp_path / "site", "gflops_probe_dist", "1.0")
+    _interpreter_packages.cache_clear()
+    if cache == "corrupt":
+        installed_packages()
+        [saved] = (tmp_path / "cache" / "gflops-track" / ENVIRONMENTS_FOLDER).glob("*.json")
+        saved.write_text('{"path_state": 1}')
+        _interpreter_packages.cache_clear()
+    assert installed_packages()["gflops-probe-dist"] == "1.0"
+    if cache == "corrupt":  # rewritten whole
+        assert json.loads(saved.read_text())["packages"]
+    _interpreter_packages.cache_clear()
 
 
 def test_a_vendored_folder_on_sys_path_is_no_install_location(tmp_path: Path, monkeypatch: Any) -> None:

@@ -4,6 +4,7 @@ it puts side by side were measured in different environments. Core: imports neit
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.metadata
@@ -13,11 +14,16 @@ import re
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
+
+from gflops_track.common.names import user_cache_dir
 
 ENV_HASH_TAG = "env_hash"
 ENV_PACKAGES_TAG = "env_packages"  # optional: the name==version list as compact JSON, so compare can name differences
 ENVIRONMENT_ARTIFACT = "environment.txt"
 METADATA_SUFFIXES = (".dist-info", ".egg-info")  # the entries importlib.metadata reads distributions from
+ENVIRONMENTS_FOLDER = "environments"  # under the user cache: one file per installed state read, {key}.json
+ENVIRONMENTS_KEPT = 8  # the newest states kept there (a few kB each)
 HASH_LENGTH = 12  # hex digits of sha256: 48 bits, collision-free for any realistic number of environments
 
 
@@ -31,8 +37,8 @@ def installed_packages(distributions: Iterable[importlib.metadata.Distribution] 
     installed twice on sys.path, the first one found wins, as it does for `import`. A sys.path folder inside a package
     is that package's vendored copy, not an install location: setuptools puts `setuptools/_vendor` on sys.path when
     something imports it (thop does), which must not change the list (nor the `env_hash`) halfway through a sweep.
-    Reading every METADATA file takes 0.1-0.5 s, so the answer is kept until an install, upgrade or removal changes
-    the metadata entries of one of the folders."""
+    Reading every METADATA file takes 0.1-0.5 s, so the answer is kept (in the process and in the user cache) until
+    an install, upgrade or removal changes the metadata entries of one of the folders."""
     if distributions is not None:
         return _packages(distributions)
     return dict(_interpreter_packages(_path_state(install_locations(sys.path))))
@@ -56,22 +62,65 @@ def _packages(distributions: Iterable[importlib.metadata.Distribution]) -> dict[
 def _path_state(paths: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """Each folder with its metadata entries (``name-version.dist-info``, ``*.egg-info``): what pip adds, renames on
     an upgrade and removes; a list of a folder takes well under a millisecond, a read of every METADATA file 0.1-0.5 s.
-    Other writes into a folder (a sweep's outputs in the current directory) do not change it."""
+    An ``.egg-info`` name may carry no version (``setup.py develop`` rewrites it in place), so such an entry is named
+    with the time its metadata was last written (``pkg.egg-info@<ns>``). Other writes into a folder (a sweep's
+    outputs in the current directory) do not change it."""
     state = []
     for path in paths:
         try:
-            entries = tuple(sorted(name for name in os.listdir(path or ".") if name.endswith(METADATA_SUFFIXES)))
+            names = sorted(name for name in os.listdir(path or ".") if name.endswith(METADATA_SUFFIXES))
         except OSError:
-            entries = ()
-        state.append((path, entries))
+            names = []
+        state.append((path, tuple(_entry_label(Path(path or "."), name) for name in names)))
     return tuple(state)
+
+
+def _entry_label(folder: Path, name: str) -> str:
+    if not name.endswith(".egg-info"):
+        return name
+    entry = folder / name
+    try:
+        return f"{name}@{(entry / 'PKG-INFO' if entry.is_dir() else entry).stat().st_mtime_ns}"
+    except OSError:
+        return name
 
 
 @functools.lru_cache(maxsize=4)
 def _interpreter_packages(path_state: tuple[tuple[str, tuple[str, ...]], ...]) -> tuple[tuple[str, str], ...]:
-    """``installed_packages()`` over the folders of ``path_state``, as they are in it."""
+    """``installed_packages()`` over the folders of ``path_state``, as they are in it: read from the user cache when
+    a command before this one read the same state (the first job of every command saves the 0.1-0.5 s), else from
+    the metadata files, and then kept there."""
+    cache_file = user_cache_dir() / ENVIRONMENTS_FOLDER / f"{_state_key(path_state)}.json"
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):  # none, unreadable, or not ours: read again
+        cached = json.loads(cache_file.read_text(encoding="utf-8"))
+        if _as_state(cached["path_state"]) == path_state:  # the key is a hash: the state itself decides
+            return tuple((str(name), str(version)) for name, version in cached["packages"])
     folders = [path for path, _entries in path_state]
-    return tuple(_packages(importlib.metadata.distributions(path=folders)).items())
+    packages = tuple(_packages(importlib.metadata.distributions(path=folders)).items())
+    _save(cache_file, {"path_state": path_state, "packages": packages})
+    return packages
+
+
+def _state_key(path_state: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
+    return hashlib.sha256(json.dumps([sys.executable, path_state]).encode()).hexdigest()[:24]
+
+
+def _as_state(stored: list[list[Any]]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    return tuple((str(path), tuple(str(entry) for entry in entries)) for path, entries in stored)
+
+
+def _save(cache_file: Path, content: dict[str, Any]) -> None:
+    """Write ``cache_file`` whole or not at all (a temp file renamed over it), keeping the newest
+    ``ENVIRONMENTS_KEPT`` states (each install or upgrade makes a new one); a cache that cannot be written is only
+    slower."""
+    with contextlib.suppress(OSError):
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        temp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
+        temp.write_text(json.dumps(content), encoding="utf-8")
+        os.replace(temp, cache_file)
+        kept = sorted(cache_file.parent.glob("*.json"), key=lambda path: path.stat().st_mtime_ns, reverse=True)
+        for stale in kept[ENVIRONMENTS_KEPT:]:
+            stale.unlink(missing_ok=True)
 
 
 def requirement_lines(packages: Mapping[str, str]) -> list[str]:

@@ -1,0 +1,87 @@
+"""Preflight composes a sweep's defaults list once per distinct set of the overrides that shape it, and applies each
+job's value overrides to a copy with Hydra's own rule. The result must be, job for job, the config Hydra composes
+from the whole command line (this guards a Hydra upgrade too), and a bad value must be named as before."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from gflops_track.app import preflight as preflight_module
+from gflops_track.app.preflight import _cause_line, _check_jobs
+from gflops_track.app.schema import AppConfig, ConfigError, register_schema, to_app_config
+from gflops_track.cli.run import CONFIG_DIR
+
+SWEEPS = [
+    ["norm_fn=group,batch,instance", "batch.size=1,2"],
+    ["device=cpu,auto", "precision=fp32,bf16", "++timing.enabled=false", "timing.max_time_s=3,4"],
+    ["model=custom", "model._target_=torch.nn.Linear", "+model.in_features=8", "+model.out_features=4",
+     "input.shape=[8]", "batch.size=1,4"],
+]  # fmt: skip
+# one job each, refused: Hydra's own composition error, the schema's, an unknown key, a value out of range
+REFUSED = [
+    ["~timing.max_time_s"],
+    ["+timing.enabled=false"],
+    ["timing.max_time_s=abc"],
+    ["batch.sise=2"],
+    ["batch.size=0"],
+]
+
+
+def _hydras(overrides: list[str]) -> list[AppConfig]:
+    """Every job of the sweep, each composed whole by Hydra."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    register_schema()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            parsed = OverridesParser.create().parse_overrides(overrides)
+            jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+            return [to_app_config(compose("config", overrides=job)) for job in jobs]
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("overrides", SWEEPS, ids=[" ".join(s) for s in SWEEPS])
+def test_each_job_is_the_config_hydra_composes(overrides: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = _hydras(overrides)
+    composed: list[list[str]] = []
+    real = preflight_module.compose
+
+    def counted(config_name: str, overrides: list[str]) -> object:  # the real compose, counted
+        composed.append(list(overrides))
+        return real(config_name, overrides=overrides)
+
+    monkeypatch.setattr(preflight_module, "compose", counted)
+    errors, configs = _check_jobs((overrides, {}), CONFIG_DIR, "config")
+    assert errors == []
+    assert configs == expected
+    assert len(configs) > 1
+    # the value overrides alone never compose again: one composition per distinct choice of config groups
+    assert len(composed) == len({tuple(shaping) for shaping in composed})
+    groups = {"model", "device", "precision", "batch"}
+    assert all(o.split("=")[0] in groups for shaping in composed for o in shaping), composed
+
+
+@pytest.mark.parametrize("overrides", REFUSED, ids=[" ".join(r) for r in REFUSED])
+def test_a_refused_job_is_named_as_when_hydra_composes_it_whole(overrides: list[str]) -> None:
+    try:
+        _hydras(overrides)
+    except ConfigError as error:
+        expected = error.errors
+    except (HydraException, OmegaConfBaseException) as error:
+        expected = [_cause_line(error)]
+    else:
+        raise AssertionError(f"{overrides} composes")
+    assert _check_jobs((overrides, {}), CONFIG_DIR, "config") == (expected, [])
+
+
+def test_a_bad_value_in_one_job_of_a_sweep_refuses_only_that_value() -> None:
+    errors, configs = _check_jobs((["norm_fn=group,batch", "batch.size=2,0"], {}), CONFIG_DIR, "config")
+    assert [(c.norm_fn, c.batch.size) for c in configs] == [("group", 2), ("batch", 2)]
+    assert len(errors) == 1 and "batch.size" in errors[0], errors
