@@ -27,8 +27,11 @@ def all_runs(uri: str) -> list:
 
 def test_seed_sweep_exact_command(tmp_path: Path) -> None:
     """`python -m gflops_track -m norm_fn=group,batch,instance` into the default store ./mlflow.db."""
-    done = run_cli(["-m", "norm_fn=group,batch,instance"], cwd=tmp_path)
+    # a matplotlib that has no font cache yet, as on a user's first run: it builds one while the report is drawn
+    done = run_cli(["-m", "norm_fn=group,batch,instance"], cwd=tmp_path, MPLCONFIGDIR=str(tmp_path / "matplotlib"))
     assert done.returncode == 0, done.stderr[-3000:]
+    assert list((tmp_path / "matplotlib").glob("fontlist*.json"))
+    assert "fontManager" not in done.stdout + done.stderr  # matplotlib's INFO line, which Hydra printed as "[HYDRA]"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     runs = all_runs(uri)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
