@@ -18,7 +18,14 @@ from gflops_track.cli.compare import main
 from gflops_track.common.numbers import three_places
 from gflops_track.compare.charts import bars_figure, comparison_charts, flops_vs_latency_figure
 from gflops_track.compare.layers import RunLayers, layer_time_by_run_figure
-from gflops_track.compare.render import ALL_COLUMNS, ComparisonTable, markdown_table, parse_columns, speed_header
+from gflops_track.compare.render import (
+    ALL_COLUMNS,
+    LEFT_OUT_NOTE,
+    ComparisonTable,
+    markdown_table,
+    parse_columns,
+    speed_header,
+)
 from gflops_track.compare.rows import Row, build_rows
 from gflops_track.machine.environment import environment_tags
 from gflops_track.render.plots import (
@@ -102,7 +109,7 @@ def test_fitted_columns_are_whole_at_every_width_and_fill_it() -> None:
     words = {word for column in ALL_COLUMNS.values() for word in column.header.split()}
     words |= set(speed_header(ROWS, short=True).split())
     for width in range(80, 161, 4):
-        text = printed(ComparisonTable(ROWS, "three runs"), width, terminal=True)
+        text = printed(ComparisonTable(ROWS, "three runs"), width, terminal=True).split(LEFT_OUT_NOTE)[0]
         lines = text.splitlines()[1:]
         assert max(len(line) for line in lines) <= width, (width, text)
         header = [line for line in lines if not line.startswith(("hardware:", "norm_fn="))]
@@ -115,7 +122,29 @@ def test_fitted_columns_are_whole_at_every_width_and_fill_it() -> None:
             for key in shown:
                 assert ALL_COLUMNS[key].cell(row) in line, (width, key, line)
         tight = max(len(line) for line in text.splitlines())
-        assert printed(ComparisonTable(ROWS, "three runs"), tight, terminal=True) == text, (width, tight)
+        at_tight = printed(ComparisonTable(ROWS, "three runs"), tight, terminal=True).split(LEFT_OUT_NOTE)[0]
+        assert at_tight == text, (width, tight)
+
+
+@pytest.mark.parametrize("width", [80, 120, 400])
+def test_a_fitted_table_names_the_columns_it_left_out(width: int) -> None:
+    """At 80 columns the key ones fit (variant, GFLOPs, median, ...): the line under the table names, by the keys
+    --columns takes, every column with values that did not (run id, params, CI, ...), so no figure a run holds is
+    dropped without a word; where every column fits there is no such line."""
+    text = printed(ComparisonTable(ROWS, "three runs"), width, terminal=True)
+    table, _, note = text.partition(LEFT_OUT_NOTE)
+    assert max(len(line) for line in text.splitlines()) <= width, text
+    header = " ".join(table.splitlines()[1:4])
+    left_out = [key for key, column in ALL_COLUMNS.items()
+                if key in {"run_id", "params", "ci", "throughput", "gmacs", "start", "run_name"}
+                and not all(part in header for part in column.header.split("\n"))]  # fmt: skip
+    if width == 400:
+        assert left_out == [] and note == "", text
+        return
+    assert left_out, text
+    listed = note.split(":", 1)[1].split("(")[0].replace(",", " ").split()
+    assert sorted(listed) == sorted(left_out), text
+    assert "--wide" in " ".join(note.split())
 
 
 def test_a_failed_row_says_why_at_80_columns() -> None:
@@ -445,10 +474,11 @@ def test_per_layer_charts_keep_titles_legends_and_labels_in_view() -> None:
 
 def test_small_numbers_keep_three_significant_digits() -> None:
     """A tiny model's 0.000589 GMACs and a 0.00421 ms forward read as such, not as 0.001 and 0.004 (three decimals
-    would round them by up to 70%); from 0.1 up, three decimals with separators as before."""
-    assert [three_places(value) for value in (0.000589, 0.00421, 0.0, 0.1, 1234.5678)] == [
-        "0.000589", "0.00421", "0.000", "0.100", "1,234.568",
+    would round them by up to 70%); from 0.1 up, three decimals with separators as before. Trailing zeros stay, so
+    an interval's two bounds read equally precise ([0.00400, 0.00450], not [0.004, 0.0045])."""
+    assert [three_places(value) for value in (0.000589, 0.00421, 0.052, 0.0, 0.1, 1234.5678)] == [
+        "0.000589", "0.00421", "0.0520", "0.000", "0.100", "1,234.568",
     ]  # fmt: skip
     row = make_row("group", gmacs=0.000589, gflops=0.00118, median_ms=0.00421, ci_low_ms=0.004, ci_high_ms=0.0045)
     table = markdown_table([row])
-    assert "| 0.000589 | 0.00118 | 0.00421 [0.004, 0.0045] |" in table  # GMACs, GFLOPs, median latency [95% CI]
+    assert "| 0.000589 | 0.00118 | 0.00421 [0.00400, 0.00450] |" in table  # GMACs, GFLOPs, median latency [95% CI]

@@ -1,5 +1,6 @@
 """How a measured or counted number is printed so that it never rounds to nothing or to something it is not: three
-decimals from 0.1 up (``1,234.568``), three significant digits below (``0.000589``, not ``0.001``)."""
+decimals from 0.1 up (``1,234.568``), three significant digits below (``0.000589``, not ``0.001``), trailing zeros
+kept (``[0.0520, 0.0601]``, not ``[0.052, 0.0601]``: both bounds equally precise)."""
 
 from __future__ import annotations
 
@@ -9,4 +10,4 @@ SMALL = 0.1  # below this, three decimals would keep fewer than three significan
 def three_places(value: float) -> str:
     """``value`` with three decimals and thousands separators, or three significant digits when it is below 0.1
     (and not 0): a tiny model's 0.000589 GMACs reads as such, not as 0.001."""
-    return f"{value:,.3f}" if abs(value) >= SMALL or value == 0 else f"{value:.3g}"
+    return f"{value:,.3f}" if abs(value) >= SMALL or value == 0 else f"{value:#.3g}"

@@ -126,6 +126,7 @@ ALL_COLUMNS: dict[str, Column] = {
         Column("mfu", "MFU", lambda r: _fmt(r.mfu, ".1%")),
     )
 }
+LEFT_OUT_NOTE = "not shown"  # the line under a fitted table naming the columns that did not fit
 WRAPPING = ("variant", "status")  # text that wraps at the label cap in a fitted table: a label, a failed run's error
 TRAINING = ["step_gflops", "step", "step_achieved", "mfu"]  # train-mode runs only: shown where a row has them
 # Markdown and HTML: every column (the first ones and the last keep their places: readers index them).
@@ -307,6 +308,13 @@ class ComparisonTable:
             width = natural_width(console, options, table)
             yield from self._lines(
                 console, options if fitted else options.update_width(max(width, options.max_width)), table
+            )
+        left_out = [key for key in self._keys(grouped=True) if key not in keys] if fitted else []
+        if left_out:  # nothing a run holds is dropped without a word: say what did not fit and how to see it
+            yield Text(
+                f"{LEFT_OUT_NOTE} at {options.max_width} columns: {', '.join(left_out)} (--wide shows every column, "
+                "--columns picks them; a pipe or a file gets them all)",
+                style="dim",
             )
 
 
