@@ -47,7 +47,7 @@ from pathlib import Path
 # module (path from the repository root) -> the test files whose fast tests cover it. Update when a module moves.
 MODULES: dict[str, tuple[str, ...]] = {
     "src/gflops_track/counting/rules.py": ("tests/test_rules.py", "tests/test_rule_functions.py"),
-    "src/gflops_track/counting/training.py": ("tests/test_training_step.py",),  # the backward count
+    "src/gflops_track/counting/training.py": ("tests/test_training_step.py", "tests/test_training_count.py"),
     "src/gflops_track/compare/gate.py": ("tests/test_gate.py", "tests/test_gate_verdicts.py"),
     "src/gflops_track/timing/engine.py": ("tests/test_timing.py", "tests/test_timing_rules.py"),
     "src/gflops_track/peaks/report.py": ("tests/test_peak_report.py",),

@@ -10,7 +10,9 @@ dispatch-level counter as the inference count. Each op is filed by *phase* (forw
   whose forward created it (each module's exit walks the graph back from its outputs and labels the nodes no inner
   module claimed; its entry labels what its caller ran before it), and the counter reads the label of
   ``torch._C._current_autograd_node()`` for each backward op. The per-layer forward and backward columns therefore
-  add up to the phase totals;
+  add up to the phase totals. A node with no label (made by the backward itself: reentrant activation checkpointing
+  runs its function again inside its node's backward) goes with the last labelled node that ran, the checkpoint's,
+  as in the step's layer timing (``timing/step_layers.py``);
 * optimizer: ``(optimizer)``, in the phase totals only (the optimizer works per parameter tensor, not per module).
 
 An op with no rule is listed as uncounted, with its phase and scope, never silently 0. If the step cannot run on
@@ -89,6 +91,7 @@ class _TrainingMode(_CountingMode):
         self.phase = "forward"
         self.outside = ""  # the scope of forward ops outside every module: the root, then the loss
         self.tallies: dict[str, dict[str, ScopeTally]] = {phase: {} for phase in PHASES}
+        self.backward_scope = ""  # the label of the last labelled autograd node that ran (the loss's are the first)
 
     def _scope(self, name: str) -> ScopeTally:
         return self.tallies[self.phase].setdefault(name, ScopeTally())
@@ -96,7 +99,10 @@ class _TrainingMode(_CountingMode):
     def _current(self) -> ScopeTally:
         if self.phase == "backward":
             node = torch._C._current_autograd_node()
-            return self._scope(node.metadata.get(SCOPE_KEY, "") if node is not None else LOSS_ROW)
+            if node is None:  # before the first node: the loss's gradient of ones
+                return self._scope(LOSS_ROW)
+            self.backward_scope = node.metadata.get(SCOPE_KEY, self.backward_scope)
+            return self._scope(self.backward_scope)
         if self.phase == "optimizer":
             return self._scope(OPTIMIZER_ROW)
         return self._scope(self._stack[-1] if self._stack else self.outside)
@@ -212,15 +218,12 @@ def _step(
     optimizer: str,
     labels: torch.Tensor | None,
 ) -> None:
-    """One step of ``model`` (swapped or copied) inside ``counter``: zero_grad, forward, loss, backward, step."""
+    """One step of ``model`` (swapped or copied) inside ``counter``: forward, loss, backward, step. No zero_grad: the
+    parameters here are fresh stand-ins, or a deep copy's (which copies no ``.grad``), so the step starts without
+    gradients and zero_grad would run no op (set to None or zeroed, it has no arithmetic to count)."""
     hooks = _hooks_for(counter)
     opt = make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad])
     with counter:
-        hooks.phase("optimizer")  # zero_grad (set_to_none: no arithmetic) is the optimizer's
-        if opt is not None:
-            opt.zero_grad(set_to_none=True)
-        else:
-            model.zero_grad(set_to_none=True)
         hooks.phase("forward")
         output = model(*args, **kwargs)
         hooks.loss_start()
@@ -363,7 +366,7 @@ def count_training_cost(
         device_type=device_type,
     )
     by_phase_category: dict[str, dict[str, int]] = {}
-    by_category: Counter[str] = Counter({str(category): 0 for category in Category})
+    by_category: Counter[str] = Counter()  # every category's key comes with the first phase's
     dense_by_op: Counter[str] = Counter()
     uncounted: dict[str, int] = {}
     macs_by_phase: dict[str, int] = {}
