@@ -1,16 +1,22 @@
-"""Preflight composes a sweep's defaults list once per distinct set of the overrides that shape it, and applies each
-job's value overrides to a copy with Hydra's own rule. The result must be, job for job, the config Hydra composes
-from the whole command line (this guards a Hydra upgrade too), and a bad value must be named as before."""
+"""Preflight and the in-process launcher compose a sweep's defaults list once per distinct set of the overrides that
+shape it, and apply each job's other overrides to a copy with Hydra's own rule (gflops_track.app.composition). The
+result must be, job for job, the config Hydra composes from the whole command line, hydra node included for the
+launcher (this guards a Hydra upgrade too), and a bad value must be named as before."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from gflops_track.app import preflight as preflight_module
+from gflops_track.app.composition import SharedDefaultsLoader
 from gflops_track.app.preflight import _cause_line, _check_jobs
 from gflops_track.app.schema import AppConfig, ConfigError, register_schema, to_app_config
 from gflops_track.cli.run import CONFIG_DIR
@@ -85,3 +91,34 @@ def test_a_bad_value_in_one_job_of_a_sweep_refuses_only_that_value() -> None:
     errors, configs = _check_jobs((["norm_fn=group,batch", "batch.size=2,0"], {}), CONFIG_DIR, "config")
     assert [(c.norm_fn, c.batch.size) for c in configs] == [("group", 2), ("batch", 2)]
     assert len(errors) == 1 and "batch.size" in errors[0], errors
+
+
+@pytest.mark.parametrize("overrides", SWEEPS, ids=[" ".join(s) for s in SWEEPS])
+def test_the_launcher_gets_each_job_as_hydra_composes_it(overrides: list[str], tmp_path: Path) -> None:
+    """What the sweep's in-process launcher runs: each job's config, hydra node and all (its task overrides, its
+    override_dirname, which names the job's run, the choices), equal to Hydra's own load_sweep_config, key for key,
+    from one composition per choice of config groups."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    register_schema()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            hydra = GlobalHydra.instance().hydra
+            assert hydra is not None
+            master = hydra.compose_config(
+                "config", [f"hydra.sweep.dir={tmp_path}", *overrides], RunMode.MULTIRUN, with_log_configuration=False
+            )
+            parsed = OverridesParser.create().parse_overrides(overrides)
+            jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+            shared = SharedDefaultsLoader(hydra.config_loader)
+            for job in jobs:
+                expected = hydra.config_loader.load_sweep_config(master, list(job))
+                launched = shared.load_sweep_config(master, list(job))
+                assert OmegaConf.to_container(launched) == OmegaConf.to_container(expected), job
+                assert launched.hydra.job.override_dirname == expected.hydra.job.override_dirname != ""
+            choices = {tuple(o for o in job if o.split("=")[0] in {"model", "device", "precision"}) for job in jobs}
+            assert len(shared.bases) == len(choices) < len(jobs)
+    finally:
+        GlobalHydra.instance().clear()

@@ -7,7 +7,6 @@ Command lines with flags this module does not know (``--help``, ``--cfg``, ...) 
 
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 from collections.abc import Sequence
@@ -15,17 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, OmegaConfBaseException
 
 from gflops_track.app.building import input_range_errors
+from gflops_track.app.composition import compose_from_base
 from gflops_track.app.job import training_config_errors
 from gflops_track.app.schema import AppConfig, ConfigError, register_schema, to_app_config, unknown_key_error
 from gflops_track.tracking.store import (
@@ -229,29 +227,6 @@ def _thread_warnings(configs: Sequence[AppConfig]) -> list[str]:
     ]
 
 
-def _composes_the_defaults(override: Override, groups: frozenset[str]) -> bool:
-    """Whether Hydra reads ``override`` while it builds the defaults list (a config group's choice, ``+group=...``,
-    ``~group``, ``key@package=...``; ``groups``: the overridden keys that name a config group) rather than applying
-    it to the composed config (``key=value``, ``+key=value``, ``++key=value``, ``~key``, ``a.b=value``)."""
-    return override.package is not None or "/" in override.key_or_group or override.key_or_group in groups
-
-
-def _compose_job(
-    job_overrides: Sequence[str], config_name: str, groups: frozenset[str], bases: dict[tuple[str, ...], DictConfig]
-) -> DictConfig:
-    """The job's config as Hydra composes it: the defaults list is composed once per distinct set of the overrides
-    that shape it (kept in ``bases``), then the job's value overrides are applied to a copy with Hydra's own
-    ``_apply_overrides_to_config``, in their order, as Hydra's composition applies them last. A sweep over values
-    (``norm_fn=group,batch,instance batch.size=1,2``) is composed once, not once a job (a tenth of a second each)."""
-    parsed = OverridesParser.create().parse_overrides(list(job_overrides))
-    shaping = tuple(o.input_line for o in parsed if _composes_the_defaults(o, groups))
-    if shaping not in bases:
-        bases[shaping] = compose(config_name, overrides=list(shaping))
-    config = copy.deepcopy(bases[shaping])
-    ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if not _composes_the_defaults(o, groups)], config)
-    return config
-
-
 def _check_jobs(
     split: tuple[list[str], dict[str, str]], config_dir: str, config_name: str
 ) -> tuple[list[str], list[AppConfig]]:
@@ -276,12 +251,14 @@ def _check_jobs(
                 groups = frozenset(o.key_or_group for o in parsed if loader.get_group_options(o.key_or_group))
             except (HydraException, OmegaConfBaseException, ValueError) as error:
                 return [_cause_line(error)], configs
-            bases: dict[tuple[str, ...], DictConfig] = {}
+            bases: dict[tuple[str, ...], DictConfig] = {}  # one composition per choice of config groups
+            name = flags.get("config_name", config_name)
             for job_overrides in jobs:
                 try:
-                    configs.append(
-                        to_app_config(_compose_job(job_overrides, flags.get("config_name", config_name), groups, bases))
+                    job, _parsed = compose_from_base(
+                        job_overrides, groups, bases, lambda shaping: compose(name, overrides=shaping)
                     )
+                    configs.append(to_app_config(job))
                 except ConfigError as error:
                     errors += [e for e in error.errors if e not in errors]
                 except (HydraException, OmegaConfBaseException) as error:

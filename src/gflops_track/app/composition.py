@@ -1,0 +1,89 @@
+"""A sweep's jobs composed from one Hydra composition per choice of config groups, not one composition a job.
+
+Hydra composes a job in two steps: the defaults list (which config of each group, ``model=custom``, ``+group=x``,
+``key@package=...``) is built and merged, then the other overrides (``norm_fn=batch``, ``batch.size=4``, ``+a.b=1``,
+``~key``) are applied to the merged config, in their order, by ``ConfigLoaderImpl._apply_overrides_to_config``. Jobs
+that differ only in the second kind share the first step, which is nearly all of a composition's cost (a tenth of a
+second a job here): it is done once per distinct set of defaults-shaping overrides, and each job applies its own
+overrides to a copy with Hydra's own function. Preflight checks every job this way (``compose_job``); the in-process
+launcher of a sweep run by ``python -m gflops_track`` launches them this way (``SharedDefaultsLoader``). Both give the
+config Hydra gives (tests/test_preflight_compose.py compares them, key for key, hydra node included).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+
+def shapes_defaults(override: Override, groups: frozenset[str]) -> bool:
+    """Whether Hydra reads ``override`` while it builds the defaults list (a config group's choice, ``+group=...``,
+    ``~group``, ``key@package=...``; ``groups``: the overridden keys that name a config group) rather than applying
+    it to the composed config (``key=value``, ``+key=value``, ``++key=value``, ``~key``, ``a.b=value``)."""
+    return override.package is not None or "/" in override.key_or_group or override.key_or_group in groups
+
+
+def compose_from_base(
+    overrides: Sequence[str],
+    groups: frozenset[str],
+    bases: dict[tuple[str, ...], DictConfig],
+    compose_base: Callable[[list[str]], DictConfig],
+) -> tuple[DictConfig, list[Override]]:
+    """The config of a job with ``overrides``: a copy of the base composed (by ``compose_base``) from its
+    defaults-shaping overrides, kept in ``bases`` for the next job, with the job's other overrides applied in their
+    order, as Hydra applies them; and every override, parsed."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    shaping = tuple(o.input_line for o in parsed if shapes_defaults(o, groups))
+    if shaping not in bases:
+        bases[shaping] = compose_base(list(shaping))
+    config = copy.deepcopy(bases[shaping])
+    ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if not shapes_defaults(o, groups)], config)
+    return config, parsed
+
+
+class SharedDefaultsLoader:
+    """Hydra's config loader, but ``load_sweep_config`` composes each distinct set of a sweep's defaults-shaping
+    overrides once (see the module's docstring). The job's hydra node is Hydra's: its task overrides are the job's
+    and ``override_dirname`` is made from them by Hydra's own function; everything else a job's hydra node holds
+    (choices, sources, runtime) follows from the defaults list, which is the same. Any other call goes to the
+    loader."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.bases: dict[tuple[str, ...], DictConfig] = {}
+        self.group_keys: dict[str, bool] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+    def _groups(self, overrides: Sequence[str]) -> frozenset[str]:
+        for override in OverridesParser.create().parse_overrides(list(overrides)):
+            key = override.key_or_group
+            if key not in self.group_keys:
+                self.group_keys[key] = bool(self.loader.get_group_options(key))
+        return frozenset(key for key, is_group in self.group_keys.items() if is_group)
+
+    def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        config, parsed = compose_from_base(
+            sweep_overrides,
+            self._groups(sweep_overrides),
+            self.bases,
+            lambda shaping: self.loader.load_sweep_config(master_config, shaping),
+        )
+        hydra = config.hydra
+        with open_dict(hydra):
+            hydra.overrides.task = [o.input_line for o in parsed]  # a sweep's jobs carry no hydra.* override
+            hydra.job.override_dirname = get_overrides_dirname(
+                overrides=parsed,
+                kv_sep=hydra.job.config.override_dirname.kv_sep,
+                item_sep=hydra.job.config.override_dirname.item_sep,
+                exclude_keys=list(hydra.job.config.override_dirname.exclude_keys),
+            )
+        OmegaConf.copy_cache(from_config=master_config, to_config=config)
+        return config
