@@ -1,6 +1,6 @@
 """How quick is gflops-track itself? Its overhead above the floor, measured side by side in one run; prints tables.
 
-    python bench/bench_overhead.py [--rounds 3]
+    python bench/bench_overhead.py [--rounds 5]
 
 The floor is what no run of the tool can avoid: one process that imports torch, mlflow and hydra and opens a new
 SQLite store (MLflow creates and migrates it), then exits. Every row is a difference or a ratio taken in this one run,
@@ -21,7 +21,7 @@ tracking first warms that cache (the peak probes and the schema template are mad
   per-layer pass, default on); the largest of the three (target <= 0.5 s). The sweep's report is its own row, once per
   sweep;
 * a new store against an existing one: the 1-job sweep into a new store minus into an existing one (target <= 1 s);
-* the floor and the counting sweeps run in ``--rounds`` rounds (default 3), each round side by side; each of the three
+* the floor and the counting sweeps run in ``--rounds`` rounds (default 5), each round side by side; each of the three
   rows above is judged on the median of its rounds' values, all of which it prints (one busy moment moves one round,
   not the verdict);
 * ``profile(model, inputs, timing=False)`` on the seed block in a process that has imported it (target <= 0.2 s),
@@ -226,7 +226,7 @@ def _each(rounds: list[dict[str, float]], row: Callable[[dict[str, float]], floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of the counting sweeps; medians are judged")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the counting sweeps; medians are judged")
     args = parser.parse_args()
     console = Console()
     with tempfile.TemporaryDirectory(prefix="gflops-overhead-") as temp:
