@@ -128,6 +128,7 @@ def test_the_spool_hints_run_as_printed_upload_into_the_right_store_with_one_swe
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert PASSWORD not in done.stdout + done.stderr
+    assert "Retrying (" not in done.stdout + done.stderr  # urllib3's line per attempt: our warning says it once
     hints = re.findall(r"upload (?:it|them) later with: (gflops-track sync .*)$", done.stderr, re.MULTILINE)
     store = f"--tracking-uri http://127.0.0.1:{port}"
     assert len(hints) == 1 + 1 + 2 and all(hint.endswith(store) for hint in hints), done.stderr  # start, sweep, jobs
