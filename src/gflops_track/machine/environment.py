@@ -76,6 +76,7 @@ def _path_state(paths: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ..
 
 
 def _entry_label(folder: Path, name: str) -> str:
+    """The entry's name; an ``.egg-info``'s with the write time of its metadata."""
     if not name.endswith(".egg-info"):
         return name
     entry = folder / name
@@ -102,10 +103,12 @@ def _interpreter_packages(path_state: tuple[tuple[str, tuple[str, ...]], ...]) -
 
 
 def _state_key(path_state: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
+    """The cache file's name for this interpreter and state."""
     return hashlib.sha256(json.dumps([sys.executable, path_state]).encode()).hexdigest()[:24]
 
 
 def _as_state(stored: list[list[Any]]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """A state read back from JSON (lists) as ``_path_state`` makes it (tuples)."""
     return tuple((str(path), tuple(str(entry) for entry in entries)) for path, entries in stored)
 
 
