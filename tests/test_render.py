@@ -144,7 +144,18 @@ def test_a_fitted_table_names_the_columns_it_left_out(width: int) -> None:
     assert left_out, text
     listed = note.split(":", 1)[1].split("(")[0].replace(",", " ").split()
     assert sorted(listed) == sorted(left_out), text
-    assert "--wide" in " ".join(note.split())
+    hint = "(--wide shows every column, --columns picks them; a pipe or a file gets them all)"
+    assert " ".join(note.split()).endswith(hint), text
+
+
+def test_the_left_out_note_is_dim_and_only_under_a_fitted_table() -> None:
+    """The note is secondary (dim, under the numbers); a table of the columns a user named (--columns) or --wide
+    leaves nothing out that was not asked for, so it has no note."""
+    out = io.StringIO()
+    Console(file=out, width=80, force_terminal=True, color_system="standard").print(ComparisonTable(ROWS, "t"))
+    assert f"\x1b[2m{LEFT_OUT_NOTE} at 80 columns" in out.getvalue()
+    for table in (ComparisonTable(ROWS, "t", columns=["variant", "gflops"]), ComparisonTable(ROWS, "t", wide=True)):
+        assert LEFT_OUT_NOTE not in printed(table, 80, terminal=True)
 
 
 def test_a_failed_row_says_why_at_80_columns() -> None:
