@@ -58,7 +58,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "src/gflops_track/tracking/spool.py": ("tests/test_spool.py",),  # test_sync.py: the command, slower
     "src/gflops_track/compare/render.py": ("tests/test_render.py",),  # test_table_widths.py: the CLI, slow
     "src/gflops_track/app/channels.py": ("tests/test_outcomes.py",),
-    "src/gflops_track/cli/compare.py": ("tests/test_gate_exit_codes.py",),
+    "src/gflops_track/cli/compare.py": ("tests/test_gate_exit_codes.py", "tests/test_gate_output.py"),
 }
 # module -> the only functions mutated in it ("name" or "Class.method"): the rule itself, where the rest of the module
 # is plumbing (argument parsing, printing, threads, Hydra's callbacks) or, for the counting rules, where a run of every
