@@ -173,7 +173,7 @@ def test_an_inconclusive_row_is_re_measured_only_when_asked(store_uri: str) -> N
     remeasured = printed[2][1]
     assert remeasured.startswith("cand: median ") and "median of paired ratios" in remeasured, remeasured
     seconds = float(re.search(r"re-measured now, interleaved: (\d+) rounds, ([0-9.]+) s, cpu", remeasured)[2])  # type: ignore[index]
-    assert seconds < 2.0, remeasured  # the 0.3 s asked for (plus a round), not the runs' 5 s
+    assert seconds < 3.5, remeasured  # the 0.3 s asked for (plus its minimum rounds under load), not the runs' 5 s
     assert printed[-1][1].endswith("in 1 compared row(s), threshold 5.0%, at least 10 samples per side")
 
 
@@ -185,11 +185,14 @@ def test_nothing_matched_lists_both_sides_rows(store_uri: str) -> None:
     candidate = log_sweep(client, experiment, [job("model=alpha width=16", lognormal(2, 12, 5.0)),
                                                job("model=alpha width=32", lognormal(3, 12, 5.0))])  # fmt: skip
     baseline = ""
-    while not baseline:  # a sweep id given by its leading digits (e.g. "42"): a number rich would highlight
+    for _attempt in range(60):  # a sweep id given by its leading digits (e.g. "42"): a number rich would highlight
         sweep = log_sweep(client, experiment, [job("model=alpha width=1", lognormal(1, 12, 5.0))])
         digits = re.match(r"[0-9]*", sweep)[0]  # type: ignore[index]
         ids = [run.info.run_id for run in client.search_runs([experiment])]
         baseline = digits if digits and sum(i.startswith(digits) for i in ids) == 1 else ""
+        if baseline:  # each sweep's id leads with a digit 10 times in 16, so 60 sweeps all missing is ~1e-25
+            break
+    assert baseline, "no sweep id began with a unique run of digits"
     console, out = terminal()
     assert run_gate(client, baseline, candidate, "5%", console) == 2
     assert lines(out) == [
