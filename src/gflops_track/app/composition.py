@@ -5,9 +5,9 @@ Hydra composes a job in two steps: the defaults list (which config of each group
 ``~key``) are applied to the merged config, in their order, by ``ConfigLoaderImpl._apply_overrides_to_config``. Jobs
 that differ only in the second kind share the first step, which is nearly all of a composition's cost (a tenth of a
 second a job here): it is done once per distinct set of defaults-shaping overrides, and each job applies its own
-overrides to a copy with Hydra's own function. Preflight checks every job this way (``compose_job``); the in-process
-launcher of a sweep run by ``python -m gflops_track`` launches them this way (``SharedDefaultsLoader``). Both give the
-config Hydra gives (tests/test_preflight_compose.py compares them, key for key, hydra node included).
+overrides to a copy with Hydra's own function. Preflight checks every job this way (``compose_from_base``); the
+in-process launcher of a sweep run by ``python -m gflops_track`` launches them this way (``SharedDefaultsLoader``).
+Both give the config Hydra gives (tests/test_preflight_compose.py compares them, key for key, hydra node included).
 """
 
 from __future__ import annotations
