@@ -13,7 +13,7 @@ Both give the config Hydra gives (tests/test_preflight_compose.py compares them,
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
@@ -27,6 +27,15 @@ def shapes_defaults(override: Override, groups: frozenset[str]) -> bool:
     ``~group``, ``key@package=...``; ``groups``: the overridden keys that name a config group) rather than applying
     it to the composed config (``key=value``, ``+key=value``, ``++key=value``, ``~key``, ``a.b=value``)."""
     return override.package is not None or "/" in override.key_or_group or override.key_or_group in groups
+
+
+def group_keys(loader: Any, overrides: Iterable[Override], known: dict[str, bool]) -> frozenset[str]:
+    """The keys of ``known`` and ``overrides`` that name a config group; each key is asked of ``loader`` once (every
+    question copies its repository) and the answer kept in ``known``."""
+    for override in overrides:
+        if override.key_or_group not in known:
+            known[override.key_or_group] = bool(loader.get_group_options(override.key_or_group))
+    return frozenset(key for key, is_group in known.items() if is_group)
 
 
 def compose_from_base(
@@ -57,22 +66,15 @@ class SharedDefaultsLoader:
     def __init__(self, loader: Any) -> None:
         self.loader = loader
         self.bases: dict[tuple[str, ...], DictConfig] = {}
-        self.group_keys: dict[str, bool] = {}
+        self.is_group: dict[str, bool] = {}  # key -> whether it names a config group
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.loader, name)
 
-    def _groups(self, overrides: Sequence[str]) -> frozenset[str]:
-        for override in OverridesParser.create().parse_overrides(list(overrides)):
-            key = override.key_or_group
-            if key not in self.group_keys:
-                self.group_keys[key] = bool(self.loader.get_group_options(key))
-        return frozenset(key for key, is_group in self.group_keys.items() if is_group)
-
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         config, parsed = compose_from_base(
             sweep_overrides,
-            self._groups(sweep_overrides),
+            group_keys(self.loader, OverridesParser.create().parse_overrides(sweep_overrides), self.is_group),
             self.bases,
             lambda shaping: self.loader.load_sweep_config(master_config, shaping),
         )

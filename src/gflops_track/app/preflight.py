@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, OmegaConfBaseException
 
 from gflops_track.app.building import input_range_errors
-from gflops_track.app.composition import compose_from_base
+from gflops_track.app.composition import compose_from_base, group_keys
 from gflops_track.app.job import training_config_errors
 from gflops_track.app.schema import AppConfig, ConfigError, register_schema, to_app_config, unknown_key_error
 from gflops_track.tracking.store import (
@@ -247,8 +247,7 @@ def _check_jobs(
                     return errors, configs
                 parsed = OverridesParser.create().parse_overrides(checked)
                 jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-                loader = GlobalHydra.instance().config_loader()  # each question copies its repository: asked once a key
-                groups = frozenset(o.key_or_group for o in parsed if loader.get_group_options(o.key_or_group))
+                groups = group_keys(GlobalHydra.instance().config_loader(), parsed, {})
             except (HydraException, OmegaConfBaseException, ValueError) as error:
                 return [_cause_line(error)], configs
             bases: dict[tuple[str, ...], DictConfig] = {}  # one composition per choice of config groups
