@@ -17,6 +17,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from gflops_track.common import names
+from gflops_track.common.listing import named
 from gflops_track.common.names import ERROR_TAG, PARENT_TAG
 from gflops_track.machine.environment import ENVIRONMENT_ARTIFACT, parse_environment_txt
 from gflops_track.tracking.store import child_runs, search_all_runs
@@ -289,9 +290,10 @@ def resolve_run_id(client: MlflowClient, text: str, flag: str) -> str:
             return found[0].info.run_id
         if not found:
             raise
-        named = ", ".join(f"{run.info.run_name} ({run.info.run_id})" for run in found)
+        ordered = sorted(found, key=lambda run: run.info.run_id)
+        runs = named([f"{run.info.run_name} ({run.info.run_id})" for run in ordered])  # one console line, never cut
         raise ValueError(
-            f"{flag}={text!r} is ambiguous: {len(found)} runs start with it: {named}; give more of the id"
+            f"{flag}={text!r} is ambiguous: {len(found)} runs start with it: {runs}; give more of the id"
         ) from None
 
 

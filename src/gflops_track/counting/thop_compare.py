@@ -42,6 +42,7 @@ from gflops_track.results.counting import ORIGINAL_THOP, ULTRALYTICS_THOP, ThopC
 with contextlib.suppress(Exception):
     import thop.profile  # noqa: F401
 
+from gflops_track.common.listing import NAMES_SHOWN, named
 from gflops_track.counting.counting_forward import _to_meta, dynamo_import_deferred, meta_tensors
 from gflops_track.counting.op_counter import CostReport
 from gflops_track.results.counting import LayerCost
@@ -176,16 +177,6 @@ def _shared_module_names(model: nn.Module) -> dict[str, list[str]]:
     for name, module in model.named_modules(remove_duplicate=False):
         names.setdefault(id(module), []).append(name)
     return {aliases[0]: aliases for aliases in names.values() if len(aliases) > 1}
-
-
-NAMES_SHOWN = 3  # module names a note lists before "(+N more)"; the run's thop artifact lists every one
-
-
-def named(names: Sequence[str], shown: int | None = NAMES_SHOWN) -> str:
-    """'a, b, c (+4 more)': the first ``shown`` names (every one when ``shown`` is None), then how many are left."""
-    if shown is None or len(names) <= shown:
-        return ", ".join(names)
-    return f"{', '.join(names[:shown])} (+{len(names) - shown} more)"
 
 
 def explain_difference(
