@@ -14,12 +14,18 @@ tracking first warms that cache (the peak probes and the schema template are mad
 * fixed overhead: ``python -m gflops_track -m norm_fn=group timing.enabled=false`` (1 job) into a new store, minus
   the floor (target <= 1.5 s);
 * per-job counting overhead: ``-m norm_fn=group,batch,instance batch.size=1,2 timing.enabled=false`` (6 jobs) minus
-  the 1-job sweep, both into an existing (empty) store, / 5 (target <= 0.25 s);
+  the 1-job sweep, both into an existing (empty) store, / 5 (target <= 0.25 s). Each sweep is timed inside its
+  process from the end of its imports to the end of the app (preflight, the jobs, the report): the imports and the
+  interpreter's teardown are the same work in both sweeps, so they add nothing to the difference but their noise,
+  here up to 0.4 s and 0.5 s a process, which divided by 5 is as large as the target's margin (rounds of the whole
+  processes gave 0.01 to 0.39 s a job on one quiet machine; inside them, 0.10 to 0.20 s). The difference of
+  the whole processes' walls is printed beside it, every round;
 * per-job timed overhead: in the default timed sweep ``-m norm_fn=group,batch,instance``, each job's wall time (from
-  its run's start to the next job's, so Hydra composing the next job counts; plus its share of preflight) minus the
-  measuring phases it logged (``timing/total_s``: cold start, warm-up, timed iterations; ``layers/total_s``: the
-  per-layer pass, default on); the largest of the three (target <= 0.5 s). The sweep's report is its own row, once per
-  sweep;
+  its run's start to the next job's, so Hydra composing the next job counts; plus preflight's part per job: what a
+  6-job sweep's preflight spends beyond a 1-job sweep's, / 5, from the counting rounds; the rest of preflight, the
+  store's check, is paid once and is in the fixed row) minus the measuring phases it logged (``timing/total_s``:
+  cold start, warm-up, timed iterations; ``layers/total_s``: the per-layer pass, default on); the largest of the
+  three (target <= 0.5 s). The sweep's report is its own row, once per sweep;
 * a new store against an existing one: the 1-job sweep into a new store minus into an existing one (target <= 1 s);
 * the floor and the counting sweeps run in ``--rounds`` rounds (default 5), each round side by side; each of the three
   rows above is judged on the median of its rounds' values, all of which it prints (one busy moment moves one round,
@@ -46,6 +52,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +61,7 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 NORMS = ("group", "batch", "instance")
+FLOOR_AND_SWEEPS = ("floor", "one_new", "one", "six")  # each round's process walls, in the title's order
 TARGETS = {"fixed": 1.5, "per_job": 0.25, "per_timed_job": 0.5, "new_store": 1.0, "profile": 0.2, "compare": 1.0}
 
 # Runs ``python -m gflops_track ARGS`` in this process with each phase's own seconds written to $BENCH_PHASES_OUT.
@@ -167,9 +175,18 @@ def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 900) 
     return wall
 
 
-def _sweep(work: Path, name: str, overrides: list[str], new_store: bool = False) -> tuple[float, dict[str, Any]]:
-    """Wall seconds of a sweep run under the phase timer in its own store (a new one, or a copy of an existing empty
-    one), and its phases."""
+@dataclass(frozen=True)
+class Sweep:
+    """One sweep's process: its wall seconds, its seconds from the end of its imports to the end of the app (the
+    interpreter's teardown left out), its phases."""
+
+    wall: float
+    after_imports: float
+    phases: dict[str, float]
+
+
+def _sweep(work: Path, name: str, overrides: list[str], new_store: bool = False) -> Sweep:
+    """A sweep run under the phase timer in its own store (a new one, or a copy of an existing empty one)."""
     cwd = work / name
     cwd.mkdir()
     if not new_store:
@@ -177,7 +194,8 @@ def _sweep(work: Path, name: str, overrides: list[str], new_store: bool = False)
     env = _env(work, cwd)
     env["BENCH_PHASES_OUT"] = str(cwd / "phases.json")
     wall = _run([sys.executable, str(work / "bench_phases.py"), "-m", *overrides], cwd, env)
-    return wall, json.loads((cwd / "phases.json").read_text())
+    phases = json.loads((cwd / "phases.json").read_text())
+    return Sweep(wall, phases["wall (in process)"] - phases["imports"], phases)
 
 
 def _timed_jobs(store: Path) -> tuple[list[tuple[float, float]], str, int]:
@@ -219,6 +237,16 @@ def _phase_table(columns: dict[str, dict[str, Any]], walls: dict[str, float]) ->
     return table
 
 
+def _per_job(round_: dict[str, float]) -> float:
+    """(6-job - 1-job sweep) / 5, each sweep timed from the end of its imports to the end of the app (judged)."""
+    return (round_["six_after_imports"] - round_["one_after_imports"]) / 5
+
+
+def _per_job_walls(round_: dict[str, float]) -> float:
+    """(6-job - 1-job sweep) / 5 on the whole processes' walls (shown beside the judged figure)."""
+    return (round_["six"] - round_["one"]) / 5
+
+
 def _each(rounds: list[dict[str, float]], row: Callable[[dict[str, float]], float], median: float) -> str:
     """'0.12 s (0.10, 0.12, 0.31)': the median that is judged, then each round's value."""
     return f"{median:.2f} s ({', '.join(f'{row(r):.2f}' for r in rounds)})"
@@ -246,13 +274,17 @@ def main() -> None:
         for number in range(1, args.rounds + 1):
             console.print(f"round {number}/{args.rounds}: the floor, the 1-job sweeps (new store, existing), 6 jobs")
             floor_s = _run([sys.executable, "-c", FLOOR_SCRIPT, f"sqlite:///{work / f'floor-{number}.db'}"], work, env)
-            one_new_s, one_new = _sweep(work, f"one-new-{number}", one, new_store=True)
-            one_s, one_phases = _sweep(work, f"one-{number}", one)
-            six_s, six_phases = _sweep(work, f"six-{number}", six)
-            rounds.append({"floor": floor_s, "one_new": one_new_s, "one": one_s, "six": six_s})
+            one_new = _sweep(work, f"one-new-{number}", one, new_store=True)
+            one_sweep = _sweep(work, f"one-{number}", one)
+            six_sweep = _sweep(work, f"six-{number}", six)
+            rounds.append({
+                "floor": floor_s, "one_new": one_new.wall, "one": one_sweep.wall, "six": six_sweep.wall,
+                "one_after_imports": one_sweep.after_imports, "six_after_imports": six_sweep.after_imports,
+                "one_preflight": one_sweep.phases["preflight"], "six_preflight": six_sweep.phases["preflight"],
+            })  # fmt: skip
 
         console.print("the default timed sweep (3 jobs)")
-        timed_s, timed_phases = _sweep(work, "timed", [f"norm_fn={','.join(NORMS)}"])
+        timed = _sweep(work, "timed", [f"norm_fn={','.join(NORMS)}"])
         timed_jobs_s, parent, job_plots = _timed_jobs(work / "timed" / "mlflow.db")
 
         console.print("profile(timing=False) after import; what import gflops_track loads; compare")
@@ -271,14 +303,16 @@ def main() -> None:
 
     last = rounds[-1]
     console.print(_phase_table(
-        {"1 job, new store": one_new, "1 job": one_phases, "6 jobs": six_phases, "3 timed": timed_phases},
-        {"1 job, new store": last["one_new"], "1 job": last["one"], "6 jobs": last["six"], "3 timed": timed_s},
+        {"1 job, new store": one_new.phases, "1 job": one_sweep.phases, "6 jobs": six_sweep.phases,
+         "3 timed": timed.phases},
+        {"1 job, new store": last["one_new"], "1 job": last["one"], "6 jobs": last["six"], "3 timed": timed.wall},
     ))  # fmt: skip
-    floor_s, one_new_s, one_s, six_s = (statistics.median(r[key] for r in rounds) for key in rounds[0])
+    floor_s, one_new_s, one_s, six_s = (statistics.median(r[key] for r in rounds) for key in FLOOR_AND_SWEEPS)
     fixed = statistics.median(r["one_new"] - r["floor"] for r in rounds)
-    per_job = statistics.median((r["six"] - r["one"]) / 5 for r in rounds)
+    per_job = statistics.median(_per_job(r) for r in rounds)
+    per_job_walls = statistics.median(_per_job_walls(r) for r in rounds)
     new_store = statistics.median(r["one_new"] - r["one"] for r in rounds)
-    preflight_share = timed_phases.get("preflight", 0.0) / len(NORMS)
+    preflight_share = max(0.0, statistics.median((r["six_preflight"] - r["one_preflight"]) / 5 for r in rounds))
     timed_jobs = [wall + preflight_share - logged_s for wall, logged_s in timed_jobs_s]
     logged = [logged_s for _, logged_s in timed_jobs_s]
     compare_over = compare_s - floor_s
@@ -292,13 +326,15 @@ def main() -> None:
         ("floor", f"{floor_s:.2f} s", "", None),
         ("fixed: 1-job counting sweep (new store) - floor", _each(rounds, lambda r: r["one_new"] - r["floor"], fixed),
          f"<= {TARGETS['fixed']} s", fixed <= TARGETS["fixed"]),
-        ("per job, counting: (6-job - 1-job sweep) / 5", _each(rounds, lambda r: (r["six"] - r["one"]) / 5, per_job),
+        ("per job, counting: (6-job - 1-job sweep) / 5, each from its imports' end to the app's",
+         f"{_each(rounds, _per_job, per_job)}; whole processes: {_each(rounds, _per_job_walls, per_job_walls)}",
          f"<= {TARGETS['per_job']} s", per_job <= TARGETS["per_job"]),
-        ("per job, timed: job wall - logged timing and layer pass (largest)",
-         ", ".join(f"{t:.2f}" for t in timed_jobs) + f" s (logged {', '.join(f'{x:.1f}' for x in logged)} s)",
+        ("per job, timed: job wall + preflight's part per job - logged timing and layer pass (largest)",
+         ", ".join(f"{t:.2f}" for t in timed_jobs) + f" s (preflight {preflight_share:.2f} s; logged "
+         f"{', '.join(f'{x:.1f}' for x in logged)} s)",
          f"<= {TARGETS['per_timed_job']} s", max(timed_jobs) <= TARGETS["per_timed_job"]),
         ("report, once per sweep (3 timed jobs)",
-         f"{timed_phases.get('report', 0.0):.2f} s; roofline.png drawn per job: {job_plots}", "once", job_plots == 0),
+         f"{timed.phases.get('report', 0.0):.2f} s; roofline.png drawn per job: {job_plots}", "once", job_plots == 0),
         ("new store - existing store (1-job sweep)", _each(rounds, lambda r: r["one_new"] - r["one"], new_store),
          f"<= {TARGETS['new_store']} s", new_store <= TARGETS["new_store"]),
         ("profile(timing=False), first call after import",

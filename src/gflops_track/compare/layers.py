@@ -135,12 +135,15 @@ NO_LAYER_TIMES = (
 def read_run_layers(client: MlflowClient, rows: Sequence[Row]) -> tuple[list[RunLayers], list[str]]:
     """Each run's timed layers table (``layers.csv``), and what to say of those with none: a run that failed or was
     killed, one line each with its error; every other, one line naming them all by short id (the id every table
-    prints), instead of a line each that repeats why."""
+    prints), instead of a line each that repeats why. Only a run tagged ``layer_timing`` is read: the layer pass
+    writes that tag with its table (every timed ``layers.csv`` has it), so a counting-only run costs no download."""
     timed: list[RunLayers] = []
     missing: list[str] = []
     untimed: list[str] = []
     for row in rows:
         try:
+            if names.LAYER_TIMING_TAG not in row.tags:
+                raise ValueError("the run has no per-layer times")
             with tempfile.TemporaryDirectory() as folder:
                 text = Path(client.download_artifacts(row.run_id, names.LAYERS_CSV_ARTIFACT, folder)).read_text()
             timed.append(RunLayers(row.run_name, row.hardware, rows_from_csv(text), logged_roof(client, row)))
