@@ -5,6 +5,7 @@ launcher (this guards a Hydra upgrade too), and a bad value must be named as bef
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ SWEEPS = [
     ["device=cpu,auto", "precision=fp32,bf16", "++timing.enabled=false", "timing.max_time_s=3,4"],
     ["model=custom", "model._target_=torch.nn.Linear", "+model.in_features=8", "+model.out_features=4",
      "input.shape=[8]", "batch.size=1,4"],
+    ["device=cpu,auto", "device.index=null", "~model.init", "++norm_fn=batch", "batch.size=1,2"],  # a swept group's key
 ]  # fmt: skip
 # one job each, refused: Hydra's own composition error, the schema's, an unknown key, a value out of range
 REFUSED = [
@@ -37,7 +39,7 @@ REFUSED = [
 ]
 
 
-def _hydras(overrides: list[str]) -> list[AppConfig]:
+def _hydras(overrides: list[str], config_dir: str = CONFIG_DIR, config_name: str = "config") -> list[AppConfig]:
     """Every job of the sweep, each composed whole by Hydra."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -45,10 +47,10 @@ def _hydras(overrides: list[str]) -> list[AppConfig]:
     register_schema()
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
             parsed = OverridesParser.create().parse_overrides(overrides)
             jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-            return [to_app_config(compose("config", overrides=job)) for job in jobs]
+            return [to_app_config(compose(config_name, overrides=job)) for job in jobs]
     finally:
         GlobalHydra.instance().clear()
 
@@ -120,5 +122,73 @@ def test_the_launcher_gets_each_job_as_hydra_composes_it(overrides: list[str], t
                 assert launched.hydra.job.override_dirname == expected.hydra.job.override_dirname != ""
             choices = {tuple(o for o in job if o.split("=")[0] in {"model", "device", "precision"}) for job in jobs}
             assert len(shared.bases) == len(choices) < len(jobs)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+# A group found only through the primary config's hydra.searchpath (a config of one's own, -cd/-cn): the loader's
+# own search path does not hold it, so nothing but Hydra's composition can tell that +extra=fast picks a config
+SEARCHED = ["+extra=fast,slow", "norm_fn=group,batch"]
+
+
+@pytest.fixture
+def searched_config_dir(tmp_path: Path) -> str:
+    """Our conf/ with a primary config ``searched`` whose hydra.searchpath holds a group ``extra`` (options ``fast``
+    and ``slow``, each setting batch.size at the root) and a group ``timing`` (``quick``) named like a key."""
+    config_dir = tmp_path / "conf"
+    shutil.copytree(CONFIG_DIR, config_dir)
+    searched = tmp_path / "searched"
+    for group, name, body in [("extra", "fast", "batch:\n  size: 3\n"), ("extra", "slow", "batch:\n  size: 5\n"),
+                              ("timing", "quick", "max_time_s: 3\n")]:  # fmt: skip
+        (searched / group).mkdir(parents=True, exist_ok=True)
+        package = "# @package _global_\n" if group == "extra" else ""
+        (searched / group / f"{name}.yaml").write_text(package + body)
+    primary = (
+        (config_dir / "config.yaml").read_text().replace("\nhydra:\n", f"\nhydra:\n  searchpath: [file://{searched}]\n")
+    )
+    (config_dir / "searched.yaml").write_text(primary)
+    return str(config_dir)
+
+
+def test_a_group_on_the_primary_configs_searchpath_is_composed_as_hydra_composes_it(searched_config_dir: str) -> None:
+    expected = _hydras(SEARCHED, searched_config_dir, "searched")
+    assert [c.batch.size for c in expected] == [3, 3, 5, 5]
+    assert _check_jobs((SEARCHED, {}), searched_config_dir, "searched") == ([], expected)
+    try:
+        _hydras(["timing=quick"], searched_config_dir, "searched")
+    except (HydraException, OmegaConfBaseException) as error:
+        refused = [_cause_line(error)]
+    else:
+        raise AssertionError("timing=quick composes")
+    assert _check_jobs((["timing=quick"], {}), searched_config_dir, "searched") == (refused, [])
+
+
+@pytest.mark.parametrize("primary", ["searched", "config"])
+def test_the_launcher_composes_a_group_on_a_searchpath_as_hydra_does(
+    primary: str, searched_config_dir: str, tmp_path: Path
+) -> None:
+    """The searchpath in the primary config, or given as hydra.searchpath on the command line."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    searchpath = [] if primary == "searched" else [f"hydra.searchpath=[file://{tmp_path / 'searched'}]"]
+    register_schema()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=searched_config_dir, version_base="1.3"):
+            hydra = GlobalHydra.instance().hydra
+            assert hydra is not None
+            master = hydra.compose_config(
+                primary, [f"hydra.sweep.dir={tmp_path}", *searchpath, *SEARCHED], RunMode.MULTIRUN,
+                with_log_configuration=False,
+            )  # fmt: skip
+            parsed = OverridesParser.create().parse_overrides(SEARCHED)
+            jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+            shared = SharedDefaultsLoader(hydra.config_loader)
+            for job in jobs:
+                expected = hydra.config_loader.load_sweep_config(master, list(job))
+                launched = shared.load_sweep_config(master, list(job))
+                assert OmegaConf.to_container(launched) == OmegaConf.to_container(expected), job
+            assert expected.batch.size == 5 and expected.hydra.runtime.choices.extra == "slow"
     finally:
         GlobalHydra.instance().clear()

@@ -19,7 +19,9 @@ from typing import Any
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 
 def shapes_defaults(override: Override, groups: frozenset[str]) -> bool:
@@ -46,14 +48,23 @@ def compose_from_base(
 ) -> tuple[DictConfig, list[Override]]:
     """The config of a job with ``overrides``: a copy of the base composed (by ``compose_base``) from its
     defaults-shaping overrides, kept in ``bases`` for the next job, with the job's other overrides applied in their
-    order, as Hydra applies them; and every override, parsed."""
+    order, as Hydra applies them; and every override, parsed. A job with an override of a key the base does not hold
+    (``+extra=fast``, ``extra=fast``), or one whose overrides fail, is composed whole by ``compose_base``: Hydra may
+    read the key as a config group that only a ``hydra.searchpath`` holds (the primary config's or the command
+    line's, which ``groups`` cannot see), and a failure is then named by Hydra's own message."""
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     shaping = tuple(o.input_line for o in parsed if shapes_defaults(o, groups))
-    if shaping not in bases:
-        bases[shaping] = compose_base(list(shaping))
-    config = copy.deepcopy(bases[shaping])
-    ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if not shapes_defaults(o, groups)], config)
-    return config, parsed
+    values = [o for o in parsed if not shapes_defaults(o, groups)]
+    try:
+        if shaping not in bases:
+            bases[shaping] = compose_base(list(shaping))
+        config = copy.deepcopy(bases[shaping])
+        if all(o.key_or_group.split(".")[0] in config for o in values):
+            ConfigLoaderImpl._apply_overrides_to_config(values, config)
+            return config, parsed
+    except (HydraException, OmegaConfBaseException):
+        pass  # Hydra's own composition of the job, below, gives its config or its own error
+    return compose_base(list(overrides)), parsed
 
 
 class SharedDefaultsLoader:
