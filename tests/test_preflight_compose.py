@@ -48,7 +48,8 @@ def _hydras(overrides: list[str], config_dir: str = CONFIG_DIR, config_name: str
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-            parsed = OverridesParser.create().parse_overrides(overrides)
+            loader = GlobalHydra.instance().config_loader()  # glob(...) sweeps read the groups' options
+            parsed = OverridesParser.create(config_loader=loader).parse_overrides(overrides)
             jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
             return [to_app_config(compose(config_name, overrides=job)) for job in jobs]
     finally:
@@ -134,12 +135,14 @@ SEARCHED = ["+extra=fast,slow", "norm_fn=group,batch"]
 @pytest.fixture
 def searched_config_dir(tmp_path: Path) -> str:
     """Our conf/ with a primary config ``searched`` whose hydra.searchpath holds a group ``extra`` (options ``fast``
-    and ``slow``, each setting batch.size at the root) and a group ``timing`` (``quick``) named like a key."""
+    and ``slow``, each setting batch.size at the root), a group ``timing`` (``quick``) named like a key, and one more
+    option of our group ``model`` (``mine``, the residual block's config)."""
     config_dir = tmp_path / "conf"
     shutil.copytree(CONFIG_DIR, config_dir)
     searched = tmp_path / "searched"
+    mine = (Path(CONFIG_DIR) / "model" / "residual_block.yaml").read_text()
     for group, name, body in [("extra", "fast", "batch:\n  size: 3\n"), ("extra", "slow", "batch:\n  size: 5\n"),
-                              ("timing", "quick", "max_time_s: 3\n")]:  # fmt: skip
+                              ("timing", "quick", "max_time_s: 3\n"), ("model", "mine", mine)]:  # fmt: skip
         (searched / group).mkdir(parents=True, exist_ok=True)
         package = "# @package _global_\n" if group == "extra" else ""
         (searched / group / f"{name}.yaml").write_text(package + body)
@@ -192,3 +195,48 @@ def test_the_launcher_composes_a_group_on_a_searchpath_as_hydra_does(
             assert expected.batch.size == 5 and expected.hydra.runtime.choices.extra == "slow"
     finally:
         GlobalHydra.instance().clear()
+
+
+def test_a_glob_sweep_over_a_group_is_the_jobs_hydra_expands() -> None:
+    """glob(...) reads the group's options: preflight's parser has Hydra's config loader, as Hydra's has."""
+    overrides = ["precision=glob([fp32,bf16])", "batch.size=1,2"]
+    expected = _hydras(overrides)
+    assert sorted({c.precision.dtype for c in expected}) == ["bf16", "fp32"] and len(expected) == 4
+    assert _check_jobs((overrides, {}), CONFIG_DIR, "config") == ([], expected)
+
+
+def test_only_hydra_and_its_dotted_and_slashed_keys_are_left_to_hydra() -> None:
+    """hydra.job.chdir=true is Hydra's; hydrafoo=1 is ours, and unknown: refused before any run, not by the job."""
+    errors, configs = _check_jobs((["hydra.job.chdir=true", "norm_fn=batch"], {}), CONFIG_DIR, "config")
+    assert errors == [] and [c.norm_fn for c in configs] == ["batch"]
+    for override in ("hydrafoo=1", "+hydrafoo=1"):
+        errors, configs = _check_jobs(([override], {}), CONFIG_DIR, "config")
+        assert configs == [] and len(errors) == 1 and errors[0].startswith("hydrafoo is not a known key"), errors
+
+
+def test_a_searchpath_on_the_command_line_and_in_the_primary_config_adds_groups(
+    searched_config_dir: str, tmp_path: Path
+) -> None:
+    """hydra.searchpath=[...] on the command line adds groups as Hydra adds them (batch.size 3 and 5 from +extra);
+    with -cn of a primary config whose searchpath adds an option to a group of ours (model=mine), the choice is not
+    refused as unknown: Hydra composes it."""
+    searchpath = f"hydra.searchpath=[file://{tmp_path / 'searched'}]"
+    errors, configs = _check_jobs(([searchpath, *SEARCHED], {}), CONFIG_DIR, "config")
+    assert errors == [] and [c.batch.size for c in configs] == [3, 3, 5, 5]
+    expected = _hydras(["model=mine"], searched_config_dir, "searched")
+    assert _check_jobs((["model=mine"], {"config_name": "searched"}), searched_config_dir, "config") == ([], expected)
+    errors, _ = _check_jobs((["model=nope"], {}), CONFIG_DIR, "config")
+    assert errors == ["model='nope' is not allowed: choose one of custom, hf, residual_block, timm, torchvision"]
+
+
+def test_config_dir_adds_a_directory_in_front_of_ours(tmp_path: Path) -> None:
+    """-cd DIR adds DIR to the search path in front of our conf/ (Hydra's run_hydra), it does not replace it: a group
+    of its own and our groups' options are both there."""
+    extra = tmp_path / "extra_conf" / "extra"
+    extra.mkdir(parents=True)
+    (extra / "fast.yaml").write_text("# @package _global_\nbatch:\n  size: 3\n")
+    errors, configs = _check_jobs(
+        (["+extra=fast", "precision=bf16", "model=custom", "model._target_=torch.nn.Identity", "input.shape=[4]"],
+         {"config_dir": str(tmp_path / "extra_conf")}), CONFIG_DIR, "config",
+    )  # fmt: skip
+    assert errors == [] and [(c.batch.size, c.precision.dtype) for c in configs] == [(3, "bf16")]

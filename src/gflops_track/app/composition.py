@@ -26,9 +26,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 def shapes_defaults(override: Override, groups: frozenset[str]) -> bool:
     """Whether Hydra reads ``override`` while it builds the defaults list (a config group's choice, ``+group=...``,
-    ``~group``, ``key@package=...``; ``groups``: the overridden keys that name a config group) rather than applying
-    it to the composed config (``key=value``, ``+key=value``, ``++key=value``, ``~key``, ``a.b=value``)."""
-    return override.package is not None or "/" in override.key_or_group or override.key_or_group in groups
+    ``~group``, ``key@package=...``, and ``hydra.searchpath=[...]``, which adds config groups; ``groups``: the
+    overridden keys that name a config group) rather than applying it to the composed config (``key=value``,
+    ``+key=value``, ``++key=value``, ``~key``, ``a.b=value``)."""
+    key = override.key_or_group
+    return override.package is not None or "/" in key or key in groups or key == "hydra.searchpath"
 
 
 def group_keys(loader: Any, overrides: Iterable[Override], known: dict[str, bool]) -> frozenset[str]:

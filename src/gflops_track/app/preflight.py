@@ -7,14 +7,19 @@ Command lines with flags this module does not know (``--help``, ``--cfg``, ...) 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from hydra import compose, initialize_config_dir
+from hydra import compose, version
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra._internal.hydra import Hydra
+from hydra._internal.utils import create_config_search_path
+from hydra.core.config_search_path import SearchPathQuery
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -90,12 +95,28 @@ def _syntax_errors(overrides: list[str]) -> list[str]:
     return errors
 
 
-def _group_choice_errors(overrides: list[str]) -> list[str]:
+def is_hydra_key(override: str) -> bool:
+    """Whether an override sets Hydra's own config (``hydra.job.chdir=true``, ``hydra/launcher=joblib``), not ours:
+    ``hydrafoo=1`` is ours (and an unknown key)."""
+    key = override.lstrip("+~").split("=", 1)[0].split("@", 1)[0]
+    return key == "hydra" or key.startswith(("hydra.", "hydra/"))
+
+
+def _parser() -> OverridesParser:
+    """Hydra's override parser with the config loader, which ``glob(...)`` sweeps need (inside ``_hydra_for``)."""
+    return OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+
+
+def _group_choice_errors(overrides: list[str], config_name: str) -> list[str]:
+    """``group=value`` choices that the config directories do not hold, named with the options that exist; none
+    when a ``hydra.searchpath`` (the command line's or the primary config's) may hold more: Hydra then judges."""
     loader = GlobalHydra.instance().config_loader()
+    if any(o.startswith("hydra.searchpath=") for o in overrides) or _primary_searchpath(loader, config_name):
+        return []
     errors = []
-    for override in OverridesParser.create().parse_overrides(overrides):
+    for override in _parser().parse_overrides([o for o in overrides if not is_hydra_key(o)]):
         key = override.key_or_group
-        if override.package or "." in key or key.startswith("hydra") or override.is_delete():
+        if override.package or "." in key or override.is_delete():
             continue
         options = loader.get_group_options(key)
         if not options:
@@ -107,12 +128,35 @@ def _group_choice_errors(overrides: list[str]) -> list[str]:
     return errors
 
 
-def _config_dir(flags: dict[str, str], config_dir: str) -> str:
-    """The config directory Hydra will read: ``--config-dir``, else ``--config-path`` (relative to the app), else
-    ours."""
-    if "config_path" in flags:
-        config_dir = str(APP_DIR / flags["config_path"])  # an absolute path stays as it is
-    return flags.get("config_dir", config_dir)
+def _primary_searchpath(loader: Any, config_name: str) -> bool:
+    """Whether the primary config sets ``hydra.searchpath`` (more config groups, which the loader does not list)."""
+    try:
+        loaded = loader.repository.load_config(config_path=config_name)
+    except Exception:  # Hydra's composition names what is wrong with it
+        return False
+    return loaded is not None and OmegaConf.select(loaded.config, "hydra.searchpath") is not None
+
+
+@contextlib.contextmanager
+def _hydra_for(flags: dict[str, str], config_dir: str) -> Iterator[None]:
+    """Hydra set up as the command sets it up: the primary config directory (``--config-path``, relative to the
+    app, else ours) and ``--config-dir`` added in front of it, as Hydra's ``run_hydra`` adds it (it does not replace
+    ours: a group there adds options to ours)."""
+    primary = str(APP_DIR / flags["config_path"]) if "config_path" in flags else config_dir  # absolute stays so
+    GlobalHydra.instance().clear()
+    version.setbase("1.3")
+    search_path = create_config_search_path(search_path_dir=primary)
+    if "config_dir" in flags:
+        search_path.prepend(
+            provider="command-line",
+            path=f"file://{os.path.abspath(flags['config_dir'])}",
+            anchor=SearchPathQuery(provider="schema"),
+        )
+    Hydra.create_main_hydra2(task_name="gflops_track", config_search_path=search_path)
+    try:
+        yield
+    finally:
+        GlobalHydra.instance().clear()
 
 
 @dataclass
@@ -171,10 +215,9 @@ def _output_dir_problems(split: tuple[list[str], dict[str, str]], config_dir: st
     first job resolves it) must be writable: Hydra makes it after the sweep's run exists, and fails with a
     traceback when it cannot. Left to Hydra when it does not resolve here."""
     overrides, flags = split
-    GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=_config_dir(flags, config_dir), version_base="1.3"):
-            parsed = OverridesParser.create().parse_overrides(overrides)
+        with _hydra_for(flags, config_dir):
+            parsed = _parser().parse_overrides(overrides)
             first = BasicSweeper.split_arguments(parsed, None)[0][0]
             config = compose(flags.get("config_name", config_name), overrides=first, return_hydra_config=True)
             multirun = "multirun" in flags or OmegaConf.select(config, "hydra.mode") == RunMode.MULTIRUN
@@ -182,8 +225,6 @@ def _output_dir_problems(split: tuple[list[str], dict[str, str]], config_dir: st
             directory = str(OmegaConf.select(config, key))
     except Exception:
         return []
-    finally:
-        GlobalHydra.instance().clear()
     reason = unwritable(Path(directory))
     if reason is None:
         return []
@@ -232,39 +273,36 @@ def _check_jobs(
 ) -> tuple[list[str], list[AppConfig]]:
     """Problems with any job (one line each), and the valid jobs' configs."""
     overrides, flags = split
-    checked = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    # Hydra's own settings are Hydra's to check, but for the search path, which decides what the groups hold
+    checked = [o for o in overrides if not is_hydra_key(o) or o.startswith("hydra.searchpath=")]
     register_schema()
-    GlobalHydra.instance().clear()
     configs: list[AppConfig] = []
     errors = _syntax_errors(checked)
     if errors:
         return errors, configs
-    try:
-        with initialize_config_dir(config_dir=_config_dir(flags, config_dir), version_base="1.3"):
+    name = flags.get("config_name", config_name)
+    with _hydra_for(flags, config_dir):
+        try:
+            errors = _group_choice_errors(checked, name)
+            if errors:
+                return errors, configs
+            parsed = _parser().parse_overrides(checked)
+            jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+            groups = group_keys(GlobalHydra.instance().config_loader(), parsed, {})
+        except (HydraException, OmegaConfBaseException, ValueError) as error:
+            return [_cause_line(error)], configs
+        bases: dict[tuple[str, ...], DictConfig] = {}  # one composition per choice of config groups
+        for job_overrides in jobs:
             try:
-                errors = _group_choice_errors(checked)
-                if errors:
-                    return errors, configs
-                parsed = OverridesParser.create().parse_overrides(checked)
-                jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-                groups = group_keys(GlobalHydra.instance().config_loader(), parsed, {})
-            except (HydraException, OmegaConfBaseException, ValueError) as error:
-                return [_cause_line(error)], configs
-            bases: dict[tuple[str, ...], DictConfig] = {}  # one composition per choice of config groups
-            name = flags.get("config_name", config_name)
-            for job_overrides in jobs:
-                try:
-                    job, _parsed = compose_from_base(
-                        job_overrides, groups, bases, lambda shaping: compose(name, overrides=shaping)
-                    )
-                    configs.append(to_app_config(job))
-                except ConfigError as error:
-                    errors += [e for e in error.errors if e not in errors]
-                except (HydraException, OmegaConfBaseException) as error:
-                    line = _cause_line(error)
-                    errors += [line] if line not in errors else []
-    finally:
-        GlobalHydra.instance().clear()
+                job, _parsed = compose_from_base(
+                    job_overrides, groups, bases, lambda shaping: compose(name, overrides=shaping)
+                )
+                configs.append(to_app_config(job))
+            except ConfigError as error:
+                errors += [e for e in error.errors if e not in errors]
+            except (HydraException, OmegaConfBaseException) as error:
+                line = _cause_line(error)
+                errors += [line] if line not in errors else []
     for config in configs:  # built without weights here: ids within the embedding, and (train) a step that can run
         errors += [e for e in input_range_errors(config) + training_config_errors(config) if e not in errors]
     return errors, configs
