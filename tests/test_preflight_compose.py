@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from gflops_track.app import preflight as preflight_module
@@ -101,28 +101,38 @@ def test_the_launcher_gets_each_job_as_hydra_composes_it(overrides: list[str], t
     """What the sweep's in-process launcher runs: each job's config, hydra node and all (its task overrides, its
     override_dirname, which names the job's run, the choices), equal to Hydra's own load_sweep_config, key for key,
     from one composition per choice of config groups."""
+    jobs, shared, launched = _launch(CONFIG_DIR, "config", [f"hydra.sweep.dir={tmp_path}"], overrides)
+    assert all(config.hydra.job.override_dirname != "" for config in launched)
+    choices = {tuple(o for o in job if o.split("=")[0] in {"model", "device", "precision"}) for job in jobs}
+    assert len(shared.bases) == len(choices) < len(jobs)
+
+
+def _launch(
+    config_dir: str, primary: str, hydra_overrides: list[str], overrides: list[str]
+) -> tuple[list[list[str]], SharedDefaultsLoader, list[DictConfig]]:
+    """Each job of the sweep as the in-process launcher loads it, asserted equal, key for key, to Hydra's own
+    ``load_sweep_config`` of the job; the jobs' overrides, the launcher's loader and the configs."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     register_schema()
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
             hydra = GlobalHydra.instance().hydra
             assert hydra is not None
             master = hydra.compose_config(
-                "config", [f"hydra.sweep.dir={tmp_path}", *overrides], RunMode.MULTIRUN, with_log_configuration=False
+                primary, [*hydra_overrides, *overrides], RunMode.MULTIRUN, with_log_configuration=False
             )
             parsed = OverridesParser.create().parse_overrides(overrides)
-            jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+            jobs = [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
             shared = SharedDefaultsLoader(hydra.config_loader)
+            launched = []
             for job in jobs:
-                expected = hydra.config_loader.load_sweep_config(master, list(job))
-                launched = shared.load_sweep_config(master, list(job))
-                assert OmegaConf.to_container(launched) == OmegaConf.to_container(expected), job
-                assert launched.hydra.job.override_dirname == expected.hydra.job.override_dirname != ""
-            choices = {tuple(o for o in job if o.split("=")[0] in {"model", "device", "precision"}) for job in jobs}
-            assert len(shared.bases) == len(choices) < len(jobs)
+                expected = hydra.config_loader.load_sweep_config(master, job)
+                launched.append(shared.load_sweep_config(master, job))
+                assert OmegaConf.to_container(launched[-1]) == OmegaConf.to_container(expected), job
+            return jobs, shared, launched
     finally:
         GlobalHydra.instance().clear()
 
@@ -171,30 +181,11 @@ def test_the_launcher_composes_a_group_on_a_searchpath_as_hydra_does(
     primary: str, searched_config_dir: str, tmp_path: Path
 ) -> None:
     """The searchpath in the primary config, or given as hydra.searchpath on the command line."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     searchpath = [] if primary == "searched" else [f"hydra.searchpath=[file://{tmp_path / 'searched'}]"]
-    register_schema()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=searched_config_dir, version_base="1.3"):
-            hydra = GlobalHydra.instance().hydra
-            assert hydra is not None
-            master = hydra.compose_config(
-                primary, [f"hydra.sweep.dir={tmp_path}", *searchpath, *SEARCHED], RunMode.MULTIRUN,
-                with_log_configuration=False,
-            )  # fmt: skip
-            parsed = OverridesParser.create().parse_overrides(SEARCHED)
-            jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-            shared = SharedDefaultsLoader(hydra.config_loader)
-            for job in jobs:
-                expected = hydra.config_loader.load_sweep_config(master, list(job))
-                launched = shared.load_sweep_config(master, list(job))
-                assert OmegaConf.to_container(launched) == OmegaConf.to_container(expected), job
-            assert expected.batch.size == 5 and expected.hydra.runtime.choices.extra == "slow"
-    finally:
-        GlobalHydra.instance().clear()
+    _, _, launched = _launch(searched_config_dir, primary, [f"hydra.sweep.dir={tmp_path}", *searchpath], SEARCHED)
+    assert [(c.batch.size, c.hydra.runtime.choices.extra) for c in launched] == [
+        (3, "fast"), (3, "fast"), (5, "slow"), (5, "slow")
+    ]  # fmt: skip
 
 
 def test_a_glob_sweep_over_a_group_is_the_jobs_hydra_expands() -> None:
