@@ -23,6 +23,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+SEARCHPATH = "hydra.searchpath"  # Hydra reads it from the command line before the defaults list: it adds groups
+
 
 def shapes_defaults(override: Override, groups: frozenset[str]) -> bool:
     """Whether Hydra reads ``override`` while it builds the defaults list (a config group's choice, ``+group=...``,
@@ -30,7 +32,7 @@ def shapes_defaults(override: Override, groups: frozenset[str]) -> bool:
     overridden keys that name a config group) rather than applying it to the composed config (``key=value``,
     ``+key=value``, ``++key=value``, ``~key``, ``a.b=value``)."""
     key = override.key_or_group
-    return override.package is not None or "/" in key or key in groups or key == "hydra.searchpath"
+    return override.package is not None or "/" in key or key in groups or key == SEARCHPATH
 
 
 def group_keys(loader: Any, overrides: Iterable[Override], known: dict[str, bool]) -> frozenset[str]:

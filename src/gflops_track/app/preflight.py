@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, OmegaConfBaseException
 
 from gflops_track.app.building import input_range_errors
-from gflops_track.app.composition import compose_from_base, group_keys
+from gflops_track.app.composition import SEARCHPATH, compose_from_base, group_keys
 from gflops_track.app.job import training_config_errors
 from gflops_track.app.schema import AppConfig, ConfigError, register_schema, to_app_config, unknown_key_error
 from gflops_track.tracking.store import (
@@ -102,6 +102,11 @@ def is_hydra_key(override: str) -> bool:
     return key == "hydra" or key.startswith(("hydra.", "hydra/"))
 
 
+def sets_searchpath(override: str) -> bool:
+    """Whether an override is ``hydra.searchpath=[...]`` as Hydra reads it from the command line (no ``+``/``~``)."""
+    return override.startswith(f"{SEARCHPATH}=")
+
+
 def _parser() -> OverridesParser:
     """Hydra's override parser with the config loader, which ``glob(...)`` sweeps need (inside ``_hydra_for``)."""
     return OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
@@ -111,10 +116,10 @@ def _group_choice_errors(overrides: list[str], config_name: str) -> list[str]:
     """``group=value`` choices that the config directories do not hold, named with the options that exist; none
     when a ``hydra.searchpath`` (the command line's or the primary config's) may hold more: Hydra then judges."""
     loader = GlobalHydra.instance().config_loader()
-    if any(o.startswith("hydra.searchpath=") for o in overrides) or _primary_searchpath(loader, config_name):
+    if any(sets_searchpath(o) for o in overrides) or _primary_searchpath(loader, config_name):
         return []
     errors = []
-    for override in _parser().parse_overrides([o for o in overrides if not is_hydra_key(o)]):
+    for override in _parser().parse_overrides(overrides):  # no hydra.* but the searchpath: see _check_jobs
         key = override.key_or_group
         if override.package or "." in key or override.is_delete():
             continue
@@ -134,7 +139,7 @@ def _primary_searchpath(loader: Any, config_name: str) -> bool:
         loaded = loader.repository.load_config(config_path=config_name)
     except Exception:  # Hydra's composition names what is wrong with it
         return False
-    return loaded is not None and OmegaConf.select(loaded.config, "hydra.searchpath") is not None
+    return loaded is not None and OmegaConf.select(loaded.config, SEARCHPATH) is not None
 
 
 @contextlib.contextmanager
@@ -274,7 +279,7 @@ def _check_jobs(
     """Problems with any job (one line each), and the valid jobs' configs."""
     overrides, flags = split
     # Hydra's own settings are Hydra's to check, but for the search path, which decides what the groups hold
-    checked = [o for o in overrides if not is_hydra_key(o) or o.startswith("hydra.searchpath=")]
+    checked = [o for o in overrides if not is_hydra_key(o) or sets_searchpath(o)]
     register_schema()
     configs: list[AppConfig] = []
     errors = _syntax_errors(checked)
