@@ -196,6 +196,19 @@ def test_job_summary_piped_is_markdown(monkeypatch: pytest.MonkeyPatch) -> None:
         assert any(label in line and value in line for line in table), (label, value)
 
 
+def test_job_summary_keeps_a_tiny_models_rate() -> None:
+    """The 4->8 linear layer does 144 FLOPs a forward (2*4*8 multiply-adds = 128, + 2*8 bias adds): achieved GFLOP/s =
+    144 / median seconds / 1e9, a few hundredths, which one decimal showed as 0.0; the row keeps three significant
+    digits (and throughput, batch 2 / median seconds, its one decimal from 1 up)."""
+    result = small_result()
+    assert result.flops == 2 * 4 * 8 * 2 + 2 * 8  # type: ignore[attr-defined]
+    rows = dict(summary_rows(result))  # type: ignore[arg-type]
+    achieved = result.flops / (result.median_latency_ms / 1e3) / 1e9  # type: ignore[attr-defined]
+    assert achieved < 1 and rows["achieved GFLOP/s"] == f"{achieved:#.3g}" != "0.0"
+    throughput = 2 / (result.median_latency_ms / 1e3)  # type: ignore[attr-defined]
+    assert rows["throughput (samples/s)"] == f"{throughput:,.1f}"
+
+
 def test_warm_up_progress_shows_no_stale_total(monkeypatch: pytest.MonkeyPatch) -> None:
     """After a phase of 1 step (building the model), warm-up reports 13 iterations of an open-ended phase (total
     0): the bar reads 13/?, not 13/1."""

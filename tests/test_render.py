@@ -15,7 +15,7 @@ from PIL import Image
 from rich.console import Console
 
 from gflops_track.cli.compare import main
-from gflops_track.common.numbers import three_places
+from gflops_track.common.numbers import one_place, three_places
 from gflops_track.compare.charts import bars_figure, comparison_charts, flops_vs_latency_figure
 from gflops_track.compare.layers import RunLayers, layer_time_by_run_figure
 from gflops_track.compare.render import (
@@ -493,3 +493,19 @@ def test_small_numbers_keep_three_significant_digits() -> None:
     row = make_row("group", gmacs=0.000589, gflops=0.00118, median_ms=0.00421, ci_low_ms=0.004, ci_high_ms=0.0045)
     table = markdown_table([row])
     assert "| 0.000589 | 0.00118 | 0.00421 [0.00400, 0.00450] |" in table  # GMACs, GFLOPs, median latency [95% CI]
+
+
+def test_small_rates_keep_three_significant_digits() -> None:
+    """A tiny model's rate: achieved GFLOP/s = GFLOPs per forward / seconds per forward = 0.00118 / 0.107 = 0.0110,
+    which one decimal showed as 0.0; below 1 a rate keeps three significant digits. From 1 up it keeps one decimal
+    with separators (throughput = batch / seconds = 2 / 0.107 = 18.7 samples/s; 11,096.5), as before."""
+    assert [one_place(value) for value in (0.0110, 0.5, 0.0, 1.0, 75.46, 11096.54)] == [
+        "0.0110", "0.500", "0.0", "1.0", "75.5", "11,096.5",
+    ]  # fmt: skip
+    gflops, median_ms, batch = 0.00118, 107.0, 2
+    achieved = gflops / (median_ms / 1e3)  # GFLOP/s = GFLOPs per forward / seconds per forward
+    throughput = batch / (median_ms / 1e3)  # samples/s = batch / seconds per forward
+    row = make_row("group", gflops=gflops, median_ms=median_ms, achieved_gflop_per_s=achieved,
+                   throughput_samples_per_s=throughput)  # fmt: skip
+    table = markdown_table([row])
+    assert f"| {achieved:#.3g} |" in table and "| 0.0110 |" in table and "| 18.7 |" in table  # 2 / 0.107 s

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gflops_track.common import names
-from gflops_track.common.numbers import three_places
+from gflops_track.common.numbers import one_place, three_places
 from gflops_track.compare.rows import Row, not_finite_notes
 
 Formatter = Callable[[Row], str]
@@ -27,10 +27,12 @@ ROOMY = 10_000  # a width no table reaches: measuring at it gives a table's natu
 
 
 def _fmt(value: float | None, spec: str) -> str:
-    """A cell: empty when unknown; ``,.3f`` cells (GMACs, GFLOPs, ms) never round a small value to 0.001 or 0.000."""
+    """A cell: empty when unknown; ``,.3f`` cells (GMACs, GFLOPs, ms) never round a small value to 0.001 or 0.000,
+    nor ``,.1f`` cells (GFLOP/s, samples/s) to 0.0."""
     if value is None:
         return ""
-    return three_places(value) if spec == ",.3f" else format(value, spec)
+    rounding = {",.3f": three_places, ",.1f": one_place}.get(spec)
+    return rounding(value) if rounding is not None else format(value, spec)
 
 
 def _latency(row: Row) -> str:

@@ -3,14 +3,15 @@ same rows with rich."""
 
 from __future__ import annotations
 
-from gflops_track.common.numbers import three_places
+from gflops_track.common.numbers import one_place, three_places
 from gflops_track.results.layers import milliseconds, percent
 from gflops_track.results.profile import ProfileResult
 from gflops_track.results.timing import ci_text, precision_text
 
 
-def _number(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:,.{digits}f}"
+def _rate(value: float | None) -> str:
+    """A rate (samples/s, GFLOP/s, GB/s): one decimal, three significant digits below 1 (never 0.0), or n/a."""
+    return "n/a" if value is None else one_place(value)
 
 
 def summary_rows(result: ProfileResult) -> list[tuple[str, str]]:
@@ -54,8 +55,8 @@ def summary_rows(result: ProfileResult) -> list[tuple[str, str]]:
                 f"{timing.warmup_iterations} ({timing.warmup_s:.1f} s, "
                 f"{'settled' if timing.warmup_settled else 'NOT settled'}) / {timing.timed_iterations}",
             ),
-            ("throughput (samples/s)", _number(result.throughput_samples_per_s, 1)),
-            ("achieved GFLOP/s", _number(result.achieved_gflop_per_s, 1)),
+            ("throughput (samples/s)", _rate(result.throughput_samples_per_s)),
+            ("achieved GFLOP/s", _rate(result.achieved_gflop_per_s)),
             (
                 f"memory baseline / growth (MiB, {timing.memory_kind})",
                 f"{timing.memory_baseline_bytes / 2**20:,.1f} / {timing.memory_growth_bytes / 2**20:,.1f}",
@@ -129,8 +130,8 @@ def _training_rows(result: ProfileResult) -> list[tuple[str, str]]:
                 f"{three_places(timing.forward_ms)} / {three_places(timing.backward_and_optimizer_ms)}"
                 " (forward timed alone)",
             ),
-            ("step throughput (samples/s)", _number(timing.samples_per_s, 1)),
-            ("step achieved GFLOP/s", _number(result.training.achieved_gflop_per_s, 1)),
+            ("step throughput (samples/s)", _rate(timing.samples_per_s)),
+            ("step achieved GFLOP/s", _rate(result.training.achieved_gflop_per_s)),
             (f"step memory growth (MiB, {step.memory_kind})", f"{step.memory_growth_bytes / 2**20:,.1f}"),
         ]
     mfu = result.mfu
@@ -153,7 +154,7 @@ def _peak_rows(result: ProfileResult) -> list[tuple[str, str]]:
         rows.append(
             ("measured roof (GFLOP/s)", f"{measured.roof_gflop_per_s:,.1f} ({measured.compute_kernel or 'gemm'})")
         )
-        rows.append(("measured bandwidth (GB/s)", _number(measured.bandwidth_gb_s, 1)))
+        rows.append(("measured bandwidth (GB/s)", _rate(measured.bandwidth_gb_s)))
     for label, share in (
         ("utilization vs vendor peak", result.utilization_vs_spec),
         ("utilization vs estimated peak", result.utilization_vs_estimate),
