@@ -274,6 +274,32 @@ def test_profiler_gap_is_the_largest_share_difference() -> None:
     assert "torch.profiler" not in replace(timing, profiler_shares={}).check_note(4.0)
 
 
+def test_a_launch_bound_gpu_pass_says_why_its_times_add_up_to_more() -> None:
+    """CUDA: issuing the unhooked forward took the CPU 0.3 ms of the 0.5 ms it ran on the GPU: dispatch share
+    0.3 / 0.5 = 0.6 >= 0.5, launch-bound. Self times 0.75 ms against 0.5 ms: gap (0.75 - 0.5) / 0.5 = +50%, NOT
+    within 10%, and the note says why with both times. No explanation where it would not be the reason: a dispatch
+    of 0.2 ms (share 0.4); a pass within 10%; self times below the unhooked forwards (0.4 ms: -20%); self times within
+    10% of the unhooked forwards (0.75 against 0.7 ms: +7%) though not of the headline (0.75 against 0.5: +50%). On
+    CPU (no dispatch time) no share is logged."""
+    modules = [ModuleTime("conv1", 1, 0.5, 0.5, 0.0), ModuleTime("conv2", 1, 0.25, 0.25, 0.0)]
+    timing = LayerTiming("CUDA events", 3, 0.8, modules, plain_ms=0.5, plain_min_ms=0.5, plain_dispatch_ms=0.3)
+    assert timing.launch_bound and timing.gap(0.5) == pytest.approx(0.5)
+    note = timing.check_note(0.5)
+    assert "NOT within 10%" in note
+    assert "launch-bound: issuing an unhooked forward takes the CPU 0.300 ms of the 0.500 ms the GPU runs it" in note
+    assert timing.check_metrics(names.LAYERS_PREFIX, 0.5)[names.LAYERS_DISPATCH_SHARE] == pytest.approx(0.6)
+    issued_quickly = replace(timing, plain_dispatch_ms=0.2)
+    assert not issued_quickly.launch_bound and "launch-bound" not in issued_quickly.check_note(0.5)
+    within = replace(timing, plain_ms=0.74, plain_min_ms=0.74, plain_dispatch_ms=0.7)
+    assert within.launch_bound and "launch-bound" not in within.check_note(0.74)
+    below = replace(timing, modules=[ModuleTime("conv1", 1, 0.4, 0.4, 0.0)])
+    assert below.gap(0.5) == pytest.approx(-0.2) and "launch-bound" not in below.check_note(0.5)
+    headline_only = replace(timing, plain_ms=0.7, plain_min_ms=0.7, plain_dispatch_ms=0.6)
+    assert "NOT within 10%" in headline_only.check_note(0.5) and "launch-bound" not in headline_only.check_note(0.5)
+    on_cpu = replace(timing, plain_dispatch_ms=0.0)
+    assert not on_cpu.launch_bound and names.LAYERS_DISPATCH_SHARE not in on_cpu.check_metrics(names.LAYERS_PREFIX, 0.5)
+
+
 def test_the_pass_cross_checks_itself_with_torch_profiler() -> None:
     """Asked to, the pass records a few forwards under torch.profiler after its own (CPU): every module of the
     block has a share, the shares add up to 1, and the note carries the largest gap (the 5-point agreement itself is

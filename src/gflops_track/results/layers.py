@@ -19,6 +19,8 @@ from gflops_track.results.counting import LayerCost, TrainingLayerCost
 SELF_SUM_LIMIT = 0.10  # the self times add up to the forward's median within 10%
 PROFILER_SHARE_LIMIT = 0.05  # each layer's share agrees with torch.profiler's per-op share within 5 points
 BUSY_SKEW = 2.0  # as timing/engine.py's SKEW_LIMIT: a median over twice the minimum measures the machine's load
+# CUDA: issuing the unhooked call took the CPU at least this share of its GPU time: little slack for the hooks' CPU time
+LAUNCH_BOUND_SHARE = 0.5
 
 
 def percent(share: float) -> str:
@@ -56,6 +58,7 @@ class LayerTiming:
     notes: list[str] = field(default_factory=list)
     plain_ms: float = 0.0  # median of the unhooked forwards timed beside the hooked ones (the side-by-side reference)
     plain_min_ms: float = 0.0  # the quickest of those
+    plain_dispatch_ms: float = 0.0  # CUDA: the CPU's median time to issue those (0: not measured, as on CPU)
     total_s: float = 0.0  # the whole pass, warm-up forward to the last, seconds (a measuring phase, like timing's)
     # each module's share of the ATen op time torch.profiler recorded after the pass (CPU; empty: not checked)
     profiler_shares: dict[str, float] = field(default_factory=dict)
@@ -65,6 +68,20 @@ class LayerTiming:
         """The machine was busy: the unhooked forwards' median is over twice their minimum (the engine's skew rule),
         so medians measured the load, and each module's median missed the waits that landed elsewhere."""
         return self.plain_min_ms > 0 and self.plain_ms > BUSY_SKEW * self.plain_min_ms
+
+    @property
+    def launch_bound(self) -> bool:
+        """CUDA: issuing the unhooked call took the CPU at least ``LAUNCH_BOUND_SHARE`` of the time the GPU ran it,
+        so little slack is left: CPU time the hooks add between kernel launches leaves the GPU idle, inside the
+        modules' events. (The CPU's time also counts any wait inside the call: a host sync such as ``.item()``, a
+        full launch queue; a model that has one reads as launch-bound.)"""
+        return self.plain_ms > 0 and self.plain_dispatch_ms >= LAUNCH_BOUND_SHARE * self.plain_ms
+
+    @property
+    def hooks_idle_the_gpu(self) -> bool:
+        """The self times overstate the unhooked calls timed beside them by more than the limit, on a launch-bound
+        GPU: the explanation the check note gives (an understatement, or a gap to the headline alone, has others)."""
+        return self.launch_bound and self.gap(self.plain_ms) > SELF_SUM_LIMIT  # launch_bound: plain_ms > 0
 
     @property
     def fastest_gap(self) -> float | None:
@@ -104,6 +121,8 @@ class LayerTiming:
         if self.plain_ms:
             values[f"{prefix}self_sum_gap_side_by_side"] = self.gap(self.plain_ms)
             values[f"{prefix}busy"] = float(self.busy)
+        if self.plain_ms and self.plain_dispatch_ms:
+            values[f"{prefix}dispatch_share"] = self.plain_dispatch_ms / self.plain_ms
         if self.fastest_gap is not None:
             values[f"{prefix}self_min_sum_gap"] = self.fastest_gap
         if self.profiler_gap is not None:
@@ -134,6 +153,13 @@ class LayerTiming:
             text += (
                 f"; the machine was busy (median over twice the minimum), so the quickest {self.UNIT}s decide: the "
                 f"modules' quickest self times add up to {fastest:+.1%} of the quickest {self.UNIT}"
+            )
+        if self.hooks_idle_the_gpu:
+            text += (
+                f"; the {self.UNIT} is launch-bound: issuing an unhooked {self.UNIT} takes the CPU "
+                f"{milliseconds(self.plain_dispatch_ms)} ms of the {milliseconds(self.plain_ms)} ms the GPU runs it, "
+                "so the CPU time the hooks add between kernel launches leaves the GPU idle inside the modules' "
+                "events (a larger batch gives the GPU more work per launch)"
             )
         checked = self.profiler_gap
         if checked is not None:

@@ -31,7 +31,16 @@ from torch import nn
 
 from gflops_track.common.names import ROOT_LABEL
 from gflops_track.results.layers import LayerTiming, ModuleTime
-from gflops_track.timing.module_hooks import MIN_ITERATIONS, Marks, Recorder, forward_hooks, iqr
+from gflops_track.timing.module_hooks import (
+    MIN_ITERATIONS,
+    Marks,
+    Recorder,
+    Unhooked,
+    forward_hooks,
+    iqr,
+    unhooked_call,
+    unhooked_summary,
+)
 
 CPU_METHOD = "perf_counter in forward pre/post hooks (CPU), after the headline timing"
 CUDA_METHOD = "CUDA events in forward pre/post hooks, one synchronise per forward, after the headline timing"
@@ -63,12 +72,12 @@ def time_layers(
     marks = Marks(device)
     recorder = Recorder(names, marks)
     per_forward: list[tuple[dict[str, float], dict[str, float], dict[str, int]]] = []
-    plain: list[float] = []
+    plain: list[Unhooked] = []
     started = time.perf_counter()
     with torch.inference_mode(), torch.cuda.device(device) if marks.cuda else contextlib.nullcontext():
         for index in range(iterations + 1):
             if index > 0:  # an unhooked forward beside each hooked one: the side-by-side reference
-                plain.append(_plain_forward_ms(forward, device, marks.cuda))
+                plain.append(unhooked_call(forward, device, marks.cuda))
             recorder.reset()
             with forward_hooks(recorder):
                 forward()
@@ -82,25 +91,10 @@ def time_layers(
     checked = profiler_shares(forward, model, profiler_forwards) if profiler_forwards and not marks.cuda else {}
     return replace(
         timing,
-        plain_ms=statistics.median(plain) if plain else 0.0,
-        plain_min_ms=min(plain, default=0.0),
+        **unhooked_summary(plain),
         profiler_shares=checked,
         total_s=time.perf_counter() - started,
     )
-
-
-def _plain_forward_ms(forward: Callable[[], Any], device: torch.device, cuda: bool) -> float:
-    """One forward with no hook, timed as the hooked ones are (CUDA: events and a synchronise)."""
-    if not cuda:
-        start = time.perf_counter()
-        forward()
-        return (time.perf_counter() - start) * 1e3
-    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    begin.record()
-    forward()
-    end.record()
-    torch.cuda.synchronize(device)
-    return begin.elapsed_time(end)
 
 
 def _summarise(

@@ -1,7 +1,7 @@
 """What both per-layer passes (``timing/layers.py``, the forward; ``timing/step_layers.py``, the training step) time
 modules with: time marks (``perf_counter`` on CPU, pooled CUDA events on CUDA), the global forward hooks that open a
 span when a named module starts and close it when it ends, each forward's inclusive and self times from the spans'
-nesting, and the spread they report (the interquartile range).
+nesting, the spread they report (the interquartile range), and the unhooked call timed beside the hooked ones.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import contextlib
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +94,45 @@ class Recorder:
     def reset(self) -> None:
         self.spans, self.stack = [], []
         self.marks.used = 0
+
+
+@dataclass(frozen=True)
+class Unhooked:
+    """One call with no hook: its time as the hooked ones are timed (CUDA: events, then a synchronise) and, on CUDA,
+    the CPU's time to issue it (``perf_counter`` from before the first event is recorded to after the last, before
+    the synchronise; 0 on CPU, where issuing is running). Issuing that takes most of the GPU's time leaves little
+    slack for the hooks' CPU time (``LayerTiming.launch_bound``)."""
+
+    ms: float
+    dispatch_ms: float
+
+
+def unhooked_call(call: Callable[[], Any], device: torch.device, cuda: bool) -> Unhooked:
+    """Time one call of ``call`` with no hook (CPU: ``perf_counter``)."""
+    if not cuda:
+        start = time.perf_counter()
+        call()
+        return Unhooked((time.perf_counter() - start) * 1e3, 0.0)
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    issued = time.perf_counter()
+    begin.record()
+    call()
+    end.record()
+    dispatch_ms = (time.perf_counter() - issued) * 1e3
+    torch.cuda.synchronize(device)
+    return Unhooked(begin.elapsed_time(end), dispatch_ms)
+
+
+def unhooked_summary(calls: list[Unhooked]) -> dict[str, float]:
+    """The reference a pass reports: the unhooked calls' median and quickest time and median dispatch time (ms), as
+    ``LayerTiming``'s ``plain_ms``, ``plain_min_ms`` and ``plain_dispatch_ms`` (all 0 without a call)."""
+    if not calls:
+        return {"plain_ms": 0.0, "plain_min_ms": 0.0, "plain_dispatch_ms": 0.0}
+    return {
+        "plain_ms": statistics.median(call.ms for call in calls),
+        "plain_min_ms": min(call.ms for call in calls),
+        "plain_dispatch_ms": statistics.median(call.dispatch_ms for call in calls),
+    }
 
 
 def iqr(values: list[float]) -> float:

@@ -35,7 +35,16 @@ from torch.utils._pytree import tree_leaves
 from gflops_track.common.names import ROOT_LABEL
 from gflops_track.counting.training import LOSS_ROW, OPTIMIZER_ROW
 from gflops_track.results.layers import StepLayerTiming, StepModuleTime
-from gflops_track.timing.module_hooks import MIN_ITERATIONS, Marks, Recorder, forward_hooks, iqr
+from gflops_track.timing.module_hooks import (
+    MIN_ITERATIONS,
+    Marks,
+    Recorder,
+    Unhooked,
+    forward_hooks,
+    iqr,
+    unhooked_call,
+    unhooked_summary,
+)
 
 ZERO_GRAD_ROW = "(zero_grad)"
 STEP_CPU_METHOD = (
@@ -212,7 +221,7 @@ def time_step_layers(
             recorder.claims = []
 
     steps: list[_StepTimes] = []
-    plain: list[float] = []
+    plain: list[Unhooked] = []
     started = time.perf_counter()
     with (
         torch.inference_mode(False),
@@ -221,7 +230,7 @@ def time_step_layers(
     ):
         for index in range(iterations + 1):
             if index > 0:
-                plain.append(_plain_ms(plain_step, device, marks.cuda))
+                plain.append(unhooked_call(plain_step, device, marks.cuda))
             timed = hooked_step()
             if index > 0:  # the first step warms up (and sizes the CUDA event pool)
                 steps.append(timed)
@@ -232,24 +241,9 @@ def time_step_layers(
         len(steps),
         statistics.median(step.total_ms for step in steps),
         _summarise(steps, order, optimizer is not None),
-        plain_ms=statistics.median(plain),
-        plain_min_ms=min(plain),
+        **unhooked_summary(plain),
         total_s=time.perf_counter() - started,
     )
-
-
-def _plain_ms(step: Callable[[], None], device: torch.device, cuda: bool) -> float:
-    """One step with no hook, timed as the hooked ones are (CUDA: events and a synchronise)."""
-    if not cuda:
-        start = time.perf_counter()
-        step()
-        return (time.perf_counter() - start) * 1e3
-    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    begin.record()
-    step()
-    end.record()
-    torch.cuda.synchronize(device)
-    return begin.elapsed_time(end)
 
 
 def _inside(name: str, outer: str) -> bool:
