@@ -30,7 +30,14 @@ from gflops_track.results.timing import (
     percentile,
     precision_text,
 )
-from gflops_track.timing.conditions import available_cpus, suspicions, watch_conditions
+from gflops_track.timing.conditions import (
+    ENERGY_MIN_WINDOW_S,
+    available_cpus,
+    energy_metrics,
+    short_energy_window_note,
+    suspicions,
+    watch_conditions,
+)
 from gflops_track.timing.engine import SKEW_LIMIT, measure_latency, skew_reasons
 
 QUICK = TimingOptions(warmup=1, min_repeats=5, max_time_s=1)
@@ -314,6 +321,24 @@ def test_conditions_reasons_are_the_suspect_reasons() -> None:
     assert {"load_avg_1m_before", "process_cpu_per_wall", "other_processes_cpu_per_wall"} <= set(metrics)
     assert result.suspect_reasons == result.conditions.warnings  # no skew: 1 ms every call
     assert result.suspect == bool(result.conditions.warnings)
+
+
+def test_energy_needs_a_window_the_counter_can_resolve() -> None:
+    """NVML's counter (mJ) read at both ends of the loop: 150,000 mJ over 1.5 s -> 150 J, 150 / 1.5 = 100 W. The same
+    counter over 0.02 s (the seed block's 36 timed forwards on an H200) moved 16,200 mJ in one step: 0.45 J a forward,
+    over 800 W on a 700 W board; under ENERGY_MIN_WINDOW_S (1 s) nothing is reported, and the note says why and how many
+    iterations would fill 1 s. A counter that is missing or did not move reports nothing either."""
+    assert energy_metrics(1_000_000, 1_150_000, 1.5) == {"gpu_energy_j": 150.0, "gpu_power_w": 100.0}
+    assert energy_metrics(1_000_000, 1_016_200, 0.02) == {}
+    assert energy_metrics(1_000_000, 1_016_200, ENERGY_MIN_WINDOW_S) == pytest.approx(
+        {"gpu_energy_j": 16.2, "gpu_power_w": 16.2}
+    )
+    assert energy_metrics(None, 1_016_200, 2.0) == {} and energy_metrics(1_000, 1_000, 2.0) == {}
+    note = short_energy_window_note(0.02, 0.000547 * 1e3)  # 36 forwards of 0.547 ms: 1 s needs ceil(1000 / 0.547)
+    assert "the timed loop lasted 0.020 s, under the 1 s NVML's energy counter needs" in note
+    assert (
+        "1,829 iterations of 0.547 ms fill it: set timing.min_repeats=1829 and timing.max_repeats to at least" in note
+    )
 
 
 def test_gpu_conditions_without_nvml_never_raise() -> None:

@@ -139,6 +139,7 @@ class Conditions:
     throttle_reasons: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what was left out and why (not a reason to doubt the run)
+    short_energy_window_s: float | None = None  # the loop's seconds when the GPU's energy counter could not resolve it
     _gpu: ClockSource | None = field(default=None, repr=False, compare=False)
     _clocks: list[float] = field(default_factory=list, repr=False, compare=False)
     _last_sample: float = field(default=0.0, repr=False, compare=False)

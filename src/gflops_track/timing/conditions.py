@@ -3,9 +3,10 @@
 Shared machines are noisy: another process on the CPU, more threads than cores, steal time on a VM, a throttling GPU.
 We record, around the timed loop: load average, our process's CPU-seconds per wall-second, the CPU time the *rest* of
 the machine used, VM steal time, the cores this process may run on; on NVIDIA GPUs (nvidia-ml-py) the device's
-counters as deltas around the loop — total energy (J, hence average power) and the time the clocks were held back by
-the power and thermal policies (violation status) — and, sampled while the GPU works through a block (never after the
-final synchronise, when it is idle), the SM clock and the clocks-event (throttle) reasons.
+counters as deltas around the loop — total energy (J, hence average power; only over a loop of 1 s or more, which
+the counter's ~100 ms steps can resolve) and the time the clocks were held back by the power and thermal policies
+(violation status) — and, sampled while the GPU works through a block (never after the final synchronise, when it is
+idle), the SM clock and the clocks-event (throttle) reasons.
 
 A power-capped GPU under sustained load is the normal state, not a suspect run: the software power cap (reason and
 power-policy violation time) is recorded but raises no warning; the SM clock is held against the default applications
@@ -20,6 +21,7 @@ a GPU or driver that lacks one query still answers the others.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +36,7 @@ from gflops_track.results.timing import Conditions
 OTHER_CPU_WARN = 0.25  # other processes busy for a quarter of a core on average
 STEAL_WARN = 0.05  # 5% of CPU time stolen by the hypervisor
 CLOCK_WARN = 0.9  # SM clock below 90% of its default applications clock while the GPU worked
+ENERGY_MIN_WINDOW_S = 1.0  # NVML's energy counter moves about every 100 ms: 10 steps or more keep its error near 10%
 VIOLATION_WARN = 0.05  # clocks held back by the thermal policy for 5% of the timed loop
 THROTTLE_BITS = {  # NVML clocks-event (throttle) reason bits, as in nvml.h
     0x1: "gpu_idle",
@@ -170,15 +173,36 @@ def _gpu_counters(gpu: NvmlDevice) -> dict[str, int | None]:
     }
 
 
+def energy_metrics(start_mj: int | None, end_mj: int | None, wall_s: float) -> dict[str, float]:
+    """Energy (J) and average power (W) over a window, from NVML's total-energy counter read at its ends; none when
+    the counter is missing, did not move, or the window is under ``ENERGY_MIN_WINDOW_S``: the counter moves in steps
+    about every 100 ms, so a short window reads 0 or a whole step (on an H200 a 20 ms loop of the seed block read
+    0.45 J a forward, over 800 W on a 700 W board)."""
+    if start_mj is None or end_mj is None or end_mj <= start_mj or wall_s < ENERGY_MIN_WINDOW_S:
+        return {}
+    joules = (end_mj - start_mj) / 1e3
+    return {"gpu_energy_j": joules, "gpu_power_w": joules / wall_s}  # the average over the loop, not one reading
+
+
+def short_energy_window_note(wall_s: float, median_ms: float) -> str:
+    """Why a GPU run has no energy: its timed loop was shorter than the counter resolves; and how many iterations
+    of ``median_ms`` would fill ``ENERGY_MIN_WINDOW_S``, with the options that let the loop run them."""
+    needed = math.ceil(ENERGY_MIN_WINDOW_S * 1e3 / median_ms) if median_ms > 0 else 0
+    return (
+        f"no GPU energy or power reported: the timed loop lasted {wall_s:.3f} s, under the {ENERGY_MIN_WINDOW_S:g} s "
+        f"NVML's energy counter needs (it moves in steps about every 100 ms); {needed:,} iterations of "
+        f"{median_ms:.3g} ms fill it: set timing.min_repeats={needed} and timing.max_repeats to at least that, with a "
+        "timing.max_time_s that leaves room for warm-up too"
+    )
+
+
 def _gpu_metrics(gpu: NvmlDevice, before: dict[str, int | None], wall: float, clocks: list[float]) -> dict[str, float]:
     """Deltas of the counters over the loop, plus the clocks sampled while busy and the board's facts. No energy or
     power on a MIG slice (the board's counter covers every slice)."""
     after = _gpu_counters(gpu)
     metrics: dict[str, float] = {}
-    start, end = before["energy_mj"], after["energy_mj"]
-    if start is not None and end is not None and end > start and not gpu.mig:
-        metrics["gpu_energy_j"] = (end - start) / 1e3
-        metrics["gpu_power_w"] = (end - start) / 1e3 / wall  # average over the loop, not one reading
+    if not gpu.mig:
+        metrics.update(energy_metrics(before["energy_mj"], after["energy_mj"], wall))
     for name in VIOLATION_POLICIES:
         start, end = before[f"{name}_ns"], after[f"{name}_ns"]
         if start is not None and end is not None:
@@ -232,6 +256,8 @@ def watch_conditions(device: torch.device, threads: int) -> Iterator[Conditions]
             conditions.warnings = suspicions(metrics, conditions.throttle_reasons)
             if gpu is not None and gpu.mig:
                 conditions.notes.append(MIG_ENERGY_NOTE)
+            elif gpu is not None and gpu_before.get("energy_mj") is not None and wall < ENERGY_MIN_WINDOW_S:
+                conditions.short_energy_window_s = wall  # the engine says what would resolve it
             conditions._gpu = None  # NVML is shut down on exit
 
 

@@ -59,7 +59,7 @@ import torch
 
 from gflops_track.options.timing import ProgressCallback, TimingOptions
 from gflops_track.results.timing import MIN_CI_SAMPLES, LatencyStats, TimingResult
-from gflops_track.timing.conditions import watch_conditions
+from gflops_track.timing.conditions import short_energy_window_note, watch_conditions
 
 Forward = Callable[[], Any]
 Clock = Callable[[], float]  # seconds, monotonic
@@ -396,12 +396,14 @@ def _measure(
     if not met:
         notes.append(_precision_note(latency, options))
     energy = conditions.metrics.get("gpu_energy_j")
-    if energy and timer.flush_buffer is not None:
+    if timer.flush_buffer is not None and (energy or conditions.short_energy_window_s is not None):
         energy = None
         notes.append(
             f"energy per forward not reported: the L2 flush ({timer.flush_size / 2**20:,.0f} MiB zeroed before every "
             "iteration) ran inside the energy window; time with flush_l2=false to measure energy"
         )
+    elif conditions.short_energy_window_s is not None:
+        notes.append(short_energy_window_note(conditions.short_energy_window_s, latency.median_ms))
     notes += conditions.notes
     reasons = conditions.warnings + skew_reasons(latency)
     if graph_latency is not None:
