@@ -13,7 +13,7 @@ import torch
 
 from gflops_track.options.peaks import PeakOptions
 from gflops_track.peaks.probes import cache_key
-from gflops_track.peaks.report import compare_with_peaks
+from gflops_track.peaks.report import compare_with_peaks, roof_above_spec_notes
 from gflops_track.peaks.table import cpu_peak_estimate
 from gflops_track.results.peaks import MeasuredPeak, PeakReport
 
@@ -124,3 +124,19 @@ def test_a_roof_needs_a_measured_bandwidth_and_an_unknown_rate_raises_nothing(tm
     assert not any("beats" in note for note in unknown.notes)
     raised = compare_with_peaks(CPU, "fp32", HARDWARE, "", 2.0, options)
     assert any(note.endswith("is raised to it (a profiled run)") for note in raised.notes), raised.notes
+
+
+def test_a_roof_above_the_datasheet_is_explained() -> None:
+    """H200 fp32, datasheet 67,000 GFLOP/s. A 3x3 convolution probe at 108,841 GFLOP/s (cuDNN's Winograd: fewer
+    multiplications than the direct count 2·N·C·H·W·C·9) is 108,841 / 67,000 = 162.4% of it: the note names the kernel,
+    the share and why; a GEMM at 70,000 (104.5%) gets the GEMM's reason; a roof at or below the datasheet, none."""
+    conv = MeasuredPeak(51_353.0, 4096, 4_265.0, None, "fp32", compute_gflop_per_s=108_841.0,
+                        compute_kernel="conv3x3 64x512x28x28 channels_last")  # fmt: skip
+    (note,) = roof_above_spec_notes(conv, 67_000.0, "fp32")
+    assert note.startswith("the measured roof, 108,841.0 GFLOP/s (conv3x3 64x512x28x28 channels_last), is 162.4% of")
+    assert "67,000.0 GFLOP/s for fp32" in note and "Winograd" in note
+    gemm = MeasuredPeak(70_000.0, 8192, None, None, "fp32", compute_gflop_per_s=70_000.0, compute_kernel="gemm 8192")
+    (note,) = roof_above_spec_notes(gemm, 67_000.0, "fp32")
+    assert "(GEMM), is 104.5% of" in note and "above the datasheet's clocks" in note and "Winograd" not in note
+    assert roof_above_spec_notes(conv, 108_841.0, "fp32") == []
+    assert roof_above_spec_notes(conv, None, "fp32") == [] and roof_above_spec_notes(None, 67_000.0, "fp32") == []

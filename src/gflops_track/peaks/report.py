@@ -12,7 +12,7 @@ import torch
 from gflops_track.options.peaks import PeakOptions
 from gflops_track.peaks.probes import raise_roof
 from gflops_track.peaks.table import cpu_peak_estimate, gpu_spec
-from gflops_track.results.peaks import CpuPeakEstimate, GpuSpec, PeakReport
+from gflops_track.results.peaks import CpuPeakEstimate, GpuSpec, MeasuredPeak, PeakReport
 
 
 def _spec_notes(device_name: str, spec: GpuSpec | None, dtype: str) -> list[str]:
@@ -31,6 +31,28 @@ def _estimate_notes(achieved: float | None, estimate: CpuPeakEstimate | None) ->
             "reported clock is likely the base (TSC) rate, not the boost clock; trust the measured peak"
         ]
     return []
+
+
+def roof_above_spec_notes(measured: MeasuredPeak | None, spec_gflop_per_s: float | None, dtype: str) -> list[str]:
+    """A measured roof above the datasheet's figure, explained: a convolution (or a run) there does fewer arithmetic
+    operations than the ones counted (cuDNN's Winograd or FFT algorithms), so its GFLOP/s are counted FLOPs per
+    second, not the chip's; a GEMM there means the card runs above the datasheet's clocks or the probe mis-timed.
+    Said, so nobody reads utilization vs the roof as a share of the chip's rate."""
+    if measured is None or not spec_gflop_per_s or measured.roof_gflop_per_s <= spec_gflop_per_s:
+        return []
+    roof = measured.roof_gflop_per_s
+    kernel = measured.compute_kernel if measured.compute_gflop_per_s > measured.gemm_gflop_per_s else "GEMM"
+    why = (
+        "a GEMM cannot do fewer operations than counted: this card runs above the datasheet's clocks, the datasheet "
+        "entry is another variant's (SXM against PCIe or NVL), or the probe's timing is wrong"
+        if kernel.lower().startswith("gemm")
+        else "its kernel does fewer arithmetic operations than counted (a convolution by Winograd or FFT), so it is "
+        "counted FLOPs per second, not the chip's rate; utilization vs spec is the share of the chip"
+    )
+    return [
+        f"the measured roof, {roof:,.1f} GFLOP/s ({kernel}), is {roof / spec_gflop_per_s:.1%} of the datasheet's "
+        f"{spec_gflop_per_s:,.1f} GFLOP/s for {dtype}: {why}"
+    ]
 
 
 def compare_with_peaks(
@@ -59,6 +81,10 @@ def compare_with_peaks(
         measured, raised = raise_roof(
             device, dtype, hardware, achieved_gflop_per_s or 0.0, options.cache_dir, kernel=kernel
         )
-        notes += [*measured.notes, *([raised] if raised else [])]
+        notes += [
+            *measured.notes,
+            *([raised] if raised else []),
+            *roof_above_spec_notes(measured, spec_gflop_per_s, dtype),
+        ]
     notes += _estimate_notes(achieved_gflop_per_s, estimate)
     return PeakReport(spec, spec_gflop_per_s, estimate, measured, notes)
