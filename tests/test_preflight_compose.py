@@ -28,6 +28,8 @@ SWEEPS = [
     ["model=custom", "model._target_=torch.nn.Linear", "+model.in_features=8", "+model.out_features=4",
      "input.shape=[8]", "batch.size=1,4"],
     ["device=cpu,auto", "device.index=null", "~model.init", "++norm_fn=batch", "batch.size=1,2"],  # a swept group's key
+    ["model={planes:64,in_planes:64},{planes:32,in_planes:32}", "batch.size=1,2"],  # dicts Hydra merges into the group
+    ['device="cpu",auto', "precision='fp32',bf16", "batch.size=1,2"],  # quoted choices of a group
 ]  # fmt: skip
 # one job each, refused: Hydra's own composition error, the schema's, an unknown key, a value out of range
 REFUSED = [

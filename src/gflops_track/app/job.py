@@ -83,6 +83,13 @@ def job_device(config: AppConfig) -> torch.device:
     return device
 
 
+def device_label(device: torch.device) -> str:
+    """The device as a run name spells it: ``cpu``, ``cuda`` for the first GPU however it was asked for
+    (``device=auto`` resolves to ``cuda``, ``device=cuda`` to ``cuda:0``: one GPU, one name, so runs pair by name),
+    ``cuda:1`` for another: runs on two GPUs of one machine never share a name."""
+    return "cuda" if device.type == "cuda" and not device.index else str(device)
+
+
 def run_name_for(config: AppConfig, device: torch.device, variant: Sequence[str] = ()) -> str:
     """tracking.run_name filled in; ``{norm_fn}`` is the model's own norm_fn argument (empty segment dropped for
     models without one). A train-mode job whose template has no ``{mode}`` gets ``-train`` appended, so the two
@@ -94,7 +101,7 @@ def run_name_for(config: AppConfig, device: torch.device, variant: Sequence[str]
         model=model_label(config),
         norm_fn=config.model.get("norm_fn", ""),
         batch_size=config.batch.size,
-        device=str(device),  # "cpu", "cuda" or "cuda:1": runs on two GPUs of one machine never share a name
+        device=device_label(device),
         dtype=config.precision.dtype,
         mode=config.mode,
     )
@@ -110,9 +117,11 @@ def run_name_for(config: AppConfig, device: torch.device, variant: Sequence[str]
 def variant_segment(override: str) -> str:
     """How one swept override leads a run name: the value as the default name spells it (``norm_fn=group`` ->
     ``group``, ``batch.size=8`` -> ``b8``, ``mode=train`` -> ``train``), else the key's last part and the value
-    (``model.planes=64`` -> ``planes64``)."""
+    (``model.planes=64`` -> ``planes64``); a quoted value without its quotes."""
     key, _, value = override.partition("=")
     key = key.lstrip("+~")
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":  # device="cpu": the value is cpu
+        value = value[1:-1]
     if key == "batch.size":
         return f"b{value}"
     if key in ("norm_fn", "model.norm_fn", "mode", "device", "precision") or not re.fullmatch(r"[\d.e+-]+", value):

@@ -22,6 +22,7 @@ from hydra._internal.utils import create_config_search_path
 from hydra.core.config_search_path import SearchPathQuery
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import QuotedString
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -126,8 +127,11 @@ def _group_choice_errors(overrides: list[str], config_name: str) -> list[str]:
         options = loader.get_group_options(key)
         if not options:
             continue
-        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
         for value in values:
+            if isinstance(value, dict):  # group={key: value, ...}: Hydra merges it into the group's chosen config
+                continue
+            value = value.text if isinstance(value, QuotedString) else value  # -m model="custom",hf
             if str(value) not in options:
                 errors.append(f"{key}={value!r} is not allowed: choose one of {', '.join(sorted(options))}")
     return errors
