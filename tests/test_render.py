@@ -16,7 +16,7 @@ from rich.console import Console
 
 from gflops_track.cli.compare import main
 from gflops_track.common.numbers import one_place, three_places
-from gflops_track.compare.charts import bars_figure, comparison_charts, flops_vs_latency_figure
+from gflops_track.compare.charts import bars_figure, comparison_charts, flops_vs_latency_figure, roofline_sets
 from gflops_track.compare.layers import RunLayers, layer_time_by_run_figure
 from gflops_track.compare.render import (
     ALL_COLUMNS,
@@ -343,17 +343,61 @@ def test_throughput_axis_starts_at_zero(tmp_path: Path) -> None:
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_roofline_labels_stay_inside_the_axes() -> None:
+def test_roofline_names_every_roof_and_run_in_a_legend_below_the_axes() -> None:
+    """Runs of one model sit at nearly one point (on an H200 twelve labels beside them overlapped into one smudge):
+    each roof and each run is a legend entry under the axes, inside the figure, none drawn over the plot; the figure
+    grows with the entries instead of the axes shrinking, and widens for a legend wider than it; a fifth roof is
+    drawn too (styles repeat in a lighter grey), never dropped."""
     roofs = [Roof("spec", 156.5, 20.0), Roof("measured", 120.0, 15.0)]
     points = [
-        RooflinePoint("norm_fn=instance long label", 900.0, 150.0),  # top right corner: the label goes left, below
-        RooflinePoint("norm_fn=group", 0.9, 0.5),  # bottom left
+        RooflinePoint("norm_fn=instance long label", 900.0, 150.0),
+        RooflinePoint("norm_fn=group", 0.9, 0.5),
         RooflinePoint("norm_fn=batch", 7.7, 8.8),
     ]
     figure = roofline_figure(roofs, points, "roofline")
     figure.canvas.draw()
-    assert len(figure.axes[0].texts) == 3
-    _texts_inside_axes(figure)
+    axes = figure.axes[0]
+    assert len(axes.texts) == 0
+    entries = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert entries == [
+        "spec: 156.5 GFLOP/s, 20.0 GB/s",
+        "measured: 120.0 GFLOP/s, 15.0 GB/s",
+        *[p.label for p in points],
+    ]
+    renderer = figure.canvas.get_renderer()
+    legend, plot = axes.get_legend().get_window_extent(renderer), axes.get_window_extent(renderer)
+    assert legend.y1 <= plot.y0  # under the axes
+    _texts_inside_axes(figure)  # and inside the figure
+    many = [RooflinePoint(f"norm_fn=instance precision=bf16 train step ({LONG_MACHINE}) {index}", 170.0, 2e4 + index)
+            for index in range(12)]  # fmt: skip
+    five = [Roof(f"roof {index}", 1e5 * (index + 1), 4e3) for index in range(5)]
+    crowded = roofline_figure(five, many, "roofline")
+    crowded.canvas.draw()
+    assert len(crowded.axes[0].get_lines()) == 5 and len(crowded.axes[0].get_legend().get_texts()) == 17
+    assert crowded.get_figheight() > figure.get_figheight() and crowded.get_figwidth() > figure.get_figwidth()
+    _texts_inside_axes(crowded)  # the legend whole, inside the widened figure
+
+
+def test_runs_of_two_precisions_get_a_roofline_each() -> None:
+    """An fp32 and a bf16 run of one H200: the bf16 run under the bf16 roofs (datasheet 989,500 GFLOP/s, measured
+    756,268), the fp32 run under the fp32 ones (67,000 and 108,841), one chart each; runs of one precision keep the
+    single ``roofline``; a run of a second machine is named with its hardware."""
+    h200 = "cuda:NVIDIA H200"
+    common = dict(arithmetic_intensity=169.9, spec_bandwidth_gb_per_s=4800.0, measured_bandwidth_gb_per_s=4269.6)
+    fp32 = replace(make_row("group", h200, achieved_gflop_per_s=19_983.5, spec_peak_gflop_per_s=67_000.0,
+                            measured_peak_gflop_per_s=108_841.1, **common), tags={"dtype": "fp32"})  # fmt: skip
+    bf16 = replace(make_row("batch", h200, achieved_gflop_per_s=40_516.7, spec_peak_gflop_per_s=989_500.0,
+                            measured_peak_gflop_per_s=756_268.0, **common), tags={"dtype": "bf16"})  # fmt: skip
+    sets = {name: (roofs, points) for name, roofs, points in roofline_sets([fp32, bf16], [])}
+    assert sorted(sets) == ["roofline_bf16", "roofline_fp32"]
+    assert [roof.gflop_per_s for roof in sets["roofline_bf16"][0]] == [756_268.0, 989_500.0]
+    assert [roof.gflop_per_s for roof in sets["roofline_fp32"][0]] == [108_841.1, 67_000.0]
+    assert [point.gflop_per_s for point in sets["roofline_bf16"][1]] == [40_516.7]
+    ((name, _, points),) = roofline_sets([fp32, replace(fp32, hardware="cpu:AMD EPYC", run_id="other")], [])
+    assert name == "roofline" and {point.label.rsplit(" (", 1)[-1] for point in points} == {
+        "cuda:NVIDIA H200)",
+        "cpu:AMD EPYC)",
+    }
 
 
 def test_train_rows_bring_their_step_and_mfu_columns() -> None:
@@ -371,6 +415,43 @@ def test_train_rows_bring_their_step_and_mfu_columns() -> None:
     assert "MFU" not in markdown_table(ROWS)
     narrow = printed(ComparisonTable(mixed, "two modes"), 80, terminal=True)
     assert max(len(line) for line in narrow.splitlines()) <= 80 and "…" not in narrow
+
+
+def test_at_80_columns_each_group_shows_the_columns_its_rows_fill() -> None:
+    """An H200 sweep of both modes, three variants each: the inference group and the train group get a table each.
+    At 80 columns the columns were chosen once for all rows, so the train group's table showed latency, GFLOP/s and
+    utilization columns it has no values for, and its step median and MFU were "not shown". Each table now fits
+    the columns its own rows fill: the train group's step median (1.273 ms) and MFU (31.9% = 21,385.5 / 67,000),
+    the inference group's latency; nothing over 80 columns or cut."""
+    inference = [
+        replace(make_row(norm, "cuda:NVIDIA H200", median_ms=0.545, achieved_gflop_per_s=19_983.5),
+                label=f"norm_fn={norm} precision=fp32", group="ResidualBlock")
+        for norm in ("group", "batch", "instance")
+    ]  # fmt: skip
+    train = [
+        replace(row, run_id=f"t{row.run_id[1:]}", mode="train", median_ms=None, ci_low_ms=None, ci_high_ms=None,
+                throughput_samples_per_s=None, achieved_gflop_per_s=None, utilization_vs_spec_peak=None,
+                relative_speed=None, step_gflops=27.230, step_median_ms=1.273, step_achieved_gflop_per_s=21_385.5,
+                mfu=21_385.5 / 67_000, group="ResidualBlock mode=train")
+        for row in inference
+    ]  # fmt: skip
+    text = printed(ComparisonTable([*inference, *train], "two modes"), 80, terminal=True)
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
+    inference_part, train_part = text.split("model / input: ResidualBlock mode=train")
+    assert "MFU" in train_part and "31.9%" in train_part and "1.273" in train_part
+    assert "latency" not in train_part and "utilization" not in train_part
+    assert "0.545" in inference_part and "MFU" not in inference_part
+
+
+def test_small_utilization_and_mfu_never_read_as_zero() -> None:
+    """A tiny model of one's own (TinyMLP, width 128) on the 2-core VM: 0.677 GFLOP/s against a measured roof of 200
+    is 0.677 / 200 = 0.34% (it printed "0% meas."); a train step at 0.0339% MFU printed "0.0%". Below 1% a share
+    keeps two significant digits; from 1% up it reads as before (6% spec, 31.9% MFU)."""
+    tiny = make_row("group", utilization_vs_measured_peak=0.677 / 200, utilization_vs_spec_peak=0.056)
+    train = make_row("batch", mode="train", mfu=0.000339, step_gflops=3.62e-5, step_median_ms=0.221)
+    text = markdown_table([tiny, train])
+    assert "0.34% meas., 6% spec" in text and "| 0.034% |" in text
+    assert "31.9%" in markdown_table([replace(train, mfu=21_385.5 / 67_000)])
 
 
 def test_report_charts_for_train_runs(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
-"""Comparison plots (PNG): per-variant bars grouped by hardware, FLOPs vs latency, throughput vs batch size, and the
-roofline with every run on it. Every variant has one colour in every chart (tab10/tab20) and its own legend entry;
-bars and compared axes start at zero. The ``*_figure`` functions return the Figure (tests read its axes)."""
+"""Comparison plots (PNG): per-variant bars grouped by hardware, FLOPs vs latency, throughput vs batch size, and a
+roofline per precision with every run of it. Every variant has one colour in every chart (tab10/tab20) and its own
+legend entry; bars and compared axes start at zero. The ``*_figure`` functions return the Figure (tests read its
+axes)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gflops_track.common import names
 from gflops_track.compare.render import variant
 from gflops_track.compare.rows import Row, finite_only
 from gflops_track.render.plots import finish_figure, new_figure, roofline_png, throughput_curve_png, variant_colors
@@ -124,8 +126,8 @@ def _save(figure: Figure, path: Path) -> Path:
 
 def comparison_charts(rows: Sequence[Row], folder: Path) -> list[Path]:
     """Every plot the rows support, written into ``folder``: inference runs (latency, achieved GFLOP/s, FLOPs vs
-    latency, throughput curve), train runs (step GFLOP/s, MFU), and one roofline with both. A number that is NaN or
-    inf is left out (``finite_only``; the report names it)."""
+    latency, throughput curve), train runs (step GFLOP/s, MFU), and a roofline per precision with both. A number that
+    is NaN or inf is left out (``finite_only``; the report names it)."""
     finished = [finite_only(row) for row in rows if row.status == "FINISHED"]
     timed = [row for row in finished if row.median_ms is not None]
     trained = [row for row in finished if row.step_achieved_gflop_per_s is not None]
@@ -150,19 +152,46 @@ def comparison_charts(rows: Sequence[Row], folder: Path) -> list[Path]:
             charts.append(_save(
                 bars_figure(trained, "mfu", False, "MFU (share of the peak: tag mfu_peak)", "MFU"), folder / "mfu.png"
             ))  # fmt: skip
-    points = [
-        RooflinePoint(variant(row), row.arithmetic_intensity, row.achieved_gflop_per_s)
-        for row in timed
-        if row.arithmetic_intensity and row.achieved_gflop_per_s
-    ] + [
-        RooflinePoint(f"{variant(row)} train step", row.arithmetic_intensity, row.step_achieved_gflop_per_s)
-        for row in trained
-        if row.arithmetic_intensity and row.step_achieved_gflop_per_s
-    ]  # a train step sits at its forward's intensity: there is no byte model of the backward
-    roofs = _roofs([*timed, *trained])
-    if points and roofs:
-        charts.append(roofline_png(folder / "roofline.png", roofs, points, "roofline"))
-    return charts
+    return charts + _rooflines(timed, trained, folder)
 
 
-__all__ = ["bars_figure", "comparison_charts", "flops_vs_latency_figure", "throughput_series"]
+def dtype_of(row: Row) -> str:
+    """The precision a run ran in (its ``dtype`` tag, else its ``precision.dtype`` param; "" when unknown)."""
+    return row.tags.get(names.DTYPE_TAG) or row.config.get("precision.dtype", "")
+
+
+def roofline_sets(timed: Sequence[Row], trained: Sequence[Row]) -> list[tuple[str, list[Roof], list[RooflinePoint]]]:
+    """(chart name, roofs, runs) per precision: fp32 runs under the fp32 roofs, bf16 runs under the bf16 ones (a
+    device's peak differs by an order of magnitude between them); ``roofline`` alone when there is one precision.
+    A run's label names its hardware where the runs come from several machines."""
+    several = len({row.hardware for row in [*timed, *trained]}) > 1
+
+    def label(row: Row, suffix: str = "") -> str:
+        return variant(row) + suffix + (f" ({row.hardware})" if several else "")
+
+    points: dict[str, list[RooflinePoint]] = {}
+    for row in timed:
+        if row.arithmetic_intensity and row.achieved_gflop_per_s:
+            point = RooflinePoint(label(row), row.arithmetic_intensity, row.achieved_gflop_per_s)
+            points.setdefault(dtype_of(row), []).append(point)
+    for row in trained:  # a train step sits at its forward's intensity: there is no byte model of the backward
+        if row.arithmetic_intensity and row.step_achieved_gflop_per_s:
+            point = RooflinePoint(label(row, " train step"), row.arithmetic_intensity, row.step_achieved_gflop_per_s)
+            points.setdefault(dtype_of(row), []).append(point)
+    sets = []
+    for dtype, on_roof in sorted(points.items()):
+        roofs = _roofs([row for row in [*timed, *trained] if dtype_of(row) == dtype])
+        name = "roofline" if len(points) == 1 else f"roofline_{dtype or 'unknown_precision'}"
+        if roofs:
+            sets.append((name, roofs, on_roof))
+    return sets
+
+
+def _rooflines(timed: Sequence[Row], trained: Sequence[Row], folder: Path) -> list[Path]:
+    return [
+        roofline_png(folder / f"{name}.png", roofs, points, name.replace("_", ", ", 1))
+        for name, roofs, points in roofline_sets(timed, trained)
+    ]
+
+
+__all__ = ["bars_figure", "comparison_charts", "flops_vs_latency_figure", "roofline_sets", "throughput_series"]

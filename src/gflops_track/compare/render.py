@@ -21,6 +21,7 @@ from rich.text import Text
 from gflops_track.common import names
 from gflops_track.common.numbers import one_place, three_places
 from gflops_track.compare.rows import Row, not_finite_notes
+from gflops_track.results.layers import percent
 
 Formatter = Callable[[Row], str]
 ROOMY = 10_000  # a width no table reaches: measuring at it gives a table's natural (unwrapped) width
@@ -57,12 +58,17 @@ def _ratio(row: Row) -> str:
     return f"{value:.2f}x" if value >= 0.095 else f"{value:.2g}x"
 
 
+def _share(value: float) -> str:
+    """A utilization: whole percent from 1% up, two significant digits below (a tiny model's 0.34%, not 0%)."""
+    return f"{value:.0%}" if value >= 0.01 or value == 0 else percent(value)
+
+
 def _utilization(row: Row) -> str:
     parts = []
     if row.utilization_vs_measured_peak is not None:
-        parts.append(f"{row.utilization_vs_measured_peak:.0%} meas.")
+        parts.append(f"{_share(row.utilization_vs_measured_peak)} meas.")
     if row.utilization_vs_spec_peak is not None:
-        parts.append(f"{row.utilization_vs_spec_peak:.0%} spec")
+        parts.append(f"{_share(row.utilization_vs_spec_peak)} spec")
     return ", ".join(parts)
 
 
@@ -125,7 +131,7 @@ ALL_COLUMNS: dict[str, Column] = {
         Column("step_gflops", "train step\nGFLOPs", lambda r: _fmt(r.step_gflops, ",.3f")),
         Column("step", "train step\nmedian ms", lambda r: _fmt(r.step_median_ms, ",.3f")),
         Column("step_achieved", "train step\nGFLOP/s", lambda r: _fmt(r.step_achieved_gflop_per_s, ",.1f")),
-        Column("mfu", "MFU", lambda r: _fmt(r.mfu, ".1%")),
+        Column("mfu", "MFU", lambda r: "" if r.mfu is None else percent(r.mfu)),
     )
 }
 LEFT_OUT_NOTE = "not shown"  # the line under a fitted table naming the columns that did not fit
@@ -293,25 +299,38 @@ class ComparisonTable:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         yield Text(self.title, style="bold")
         fitted = console.is_terminal and not self.columns and not self.wide
+        wanted = self._keys(grouped=True)
         if fitted:
-            keys = fit_columns(console, options, self.rows, self._keys(grouped=True))
+            keys = []  # each table's own, below: without the hardware and group columns, each has its heading
         elif self.columns:
             keys = list(self.columns)
         else:
             keys = [k for k in DISPLAY if self.wide or k in {*self._keys(grouped=False), "status"}]
         cap = label_cap(self.rows, options.max_width) if fitted else None
-        widths = column_widths(self.rows, keys)
-        for machine, group, members in self._groups(keys):
+        widths = column_widths(self.rows, list(ALL_COLUMNS) if fitted else keys)
+        groups = self._groups(keys)
+        filled: list[tuple[str, ...]] = []
+        fits: dict[tuple[str, ...], list[str]] = {}
+        left_out: list[str] = []
+        if fitted:  # tables whose rows fill the same columns show the same ones (a train-mode group: step and MFU)
+            filled = [tuple(k for k in wanted if any(ALL_COLUMNS[k].cell(row) for row in rows)) for *_, rows in groups]
+            fits = {
+                own: fit_columns(console, options, [row for (*_, rows), o in zip(groups, filled, strict=True)
+                                                    if o == own for row in rows], list(own))
+                for own in dict.fromkeys(filled)
+            }  # fmt: skip
+            left_out = list(dict.fromkeys(k for own, shown in fits.items() for k in own if k not in shown))
+        for index, (machine, group, members) in enumerate(groups):
             if machine:
                 yield Text(f"hardware: {machine}", style="bold")
             if group:
                 yield Text(f"model / input: {group}", style="bold")
-            table = build_table(members, keys, markdown=not console.is_terminal, widths=widths, label_width=cap)
+            shown = fits[filled[index]] if fitted else keys
+            table = build_table(members, shown, markdown=not console.is_terminal, widths=widths, label_width=cap)
             width = natural_width(console, options, table)
             yield from self._lines(
                 console, options if fitted else options.update_width(max(width, options.max_width)), table
             )
-        left_out = [key for key in self._keys(grouped=True) if key not in keys] if fitted else []
         if left_out:  # nothing a run holds is dropped without a word: say what did not fit and how to see it
             yield Text(
                 f"{LEFT_OUT_NOTE} at {options.max_width} columns: {', '.join(left_out)} (--wide shows every column, "

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gflops_track.common.numbers import one_place
 from gflops_track.results.layers import BoundRoof, LayerRow
 from gflops_track.results.peaks import Roof, RooflinePoint
 
@@ -105,19 +106,30 @@ def fitted_title(title: str, figure: Figure) -> str:
 
 
 def finish_figure(
-    figure: Figure, axes: Axes, title: str, grid: bool = True, legend: bool = True, legend_below: bool = False
+    figure: Figure,
+    axes: Axes,
+    title: str,
+    grid: bool = True,
+    legend: bool = True,
+    legend_below: bool = False,
 ) -> Figure:
     """Title (wrapped to the figure), grid, legend and plain tick labels, laid out. ``legend_below``: the legend
-    under the axes, for charts whose bars fill every corner (a legend inside would hide some)."""
+    under the axes, for charts whose bars fill every corner (a legend inside would hide some) or whose points sit too
+    close to label; the figure widens when that legend is wider than it."""
     axes.set_title(fitted_title(title, figure))
     if grid:
         axes.grid(True, which="both", alpha=0.3)
+    below = None
     if legend and axes.get_legend_handles_labels()[0]:
         if legend_below:
-            axes.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.12))
+            below = axes.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.12))
         else:
             axes.legend(fontsize="small")
     no_offset(axes)
+    if below is not None:  # a legend wider than the figure would be cut at both edges: widen the figure to hold it
+        width = below.get_window_extent(figure.canvas.get_renderer()).width / figure.dpi + LEGEND_MARGIN_INCHES
+        if width > figure.get_figwidth():
+            figure.set_figwidth(width)
     figure.tight_layout()
     return figure
 
@@ -129,33 +141,45 @@ def save_figure(figure: Figure, axes: Axes, path: Path, title: str, grid: bool =
     return path
 
 
+LEGEND_MARGIN_INCHES = 0.3  # room either side of a legend below the axes
+ROOF_STYLES = ("-", "--", ":", "-.")
+ROOF_SHADES = ("0.3", "0.55", "0.75")  # greys: the runs' colours stay theirs
+LEGEND_ROW_INCHES = 0.2  # what one legend row below the axes adds to a figure's height
+
+
 def roofline_figure(roofs: Sequence[Roof], points: Sequence[RooflinePoint], title: str) -> Figure:
     """Log-log roofline: attainable GFLOP/s = min(compute roof, intensity x bandwidth), with the runs on it, each
-    in its own colour, labelled inside the axes."""
-    figure, axes = new_figure()
+    in its own colour. Every roof and run is named in a legend below the axes (the figure grows with it): runs of
+    one model sit at nearly one point, where labels beside them would overlap."""
+    entries = len(roofs) + len(dict.fromkeys(point.label for point in points))
+    figure, axes = new_figure(height=4.5 + LEGEND_ROW_INCHES * entries)
     intensities = [p.intensity for p in points] + [r.ridge for r in roofs]
     low = min(intensities, default=1.0) / 10
     high = max(intensities, default=100.0) * 10
-    for roof, style in zip(roofs, ("-", "--", ":", "-."), strict=False):
+    for index, roof in enumerate(roofs):
         xs = [low, roof.ridge, high]
         ys = [low * roof.bandwidth_gb_s, roof.gflop_per_s, roof.gflop_per_s]
+        style = ROOF_STYLES[index % len(ROOF_STYLES)]
+        shade = ROOF_SHADES[index // len(ROOF_STYLES) % len(ROOF_SHADES)]  # a fifth roof: the first style, lighter
         axes.plot(
-            xs, ys, style, color="0.3", label=f"{roof.label}: {roof.gflop_per_s:,.0f} GFLOP/s, "
-            f"{roof.bandwidth_gb_s:,.0f} GB/s"
+            xs, ys, style, color=shade,
+            label=f"{roof.label}: {one_place(roof.gflop_per_s)} GFLOP/s, {one_place(roof.bandwidth_gb_s)} GB/s",
         )  # fmt: skip
     colors = variant_colors([point.label for point in points])
-    for point in points:
-        axes.scatter([point.intensity], [point.gflop_per_s], zorder=3, color=colors[point.label])
+    for label in colors:
+        mine = [point for point in points if point.label == label]
+        axes.scatter(
+            [point.intensity for point in mine], [point.gflop_per_s for point in mine], zorder=3, color=colors[label],
+            label=label,
+        )  # fmt: skip
     rates = [p.gflop_per_s for p in points] + [r.gflop_per_s for r in roofs] + [low * r.bandwidth_gb_s for r in roofs]
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlim(low, high)
-    axes.set_ylim(min(rates) / 3, max(rates) * 3)  # room above the top roof for its legend and labels
+    axes.set_ylim(min(rates) / 3, max(rates) * 3)
     axes.set_xlabel("arithmetic intensity (FLOP/byte)")
     axes.set_ylabel("GFLOP/s")
-    for point in points:
-        label_inside(axes, point.label, (point.intensity, point.gflop_per_s), colors[point.label])
-    return finish_figure(figure, axes, title)
+    return finish_figure(figure, axes, title, legend_below=True)
 
 
 def roofline_png(path: Path, roofs: Sequence[Roof], points: Sequence[RooflinePoint], title: str) -> Path:
