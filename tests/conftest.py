@@ -81,6 +81,17 @@ def run_cli(
 
 
 @pytest.fixture(autouse=True)
+def cpu_unless_a_cuda_test(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests not marked ``cuda`` run on CPU, as they do in CI, also on a machine with a GPU: the processes they start
+    see no GPU (``CUDA_VISIBLE_DEVICES=""``), so ``device=auto`` is cpu in them, and the run names, timers and memory
+    figures these tests check are the CPU's. In the test's own process CUDA stays visible (the variable is read when
+    CUDA starts): tests that time in process name ``device=cpu``. The ``cuda`` tests run the GPU path, the CLI's
+    included."""
+    if torch.cuda.is_available() and request.node.get_closest_marker("cuda") is None:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
+@pytest.fixture(autouse=True)
 def no_inherited_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts with no MLflow tracking URI and no active run id, and leaves none behind:
     ``mlflow.set_tracking_uri`` (called by ``tracking.store.connect``) also writes $MLFLOW_TRACKING_URI into

@@ -18,7 +18,7 @@ from gflops_track.tracking.store import connect, ensure_experiment
 
 # A 16 -> 16 linear layer on a batch of 2: MACs = 2 * 16 * 16 (the bias adds FLOPs, not MACs); quick timing.
 TINY = ["model=custom", "model._target_=fixture_models.ThreadSpy", "+model.features=16", "input.shape=[16]",
-        "timing.warmup=1", "timing.min_repeats=3", "timing.max_time_s=0.3", "peak.measure=false",
+        "device=cpu", "timing.warmup=1", "timing.min_repeats=3", "timing.max_time_s=0.3", "peak.measure=false",
         "counting.thop=false", "counting.torch_check=false"]  # fmt: skip
 
 
