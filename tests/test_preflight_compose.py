@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from conftest import run_cli
 from gflops_track.app import preflight as preflight_module
 from gflops_track.app.composition import SharedDefaultsLoader
 from gflops_track.app.preflight import _cause_line, _check_jobs
@@ -139,8 +140,8 @@ def _launch(
         GlobalHydra.instance().clear()
 
 
-# A group found only through the primary config's hydra.searchpath (a config of one's own, -cd/-cn): the loader's
-# own search path does not hold it, so nothing but Hydra's composition can tell that +extra=fast picks a config
+# A group found only through the primary config's hydra.searchpath (a config of one's own, -cd/-cn), appended with
+# +extra=fast: the groups are asked for with that searchpath, so each choice of it is one composition
 SEARCHED = ["+extra=fast,slow", "norm_fn=group,batch"]
 
 
@@ -184,7 +185,8 @@ def test_the_launcher_composes_a_group_on_a_searchpath_as_hydra_does(
 ) -> None:
     """The searchpath in the primary config, or given as hydra.searchpath on the command line."""
     searchpath = [] if primary == "searched" else [f"hydra.searchpath=[file://{tmp_path / 'searched'}]"]
-    _, _, launched = _launch(searched_config_dir, primary, [f"hydra.sweep.dir={tmp_path}", *searchpath], SEARCHED)
+    _, shared, launched = _launch(searched_config_dir, primary, [f"hydra.sweep.dir={tmp_path}", *searchpath], SEARCHED)
+    assert sorted(shared.bases) == [("+extra=fast",), ("+extra=slow",)]  # a group: one composition per choice
     assert [(c.batch.size, c.hydra.runtime.choices.extra) for c in launched] == [
         (3, "fast"), (3, "fast"), (5, "slow"), (5, "slow")
     ]  # fmt: skip
@@ -233,3 +235,66 @@ def test_config_dir_adds_a_directory_in_front_of_ours(tmp_path: Path) -> None:
          {"config_dir": str(tmp_path / "extra_conf")}), CONFIG_DIR, "config",
     )  # fmt: skip
     assert errors == [] and [(c.batch.size, c.precision.dtype) for c in configs] == [(3, "bf16")]
+
+
+@pytest.fixture
+def key_group_config_dir(tmp_path: Path) -> str:
+    """Our conf/ with a primary config ``keyed`` that picks ``norm_fn: gn`` from a group ``norm_fn`` found only on
+    its hydra.searchpath, a group named like a key of ours; its options ``gn`` and ``bn`` set norm_fn and batch.size
+    at the root (``group``, 3 and ``batch``, 5)."""
+    config_dir = tmp_path / "conf"
+    shutil.copytree(CONFIG_DIR, config_dir)
+    group = tmp_path / "keyed" / "norm_fn"
+    group.mkdir(parents=True)
+    for name, norm, size in [("gn", "group", 3), ("bn", "batch", 5)]:
+        (group / f"{name}.yaml").write_text(f"# @package _global_\nnorm_fn: {norm}\nbatch:\n  size: {size}\n")
+    primary = (config_dir / "config.yaml").read_text()
+    primary = primary.replace("  - _self_\n", "  - norm_fn: gn\n  - _self_\n")
+    primary = primary.replace("\nhydra:\n", f"\nhydra:\n  searchpath: [file://{tmp_path / 'keyed'}]\n")
+    (config_dir / "keyed.yaml").write_text(primary)
+    return str(config_dir)
+
+
+def test_a_searchpath_group_named_like_a_key_is_chosen_as_hydra_chooses_it(
+    key_group_config_dir: str, tmp_path: Path
+) -> None:
+    """``norm_fn=gn,bn`` under the primary config ``keyed``: Hydra reads norm_fn as the group its searchpath holds
+    (its defaults list picks it), not as the value "gn": preflight and the launcher ask the loader for the groups
+    with the primary config's searchpath, so they compose (group, 3) and (batch, 5) as Hydra does."""
+    sweep = ["norm_fn=gn,bn"]
+    expected = _hydras(sweep, key_group_config_dir, "keyed")
+    assert [(c.norm_fn, c.batch.size) for c in expected] == [("group", 3), ("batch", 5)]
+    assert _check_jobs((sweep, {}), key_group_config_dir, "keyed") == ([], expected)
+    _, shared, launched = _launch(key_group_config_dir, "keyed", [f"hydra.sweep.dir={tmp_path}"], sweep)
+    assert [c.hydra.runtime.choices.norm_fn for c in launched] == ["gn", "bn"] and shared.is_group["norm_fn"]
+    errors, _ = _check_jobs((["norm_fn=nope"], {}), key_group_config_dir, "keyed")
+    assert errors == ["norm_fn='nope' is not allowed: choose one of bn, gn"]
+
+
+def test_a_config_file_that_is_not_yaml_is_named_before_any_run(tmp_path: Path) -> None:
+    """A primary config or a group's option with a YAML syntax error printed PyYAML's traceback; preflight now names
+    the file, its line and column (1-based, as an editor counts) and the problem, and the command exits 2 with no
+    MLflow run created. The other job of the sweep is not refused for it."""
+    config_dir = tmp_path / "conf"
+    shutil.copytree(CONFIG_DIR, config_dir)
+    (config_dir / "broken.yaml").write_text("defaults:\n  - gflops_track_schema\n  foo: [\n")
+    (config_dir / "model" / "broken.yaml").write_text("name: [\n")
+    errors, configs = _check_jobs((["norm_fn=batch"], {}), str(config_dir), "broken")
+    assert configs == [] and errors == [
+        f"{config_dir / 'broken.yaml'}, line 3, column 3 is not valid YAML: expected <block end>, but found '?'; "
+        "fix the file (or name another config)"
+    ]
+    errors, configs = _check_jobs((["model=broken,residual_block"], {}), str(config_dir), "config")
+    assert len(configs) == 1 and errors == [
+        f"{config_dir / 'model' / 'broken.yaml'}, line 2, column 1 is not valid YAML: expected the node content, but "
+        "found '<stream end>'; fix the file (or name another config)"
+    ]
+    store = tmp_path / "mlflow.db"
+    done = run_cli(
+        ["--config-path", str(config_dir), "--config-name", "broken", "timing.enabled=false",
+         f"tracking.uri=sqlite:///{store}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "broken.yaml, line 3, column 3 is not valid YAML" in done.stderr and "Traceback" not in done.stderr
+    assert "No MLflow run was created." in done.stderr and not store.exists()

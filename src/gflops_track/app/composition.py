@@ -35,12 +35,27 @@ def shapes_defaults(override: Override, groups: frozenset[str]) -> bool:
     return override.package is not None or "/" in key or key in groups or key == SEARCHPATH
 
 
-def group_keys(loader: Any, overrides: Iterable[Override], known: dict[str, bool]) -> frozenset[str]:
-    """The keys of ``known`` and ``overrides`` that name a config group; each key is asked of ``loader`` once (every
-    question copies its repository) and the answer kept in ``known``."""
+def group_source(loader: Any, config_name: str | None, searchpath: Sequence[str]) -> Any:
+    """The config repository Hydra composes ``config_name`` from: the loader's search path with the directories a
+    ``hydra.searchpath`` adds, the primary config's or the command line's (``searchpath``: that override, if given);
+    without them a group found only there (``norm_fn/`` beside a key of ours) reads as no group. Made as Hydra's
+    ``get_group_options`` makes it, but once a sweep: making one reads the primary config and copies the loader's
+    repository (8 ms on this VM); asking it for a group's options (``get_group_options(group)``) is cheap."""
+    _, repository = loader._parse_overrides_and_create_caching_repo(config_name, list(searchpath))
+    return repository
+
+
+def searchpath_overrides(overrides: Iterable[str]) -> list[str]:
+    """The ``hydra.searchpath=[...]`` override among ``overrides``, as Hydra reads it (no ``+``/``~``)."""
+    return [override for override in overrides if override.startswith(f"{SEARCHPATH}=")]
+
+
+def group_keys(source: Any, overrides: Iterable[Override], known: dict[str, bool]) -> frozenset[str]:
+    """The keys of ``known`` and ``overrides`` that name a config group of ``source`` (``group_source``); each key
+    is asked once and the answer kept in ``known``."""
     for override in overrides:
         if override.key_or_group not in known:
-            known[override.key_or_group] = bool(loader.get_group_options(override.key_or_group))
+            known[override.key_or_group] = bool(source.get_group_options(override.key_or_group))
     return frozenset(key for key, is_group in known.items() if is_group)
 
 
@@ -53,9 +68,8 @@ def compose_from_base(
     """The config of a job with ``overrides``: a copy of the base composed (by ``compose_base``) from its
     defaults-shaping overrides, kept in ``bases`` for the next job, with the job's other overrides applied in their
     order, as Hydra applies them; and every override, parsed. A job with an override of a key the base does not hold
-    (``+extra=fast``, ``extra=fast``), or one whose overrides fail, is composed whole by ``compose_base``: Hydra may
-    read the key as a config group that only a ``hydra.searchpath`` holds (the primary config's or the command
-    line's, which ``groups`` cannot see), and a failure is then named by Hydra's own message."""
+    (``+extra=fast``, ``extra=fast``), or one whose overrides fail, is composed whole by ``compose_base``: Hydra's
+    own composition then gives its config (``+extra=fast`` appends a group's config) or names the failure."""
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     shaping = tuple(o.input_line for o in parsed if shapes_defaults(o, groups))
     values = [o for o in parsed if not shapes_defaults(o, groups)]
@@ -82,14 +96,18 @@ class SharedDefaultsLoader:
         self.loader = loader
         self.bases: dict[tuple[str, ...], DictConfig] = {}
         self.is_group: dict[str, bool] = {}  # key -> whether it names a config group
+        self.groups: Any = None  # the sweep's group_source, made with its first job
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.loader, name)
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        if self.groups is None:
+            searchpath = searchpath_overrides(master_config.hydra.overrides.hydra)  # the command line's, if any
+            self.groups = group_source(self.loader, master_config.hydra.job.config_name, searchpath)
         config, parsed = compose_from_base(
             sweep_overrides,
-            group_keys(self.loader, OverridesParser.create().parse_overrides(sweep_overrides), self.is_group),
+            group_keys(self.groups, OverridesParser.create().parse_overrides(sweep_overrides), self.is_group),
             self.bases,
             lambda shaping: self.loader.load_sweep_config(master_config, shaping),
         )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra import compose, version
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra._internal.hydra import Hydra
@@ -29,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, OmegaConfBaseException
 
 from gflops_track.app.building import input_range_errors
-from gflops_track.app.composition import SEARCHPATH, compose_from_base, group_keys
+from gflops_track.app.composition import compose_from_base, group_keys, group_source, searchpath_overrides
 from gflops_track.app.job import training_config_errors
 from gflops_track.app.schema import AppConfig, ConfigError, register_schema, to_app_config, unknown_key_error
 from gflops_track.tracking.store import (
@@ -69,8 +70,18 @@ def _split_argv(argv: Sequence[str]) -> tuple[list[str], dict[str, str]] | None:
     return overrides, flags
 
 
+def _yaml_line(error: yaml.YAMLError) -> str:
+    """A config file that is not YAML, named with where and what (PyYAML's own text takes four lines)."""
+    mark = getattr(error, "problem_mark", None)
+    where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "a config file"
+    problem = getattr(error, "problem", None) or str(error).strip().splitlines()[0]
+    return f"{where} is not valid YAML: {problem}; fix the file (or name another config)"
+
+
 def _cause_line(error: BaseException) -> str:
     cause = error.__cause__ or error
+    if isinstance(cause, yaml.YAMLError):
+        return _yaml_line(cause)
     key = getattr(cause, "full_key", None)
     if isinstance(cause, ConfigAttributeError) and key and not key.startswith("hydra."):
         unknown = unknown_key_error(key)  # Hydra's own line names neither the known keys nor a close one
@@ -103,28 +114,20 @@ def is_hydra_key(override: str) -> bool:
     return key == "hydra" or key.startswith(("hydra.", "hydra/"))
 
 
-def sets_searchpath(override: str) -> bool:
-    """Whether an override is ``hydra.searchpath=[...]`` as Hydra reads it from the command line (no ``+``/``~``)."""
-    return override.startswith(f"{SEARCHPATH}=")
-
-
 def _parser() -> OverridesParser:
     """Hydra's override parser with the config loader, which ``glob(...)`` sweeps need (inside ``_hydra_for``)."""
     return OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
 
 
-def _group_choice_errors(overrides: list[str], config_name: str) -> list[str]:
-    """``group=value`` choices that the config directories do not hold, named with the options that exist; none
-    when a ``hydra.searchpath`` (the command line's or the primary config's) may hold more: Hydra then judges."""
-    loader = GlobalHydra.instance().config_loader()
-    if any(sets_searchpath(o) for o in overrides) or _primary_searchpath(loader, config_name):
-        return []
+def _group_choice_errors(overrides: list[str], groups: Any) -> list[str]:
+    """``group=value`` choices that the config directories do not hold, named with the options that exist (``groups``:
+    the sweep's ``group_source``, with those a ``hydra.searchpath`` adds)."""
     errors = []
     for override in _parser().parse_overrides(overrides):  # no hydra.* but the searchpath: see _check_jobs
         key = override.key_or_group
         if override.package or "." in key or override.is_delete():
             continue
-        options = loader.get_group_options(key)
+        options = groups.get_group_options(key)
         if not options:
             continue
         values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
@@ -135,15 +138,6 @@ def _group_choice_errors(overrides: list[str], config_name: str) -> list[str]:
             if str(value) not in options:
                 errors.append(f"{key}={value!r} is not allowed: choose one of {', '.join(sorted(options))}")
     return errors
-
-
-def _primary_searchpath(loader: Any, config_name: str) -> bool:
-    """Whether the primary config sets ``hydra.searchpath`` (more config groups, which the loader does not list)."""
-    try:
-        loaded = loader.repository.load_config(config_path=config_name)
-    except Exception:  # Hydra's composition names what is wrong with it
-        return False
-    return loaded is not None and OmegaConf.select(loaded.config, SEARCHPATH) is not None
 
 
 @contextlib.contextmanager
@@ -283,7 +277,8 @@ def _check_jobs(
     """Problems with any job (one line each), and the valid jobs' configs."""
     overrides, flags = split
     # Hydra's own settings are Hydra's to check, but for the search path, which decides what the groups hold
-    checked = [o for o in overrides if not is_hydra_key(o) or sets_searchpath(o)]
+    searchpath = searchpath_overrides(overrides)
+    checked = [o for o in overrides if not is_hydra_key(o) or o in searchpath]
     register_schema()
     configs: list[AppConfig] = []
     errors = _syntax_errors(checked)
@@ -292,13 +287,14 @@ def _check_jobs(
     name = flags.get("config_name", config_name)
     with _hydra_for(flags, config_dir):
         try:
-            errors = _group_choice_errors(checked, name)
+            source = group_source(GlobalHydra.instance().config_loader(), name, searchpath)
+            errors = _group_choice_errors(checked, source)
             if errors:
                 return errors, configs
             parsed = _parser().parse_overrides(checked)
             jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-            groups = group_keys(GlobalHydra.instance().config_loader(), parsed, {})
-        except (HydraException, OmegaConfBaseException, ValueError) as error:
+            groups = group_keys(source, parsed, {})
+        except (HydraException, OmegaConfBaseException, ValueError, yaml.YAMLError) as error:
             return [_cause_line(error)], configs
         bases: dict[tuple[str, ...], DictConfig] = {}  # one composition per choice of config groups
         for job_overrides in jobs:
@@ -309,7 +305,7 @@ def _check_jobs(
                 configs.append(to_app_config(job))
             except ConfigError as error:
                 errors += [e for e in error.errors if e not in errors]
-            except (HydraException, OmegaConfBaseException) as error:
+            except (HydraException, OmegaConfBaseException, yaml.YAMLError) as error:
                 line = _cause_line(error)
                 errors += [line] if line not in errors else []
     for config in configs:  # built without weights here: ids within the embedding, and (train) a step that can run
