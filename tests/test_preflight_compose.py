@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra._internal.utils import detect_calling_file_or_module_from_task_function
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from hydra.types import RunMode
@@ -21,7 +22,7 @@ from gflops_track.app import preflight as preflight_module
 from gflops_track.app.composition import SharedDefaultsLoader
 from gflops_track.app.preflight import _cause_line, _check_jobs
 from gflops_track.app.schema import AppConfig, ConfigError, register_schema, to_app_config
-from gflops_track.cli.run import CONFIG_DIR
+from gflops_track.cli.run import CONFIG_DIR, hydra_app
 
 SWEEPS = [
     ["norm_fn=group,batch,instance", "batch.size=1,2"],
@@ -298,3 +299,65 @@ def test_a_config_file_that_is_not_yaml_is_named_before_any_run(tmp_path: Path) 
     assert done.returncode == 2, done.stderr[-2000:]
     assert "broken.yaml, line 3, column 3 is not valid YAML" in done.stderr and "Traceback" not in done.stderr
     assert "No MLflow run was created." in done.stderr and not store.exists()
+
+
+def test_other_config_file_faults_are_named_in_one_line(tmp_path: Path) -> None:
+    """A control character (PyYAML's ReaderError has no line mark: its file and character position), a file that is
+    not UTF-8 (no file name in the error: the job's choice that reads it), and a YAML list where a mapping belongs
+    (Hydra's first line ends in "raised while composing config:", the reason is on its next line)."""
+    config_dir = tmp_path / "conf"
+    shutil.copytree(CONFIG_DIR, config_dir)
+    (config_dir / "model" / "ctrl.yaml").write_bytes(b"name: a\x07b\n")
+    (config_dir / "model" / "latin.yaml").write_bytes(b"name: \xff\n")
+    (config_dir / "model" / "listy.yaml").write_text("- a\n")
+    assert _check_jobs((["model=ctrl"], {}), str(config_dir), "config")[0] == [
+        f"{config_dir / 'model' / 'ctrl.yaml'}, character 8 is not valid YAML: unacceptable character #x0007: special "
+        "characters are not allowed; fix the file (or name another config)"
+    ]
+    assert _check_jobs((["model=latin,residual_block"], {}), str(config_dir), "config")[0] == [
+        "a config file that model=latin reads is not UTF-8 text ('utf-8' codec can't decode byte 0xff in position 6: "
+        "invalid start byte); save it as UTF-8"
+    ]
+    assert _check_jobs((["model=listy"], {}), str(config_dir), "config")[0] == [
+        "In 'model/listy': ValidationError raised while composing config: Invalid type assigned: list is not a "
+        "subclass of Dict[str, Any]. value: ['a']"
+    ]
+
+
+def test_a_directory_on_the_searchpath_is_a_group_as_for_hydra(tmp_path: Path) -> None:
+    """``norm_fn/`` holding only a subfolder is a config group for Hydra (any directory is), which then refuses
+    ``norm_fn=batch`` as a choice missing from the defaults list; preflight refused nothing and the job ran with
+    norm_fn batch. Now both say Hydra's words."""
+    (tmp_path / "searched" / "norm_fn" / "sub").mkdir(parents=True)
+    (tmp_path / "searched" / "norm_fn" / "sub" / "x.yaml").write_text("a: 1\n")
+    overrides = [f"hydra.searchpath=[file://{tmp_path / 'searched'}]", "norm_fn=batch"]
+    with pytest.raises((HydraException, OmegaConfBaseException)) as hydras:
+        _hydras(overrides)
+    assert _check_jobs((overrides, {}), CONFIG_DIR, "config") == ([_cause_line(hydras.value)], [])
+    assert "No match in the defaults list" in _cause_line(hydras.value)
+
+
+def test_config_path_is_read_as_hydra_reads_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--config-path pkg://mypkg.conf`` (configs shipped in one's own package) is composed from that package, as
+    Hydra composes it (preflight read it as a directory below gflops_track/app/ and refused it); a relative path is
+    below the package that declares the app, ``pkg://gflops_track.cli/<path>``, also as Hydra reads it: where
+    nothing is there, the error says so and names the absolute path the user likely meant."""
+    assert detect_calling_file_or_module_from_task_function(hydra_app) == (None, preflight_module.HYDRA_APP_MODULE)
+    package = tmp_path / "mypkg"
+    shutil.copytree(CONFIG_DIR, package / "conf")
+    for folder in (package, package / "conf"):
+        (folder / "__init__.py").write_text("")
+    (package / "conf" / "batch" / "default.yaml").write_text("size: 7\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    flags = {"config_path": "pkg://mypkg.conf"}
+    errors, configs = _check_jobs((["norm_fn=batch"], flags), CONFIG_DIR, "config")
+    assert errors == [] and configs == _hydras(["norm_fn=batch"], str(package / "conf")) and configs[0].batch.size == 7
+    errors, _ = _check_jobs((["norm_fn=foo"], flags), CONFIG_DIR, "config")
+    assert errors == ["norm_fn='foo' is not allowed: choose one of batch, group, instance, none"]
+    monkeypatch.chdir(tmp_path)
+    errors, _ = _check_jobs((["norm_fn=batch"], {"config_path": "no_such_conf"}), CONFIG_DIR, "config")
+    assert errors == [
+        "Primary config module 'gflops_track.cli.no_such_conf' not found; Hydra reads a relative --config-path as a "
+        "package path below the app (pkg://gflops_track.cli/no_such_conf), not from the current directory: give "
+        f"--config-path {tmp_path / 'no_such_conf'}"
+    ]

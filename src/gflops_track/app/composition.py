@@ -46,16 +46,18 @@ def group_source(loader: Any, config_name: str | None, searchpath: Sequence[str]
 
 
 def searchpath_overrides(overrides: Iterable[str]) -> list[str]:
-    """The ``hydra.searchpath=[...]`` override among ``overrides``, as Hydra reads it (no ``+``/``~``)."""
+    """The ``hydra.searchpath=[...]`` overrides among ``overrides``, as Hydra reads them (no ``+``/``~``; the
+    first counts)."""
     return [override for override in overrides if override.startswith(f"{SEARCHPATH}=")]
 
 
 def group_keys(source: Any, overrides: Iterable[Override], known: dict[str, bool]) -> frozenset[str]:
-    """The keys of ``known`` and ``overrides`` that name a config group of ``source`` (``group_source``); each key
-    is asked once and the answer kept in ``known``."""
+    """The keys of ``known`` and ``overrides`` that name a config group of ``source`` (``group_source``): as for
+    Hydra, any directory of that name, even one with no config in it (Hydra then refuses ``norm_fn=batch`` as a
+    group choice, where a value would pass); each key is asked once and the answer kept in ``known``."""
     for override in overrides:
         if override.key_or_group not in known:
-            known[override.key_or_group] = bool(source.get_group_options(override.key_or_group))
+            known[override.key_or_group] = source.group_exists(override.key_or_group)
     return frozenset(key for key, is_group in known.items() if is_group)
 
 
@@ -96,18 +98,18 @@ class SharedDefaultsLoader:
         self.loader = loader
         self.bases: dict[tuple[str, ...], DictConfig] = {}
         self.is_group: dict[str, bool] = {}  # key -> whether it names a config group
-        self.groups: Any = None  # the sweep's group_source, made with its first job
+        self.source: Any = None  # the sweep's group_source, made with its first job
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.loader, name)
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        if self.groups is None:
+        if self.source is None:
             searchpath = searchpath_overrides(master_config.hydra.overrides.hydra)  # the command line's, if any
-            self.groups = group_source(self.loader, master_config.hydra.job.config_name, searchpath)
+            self.source = group_source(self.loader, master_config.hydra.job.config_name, searchpath)
         config, parsed = compose_from_base(
             sweep_overrides,
-            group_keys(self.groups, OverridesParser.create().parse_overrides(sweep_overrides), self.is_group),
+            group_keys(self.source, OverridesParser.create().parse_overrides(sweep_overrides), self.is_group),
             self.bases,
             lambda shaping: self.loader.load_sweep_config(master_config, shaping),
         )

@@ -19,12 +19,12 @@ import yaml
 from hydra import compose, version
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra._internal.hydra import Hydra
-from hydra._internal.utils import create_config_search_path
+from hydra._internal.utils import compute_search_path_dir, create_config_search_path
 from hydra.core.config_search_path import SearchPathQuery
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import QuotedString
-from hydra.errors import HydraException
+from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, OmegaConfBaseException
@@ -48,7 +48,9 @@ VALUE_FLAGS = {
     "-cn": "config_name", "--config-name": "config_name", "-cd": "config_dir", "--config-dir": "config_dir",
     "-cp": "config_path", "--config-path": "config_path",
 }  # fmt: skip
-APP_DIR = Path(__file__).resolve().parent  # where @hydra.main is declared: Hydra reads a relative --config-path here
+# The module that declares @hydra.main (cli/run.py's hydra_app): Hydra reads a relative --config-path as a package
+# path below that module's package (pkg://gflops_track.cli/<path>), and a pkg:// or absolute one as given
+HYDRA_APP_MODULE = "gflops_track.cli.run"
 
 
 def _split_argv(argv: Sequence[str]) -> tuple[list[str], dict[str, str]] | None:
@@ -71,23 +73,37 @@ def _split_argv(argv: Sequence[str]) -> tuple[list[str], dict[str, str]] | None:
 
 
 def _yaml_line(error: yaml.YAMLError) -> str:
-    """A config file that is not YAML, named with where and what (PyYAML's own text takes four lines)."""
+    """A config file that is not YAML, named with where and what (PyYAML's own text takes four lines): a syntax
+    error's file, line and column (1-based, as editors count); a character YAML does not allow, its file and
+    character position."""
     mark = getattr(error, "problem_mark", None)
-    where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "a config file"
-    problem = getattr(error, "problem", None) or str(error).strip().splitlines()[0]
+    if isinstance(error, yaml.reader.ReaderError):  # a control character, say: no mark, but a name and a position
+        where = f"{error.name}, character {error.position + 1}"
+        code = error.character if isinstance(error.character, int) else ord(error.character[:1] or "\0")
+        problem = f"unacceptable character #x{code:04x}: {error.reason}"
+    else:
+        where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark else "a config file"
+        problem = getattr(error, "problem", None) or str(error).strip().splitlines()[0]
     return f"{where} is not valid YAML: {problem}; fix the file (or name another config)"
 
 
-def _cause_line(error: BaseException) -> str:
+def _cause_line(error: BaseException, job: Sequence[str] = ()) -> str:
+    """One line for a composition error (of ``job``'s overrides, if given): a YAML file's, an unknown key's with the
+    known ones, else the error's first line, with the next when the first only introduces it (Hydra's "...
+    raised while composing config:")."""
     cause = error.__cause__ or error
     if isinstance(cause, yaml.YAMLError):
         return _yaml_line(cause)
+    if isinstance(cause, UnicodeDecodeError):  # it names no file: the job's choices say where to look
+        reads = f" that {' '.join(job)} reads" if job else ""
+        return f"a config file{reads} is not UTF-8 text ({cause}); save it as UTF-8"
     key = getattr(cause, "full_key", None)
     if isinstance(cause, ConfigAttributeError) and key and not key.startswith("hydra."):
         unknown = unknown_key_error(key)  # Hydra's own line names neither the known keys nor a close one
         if unknown:
             return unknown
-    first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()] or [type(cause).__name__]
+    first = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
     return f"{key}: {first}" if key else first
 
 
@@ -119,15 +135,16 @@ def _parser() -> OverridesParser:
     return OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
 
 
-def _group_choice_errors(overrides: list[str], groups: Any) -> list[str]:
-    """``group=value`` choices that the config directories do not hold, named with the options that exist (``groups``:
-    the sweep's ``group_source``, with those a ``hydra.searchpath`` adds)."""
+def _group_choice_errors(overrides: list[str], source: Any) -> list[str]:
+    """``group=value`` choices that the config directories do not hold, named with the options that exist
+    (``source``: the sweep's ``group_source``, with those a ``hydra.searchpath`` adds); a group with no option is
+    Hydra's to judge."""
     errors = []
     for override in _parser().parse_overrides(overrides):  # no hydra.* but the searchpath: see _check_jobs
         key = override.key_or_group
         if override.package or "." in key or override.is_delete():
             continue
-        options = groups.get_group_options(key)
+        options = source.get_group_options(key)
         if not options:
             continue
         values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
@@ -140,12 +157,33 @@ def _group_choice_errors(overrides: list[str], groups: Any) -> list[str]:
     return errors
 
 
+def _failure_line(error: BaseException, flags: dict[str, str], job: Sequence[str] = ()) -> str:
+    """``_cause_line`` of a composition error, with ``_relative_config_path_hint`` where it applies."""
+    line, hint = _cause_line(error, job), _relative_config_path_hint(flags, error)
+    return line.rstrip(".") + hint if hint else line
+
+
+def _relative_config_path_hint(flags: dict[str, str], error: BaseException) -> str:
+    """When Hydra found no config under a relative ``--config-path``: what it read the path as, and the path the user
+    likely meant; else nothing."""
+    path = flags.get("config_path", "")
+    if not isinstance(error, MissingConfigException) or not path or path.startswith("pkg://") or os.path.isabs(path):
+        return ""
+    read_as = compute_search_path_dir(None, HYDRA_APP_MODULE, path)
+    return (
+        f"; Hydra reads a relative --config-path as a package path below the app ({read_as}), not from the current "
+        f"directory: give --config-path {os.path.abspath(path)}"
+    )
+
+
 @contextlib.contextmanager
 def _hydra_for(flags: dict[str, str], config_dir: str) -> Iterator[None]:
-    """Hydra set up as the command sets it up: the primary config directory (``--config-path``, relative to the
-    app, else ours) and ``--config-dir`` added in front of it, as Hydra's ``run_hydra`` adds it (it does not replace
-    ours: a group there adds options to ours)."""
-    primary = str(APP_DIR / flags["config_path"]) if "config_path" in flags else config_dir  # absolute stays so
+    """Hydra set up as the command sets it up: the primary config directory (``--config-path`` read as Hydra reads
+    it, see ``HYDRA_APP_MODULE``, else ours) and ``--config-dir`` added in front of it, as Hydra's ``run_hydra`` adds
+    it (it does not replace ours: a group there adds options to ours)."""
+    primary = (
+        compute_search_path_dir(None, HYDRA_APP_MODULE, flags["config_path"]) if "config_path" in flags else config_dir
+    )
     GlobalHydra.instance().clear()
     version.setbase("1.3")
     search_path = create_config_search_path(search_path_dir=primary)
@@ -295,7 +333,7 @@ def _check_jobs(
             jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
             groups = group_keys(source, parsed, {})
         except (HydraException, OmegaConfBaseException, ValueError, yaml.YAMLError) as error:
-            return [_cause_line(error)], configs
+            return [_failure_line(error, flags)], configs
         bases: dict[tuple[str, ...], DictConfig] = {}  # one composition per choice of config groups
         for job_overrides in jobs:
             try:
@@ -305,8 +343,8 @@ def _check_jobs(
                 configs.append(to_app_config(job))
             except ConfigError as error:
                 errors += [e for e in error.errors if e not in errors]
-            except (HydraException, OmegaConfBaseException, yaml.YAMLError) as error:
-                line = _cause_line(error)
+            except (HydraException, OmegaConfBaseException, yaml.YAMLError, UnicodeDecodeError) as error:
+                line = _failure_line(error, flags, job_overrides)
                 errors += [line] if line not in errors else []
     for config in configs:  # built without weights here: ids within the embedding, and (train) a step that can run
         errors += [e for e in input_range_errors(config) + training_config_errors(config) if e not in errors]
