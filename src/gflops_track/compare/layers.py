@@ -17,6 +17,7 @@ from rich.text import Text
 
 from gflops_track.common import names
 from gflops_track.common.names import FAILED, KILLED
+from gflops_track.common.numbers import percent
 from gflops_track.compare.rows import Row
 from gflops_track.render.plots import (
     finish_figure,
@@ -25,7 +26,7 @@ from gflops_track.render.plots import (
     new_figure,
     variant_colors,
 )
-from gflops_track.results.layers import BoundRoof, LayerRow, milliseconds, percent, rows_from_csv
+from gflops_track.results.layers import BoundRoof, LayerRow, milliseconds, rows_from_csv
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

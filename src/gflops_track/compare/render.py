@@ -19,9 +19,8 @@ from rich.table import Table
 from rich.text import Text
 
 from gflops_track.common import names
-from gflops_track.common.numbers import one_place, three_places
+from gflops_track.common.numbers import one_place, percent, three_places
 from gflops_track.compare.rows import Row, not_finite_notes
-from gflops_track.results.layers import percent
 
 Formatter = Callable[[Row], str]
 ROOMY = 10_000  # a width no table reaches: measuring at it gives a table's natural (unwrapped) width
@@ -58,17 +57,12 @@ def _ratio(row: Row) -> str:
     return f"{value:.2f}x" if value >= 0.095 else f"{value:.2g}x"
 
 
-def _share(value: float) -> str:
-    """A utilization: whole percent from 1% up, two significant digits below (a tiny model's 0.34%, not 0%)."""
-    return f"{value:.0%}" if value >= 0.01 or value == 0 else percent(value)
-
-
 def _utilization(row: Row) -> str:
     parts = []
     if row.utilization_vs_measured_peak is not None:
-        parts.append(f"{_share(row.utilization_vs_measured_peak)} meas.")
+        parts.append(f"{percent(row.utilization_vs_measured_peak, 0)} meas.")
     if row.utilization_vs_spec_peak is not None:
-        parts.append(f"{_share(row.utilization_vs_spec_peak)} spec")
+        parts.append(f"{percent(row.utilization_vs_spec_peak, 0)} spec")
     return ", ".join(parts)
 
 

@@ -105,13 +105,11 @@ def fitted_title(title: str, figure: Figure) -> str:
     return "\n".join(textwrap.fill(line, width) for line in title.splitlines())
 
 
+LEGEND_MARGIN_INCHES = 0.3  # room either side of a legend below the axes
+
+
 def finish_figure(
-    figure: Figure,
-    axes: Axes,
-    title: str,
-    grid: bool = True,
-    legend: bool = True,
-    legend_below: bool = False,
+    figure: Figure, axes: Axes, title: str, grid: bool = True, legend: bool = True, legend_below: bool = False
 ) -> Figure:
     """Title (wrapped to the figure), grid, legend and plain tick labels, laid out. ``legend_below``: the legend
     under the axes, for charts whose bars fill every corner (a legend inside would hide some) or whose points sit too
@@ -141,7 +139,6 @@ def save_figure(figure: Figure, axes: Axes, path: Path, title: str, grid: bool =
     return path
 
 
-LEGEND_MARGIN_INCHES = 0.3  # room either side of a legend below the axes
 ROOF_STYLES = ("-", "--", ":", "-.")
 ROOF_SHADES = ("0.3", "0.55", "0.75")  # greys: the runs' colours stay theirs
 LEGEND_ROW_INCHES = 0.2  # what one legend row below the axes adds to a figure's height

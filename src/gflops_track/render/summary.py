@@ -3,8 +3,8 @@ same rows with rich."""
 
 from __future__ import annotations
 
-from gflops_track.common.numbers import one_place, three_places
-from gflops_track.results.layers import milliseconds, percent
+from gflops_track.common.numbers import one_place, percent, three_places
+from gflops_track.results.layers import milliseconds
 from gflops_track.results.profile import ProfileResult
 from gflops_track.results.timing import ci_text, precision_text
 

@@ -23,12 +23,6 @@ BUSY_SKEW = 2.0  # as timing/engine.py's SKEW_LIMIT: a median over twice the min
 LAUNCH_BOUND_SHARE = 0.5
 
 
-def percent(share: float) -> str:
-    """A share as a percentage that never rounds to nothing: one decimal from 1% up, two significant digits below
-    (0.02%, not 0.0%)."""
-    return f"{share:.1%}" if share >= 0.01 or share == 0 else f"{share * 100:.2g}%"
-
-
 def milliseconds(value: float) -> str:
     """Milliseconds that never round to nothing: 3 decimals from 0.1 ms up, 3 significant digits below."""
     return three_places(value)
