@@ -225,11 +225,16 @@ RERUN_ATTEMPTS = 3
 
 
 def sleeper_config(ms: float) -> str:
-    """A resolved config.yaml as a job stores it: ``fixture_models.Sleeper`` (busy-waits ``ms`` per call) on CPU."""
+    """A resolved config.yaml as a job stores it: ``fixture_models.Sleeper`` (busy-waits ``ms`` per call) on CPU, on
+    one thread. With torch's default two, its 1x1 conv is a parallel region; beside another torch process whose
+    threads spin for work (a second pytest worker on 2 cores), each such region waited for both cores, ~8 ms, and a
+    2 ms and a 4 ms Sleeper both timed 8.0 ms (reproduced beside a loop of 256x256 matmuls; on one thread they
+    time 4.7 and 8.3 ms there)."""
     config = OmegaConf.structured(AppConfig)
     config.model = {"_target_": "fixture_models.Sleeper", "in_channels": 2, "ms": ms}
     config.input.shape = [2, 4, 4]
     config.device.type = "cpu"
+    config.runtime.threads = 1
     config.timing.warmup = 2
     config.timing.max_time_s = 0.3
     return OmegaConf.to_yaml(config)

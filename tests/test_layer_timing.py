@@ -18,6 +18,7 @@ from torch import nn
 from conftest import QUICK_NO_THOP, SMALL_BLOCK, extra_path, run_cli
 from gflops_track.common import names
 from gflops_track.models import ResidualBlock
+from gflops_track.options.runtime import RuntimeOptions
 from gflops_track.options.timing import TimingOptions
 from gflops_track.peaks.bounds import layer_bound, layer_rows, offchip_bytes, spec_roof
 from gflops_track.peaks.probes import ProbePlan, measured_peak
@@ -69,9 +70,11 @@ class Twice(nn.Module):
 def test_time_lands_where_it_ran() -> None:
     """Calls per forward are counted (act x2); a leaf's self time is its inclusive time; the root's inclusive time
     holds its children's, and the functional matmul (2 x 384^3 FLOPs, 48x the head's 2 x 384^2 x 8) is the root's
-    self, by the quickest self times."""
+    self, by the quickest self times. On one thread: with two, each op is a parallel region, and beside other torch
+    processes whose threads spin for work (a second pytest worker) every region waited for both cores, ~8 ms, so
+    two ReLUs (15.5 ms) outweighed the matmul (10.8 ms)."""
     model = Twice().eval()
-    timing = measure_layers(model, (torch.randn(384, 384),), CPU, iterations=5)
+    timing = measure_layers(model, (torch.randn(384, 384),), CPU, runtime=RuntimeOptions(threads=1), iterations=5)
     by_name = {module.name: module for module in timing.modules}
     assert set(by_name) == {"(root)", "act", "head"} and timing.iterations == 5
     assert by_name["act"].calls == 2 and by_name["head"].calls == 1 and by_name["(root)"].calls == 1
