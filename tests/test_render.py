@@ -590,3 +590,28 @@ def test_small_rates_keep_three_significant_digits() -> None:
                    throughput_samples_per_s=throughput)  # fmt: skip
     table = markdown_table([row])
     assert f"| {achieved:#.3g} |" in table and "| 0.0110 |" in table and "| 18.7 |" in table  # 2 / 0.107 s
+
+
+def test_at_80_columns_a_group_is_fitted_with_the_widths_it_is_drawn_with() -> None:
+    """The seed sweep and a tiny model of one's own in one store: the tables share column widths (a tiny model's
+    GFLOPs 3.84e-05 and 0.000307 widen the GFLOPs column of the seed block's table too), but each group's columns
+    were chosen measuring its own rows alone, so the seed block's table took one column too many and its last,
+    the speed-up, was cut at 80 columns ("1." for 1.00x). Every table is now measured as it is drawn."""
+    seed = [
+        replace(make_row(norm, "cpu:Xeon", gflops=gflops, median_ms=ms, achieved_gflop_per_s=rate,
+                         utilization_vs_measured_peak=share, utilization_vs_spec_peak=None,
+                         throughput_samples_per_s=None), relative_speed=speed, group="ResidualBlock input.shape=null")
+        for norm, gflops, ms, rate, share, speed in (("group", 10.889, 183.494, 59.3, 0.17, 1.0),
+                                                     ("batch", 10.883, 162.727, 66.9, 0.19, 1.13))
+    ]  # fmt: skip
+    tiny = [
+        replace(make_row(f"w{width}", "cpu:Xeon", gflops=gflops, gmacs=gflops / 2, median_ms=ms, params=params,
+                         achieved_gflop_per_s=gflops / ms * 1e3, utilization_vs_measured_peak=share,
+                         utilization_vs_spec_peak=None), relative_speed=speed, group="TinyMLP input.shape=[64]",
+                tags={"variant": f"+model.width={width}"})
+        for width, gflops, ms, params, share, speed in ((128, 3.84e-05, 0.0185, 9_610, 0.0058, 1.0),
+                                                        (1024, 0.000307, 0.0232, 76_810, 0.04, 0.80))
+    ]  # fmt: skip
+    text = printed(ComparisonTable([*seed, *tiny], "one store"), 80, terminal=True)
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text, text
+    assert "1.00x" in text and "1.13x" in text and "0.80x" in text, text

@@ -232,14 +232,22 @@ def natural_width(console: Console, options: ConsoleOptions, renderable: Table) 
     return Measurement.get(console, options.update_width(ROOMY), renderable).maximum
 
 
-def fit_columns(console: Console, options: ConsoleOptions, rows: Sequence[Row], wanted: Sequence[str]) -> list[str]:
+def fit_columns(
+    console: Console,
+    options: ConsoleOptions,
+    rows: Sequence[Row],
+    wanted: Sequence[str],
+    widths: dict[str, int] | None = None,
+    label_width: int | None = None,
+) -> list[str]:
     """The columns that fit ``options.max_width``: each of PRIORITY in turn joins when the table, measured by rich
-    with the variant label wrapped at ``label_cap``, still fits; the variant always. Shown in DISPLAY's order."""
+    as it will be drawn (``widths``, shared with the other tables; the variant label wrapped at ``label_width``,
+    else ``label_cap``), still fits; the variant always. Shown in DISPLAY's order."""
     chosen: list[str] = []
-    cap = label_cap(rows, options.max_width)
+    cap = label_width or label_cap(rows, options.max_width)
     for key in wanted:
         trial = [k for k in DISPLAY if k in {*chosen, key}]
-        table = build_table(rows, trial, label_width=cap)
+        table = build_table(rows, trial, widths=widths, label_width=cap)
         if not chosen or natural_width(console, options, table) <= options.max_width:
             chosen.append(key)
     return [k for k in DISPLAY if k in chosen]
@@ -310,7 +318,7 @@ class ComparisonTable:
             filled = [tuple(k for k in wanted if any(ALL_COLUMNS[k].cell(row) for row in rows)) for *_, rows in groups]
             fits = {
                 own: fit_columns(console, options, [row for (*_, rows), o in zip(groups, filled, strict=True)
-                                                    if o == own for row in rows], list(own))
+                                                    if o == own for row in rows], list(own), widths, cap)
                 for own in dict.fromkeys(filled)
             }  # fmt: skip
             left_out = list(dict.fromkeys(k for own, shown in fits.items() for k in own if k not in shown))
