@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gflops_track.counting.op_counter import count_cost
-from gflops_track.counting.torch_crosscheck import torch_flop_count
+from gflops_track.counting.torch_crosscheck import report_agreement
 
 
 class ConvNeXtBlock(nn.Module):
@@ -105,7 +105,7 @@ def test_convnext_block_counts(meta: bool) -> None:
     e = n * c * h * w  # 6,272 elements of one activation map
     block = ConvNeXtBlock(c, classes)
     x = torch.randn(n, c, h, w)
-    report = count_cost(block, (x,), prefer_meta=meta)
+    report = count_cost(block, (x,), prefer_meta=meta, torch_check=True)
     dwconv = n * c * h * w * 1 * 7 * 7  # C_in/groups = 1
     pwconv1 = n * h * w * c * 4 * c
     pwconv2 = n * h * w * 4 * c * c
@@ -123,7 +123,7 @@ def test_convnext_block_counts(meta: bool) -> None:
     assert report.params == sum(p.numel() for p in block.parameters())
     rows = {layer.name: layer for layer in report.layers}
     assert rows["pool"].ops == "adaptive_avg_pool2d x1" and rows["pool"].flops == e
-    assert torch_flop_count(block, (x,), {}, report, prefer_meta=meta).agrees
+    assert report_agreement(report).agrees
 
 
 @pytest.mark.parametrize("sdpa", [False, True], ids=["softmax", "sdpa"])
@@ -136,7 +136,7 @@ def test_swin_block_counts(meta: bool, sdpa: bool) -> None:
     e = b * tokens * c  # 2,048 elements of the token map
     block = SwinBlock(c, heads, size, window, shift, sdpa)
     x = torch.randn(b, tokens, c)
-    report = count_cost(block, (x,), prefer_meta=meta)
+    report = count_cost(block, (x,), prefer_meta=meta, torch_check=True)
     linear_macs = b * tokens * c * (3 * c + c + 4 * c + 4 * c)  # qkv, proj, fc1, fc2
     attention_macs = 2 * scores * (c // heads)  # Q K^T and P V
     assert report.macs == linear_macs + attention_macs == 458_752
@@ -156,4 +156,59 @@ def test_swin_block_counts(meta: bool, sdpa: bool) -> None:
     ops = next(layer.ops for layer in report.layers if layer.name == "(root)")
     for op in ("roll x2", "eq x1", "ne x1", "masked_fill x2"):
         assert op in ops
-    assert torch_flop_count(block, (x,), {}, report, prefer_meta=meta).agrees
+    assert report_agreement(report).agrees
+
+
+@pytest.mark.parametrize("meta", [True, False], ids=["meta", "real"])
+def test_transformer_layer_counts_the_same_on_meta_and_for_real(meta: bool) -> None:
+    """nn.TransformerEncoderLayer (d=16, 2 heads, ff=32) on (2, 5, 16). Its attention runs inside
+    F.multi_head_attention_forward, a Python function of torch.nn.functional: the TorchFunctionMode sees the SDPA call
+    in it (priced as a whole, one scale per score on meta too, where the math fallback scales q and k), the packed
+    in-projection's bias is a bias (ATen runs it as mm + add on a non-contiguous view), and FlopCounterMode, counting
+    the same pass, sees the ops we see: for a real forward not the fused inference path (one
+    aten._transformer_encoder_layer_fwd, which it has no formula for: 0 FLOPs and a false disagreement)."""
+    b, length, d, heads, ff = 2, 5, 16, 2, 32
+    layer = nn.TransformerEncoderLayer(d, heads, ff, batch_first=True)
+    report = count_cost(layer, (torch.randn(b, length, d),), prefer_meta=meta, torch_check=True)
+    tokens, scores = b * length, b * heads * length * length  # 10 tokens, 100 scores
+    # in-projection (q, k, v), Q K^T and P V, out-projection, the two FF linears
+    macs = tokens * d * 3 * d + scores * (d // heads) * 2 + tokens * d * d + 2 * tokens * d * ff
+    assert report.macs == macs == 22_080
+    assert report.flops_by_category == {
+        "conv_matmul": 2 * macs,
+        "bias": tokens * (3 * d + d + ff + d),  # in-projection, out-projection, FF up, FF down
+        "norm": 2 * (4 + 2 + 2) * tokens * d,  # two LayerNorms: statistics, normalise, affine
+        "activation": 5 * scores + tokens * ff,  # softmax on the scores, ReLU
+        "elementwise": scores + 2 * tokens * d,  # the scale, once per score; two residual adds
+        "pool_resample": 0,
+    }
+    assert report.uncounted_ops == {}
+    check = report_agreement(report)
+    assert check.agrees and check.flops > 0 and check.notes == []
+
+
+def test_flop_counter_agrees_under_autocast() -> None:
+    """Under bf16 autocast the count runs on fake tensors; FlopCounterMode counts the same pass, so an attention
+    gives no false disagreement (it once ran apart, on meta, where another kernel ran)."""
+
+    class Attention(nn.Module):
+        def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    q, k, v = (torch.randn(2, 3, 8, 16) for _ in range(3))
+    report = count_cost(Attention(), (q, k, v), autocast_dtype=torch.bfloat16, torch_check=True)
+    assert report.backend == "fake" and report.macs == 2 * 3 * 8 * 8 * (16 + 16)  # B*H*L*S*(E + Ev)
+    check = report_agreement(report)
+    assert check.agrees and check.notes == []
+
+
+def test_interpolate_area_is_an_adaptive_pool() -> None:
+    """F.interpolate(mode='area') calls adaptive_avg_pool2d from inside torch.nn.functional; to size 1 ATen runs it
+    as mean: still one FLOP per input element in pool_resample, as when the pool is called directly."""
+
+    class Area(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(x, size=1, mode="area")
+
+    report = count_cost(Area(), (torch.randn(2, 3, 8, 8),))
+    assert {k: v for k, v in report.flops_by_category.items() if v} == {"pool_resample": 2 * 3 * 8 * 8}

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from gflops_track import profile
+from gflops_track import CountOptions, count, profile
 from gflops_track.counting.op_counter import count_cost
 from gflops_track.counting.thop_compare import (
     thop_count,
@@ -105,6 +105,32 @@ def test_thop_raw_and_patched_figures_on_seed_group_block() -> None:
     assert thop.params == CONV_PARAMS + NORM_PARAMS["group"] == 2_656_512
     assert thop.unruled_types == ["GroupNorm"]
     assert any("GroupNorm (norm1, norm2)" in reason and "+6,291,456" in reason for reason in thop.reasons)
+
+
+class CountsItsCalls(nn.Module):
+    """A forward that updates a buffer in place (a call counter), and, unless ``keep_all``, selects rows by value (a
+    data-dependent shape, which meta cannot run: counting falls back to a real forward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor, keep_all: bool = False) -> torch.Tensor:
+        self.calls += 1
+        y = self.linear(x)
+        return y if keep_all else y[y.sum(1) > -1e9]
+
+
+@pytest.mark.parametrize(
+    ("options", "kwargs"), [(CountOptions(), {}), (CountOptions(meta=False), {"keep_all": True})], ids=["fallback", "real"]
+)
+def test_counting_with_a_real_forward_restores_the_buffers_it_changed(options: CountOptions, kwargs: dict) -> None:
+    """count() leaves the state_dict as it was also when it runs the user's module for real."""
+    model = CountsItsCalls()
+    result = count(model, torch.randn(3, 4), kwargs=kwargs, options=options)
+    assert result.count_backend == "real" and result.macs == 3 * 4 * 4
+    assert model.calls.item() == 0
 
 
 def test_profiling_leaves_module_untouched_and_usable() -> None:

@@ -354,3 +354,17 @@ def test_reentrant_checkpointing_files_its_backward_under_the_module_that_checkp
         "(loss)": 0,
     }
     _column_sums_match(cost)
+
+
+@pytest.mark.parametrize("prefer_meta", [True, False], ids=["meta", "real"])
+def test_pooling_and_upsampling_backward_are_counted(prefer_meta: bool) -> None:
+    """Conv2d(2, 2, 1) -> MaxPool2d(2) -> bilinear x2 -> AvgPool2d(2) on (1, 2, 8, 8), loss 'sum': every backward op has
+    a rule (a ResNet's step once listed its pools' backward as uncounted). Per grad_output element, as the forward:
+    max pool 1 (each gradient added at its argmax), bilinear 9 (three lerps), avg pool 4 (its 2x2 window).
+    Pooled map (1, 2, 4, 4) = 32 elements, upsampled (1, 2, 8, 8) = 128, avg-pooled 32."""
+    model = nn.Sequential(nn.Conv2d(2, 2, 1), nn.MaxPool2d(2), nn.Upsample(scale_factor=2, mode="bilinear"))
+    model.append(nn.AvgPool2d(2))
+    cost = count_training_cost(model, (torch.randn(1, 2, 8, 8),), prefer_meta=prefer_meta)
+    assert cost.uncounted_ops == {}
+    assert cost.flops_by_phase_category["forward"]["pool_resample"] == 4 * 32 + 9 * 128 + 4 * 32
+    assert cost.flops_by_phase_category["backward"]["pool_resample"] == 1 * 32 + 9 * 128 + 4 * 32

@@ -60,6 +60,23 @@ def on_meta(model: nn.Module) -> bool:
     return any(tensor.is_meta for tensor in (*model.parameters(), *model.buffers()))
 
 
+@contextmanager
+def restored_buffers(model: nn.Module) -> Iterator[None]:
+    """A real forward may update buffers in place (a running count, a cache): put back the values of every buffer it
+    changed (by torch's version counter), so that counting leaves the ``state_dict`` as it found it. The copies are
+    of the buffers only (a parameter is never written under ``no_grad`` by a forward; the training step works on a
+    copy of the model)."""
+    buffers = {id(buffer): buffer for buffer in model.buffers()}
+    saved = {key: (buffer._version, buffer.detach().clone()) for key, buffer in buffers.items()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for key, (version, value) in saved.items():
+                if buffers[key]._version != version:
+                    buffers[key].copy_(value)
+
+
 def _to_meta(value: Any) -> Any:
     return torch.empty_like(value, device="meta") if isinstance(value, torch.Tensor) else value
 
@@ -191,7 +208,7 @@ def run_counting_forward(
         for backend in counting_attempts(prefer_meta, autocast_dtype is not None, weightless):
             counter = make_counter()
             if backend == "real":
-                with _autocast(autocast_dtype, device_type), counter:
+                with restored_buffers(model), _autocast(autocast_dtype, device_type), counter:
                     model(*args, **kwargs)
                 note = "; ".join([*failures, "counted with a real forward"]) if failures else "meta disabled"
                 return CountingPass("real", note, counter)

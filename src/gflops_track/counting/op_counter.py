@@ -13,16 +13,20 @@ each as a whole with ``rules.COMPOSITE_RULES``, so the figure does not depend on
 
 from __future__ import annotations
 
+import functools
+import types
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
 from torch.utils.hooks import RemovableHandle
 
 from gflops_track.counting.counting_forward import run_counting_forward
@@ -68,6 +72,8 @@ class CostReport:
     bytes_moved: int = 0  # unfused model: every op reads its tensor inputs and writes its outputs once
     min_bytes: int = 0  # lower bound: parameters + buffers + model inputs + model outputs, once each
     layer_traffic: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # layer -> per op (in, out) bytes
+    torch_flops_by_op: dict[str, int] | None = None  # FlopCounterMode's FLOPs by op, seen in the same pass (or None)
+    torch_counted_ops: frozenset[str] = frozenset()  # the ops FlopCounterMode has a formula for
 
 
 def op_label(packet: Any) -> str:
@@ -125,8 +131,39 @@ def validate_autocast(
         )
 
 
+_TORCH_FUNCTION_GUARDS = ("has_torch_function", "has_torch_function_unary", "has_torch_function_variadic")
+
+
+def _already_handled(*_args: Any) -> bool:
+    """A torch-function guard's answer inside a call the mode is already handling: no, run the body."""
+    return False
+
+
+@functools.cache
+def _body_seen_by_modes(func: Callable[..., Any]) -> Callable[..., Any] | None:
+    """For a Python function of ``torch.nn.functional`` that guards itself with ``has_torch_function``
+    (``multi_head_attention_forward``, ``interpolate``): the same code with its guards answering False, to run with
+    the mode pushed again, so the calls it makes (the attention inside ``nn.MultiheadAttention``, the adaptive pool
+    inside ``interpolate(mode="area")``) reach the mode too. torch pops a ``TorchFunctionMode`` while its handler
+    runs, and calling ``func`` itself with the mode pushed would only hand the call back to the handler. None for
+    anything else (builtins, Tensor methods, functions without guards): those run as they are."""
+    code = getattr(func, "__code__", None)
+    if (  # made once per function (a process's cache: the namespace is torch.nn.functional's, read at first use)
+        not isinstance(func, types.FunctionType)
+        or func.__module__ != F.__name__
+        or code is None
+        or not any(guard in code.co_names for guard in _TORCH_FUNCTION_GUARDS)
+    ):
+        return None
+    namespace = {**func.__globals__, **dict.fromkeys(_TORCH_FUNCTION_GUARDS, _already_handled)}
+    body = types.FunctionType(code, namespace, func.__name__, func.__defaults__, func.__closure__)
+    body.__kwdefaults__ = func.__kwdefaults__
+    return body
+
+
 class _CompositeCalls(TorchFunctionMode):
-    """Hands the public functions of ``COMPOSITE_RULES`` to the counter, which prices each one as a whole."""
+    """Hands the public functions of ``COMPOSITE_RULES`` to the counter, which prices each one as a whole, also when
+    another function of ``torch.nn.functional`` calls them (see ``_body_seen_by_modes``)."""
 
     def __init__(self, counter: _CountingMode) -> None:
         super().__init__()
@@ -138,16 +175,31 @@ class _CompositeCalls(TorchFunctionMode):
             composite = COMPOSITE_RULES.get(func)
         except TypeError:  # an unhashable callable is no composite
             composite = None
-        if composite is None:
+        if composite is not None:
+            return self.counter.run_composite(func, composite, args, kwargs)
+        body = _body_seen_by_modes(func)
+        if body is None:
             return func(*args, **kwargs)
-        return self.counter.run_composite(func, composite, args, kwargs)
+        with self:
+            return body(*args, **kwargs)
 
 
 class _CountingMode(TorchDispatchMode):
-    """Prices each op and files it under the module that is running (hooks keep a stack of module names)."""
+    """Prices each op and files it under the module that is running (hooks keep a stack of module names).
 
-    def __init__(self, module_names: Mapping[int, str], extra_rules: Mapping[Any, Rule] | None = None) -> None:
+    With ``torch_counter``, PyTorch's ``FlopCounterMode`` runs in the same pass, below ours: it sees the very ops we
+    see (the same kernels, backend, autocast and fast paths; our ``TorchFunctionMode`` switches off the fused
+    ``nn.MultiheadAttention``/``nn.TransformerEncoderLayer`` inference path for both), so the two counters disagree
+    only where their formulas do, never because two passes took different kernels."""
+
+    def __init__(
+        self,
+        module_names: Mapping[int, str],
+        extra_rules: Mapping[Any, Rule] | None = None,
+        torch_counter: FlopCounterMode | None = None,
+    ) -> None:
         super().__init__()
+        self.torch_counter = torch_counter
         self.module_names = module_names
         self.rules: Mapping[Any, Rule] = {**FLOP_RULES, **(extra_rules or {})}
         self.scopes: dict[str, ScopeTally] = {}
@@ -155,6 +207,7 @@ class _CountingMode(TorchDispatchMode):
         self._handles: list[RemovableHandle] = []
         self._composite_mode = _CompositeCalls(self)
         self._inner_dense: Counter[str] | None = None  # set while a composite runs: dense FLOPs of its inner ops
+        self._inner_traffic = False  # while a composite that is not one fused kernel runs: file its ops' bytes
 
     def _scope(self, name: str) -> ScopeTally:
         return self.scopes.setdefault(name, ScopeTally())
@@ -178,6 +231,8 @@ class _CountingMode(TorchDispatchMode):
                 tally.output_bytes = tensor_bytes(output)
 
     def __enter__(self) -> _CountingMode:
+        if self.torch_counter is not None:
+            self.torch_counter.__enter__()  # first in, so its dispatch mode runs below ours and sees what we pass on
         self._handles = [
             nn.modules.module.register_module_forward_pre_hook(self._enter_module),
             nn.modules.module.register_module_forward_hook(self._leave_module, always_call=True),
@@ -191,6 +246,8 @@ class _CountingMode(TorchDispatchMode):
         self._handles = []
         super().__exit__(*exc_info)
         self._composite_mode.__exit__(*exc_info)
+        if self.torch_counter is not None:
+            self.torch_counter.__exit__(*exc_info)
 
     def run_composite(
         self, func: Callable[..., Any], composite: CompositeRule, args: Sequence[Any], kwargs: Mapping[str, Any]
@@ -198,18 +255,19 @@ class _CountingMode(TorchDispatchMode):
         """Run ``func`` with its inner ops unpriced, then price the call with the composite's rule."""
         if self._inner_dense is not None:  # nested inside another composite: that one prices everything
             return func(*args, **kwargs)
-        self._inner_dense = Counter()
+        self._inner_dense, self._inner_traffic = Counter(), not composite.fused
         try:
             out = func(*args, **kwargs)
         finally:
-            inner_dense, self._inner_dense = self._inner_dense, None
+            inner_dense, self._inner_dense, self._inner_traffic = self._inner_dense, None, False
         overload = composite.schema.default
         first = overload._schema.arguments[0].name
         named = {first if key == "input" else key: value for key, value in kwargs.items()}
         cost = composite.rule(OpCall(str(overload), bind_arguments(overload, args, named), out))
         tally = self._current()
         tally.add(op_label(composite.schema), cost, dense_by_op=inner_dense)
-        tally.add_traffic((args, kwargs), out)
+        if composite.fused:
+            tally.add_traffic((args, kwargs), out)
         return out
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
@@ -222,6 +280,8 @@ class _CountingMode(TorchDispatchMode):
             if rule is not None:
                 dense = rule(OpCall(str(func), bind_arguments(func, args, kwargs), out)).flops.get(Category.DENSE, 0)
                 self._inner_dense[op_name] += dense
+            if self._inner_traffic and packet not in NO_TRAFFIC_OPS:
+                self._current().add_traffic((args, kwargs), out)
             return out
         tally = self._current()
         if rule is not None:
@@ -244,8 +304,12 @@ def count_cost(
     extra_rules: Mapping[Any, Rule] | None = None,
     autocast_dtype: torch.dtype | None = None,
     device_type: str = "cpu",
+    torch_check: bool = False,
 ) -> CostReport:
     """Count params, MACs and FLOPs (by category and by layer) of ``model(*args, **kwargs)`` in eval mode.
+
+    With ``torch_check``, ``FlopCounterMode`` counts the same pass (``torch_flops_by_op``; compared by
+    ``torch_crosscheck.report_agreement``).
 
     ``extra_rules`` ({op packet: rule}) price ops of your own for this call only; an op that already has a rule is
     a ``ValueError``. With ``autocast_dtype`` the pass runs under ``torch.autocast(device_type, autocast_dtype)``
@@ -259,13 +323,14 @@ def count_cost(
         model,
         args,
         kwargs or {},
-        lambda: _CountingMode(module_names, rules),
+        lambda: _CountingMode(module_names, rules, FlopCounterMode(display=False) if torch_check else None),
         prefer_meta,
         autocast_dtype=autocast_dtype,
         device_type=device_type,
     )
     assert counting_pass.counter is not None
     scopes = counting_pass.counter.scopes
+    torch_counter = counting_pass.counter.torch_counter
     state_bytes = tensor_bytes(list(model.parameters()) + list(model.buffers()))
     root = scopes.get("", ScopeTally())
     layers = build_layer_table(model, scopes)
@@ -290,4 +355,11 @@ def count_cost(
         bytes_moved=sum(tally.bytes_moved for tally in scopes.values()),
         min_bytes=state_bytes + tensor_bytes((tuple(args), dict(kwargs or {}))) + root.output_bytes,
         layer_traffic={name or ROOT_LABEL: tally.op_traffic for name, tally in scopes.items()},
+        torch_flops_by_op=torch_flops_by_op(torch_counter) if torch_counter is not None else None,
+        torch_counted_ops=frozenset(map(op_label, torch_counter.flop_registry)) if torch_counter else frozenset(),
     )
+
+
+def torch_flops_by_op(counter: FlopCounterMode) -> dict[str, int]:
+    """FlopCounterMode's FLOPs of the whole pass, by op label ('aten.mm')."""
+    return {op_label(op): flops for op, flops in counter.get_flop_counts().get("Global", {}).items()}

@@ -181,6 +181,17 @@ def baddbmm(call: OpCall) -> OpCost:
     return _dense(out_elements * a.shape[2], bias_flops + _scaled_extra(call, out_elements))
 
 
+def linear(call: OpCall) -> OpCost:
+    """``F.linear(input (..., in), weight (out, in) or (in,), bias?)``: output elements * in MACs; bias 1 FLOP per
+    output element. Priced as a whole (``COMPOSITE_RULES``): ATen runs it as ``addmm`` on a 2-D view, or, for a
+    batched input it cannot view (non-contiguous, as ``nn.MultiheadAttention`` projects), as ``mm``/``bmm`` and a
+    separate ``add``, which would file the bias under "elementwise"."""
+    weight, out = call.tensor("weight"), call.out_tensor
+    assert weight is not None
+    bias_flops = out.numel() if call.tensor("bias") is not None else 0
+    return _dense(out.numel() * weight.shape[-1], bias_flops)
+
+
 def mv(call: OpCall) -> OpCost:
     """(M, K) @ (K,): M*K MACs."""
     a = call.tensor("self")
@@ -193,6 +204,44 @@ def dot(call: OpCall) -> OpCost:
     a = call.tensor("self")
     assert a is not None
     return _dense(a.numel())
+
+
+def addbmm(call: OpCall) -> OpCost:
+    """bias + sum over b of (B, M, K) @ (B, K, N): B*M*N*K MACs (the sum over the batch is in the accumulate) and M*N
+    bias FLOPs (more when alpha/beta scale)."""
+    a, b = call.tensor("batch1"), call.tensor("batch2")
+    assert a is not None and b is not None
+    out_elements = a.shape[1] * b.shape[2]
+    bias_flops = out_elements if call.args.get("beta", 1) != 0 else 0
+    return _dense(a.shape[0] * out_elements * a.shape[2], bias_flops + _scaled_extra(call, out_elements))
+
+
+def addmv(call: OpCall) -> OpCost:
+    """bias + (M, K) @ (K,): M*K MACs and M bias FLOPs (more when alpha/beta scale)."""
+    a = call.tensor("mat")
+    assert a is not None
+    bias_flops = a.shape[0] if call.args.get("beta", 1) != 0 else 0
+    return _dense(a.shape[0] * a.shape[1], bias_flops + _scaled_extra(call, a.shape[0]))
+
+
+def _unsqueezed(shape: Sequence[int], dims: Sequence[int]) -> list[int]:
+    sizes = list(shape)
+    for dim in sorted(dims):
+        sizes.insert(dim, 1)
+    return sizes
+
+
+def trilinear(call: OpCall) -> OpCost:
+    """``_trilinear(i1, i2, i3, expand1, expand2, expand3, sumdim)`` (``nn.Bilinear``: y = x1^T W x2 + b): each input
+    unsqueezed at its ``expand`` dims, broadcast together; one MAC per element of that broadcast (x1 W first, then
+    the product with x2: N*out*in1*in2 MACs for a bilinear layer)."""
+    tensors = [call.tensor(name) for name in ("i1", "i2", "i3")]
+    assert all(tensor is not None for tensor in tensors)
+    shapes = [
+        _unsqueezed(tensor.shape, call.args.get(f"expand{index}", ()))  # type: ignore[union-attr]
+        for index, tensor in enumerate(tensors, start=1)
+    ]
+    return _dense(math.prod(torch.broadcast_shapes(*shapes)))
 
 
 def attention(call: OpCall) -> OpCost:
@@ -311,6 +360,13 @@ def add_sub(call: OpCall) -> OpCost:
     return OpCost(flops={Category.ELEMENTWISE: per * call.out_tensor.numel()})
 
 
+def clamp(call: OpCall) -> OpCost:
+    """``clamp(self, min?, max?)``: 1 FLOP per output element per bound given (``clamp(min=0)`` costs what ReLU
+    does)."""
+    bounds = sum(call.args.get(name) is not None for name in ("min", "max"))
+    return OpCost(flops={Category.ELEMENTWISE: bounds * call.out_tensor.numel()})
+
+
 def gelu(call: OpCall) -> OpCost:
     """Exact 0.5*x*(1+erf(x/sqrt2)): 5 FLOPs; tanh form 0.5*x*(1+tanh(sqrt(2/pi)*(x+0.044715x^3))): 9 FLOPs."""
     per = 9 if call.args.get("approximate", "none") == "tanh" else 5
@@ -325,19 +381,109 @@ def reduction(call: OpCall) -> OpCost:
     return OpCost(flops={Category.ELEMENTWISE: elements})
 
 
+def per_input_element(flops_per_element: int) -> Rule:
+    """``flops_per_element`` FLOPs per element of the input ``self`` (elementwise): scans and selections."""
+
+    def rule(call: OpCall) -> OpCost:
+        x = call.tensor("self", "input")
+        assert x is not None
+        return OpCost(flops={Category.ELEMENTWISE: flops_per_element * x.numel()})
+
+    rule.__doc__ = f"{flops_per_element} FLOP(s) per input element (elementwise)."
+    return rule
+
+
+def vector_norm(call: OpCall) -> OpCost:
+    """``linalg_vector_norm(self, ord=2, ...)`` (``F.normalize``, ``torch.norm``): per input element 2 FLOPs for
+    ord 2 (square, add), 1 and inf (abs, add or max), 1 for ord 0 (compare, count); 3 for any other p (abs, pow,
+    add). The root on each result is O(outputs)."""
+    x = call.tensor("self")
+    assert x is not None
+    order = float(call.args.get("ord", 2))
+    per = 1 if order == 0 else 2 if order in (1.0, 2.0, math.inf, -math.inf) else 3
+    return OpCost(flops={Category.ELEMENTWISE: per * x.numel()})
+
+
+def sort(call: OpCall) -> OpCost:
+    """``sort(self, dim)``: n * ceil(log2 n) comparisons per sorted row of n (elementwise)."""
+    x = call.tensor("self")
+    assert x is not None
+    n = x.shape[call.args.get("dim", -1)] if x.dim() else 1
+    return OpCost(flops={Category.ELEMENTWISE: x.numel() * math.ceil(math.log2(n)) if n > 1 else 0})
+
+
+FFT_COMPLEX_FLOPS = 5  # a complex FFT of n points: 5 n log2(n) real FLOPs (radix-2 count); real input/output: half
+
+
+def fft(flops_per_point_log: float, of: str = "self") -> Rule:
+    """``_fft_c2c``/``_fft_r2c``/``_fft_c2r(self, dim, ...)``: ``flops_per_point_log`` * n * log2(n) per transform
+    of n points (n: the product of the transformed dims' sizes, of the complex input or, for c2r, the real output);
+    5 for complex, 2.5 for real in or out (the radix-2 count; elementwise)."""
+
+    def rule(call: OpCall) -> OpCost:
+        tensor = call.out_tensor if of == "out" else call.tensor(of)
+        assert tensor is not None
+        points = math.prod(tensor.shape[d] for d in call.args.get("dim", ()))
+        flops = flops_per_point_log * tensor.numel() * math.log2(points) if points > 1 else 0
+        return OpCost(flops={Category.ELEMENTWISE: round(flops)})
+
+    return rule
+
+
+def embedding_bag(call: OpCall) -> OpCost:
+    """``_embedding_bag(weight, indices, offsets, ..., mode, ..., per_sample_weights)``: per looked-up row of D: D
+    adds (sum and mean; max: D compares), D multiplies with ``per_sample_weights``; mean divides each output once."""
+    weight, indices = call.tensor("weight"), call.tensor("indices")
+    assert weight is not None and indices is not None
+    gathered = indices.numel() * weight.shape[-1]
+    flops = gathered * (2 if call.tensor("per_sample_weights") is not None else 1)
+    flops += call.out_tensor.numel() if call.args.get("mode", 0) == 1 else 0  # 0 sum, 1 mean, 2 max
+    return OpCost(flops={Category.ELEMENTWISE: flops})
+
+
+def scatter_add(call: OpCall) -> OpCost:
+    """``scatter_add``/``index_add(self, dim, index, source/src, alpha?)``: 1 FLOP per added element (2 with
+    alpha != 1); ``index_put(..., accumulate=True)``: 1 per value element, else a copy (0)."""
+    source = call.tensor("src", "source", "values")
+    assert source is not None
+    if "values" in call.args and not call.args.get("accumulate", False):
+        return OpCost()
+    per = 1 if call.args.get("alpha", 1) == 1 else 2
+    return OpCost(flops={Category.ELEMENTWISE: per * source.numel()})
+
+
+def cdist(call: OpCall) -> OpCost:
+    """``_cdist_forward(x1 (B, P, M), x2 (B, R, M), p)``: per pair and coordinate a difference, its power (abs,
+    square) and an add: 3 FLOPs * B*P*R*M (elementwise); the root per pair is O(B*P*R)."""
+    x1, x2 = call.tensor("x1"), call.tensor("x2")
+    assert x1 is not None and x2 is not None
+    return OpCost(flops={Category.ELEMENTWISE: 3 * x1.numel() * x2.shape[-2]})
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Pooling and interpolation
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def window_pool(call: OpCall) -> OpCost:
-    """Max/avg pooling: prod(kernel) FLOPs per output element (compares, or adds plus the divide)."""
+def _window(call: OpCall) -> int:
     kernel = call.args.get("kernel_size")
     sizes = list(kernel) if isinstance(kernel, (list, tuple)) else [int(kernel)]
     if len(sizes) == 1:  # [k] means k in every spatial dim
         sizes = sizes * call.spatial_dims
-    window = math.prod(sizes)
-    return OpCost(flops={Category.POOLING: window * call.out_tensor.numel()})
+    return math.prod(sizes)
+
+
+def window_pool(call: OpCall) -> OpCost:
+    """Max/avg pooling: prod(kernel) FLOPs per output element (compares, or adds plus the divide)."""
+    return OpCost(flops={Category.POOLING: _window(call) * call.out_tensor.numel()})
+
+
+def avg_pool_backward(call: OpCall) -> OpCost:
+    """``avg_pool2d_backward(grad_output, ...)``: each gradient, divided, is added to its window: prod(kernel) FLOPs
+    per grad_output element, as the forward."""
+    grad = call.tensor("grad_output")
+    assert grad is not None
+    return OpCost(flops={Category.POOLING: _window(call) * grad.numel()})
 
 
 def adaptive_pool(call: OpCall) -> OpCost:
@@ -556,6 +702,19 @@ BACKWARD_RULES: dict[Any, Rule] = {
     aten._log_softmax_backward_data: backward_per_element(4, Category.ACTIVATION),  # dy - exp(y)*sum(dy)
     aten.native_dropout_backward: backward_per_element(2, Category.ELEMENTWISE),  # mask multiply, scale
     aten.embedding_dense_backward: backward_per_element(1, Category.ELEMENTWISE),  # each row added to its id's row
+    aten.max_pool2d_with_indices_backward: backward_per_element(1, Category.POOLING),  # each added at its argmax
+    aten.max_pool3d_with_indices_backward: backward_per_element(1, Category.POOLING),
+    aten.avg_pool2d_backward: avg_pool_backward,
+    aten.avg_pool3d_backward: avg_pool_backward,
+    aten._adaptive_avg_pool2d_backward: backward_per_element(1, Category.POOLING, of="self"),  # as the forward
+    aten._adaptive_avg_pool3d_backward: backward_per_element(1, Category.POOLING, of="self"),
+    aten.adaptive_max_pool2d_backward: backward_per_element(1, Category.POOLING, of="self"),
+    aten.adaptive_max_pool3d_backward: backward_per_element(1, Category.POOLING, of="self"),
+    # interpolation backward: each output gradient spread over its taps, as the forward per grad_output element
+    aten.upsample_linear1d_backward: backward_per_element(LERP_FLOPS, Category.POOLING),
+    aten.upsample_bilinear2d_backward: backward_per_element(3 * LERP_FLOPS, Category.POOLING),
+    aten.upsample_trilinear3d_backward: backward_per_element(7 * LERP_FLOPS, Category.POOLING),
+    aten.upsample_bicubic2d_backward: backward_per_element(5 * CUBIC_FLOPS, Category.POOLING),
     aten._scaled_dot_product_flash_attention_backward: attention_backward,
     aten._scaled_dot_product_efficient_attention_backward: attention_backward,
     aten._scaled_dot_product_cudnn_attention_backward: attention_backward,
@@ -603,6 +762,13 @@ COMPARISON_OPS: tuple[Any, ...] = (
     aten.bitwise_xor, aten.bitwise_xor_, aten.bitwise_not, aten.bitwise_not_,
 )  # fmt: skip
 
+# one FLOP per output element: transcendentals, rounding, signs, remainders, NaN tests
+ONE_FLOP_OPS: tuple[Any, ...] = (
+    aten.log1p, aten.expm1, aten.log2, aten.log10, aten.exp2, aten.tan, aten.asin, aten.acos, aten.atan, aten.atan2,
+    aten.sinh, aten.cosh, aten.erfinv, aten.sign, aten.sgn, aten.floor, aten.ceil, aten.round, aten.trunc, aten.frac,
+    aten.fmod, aten.remainder, aten.floor_divide, aten.isnan, aten.nan_to_num,
+)  # fmt: skip
+
 FLOP_RULES: dict[Any, Rule] = {
     # dense
     aten.convolution: convolution,
@@ -614,8 +780,12 @@ FLOP_RULES: dict[Any, Rule] = {
     aten.addmm: addmm,
     aten.bmm: bmm,
     aten.baddbmm: baddbmm,
+    aten.addbmm: addbmm,
     aten.mv: mv,
+    aten.addmv: addmv,
     aten.dot: dot,
+    aten.vdot: dot,
+    aten._trilinear: trilinear,
     aten._scaled_dot_product_flash_attention: attention,
     aten._scaled_dot_product_efficient_attention: attention,
     aten._scaled_dot_product_cudnn_attention: attention,
@@ -642,6 +812,12 @@ FLOP_RULES: dict[Any, Rule] = {
     aten._prelu_kernel: activation(2),
     aten.elu: activation(4),
     aten.elu_: activation(4),
+    aten.celu: activation(4),  # as ELU
+    aten.celu_: activation(4),
+    aten.glu: activation(5),  # per output element: sigmoid of the gate 4, times the value 1
+    aten.log_sigmoid_forward: activation(4),  # -softplus(-x): neg, exp, add, log
+    aten.softshrink: activation(2),  # compare, shift
+    aten.hardshrink: activation(2),  # compare, select
     aten.gelu: gelu,
     aten.gelu_: gelu,
     aten.sigmoid: activation(4),
@@ -680,8 +856,11 @@ FLOP_RULES: dict[Any, Rule] = {
     aten.erf: elementwise(1),
     aten.sin: elementwise(1),  # rotary position embeddings (Llama, ...): one sin and one cos per angle
     aten.cos: elementwise(1),
-    aten.clamp: elementwise(2),
-    aten.clamp_: elementwise(2),
+    **dict.fromkeys(ONE_FLOP_OPS, elementwise(1)),
+    aten.clamp: clamp,
+    aten.clamp_: clamp,
+    aten.clamp_max: elementwise(1),
+    aten.clamp_max_: elementwise(1),
     aten.clamp_min: elementwise(1),
     aten.clamp_min_: elementwise(1),
     aten.maximum: elementwise(1),
@@ -705,6 +884,32 @@ FLOP_RULES: dict[Any, Rule] = {
     aten.var: reduction,
     aten.var_mean: reduction,
     aten.std: reduction,
+    aten.std_mean: reduction,
+    aten.prod: reduction,
+    aten.argmax: reduction,
+    aten.argmin: reduction,
+    aten.any: reduction,
+    aten.all: reduction,
+    aten.logsumexp: per_input_element(4),  # max, subtract, exp, add (the log per result is O(outputs))
+    aten.cumsum: per_input_element(1),
+    aten.cumsum_: per_input_element(1),
+    aten.cumprod: per_input_element(1),
+    aten.topk: per_input_element(1),  # one comparison per element against the running k-th
+    aten.sort: sort,
+    aten.linalg_vector_norm: vector_norm,
+    aten._cdist_forward: cdist,
+    aten._embedding_bag: embedding_bag,
+    aten._embedding_bag_forward_only: embedding_bag,
+    aten.scatter_add: scatter_add,
+    aten.scatter_add_: scatter_add,
+    aten.index_add: scatter_add,
+    aten.index_add_: scatter_add,
+    aten.index_put: scatter_add,
+    aten.index_put_: scatter_add,
+    # FFTs (torch.fft.*): the radix-2 count
+    aten._fft_c2c: fft(FFT_COMPLEX_FLOPS),
+    aten._fft_r2c: fft(FFT_COMPLEX_FLOPS / 2),
+    aten._fft_c2r: fft(FFT_COMPLEX_FLOPS / 2, of="out"),
     # pooling and interpolation
     aten.max_pool1d: window_pool,
     aten.max_pool2d: window_pool,
@@ -736,6 +941,8 @@ VIEW_AND_METADATA_OPS: frozenset[Any] = frozenset(
         aten.slice, aten.select, aten.split, aten.split_with_sizes, aten.unbind, aten.chunk, aten.narrow, aten.empty,
         aten.empty_like, aten.empty_strided, aten.new_empty, aten.new_empty_strided, aten.sym_size, aten.sym_stride,
         aten.sym_numel, aten.sym_storage_offset, aten.is_same_size, torch.ops.prim.device, torch.ops.prim.layout,
+        aten.unsafe_split, aten.unsafe_split_with_sizes, aten.unsafe_chunk, aten.diagonal, aten.unsqueeze_,
+        aten.squeeze_, aten.transpose_, aten.t_, aten.view_as_real, aten.view_as_complex, aten.unfold_copy,
         torch.ops.profiler._record_function_enter_new, torch.ops.profiler._record_function_exit,
     }
 )  # fmt: skip
@@ -752,6 +959,9 @@ COPY_OPS: frozenset[Any] = frozenset(
         aten._upsample_nearest_exact2d, aten.roll, aten.flip, aten.repeat, aten.unfold, aten.im2col, aten.col2im,
         aten._local_scalar_dense, aten.item, aten.randn, aten.rand, aten.randn_like, aten.rand_like, aten.bernoulli,
         aten.select_backward, aten.slice_backward,  # backward of views: the gradient copied into zeros
+        aten.tril, aten.triu, aten.tril_, aten.triu_, aten.scatter, aten.scatter_, aten.diag_embed,
+        aten.masked_scatter, aten._unsafe_index, aten.new_full, aten.eye, aten.linspace, aten.bernoulli_,
+        aten._upsample_nearest_exact1d, aten._upsample_nearest_exact3d, aten.diagonal_backward,
     }
 )  # fmt: skip
 
@@ -764,17 +974,20 @@ ZERO_COST_OPS: frozenset[Any] = VIEW_AND_METADATA_OPS | COPY_OPS
 class CompositeRule:
     """A public function ATen decomposes before any kernel runs, priced as a whole: ``schema`` is the ATen op whose
     argument names the call is bound to, ``rule`` prices it. The ops it decomposes into are not priced on their own
-    (their conv/matmul FLOPs still feed the FlopCounterMode cross-check, which sees them), and its memory traffic is
-    its own inputs and outputs, once (one fused kernel)."""
+    (their conv/matmul FLOPs still feed the FlopCounterMode cross-check, which sees them). Its memory traffic is its
+    own inputs and outputs, once (``fused``: one kernel), or else that of the ops it runs (``F.linear``: under
+    autocast its casts are traffic of their own)."""
 
     schema: Any
     rule: Rule
+    fused: bool = True
 
 
 # Keyed by the function object a ``TorchFunctionMode`` sees: the Python wrappers in ``torch.nn.functional`` and the
 # builtins they call (either can be called directly).
 COMPOSITE_RULES: dict[Callable[..., Any], CompositeRule] = {
     F.scaled_dot_product_attention: CompositeRule(aten.scaled_dot_product_attention, attention),
+    F.linear: CompositeRule(aten.linear, linear, fused=False),
     torch.adaptive_avg_pool1d: CompositeRule(aten.adaptive_avg_pool1d, adaptive_pool),
     F.adaptive_avg_pool2d: CompositeRule(aten.adaptive_avg_pool2d, adaptive_pool),
     torch._C._nn.adaptive_avg_pool2d: CompositeRule(aten.adaptive_avg_pool2d, adaptive_pool),

@@ -1,43 +1,38 @@
 """Cross-check against PyTorch's own counter, ``torch.utils.flop_counter.FlopCounterMode``.
 
 FlopCounterMode counts only dense ops (conv, matmul, attention) and no bias, norm or elementwise work, so the
-comparison is made on the ops it has a formula for: there our conv/matmul FLOPs must equal its figure exactly.
+comparison is made on the ops it has a formula for: there our conv/matmul FLOPs must equal its figure exactly. It
+counts the same pass as ours (``count_cost(..., torch_check=True)``), so both see the same kernels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Set
 
-from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from gflops_track.counting.counting_forward import run_counting_forward
-from gflops_track.counting.op_counter import CostReport, op_label
+from gflops_track.counting.op_counter import CostReport, op_label, torch_flops_by_op
 from gflops_track.results.counting import TorchCount
 
 
-def torch_flop_count(
-    model: nn.Module,
-    args: Sequence[Any],
-    kwargs: Mapping[str, Any],
-    ours: CostReport,
-    prefer_meta: bool = True,
-    device_type: str = "cpu",
+def report_agreement(ours: CostReport) -> TorchCount:
+    """The cross-check of a count made with ``torch_check=True``."""
+    if ours.torch_flops_by_op is None:
+        raise ValueError("this count ran without FlopCounterMode: count it with torch_check=True")
+    return agreement(ours.torch_flops_by_op, ours.torch_counted_ops, ours.dense_flops_by_op)
+
+
+def counter_agreement(counter: FlopCounterMode, ours_dense_flops_by_op: Mapping[str, int]) -> TorchCount:
+    """The cross-check against a ``FlopCounterMode`` that counted a pass of its own (a training step)."""
+    registry = frozenset(op_label(op) for op in counter.flop_registry)
+    return agreement(torch_flops_by_op(counter), registry, ours_dense_flops_by_op)
+
+
+def agreement(
+    theirs: Mapping[str, int], torch_counted_ops: Set[str], ours_dense_flops_by_op: Mapping[str, int]
 ) -> TorchCount:
-    """Run FlopCounterMode over the same forward and compare op by op with ``ours``."""
-    counter = run_counting_forward(
-        model, args, kwargs, lambda: FlopCounterMode(display=False), prefer_meta, device_type=device_type
-    ).counter
-    assert counter is not None
-    return agreement(counter, ours.dense_flops_by_op)
-
-
-def agreement(counter: FlopCounterMode, ours_dense_flops_by_op: Mapping[str, int]) -> TorchCount:
     """FlopCounterMode's total, and ours on the ops it has a formula for; a note for every op where the two differ."""
-    theirs = {op_label(op): flops for op, flops in counter.get_flop_counts().get("Global", {}).items()}
-    registry = {op_label(op) for op in counter.flop_registry}
-    ours_same = {op: flops for op, flops in ours_dense_flops_by_op.items() if op in registry}
+    ours_same = {op: flops for op, flops in ours_dense_flops_by_op.items() if op in torch_counted_ops}
     notes = [
         f"{op}: torch FlopCounterMode {theirs.get(op, 0):,} FLOPs, gflops-track {ours_same.get(op, 0):,} FLOPs"
         for op in sorted(set(theirs) | set(ours_same))

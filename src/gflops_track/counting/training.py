@@ -45,7 +45,7 @@ from gflops_track.counting.layer_info import ROOT_LABEL
 from gflops_track.counting.op_counter import _CountingMode, validate_extra_rules
 from gflops_track.counting.rules import Category, Rule
 from gflops_track.counting.scope import ScopeTally
-from gflops_track.counting.torch_crosscheck import agreement
+from gflops_track.counting.torch_crosscheck import counter_agreement
 from gflops_track.options.training import DEFAULT_LOSS, DEFAULT_OPTIMIZER, training_arg_errors
 from gflops_track.results.counting import TorchCount, TrainingCost, TrainingLayerCost
 
@@ -420,4 +420,4 @@ def torch_training_check(
         prefer_meta=prefer_meta,
         device_type=device_type,
     )
-    return agreement(counter, ours.dense_flops_by_op)
+    return counter_agreement(counter, ours.dense_flops_by_op)

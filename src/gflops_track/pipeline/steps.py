@@ -25,7 +25,7 @@ from torch.utils._pytree import tree_map
 from gflops_track.counting.counting_forward import eval_mode, on_meta
 from gflops_track.counting.op_counter import count_cost
 from gflops_track.counting.thop_compare import thop_count, thop_notes
-from gflops_track.counting.torch_crosscheck import torch_flop_count
+from gflops_track.counting.torch_crosscheck import report_agreement
 from gflops_track.machine.hardware import on_chip_bytes
 from gflops_track.options.count import CountOptions
 from gflops_track.options.peaks import PeakOptions
@@ -103,12 +103,12 @@ def count(
             extra_rules=options.extra_rules,
             autocast_dtype=runtime.torch_dtype if runtime.autocasts else None,  # bytes priced in autocast's dtypes
             device_type=target.type,
+            torch_check=options.torch_check,  # FlopCounterMode counts the same pass
         )
         notes = counting_notes(cost.backend_note, cost.uncounted_ops)
         torch_count = None
         if options.torch_check:
-            report("torch FlopCounterMode", 0, 1)
-            torch_count = torch_flop_count(model, args, kwargs, cost, prefer_meta=options.meta, device_type=target.type)
+            torch_count = report_agreement(cost)
             notes.extend(f"counters disagree: {note}" for note in torch_count.notes)
         thop = None
         if options.thop:
