@@ -117,6 +117,23 @@ def test_config_overrides_and_heads(tmp_path: Path, store_uri: str, hf_path: lis
     assert {run.data.tags["model"] for run in jobs.values()} == {"GPT2LMHeadModel", "GPT2Model"}
 
 
+def test_sequence_classification_of_a_model_without_a_padding_id(
+    tmp_path: Path, store_uri: str, hf_path: list[str]
+) -> None:
+    """GPT-2 has no padding id, and its classification head refuses batches > 1 without one; the inputs' attention
+    mask is all ones, so the build gives it the end-of-sequence id. One block, d=768, 2 labels: the block's MACs and
+    the score head T*d*2 (on every token; the head then picks each row's last)."""
+    done = run_cli(
+        ["model=hf", "model.name=gpt2", "+model.config.n_layer=1", "model.task=sequence_classification",
+         "batch.size=2", "batch.seq_len=16", *COUNT_ONLY],
+        cwd=tmp_path, pythonpath=hf_path, MLFLOW_TRACKING_URI=store_uri,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = all_runs(store_uri)
+    assert run.info.status == "FINISHED" and run.data.tags["model"] == "GPT2ForSequenceClassification"
+    assert run.data.metrics["cost/macs"] == gpt2_macs(2, 16, layers=1, head=False) + 2 * 16 * 768 * 2
+
+
 def test_a_local_config_trains_on_meta(tmp_path: Path, store_uri: str, hf_path: list[str]) -> None:
     """A folder holding a config.json (one GPT-2 block), its training step counted without weights: forward M,
     backward 2M (both operands of every product need a gradient, the embeddings being trained)."""
@@ -144,6 +161,12 @@ def test_a_local_config_trains_on_meta(tmp_path: Path, store_uri: str, hf_path: 
                                                    "choose one of seq2seq_lm, base,"),
         (["model.name=gpt2", "model.task=chat"], "model.task='chat' is not allowed: choose one of causal_lm,"),
         ([], "model.name=??? is not allowed: this key must be set"),
+        # transformers keeps an unknown key as a new attribute, and the full-size model would be profiled
+        (["model.name=gpt2", "+model.config.n_layerz=2"], "model.config.n_layerz=2 is not allowed: GPT2Config has no "
+                                                         "key 'n_layerz' (did you mean n_layer"),
+        (["model.name=gpt2", "+model.config.n_layer=two"], "model.config: StrictDataclassFieldValidationError: "
+                                                          "Validation error for field 'n_layer': TypeError: Field "
+                                                          "'n_layer' expected int, got str (value: 'two')"),
     ],
 )  # fmt: skip
 def test_names_and_heads_are_checked_before_any_run(

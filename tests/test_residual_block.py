@@ -123,7 +123,9 @@ class CountsItsCalls(nn.Module):
 
 
 @pytest.mark.parametrize(
-    ("options", "kwargs"), [(CountOptions(), {}), (CountOptions(meta=False), {"keep_all": True})], ids=["fallback", "real"]
+    ("options", "kwargs"),
+    [(CountOptions(), {}), (CountOptions(meta=False), {"keep_all": True})],
+    ids=["fallback", "real"],
 )
 def test_counting_with_a_real_forward_restores_the_buffers_it_changed(options: CountOptions, kwargs: dict) -> None:
     """count() leaves the state_dict as it was also when it runs the user's module for real."""

@@ -59,7 +59,13 @@ def build(name: str, task: str = DEFAULT_TASK, config: Mapping[str, Any] | None 
     if task not in TASKS:
         raise ValueError(f"task={task!r} is not allowed: choose one of {', '.join(TASKS)}")
     auto_class = getattr(transformers, TASKS[task])
-    return auto_class.from_config(model_config(name, config))
+    built_config = model_config(name, config)
+    if task == "sequence_classification" and getattr(built_config, "pad_token_id", 0) is None:
+        # the head pools each row's last non-padding token and refuses batches > 1 without a padding id (GPT-2,
+        # Llama have none); our attention mask is all ones, so any id will do: the end-of-sequence id, else 0
+        eos = getattr(built_config, "eos_token_id", None)
+        built_config.pad_token_id = eos if isinstance(eos, int) else 0
+    return auto_class.from_config(built_config)
 
 
 def name_problems(name: str, task: str, config: Mapping[str, Any] | None = None) -> list[str]:
@@ -78,13 +84,28 @@ def name_problems(name: str, task: str, config: Mapping[str, Any] | None = None)
             f"{CONFIG_FILE} or folder holding one"
         ]
     try:
+        base = model_config(name)
         kind = type(model_config(name, config))
-    except Exception as error:  # a bad override or an unreadable config.json: one line
-        return [f"model.config: {type(error).__name__}: {str(error).strip().splitlines()[0]}"]
+    except Exception as error:  # a bad override or an unreadable config.json: its message on one line
+        message = " ".join(line.strip() for line in str(error).strip().splitlines() if line.strip())
+        return [f"model.config: {type(error).__name__}: {message}"]
+    unknown = [key for key in config or {} if not hasattr(base, key)]
+    if unknown:  # transformers would keep a misspelt key as a new attribute and build the full-size model
+        known = sorted({*base.to_dict(), *getattr(base, "attribute_map", {})})
+        return [
+            f"model.config.{key}={config[key]!r} is not allowed: {kind.__name__} has no key {key!r} "  # type: ignore[index]
+            f"({_did_you_mean(key, known)})"
+            for key in unknown
+        ]
     heads = [key for key, auto in TASKS.items() if kind in getattr(transformers, auto)._model_mapping]
     if task not in heads:
         return [f"model.task={task!r} is not allowed for model.name={name!r}: choose one of {', '.join(heads)}"]
     return []
+
+
+def _did_you_mean(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=3)
+    return f"did you mean {' or '.join(close)}?" if close else "see the model's config.json for its keys"
 
 
 def vocabulary_size(model: nn.Module) -> int | None:
