@@ -47,6 +47,15 @@ def test_bad_input_is_one_line_and_exit_2(small_store: tuple[Path, str, str]) ->
             "does not exist",
         ),
         "unknown gate run": (["--baseline", run_id, "--candidate", "nope"], "Run with id=nope not found"),
+        # options that would be silently ignored together
+        "two selections": (["--sweep", run_id, "--run-id", run_id], "--sweep and --run-id do not go together"),
+        "a selection beside the gate": (
+            ["--experiment", "gflops-track", "--baseline", run_id, "--candidate", run_id],
+            "--experiment and --baseline/--candidate do not go together",
+        ),
+        "filter with run ids": (["--run-id", run_id, "--filter", "params.x = 'y'"], "--filter is not allowed with"),
+        "log-report without a sweep": (["--log-report"], "--log-report is not allowed without --sweep"),
+        "columns of a csv": (["--columns", "variant", "--format", "csv"], "--columns is not allowed with --format csv"),
     }
     started = {name: compare(folder, "--tracking-uri", uri, *args) for name, (args, _) in cases.items()}
     for name, process in started.items():
@@ -101,3 +110,33 @@ def test_capped_http_retries_keep_user_settings(monkeypatch: pytest.MonkeyPatch)
     cap_http_retries()
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
     assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "3"  # the user's choice stands
+
+
+def test_output_filter_and_baseline_prefix_are_applied(tmp_path: Path) -> None:
+    """A sweep of three timed jobs: ``--output`` without ``--format`` writes the Markdown table to the file (it was
+    printed to stdout and no file written), ``--filter`` narrows ``--sweep`` (it was ignored), ``--columns`` picks
+    Markdown's columns, and ``--baseline-row`` takes the 8-character id the tables print."""
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("gflops-track")
+    sweep = client.create_run(experiment, run_name="sweep").info.run_id
+    jobs = {}
+    for norm, median in (("group", 4.0), ("batch", 2.0), ("instance", 8.0)):
+        run = client.create_run(experiment, run_name=f"{norm}-job", tags={"mlflow.parentRunId": sweep})
+        client.log_param(run.info.run_id, "model.norm_fn", norm)
+        client.log_metric(run.info.run_id, "latency/median_ms", median)
+        client.set_terminated(run.info.run_id)
+        jobs[norm] = run.info.run_id
+    client.set_terminated(sweep)
+    table = tmp_path / "table.md"
+    process = compare(
+        tmp_path, "--tracking-uri", uri, "--sweep", sweep[:8], "--filter", "params.`model.norm_fn` != 'instance'",
+        "--columns", "variant,latency,speed", "--baseline-row", jobs["batch"][:8], "--output", str(table),
+    )  # fmt: skip
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0 and out == "", (out, err)
+    lines = table.read_text().splitlines()
+    assert len(lines) == 2 + 2 and lines[0].count("|") == 3 + 1  # header, rule, two rows (instance filtered out)
+    rows = {line.split("|")[1].strip(): line for line in lines[2:]}
+    assert set(rows) == {"group-job", "batch-job"}  # labelled by run name: these runs have no overrides tag
+    assert "0.50" in rows["group-job"] and "1.00" in rows["batch-job"]  # 2 ms / 4 ms against batch's 2 ms

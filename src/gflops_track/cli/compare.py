@@ -103,7 +103,9 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help="the N layers (default 5) that take the most time in each run, with share, bound and efficiency",
     )
-    output.add_argument("--output", type=Path, help="write the markdown/csv table here instead of stdout")
+    output.add_argument(
+        "--output", type=Path, help="write the table here instead of stdout: Markdown (csv with --format csv)"
+    )
     output.add_argument("--html", type=Path, help="write the self-contained HTML report (tables + plots) here")
     output.add_argument("--log-report", action="store_true", help="with --sweep: attach report.html to the sweep run")
     gate = cli.add_argument_group(
@@ -285,6 +287,26 @@ def _packages(client: MlflowClient | None, *rows: Row) -> tuple[dict[str, str] |
     return found[0], found[1]
 
 
+def check_combinations(args: argparse.Namespace) -> None:
+    """Options that would be silently ignored together are refused: one selection at a time (a sweep's runs, run ids
+    or experiments; ``--filter`` narrows a sweep or experiments), ``--log-report`` needs ``--sweep``, ``--columns``
+    picks the columns of a table (not of ``--format csv``'s fixed fields, nor of ``--layers``)."""
+    chosen = [flag for flag, given in (("--sweep", args.sweep), ("--run-id", args.run_id),
+                                       ("--experiment", args.experiment)) if given]  # fmt: skip
+    gate = args.baseline or args.candidate
+    if len(chosen) > 1 or (gate and chosen):
+        given = " and ".join([*chosen, *(["--baseline/--candidate"] if gate else [])])
+        raise UsageError(f"{given} do not go together: choose one way to select the runs")
+    if args.filter and (args.run_id or gate):
+        raise UsageError("--filter is not allowed with --run-id or --baseline/--candidate: it narrows a --sweep's "
+                         "or the experiments' runs")  # fmt: skip
+    if args.log_report and not args.sweep:
+        raise UsageError("--log-report is not allowed without --sweep: the report is attached to the sweep's run")
+    if args.columns is not None and (args.format == "csv" or args.layers is not None):
+        raise UsageError(f"--columns is not allowed with {'--format csv' if args.format == 'csv' else '--layers'}: "
+                         "it picks the comparison table's columns (csv always has every field)")  # fmt: skip
+
+
 def check_outputs(args: argparse.Namespace) -> None:
     """``--output`` / ``--html`` must go into an existing directory: say so before reading any run."""
     for flag in ("output", "html"):
@@ -301,10 +323,16 @@ def describe_error(error: Exception) -> str:
 
 
 def print_layers(
-    client: MlflowClient, rows: Sequence[Row], count: int, form: str, console: Console, errors: Console
+    client: MlflowClient,
+    rows: Sequence[Row],
+    count: int,
+    form: str,
+    console: Console,
+    errors: Console,
+    output: Path | None = None,
 ) -> int:
-    """``--layers N``: each run's top N layers by time; Markdown when piped or asked for; runs without per-layer
-    times are named on stderr."""
+    """``--layers N``: each run's top N layers by time; Markdown when piped, asked for or written to ``output``; runs
+    without per-layer times are named on stderr."""
     if count < 1:
         raise UsageError(f"--layers={count} is not allowed: it must be an integer >= 1")
     timed, missing = read_run_layers(client, rows)
@@ -313,7 +341,9 @@ def print_layers(
     if not timed:
         errors.print("[red]gflops-track compare:[/red] none of the runs selected has per-layer times")
         return EXIT_USAGE
-    if form == "markdown" or (form == "rich" and not console.is_terminal):
+    if output is not None:
+        output.write_text(layers_markdown(timed, count), encoding="utf-8")
+    elif form == "markdown" or (form == "rich" and not console.is_terminal):
         sys.stdout.write(layers_markdown(timed, count))
     else:
         console.print(Text(LAYERS_LEGEND))
@@ -334,6 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     errors = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         uri, warnings = command_store(args.tracking_uri, Path.cwd())  # a password moves to the environment
+        check_combinations(args)
         check_outputs(args)
         columns = parse_columns(args.columns) if args.columns is not None else None
         client = open_store(uri)
@@ -352,10 +383,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             errors.print(f"[red]gflops-track compare:[/red] no runs selected in {escape(redact_uri(uri))}")
             return EXIT_USAGE
         rows = build_rows(runs, args.baseline_row)
+        form = "markdown" if args.output and args.format == "rich" else args.format  # a file gets Markdown
         if args.layers is not None:
-            return print_layers(client, rows, args.layers, args.format, console, errors)
+            return print_layers(client, rows, args.layers, form, console, errors, args.output)
         title = f"gflops-track comparison ({(sweep and f'sweep {sweep}') or f'{len(rows)} runs'})"
-        text = {"markdown": markdown_table, "csv": csv_table}.get(args.format)
+        text = {"markdown": lambda rows: markdown_table(rows, columns), "csv": csv_table}.get(form)
         if text is None:
             console.print(rich_table(rows, title, columns, args.wide), crop=False)
         elif args.output:

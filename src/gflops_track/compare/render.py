@@ -348,10 +348,11 @@ def rich_table(
     return ComparisonTable(rows, title, columns, wide)
 
 
-def markdown_table(rows: Sequence[Row]) -> str:
-    """Every column, one line per run (the speed column's header says which ratio it holds)."""
+def markdown_table(rows: Sequence[Row], columns: Sequence[str] | None = None) -> str:
+    """Every column (or ``columns``, in that order), one line per run (the speed column's header says which ratio it
+    holds)."""
     headers = _headers(rows)
-    keys = full_columns(rows)
+    keys = list(columns) if columns else full_columns(rows)
     lines = ["| " + " | ".join(headers[key] for key in keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(ALL_COLUMNS[key].cell(row).replace("|", "\\|") for key in keys) + " |" for row in rows]
     return "\n".join(lines) + "\n"

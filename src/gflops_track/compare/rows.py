@@ -227,6 +227,20 @@ def _relative(members: list[Row], reference: Row) -> list[Row]:
     return [replace(row, relative_speed=median / row.median_ms if row.median_ms else None) for row in members]
 
 
+def _baseline_row(rows: Sequence[Row], baseline: str) -> Row:
+    """The timed row ``baseline`` names: its run id, a unique prefix of it (the 8 characters the tables print) or its
+    run name."""
+    timed = [row for row in rows if row.median_ms and math.isfinite(row.median_ms)]  # a NaN is no reference
+    exact = [row for row in timed if baseline in (row.run_id, row.run_name)]
+    matches = exact or [row for row in timed if RUN_ID_PREFIX.fullmatch(baseline) and row.run_id.startswith(baseline)]
+    if len(matches) > 1 and not exact:
+        ids = ", ".join(row.run_id for row in matches)
+        raise ValueError(f"--baseline-row={baseline!r} is ambiguous: {len(matches)} runs start with it ({ids})")
+    if not matches:
+        raise ValueError(f"--baseline-row={baseline!r} names no timed run among the {len(rows)} selected")
+    return matches[0]
+
+
 def build_rows(runs: Sequence[Run], baseline: str | None = None) -> list[Row]:
     """Rows grouped by hardware, then by what they share (model and input: ``group_of``), each group in the order
     its runs were started (a sweep's order: the first value swept first), each row labelled by what differs inside
@@ -235,9 +249,7 @@ def build_rows(runs: Sequence[Run], baseline: str | None = None) -> list[Row]:
     rows = label_rows([row_from_run(run) for run in runs])
     rows.sort(key=lambda row: (row.hardware, row.group, group_of(row), *_sweep_order(row)))
     is_timed = lambda row: bool(row.median_ms and math.isfinite(row.median_ms))  # noqa: E731  # a NaN is no reference
-    chosen = next((row for row in rows if is_timed(row) and baseline in (row.run_id, row.run_name)), None)
-    if baseline is not None and chosen is None:
-        raise ValueError(f"--baseline-row={baseline!r} names no timed run among the {len(rows)} selected")
+    chosen = _baseline_row(rows, baseline) if baseline is not None else None
     result: list[Row] = []
     for key in dict.fromkeys(group_of(row) for row in rows):
         members = [row for row in rows if group_of(row) == key]
@@ -254,10 +266,11 @@ def select_runs(
     run_ids: Sequence[str] = (),
     filter_string: str = "",
 ) -> list[Run]:
-    """Runs by sweep (the parent's children), by run ids, or by experiment names (default: all experiments) with an
-    optional MLflow filter string. Sweep parents themselves are left out of experiment-wide selections."""
+    """Runs by sweep (the parent's children), by run ids, or by experiment names (default: all experiments); a sweep's
+    or the experiments' runs narrowed by an optional MLflow filter string. Sweep parents themselves are left out of
+    experiment-wide selections."""
     if sweep:
-        return child_runs(client, resolve_run_id(client, sweep, "--sweep"))
+        return child_runs(client, resolve_run_id(client, sweep, "--sweep"), filter_string)
     if run_ids:
         return [client.get_run(resolve_run_id(client, run_id, "--run-id")) for run_id in run_ids]
     if experiments:

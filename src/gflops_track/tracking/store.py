@@ -257,13 +257,14 @@ def search_all_runs(
             return runs
 
 
-def child_runs(client: MlflowClient, parent_run_id: str) -> list[Run]:
-    """The runs nested under ``parent_run_id``, oldest first."""
+def child_runs(client: MlflowClient, parent_run_id: str, filter_string: str = "") -> list[Run]:
+    """The runs nested under ``parent_run_id`` (those of them an MLflow ``filter_string`` selects), oldest first."""
     parent = client.get_run(parent_run_id)
+    nested = f"tags.`{PARENT_TAG}` = '{parent_run_id}'"
     return search_all_runs(
         client,
         [parent.info.experiment_id],
-        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+        filter_string=f"{nested} and {filter_string}" if filter_string.strip() else nested,
         order_by=["attributes.start_time ASC"],
     )
 
