@@ -263,3 +263,10 @@ def test_nan_or_inf_is_not_finite_and_never_a_warning() -> None:
     )  # fmt: skip
     assert (zero.status, zero.reason) == (NOT_FINITE, "the ratio is nan")  # 0 / 0
     assert judge(finite, Side("c", 10.0, 9.0, 11.0, sample_count=30), DEFAULT).status == OK
+
+
+def test_sub_millisecond_latencies_keep_their_digits() -> None:
+    """A 6 µs forward: 0.00596 ms against 0.00608 ms, +2.0%, not '0.006 ms -> 0.006 ms (+2.0%)'."""
+    verdict = Verdict("row", 0.00596, 0.00608, 0.00608 / 0.00596, 1.01, 1.03, "bootstrap", "within noise")
+    line = verdict.describe(0.05)
+    assert "0.00596 ms -> 0.00608 ms" in line and "+2.0%" in line

@@ -409,6 +409,8 @@ def test_metrics_leave_out_what_is_not_known() -> None:
     assert precision_text(lone) == "unknown (no CI) (target ±1.00% NOT met)"
     many = measure_latency(fake_forward(clock, [], 2.0), "cpu", QUICK, clock=clock).metrics(flops=1e9)
     assert ci_text(LatencyStats.from_samples([float(v) for v in range(1, 31)])) == "95% CI 9.000-22.000"
+    tiny = LatencyStats.from_samples([v / 1e5 for v in range(590, 620)])  # a 6 µs forward: 0.0059-0.0062 ms
+    assert ci_text(tiny) == "95% CI 0.00598-0.00611", "not 0.006-0.006"
     assert many["latency/ci95_low_ms"] == pytest.approx(2.0) and many["latency/ci95_high_ms"] == pytest.approx(2.0)
     assert many["latency/precision"] == pytest.approx(0.0, abs=1e-9)
     assert many["memory/growth_mib"] >= 0 and many["timing/suspect"] in (0.0, 1.0)

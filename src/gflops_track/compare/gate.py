@@ -62,6 +62,7 @@ import numpy as np
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
 from gflops_track.common.names import FAILED, OVERRIDES_TAG, TIMING_SUSPECT_TAG, VARIANT_TAG  # FAILED: also a verdict
+from gflops_track.common.numbers import three_places
 from gflops_track.compare.render import short_id
 from gflops_track.compare.rows import Row
 from gflops_track.results.timing import median_ci
@@ -166,7 +167,7 @@ class Verdict:
 
     def describe(self, threshold: float) -> str:
         if self.candidate_ms is None or self.ratio is None:
-            return f"{self.label}: {self.baseline_ms:,.3f} ms -> {self.status}: {self.reason}"
+            return f"{self.label}: {three_places(self.baseline_ms)} ms -> {self.status}: {self.reason}"
         interval = (
             f"interval {self.ratio_low - 1:+.1%} .. {self.ratio_high - 1:+.1%}"
             if self.ratio_low is not None and self.ratio_high is not None
@@ -189,7 +190,7 @@ class Verdict:
         # paired: the change is the median of each round's ratio, which need not match the two medians' ratio
         change = f"each round's ratio, median {self.ratio - 1:+.1%}" if paired else f"{self.ratio - 1:+.1%}"
         return (
-            f"{self.label}: {shown} {self.baseline_ms:,.3f} ms -> {self.candidate_ms:,.3f} ms "
+            f"{self.label}: {shown} {three_places(self.baseline_ms)} ms -> {three_places(self.candidate_ms)} ms "
             f"({change}, {interval}, {self.noise_basis}{test}; {self.estimator}: {why}): {verdict}"
         )
 

@@ -43,7 +43,7 @@ def summary_rows(result: ProfileResult) -> list[tuple[str, str]]:
             ("median precision", precision_text(timing)),
             (
                 "latency mean ± std (ms)",
-                f"{three_places(latency.mean_ms)} ± {three_places(latency.std_ms)} (cv {latency.cv:.1%})",
+                f"{three_places(latency.mean_ms)} ± {three_places(latency.std_ms)} (cv {percent(latency.cv)})",
             ),
             (
                 "latency min / p90 / p95 (ms)",
@@ -161,7 +161,7 @@ def _peak_rows(result: ProfileResult) -> list[tuple[str, str]]:
         ("utilization vs measured peak", result.utilization_vs_measured),
     ):
         if share is not None:
-            rows.append((label, f"{share:.1%}"))
+            rows.append((label, percent(share)))  # 0.014%, not 0.0%
     return rows
 
 

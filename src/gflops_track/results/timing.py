@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from gflops_track.common import names
+from gflops_track.common.numbers import percent, three_places
 
 CONFIDENCE = 0.95
 SAMPLE_EVERY_S = 0.05  # NVML clock/reason samples at most this often while the GPU is busy
@@ -233,14 +234,14 @@ def ci_text(latency: LatencyStats) -> str:
     """ "95% CI a-b" in ms, or why there is none (for summaries and tables)."""
     if latency.ci_low_ms is None or latency.ci_high_ms is None:
         return f"no 95% CI: {len(latency.samples_ms)} sample(s), {MIN_CI_SAMPLES} needed"
-    return f"95% CI {latency.ci_low_ms:,.3f}-{latency.ci_high_ms:,.3f}"
+    return f"95% CI {three_places(latency.ci_low_ms)}-{three_places(latency.ci_high_ms)}"  # 0.00593-0.00601, not 0.006
 
 
 def precision_text(timing: TimingResult) -> str:
     """ "±x% (target ±y% met|NOT met)", with "unknown" when no CI is known."""
-    latency, target = timing.latency, f"target ±{timing.target_precision:.2%}"
+    latency, target = timing.latency, f"target ±{percent(timing.target_precision, 2)}"
     met = "met" if timing.precision_met else "NOT met"
-    achieved = f"±{latency.precision:.2%}" if latency.precision is not None else "unknown (no CI)"
+    achieved = f"±{percent(latency.precision, 2)}" if latency.precision is not None else "unknown (no CI)"
     return f"{achieved} ({target} {met})"
 
 
