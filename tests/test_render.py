@@ -615,3 +615,22 @@ def test_at_80_columns_a_group_is_fitted_with_the_widths_it_is_drawn_with() -> N
     text = printed(ComparisonTable([*seed, *tiny], "one store"), 80, terminal=True)
     assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text, text
     assert "1.00x" in text and "1.13x" in text and "0.80x" in text, text
+
+
+def test_a_variant_has_one_colour_in_every_chart_and_no_ci_draws_no_caps() -> None:
+    """The bar charts and 'FLOPs vs latency' colour each variant alike (the scatter once sorted the names: group and
+    batch swapped colours between neighbouring plots); a run with fewer than 8 samples has no CI, and gets no error
+    bar, where a zero-length one with caps read as a very tight interval."""
+    rows = [make_row(n, hardware="cpu:x") for n in ("group", "batch")]
+    rows.append(make_row("instance", hardware="cpu:x", ci_low_ms=None, ci_high_ms=None))
+    bars = bars_figure(rows, "median_ms", True, "ms", "latency").axes[0]
+    scatter = flops_vs_latency_figure(rows).axes[0]
+    names = ["group", "batch", "instance"]
+    bar_colours = {label: patch.get_facecolor() for patch, label in zip(bars.patches, names, strict=True)}
+    scatter_colours = {
+        label.removeprefix("norm_fn="): handle.lines[0].get_color() if hasattr(handle, "lines") else handle.get_color()
+        for handle, label in zip(*scatter.get_legend_handles_labels(), strict=True)
+    }
+    assert {name: to_rgba(colour) for name, colour in scatter_colours.items()} == bar_colours
+    error_bars = [child for child in bars.containers if getattr(child, "errorbar", None) is not None]
+    assert len([bar for bar in error_bars if bar.errorbar is not None]) == 2  # group and batch; instance has no CI

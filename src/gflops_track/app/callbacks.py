@@ -228,5 +228,6 @@ class MlflowSweepCallback(Callback):
         status = finish_sweep(client, parent_run_id, redact_uri(uri), terminate=False)
         console.console.print(f"comparison report.html logged to the sweep's run {parent_run_id}")
         experiment_id = client.get_run(parent_run_id).info.experiment_id
-        console.console.print(Text(f"open the runs in the MLflow UI: {ui_address(uri, experiment_id)}"))
+        # soft-wrapped: the terminal folds a long line, rich would insert newlines that break the copied command
+        console.console.print(Text(f"open the runs in the MLflow UI: {ui_address(uri, experiment_id)}"), soft_wrap=True)
         return status == FAILED

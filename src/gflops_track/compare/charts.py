@@ -45,13 +45,18 @@ def _ci_errors(rows: Sequence[Row]) -> list[list[float]]:
     return [low, high]
 
 
+def _has_ci(row: Row) -> bool:
+    """Whether the row's median has a known 95% CI (fewer than 8 samples have none: no error bar, not a zero one)."""
+    return row.ci_low_ms is not None and row.ci_high_ms is not None
+
+
 def bars_figure(rows: Sequence[Row], value: str, error: bool, ylabel: str, title: str) -> Figure:
     """One bar per run, grouped by hardware along x, in the rows' order (the comparison's: a sweep's first value
     first, as its table), coloured by variant, with the legend under the axes (inside, it hid the tallest bars);
     the value axis from zero."""
     timed = [row for row in rows if getattr(row, value) is not None]
     hardware = list(dict.fromkeys(row.hardware for row in timed))
-    colors = variant_colors([variant(row) for row in timed])
+    colors = variant_colors([variant(row) for row in rows])  # every chart of the rows: one colour per variant
     per_group = max(len([r for r in timed if r.hardware == machine]) for machine in hardware) if timed else 1
     figure, axes = new_figure(max(7.0, 0.9 * per_group * len(hardware) + 2), 4.5 + 0.25 * len(colors))
     width = 0.8 / per_group
@@ -67,7 +72,7 @@ def bars_figure(rows: Sequence[Row], value: str, error: bool, ylabel: str, title
                 [x],
                 [getattr(row, value)],
                 width=width * 0.95,
-                yerr=_ci_errors([row]) if error else None,
+                yerr=_ci_errors([row]) if error and _has_ci(row) else None,  # no caps that read as a tight CI
                 capsize=3,
                 color=colors[name],
                 label=None if name in drawn else name,
@@ -83,14 +88,14 @@ def flops_vs_latency_figure(rows: Sequence[Row]) -> Figure:
     """GFLOPs against median latency, one colour per variant, one marker per hardware; both axes from zero."""
     figure, axes = new_figure()
     points = [r for r in rows if r.gflops is not None and r.median_ms is not None]
-    colors = variant_colors(sorted({variant(row) for row in points}))
+    colors = variant_colors([variant(row) for row in rows])  # the rows' order, as the bar charts
     markers = dict(zip(sorted({r.hardware for r in points}), "osD^vP*X", strict=False))
     several = len(markers) > 1
     for row in points:
         axes.errorbar(
             [row.gflops],
             [row.median_ms],
-            yerr=_ci_errors([row]),
+            yerr=_ci_errors([row]) if _has_ci(row) else None,
             fmt=markers.get(row.hardware, "o"),
             color=colors[variant(row)],
             capsize=3,
