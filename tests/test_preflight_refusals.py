@@ -331,6 +331,12 @@ def test_job_past_timeout_fails_and_the_sweep_goes_on(tmp_path: Path, store_uri:
         (["timing.max_tim_s=1"], "timing.max_tim_s is not a known key (did you mean timing.max_time_s?)"),
         (["tracking.bogus=1"], "tracking.bogus is not a known key (known keys: enabled, experiment, run_name, uri)"),
         (["model.foo=1"], "model.foo is not in the config: add it with +model.foo=<value>"),
+        # input.shape is the whole per-sample shape: a size it does not hold was ignored, the run named by it
+        (
+            [*TINY_MODEL, "model._target_=torch.nn.Identity", "-m", "batch.height=4,8"],
+            "batch.height=8 is not allowed with input.shape=[3, 4, 4]: input.shape is the whole per-sample shape (its "
+            "height is 4); give the size there, e.g. input.shape=[3,8,4]",
+        ),
     ],
 )  # fmt: skip
 def test_small_gaps_are_refused_by_name(

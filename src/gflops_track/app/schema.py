@@ -197,6 +197,7 @@ def validate(config: AppConfig) -> list[str]:
             errors += integer_problems(f"batch.{key}", getattr(config.batch, key))
     errors += integer_problems("batch.seq_len", config.batch.seq_len)
     errors += input_errors(config.input)
+    errors += _image_size_errors(config.batch, config.input.shape)
     errors += [f"{option_key('timing', name)}{message}" for name, message in config.timing_options().problems()]
     errors += [f"{option_key('runtime', name)}{message}" for name, message in config.runtime_options().problems()]
     if not config.tracking.experiment.strip():
@@ -215,6 +216,26 @@ def validate(config: AppConfig) -> list[str]:
     errors += _choice_errors("train.loss", config.train.loss, LOSSES)
     errors += _choice_errors("train.optimizer", config.train.optimizer, OPTIMIZERS)
     errors += _model_errors(config)
+    return errors
+
+
+def _image_size_errors(batch: BatchConfig, shape: list[int] | None) -> list[str]:
+    """``input.shape`` is the whole per-sample shape: a ``batch.height``/``batch.width`` it does not hold would be
+    ignored, and a sweep over it would log runs named by sizes never used."""
+    if shape is None:
+        return []
+    errors = []
+    for key, axis in (("height", -2), ("width", -1)):
+        value = getattr(batch, key)
+        if value is None or (len(shape) >= 2 and shape[axis] == value):
+            continue
+        fixed = [*shape[:-2], value, shape[-1]] if key == "height" else [*shape[:-1], value]
+        held = f"its {key} is {shape[axis]}" if len(shape) >= 2 else "it has no image dimensions"
+        errors.append(
+            f"batch.{key}={value!r} is not allowed with input.shape={list(shape)}: input.shape is the whole per-sample "
+            f"shape ({held}); give the size there"
+            + (f", e.g. input.shape=[{','.join(map(str, fixed))}]" if len(shape) >= 2 else "")
+        )
     return errors
 
 
