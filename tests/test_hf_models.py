@@ -164,6 +164,10 @@ def test_a_local_config_trains_on_meta(tmp_path: Path, store_uri: str, hf_path: 
         # transformers keeps an unknown key as a new attribute, and the full-size model would be profiled
         (["model.name=gpt2", "+model.config.n_layerz=2"], "model.config.n_layerz=2 is not allowed: GPT2Config has no "
                                                          "key 'n_layerz' (did you mean n_layer"),
+        # past the learned position table: an IndexError inside the forward, after the run existed
+        (["model.name=gpt2", "+model.config.n_layer=1", "batch.seq_len=1025"],
+         "batch.seq_len=1025 is not allowed for model.name='gpt2': its learned position table (transformer.wpe) "
+         "holds 1,024 positions; use batch.seq_len<=1024"),
         (["model.name=gpt2", "+model.config.n_layer=two"], "model.config: StrictDataclassFieldValidationError: "
                                                           "Validation error for field 'n_layer': TypeError: Field "
                                                           "'n_layer' expected int, got str (value: 'two')"),

@@ -25,7 +25,7 @@ from gflops_track.models.construct import DEFAULT_INIT, INIT_CHOICES
 from gflops_track.models.named import Library, library_of
 from gflops_track.models.residual_block import NORM_CHOICES, residual_block_arg_errors
 from gflops_track.options.count import CountOptions
-from gflops_track.options.inputs import FLOAT, InputSpec, input_spec
+from gflops_track.options.inputs import FLOAT, InputSizes, InputSpec, input_spec
 from gflops_track.options.peaks import PeakOptions
 from gflops_track.options.runtime import RuntimeOptions
 from gflops_track.options.timing import TimingOptions
@@ -292,7 +292,8 @@ def _model_errors(config: AppConfig) -> list[str]:
         return [f"model.init={model.get('init')!r} is not allowed: choose one of {', '.join(INIT_CHOICES)}"]
     library = library_of(model)
     if library is not None:
-        return _named_model_errors(model, library)
+        sizes = InputSizes(config.batch.seq_len, config.batch.height, config.batch.width)
+        return _named_model_errors(model, library, sizes)
     unknown = model_argument_errors(model)
     if unknown:
         return unknown
@@ -315,7 +316,7 @@ def _model_errors(config: AppConfig) -> list[str]:
     return []
 
 
-def _named_model_errors(model: Mapping[str, Any], library: Library) -> list[str]:
+def _named_model_errors(model: Mapping[str, Any], library: Library, sizes: InputSizes) -> list[str]:
     """A model by name: its library installed (else the ``pip install`` to run) and the name known to it. A library
     that is installed but does not import is left to the job, which reports its error as a FAILED run."""
     missing = library.extra.missing()
@@ -325,7 +326,7 @@ def _named_model_errors(model: Mapping[str, Any], library: Library) -> list[str]
     if unknown:
         return unknown
     try:
-        return library.name_problems(model)
+        return library.name_problems(model, sizes)
     except Exception:
         return []
 

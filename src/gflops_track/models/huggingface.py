@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from gflops_track.models.extras import HF, require
@@ -68,9 +69,12 @@ def build(name: str, task: str = DEFAULT_TASK, config: Mapping[str, Any] | None 
     return auto_class.from_config(built_config)
 
 
-def name_problems(name: str, task: str, config: Mapping[str, Any] | None = None) -> list[str]:
-    """``model.name`` and ``model.task`` checked before any run: a known model type or a local config, and a task
-    transformers has a head for with that model (one line each)."""
+def name_problems(
+    name: str, task: str, config: Mapping[str, Any] | None = None, seq_len: int | None = None
+) -> list[str]:
+    """``model.name`` and ``model.task`` checked before any run: a known model type or a local config, a task
+    transformers has a head for with that model, config keys it has, and a ``seq_len`` its learned position table
+    holds (one line each)."""
     transformers = require(HF)
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
@@ -100,7 +104,36 @@ def name_problems(name: str, task: str, config: Mapping[str, Any] | None = None)
     heads = [key for key, auto in TASKS.items() if kind in getattr(transformers, auto)._model_mapping]
     if task not in heads:
         return [f"model.task={task!r} is not allowed for model.name={name!r}: choose one of {', '.join(heads)}"]
-    return []
+    return _position_problems(name, task, config, seq_len) if seq_len is not None else []
+
+
+def position_table(model: nn.Module) -> tuple[int, str] | None:
+    """The rows of a model's learned absolute position embedding (GPT-2's ``wpe``, BERT's ``position_embeddings``)
+    and its name; None for models whose positions are computed (rotary: Llama; relative: T5), which take any
+    length."""
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if isinstance(module, nn.Embedding) and (leaf == "wpe" or "position" in leaf):
+            return module.num_embeddings, name
+    return None
+
+
+def _position_problems(name: str, task: str, config: Mapping[str, Any] | None, seq_len: int) -> list[str]:
+    """``batch.seq_len`` beyond the model's position table fails inside the forward with an IndexError (GPT-2) or a
+    size mismatch (BERT): refused here, on a copy built without weights. A model that does not build is left to the
+    job, which reports it."""
+    try:
+        with torch.device("meta"):
+            table = position_table(build(name, task, config))
+    except Exception:
+        return []
+    if table is None or seq_len <= table[0]:
+        return []
+    rows, where = table
+    return [
+        f"batch.seq_len={seq_len} is not allowed for model.name={name!r}: its learned position table ({where}) holds "
+        f"{rows:,} positions; use batch.seq_len<={rows}"
+    ]
 
 
 def _did_you_mean(key: str, known: list[str]) -> str:
@@ -113,7 +146,10 @@ def vocabulary_size(model: nn.Module) -> int | None:
     size = getattr(getattr(model, "config", None), "vocab_size", None)
     if isinstance(size, int):
         return size
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    try:  # a model of two towers (CLIP) has none to give: NotImplementedError
+        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    except NotImplementedError:
+        return None
     return embeddings.num_embeddings if isinstance(embeddings, nn.Embedding) else None
 
 

@@ -21,22 +21,22 @@ class Library:
 
     extra: Extra
     natural_inputs: Callable[[nn.Module, Mapping[str, Any], InputSizes], ModelInputs]
-    name_problems: Callable[[Mapping[str, Any]], list[str]]
+    name_problems: Callable[[Mapping[str, Any], InputSizes], list[str]]
 
 
 LIBRARIES: dict[str, Library] = {  # the builder a group's _target_ names -> its library
     "gflops_track.models.huggingface.build": Library(
         HF,
         huggingface.natural_inputs,
-        lambda model: huggingface.name_problems(
-            str(model["name"]), str(model.get("task", huggingface.DEFAULT_TASK)), model.get("config")
+        lambda model, sizes: huggingface.name_problems(
+            str(model["name"]), str(model.get("task", huggingface.DEFAULT_TASK)), model.get("config"), sizes.seq_len
         ),
     ),
     "gflops_track.models.vision.torchvision_model": Library(
-        TORCHVISION, vision.torchvision_inputs, lambda model: vision.torchvision_name_problems(str(model["name"]))
+        TORCHVISION, vision.torchvision_inputs, lambda model, _: vision.torchvision_name_problems(str(model["name"]))
     ),
     "gflops_track.models.vision.timm_model": Library(
-        TIMM, vision.timm_inputs, lambda model: vision.timm_name_problems(str(model["name"]))
+        TIMM, vision.timm_inputs, lambda model, _: vision.timm_name_problems(str(model["name"]))
     ),
 }
 
