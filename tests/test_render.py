@@ -634,3 +634,22 @@ def test_a_variant_has_one_colour_in_every_chart_and_no_ci_draws_no_caps() -> No
     assert {name: to_rgba(colour) for name, colour in scatter_colours.items()} == bar_colours
     error_bars = [child for child in bars.containers if getattr(child, "errorbar", None) is not None]
     assert len([bar for bar in error_bars if bar.errorbar is not None]) == 2  # group and batch; instance has no CI
+
+
+def test_a_point_above_the_memory_roof_says_why() -> None:
+    """A Linear(512, 512) at batch 1: 0.5 FLOP/byte counting every byte (the 1 MiB weight each call), 35 GFLOP/s
+    achieved, above a 40 GB/s memory roof (20 GFLOP/s there), since the weight stays in cache. The run and the layer
+    are drawn where they are, and the legend says why they sit above the roof (it said nothing, beside a text that
+    said no layer beats its bound)."""
+    run = roofline_figure([Roof("measured", 300.0, 40.0)], [RooflinePoint("linear", 0.5, 35.0)], "roofline")
+    assert [text.get_text() for text in run.axes[0].get_legend().get_texts()][-1] == (
+        "linear (above the memory roof: bytes from cache)"
+    )
+    rows = [_layer_row("(root)", 0.03, 0.5, 35.0), _layer_row("relu", 0.01, 0.13, 0.10)]
+    layers = layer_roofline_figure(rows, BoundRoof("cpu", 300.0, 40.0, 0, "rule"), "per-layer roofline")
+    layers.canvas.draw()
+    assert [text.get_text() for text in layers.axes[0].get_legend().get_texts()][1:] == [
+        "layers (self time)",
+        "layers above the memory roof: bytes from cache",
+    ]
+    _texts_inside_axes(layers)

@@ -144,10 +144,20 @@ ROOF_SHADES = ("0.3", "0.55", "0.75")  # greys: the runs' colours stay theirs
 LEGEND_ROW_INCHES = 0.2  # what one legend row below the axes adds to a figure's height
 
 
+ABOVE_MEMORY_ROOF = "above the memory roof: bytes from cache"  # the intensity counts every byte, unfused
+
+
+def _attainable(intensity: float, gflop_per_s: float, bandwidth_gb_s: float | None) -> float:
+    """A roof's attainable GFLOP/s at ``intensity``: min(compute, intensity x bandwidth); the compute roof alone
+    without a bandwidth."""
+    return min(gflop_per_s, intensity * bandwidth_gb_s) if bandwidth_gb_s else gflop_per_s
+
+
 def roofline_figure(roofs: Sequence[Roof], points: Sequence[RooflinePoint], title: str) -> Figure:
     """Log-log roofline: attainable GFLOP/s = min(compute roof, intensity x bandwidth), with the runs on it, each
     in its own colour. Every roof and run is named in a legend below the axes (the figure grows with it): runs of
-    one model sit at nearly one point, where labels beside them would overlap."""
+    one model sit at nearly one point, where labels beside them would overlap. A run above every roof at its
+    intensity (a working set that stays in cache outruns the memory roof) says so in its legend entry."""
     entries = len(roofs) + len(dict.fromkeys(point.label for point in points))
     figure, axes = new_figure(height=4.5 + LEGEND_ROW_INCHES * entries)
     intensities = [p.intensity for p in points] + [r.ridge for r in roofs]
@@ -165,9 +175,13 @@ def roofline_figure(roofs: Sequence[Roof], points: Sequence[RooflinePoint], titl
     colors = variant_colors([point.label for point in points])
     for label in colors:
         mine = [point for point in points if point.label == label]
+        above = roofs and any(
+            point.gflop_per_s > max(_attainable(point.intensity, r.gflop_per_s, r.bandwidth_gb_s) for r in roofs)
+            for point in mine
+        )
         axes.scatter(
             [point.intensity for point in mine], [point.gflop_per_s for point in mine], zorder=3, color=colors[label],
-            label=label,
+            label=f"{label} ({ABOVE_MEMORY_ROOF})" if above else label,
         )  # fmt: skip
     rates = [p.gflop_per_s for p in points] + [r.gflop_per_s for r in roofs] + [low * r.bandwidth_gb_s for r in roofs]
     axes.set_xscale("log")
@@ -237,7 +251,18 @@ def layer_roofline_figure(rows: Sequence[LayerRow], roof: BoundRoof | None, titl
             xs, ys = [low, high], [roof.gflop_per_s, roof.gflop_per_s]
         memory = f", {roof.bandwidth_gb_s:,.0f} GB/s" if roof.bandwidth_gb_s else ""
         axes.plot(xs, ys, "-", color="0.3", label=f"the bounds' roof: {roof.gflop_per_s:,.0f} GFLOP/s{memory}")
-    axes.scatter(intensities, [row.gflop_per_s or 0.0 for row in points], zorder=3, label="layers (self time)")
+    above = [
+        roof is not None and (row.gflop_per_s or 0.0) > _attainable(row.intensity or 1.0, roof.gflop_per_s,
+                                                                    roof.bandwidth_gb_s)
+        for row in points
+    ]  # fmt: skip
+    for flag, label, marker in ((False, "layers (self time)", "o"), (True, f"layers {ABOVE_MEMORY_ROOF}", "^")):
+        chosen = [row for row, is_above in zip(points, above, strict=True) if is_above == flag]
+        if chosen:
+            axes.scatter(
+                [row.intensity or 1.0 for row in chosen], [row.gflop_per_s or 0.0 for row in chosen], zorder=3,
+                marker=marker, label=label,
+            )  # fmt: skip
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlim(low, high)
