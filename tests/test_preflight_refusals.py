@@ -329,6 +329,7 @@ def test_job_past_timeout_fails_and_the_sweep_goes_on(tmp_path: Path, store_uri:
                       "peak, precision, runtime, timeout_s, timing, tracking, train)"),
         (["-m", "foo=bar,baz"], "foo is not a known key (known keys: batch,"),
         (["timing.max_tim_s=1"], "timing.max_tim_s is not a known key (did you mean timing.max_time_s?)"),
+        (["timng.max_time_s=1"], "timng is not a known key (did you mean timing?)"),  # was OmegaConf's raw line
         (["tracking.bogus=1"], "tracking.bogus is not a known key (known keys: enabled, experiment, run_name, uri)"),
         (["model.foo=1"], "model.foo is not in the config: add it with +model.foo=<value>"),
         # input.shape is the whole per-sample shape: a size it does not hold was ignored, the run named by it

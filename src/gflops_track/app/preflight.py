@@ -27,7 +27,7 @@ from hydra.core.override_parser.types import QuotedString
 from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from gflops_track.app.building import input_range_errors
 from gflops_track.app.composition import compose_from_base, group_keys, group_source, searchpath_overrides
@@ -98,7 +98,7 @@ def _cause_line(error: BaseException, job: Sequence[str] = ()) -> str:
         reads = f" that {' '.join(job)} reads" if job else ""
         return f"a config file{reads} is not UTF-8 text ({cause}); save it as UTF-8"
     key = getattr(cause, "full_key", None)
-    if isinstance(cause, ConfigAttributeError) and key and not key.startswith("hydra."):
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key and not key.startswith("hydra."):
         unknown = unknown_key_error(key)  # Hydra's own line names neither the known keys nor a close one
         if unknown:
             return unknown
