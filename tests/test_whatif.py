@@ -154,6 +154,19 @@ def test_compare_layers_names_the_share_that_changes_most() -> None:
     assert "conv (40.0 percentage points: gpu-run 20.0%, cpu-run 60.0%)" in text
 
 
+def test_layers_of_different_models_are_never_set_against_each_other() -> None:
+    """A Linear's (root) takes 100% of its time, a residual block's (root) 6%: the same name in two models is not
+    one layer, so no line names a change (it named (root), 94 points); a third run of the block is compared."""
+    linear = RunLayers("linear", "cpu", [replace(_row("(root)", 1, 1.0, "memory", 0.5), time_share=1.0)], None,
+                       ("inference", "torch.nn.Linear"))  # fmt: skip
+    block = ("inference", "gflops_track.models.ResidualBlock")
+    group = RunLayers("group", "cpu", [replace(_row("(root)", 1, 1.0, "memory", 0.5), time_share=0.06)], None, block)
+    assert share_change([linear, group]) is None
+    batch = RunLayers("batch", "cpu", [replace(_row("(root)", 1, 1.0, "memory", 0.5), time_share=0.1)], None, block)
+    name, delta, by_run = share_change([linear, group, batch]) or ("", 0.0, {})
+    assert name == "(root)" and delta == pytest.approx(0.04) and by_run == {"group": 0.06, "batch": 0.1}
+
+
 def test_side_by_side_chart_names_the_layer_whose_share_changes_most(tmp_path) -> None:
     """The report's cross-run chart: one bar per run for each layer, titled with the layer that moves most; with
     each run's own time-vs-FLOP chart, one PNG each."""

@@ -18,7 +18,7 @@ from rich.text import Text
 from gflops_track.common import names
 from gflops_track.common.names import FAILED, KILLED
 from gflops_track.common.numbers import percent
-from gflops_track.compare.rows import Row
+from gflops_track.compare.rows import Row, group_of
 from gflops_track.render.plots import (
     finish_figure,
     layer_roofline_figure,
@@ -43,6 +43,7 @@ class RunLayers:
     hardware: str
     rows: list[LayerRow]
     roof: BoundRoof | None = None
+    model: tuple[str, ...] = ()  # what the run shares with the runs its layers may be set against (``model_key``)
 
     def top(self, count: int) -> list[LayerRow]:
         timed = [row for row in self.rows if row.self_ms is not None]
@@ -65,19 +66,26 @@ def cells(row: LayerRow, rank: int) -> tuple[str, ...]:
 
 
 def share_change(runs: Sequence[RunLayers]) -> tuple[str, float, Mapping[str, float]] | None:
-    """The layer (in two runs or more) whose time share differs most between the runs: (name, max - min, share by
-    run name); None with fewer than two timed runs."""
-    shares: dict[str, dict[str, float]] = {}
+    """The layer (in two runs or more of one model and input: a layer's name means nothing across models) whose time
+    share differs most between the runs: (name, max - min, share by run name); None with fewer than two timed runs
+    of one model."""
+    shares: dict[tuple[tuple[str, ...], str], dict[str, float]] = {}
     for run in runs:
         for row in run.rows:
             if row.time_share is not None:
-                shares.setdefault(row.name, {})[run.run_name] = row.time_share
-    spread = {name: by_run for name, by_run in shares.items() if len(by_run) >= 2}
+                shares.setdefault((run.model, row.name), {})[run.run_name] = row.time_share
+    spread = {key: by_run for key, by_run in shares.items() if len(by_run) >= 2}
     if not spread:
         return None
-    name = max(spread, key=lambda key: max(spread[key].values()) - min(spread[key].values()))
-    by_run = spread[name]
-    return name, max(by_run.values()) - min(by_run.values()), by_run
+    key = max(spread, key=lambda key: max(spread[key].values()) - min(spread[key].values()))
+    by_run = spread[key]
+    return key[1], max(by_run.values()) - min(by_run.values()), by_run
+
+
+def model_key(row: Row) -> tuple[str, ...]:
+    """A run's model, mode and input (its comparison group without the hardware: the same layers on a CPU and a
+    GPU are set against each other)."""
+    return group_of(row)[1:]
 
 
 def change_line(runs: Sequence[RunLayers]) -> str | None:
@@ -147,7 +155,8 @@ def read_run_layers(client: MlflowClient, rows: Sequence[Row]) -> tuple[list[Run
                 raise ValueError("the run has no per-layer times")
             with tempfile.TemporaryDirectory() as folder:
                 text = Path(client.download_artifacts(row.run_id, names.LAYERS_CSV_ARTIFACT, folder)).read_text()
-            timed.append(RunLayers(row.run_name, row.hardware, rows_from_csv(text), logged_roof(client, row)))
+            layers = rows_from_csv(text)
+            timed.append(RunLayers(row.run_name, row.hardware, layers, logged_roof(client, row), model_key(row)))
         except (ValueError, OSError, MlflowException):
             if row.status in (FAILED, KILLED):
                 error = f": {row.error.strip().splitlines()[0]}" if row.error.strip() else ""
