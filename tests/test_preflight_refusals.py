@@ -368,3 +368,16 @@ def test_a_negative_token_id_is_refused_before_any_run(tmp_path: Path, monkeypat
         "input.low=-3 is not allowed: TinyLM's only nn.Embedding (embed) has 1,000 rows, so token ids must be >= 0"
     ), errors
     assert preflight([*tiny_lm, "input.low=0", "input.high=5"], CONFIG_DIR).errors == []
+
+
+def test_a_sqlite_store_in_a_missing_directory_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mistyped directory in a SQLite URI was created, and a new, empty store started there (as root, even
+    /nonexistent): refused, naming the directory, and nothing is made."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'typo_dir' / 'sub' / 'x.db'}"
+    (error,) = preflight([f"tracking.uri={uri}"], CONFIG_DIR).errors
+    assert error == (
+        f"tracking.uri={uri!r} cannot be used: directory {str(tmp_path / 'typo_dir' / 'sub')!r} does not exist "
+        "(create it first: a SQLite store is made in an existing directory)"
+    )
+    assert not (tmp_path / "typo_dir").exists()

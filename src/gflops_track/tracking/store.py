@@ -395,6 +395,12 @@ def store_problems(uri: str, experiment: str) -> list[str]:
     mlflow_logger = logging.getLogger("mlflow")
     level = mlflow_logger.level
     mlflow_logger.setLevel(logging.CRITICAL)  # MLflow logs the failing SQL with a traceback; we say it in one line
+    database = sqlite_path(uri)
+    if database is not None and not database.parent.is_dir():  # a mistyped path would start a new, empty store
+        return [
+            f"tracking.uri={redact_uri(uri)!r} cannot be used: directory {str(database.parent)!r} does not exist "
+            "(create it first: a SQLite store is made in an existing directory)"
+        ]
     try:
         reason = probe_database(uri)  # a dead database: at once, not after MLflow's 100 s of retries
         if reason is not None:
