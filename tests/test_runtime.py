@@ -115,3 +115,16 @@ def test_convert_mode_inputs_are_made_once_in_the_runs_dtype_and_format() -> Non
         build_model(config.model), args, kwargs, config.runtime_options(), torch.device("cpu")
     )
     assert prepared_args[0] is image
+
+
+def test_a_model_already_in_bf16_is_profiled_as_bf16() -> None:
+    """``profile`` without runtime options on ``model.to(torch.bfloat16)``: the run is labelled, priced (2 bytes an
+    element) and set against peaks as bf16 (it said fp32, and a GPU's utilization would have used the fp32 peak).
+    Linear(64, 64) then ReLU on (4, 64), unfused bytes: addmm reads bias 64, x 256, W 4,096 and writes 256 elements;
+    ReLU reads and writes 256: 5,184 elements, 2 bytes each."""
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU()).to(torch.bfloat16)
+    result = profile(model, torch.randn(4, 64, dtype=torch.bfloat16), timing=False, peak=PeakOptions(measure=False))
+    assert result.runtime == RuntimeOptions(dtype="bf16", dtype_mode="convert") == RuntimeOptions.of_model(model)
+    assert result.bytes_moved == 2 * (64 + 256 + 4096 + 256 + 256 + 256)
+    assert RuntimeOptions(dtype=torch.bfloat16).dtype == "bf16"  # a torch dtype names itself
+    assert RuntimeOptions.of_model(nn.Linear(2, 2)) == RuntimeOptions()  # fp32: the defaults

@@ -16,6 +16,7 @@ DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
     "bf16": torch.bfloat16,
 }
+DTYPE_NAMES: dict[torch.dtype, str] = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 DTYPE_MODES = ("autocast", "convert")
 MEMORY_FORMATS = ("contiguous", "channels_last")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
@@ -35,6 +36,22 @@ class RuntimeOptions:
     cudnn_benchmark: bool = False
     threads: int | None = None
     compile: str = "off"
+
+    def __post_init__(self) -> None:
+        """A torch dtype names itself (``dtype=torch.bfloat16`` is ``"bf16"``)."""
+        if isinstance(self.dtype, torch.dtype) and self.dtype in DTYPE_NAMES:
+            object.__setattr__(self, "dtype", DTYPE_NAMES[self.dtype])
+
+    @classmethod
+    def of_model(cls, model: torch.nn.Module) -> RuntimeOptions:
+        """The options a model runs under when none are given: fp32, or the half dtype every floating parameter of
+        an already converted model has (``model.to(torch.bfloat16)``: ``bf16``, ``convert``), so its peaks,
+        utilization and label are the bf16 ones, not fp32's."""
+        dtypes = {parameter.dtype for parameter in model.parameters() if parameter.is_floating_point()}
+        (only,) = dtypes if len(dtypes) == 1 else (None,)
+        if only in (torch.float16, torch.bfloat16):
+            return cls(dtype=DTYPE_NAMES[only], dtype_mode="convert")
+        return cls()
 
     def problems(self) -> list[tuple[str, str]]:
         """(field, "=value is not allowed: ...") per invalid option; callers prefix the key they expose."""

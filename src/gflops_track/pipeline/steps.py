@@ -88,7 +88,7 @@ def count(
     category and by layer, with thop's figure and FlopCounterMode's beside ours. Counting runs in eval mode (on meta
     tensors when possible) and leaves the module's state_dict, hooks and train/eval flags as they were."""
     target = resolve_device(device)
-    runtime = runtime or RuntimeOptions()
+    runtime = runtime or RuntimeOptions.of_model(model)
     options = options or CountOptions()
     report = on_progress or _no_progress
     args, kwargs = place(model, inputs, kwargs, target, runtime)
@@ -164,7 +164,7 @@ def measure(
     if on_meta(model):
         raise ValueError(f"{type(model).__name__} cannot be timed: {WEIGHTLESS}")
     target = resolve_device(device)
-    runtime = runtime or RuntimeOptions()
+    runtime = runtime or RuntimeOptions.of_model(model)
     options = options or TimingOptions()
     problems = options.problems()
     if problems:
@@ -196,7 +196,7 @@ def profile(
     default: ``layer_timing`` and ``layer_rows``, the layers table with time and bound); ``model`` and inputs are
     moved to ``device``. A model on meta (built without weights) is counted only: timing and peaks are skipped, and
     a note says why."""
-    runtime = runtime or RuntimeOptions()
+    runtime = runtime or RuntimeOptions.of_model(model)
     counting = counting or CountOptions()
     peak = peak or PeakOptions()
     target = resolve_device(device)
@@ -275,7 +275,7 @@ def measure_layers(
     never touch the headline latency. A compiled model runs as one graph, whose modules no hook sees: ``ValueError``."""
     if on_meta(model):
         raise ValueError(f"{type(model).__name__} cannot be timed: {WEIGHTLESS}")
-    runtime = runtime or RuntimeOptions()
+    runtime = runtime or RuntimeOptions.of_model(model)
     if runtime.compile != "off":
         raise ValueError(f"compile={runtime.compile!r}: per-layer times need compile=off (a graph has no modules)")
     target = resolve_device(device)

@@ -77,7 +77,7 @@ def count_training_step(
     weights and state_dict left as they were); ``options.torch_check`` adds FlopCounterMode over the same step.
     Bad arguments raise a one-line ``ValueError``."""
     target = resolve_device(device)
-    runtime = runtime or RuntimeOptions()
+    runtime = runtime or RuntimeOptions.of_model(model)
     options = options or CountOptions()
     args, kwargs = place(model, inputs, kwargs, target, runtime)
     args, kwargs = tree_map(lambda leaf: leaf.detach() if isinstance(leaf, torch.Tensor) else leaf, (args, kwargs))
@@ -136,7 +136,7 @@ def measure_training_step(
         raise ValueError(f"{type(model).__name__}'s training step cannot be timed: {WEIGHTLESS}")
     errors = training_arg_errors(model, loss, optimizer)
     target = resolve_device(device)
-    runtime = runtime or RuntimeOptions()
+    runtime = runtime or RuntimeOptions.of_model(model)
     options = options or TimingOptions()
     errors += [f"{name}{message}" for name, message in options.problems()]
     if errors:
@@ -187,7 +187,7 @@ def measure_step_layers(
     ``ValueError``."""
     if on_meta(model):
         raise ValueError(f"{type(model).__name__}'s training step cannot be timed: {WEIGHTLESS}")
-    runtime = runtime or RuntimeOptions()
+    runtime = runtime or RuntimeOptions.of_model(model)
     if runtime.compile != "off":
         raise ValueError(f"compile={runtime.compile!r}: per-layer times need compile=off (a graph has no modules)")
     errors = training_arg_errors(model, loss, optimizer)
@@ -303,7 +303,7 @@ def profile_training_step(
     of its own (``TimingOptions.layers``: ``result.training.layer_rows``), and the device's peaks, so
     ``result.mfu`` is known.
     ``result.training`` holds the step; ``result.timing`` stays None (no inference forward is timed)."""
-    runtime = runtime or RuntimeOptions()
+    runtime = runtime or RuntimeOptions.of_model(model)
     counting = counting or CountOptions()
     peak = peak or PeakOptions()
     target = resolve_device(device)
