@@ -219,3 +219,37 @@ def test_thop_rule_lookup_per_distribution() -> None:
     assert not thop_has_rule(nn.BatchNorm2d, hooks, ORIGINAL_THOP)
     assert thop_has_rule(nn.Conv2d, hooks, ORIGINAL_THOP) and thop_has_rule(nn.Conv2d, hooks, ULTRALYTICS_THOP)
     assert not thop_has_rule(nn.GroupNorm, hooks, ULTRALYTICS_THOP)
+
+
+def test_thop_reasons_are_found_from_the_figures() -> None:
+    """thop 0.1.1 counts no bias, so a difference is not blamed on bias adds unless it equals them: a transposed conv
+    (ConvTranspose2d(8, 8, 3, stride=2), no bias, on (1, 8, 5, 5) -> 11x11) is priced by thop per output position,
+    1*8*11*11 * 8 * 9 = 69,696, by us per input position, 1*8*5*5 * 8*9 = 14,400; a model that is one module thop
+    has a rule for (nn.LSTM(10, 8) on 6 steps of 3) is that rule's figure, not 'ops thop cannot see'."""
+    if thop_distribution()[0] != ORIGINAL_THOP:
+        pytest.skip("figures are thop 0.1.1's")
+
+    class Wrapped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up = nn.ConvTranspose2d(8, 8, 3, stride=2, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.up(x)
+
+    x = torch.randn(1, 8, 5, 5)
+    ours = count_cost(Wrapped(), (x,))
+    thop = thop_count(Wrapped(), (x,), ours)
+    assert (ours.macs, thop.macs) == (1 * 8 * 25 * 8 * 9, 1 * 8 * 11 * 11 * 8 * 9) == (14_400, 69_696)
+    assert thop.reasons == [
+        "ConvTranspose2d (up): thop +55,296 MACs vs ours; thop prices a transposed conv per output position (output "
+        "elements x C_in/groups x kernel); we price the products it does, per input position (input elements x "
+        "C_out/groups x kernel)"
+    ]
+    lstm, steps = nn.LSTM(10, 8), torch.randn(6, 3, 10)
+    ours = count_cost(lstm, (steps,))
+    assert ours.macs == 6 * 3 * 4 * (10 + 8) * 8  # steps x batch x 4 gates x (input + hidden) x hidden
+    (reason,) = thop_count(lstm, (steps,), ours).reasons
+    assert reason.startswith("LSTM ((root)): thop +") and reason.endswith(
+        "thop's formula for this module type differs from ours"
+    )

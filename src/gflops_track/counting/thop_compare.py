@@ -44,6 +44,7 @@ with contextlib.suppress(Exception):
 
 from gflops_track.common.listing import NAMES_SHOWN, named
 from gflops_track.counting.counting_forward import _to_meta, dynamo_import_deferred, meta_tensors
+from gflops_track.counting.layer_info import ROOT_LABEL
 from gflops_track.counting.op_counter import CostReport
 from gflops_track.results.counting import LayerCost
 
@@ -179,6 +180,27 @@ def _shared_module_names(model: nn.Module) -> dict[str, list[str]]:
     return {aliases[0]: aliases for aliases in names.values() if len(aliases) > 1}
 
 
+def _why(
+    layer_type: str, pairs: Sequence[tuple[LayerCost, float]], delta: int, unruled: Sequence[str], shared: set[str]
+) -> str:
+    """Why thop's figure for these modules of one type is not ours, found from the figures, not assumed."""
+    bias_elements = sum(layer.flops - 2 * layer.macs for layer, _ in pairs)  # a conv's or linear's other FLOPs
+    if layer_type in unruled and all(thop_ops == 0 for _, thop_ops in pairs):
+        return f"thop has no rule for {layer_type} and counts 0 for it"
+    if all(layer.macs == 0 for layer, _ in pairs):
+        return "thop counts this work as MACs; we count it as FLOPs in its category (no multiply-accumulate)"
+    if any(layer.name in shared for layer, _ in pairs):
+        return "the module has several names, and thop hooks it once per name: each call is counted once per name"
+    if "ConvTranspose" in layer_type:
+        return (
+            "thop prices a transposed conv per output position (output elements x C_in/groups x kernel); we price "
+            "the products it does, per input position (input elements x C_out/groups x kernel)"
+        )
+    if ("Conv" in layer_type or "Linear" in layer_type) and delta == bias_elements:
+        return "thop counts each bias add as one MAC; we count bias adds as FLOPs (category 'bias')"
+    return "thop's formula for this module type differs from ours"
+
+
 def explain_difference(
     ours: CostReport,
     thop_layers: dict[str, float],
@@ -194,6 +216,12 @@ def explain_difference(
     if thop_macs == ours.macs:
         return []
     by_name = {layer.name: layer for layer in ours.layers}
+    aliases = _shared_module_names(model)
+    if not ultralytics and not aliases and ROOT_LABEL in by_name and ROOT_LABEL not in thop_layers:
+        own = thop_macs - round(sum(thop_layers.values()))  # thop's total is its modules' sum: the rest is the root's
+        if own:  # a model that is one module thop has a rule for (nn.LSTM): its rule, not ops it cannot see
+            thop_layers = {**thop_layers, ROOT_LABEL: own}
+    shared = {name for names_of_one in aliases.values() for name in names_of_one}
     reasons = []
     explained = 0
     grouped: dict[str, list[tuple[LayerCost, float]]] = {}
@@ -204,16 +232,10 @@ def explain_difference(
     for layer_type, pairs in grouped.items():
         delta = round(sum(thop_ops - layer.macs for layer, thop_ops in pairs))
         explained += delta
-        if layer_type in unruled and all(thop_ops == 0 for _, thop_ops in pairs):
-            why = f"thop has no rule for {layer_type} and counts 0 for it"
-        elif all(layer.macs == 0 for layer, _ in pairs):
-            why = "thop counts this work as MACs; we count it as FLOPs in its category (no multiply-accumulate)"
-        elif "Conv" in layer_type or "Linear" in layer_type:
-            why = "thop counts each bias add as one MAC; we count bias adds as FLOPs (category 'bias')"
-        else:
-            why = "thop's formula for this module type differs from ours"
         names = named([layer.name for layer, _ in pairs], shown)
-        reasons.append(f"{layer_type} ({names}): thop {delta:+,} MACs vs ours; {why}")
+        reasons.append(
+            f"{layer_type} ({names}): thop {delta:+,} MACs vs ours; {_why(layer_type, pairs, delta, unruled, shared)}"
+        )
     unseen: dict[str, list[LayerCost]] = {}
     for layer in ours.layers:
         if layer.name not in thop_layers and layer.macs:
