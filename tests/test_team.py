@@ -127,6 +127,9 @@ def test_unreachable_server_spools_then_sync_uploads_once(tmp_path: Path, server
     done = run_cli(["-m", "norm_fn=group,none", *SMALL, *QUICK], cwd=tmp_path, MLFLOW_TRACKING_URI=dead)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "is not reachable" in done.stderr and "gflops-track sync" in done.stderr
+    # the closing comparison is read from the spooled jobs (it was missing: it read only the store)
+    closing = done.stdout[done.stdout.index("sweep (spooled, not yet in the store): 2 job(s)") :]
+    assert "| norm_fn=group " in closing and "| norm_fn=none " in closing
     spooled = list((tmp_path / "multirun").rglob("mlflow_spool/*/run.json"))
     assert len(spooled) == 3  # the sweep and its two jobs
     before = {r.info.run_id for r in runs_in(server.uri)}

@@ -43,7 +43,7 @@ from gflops_track.tracking.interrupts import interrupts_held
 from gflops_track.tracking.reap import PID_TAG, Dead, process_alive, process_of, reap, seen_from_here
 from gflops_track.tracking.recorder import TRACKING_ERRORS, Recorder, RunTarget
 from gflops_track.tracking.records import RunRecord
-from gflops_track.tracking.spool import SPOOL_FOLDER
+from gflops_track.tracking.spool import SPOOL_FOLDER, spooled_children
 from gflops_track.tracking.store import (
     artifact_write_failure,
     child_runs,
@@ -209,9 +209,21 @@ class MlflowSweepCallback(Callback):
                         f"tracking store {redact_uri(recorder.target.uri)} failed at the end of the sweep "
                         f"({type(error).__name__}); the sweep's ending is kept for gflops-track sync"
                     )
+        else:
+            self._spooled_report(recorder)
         recorder.finish(FAILED if failed_here else FINISHED, reason)
         if ledger is not None:
             ledger.close_sweep(run_key(recorder.state()))
+
+    @staticmethod
+    def _spooled_report(recorder: Recorder) -> None:
+        """The comparison of the sweep's jobs when the sweep is in the spool (the store was out of reach): read from
+        the jobs' spooled runs, which hold every measurement, so the closing table is printed all the same."""
+        sweep_folder = recorder.spool_dir.parent
+        jobs = spooled_children(sweep_folder, {recorder.reference, recorder.run_id or ""})
+        if jobs:
+            title = f"sweep (spooled, not yet in the store): {len(jobs)} job(s)"
+            console.console.print(rich_table(build_rows([job.as_run() for job in jobs]), title))
 
     def _report(self, client: MlflowClient, parent_run_id: str, uri: str) -> bool:
         """Print the comparison of the sweep's jobs and end the sweep's run the way ``gflops-track sync`` would

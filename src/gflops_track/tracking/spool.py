@@ -20,12 +20,14 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from filelock import FileLock
+from mlflow.entities import Metric, Param, Run, RunData, RunInfo, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
@@ -60,15 +62,35 @@ class SpooledRun:
     params: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    started_ms: int = 0  # when it was spooled (ms since the epoch; 0 in spools written before this field)
 
     @classmethod
     def new(cls, experiment: str, run_name: str, parent: str = "", run_id: str = "") -> SpooledRun:
-        return cls(uuid.uuid4().hex, experiment, run_name, parent=parent, run_id=run_id)
+        return cls(uuid.uuid4().hex, experiment, run_name, parent=parent, run_id=run_id, started_ms=now_ms())
+
+    def as_run(self) -> Run:
+        """The spooled run as an MLflow ``Run`` (what the comparison tables read), before it is in any store: its
+        MLflow run id if it had one, else ``spool:<id>``."""
+        info = RunInfo(
+            run_id=self.run_id or f"{SPOOL_PARENT_PREFIX}{self.spool_id}", experiment_id="", user_id="",
+            status=self.status, start_time=self.started_ms, end_time=None, lifecycle_stage="active",
+            run_name=self.run_name,
+        )  # fmt: skip
+        data = RunData(
+            metrics=[Metric(key, value, 0, 0) for key, value in self.metrics.items()],
+            params=[Param(key, value) for key, value in self.params.items()],
+            tags=[RunTag(key, value) for key, value in self.tags.items()],
+        )
+        return Run(info, data)
 
     @property
     def is_sweep(self) -> bool:
         """A sweep's own run: spooled at the start (tag ``sweep_overrides``) or only its ending (no content)."""
         return "sweep_overrides" in self.tags or bool(self.run_id and not self.parent and not self.params)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _inside(base: Path, name: str) -> Path:
@@ -95,6 +117,21 @@ def write(folder: Path, run: SpooledRun, record: RunRecord) -> Path:
     temporary.write_text(json.dumps(asdict(run), indent=1))
     temporary.replace(directory / RUN_FILE)
     return directory
+
+
+def spooled_children(root: Path, parents: Iterable[str]) -> list[SpooledRun]:
+    """The runs spooled under ``root`` whose parent is one of ``parents`` (a sweep's run id or ``spool:<id>``); a
+    directory that cannot be read is left to ``sync``, which names it."""
+    wanted = set(parents) - {""}
+    children = []
+    for directory in find([root]):
+        try:
+            run = load(directory)
+        except BrokenSpool:
+            continue
+        if run.parent in wanted:
+            children.append(run)
+    return children
 
 
 def load(directory: Path) -> SpooledRun:
@@ -310,7 +347,9 @@ class Uploader:
                 # a sync of only a job's folder made a stand-in for this spooled sweep: it becomes the sweep's run
                 run_id = self._existing(experiment_id, RECREATED_TAG, SPOOL_PARENT_PREFIX + run.spool_id) or ""
                 if not run_id:
-                    run_id = self.client.create_run(experiment_id, run_name=run.run_name, tags=tags).info.run_id
+                    run_id = self.client.create_run(
+                        experiment_id, start_time=run.started_ms or None, run_name=run.run_name, tags=tags
+                    ).info.run_id  # its real start: compare orders a sweep's jobs by it
         files, links = artifact_files(directory)
         self.report.links += links
         tags = {**run.tags, SPOOL_TAG: run.spool_id, **self._recovered(run_id, run)}
