@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gflops_track import CountOptions, count
 from gflops_track.counting.op_counter import count_cost
 from gflops_track.counting.torch_crosscheck import report_agreement
 
@@ -212,3 +213,19 @@ def test_interpolate_area_is_an_adaptive_pool() -> None:
 
     report = count_cost(Area(), (torch.randn(2, 3, 8, 8),))
     assert {k: v for k, v in report.flops_by_category.items() if v} == {"pool_resample": 2 * 3 * 8 * 8}
+
+
+def test_complex_tensors_are_priced_as_real_ones_and_said_so() -> None:
+    """A complex (8, 8) @ (8, 8): 512 complex MACs as counted (FlopCounterMode counts the same), whose real
+    arithmetic is 4 real multiplies and 4 real adds each; the count says so instead of passing it silently."""
+
+    class ComplexMatmul(nn.Module):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return torch.view_as_real(a @ b)
+
+    a = torch.randn(8, 8, dtype=torch.cfloat)
+    assert count_cost(ComplexMatmul(), (a, a)).complex_op_calls == 1
+    result = count(ComplexMatmul(), (a, a), options=CountOptions(thop=False))
+    assert result.macs == 8 * 8 * 8
+    assert any(note.startswith("1 priced op call(s) ran on complex tensors") for note in result.notes)
+    assert count_cost(nn.Linear(4, 4), (torch.randn(2, 4),)).complex_op_calls == 0

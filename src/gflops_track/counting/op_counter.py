@@ -74,6 +74,7 @@ class CostReport:
     layer_traffic: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # layer -> per op (in, out) bytes
     torch_flops_by_op: dict[str, int] | None = None  # FlopCounterMode's FLOPs by op, seen in the same pass (or None)
     torch_counted_ops: frozenset[str] = frozenset()  # the ops FlopCounterMode has a formula for
+    complex_op_calls: int = 0  # priced calls on complex tensors: priced as real ones (see ``complex_note``)
 
 
 def op_label(packet: Any) -> str:
@@ -208,6 +209,7 @@ class _CountingMode(TorchDispatchMode):
         self._composite_mode = _CompositeCalls(self)
         self._inner_dense: Counter[str] | None = None  # set while a composite runs: dense FLOPs of its inner ops
         self._inner_traffic = False  # while a composite that is not one fused kernel runs: file its ops' bytes
+        self.complex_calls = 0  # priced calls whose output is complex
 
     def _scope(self, name: str) -> ScopeTally:
         return self.scopes.setdefault(name, ScopeTally())
@@ -286,6 +288,7 @@ class _CountingMode(TorchDispatchMode):
         tally = self._current()
         if rule is not None:
             tally.add(op_name, rule(OpCall(str(func), bind_arguments(func, args, kwargs), out)))
+            self.complex_calls += any(leaf.is_complex() for leaf in tree_leaves(out) if isinstance(leaf, torch.Tensor))
         elif packet in ZERO_COST_OPS:
             tally.ops[op_name] += 1
         else:
@@ -357,6 +360,15 @@ def count_cost(
         layer_traffic={name or ROOT_LABEL: tally.op_traffic for name, tally in scopes.items()},
         torch_flops_by_op=torch_flops_by_op(torch_counter) if torch_counter is not None else None,
         torch_counted_ops=frozenset(map(op_label, torch_counter.flop_registry)) if torch_counter else frozenset(),
+        complex_op_calls=counting_pass.counter.complex_calls,
+    )
+
+
+def complex_note(calls: int) -> str:
+    """What a count with complex tensors says: they are priced as real ones (by FlopCounterMode too)."""
+    return (
+        f"{calls:,} priced op call(s) ran on complex tensors and are counted as if real: one complex multiply-add "
+        "is 4 real multiplies and 4 real adds, so their real arithmetic is up to 4x the MACs and FLOPs shown"
     )
 
 

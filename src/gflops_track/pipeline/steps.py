@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from gflops_track.counting.counting_forward import eval_mode, on_meta
-from gflops_track.counting.op_counter import count_cost
+from gflops_track.counting.op_counter import complex_note, count_cost
 from gflops_track.counting.thop_compare import thop_count, thop_notes
 from gflops_track.counting.torch_crosscheck import report_agreement
 from gflops_track.machine.hardware import on_chip_bytes
@@ -61,12 +61,15 @@ def timing_skipped_note(reason: str = WEIGHTLESS) -> str:
     return f"timing skipped: {reason}; the counts above need no weights"
 
 
-def counting_notes(backend_note: str, uncounted_ops: Mapping[str, int]) -> list[str]:
-    """What a count says about itself: why it did not run on meta, and every op it has no rule for (never 0)."""
+def counting_notes(backend_note: str, uncounted_ops: Mapping[str, int], complex_op_calls: int = 0) -> list[str]:
+    """What a count says about itself: why it did not run on meta, every op it has no rule for (never 0), and ops
+    on complex tensors (priced as real ones)."""
     notes = [backend_note] if backend_note else []
     if uncounted_ops:
         listed = ", ".join(f"{op} x{calls}" for op, calls in uncounted_ops.items())
         notes.append(f"ops with no counting rule (not included in FLOPs): {listed}")
+    if complex_op_calls:
+        notes.append(complex_note(complex_op_calls))
     return notes
 
 
@@ -105,7 +108,7 @@ def count(
             device_type=target.type,
             torch_check=options.torch_check,  # FlopCounterMode counts the same pass
         )
-        notes = counting_notes(cost.backend_note, cost.uncounted_ops)
+        notes = counting_notes(cost.backend_note, cost.uncounted_ops, cost.complex_op_calls)
         torch_count = None
         if options.torch_check:
             torch_count = report_agreement(cost)
