@@ -121,6 +121,18 @@ def test_cross_entropy_counts_the_labels_given(given: str) -> None:
     assert cost.uncounted_ops == {}
 
 
+def test_token_labels_of_a_language_model_take_the_last_dim_as_classes() -> None:
+    """An LM's logits (N=2, L=3, V=5) against token ids (2, 3): classes on the last dim, as Hugging Face computes it
+    (they were refused, the hint asking for (2, 5), the sequence axis taken for classes). log_softmax over the 6
+    tokens' 5 logits: 6 per logit (30 logits), nll 2 per token; backward 4 per logit and 1 per token."""
+    model = nn.Sequential(nn.Embedding(7, 4), nn.Linear(4, 5))
+    ids = torch.randint(0, 7, (2, 3))
+    cost = count_training_cost(model, (ids,), loss="cross_entropy", optimizer="none", labels=ids.remainder(5))
+    logits, tokens = 2 * 3 * 5, 2 * 3
+    assert _rows(cost)["(loss)"] == (0, 6 * logits + 2 * tokens, 0, 4 * logits + tokens)
+    assert cost.uncounted_ops == {}
+
+
 def test_labels_of_the_wrong_shape_are_refused() -> None:
     with pytest.raises(ValueError, match=r"labels of shape \[4\] are not allowed for a model output of shape \[5, 3\]"):
         count_training_cost(

@@ -178,12 +178,17 @@ def compute_loss(output: Any, loss: str, labels: torch.Tensor | None) -> torch.T
             "dimension (N, C, ...) with C >= 2; use loss='sum'"
         )
     index_shape = (logits.shape[0], *logits.shape[2:])
+    token_shape = tuple(logits.shape[:-1])  # a language model's (N, L, vocabulary): one class index per token
     if labels is None:
         labels = torch.zeros(index_shape, dtype=torch.long, device=logits.device)
+    elif tuple(labels.shape) == token_shape and token_shape != index_shape and not labels.is_floating_point():
+        return F.cross_entropy(logits.flatten(0, -2), labels.to(logits.device).flatten())  # classes last, as HF's
     elif tuple(labels.shape) not in (index_shape, tuple(logits.shape)):
         raise TrainingInputError(
             f"labels of shape {list(labels.shape)} are not allowed for a model output of shape {list(logits.shape)}: "
-            f"give class indices of shape {list(index_shape)} or probabilities of shape {list(logits.shape)}"
+            f"give class indices of shape {list(index_shape)} (classes on dim 1), token ids of shape "
+            f"{list(token_shape)} (a language model's classes on the last dim) or probabilities of shape "
+            f"{list(logits.shape)}"
         )
     return F.cross_entropy(logits, labels.to(logits.device))
 
