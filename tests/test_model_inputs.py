@@ -56,6 +56,16 @@ def test_precision_converts_floating_inputs_only() -> None:
     assert kwargs["mask"].dtype == torch.bool
 
 
+def test_one_number_per_sample_is_shape_empty() -> None:
+    """``shape: []`` (a diffusion timestep, a class label, a per-sample scale): a (batch,) tensor; it was refused
+    from the command line though ``profile`` takes one."""
+    spec, problems = input_spec({"shape": [], "dtype": "int64", "high": 1000}, "input.args[0]")
+    assert problems == [] and spec == InputSpec((), "int64", None, 1000)
+    timesteps = random_input(spec, 4, torch.device("cpu"))
+    assert timesteps.shape == (4,) and timesteps.dtype == torch.int64 and int(timesteps.min()) >= 0
+    assert random_input(InputSpec(()), 3, torch.device("cpu")).shape == (3,)
+
+
 @pytest.mark.parametrize(
     ("value", "problem"),
     [

@@ -41,6 +41,25 @@ class Net(nn.Module):
 class Broken(nn.Module):
     def __init__(self) -> None:
         import {MISSING_PACKAGE}  # a dependency the user forgot to install
+
+
+class Denoiser(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(1000, 16)
+        self.net = nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(x + self.embed(t))
+
+
+class KeywordOnly(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(16, 8)
+
+    def forward(self, *, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 """
 
 
@@ -118,6 +137,22 @@ def test_a_module_of_ones_own_imports_from_the_launch_directory(tmp_path: Path, 
     assert [run.info.status for run in runs] == ["FINISHED", "FINISHED"]
     assert {run.data.metrics["cost/macs"] for run in runs} == {2 * 8 * 16 * 4}
     assert {run.info.run_name for run in runs} == {"net-b2-cpu-fp32"}
+
+
+def test_a_timestep_per_sample_and_keyword_only_inputs(tmp_path: Path, store_uri: str) -> None:
+    """A denoiser fed (x, t) with one timestep per sample (``shape: []``: a (batch,) tensor), and a forward that
+    takes only a keyword input (no input.shape): both were refused from the command line. MACs: the denoiser's
+    Linear 2 x 16 x 16 (the embedding is a lookup), the keyword-only one's 2 x 16 x 8."""
+    (tmp_path / "mymodels.py").write_text(MY_MODELS)
+    timestep = "+input.args=[{shape:[],dtype:int64,high:1000}]"
+    denoiser = run_cli(["model=custom", "model._target_=mymodels.Denoiser", "input.shape=[16]", timestep, *QUICK],
+                       cwd=tmp_path, MLFLOW_TRACKING_URI=store_uri)  # fmt: skip
+    assert denoiser.returncode == 0, denoiser.stderr[-3000:]
+    keyword = run_cli(["model=custom", "model._target_=mymodels.KeywordOnly", "+input.kwargs.x=[16]", *QUICK],
+                      cwd=tmp_path, MLFLOW_TRACKING_URI=store_uri)  # fmt: skip
+    assert keyword.returncode == 0, keyword.stderr[-3000:]
+    macs = {run.info.run_name: run.data.metrics["cost/macs"] for run in all_runs(store_uri)}
+    assert macs == {"denoiser-b2-cpu-fp32": 2 * 16 * 16, "keyword_only-b2-cpu-fp32": 2 * 16 * 8}
 
 
 def job_log(folder: Path) -> str:

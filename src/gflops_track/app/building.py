@@ -91,6 +91,8 @@ def input_plan(config: AppConfig, model: nn.Module | None = None) -> ModelInputs
         natural = library.natural_inputs(model, config.model, sizes)
         return ModelInputs((*natural.args, *args), {**natural.kwargs, **kwargs})
     channels = config.model.get("in_planes", config.model.get("in_channels"))
+    if channels is None:  # no image input of its own: the call is the inputs given (keyword-only, say)
+        return ModelInputs(tuple(args), kwargs)
     side = (config.batch.height or DEFAULT_IMAGE_SIDE, config.batch.width or DEFAULT_IMAGE_SIDE)
     return ModelInputs((InputSpec((int(channels), *side)), *args), kwargs)
 

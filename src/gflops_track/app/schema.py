@@ -308,10 +308,12 @@ def _model_errors(config: AppConfig) -> list[str]:
                 0, f"norm_fn={config.norm_fn!r} is not allowed: choose one of {', '.join(sorted(NORM_CHOICES))}"
             )
         return problems
-    if config.input.shape is None and not any(key in model for key in ("in_planes", "in_channels")):
+    given = config.input.args or config.input.kwargs  # a forward fed only these (keyword-only inputs)
+    if config.input.shape is None and not given and not any(key in model for key in ("in_planes", "in_channels")):
         return [
             f"input.shape=None is not allowed for model._target_={target!r}: give the per-sample input shape, "
-            "e.g. input.shape=[128,256] (only models with in_planes/in_channels get an image input by default)"
+            "e.g. input.shape=[128,256], or the inputs by keyword (+input.kwargs.x=[16]) (only models with "
+            "in_planes/in_channels get an image input by default)"
         ]
     return []
 

@@ -45,8 +45,11 @@ class InputSpec:
         prefix = "" if key == "input" else f"{key}."
         shape_key = "input.shape" if key == "input" else f"{key}.shape"
         errors = []
-        if not self.shape or any(integer_problem(d) for d in self.shape):
-            errors.append(f"{shape_key}={list(self.shape)!r} is not allowed: it must be a list of integers >= 1")
+        if any(integer_problem(d) for d in self.shape):  # [] is one number per sample: a timestep, a class label
+            errors.append(
+                f"{shape_key}={list(self.shape)!r} is not allowed: it must be a list of integers >= 1 ([] for one "
+                "number per sample)"
+            )
         if self.dtype not in INPUT_DTYPES:
             return [*errors, f"{key}.dtype={self.dtype!r} is not allowed: choose one of {', '.join(INPUT_DTYPES)}"]
         bounds = {"low": self.low, "high": self.high}
@@ -88,7 +91,10 @@ def input_spec(value: Any, key: str) -> tuple[InputSpec | None, list[str]]:
             return None, [f"{key}.{name} is not allowed: an input takes {', '.join(SPEC_KEYS)}" for name in unknown]
         shape = value.get("shape")
         if not isinstance(shape, (list, tuple)):
-            return None, [f"{key}.shape={shape!r} is not allowed: it must be a list of integers >= 1"]
+            return None, [
+                f"{key}.shape={shape!r} is not allowed: it must be a list of integers >= 1 ([] for one number per "
+                "sample)"
+            ]
         spec = InputSpec(tuple(shape), str(value.get("dtype", FLOAT)), value.get("low"), value.get("high"))
     elif isinstance(value, (list, tuple)):
         spec = InputSpec(tuple(value))
