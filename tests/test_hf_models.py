@@ -125,11 +125,12 @@ def test_sequence_classification_of_a_model_without_a_padding_id(
     the score head T*d*2 (on every token; the head then picks each row's last)."""
     done = run_cli(
         ["model=hf", "model.name=gpt2", "+model.config.n_layer=1", "model.task=sequence_classification",
-         "batch.size=2", "batch.seq_len=16", *COUNT_ONLY],
+         "+model.config.attn_implementation=eager", "batch.size=2", "batch.seq_len=16", *COUNT_ONLY],
         cwd=tmp_path, pythonpath=hf_path, MLFLOW_TRACKING_URI=store_uri,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = all_runs(store_uri)
+    # attn_implementation is a key the config takes (and keeps as _attn_implementation): not refused as unknown
     assert run.info.status == "FINISHED" and run.data.tags["model"] == "GPT2ForSequenceClassification"
     assert run.data.metrics["cost/macs"] == gpt2_macs(2, 16, layers=1, head=False) + 2 * 16 * 768 * 2
 
@@ -168,6 +169,9 @@ def test_a_local_config_trains_on_meta(tmp_path: Path, store_uri: str, hf_path: 
         (["model.name=gpt2", "+model.config.n_layer=1", "batch.seq_len=1025"],
          "batch.seq_len=1025 is not allowed for model.name='gpt2': its learned position table (transformer.wpe) "
          "holds 1,024 positions; use batch.seq_len<=1024"),
+        (["model.name=bart", "+model.config.encoder_layers=1", "batch.seq_len=1025"],  # 1,026 rows, offset 2
+         "batch.seq_len=1025 is not allowed for model.name='bart': its learned position table "
+         "(model.decoder.embed_positions) holds 1,024 positions"),
         (["model.name=gpt2", "+model.config.n_layer=two"], "model.config: StrictDataclassFieldValidationError: "
                                                           "Validation error for field 'n_layer': TypeError: Field "
                                                           "'n_layer' expected int, got str (value: 'two')"),
@@ -179,3 +183,16 @@ def test_names_and_heads_are_checked_before_any_run(
     done = run_cli(["model=hf", *args], cwd=tmp_path, pythonpath=hf_path)
     assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_an_image_model_is_not_held_to_seq_len(tmp_path: Path, store_uri: str, hf_path: list[str]) -> None:
+    """CLIP's image classifier is fed pixel_values: its vision tower's patch-position table (50 rows) is not
+    batch.seq_len's (128 by default), which once refused it before any run."""
+    done = run_cli(
+        ["model=hf", "model.name=clip", "model.task=image_classification", "batch.size=1", *COUNT_ONLY,
+         "+model.config.vision_config.num_hidden_layers=1", "+model.config.text_config.num_hidden_layers=1"],
+        cwd=tmp_path, pythonpath=hf_path, MLFLOW_TRACKING_URI=store_uri,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = all_runs(store_uri)
+    assert run.info.status == "FINISHED" and run.data.metrics["cost/macs"] > 0

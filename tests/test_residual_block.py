@@ -135,6 +135,16 @@ def test_counting_with_a_real_forward_restores_the_buffers_it_changed(options: C
     assert model.calls.item() == 0
 
 
+def test_a_model_built_under_inference_mode_is_counted_for_real() -> None:
+    """Its buffers are inference tensors, which keep no version counter: a real count leaves them alone (it raised
+    'Inference tensors do not track version counter'). Linear(4, 4) on 2 rows: 32 MACs, 8 bias FLOPs; BatchNorm1d in
+    eval: 4 per element (normalise 2, affine 2)."""
+    with torch.inference_mode():
+        model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    report = count_cost(model, (torch.randn(2, 4),), prefer_meta=False)
+    assert (report.backend, report.macs, report.flops) == ("real", 32, 2 * 32 + 8 + 4 * 8)
+
+
 def test_profiling_leaves_module_untouched_and_usable() -> None:
     """thop would leave a hook on the shared norm3 of a stride-2 block; we run it on copies only."""
     block = ResidualBlock(16, 32, "group", stride=2).train()

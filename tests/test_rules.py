@@ -243,7 +243,7 @@ GENERIC = (2, 4, 6, 6)
 # accumulate, are 0 FLOPs by the rule)
 ARGUMENT_SAMPLES: dict[Callable[[OpCall], OpCost], dict[str, Any]] = {
     rules.clamp: {"min": 0.0},
-    rules.scatter_add: {"accumulate": True},
+    rules.index_put: {"accumulate": True},
     rules.trilinear: {"expand1": [1, 3], "expand2": [0], "expand3": [1, 2], "sumdim": [2, 3]},
 }
 NON_TENSOR_VALUES = {"bool": False, "int": 1, "SymInt": 1, "float": 1.0, "Scalar": 1, "str": "none"}
@@ -474,6 +474,20 @@ ROW_CASES: dict[str, list[tuple[str, nn.Module, tuple[torch.Tensor, ...], dict[s
             Functional(lambda a, i: torch.zeros(4).scatter_add(0, i, a)),
             (torch.randn(8), torch.randint(0, 4, (8,))),
             {"elementwise": 8},
+            0,
+        ),
+        (  # only the (2, 3) part of src that the index covers is added
+            "scatter_add, src wider than its index",
+            Functional(lambda a: torch.zeros(4, 8).scatter_add(0, torch.zeros(2, 3, dtype=torch.long), a)),
+            (torch.randn(4, 8),),
+            {"elementwise": 2 * 3},
+            0,
+        ),
+        (  # one value added at each of 5 indexed places
+            "index_put accumulate, a broadcast value",
+            Functional(lambda a: a.index_put((torch.arange(5),), torch.tensor(1.0), accumulate=True)),
+            (torch.zeros(5),),
+            {"elementwise": 5},
             0,
         ),
         (  # B=1, P=5, R=6, M=4; p=2 below 25 rows runs _cdist_forward (above, a matmul form)

@@ -64,9 +64,10 @@ def on_meta(model: nn.Module) -> bool:
 def restored_buffers(model: nn.Module) -> Iterator[None]:
     """A real forward may update buffers in place (a running count, a cache): put back the values of every buffer it
     changed (by torch's version counter), so that counting leaves the ``state_dict`` as it found it. The copies are
-    of the buffers only (a parameter is never written under ``no_grad`` by a forward; the training step works on a
-    copy of the model)."""
-    buffers = {id(buffer): buffer for buffer in model.buffers()}
+    of the buffers only (parameters are rarely written by a forward: ``nn.Embedding(max_norm=...)`` renormalises
+    its rows in place, and is left so; the training step works on a copy of the model)."""
+    # inference tensors (a model built under torch.inference_mode) keep no version and cannot be written outside it
+    buffers = {id(buffer): buffer for buffer in model.buffers() if not buffer.is_inference()}
     saved = {key: (buffer._version, buffer.detach().clone()) for key, buffer in buffers.items()}
     try:
         yield

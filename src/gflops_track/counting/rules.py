@@ -442,14 +442,29 @@ def embedding_bag(call: OpCall) -> OpCost:
 
 
 def scatter_add(call: OpCall) -> OpCost:
-    """``scatter_add``/``index_add(self, dim, index, source/src, alpha?)``: 1 FLOP per added element (2 with
-    alpha != 1); ``index_put(..., accumulate=True)``: 1 per value element, else a copy (0)."""
-    source = call.tensor("src", "source", "values")
-    assert source is not None
-    if "values" in call.args and not call.args.get("accumulate", False):
-        return OpCost()
+    """``scatter_add(self, dim, index, src)``: 1 FLOP per index element (only the part of ``src`` the index covers is
+    added); ``index_add(self, dim, index, source, alpha?)``: 1 per source element, 2 with alpha != 1."""
+    added = call.tensor("index") if "src" in call.args else call.tensor("source")
+    assert added is not None
     per = 1 if call.args.get("alpha", 1) == 1 else 2
-    return OpCost(flops={Category.ELEMENTWISE: per * source.numel()})
+    return OpCost(flops={Category.ELEMENTWISE: per * added.numel()})
+
+
+def index_put(call: OpCall) -> OpCost:
+    """``index_put(self, indices, values, accumulate)``: with ``accumulate``, 1 FLOP per indexed element (the index
+    tensors' broadcast shape times the dims they leave whole; a scalar value is added to each), else a copy (0). A
+    boolean mask's selection is not known from shapes: the values' elements then."""
+    x, values = call.tensor("self"), call.tensor("values")
+    indices = list(call.args.get("indices") or ())
+    assert x is not None and values is not None
+    if not call.args.get("accumulate", False):
+        return OpCost()
+    given = [index for index in indices if isinstance(index, torch.Tensor)]
+    if any(index.dtype == torch.bool for index in given) or not given:
+        return OpCost(flops={Category.ELEMENTWISE: values.numel()})
+    whole = [size for dim, size in enumerate(x.shape) if dim >= len(indices) or indices[dim] is None]
+    indexed = math.prod(torch.broadcast_shapes(*(index.shape for index in given))) * math.prod(whole)
+    return OpCost(flops={Category.ELEMENTWISE: indexed})
 
 
 def cdist(call: OpCall) -> OpCost:
@@ -904,8 +919,8 @@ FLOP_RULES: dict[Any, Rule] = {
     aten.scatter_add_: scatter_add,
     aten.index_add: scatter_add,
     aten.index_add_: scatter_add,
-    aten.index_put: scatter_add,
-    aten.index_put_: scatter_add,
+    aten.index_put: index_put,
+    aten.index_put_: index_put,
     # FFTs (torch.fft.*): the radix-2 count
     aten._fft_c2c: fft(FFT_COMPLEX_FLOPS),
     aten._fft_r2c: fft(FFT_COMPLEX_FLOPS / 2),

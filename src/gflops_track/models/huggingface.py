@@ -93,7 +93,9 @@ def name_problems(
     except Exception as error:  # a bad override or an unreadable config.json: its message on one line
         message = " ".join(line.strip() for line in str(error).strip().splitlines() if line.strip())
         return [f"model.config: {type(error).__name__}: {message}"]
-    unknown = [key for key in config or {} if not hasattr(base, key)]
+    accepted = inspect.signature(type(base).__init__).parameters
+    # a key the config has, one its constructor takes, or one it keeps privately (attn_implementation)
+    unknown = [key for key in config or {} if not (hasattr(base, key) or hasattr(base, f"_{key}") or key in accepted)]
     if unknown:  # transformers would keep a misspelt key as a new attribute and build the full-size model
         known = sorted({*base.to_dict(), *getattr(base, "attribute_map", {})})
         return [
@@ -108,13 +110,17 @@ def name_problems(
 
 
 def position_table(model: nn.Module) -> tuple[int, str] | None:
-    """The rows of a model's learned absolute position embedding (GPT-2's ``wpe``, BERT's ``position_embeddings``)
-    and its name; None for models whose positions are computed (rotary: Llama; relative: T5), which take any
-    length."""
+    """The positions a token model's learned absolute position embedding holds (GPT-2's ``wpe``, BERT's
+    ``position_embeddings``; BART's less its offset of 2) and its name; None for a model not fed token ids (a vision
+    model's patch positions are not ``seq_len``'s) and for positions that are computed (rotary: Llama; relative: T5),
+    which take any length. A two-tower model's image side is left out (CLIP's vision_model)."""
+    if getattr(model, "main_input_name", "input_ids") != "input_ids":
+        return None
     for name, module in model.named_modules():
         leaf = name.rsplit(".", 1)[-1]
-        if isinstance(module, nn.Embedding) and (leaf == "wpe" or "position" in leaf):
-            return module.num_embeddings, name
+        if "vision" in name or not isinstance(module, nn.Embedding) or not (leaf == "wpe" or "position" in leaf):
+            continue
+        return module.num_embeddings - int(getattr(module, "offset", 0)), name
     return None
 
 
