@@ -36,18 +36,12 @@ def throughput_series(rows: Sequence[Row]) -> dict[str, list[tuple[int, float]]]
     return series if len(batch_sizes) > 1 else {}
 
 
-def _ci_errors(rows: Sequence[Row]) -> list[list[float]]:
-    """Asymmetric error bars (ms) from each row's 95% CI of the median; zero where the CI is unknown."""
-    low = [max(0.0, (r.median_ms or 0) - (r.ci_low_ms if r.ci_low_ms is not None else r.median_ms or 0)) for r in rows]
-    high = [
-        max(0.0, (r.ci_high_ms if r.ci_high_ms is not None else r.median_ms or 0) - (r.median_ms or 0)) for r in rows
-    ]
-    return [low, high]
-
-
-def _has_ci(row: Row) -> bool:
-    """Whether the row's median has a known 95% CI (fewer than 8 samples have none: no error bar, not a zero one)."""
-    return row.ci_low_ms is not None and row.ci_high_ms is not None
+def _ci_error(row: Row) -> list[list[float]] | None:
+    """An asymmetric error bar (ms) from the row's 95% CI of the median; None where no CI is known (fewer than 8
+    samples): no bar, since a zero-length one with caps would read as a very tight interval."""
+    if row.median_ms is None or row.ci_low_ms is None or row.ci_high_ms is None:
+        return None
+    return [[max(0.0, row.median_ms - row.ci_low_ms)], [max(0.0, row.ci_high_ms - row.median_ms)]]
 
 
 def bars_figure(rows: Sequence[Row], value: str, error: bool, ylabel: str, title: str) -> Figure:
@@ -72,7 +66,7 @@ def bars_figure(rows: Sequence[Row], value: str, error: bool, ylabel: str, title
                 [x],
                 [getattr(row, value)],
                 width=width * 0.95,
-                yerr=_ci_errors([row]) if error and _has_ci(row) else None,  # no caps that read as a tight CI
+                yerr=_ci_error(row) if error else None,
                 capsize=3,
                 color=colors[name],
                 label=None if name in drawn else name,
@@ -95,7 +89,7 @@ def flops_vs_latency_figure(rows: Sequence[Row]) -> Figure:
         axes.errorbar(
             [row.gflops],
             [row.median_ms],
-            yerr=_ci_errors([row]) if _has_ci(row) else None,
+            yerr=_ci_error(row),
             fmt=markers.get(row.hardware, "o"),
             color=colors[variant(row)],
             capsize=3,

@@ -359,7 +359,7 @@ def count_cost(
         min_bytes=state_bytes + tensor_bytes((tuple(args), dict(kwargs or {}))) + root.output_bytes,
         layer_traffic={name or ROOT_LABEL: tally.op_traffic for name, tally in scopes.items()},
         torch_flops_by_op=torch_flops_by_op(torch_counter) if torch_counter is not None else None,
-        torch_counted_ops=frozenset(map(op_label, torch_counter.flop_registry)) if torch_counter else frozenset(),
+        torch_counted_ops=torch_counted_ops(torch_counter) if torch_counter is not None else frozenset(),
         complex_op_calls=counting_pass.counter.complex_calls,
     )
 
@@ -375,3 +375,8 @@ def complex_note(calls: int) -> str:
 def torch_flops_by_op(counter: FlopCounterMode) -> dict[str, int]:
     """FlopCounterMode's FLOPs of the whole pass, by op label ('aten.mm')."""
     return {op_label(op): flops for op, flops in counter.get_flop_counts().get("Global", {}).items()}
+
+
+def torch_counted_ops(counter: FlopCounterMode) -> frozenset[str]:
+    """The ops FlopCounterMode has a formula for, by op label: where its figure and ours must be equal."""
+    return frozenset(map(op_label, counter.flop_registry))

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Set
 
 from torch.utils.flop_counter import FlopCounterMode
 
-from gflops_track.counting.op_counter import CostReport, op_label, torch_flops_by_op
+from gflops_track.counting.op_counter import CostReport, torch_counted_ops, torch_flops_by_op
 from gflops_track.results.counting import TorchCount
 
 
@@ -24,8 +24,7 @@ def report_agreement(ours: CostReport) -> TorchCount:
 
 def counter_agreement(counter: FlopCounterMode, ours_dense_flops_by_op: Mapping[str, int]) -> TorchCount:
     """The cross-check against a ``FlopCounterMode`` that counted a pass of its own (a training step)."""
-    registry = frozenset(op_label(op) for op in counter.flop_registry)
-    return agreement(torch_flops_by_op(counter), registry, ours_dense_flops_by_op)
+    return agreement(torch_flops_by_op(counter), torch_counted_ops(counter), ours_dense_flops_by_op)
 
 
 def agreement(
