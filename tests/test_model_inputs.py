@@ -174,6 +174,37 @@ def test_auto_builds_on_meta_when_the_weights_do_not_fit() -> None:
         construct(lambda: nn.Linear(8, 8), "lazy", torch.device("cpu"))
 
 
+class WidthsFromArange(nn.Module):
+    """Derives its layer widths with tensor arithmetic in its constructor, as torchvision's RegNet does
+    (``torch.arange(depth) * w_a + w_0``, then ``.tolist()``): under ``torch.device("meta")`` that raised "Cannot
+    copy out of meta tensor"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        widths = (torch.arange(3) * 4 + 8).tolist()  # 8, 12, 16
+        self.layers = nn.Sequential(nn.Linear(widths[0], widths[1]), nn.Linear(widths[1], widths[2]))
+        self.register_buffer("scale", torch.ones(16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x) * self.scale
+
+
+def test_a_constructor_that_computes_with_tensors_is_built_on_meta() -> None:
+    """model.init=meta and auto: the weights (parameters and buffers) on meta, the constructor's own arithmetic
+    real; the registration hooks are gone afterwards. MACs = rows * (8*12 + 12*16)."""
+    rows = 5
+    with pytest.raises(NotImplementedError, match="meta"), torch.device("meta"):
+        WidthsFromArange()
+    built = construct(WidthsFromArange, "meta", torch.device("cpu"))
+    assert built.weightless_reason == "model.init=meta built it without weights"
+    tensors = [*built.module.parameters(), *built.module.buffers()]
+    assert len(tensors) == 5 and all(t.is_meta for t in tensors)
+    assert all(isinstance(p, nn.Parameter) and p.requires_grad for p in built.module.parameters())
+    assert count(built.module, torch.randn(rows, 8)).macs == rows * (8 * 12 + 12 * 16)
+    assert not construct(WidthsFromArange, "auto", torch.device("cpu")).weightless_reason  # fits: built for real
+    assert not nn.Linear(2, 2).weight.is_meta and not any(t.is_meta for t in WidthsFromArange().buffers())
+
+
 def test_rotary_sin_and_cos_are_priced_one_flop_per_element() -> None:
     class Rotary(nn.Module):
         def forward(self, angles: torch.Tensor) -> torch.Tensor:

@@ -7,11 +7,16 @@ first, which costs no memory, weighs the parameters and buffers, and builds for 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.modules.module import (
+    register_module_buffer_registration_hook,
+    register_module_parameter_registration_hook,
+)
 
 from gflops_track.machine.hardware import free_memory
 
@@ -35,6 +40,43 @@ def weight_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
+def build_weightless(factory: Callable[[], nn.Module]) -> nn.Module:
+    """``factory()`` with its parameters and buffers on meta: every tensor made on meta (no memory, no init compute)
+    or, when the constructor computes with tensors of its own and so fails there (RegNet derives its widths with
+    ``torch.arange(...).tolist()``: "Cannot copy out of meta tensor"), its weights moved to meta as each module
+    registers them, each allocated for a moment (one layer's worth)."""
+    try:
+        with torch.device("meta"):
+            return factory()
+    except NotImplementedError:
+        with weights_on_meta():
+            return factory()
+
+
+@contextlib.contextmanager
+def weights_on_meta() -> Iterator[None]:
+    """Parameters and buffers go to meta as a module registers them, through torch's global registration hooks
+    (removed on exit); other tensors, a constructor's own arithmetic, stay where they are made."""
+
+    def parameter_to_meta(module: nn.Module, name: str, parameter: nn.Parameter | None) -> nn.Parameter | None:
+        if parameter is None or parameter.is_meta:
+            return None  # None keeps what is registered
+        return nn.Parameter(parameter.to("meta"), requires_grad=parameter.requires_grad)
+
+    def buffer_to_meta(module: nn.Module, name: str, buffer: torch.Tensor | None) -> torch.Tensor | None:
+        return None if buffer is None or buffer.is_meta else buffer.to("meta")
+
+    handles = [
+        register_module_parameter_registration_hook(parameter_to_meta),
+        register_module_buffer_registration_hook(buffer_to_meta),
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def construct(factory: Callable[[], nn.Module], init: str, device: torch.device) -> Built:
     """``factory()`` with weights (``real``), on meta (``meta``), or (``auto``) on meta when the weights would not
     fit the memory free for ``device`` (see ``HEADROOM``). A factory that cannot build on meta is built for real
@@ -44,8 +86,7 @@ def construct(factory: Callable[[], nn.Module], init: str, device: torch.device)
     if init == "real":
         return Built(factory())
     try:
-        with torch.device("meta"):
-            weightless = factory()
+        weightless = build_weightless(factory)
     except Exception:
         if init == "meta":
             raise
