@@ -132,12 +132,15 @@ class Hangs(nn.Module):
 
 
 class BreaksArtifactLocation(nn.Module):
-    """Built after its run exists (and has its first files): puts a regular file where the experiment's artifact
-    directory ``location`` was, so every later file of every run fails to be written there (also for root)."""
+    """Built with its weights after its run exists (and has its first files): puts a regular file where the
+    experiment's artifact directory ``location`` was, so every later file of every run fails to be written there (also
+    for root). A copy built without weights (preflight's checks, ``model.init=auto`` weighing it) leaves it alone."""
 
     def __init__(self, in_channels: int, location: str) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, 4, kernel_size=1)
+        if self.conv.weight.is_meta:
+            return
         shutil.rmtree(location, ignore_errors=True)
         Path(location).write_text("a file in the way of the artifact directory")
 

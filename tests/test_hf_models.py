@@ -172,6 +172,16 @@ def test_a_local_config_trains_on_meta(tmp_path: Path, store_uri: str, hf_path: 
         (["model.name=bart", "+model.config.encoder_layers=1", "batch.seq_len=1025"],  # 1,026 rows, offset 2
          "batch.seq_len=1025 is not allowed for model.name='bart': its learned position table "
          "(model.decoder.embed_positions) holds 1,024 positions"),
+        # ViT is built for one image size: another failed inside the forward, after the run existed
+        (["model.name=vit", "model.task=image_classification", "+model.config.num_hidden_layers=1", "batch.height=64",
+          "batch.width=48"],
+         "batch.height=64, batch.width=48 is not allowed for model.name='vit': it refuses a 64x48 image (ValueError: "
+         "Input image size (64*48) doesn't match model (224*224)); build it for that size with "
+         "+model.config.image_size=[64,48]"),
+        # a text model has no image: the size was ignored, and runs were named by it
+        (["model.name=gpt2", "+model.config.n_layer=1", "batch.height=64"],
+         "batch.height=64 is not allowed for model.name='gpt2': it is fed input_ids of [128], attention_mask of [128] "
+         "per sample, no image, so the size would be ignored"),
         (["model.name=gpt2", "+model.config.n_layer=two"], "model.config: StrictDataclassFieldValidationError: "
                                                           "Validation error for field 'n_layer': TypeError: Field "
                                                           "'n_layer' expected int, got str (value: 'two')"),
@@ -196,3 +206,34 @@ def test_an_image_model_is_not_held_to_seq_len(tmp_path: Path, store_uri: str, h
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = all_runs(store_uri)
     assert run.info.status == "FINISHED" and run.data.metrics["cost/macs"] > 0
+
+
+def test_vit_built_for_another_image_size_counts_exactly(tmp_path: Path, store_uri: str, hf_path: list[str]) -> None:
+    """The override preflight names for a 64 x 48 image, on a one-layer ViT (d=64, 4 heads, MLP 128, 16 x 16 patches,
+    2 labels): N = (64/16)(48/16) = 12 patches, T = 13 tokens with [CLS]. MACs: patch embedding N*d*3*16*16; the layer
+    T*d*3d (QKV) + T*d*d (output) + 2*T*T*d (scores, weighted sum) + 2*T*d*128 (MLP); the head on [CLS] d*2.
+    Parameters: patch conv 3*16*16*d + d, [CLS] d, positions T*d, the layer 4(d*d + d) + 2*d*128 + 128 + d and two
+    LayerNorms 4d, the final LayerNorm 2d, the head 2d + 2."""
+    d, mlp, patches, tokens = 64, 128, (64 // 16) * (48 // 16), (64 // 16) * (48 // 16) + 1
+    macs = patches * d * 3 * 16 * 16 + tokens * d * 3 * d + tokens * d * d + 2 * tokens * tokens * d
+    macs += 2 * tokens * d * mlp + d * 2
+    params = 3 * 16 * 16 * d + d + d + tokens * d + 4 * (d * d + d) + 2 * d * mlp + mlp + d + 4 * d + 2 * d + 2 * d + 2
+    assert (macs, params) == (1_037_568, 83_842)
+    config = [
+        f"+model.config.{key}={value}"
+        for key, value in (
+            ("num_hidden_layers", 1),
+            ("hidden_size", d),
+            ("num_attention_heads", 4),
+            ("intermediate_size", mlp),
+        )
+    ]
+    done = run_cli(
+        ["model=hf", "model.name=vit", "model.task=image_classification", "batch.size=1", "batch.height=64",
+         "batch.width=48", "+model.config.image_size=[64,48]", *config, *COUNT_ONLY],
+        cwd=tmp_path, pythonpath=hf_path, MLFLOW_TRACKING_URI=store_uri,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = all_runs(store_uri)
+    assert run.data.metrics["cost/macs"] == macs and run.data.metrics["cost/params"] == params
+    assert "[1, 3, 64, 48]" in run.data.tags["mlflow.note.content"]

@@ -331,7 +331,11 @@ def test_job_past_timeout_fails_and_the_sweep_goes_on(tmp_path: Path, store_uri:
         (["timing.max_tim_s=1"], "timing.max_tim_s is not a known key (did you mean timing.max_time_s?)"),
         (["timng.max_time_s=1"], "timng is not a known key (did you mean timing?)"),  # was OmegaConf's raw line
         (["tracking.bogus=1"], "tracking.bogus is not a known key (known keys: enabled, experiment, run_name, uri)"),
-        (["model.foo=1"], "model.foo is not in the config: add it with +model.foo=<value>"),
+        (["model.foo=1"], "model.foo is not in the config: a new key is added with +model.foo=<value>"),
+        # a free-form node names a close key it holds: a typo is likelier than a new argument
+        (["model.plane=64"], "model.plane is not in the config (did you mean model.planes?): a new key is added with "
+                             "+model.plane=<value>"),
+        (["-m", "model=hf", "model.nme=gpt2"], "model.nme is not in the config (did you mean model.name?)"),
         # input.shape is the whole per-sample shape: a size it does not hold was ignored, the run named by it
         (
             [*TINY_MODEL, "model._target_=torch.nn.Identity", "-m", "batch.height=4,8"],
@@ -368,6 +372,31 @@ def test_a_negative_token_id_is_refused_before_any_run(tmp_path: Path, monkeypat
         "input.low=-3 is not allowed: TinyLM's only nn.Embedding (embed) has 1,000 rows, so token ids must be >= 0"
     ), errors
     assert preflight([*tiny_lm, "input.low=0", "input.high=5"], CONFIG_DIR).errors == []
+
+
+def test_floats_into_an_embedding_are_refused_before_any_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """input.shape without input.dtype feeds floats: a model that looks up its embedding by that input failed its
+    forward after the run existed. Preflight runs it on meta, sees the embedding refuse the floats, and names the fix;
+    a float input that the model does not index by (a Linear) is left alone."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'p.db'}")
+    (error,) = preflight(
+        ["model=custom", "model._target_=fixture_models.TinyLM", "input.shape=[64]"], CONFIG_DIR
+    ).errors
+    assert error == (
+        "input.dtype='float' is not allowed: TinyLM's only nn.Embedding (embed) looks up its rows by the input, so it "
+        "must hold integer ids (RuntimeError: Expected tensor for argument #1 'indices' to have one of the following "
+        "scalar types: Long, Int; but got torch.float32 instead); set input.dtype=int64 input.high=1000"
+    )
+    embedding = ["model=custom", "model._target_=torch.nn.Embedding", "+model.num_embeddings=50",
+                 "+model.embedding_dim=4", "input.shape=[7]"]  # fmt: skip
+    (error,) = preflight(embedding, CONFIG_DIR).errors
+    assert error.startswith("input.dtype='float' is not allowed: the model (Embedding) looks up its rows by the input")
+    assert error.endswith("set input.dtype=int64 input.high=50")
+    assert not (tmp_path / "p.db").exists()
+    assert preflight([*embedding, "input.dtype=int64", "input.high=50"], CONFIG_DIR).errors == []
+    linear = ["model=custom", "model._target_=torch.nn.Linear", "+model.in_features=7", "+model.out_features=2"]
+    assert preflight([*linear, "input.shape=[7]"], CONFIG_DIR).errors == []
 
 
 def test_a_sqlite_store_in_a_missing_directory_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

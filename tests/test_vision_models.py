@@ -109,6 +109,69 @@ def test_unknown_names_are_refused_before_any_run(tmp_path: Path, vision_path: l
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["model=torchvision", "model.name=vit_b_16", "batch.height=64", "batch.width=64"],
+         "batch.height=64, batch.width=64 is not allowed for model.name='vit_b_16': it refuses a 64x64 image "
+         "(AssertionError: Wrong image height! Expected 224 but got 64!); build it for that size with "
+         "+model.image_size=64"),
+        # torchvision's ViT takes square images only: no key builds it for 64 x 48
+        (["model=torchvision", "model.name=vit_b_16", "batch.height=64", "batch.width=48"],
+         "it refuses a 64x48 image (AssertionError: Wrong image height! Expected 224 but got 64!); choose a size it "
+         "takes"),
+        (["model=torchvision", "model.name=inception_v3", "+model.init_weights=false", "batch.height=64"],
+         "batch.height=64 is not allowed for model.name='inception_v3': it refuses a 64x299 image (RuntimeError: "
+         "Calculated padded input size per channel: (2 x 17). Kernel size: (3 x 3). Kernel size can't be greater than "
+         "actual input size); choose a size it takes"),
+        (["model=timm", "model.name=vit_tiny_patch16_224", "batch.height=64", "batch.width=48"],
+         "batch.height=64, batch.width=48 is not allowed for model.name='vit_tiny_patch16_224': it refuses a 64x48 "
+         "image (AssertionError: Input height (64) doesn't match model (224)); build it for that size with "
+         "+model.img_size=[64,48]"),
+    ],
+)  # fmt: skip
+def test_an_image_size_the_model_refuses_is_refused_before_any_run(
+    tmp_path: Path, vision_path: list[str], args: list[str], message: str
+) -> None:
+    """A ViT is built for one image size: batch.height/width at another failed inside the forward, after the run
+    existed. Preflight runs the model on meta at that size (and at its own, which runs) and names the key that builds
+    it for the size where one does."""
+    done = run_cli(args, cwd=tmp_path, pythonpath=vision_path, torchvision_ops=True)
+    assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_named_override_builds_a_model_for_that_size(
+    tmp_path: Path, store_uri: str, vision_path: list[str]
+) -> None:
+    """timm's ViT-Ti/16 built for 64 x 48 (+model.img_size, as preflight names it): N = 4 * 3 = 12 patches, T = 13
+    tokens with [CLS], d = 192, 12 layers, MLP 4d, 1,000 classes. MACs: patch embedding N*d*3*16*16; per layer
+    T*d*3d + T*d*d + 2*T*T*d + 2*T*d*4d; the head on [CLS] d*1000."""
+    d, layers, patches = 192, 12, (64 // 16) * (48 // 16)
+    tokens = patches + 1
+    layer = tokens * d * 3 * d + tokens * d * d + 2 * tokens * tokens * d + 2 * tokens * d * 4 * d
+    macs = patches * d * 3 * 16 * 16 + layers * layer + d * 1000
+    done = run_cli(["model=timm", "model.name=vit_tiny_patch16_224", "batch.height=64", "batch.width=48",
+                    "+model.img_size=[64,48]", *COUNT_ONLY], cwd=tmp_path, pythonpath=vision_path,
+                   torchvision_ops=True, MLFLOW_TRACKING_URI=store_uri)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = all_runs(store_uri)
+    assert run.data.metrics["cost/macs"] == macs == 71_749_632
+
+
+def test_regnet_is_built_without_weights(tmp_path: Path, store_uri: str, vision_path: list[str]) -> None:
+    """RegNet derives its widths with tensor arithmetic in its constructor, which failed under model.init=meta
+    ("Cannot copy out of meta tensor"); built without weights it counts what it counts with them."""
+    where = {"cwd": tmp_path, "pythonpath": vision_path, "torchvision_ops": True, "MLFLOW_TRACKING_URI": store_uri}
+    for init in ("meta", "real"):
+        done = run_cli(["model=torchvision", "model.name=regnet_y_400mf", f"model.init={init}", *COUNT_ONLY], **where)
+        assert done.returncode == 0, done.stderr[-3000:]
+    meta, real = sorted(all_runs(store_uri), key=lambda run: run.data.tags["mlflow.note.content"].count("meta"))
+    assert [run.info.status for run in (meta, real)] == ["FINISHED", "FINISHED"]
+    for key in ("cost/macs", "cost/flops", "cost/params"):
+        assert meta.data.metrics[key] == real.data.metrics[key] > 0
+
+
 def test_a_torchvision_that_does_not_import_is_reported_by_its_own_error(
     tmp_path: Path, store_uri: str, vision_path: list[str]
 ) -> None:

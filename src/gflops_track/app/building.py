@@ -107,46 +107,6 @@ def build_inputs(
     return convert_inputs(args, kwargs, config.runtime_options())
 
 
-def embedding_rows(model: nn.Module) -> tuple[int, str] | None:
-    """How many token ids the model's input embedding holds, and where it says so: ``get_input_embeddings()`` (the
-    Hugging Face convention), else its only ``nn.Embedding``; None when it does not say."""
-    get_embeddings = getattr(model, "get_input_embeddings", None)
-    embedding = get_embeddings() if callable(get_embeddings) else None
-    if isinstance(embedding, nn.Embedding):
-        return embedding.num_embeddings, f"{type(model).__name__}.get_input_embeddings()"
-    embeddings = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Embedding)]
-    if len(embeddings) == 1:
-        name, only = embeddings[0]
-        return only.num_embeddings, f"{type(model).__name__}'s only nn.Embedding ({name})"
-    return None
-
-
-def input_range_errors(config: AppConfig) -> list[str]:
-    """input.low below 0 or input.high beyond the rows of the model's embedding, where the model says how many it has
-    (checked on a copy built without weights, before any run). A model that does not build is left to the job, which
-    reports it."""
-    first = first_input(config)
-    if first is None or not first.is_integer or first.high is None:
-        return []
-    try:
-        rows = embedding_rows(construct(model_factory(config.model), "meta", torch.device("cpu")).module)
-    except Exception:
-        return []
-    if rows is None:
-        return []
-    size, where = rows
-    low = first.value_range()[0]
-    errors = []
-    if low < 0:  # an id indexes a row: a negative one is an IndexError in the forward, after the run exists
-        errors.append(f"input.low={low} is not allowed: {where} has {size:,} rows, so token ids must be >= 0")
-    if first.high > size:
-        errors.append(
-            f"input.high={first.high} is not allowed: {where} has {size:,} rows, so token ids must be below {size:,} "
-            f"(input.high <= {size})"
-        )
-    return errors
-
-
 def model_label(config: AppConfig) -> str:
     """The model in a run's name: a named model's ``model.name`` (a local config's folder), else the class name in
     lower case, words kept apart (``ResidualBlock`` -> ``residual_block``, ``TinyLM`` -> ``tinylm``)."""

@@ -29,9 +29,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from gflops_track.app.building import input_range_errors
 from gflops_track.app.composition import compose_from_base, group_keys, group_source, searchpath_overrides
 from gflops_track.app.job import training_config_errors
+from gflops_track.app.meta_checks import weightless_errors
 from gflops_track.app.schema import AppConfig, ConfigError, register_schema, to_app_config, unknown_key_error
 from gflops_track.tracking.store import (
     connect,
@@ -99,7 +99,9 @@ def _cause_line(error: BaseException, job: Sequence[str] = ()) -> str:
         return f"a config file{reads} is not UTF-8 text ({cause}); save it as UTF-8"
     key = getattr(cause, "full_key", None)
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key and not key.startswith("hydra."):
-        unknown = unknown_key_error(key)  # Hydra's own line names neither the known keys nor a close one
+        parent = getattr(cause, "parent_node", None)  # the composed node the key was looked up in
+        present = list(parent.keys()) if OmegaConf.is_dict(parent) else []
+        unknown = unknown_key_error(key, present)  # Hydra's own line names neither the known keys nor a close one
         if unknown:
             return unknown
     lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()] or [type(cause).__name__]
@@ -346,6 +348,6 @@ def _check_jobs(
             except (HydraException, OmegaConfBaseException, yaml.YAMLError, UnicodeDecodeError) as error:
                 line = _failure_line(error, flags, job_overrides)
                 errors += [line] if line not in errors else []
-    for config in configs:  # built without weights here: ids within the embedding, and (train) a step that can run
-        errors += [e for e in input_range_errors(config) + training_config_errors(config) if e not in errors]
+    for config in configs:  # built without weights here: the inputs it takes (meta_checks); train: a step that runs
+        errors += [e for e in weightless_errors(config) + training_config_errors(config) if e not in errors]
     return errors, configs

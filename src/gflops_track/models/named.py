@@ -17,11 +17,18 @@ from gflops_track.options.inputs import InputSizes, ModelInputs
 
 @dataclass(frozen=True)
 class Library:
-    """A library's models by name: the extra it needs, the inputs a model of it is fed, its name check."""
+    """A library's models by name: the extra it needs, the inputs a model of it is fed, its name check, and the
+    ``model.*`` keys that build a model for another image size (height, width), where it has them (None: no key
+    does, e.g. torchvision's ViT for a non-square image)."""
 
     extra: Extra
     natural_inputs: Callable[[nn.Module, Mapping[str, Any], InputSizes], ModelInputs]
     name_problems: Callable[[Mapping[str, Any], InputSizes], list[str]]
+    resized: Callable[[int, int], dict[str, Any] | None]
+
+
+def _side_or_pair(height: int, width: int) -> int | list[int]:
+    return height if height == width else [height, width]
 
 
 LIBRARIES: dict[str, Library] = {  # the builder a group's _target_ names -> its library
@@ -31,12 +38,19 @@ LIBRARIES: dict[str, Library] = {  # the builder a group's _target_ names -> its
         lambda model, sizes: huggingface.name_problems(
             str(model["name"]), str(model.get("task", huggingface.DEFAULT_TASK)), model.get("config"), sizes.seq_len
         ),
+        lambda height, width: {"config": {"image_size": _side_or_pair(height, width)}},  # ViTConfig takes either
     ),
     "gflops_track.models.vision.torchvision_model": Library(
-        TORCHVISION, vision.torchvision_inputs, lambda model, _: vision.torchvision_name_problems(str(model["name"]))
+        TORCHVISION,
+        vision.torchvision_inputs,
+        lambda model, _: vision.torchvision_name_problems(str(model["name"])),
+        lambda height, width: {"image_size": height} if height == width else None,  # its ViT: square images only
     ),
     "gflops_track.models.vision.timm_model": Library(
-        TIMM, vision.timm_inputs, lambda model, _: vision.timm_name_problems(str(model["name"]))
+        TIMM,
+        vision.timm_inputs,
+        lambda model, _: vision.timm_name_problems(str(model["name"])),
+        lambda height, width: {"img_size": _side_or_pair(height, width)},  # create_model(img_size=...)
     ),
 }
 
