@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from gflops_track.counting.rules import FLOP_RULES, Category, OpCall, OpCost
@@ -380,3 +381,61 @@ def test_pooling_and_upsampling_backward_are_counted(prefer_meta: bool) -> None:
     assert cost.uncounted_ops == {}
     assert cost.flops_by_phase_category["forward"]["pool_resample"] == 4 * 32 + 9 * 128 + 4 * 32
     assert cost.flops_by_phase_category["backward"]["pool_resample"] == 1 * 32 + 9 * 128 + 4 * 32
+
+
+class Attention(nn.Module):
+    """Queries of 4 heads, keys and values of ``kv_heads`` heads (grouped-query attention when fewer), head size 8,
+    from two bias-free projections of a (B, L, 32) input; F.scaled_dot_product_attention, then a sum over the head
+    size."""
+
+    def __init__(self, mask: torch.Tensor | None = None, causal: bool = False, kv_heads: int = 4) -> None:
+        super().__init__()
+        self.q = nn.Linear(32, 32, bias=False)
+        self.kv = nn.Linear(32, 2 * 8 * kv_heads, bias=False)
+        self.mask, self.causal, self.kv_heads = mask, causal, kv_heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        q = self.q(x).view(batch, length, 4, 8).transpose(1, 2)
+        k, v = self.kv(x).view(batch, length, 2, self.kv_heads, 8).permute(2, 0, 3, 1, 4)
+        gqa = self.kv_heads != 4
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, is_causal=self.causal, enable_gqa=gqa)
+        return out.sum(-1)
+
+
+LENGTH = 10
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"causal": True}, {"mask": torch.ones(LENGTH, LENGTH, dtype=torch.bool).tril()},
+     {"mask": torch.zeros(LENGTH, LENGTH)}, {"kv_heads": 2}],
+    ids=["plain", "causal", "bool-mask", "float-mask", "gqa"],
+)  # fmt: skip
+def test_attention_backward_on_meta_is_the_real_steps(options: dict) -> None:
+    """On meta, SDPA ran its math decomposition, whose backward scales q and k (B*H*(L+S)*E = 2*4*20*8 = 1,280 FLOPs)
+    where the real CPU step's fused backward scales the scores (B*H*L*S = 800): meta and real steps differed. Now
+    the same, and both as the convention has it. B=2, H=4, L=S=10, E=Ev=8, scores = 800. SDPA backward: four
+    products 2*scores*(E+Ev) MACs, softmax backward 4 per score (activation), the scale 1 per score (elementwise);
+    the projections' grad-weight 2*10*32*(32 + 16*kv_heads) MACs (the input needs no grad-input); the sum's backward
+    is free. Forward: products scores*(E+Ev) MACs, softmax 5, scale 1 and mask 1 (when given) per score."""
+    torch.manual_seed(0)
+    batch, kv_heads = 2, options.get("kv_heads", 4)
+    scores = batch * 4 * LENGTH * LENGTH
+    projections = batch * LENGTH * 32 * (32 + 2 * 8 * kv_heads)
+    x = torch.randn(batch, LENGTH, 32)
+    meta = count_training_cost(Attention(**options), (x,), optimizer="none")
+    real = count_training_cost(Attention(**options), (x,), optimizer="none", prefer_meta=False)
+    assert (meta.backend, real.backend) == ("meta", "real")
+    assert meta.flops_by_phase_category == real.flops_by_phase_category
+    masked = "mask" in options or "causal" in options
+    assert meta.flops_by_phase_category["backward"] == {
+        **ZERO, "conv_matmul": 2 * (projections + 2 * scores * 16), "activation": 4 * scores, "elementwise": scores,
+    }  # fmt: skip
+    assert meta.flops_by_phase_category["forward"] == {
+        **ZERO, "conv_matmul": 2 * (projections + scores * 16), "activation": 5 * scores,
+        "elementwise": scores * (2 if masked else 1) + batch * 4 * LENGTH * 8 + batch * 4 * LENGTH,
+    }  # fmt: skip  # the scale (+ the mask) per score; the sum over E, 1 per element; the loss 'sum', 1 per output
+    assert meta.macs_by_phase == real.macs_by_phase == {
+        "forward": projections + scores * 16, "backward": projections + 2 * scores * 16, "optimizer": 0
+    }  # fmt: skip

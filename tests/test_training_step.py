@@ -13,16 +13,25 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from gflops_track.counting.rules import Category, OpCall, convolution_backward, fused_adam, fused_sgd
-from gflops_track.counting.training import count_training_cost, torch_training_check
+from gflops_track.counting.training import count_training_cost, torch_training_agreement
 from gflops_track.models import ResidualBlock
 from gflops_track.options.timing import TimingOptions
 from gflops_track.pipeline.training_step import count_training_step, measure_training_step, profile_training_step
 from gflops_track.render.summary import summary_text
+from gflops_track.results.counting import TorchCount, TrainingCost
 from gflops_track.results.peaks import GpuSpec, MeasuredPeak, PeakReport
 
 aten = torch.ops.aten
+
+
+def counted_with_torch(model: nn.Module, args: tuple, **options: Any) -> tuple[TrainingCost, TorchCount]:
+    """The step counted with FlopCounterMode in the same pass, and the two compared op by op."""
+    torch_counter = FlopCounterMode(display=False)
+    cost = count_training_cost(model, args, torch_counter=torch_counter, **options)
+    return cost, torch_training_agreement(torch_counter, cost)
 
 
 def _column_sums_match(cost) -> None:
@@ -37,7 +46,7 @@ def test_seed_block_training_step_counts() -> None:
     """ResidualBlock(384, 384, 'group', stride=1) on (2, 384, 32, 32), input not requiring grad, SGD."""
     n, c, h, w = 2, 384, 32, 32
     block = ResidualBlock(c, c, "group", stride=1)
-    cost = count_training_cost(block, (torch.randn(n, c, h, w),), optimizer="sgd")
+    cost, check = counted_with_torch(block, (torch.randn(n, c, h, w),), optimizer="sgd")
 
     m = n * c * h * w * c * 3 * 3  # each 3x3 conv, forward: N*C_out*H*W * C_in*9 MACs
     assert m == 2_717_908_992
@@ -64,7 +73,6 @@ def test_seed_block_training_step_counts() -> None:
     assert cost.uncounted_ops == {}
     _column_sums_match(cost)
 
-    check = torch_training_check(block, (torch.randn(n, c, h, w),), None, cost)
     assert check.agrees and check.flops == 2 * 5 * m, check.notes
 
 
@@ -81,7 +89,7 @@ def test_stride2_block_with_downsample() -> None:
     d = n * c_out * out * out * c_in
     block = ResidualBlock(c_in, c_out, "batch", stride=2)
     x = torch.randn(n, c_in, size, size)
-    cost = count_training_cost(block, (x,), optimizer="none")
+    cost, check = counted_with_torch(block, (x,), optimizer="none")
     assert cost.macs_by_phase == {"forward": a + b + d, "backward": a + 2 * b + d, "optimizer": 0}
     assert cost.macs == 2 * a + 3 * b + 2 * d == 950_534_144
     layers = {layer.name: layer for layer in cost.layers}
@@ -91,7 +99,6 @@ def test_stride2_block_with_downsample() -> None:
     assert cost.flops_by_phase["optimizer"] == 0
     assert cost.uncounted_ops == {}
     _column_sums_match(cost)
-    check = torch_training_check(block, (x,), None, cost)
     assert check.agrees and check.flops == 2 * cost.macs, check.notes
 
 
@@ -105,7 +112,7 @@ def test_adamw_step_and_cross_entropy() -> None:
     """
     batch, d_in, hidden, classes = 4, 16, 32, 10
     model = nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, classes))
-    cost = count_training_cost(model, (torch.randn(batch, d_in),), loss="cross_entropy", optimizer="adamw")
+    cost, check = counted_with_torch(model, (torch.randn(batch, d_in),), loss="cross_entropy", optimizer="adamw")
     forward_macs = batch * d_in * hidden + batch * hidden * classes
     backward_macs = batch * classes * hidden + classes * batch * hidden + hidden * batch * d_in
     assert cost.macs_by_phase == {"forward": forward_macs, "backward": backward_macs, "optimizer": 0}
@@ -115,7 +122,6 @@ def test_adamw_step_and_cross_entropy() -> None:
     _column_sums_match(cost)
     loss_row = next(layer for layer in cost.layers if layer.name == "(loss)")
     assert "nll_loss_forward" in loss_row.forward_ops and "nll_loss_backward" in loss_row.backward_ops
-    check = torch_training_check(model, (torch.randn(batch, d_in),), None, cost)
     assert check.agrees and check.flops == 2 * cost.macs, check.notes
 
 
@@ -128,10 +134,9 @@ def test_grouped_conv_backward_differs_from_flop_counter_by_groups() -> None:
     groups = 8
     conv = nn.Conv2d(groups, groups, 3, padding=1, groups=groups)
     x = torch.randn(2, groups, 10, 10)
-    cost = count_training_cost(conv, (x,), optimizer="none")
+    cost, check = counted_with_torch(conv, (x,), optimizer="none")
     macs = 2 * groups * 10 * 10 * 1 * 9
     assert cost.macs_by_phase == {"forward": macs, "backward": macs, "optimizer": 0}
-    check = torch_training_check(conv, (x,), None, cost)
     assert check.notes == [
         f"aten.convolution_backward: torch FlopCounterMode {groups * 2 * macs:,} FLOPs, gflops-track {2 * macs:,} FLOPs"
     ]

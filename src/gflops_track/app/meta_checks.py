@@ -58,8 +58,8 @@ def embedding_rows(model: nn.Module) -> tuple[int, str] | None:
     embeddings = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Embedding)]
     if len(embeddings) == 1:
         name, only = embeddings[0]
-        where = f"{type(model).__name__}'s only nn.Embedding ({name})" if name else f"the model ({type(model).__name__})"
-        return only.num_embeddings, where
+        owner = type(model).__name__
+        return only.num_embeddings, f"{owner}'s only nn.Embedding ({name})" if name else f"the model ({owner})"
     return None
 
 

@@ -132,6 +132,8 @@ def validate_autocast(
         )
 
 
+aten = torch.ops.aten
+META = torch.device("meta")
 _TORCH_FUNCTION_GUARDS = ("has_torch_function", "has_torch_function_unary", "has_torch_function_variadic")
 
 
@@ -160,6 +162,36 @@ def _body_seen_by_modes(func: Callable[..., Any]) -> Callable[..., Any] | None:
     body = types.FunctionType(code, namespace, func.__name__, func.__defaults__, func.__closure__)
     body.__kwdefaults__ = func.__kwdefaults__
     return body
+
+
+def _sdpa_on_meta_as_cpu_kernel(args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+    """``F.scaled_dot_product_attention`` on meta tensors that need grad, run as the kernel the real CPU step runs
+    (``_scaled_dot_product_flash_attention_for_cpu``): on meta the dispatcher takes the math decomposition, whose
+    backward (autograd's, op by op) scales q and k (B*H*(L+S)*E) where every fused backward scales the scores
+    (B*H*L*S: ``rules.attention_backward``), so a training step counted on meta differed from the one counted for
+    real. Where the CPU step also takes the math path (dropout, 3-D inputs, a mask that needs grad) or the kernel
+    refuses the arguments, None: the call runs as it is."""
+    bound = bind_arguments(aten.scaled_dot_product_attention.default, args, kwargs)
+    query, key, value, mask = (bound.get(name) for name in ("query", "key", "value", "attn_mask"))
+    tensors = [t for t in (query, key, value) if isinstance(t, torch.Tensor)]
+    if (
+        len(tensors) != 3
+        or not all(t.is_meta and t.dim() == 4 for t in tensors)
+        or not torch.is_grad_enabled()
+        or not any(t.requires_grad for t in tensors)
+        or bound.get("dropout_p", 0.0)
+        or (isinstance(mask, torch.Tensor) and mask.requires_grad)
+    ):
+        return None
+    if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool:  # the kernel adds a float mask; on meta its
+        mask = torch.empty(mask.shape, dtype=query.dtype, device=META)  # values are never read
+    try:
+        out, _logsumexp = aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, 0.0, bool(bound.get("is_causal", False)), attn_mask=mask, scale=bound.get("scale")
+        )
+    except (RuntimeError, TypeError, ValueError):  # shapes this kernel does not take (GQA heads, say)
+        return None
+    return out
 
 
 class _CompositeCalls(TorchFunctionMode):
@@ -259,7 +291,8 @@ class _CountingMode(TorchDispatchMode):
             return func(*args, **kwargs)
         self._inner_dense, self._inner_traffic = Counter(), not composite.fused
         try:
-            out = func(*args, **kwargs)
+            out = _sdpa_on_meta_as_cpu_kernel(args, kwargs) if func is F.scaled_dot_product_attention else None
+            out = func(*args, **kwargs) if out is None else out
         finally:
             inner_dense, self._inner_dense, self._inner_traffic = self._inner_dense, None, False
         overload = composite.schema.default

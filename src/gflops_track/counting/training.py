@@ -56,7 +56,7 @@ __all__ = [
     "compute_loss",
     "count_training_cost",
     "make_optimizer",
-    "torch_training_check",
+    "torch_training_agreement",
     "train_mode",
 ]
 
@@ -86,8 +86,13 @@ def mark_graph(value: Any, label: str) -> None:
 class _TrainingMode(_CountingMode):
     """The inference counter, with tallies per phase and backward ops filed under the module that made their node."""
 
-    def __init__(self, module_names: Mapping[int, str], extra_rules: Mapping[Any, Rule] | None = None) -> None:
-        super().__init__(module_names, extra_rules)
+    def __init__(
+        self,
+        module_names: Mapping[int, str],
+        extra_rules: Mapping[Any, Rule] | None = None,
+        torch_counter: FlopCounterMode | None = None,
+    ) -> None:
+        super().__init__(module_names, extra_rules, torch_counter)
         self.phase = "forward"
         self.outside = ""  # the scope of forward ops outside every module: the root, then the loss
         self.tallies: dict[str, dict[str, ScopeTally]] = {phase: {} for phase in PHASES}
@@ -355,15 +360,17 @@ def count_training_cost(
     prefer_meta: bool = True,
     extra_rules: Mapping[Any, Rule] | None = None,
     device_type: str = "cpu",
+    torch_counter: FlopCounterMode | None = None,
 ) -> TrainingCost:
     """Count MACs and FLOPs of one training step of ``model(*args, **kwargs)`` by phase, category and layer
-    (``device_type``: where a model built without weights would run, for its fake tensors)."""
+    (``device_type``: where a model built without weights would run, for its fake tensors). ``torch_counter`` counts
+    the same step, below ours, so both see the very same ops (compare them with ``torch_training_agreement``)."""
     rules = validate_extra_rules(extra_rules)
     backend, note, counter = run_training_step(
         model,
         args,
         kwargs or {},
-        lambda module: _TrainingMode({id(inner): name for name, inner in module.named_modules()}, rules),
+        lambda module: _TrainingMode({id(inner): name for name, inner in module.named_modules()}, rules, torch_counter),
         loss=loss,
         optimizer=optimizer,
         labels=labels,
@@ -403,26 +410,7 @@ def count_training_cost(
     )
 
 
-def torch_training_check(
-    model: nn.Module,
-    args: Sequence[Any],
-    kwargs: Mapping[str, Any] | None,
-    ours: TrainingCost,
-    *,
-    labels: torch.Tensor | None = None,
-    prefer_meta: bool = True,
-    device_type: str = "cpu",
-) -> TorchCount:
-    """Run the same step under ``FlopCounterMode`` and compare, op by op, on the ops it has a formula for."""
-    _, _, counter = run_training_step(
-        model,
-        args,
-        kwargs or {},
-        lambda _module: FlopCounterMode(display=False),
-        loss=ours.loss,
-        optimizer=ours.optimizer,
-        labels=labels,
-        prefer_meta=prefer_meta,
-        device_type=device_type,
-    )
-    return counter_agreement(counter, ours.dense_flops_by_op)
+def torch_training_agreement(torch_counter: FlopCounterMode, ours: TrainingCost) -> TorchCount:
+    """``FlopCounterMode``'s count of the step ``count_training_cost`` counted with it, compared op by op with ours
+    on the ops it has a formula for."""
+    return counter_agreement(torch_counter, ours.dense_flops_by_op)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils._pytree import tree_map
+from torch.utils.flop_counter import FlopCounterMode
 
 from gflops_track.counting.counting_forward import on_meta
 from gflops_track.counting.training import (
@@ -23,7 +24,7 @@ from gflops_track.counting.training import (
     compute_loss,
     count_training_cost,
     make_optimizer,
-    torch_training_check,
+    torch_training_agreement,
     train_mode,
 )
 from gflops_track.options.count import CountOptions
@@ -81,6 +82,7 @@ def count_training_step(
     options = options or CountOptions()
     args, kwargs = place(model, inputs, kwargs, target, runtime)
     args, kwargs = tree_map(lambda leaf: leaf.detach() if isinstance(leaf, torch.Tensor) else leaf, (args, kwargs))
+    torch_counter = FlopCounterMode(display=False) if options.torch_check else None
     with runtime_context(runtime):
         cost = count_training_cost(
             model,
@@ -92,14 +94,11 @@ def count_training_step(
             prefer_meta=options.meta,
             extra_rules=options.extra_rules,
             device_type=target.type,
+            torch_counter=torch_counter,
         )
-        notes = counting_notes(cost.backend_note, cost.uncounted_ops)
-        torch_count = None
-        if options.torch_check:
-            torch_count = torch_training_check(
-                model, args, kwargs, cost, labels=labels, prefer_meta=options.meta, device_type=target.type
-            )
-            notes.extend(f"counters disagree: {note}" for note in torch_count.notes)
+    notes = counting_notes(cost.backend_note, cost.uncounted_ops)
+    torch_count = None if torch_counter is None else torch_training_agreement(torch_counter, cost)
+    notes.extend(f"counters disagree: {note}" for note in torch_count.notes if torch_count is not None)
     shapes = input_shapes(args, kwargs)
     return TrainingCountResult(
         model_name=type(model).__name__,
