@@ -148,6 +148,20 @@ class BreaksArtifactLocation(nn.Module):
         return self.conv(x)
 
 
+class CountsBuilds(nn.Module):
+    """A Linear(in_features, 2) that counts how often it is built (``builds``, per process)."""
+
+    builds = 0
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__()
+        type(self).builds += 1
+        self.linear = nn.Linear(in_features, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
 class TinyLM(nn.Module):
     """A small language model: token embedding, a post-norm Transformer encoder, a vocabulary head; fed token ids.
     Dense MACs per forward of (batch, seq) ids, T = batch * seq tokens, per layer: QKV T*d*3d, output projection T*d*d,

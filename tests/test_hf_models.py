@@ -177,7 +177,13 @@ def test_a_local_config_trains_on_meta(tmp_path: Path, store_uri: str, hf_path: 
           "batch.width=48"],
          "batch.height=64, batch.width=48 is not allowed for model.name='vit': it refuses a 64x48 image (ValueError: "
          "Input image size (64*48) doesn't match model (224*224)); build it for that size with "
-         "+model.config.image_size=[64,48]"),
+         "+model.config.image_size=[64,48] (over a sweep of sizes: "
+         "'+model.config.image_size=[${batch.height},${batch.width}]')"),
+        # Swin's forward changes its window to the last image it saw: checked on copies, its own size first
+        (["model.name=swin", "model.task=image_classification", "+model.config.depths=[1,1,1,1]", "batch.size=1",
+          "batch.height=64", "batch.width=64"],
+         "batch.height=64, batch.width=64 is not allowed for model.name='swin': it refuses a 64x64 image "
+         "(RuntimeError: Attempting to broadcast a dimension of length 49"),
         # a text model has no image: the size was ignored, and runs were named by it
         (["model.name=gpt2", "+model.config.n_layer=1", "batch.height=64"],
          "batch.height=64 is not allowed for model.name='gpt2': it is fed input_ids of [128], attention_mask of [128] "
@@ -237,3 +243,20 @@ def test_vit_built_for_another_image_size_counts_exactly(tmp_path: Path, store_u
     (run,) = all_runs(store_uri)
     assert run.data.metrics["cost/macs"] == macs and run.data.metrics["cost/params"] == params
     assert "[1, 3, 64, 48]" in run.data.tags["mlflow.note.content"]
+
+
+def test_what_the_checks_cannot_judge_is_left_to_the_job(tmp_path: Path, store_uri: str, hf_path: list[str]) -> None:
+    """An image model that has no input embedding (HF ResNet's get_input_embeddings raises NotImplementedError) fed
+    floats by input.shape runs; a model fed what gflops-track cannot make (Whisper's input_features) given a
+    batch.height fails as its own FAILED run. Both crashed preflight with a traceback (found by a review)."""
+    where = {"cwd": tmp_path, "pythonpath": hf_path, "MLFLOW_TRACKING_URI": store_uri}
+    resnet = ["model.name=resnet", "model.task=image_classification", "input.shape=[3,32,32]",
+              "+model.config.depths=[1,1,1,1]", "+model.config.hidden_sizes=[8,8,8,8]",
+              "+model.config.embedding_size=8"]  # fmt: skip
+    done = run_cli(["model=hf", *resnet, *COUNT_ONLY], **where)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    done = run_cli(["model=hf", "model.name=whisper", "model.task=base", "+model.config.encoder_layers=1",
+                    "+model.config.decoder_layers=1", "batch.height=64", *COUNT_ONLY], **where)  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "ValueError: WhisperModel is fed 'input_features', which gflops-track cannot make" in done.stderr
+    assert sorted(run.info.status for run in all_runs(store_uri)) == ["FAILED", "FINISHED"]

@@ -205,6 +205,37 @@ def test_a_constructor_that_computes_with_tensors_is_built_on_meta() -> None:
     assert not nn.Linear(2, 2).weight.is_meta and not any(t.is_meta for t in WidthsFromArange().buffers())
 
 
+class TiedAndItem(nn.Module):
+    """Reads a tensor's value in its constructor (``int(t)``: "Tensor.item() cannot be called on meta tensors", as
+    ``[x.item() for x in torch.linspace(...)]`` in ConvNeXt's and Swin's reference code) and ties one weight to two
+    layers; with ``lazy``, a lazy layer besides."""
+
+    def __init__(self, lazy: bool = False) -> None:
+        super().__init__()
+        width = int(torch.arange(5).sum()) + 6  # 16
+        shared = nn.Parameter(torch.randn(width, width))
+        self.first, self.second = nn.Linear(width, width, bias=False), nn.Linear(width, width, bias=False)
+        self.first.weight = self.second.weight = shared
+        self.head = nn.LazyLinear(4) if lazy else nn.Linear(width, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.second(self.first(x)))
+
+
+def test_the_weightless_fallback_keeps_ties_and_laziness() -> None:
+    """The fallback gives a tied weight one meta tensor (params and weight bytes once: 16*16 + 16*4 + 4 = 324
+    parameters, 1,296 bytes; it was 580) and keeps requires_grad. MACs = rows * (16*16 + 16*16 + 16*4). A lazy layer
+    stays lazy, on meta, as under ``torch.device("meta")``."""
+    rows = 3
+    built = construct(TiedAndItem, "meta", torch.device("cpu")).module
+    assert built.first.weight is built.second.weight and built.first.weight.is_meta
+    assert all(p.requires_grad for p in built.parameters())
+    assert sum(p.numel() for p in built.parameters()) == 324 and weight_bytes(built) == 324 * 4
+    assert count(built, torch.randn(rows, 16)).macs == rows * (16 * 16 + 16 * 16 + 16 * 4)
+    lazy = construct(lambda: TiedAndItem(lazy=True), "meta", torch.device("cpu")).module.head.weight
+    assert isinstance(lazy, nn.parameter.UninitializedParameter) and lazy.is_meta
+
+
 def test_rotary_sin_and_cos_are_priced_one_flop_per_element() -> None:
     class Rotary(nn.Module):
         def forward(self, angles: torch.Tensor) -> torch.Tensor:

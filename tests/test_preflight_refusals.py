@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+import fixture_models
 from conftest import QUICK_NO_THOP, SMALL_BLOCK, run_cli
 from gflops_track.app.preflight import preflight
 from gflops_track.app.signals import JobTimeout, job_deadline
@@ -393,10 +394,24 @@ def test_floats_into_an_embedding_are_refused_before_any_run(tmp_path: Path, mon
     (error,) = preflight(embedding, CONFIG_DIR).errors
     assert error.startswith("input.dtype='float' is not allowed: the model (Embedding) looks up its rows by the input")
     assert error.endswith("set input.dtype=int64 input.high=50")
+    (error,) = preflight([*embedding, "input.dtype=bool"], CONFIG_DIR).errors  # a mask is no id either
+    assert error.startswith("input.dtype='bool' is not allowed: the model (Embedding) looks up its rows by the input")
     assert not (tmp_path / "p.db").exists()
     assert preflight([*embedding, "input.dtype=int64", "input.high=50"], CONFIG_DIR).errors == []
     linear = ["model=custom", "model._target_=torch.nn.Linear", "+model.in_features=7", "+model.out_features=2"]
     assert preflight([*linear, "input.shape=[7]"], CONFIG_DIR).errors == []
+
+
+def test_a_sweep_builds_its_model_once_for_the_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Preflight's checks on a copy without weights build each model config once, not once per job: a sweep of
+    three batch sizes over one model builds it once (a constructor that takes a second took three)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'p.db'}")
+    before = fixture_models.CountsBuilds.builds
+    sweep = ["-m", "model=custom", "model._target_=fixture_models.CountsBuilds", "+model.in_features=7",
+             "input.shape=[7]", "batch.size=1,2,3"]  # fmt: skip
+    assert preflight(sweep, CONFIG_DIR).errors == []
+    assert fixture_models.CountsBuilds.builds - before == 1
 
 
 def test_a_sqlite_store_in_a_missing_directory_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

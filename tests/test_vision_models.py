@@ -127,7 +127,12 @@ def test_unknown_names_are_refused_before_any_run(tmp_path: Path, vision_path: l
         (["model=timm", "model.name=vit_tiny_patch16_224", "batch.height=64", "batch.width=48"],
          "batch.height=64, batch.width=48 is not allowed for model.name='vit_tiny_patch16_224': it refuses a 64x48 "
          "image (AssertionError: Input height (64) doesn't match model (224)); build it for that size with "
-         "+model.img_size=[64,48]"),
+         "+model.img_size=[64,48] (over a sweep of sizes: '+model.img_size=[${batch.height},${batch.width}]')"),
+        # the model's own size is the one it was built for, and the key it has is named without a +
+        (["model=timm", "model.name=vit_tiny_patch16_224", "+model.img_size=96", "batch.height=64"],
+         "batch.height=64 is not allowed for model.name='vit_tiny_patch16_224': it refuses a 64x96 image "
+         "(AssertionError: Input height (64) doesn't match model (96)); build it for that size with "
+         "model.img_size=[64,96]"),
     ],
 )  # fmt: skip
 def test_an_image_size_the_model_refuses_is_refused_before_any_run(
@@ -157,6 +162,12 @@ def test_the_named_override_builds_a_model_for_that_size(
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = all_runs(store_uri)
     assert run.data.metrics["cost/macs"] == macs == 71_749_632
+    # built for a size, fed that size without batch.height/width (it was fed the pretrained config's 224: FAILED)
+    for library, name, key in (("timm", "vit_tiny_patch16_224", "img_size"), ("torchvision", "vit_b_16", "image_size")):
+        built_for = [f"model={library}", f"model.name={name}", f"+model.{key}=96", "model.init=meta", *COUNT_ONLY]
+        done = run_cli(built_for, cwd=tmp_path, pythonpath=vision_path, torchvision_ops=True,
+                       MLFLOW_TRACKING_URI=store_uri)  # fmt: skip
+        assert done.returncode == 0 and "[1, 3, 96, 96]" in done.stdout, done.stderr[-3000:]
 
 
 def test_regnet_is_built_without_weights(tmp_path: Path, store_uri: str, vision_path: list[str]) -> None:

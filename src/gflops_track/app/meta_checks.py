@@ -9,6 +9,8 @@ only when a check applies (the seed block, fed its own image, builds nothing).
 
 from __future__ import annotations
 
+import copy
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,40 +21,57 @@ from gflops_track.app.building import first_input, input_plan, model_factory
 from gflops_track.app.schema import AppConfig
 from gflops_track.models.construct import build_weightless
 from gflops_track.models.named import Library, library_of
-from gflops_track.options.inputs import FLOAT, InputSizes, InputSpec, ModelInputs
+from gflops_track.options.inputs import InputSizes, InputSpec, ModelInputs
 from gflops_track.pipeline.inputs import random_inputs
 
 META = torch.device("meta")
+HEIGHT_REFERENCE, WIDTH_REFERENCE = "${batch.height}", "${batch.width}"  # Hydra interpolations of the batch's sizes
 
 
-def weightless_errors(config: AppConfig) -> list[str]:
-    """Every check that applies to ``config``, on one copy of its model built on meta."""
+def weightless_errors(config: AppConfig, built: dict[str, nn.Module | None] | None = None) -> list[str]:
+    """Every check that applies to ``config``, on one copy of its model built on meta (``built``: the copies made
+    for earlier jobs of the sweep, by model config, so a sweep over other keys builds its model once)."""
     first = first_input(config)
     ids = first is not None and first.is_integer and first.high is not None
-    floats = first is not None and first.dtype == FLOAT
+    not_ids = first is not None and not first.is_integer  # floats or a mask: refused where an embedding reads them
     library = library_of(config.model)
     resized = library is not None and first is None and (config.batch.height or config.batch.width) is not None
-    if not (ids or floats or resized):
+    if not (ids or not_ids or resized):
         return []
-    try:
-        model = build_weightless(model_factory(config.model)).eval()
-    except Exception:
+    model = _weightless_copy(config.model, {} if built is None else built)
+    if model is None:
         return []
     errors = []
     if ids and first is not None:
         errors += id_range_errors(first, model)
-    if floats and first is not None:
+    if not_ids and first is not None:
         errors += id_dtype_errors(config, first, model)
     if resized and library is not None:
         errors += image_size_errors(config, library, model)
     return errors
 
 
+def _weightless_copy(model_config: Mapping[str, Any], built: dict[str, nn.Module | None]) -> nn.Module | None:
+    """The model built on meta, in eval mode (a batch norm in training mode refuses one value per channel), once per
+    model config; None when it does not build (the job reports that)."""
+    key = json.dumps(model_config, sort_keys=True, default=repr)
+    if key not in built:
+        try:
+            built[key] = build_weightless(model_factory(model_config)).eval()
+        except Exception:
+            built[key] = None
+    return built[key]
+
+
 def embedding_rows(model: nn.Module) -> tuple[int, str] | None:
     """How many token ids the model's input embedding holds, and where it says so: ``get_input_embeddings()`` (the
-    Hugging Face convention), else its only ``nn.Embedding``; None when it does not say."""
+    Hugging Face convention), else its only ``nn.Embedding``; None when it does not say. A model that has no input
+    embedding to give (a Hugging Face image model raises ``NotImplementedError``) is searched like any other."""
     get_embeddings = getattr(model, "get_input_embeddings", None)
-    embedding = get_embeddings() if callable(get_embeddings) else None
+    try:
+        embedding = get_embeddings() if callable(get_embeddings) else None
+    except (NotImplementedError, AttributeError):
+        embedding = None
     if isinstance(embedding, nn.Embedding):
         return embedding.num_embeddings, f"{type(model).__name__}.get_input_embeddings()"
     embeddings = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Embedding)]
@@ -101,12 +120,17 @@ def image_size_errors(config: AppConfig, library: Library, model: nn.Module) -> 
     """batch.height / batch.width that a model by name refuses (a ViT is built for one image size), with the
     ``model.*`` key that builds it for that size where one does (checked by building and running it so)."""
     sizes = InputSizes(config.batch.seq_len, config.batch.height, config.batch.width)
-    own = library.natural_inputs(model, config.model, InputSizes(config.batch.seq_len))
-    asked = library.natural_inputs(model, config.model, sizes)
+    try:
+        own = library.natural_inputs(model, config.model, InputSizes(config.batch.seq_len))
+        asked = library.natural_inputs(model, config.model, sizes)
+    except Exception:  # a model fed what we cannot make (Whisper's input_features): the job says so
+        return []
     if own == asked:  # the image's own size, or no image at all: a text model's token ids have no height
         return [] if _image(asked) is not None else _ignored_size_errors(config, sizes, asked)
+    if meta_forward_error(model, own, config.batch.size) is not None:  # meta cannot tell: the job will
+        return []
     refusal = meta_forward_error(model, asked, config.batch.size)
-    if refusal is None or meta_forward_error(model, own, config.batch.size) is not None:
+    if refusal is None:
         return []
     image = _image(asked)
     if image is None:
@@ -119,7 +143,20 @@ def image_size_errors(config: AppConfig, library: Library, model: nn.Module) -> 
         f"({_first_line(refusal)})"
     )
     override = _resized_override(config, library, sizes, height, width)
-    return [f"{line}; build it for that size with {override}" if override else f"{line}; choose a size it takes"]
+    if override is None:
+        return [f"{line}; choose a size it takes"]
+    return [f"{line}; build it for that size with {override}{_sweep_form(config, library, sizes)}"]
+
+
+def _sweep_form(config: AppConfig, library: Library, sizes: InputSizes) -> str:
+    """The same key following ``batch.height``/``batch.width``, for a sweep over sizes (each job's own value would
+    only move the refusal to the next job), where the library's key takes both sides."""
+    if sizes.height is None or sizes.width is None:
+        return ""
+    keys = library.resized(HEIGHT_REFERENCE, WIDTH_REFERENCE)
+    if keys is None:
+        return ""
+    return f" (over a sweep of sizes: {' '.join(repr(line) for line in _overrides(config.model, keys, 'model.'))})"
 
 
 def _resized_override(config: AppConfig, library: Library, sizes: InputSizes, height: int, width: int) -> str | None:
@@ -140,11 +177,17 @@ def _resized_override(config: AppConfig, library: Library, sizes: InputSizes, he
 
 
 def meta_forward_error(model: nn.Module, inputs: ModelInputs, batch_size: int) -> Exception | None:
-    """What a forward of ``model`` (on meta) raises on ``inputs`` on meta, None when it runs."""
+    """What a forward of ``model`` (on meta) raises on ``inputs`` on meta, None when it runs. It runs on a copy: a
+    forward may change its model (Hugging Face's Swin shrinks its window to the image it was last fed), and the next
+    check must see the model as it was built."""
+    try:
+        runner = copy.deepcopy(model)
+    except Exception:  # a model that does not copy: one forward on it, as the job would run it
+        runner = model
     try:
         args, kwargs = random_inputs(inputs, batch_size, META)
         with torch.no_grad():
-            model(*args, **kwargs)
+            runner(*args, **kwargs)
     except Exception as error:
         return error
     return None

@@ -348,6 +348,7 @@ def _check_jobs(
             except (HydraException, OmegaConfBaseException, yaml.YAMLError, UnicodeDecodeError) as error:
                 line = _failure_line(error, flags, job_overrides)
                 errors += [line] if line not in errors else []
+    built: dict[str, Any] = {}  # each model config's copy without weights, built once for every job that has it
     for config in configs:  # built without weights here: the inputs it takes (meta_checks); train: a step that runs
-        errors += [e for e in weightless_errors(config) + training_config_errors(config) if e not in errors]
+        errors += [e for e in weightless_errors(config, built) + training_config_errors(config) if e not in errors]
     return errors, configs

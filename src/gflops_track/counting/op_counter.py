@@ -133,7 +133,6 @@ def validate_autocast(
 
 
 aten = torch.ops.aten
-META = torch.device("meta")
 _TORCH_FUNCTION_GUARDS = ("has_torch_function", "has_torch_function_unary", "has_torch_function_variadic")
 
 
@@ -184,7 +183,7 @@ def _sdpa_on_meta_as_cpu_kernel(args: Sequence[Any], kwargs: Mapping[str, Any]) 
     ):
         return None
     if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool:  # the kernel adds a float mask; on meta its
-        mask = torch.empty(mask.shape, dtype=query.dtype, device=META)  # values are never read
+        mask = torch.empty(mask.shape, dtype=query.dtype, device="meta")  # values are never read
     try:
         out, _logsumexp = aten._scaled_dot_product_flash_attention_for_cpu(
             query, key, value, 0.0, bool(bound.get("is_causal", False)), attn_mask=mask, scale=bound.get("scale")

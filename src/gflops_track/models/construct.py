@@ -43,28 +43,43 @@ def weight_bytes(model: nn.Module) -> int:
 def build_weightless(factory: Callable[[], nn.Module]) -> nn.Module:
     """``factory()`` with its parameters and buffers on meta: every tensor made on meta (no memory, no init compute)
     or, when the constructor computes with tensors of its own and so fails there (RegNet derives its widths with
-    ``torch.arange(...).tolist()``: "Cannot copy out of meta tensor"), its weights moved to meta as each module
-    registers them, each allocated for a moment (one layer's worth)."""
+    ``torch.arange(...).tolist()``: "Cannot copy out of meta tensor"; others call ``.item()``), its weights moved to
+    meta as each module registers them, each allocated for a moment (one layer's worth)."""
     try:
         with torch.device("meta"):
             return factory()
-    except NotImplementedError:
-        with weights_on_meta():
-            return factory()
+    except (NotImplementedError, RuntimeError) as error:
+        if "meta" not in str(error):
+            raise
+    with weights_on_meta():
+        return factory()
 
 
 @contextlib.contextmanager
 def weights_on_meta() -> Iterator[None]:
     """Parameters and buffers go to meta as a module registers them, through torch's global registration hooks
-    (removed on exit); other tensors, a constructor's own arithmetic, stay where they are made."""
+    (removed on exit); other tensors, a constructor's own arithmetic, stay where they are made. A tensor registered
+    twice (tied weights) becomes one meta tensor; a parameter keeps its class; a lazy one stays lazy."""
+    on_meta: dict[int, torch.Tensor] = {}  # id of the tensor registered -> its meta copy (kept alive by `kept`)
+    kept: list[torch.Tensor] = []
+
+    def moved(tensor: torch.Tensor, make: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        if id(tensor) not in on_meta:
+            kept.append(tensor)
+            on_meta[id(tensor)] = make(tensor)
+        return on_meta[id(tensor)]
 
     def parameter_to_meta(module: nn.Module, name: str, parameter: nn.Parameter | None) -> nn.Parameter | None:
         if parameter is None or parameter.is_meta:
             return None  # None keeps what is registered
-        return nn.Parameter(parameter.to("meta"), requires_grad=parameter.requires_grad)
+        return moved(parameter, _meta_parameter)  # type: ignore[return-value]
 
     def buffer_to_meta(module: nn.Module, name: str, buffer: torch.Tensor | None) -> torch.Tensor | None:
-        return None if buffer is None or buffer.is_meta else buffer.to("meta")
+        if buffer is None or buffer.is_meta:
+            return None
+        if isinstance(buffer, nn.parameter.UninitializedBuffer):  # lazy: materialised on meta by its first forward
+            return moved(buffer, lambda lazy: nn.parameter.UninitializedBuffer(device="meta", dtype=lazy.dtype))
+        return moved(buffer, lambda tensor: tensor.to("meta"))
 
     handles = [
         register_module_parameter_registration_hook(parameter_to_meta),
@@ -75,6 +90,18 @@ def weights_on_meta() -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _meta_parameter(parameter: torch.Tensor) -> torch.Tensor:
+    """A parameter's meta copy, of its own class where that class is built as ``nn.Parameter`` is; a lazy one stays
+    lazy, to be materialised on meta by the first forward."""
+    if isinstance(parameter, nn.parameter.UninitializedParameter):
+        return nn.parameter.UninitializedParameter(parameter.requires_grad, device="meta", dtype=parameter.dtype)
+    data = parameter.detach().to("meta")
+    try:
+        return type(parameter)(data, requires_grad=parameter.requires_grad)
+    except TypeError:
+        return nn.Parameter(data, requires_grad=parameter.requires_grad)
 
 
 def construct(factory: Callable[[], nn.Module], init: str, device: torch.device) -> Built:

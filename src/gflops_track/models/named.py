@@ -19,15 +19,16 @@ from gflops_track.options.inputs import InputSizes, ModelInputs
 class Library:
     """A library's models by name: the extra it needs, the inputs a model of it is fed, its name check, and the
     ``model.*`` keys that build a model for another image size (height, width), where it has them (None: no key
-    does, e.g. torchvision's ViT for a non-square image)."""
+    does, e.g. torchvision's ViT for a non-square image). Its sides are numbers or Hydra interpolations
+    (``${batch.height}``), for a sweep over sizes."""
 
     extra: Extra
     natural_inputs: Callable[[nn.Module, Mapping[str, Any], InputSizes], ModelInputs]
     name_problems: Callable[[Mapping[str, Any], InputSizes], list[str]]
-    resized: Callable[[int, int], dict[str, Any] | None]
+    resized: Callable[[int | str, int | str], dict[str, Any] | None]
 
 
-def _side_or_pair(height: int, width: int) -> int | list[int]:
+def _side_or_pair(height: int | str, width: int | str) -> int | str | list[int | str]:
     return height if height == width else [height, width]
 
 

@@ -51,16 +51,30 @@ def image_input(channels: int, height: int, width: int, sizes: InputSizes) -> Mo
 
 
 def torchvision_inputs(model: nn.Module, model_config: Mapping[str, Any], sizes: InputSizes) -> ModelInputs:
-    """An RGB image at the crop the model's weights document."""
-    side = torchvision_side(str(model_config["name"]))
+    """An RGB image at the size the model was built for (a ViT's ``image_size``: ``+model.image_size=384``), else at
+    the crop its weights document (vit_h_14's SWAG weights say 518, but the model is built for 224 unless asked)."""
+    side = getattr(model, "image_size", None)
+    side = side if isinstance(side, int) else torchvision_side(str(model_config["name"]))
     return image_input(IMAGE_CHANNELS, side, side, sizes)
 
 
 def timm_inputs(model: nn.Module, model_config: Mapping[str, Any], sizes: InputSizes) -> ModelInputs:
-    """timm's own resolution of the model's input size (its pretrained config)."""
+    """An image at the size the model was built for (``+model.img_size=[h,w]`` sets its patch embedding's, which
+    timm's resolution from the pretrained config does not follow), else at that resolution."""
     timm = require(TIMM)
     channels, height, width = timm.data.resolve_model_data_config(model)["input_size"]
+    height, width = built_image_size(model) or (height, width)
     return image_input(channels, height, width, sizes)
+
+
+def built_image_size(model: nn.Module) -> tuple[int, int] | None:
+    """The (height, width) a timm model's patch embedding (ViTs; an MLP-Mixer's ``stem``) was built for, if it has
+    one."""
+    for part in ("patch_embed", "stem"):
+        size = getattr(getattr(model, part, None), "img_size", None)
+        if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(side, int) for side in size):
+            return int(size[0]), int(size[1])
+    return None
 
 
 def torchvision_name_problems(name: str) -> list[str]:
