@@ -101,8 +101,8 @@ def id_range_errors(first: InputSpec, model: nn.Module) -> list[str]:
 
 
 def id_dtype_errors(config: AppConfig, first: InputSpec, model: nn.Module) -> list[str]:
-    """Floats fed to a model that looks up its embedding's rows by that input (the forward's "Expected tensor for
-    argument #1 'indices' to have one of the following scalar types: Long, Int")."""
+    """Floats or a mask fed to a model that looks up its embedding's rows by that input (the forward's "Expected
+    tensor for argument #1 'indices' to have one of the following scalar types: Long, Int")."""
     rows = embedding_rows(model)
     if rows is None:
         return []
