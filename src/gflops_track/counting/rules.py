@@ -139,14 +139,15 @@ def backend_convolution_transpose(call: OpCall) -> OpCost:
     return _dense(_conv_macs(x, weight, out, transposed=True))
 
 
-def _scaled_extra(call: OpCall, elements: int) -> int:
-    """Extra FLOPs for alpha != 1 (scale the product) and beta not in (0, 1) (scale the added term)."""
-    extra = 0
+def _added_term(call: OpCall, elements: int) -> int:
+    """The bias FLOPs of ``beta * self + alpha * (product)`` over ``elements`` outputs: the add (none when beta is 0),
+    plus a multiply for alpha != 1 (scale the product) and for beta not in (0, 1) (scale the added term)."""
+    flops = elements if call.args.get("beta", 1) != 0 else 0
     if call.args.get("alpha", 1) != 1:
-        extra += elements
+        flops += elements
     if call.args.get("beta", 1) not in (0, 1):
-        extra += elements
-    return extra
+        flops += elements
+    return flops
 
 
 def mm(call: OpCall) -> OpCost:
@@ -160,9 +161,7 @@ def addmm(call: OpCall) -> OpCost:
     """bias + (M, K) @ (K, N): M*N*K MACs and M*N bias FLOPs (more when alpha/beta scale)."""
     a, b = call.tensor("mat1"), call.tensor("mat2")
     assert a is not None and b is not None
-    out_elements = a.shape[0] * b.shape[1]
-    bias_flops = out_elements if call.args.get("beta", 1) != 0 else 0
-    return _dense(a.shape[0] * a.shape[1] * b.shape[1], bias_flops + _scaled_extra(call, out_elements))
+    return _dense(a.shape[0] * a.shape[1] * b.shape[1], _added_term(call, a.shape[0] * b.shape[1]))
 
 
 def bmm(call: OpCall) -> OpCost:
@@ -177,8 +176,7 @@ def baddbmm(call: OpCall) -> OpCost:
     a, b = call.tensor("batch1"), call.tensor("batch2")
     assert a is not None and b is not None
     out_elements = a.shape[0] * a.shape[1] * b.shape[2]
-    bias_flops = out_elements if call.args.get("beta", 1) != 0 else 0
-    return _dense(out_elements * a.shape[2], bias_flops + _scaled_extra(call, out_elements))
+    return _dense(out_elements * a.shape[2], _added_term(call, out_elements))
 
 
 def linear(call: OpCall) -> OpCost:
@@ -212,16 +210,14 @@ def addbmm(call: OpCall) -> OpCost:
     a, b = call.tensor("batch1"), call.tensor("batch2")
     assert a is not None and b is not None
     out_elements = a.shape[1] * b.shape[2]
-    bias_flops = out_elements if call.args.get("beta", 1) != 0 else 0
-    return _dense(a.shape[0] * out_elements * a.shape[2], bias_flops + _scaled_extra(call, out_elements))
+    return _dense(a.shape[0] * out_elements * a.shape[2], _added_term(call, out_elements))
 
 
 def addmv(call: OpCall) -> OpCost:
     """bias + (M, K) @ (K,): M*K MACs and M bias FLOPs (more when alpha/beta scale)."""
     a = call.tensor("mat")
     assert a is not None
-    bias_flops = a.shape[0] if call.args.get("beta", 1) != 0 else 0
-    return _dense(a.shape[0] * a.shape[1], bias_flops + _scaled_extra(call, a.shape[0]))
+    return _dense(a.shape[0] * a.shape[1], _added_term(call, a.shape[0]))
 
 
 def _unsqueezed(shape: Sequence[int], dims: Sequence[int]) -> list[int]:
