@@ -227,10 +227,15 @@ def _relative(members: list[Row], reference: Row) -> list[Row]:
     return [replace(row, relative_speed=median / row.median_ms if row.median_ms else None) for row in members]
 
 
+def _is_timed(row: Row) -> bool:
+    """Whether the row can be a speed reference: a median latency, and a finite one (a NaN is no reference)."""
+    return bool(row.median_ms and math.isfinite(row.median_ms))
+
+
 def _baseline_row(rows: Sequence[Row], baseline: str) -> Row:
     """The timed row ``baseline`` names: its run id, a unique prefix of it (the 8 characters the tables print) or its
     run name."""
-    timed = [row for row in rows if row.median_ms and math.isfinite(row.median_ms)]  # a NaN is no reference
+    timed = [row for row in rows if _is_timed(row)]
     exact = [row for row in timed if baseline in (row.run_id, row.run_name)]
     matches = exact or [row for row in timed if RUN_ID_PREFIX.fullmatch(baseline) and row.run_id.startswith(baseline)]
     if len(matches) > 1 and not exact:
@@ -248,12 +253,11 @@ def build_rows(runs: Sequence[Run], baseline: str | None = None) -> list[Row]:
     in its group, else the group's first timed row. Rows of different groups are never ranked against each other."""
     rows = label_rows([row_from_run(run) for run in runs])
     rows.sort(key=lambda row: (row.hardware, row.group, group_of(row), *_sweep_order(row)))
-    is_timed = lambda row: bool(row.median_ms and math.isfinite(row.median_ms))  # noqa: E731  # a NaN is no reference
     chosen = _baseline_row(rows, baseline) if baseline is not None else None
     result: list[Row] = []
     for key in dict.fromkeys(group_of(row) for row in rows):
         members = [row for row in rows if group_of(row) == key]
-        timed = [row for row in members if is_timed(row)]
+        timed = [row for row in members if _is_timed(row)]
         reference = chosen if chosen is not None and chosen in members else (timed[0] if timed else None)
         result += _relative(members, reference) if reference is not None else members
     return result
