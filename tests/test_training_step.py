@@ -16,7 +16,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from gflops_track.counting.rules import Category, OpCall, convolution_backward, fused_adam, fused_sgd
-from gflops_track.counting.training import count_training_cost, torch_training_agreement
+from gflops_track.counting.torch_crosscheck import counter_agreement
+from gflops_track.counting.training import count_training_cost
 from gflops_track.models import ResidualBlock
 from gflops_track.options.timing import TimingOptions
 from gflops_track.pipeline.training_step import count_training_step, measure_training_step, profile_training_step
@@ -31,7 +32,7 @@ def counted_with_torch(model: nn.Module, args: tuple, **options: Any) -> tuple[T
     """The step counted with FlopCounterMode in the same pass, and the two compared op by op."""
     torch_counter = FlopCounterMode(display=False)
     cost = count_training_cost(model, args, torch_counter=torch_counter, **options)
-    return cost, torch_training_agreement(torch_counter, cost)
+    return cost, counter_agreement(torch_counter, cost.dense_flops_by_op)
 
 
 def _column_sums_match(cost) -> None:

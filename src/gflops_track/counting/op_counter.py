@@ -193,6 +193,13 @@ def _sdpa_on_meta_as_cpu_kernel(args: Sequence[Any], kwargs: Mapping[str, Any]) 
     return out
 
 
+# Composites that, on meta tensors needing grad, run as another kernel: the one the real step runs, whose backward the
+# rules price as the convention says. Each returns None where the real step would not take it either.
+META_GRAD_KERNELS: dict[Callable[..., Any], Callable[[Sequence[Any], Mapping[str, Any]], Any]] = {
+    F.scaled_dot_product_attention: _sdpa_on_meta_as_cpu_kernel,
+}
+
+
 class _CompositeCalls(TorchFunctionMode):
     """Hands the public functions of ``COMPOSITE_RULES`` to the counter, which prices each one as a whole, also when
     another function of ``torch.nn.functional`` calls them (see ``_body_seen_by_modes``)."""
@@ -290,7 +297,8 @@ class _CountingMode(TorchDispatchMode):
             return func(*args, **kwargs)
         self._inner_dense, self._inner_traffic = Counter(), not composite.fused
         try:
-            out = _sdpa_on_meta_as_cpu_kernel(args, kwargs) if func is F.scaled_dot_product_attention else None
+            kernel = META_GRAD_KERNELS.get(func)
+            out = kernel(args, kwargs) if kernel is not None else None
             out = func(*args, **kwargs) if out is None else out
         finally:
             inner_dense, self._inner_dense, self._inner_traffic = self._inner_dense, None, False

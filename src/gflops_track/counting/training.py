@@ -45,9 +45,8 @@ from gflops_track.counting.layer_info import ROOT_LABEL
 from gflops_track.counting.op_counter import _CountingMode, validate_extra_rules
 from gflops_track.counting.rules import Category, Rule
 from gflops_track.counting.scope import ScopeTally
-from gflops_track.counting.torch_crosscheck import counter_agreement
 from gflops_track.options.training import DEFAULT_LOSS, DEFAULT_OPTIMIZER, training_arg_errors
-from gflops_track.results.counting import TorchCount, TrainingCost, TrainingLayerCost
+from gflops_track.results.counting import TrainingCost, TrainingLayerCost
 
 __all__ = [
     "PHASES",
@@ -56,7 +55,6 @@ __all__ = [
     "compute_loss",
     "count_training_cost",
     "make_optimizer",
-    "torch_training_agreement",
     "train_mode",
 ]
 
@@ -364,7 +362,8 @@ def count_training_cost(
 ) -> TrainingCost:
     """Count MACs and FLOPs of one training step of ``model(*args, **kwargs)`` by phase, category and layer
     (``device_type``: where a model built without weights would run, for its fake tensors). ``torch_counter`` counts
-    the same step, below ours, so both see the very same ops (compare them with ``torch_training_agreement``)."""
+    the same step, below ours, so both see the very same ops (``torch_crosscheck.counter_agreement`` compares
+    them)."""
     rules = validate_extra_rules(extra_rules)
     backend, note, counter = run_training_step(
         model,
@@ -408,9 +407,3 @@ def count_training_cost(
         backend=backend,
         backend_note=note,
     )
-
-
-def torch_training_agreement(torch_counter: FlopCounterMode, ours: TrainingCost) -> TorchCount:
-    """``FlopCounterMode``'s count of the step ``count_training_cost`` counted with it, compared op by op with ours
-    on the ops it has a formula for."""
-    return counter_agreement(torch_counter, ours.dense_flops_by_op)

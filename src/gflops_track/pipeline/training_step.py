@@ -19,12 +19,12 @@ from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
 from gflops_track.counting.counting_forward import on_meta
+from gflops_track.counting.torch_crosscheck import counter_agreement
 from gflops_track.counting.training import (
     TrainingInputError,
     compute_loss,
     count_training_cost,
     make_optimizer,
-    torch_training_agreement,
     train_mode,
 )
 from gflops_track.options.count import CountOptions
@@ -97,7 +97,7 @@ def count_training_step(
             torch_counter=torch_counter,
         )
     notes = counting_notes(cost.backend_note, cost.uncounted_ops)
-    torch_count = None if torch_counter is None else torch_training_agreement(torch_counter, cost)
+    torch_count = None if torch_counter is None else counter_agreement(torch_counter, cost.dense_flops_by_op)
     notes.extend(f"counters disagree: {note}" for note in torch_count.notes if torch_count is not None)
     shapes = input_shapes(args, kwargs)
     return TrainingCountResult(
