@@ -20,6 +20,7 @@ from torch import nn
 from gflops_track.app.building import first_input, input_plan, model_factory
 from gflops_track.app.schema import AppConfig
 from gflops_track.models.construct import build_weightless
+from gflops_track.models.huggingface import input_embedding
 from gflops_track.models.named import Library, library_of
 from gflops_track.options.inputs import InputSizes, InputSpec, ModelInputs
 from gflops_track.pipeline.inputs import random_inputs
@@ -67,11 +68,7 @@ def embedding_rows(model: nn.Module) -> tuple[int, str] | None:
     """How many token ids the model's input embedding holds, and where it says so: ``get_input_embeddings()`` (the
     Hugging Face convention), else its only ``nn.Embedding``; None when it does not say. A model that has no input
     embedding to give (a Hugging Face image model raises ``NotImplementedError``) is searched like any other."""
-    get_embeddings = getattr(model, "get_input_embeddings", None)
-    try:
-        embedding = get_embeddings() if callable(get_embeddings) else None
-    except (NotImplementedError, AttributeError):
-        embedding = None
+    embedding = input_embedding(model)
     if isinstance(embedding, nn.Embedding):
         return embedding.num_embeddings, f"{type(model).__name__}.get_input_embeddings()"
     embeddings = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Embedding)]

@@ -147,15 +147,24 @@ def _did_you_mean(key: str, known: list[str]) -> str:
     return f"did you mean {' or '.join(close)}?" if close else "see the model's config.json for its keys"
 
 
+def input_embedding(model: nn.Module) -> nn.Module | None:
+    """The model's ``get_input_embeddings()`` (the Hugging Face convention), None where it has none to give: no such
+    method, or one that raises (a model of two towers, CLIP; an image model, ResNet: ``NotImplementedError``)."""
+    get_embeddings = getattr(model, "get_input_embeddings", None)
+    if not callable(get_embeddings):
+        return None
+    try:
+        return get_embeddings()
+    except (NotImplementedError, AttributeError):
+        return None
+
+
 def vocabulary_size(model: nn.Module) -> int | None:
     """Rows of the model's input embedding (its vocabulary), as the model itself reports it."""
     size = getattr(getattr(model, "config", None), "vocab_size", None)
     if isinstance(size, int):
         return size
-    try:  # a model of two towers (CLIP) has none to give: NotImplementedError
-        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    except NotImplementedError:
-        return None
+    embeddings = input_embedding(model)
     return embeddings.num_embeddings if isinstance(embeddings, nn.Embedding) else None
 
 
