@@ -332,10 +332,16 @@ def test_job_past_timeout_fails_and_the_sweep_goes_on(tmp_path: Path, store_uri:
         (["timing.max_tim_s=1"], "timing.max_tim_s is not a known key (did you mean timing.max_time_s?)"),
         (["timng.max_time_s=1"], "timng is not a known key (did you mean timing?)"),  # was OmegaConf's raw line
         (["tracking.bogus=1"], "tracking.bogus is not a known key (known keys: enabled, experiment, run_name, uri)"),
-        (["model.foo=1"], "model.foo is not in the config: a new key is added with +model.foo=<value>"),
+        (["model.foo=1"], "model.foo is not in the config: a new key is added with +model.foo=1"),
         # a free-form node names a close key it holds: a typo is likelier than a new argument
         (["model.plane=64"], "model.plane is not in the config (did you mean model.planes?): a new key is added with "
-                             "+model.plane=<value>"),
+                             "+model.plane=64"),
+        # a sweep's override is given back whole, in one line (not one per job)
+        (["-m", "model.plane=64,32"], "model.plane is not in the config (did you mean model.planes?): a new key is "
+                                      "added with +model.plane=64,32"),
+        # a key inside a missing node: Hydra names the node; the line gives the whole key to add, with its value
+        (["model.config.n_layer=2"], "model.config is not in the config: a new key is added with "
+                                     "+model.config.n_layer=2"),
         (["-m", "model=hf", "model.nme=gpt2"], "model.nme is not in the config (did you mean model.name?)"),
         # input.shape is the whole per-sample shape: a size it does not hold was ignored, the run named by it
         (

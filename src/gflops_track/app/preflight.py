@@ -87,10 +87,11 @@ def _yaml_line(error: yaml.YAMLError) -> str:
     return f"{where} is not valid YAML: {problem}; fix the file (or name another config)"
 
 
-def _cause_line(error: BaseException, job: Sequence[str] = ()) -> str:
+def _cause_line(error: BaseException, job: Sequence[str] = (), given: Sequence[str] = ()) -> str:
     """One line for a composition error (of ``job``'s overrides, if given): a YAML file's, an unknown key's with the
-    known ones, else the error's first line, with the next when the first only introduces it (Hydra's "...
-    raised while composing config:")."""
+    known ones and the override that set it (from ``given``, the command's overrides, so a sweep's is named whole,
+    once), else the error's first line, with the next when the first only introduces it (Hydra's "... raised while
+    composing config:")."""
     cause = error.__cause__ or error
     if isinstance(cause, yaml.YAMLError):
         return _yaml_line(cause)
@@ -101,12 +102,23 @@ def _cause_line(error: BaseException, job: Sequence[str] = ()) -> str:
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key and not key.startswith("hydra."):
         parent = getattr(cause, "parent_node", None)  # the composed node the key was looked up in
         present = list(parent.keys()) if OmegaConf.is_dict(parent) else []
-        unknown = unknown_key_error(key, present)  # Hydra's own line names neither the known keys nor a close one
+        # Hydra's own line names neither the known keys nor a close one, nor the override that set the key
+        unknown = unknown_key_error(key, present, _override_setting(key, given))
         if unknown:
             return unknown
     lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()] or [type(cause).__name__]
     first = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
     return f"{key}: {first}" if key else first
+
+
+def _override_setting(key: str, overrides: Sequence[str]) -> str:
+    """The plain override (``key=value``, no ``+``) that sets ``key`` or a key inside it, as the user wrote it (a
+    sweep's values and all); empty when none does (the failure came from a config file)."""
+    for override in overrides:
+        name, equals, _value = override.partition("=")
+        if equals and (name == key or name.startswith(f"{key}.")):
+            return override
+    return ""
 
 
 def _syntax_errors(overrides: list[str]) -> list[str]:
@@ -159,9 +171,9 @@ def _group_choice_errors(overrides: list[str], source: Any) -> list[str]:
     return errors
 
 
-def _failure_line(error: BaseException, flags: dict[str, str], job: Sequence[str] = ()) -> str:
+def _failure_line(error: BaseException, flags: dict[str, str], given: Sequence[str], job: Sequence[str] = ()) -> str:
     """``_cause_line`` of a composition error, with ``_relative_config_path_hint`` where it applies."""
-    line, hint = _cause_line(error, job), _relative_config_path_hint(flags, error)
+    line, hint = _cause_line(error, job, given), _relative_config_path_hint(flags, error)
     return line.rstrip(".") + hint if hint else line
 
 
@@ -335,7 +347,7 @@ def _check_jobs(
             jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
             groups = group_keys(source, parsed, {})
         except (HydraException, OmegaConfBaseException, ValueError, yaml.YAMLError) as error:
-            return [_failure_line(error, flags)], configs
+            return [_failure_line(error, flags, checked)], configs
         bases: dict[tuple[str, ...], DictConfig] = {}  # one composition per choice of config groups
         for job_overrides in jobs:
             try:
@@ -346,7 +358,7 @@ def _check_jobs(
             except ConfigError as error:
                 errors += [e for e in error.errors if e not in errors]
             except (HydraException, OmegaConfBaseException, yaml.YAMLError, UnicodeDecodeError) as error:
-                line = _failure_line(error, flags, job_overrides)
+                line = _failure_line(error, flags, checked, job_overrides)
                 errors += [line] if line not in errors else []
     built: dict[str, Any] = {}  # each model config's copy without weights, built once for every job that has it
     for config in configs:  # built without weights here: the inputs it takes (meta_checks); train: a step that runs

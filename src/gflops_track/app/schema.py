@@ -361,11 +361,13 @@ def not_a_known_key(dotted: str, known: Sequence[str]) -> str:
     return f"{dotted} is not a known key ({hint})"
 
 
-def unknown_key_error(dotted: str, present: Sequence[str] = ()) -> str | None:
+def unknown_key_error(dotted: str, present: Sequence[str] = (), override: str = "") -> str | None:
     """The line for an override of a key the config does not have (Hydra's own says only "Key 'foo' not in
     'AppConfig'"): named with the close or known keys of the schema; a free-form node (``model``,
     ``input.kwargs``) takes new keys with ``+``, and a key close to one it holds (``present``: the composed node's
-    keys) is named first, since a typo is likelier than a new argument. None when the schema does have the key."""
+    keys) is named first, since a typo is likelier than a new argument. ``override``: the user's ``key=value`` that
+    set ``dotted`` or a key inside it (``model.config.n_layer=2`` when ``model.config`` is missing), given back with
+    its ``+``. None when the schema does have the key."""
     schema: Any = AppConfig
     parts = dotted.split(".")
     for depth, part in enumerate(parts):
@@ -373,7 +375,7 @@ def unknown_key_error(dotted: str, present: Sequence[str] = ()) -> str | None:
             close = difflib.get_close_matches(parts[-1], [str(key) for key in present], n=1)
             prefix = dotted.rpartition(".")[0]
             typo = f" (did you mean {prefix}.{close[0]}?)" if close else ""
-            return f"{dotted} is not in the config{typo}: a new key is added with +{dotted}=<value>"
+            return f"{dotted} is not in the config{typo}: a new key is added with +{override or f'{dotted}=<value>'}"
         known = {f.name: f for f in fields(schema)}
         if part not in known:
             return not_a_known_key(".".join(parts[: depth + 1]), list(known))
