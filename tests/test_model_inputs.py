@@ -16,6 +16,7 @@ from gflops_track.counting.thop_compare import NAMES_SHOWN, named, thop_count, t
 from gflops_track.models.construct import construct, weight_bytes
 from gflops_track.options.inputs import InputSpec, ModelInputs, input_spec
 from gflops_track.options.runtime import RuntimeOptions
+from gflops_track.options.timing import TimingOptions
 from gflops_track.pipeline.inputs import random_input, random_inputs
 from gflops_track.pipeline.runtime import convert_inputs
 
@@ -234,6 +235,49 @@ def test_the_weightless_fallback_keeps_ties_and_laziness() -> None:
     assert count(built, torch.randn(rows, 16)).macs == rows * (16 * 16 + 16 * 16 + 16 * 4)
     lazy = construct(lambda: TiedAndItem(lazy=True), "meta", torch.device("cpu")).module.head.weight
     assert isinstance(lazy, nn.parameter.UninitializedParameter) and lazy.is_meta
+
+
+def lazy_stack() -> nn.Sequential:
+    return nn.Sequential(nn.LazyConv2d(8, 3), nn.LazyBatchNorm2d(), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
+
+
+# LazyConv2d(8, 3) on (2, 3, 16, 16) gives (2, 8, 14, 14); LazyLinear(10) then takes 8*14*14 = 1,568 features
+LAZY_PARAMS = (8 * 3 * 3 * 3 + 8) + 2 * 8 + (10 * 1568 + 10)  # conv, batch norm's affine, linear: 15,930
+LAZY_MACS = 2 * (8 * 14 * 14) * (3 * 3 * 3) + 2 * 1568 * 10  # conv 84,672 + linear 31,360 = 116,032
+
+
+def test_lazy_modules_get_their_first_forward_then_are_counted_timed_and_trained() -> None:
+    """Lazy modules know their weights' shapes only after a first forward, and every step failed before it
+    ('Attempted to use an uninitialized parameter'). Placing the call gives them that forward once, in eval mode and
+    without grad: batch norm's running statistics stay as built, the train flags as they were."""
+    model, x = lazy_stack(), torch.randn(2, 3, 16, 16)
+    # unknown before the first forward, so counted as none (model.init=auto builds it); batch norm's int64 step count
+    assert weight_bytes(model) == 8
+    cost = count(model, x)
+    assert (cost.params, cost.macs) == (LAZY_PARAMS, LAZY_MACS)
+    # thop ran on the initialised model: ours plus its batch norm rule, 4 per output element (2*8*14*14 of them)
+    assert cost.thop is not None and cost.thop.raw_macs == LAZY_MACS + 4 * (2 * 8 * 14 * 14)
+    assert not any(nn.parameter.is_lazy(p) for p in model.parameters()) and model.training
+    norm = model[1]
+    assert int(norm.num_batches_tracked) == 0 and bool((norm.running_mean == 0).all())
+    assert weight_bytes(model) == 4 * LAZY_PARAMS + 4 * (2 * 8) + 8  # fp32 params, running mean and var; the count
+    timed = measure(lazy_stack(), x, options=TimingOptions(warmup=1, min_repeats=3, max_time_s=0.5, layers=False))
+    assert timed.latency.median_ms > 0
+    step = count_training_step(lazy_stack(), x, optimizer="sgd")
+    assert step.cost.macs_by_phase["forward"] == LAZY_MACS
+
+
+def test_a_lazy_model_built_on_meta_is_materialised_on_meta_and_counted() -> None:
+    """model.init=meta keeps a lazy layer lazy (on meta); its first forward runs on meta twins of the inputs and
+    makes meta weights. MACs = rows * (16*16 + 16*16 + 16*4); params 16*16 + 16*4 + 4 (the tie once)."""
+    rows = 3
+    built = construct(lambda: TiedAndItem(lazy=True), "meta", torch.device("cpu")).module
+    cost = count(built, torch.randn(rows, 16))
+    assert (cost.macs, cost.params) == (rows * (16 * 16 + 16 * 16 + 16 * 4), 16 * 16 + 16 * 4 + 4)
+    assert built.head.weight.is_meta and tuple(built.head.weight.shape) == (4, 16)
+    with torch.device("meta"):
+        weightless = lazy_stack()
+    assert profile(weightless, torch.randn(2, 3, 16, 16)).macs == LAZY_MACS
 
 
 def test_rotary_sin_and_cos_are_priced_one_flop_per_element() -> None:

@@ -207,6 +207,20 @@ def test_a_model_built_without_weights_is_counted_and_not_timed(tmp_path: Path, 
     assert "timing skipped" in done.stdout
 
 
+def test_a_lazy_module_is_profiled_with_and_without_weights(tmp_path: Path, store_uri: str) -> None:
+    """nn.LazyLinear(8) on (2, 16): its first forward sizes it (both runs FAILED with 'uninitialized parameter'
+    before); MACs = 2 * 16 * 8 = 256, params 16 * 8 + 8 = 136; built for real it is timed, on meta not."""
+    lazy = ["model=custom", "model._target_=torch.nn.LazyLinear", "+model.out_features=8", "input.shape=[16]"]
+    done = run_cli(["-m", *lazy, "model.init=auto,meta", *QUICK], cwd=tmp_path, MLFLOW_TRACKING_URI=store_uri)
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = {r.data.params["model.init"]: r for r in all_runs(store_uri) if "mlflow.parentRunId" in r.data.tags}
+    assert sorted(jobs) == ["auto", "meta"]
+    for run in jobs.values():
+        assert run.info.status == "FINISHED"
+        assert (run.data.metrics["cost/macs"], run.data.metrics["cost/params"]) == (2 * 16 * 8, 16 * 8 + 8)
+    assert "latency/median_ms" in jobs["auto"].data.metrics and "latency/median_ms" not in jobs["meta"].data.metrics
+
+
 @pytest.mark.parametrize(("group", "module", "extra"), [("hf", "transformers", "hf"), ("timm", "timm", "vision")])
 def test_a_missing_extra_is_one_line_naming_the_install(tmp_path: Path, group: str, module: str, extra: str) -> None:
     if importlib.util.find_spec(module) is not None:

@@ -78,7 +78,8 @@ def restored_buffers(model: nn.Module) -> Iterator[None]:
                     buffers[key].copy_(value)
 
 
-def _to_meta(value: Any) -> Any:
+def to_meta(value: Any) -> Any:
+    """A tensor's meta twin (same shape, dtype and strides, no storage); any other value as it is."""
     return torch.empty_like(value, device="meta") if isinstance(value, torch.Tensor) else value
 
 
@@ -114,7 +115,7 @@ def swapped_tensors(
 
 def meta_tensors(model: nn.Module, *, keep_requires_grad: bool = False) -> AbstractContextManager[None]:
     """Swap every parameter and buffer for a meta tensor of the same shape and dtype (see ``swapped_tensors``)."""
-    return swapped_tensors(model, _to_meta, keep_requires_grad=keep_requires_grad)
+    return swapped_tensors(model, to_meta, keep_requires_grad=keep_requires_grad)
 
 
 _DYNAMO_DISABLED = "__dynamo_disable"  # the attribute where torch._disable_dynamo caches the disabled function
@@ -215,7 +216,7 @@ def run_counting_forward(
                 return CountingPass("real", note, counter)
             try:
                 if backend == "meta":
-                    meta_args, meta_kwargs = tree_map(_to_meta, (tuple(args), dict(kwargs)))
+                    meta_args, meta_kwargs = tree_map(to_meta, (tuple(args), dict(kwargs)))
                     with meta_tensors(model), counter:
                         model(*meta_args, **meta_kwargs)
                 else:

@@ -43,7 +43,7 @@ with contextlib.suppress(Exception):
     import thop.profile  # noqa: F401
 
 from gflops_track.common.listing import NAMES_SHOWN, named
-from gflops_track.counting.counting_forward import _to_meta, dynamo_import_deferred, meta_tensors
+from gflops_track.counting.counting_forward import dynamo_import_deferred, meta_tensors, to_meta
 from gflops_track.counting.layer_info import ROOT_LABEL
 from gflops_track.counting.op_counter import CostReport
 from gflops_track.results.counting import LayerCost
@@ -148,7 +148,7 @@ def _run_thop(
     if meta:
         with meta_tensors(model):  # the copy takes the stand-ins (shared tensors stay shared); the originals return
             clone = copy.deepcopy(model)
-        args, kwargs = tree_map(_to_meta, (tuple(args), dict(kwargs)))
+        args, kwargs = tree_map(to_meta, (tuple(args), dict(kwargs)))
     else:
         clone = copy.deepcopy(model)
     with warnings.catch_warnings():

@@ -39,6 +39,7 @@ from gflops_track.counting.counting_forward import (
     fake_tensors,
     meta_tensors,
     on_meta,
+    to_meta,
     weightless_failure,
 )
 from gflops_track.counting.layer_info import ROOT_LABEL
@@ -212,10 +213,6 @@ def _no_grad_inputs(value: Any) -> Any:
     return value.detach() if isinstance(value, torch.Tensor) else value
 
 
-def _to_meta(value: Any) -> Any:
-    return torch.empty_like(value, device="meta") if isinstance(value, torch.Tensor) else value
-
-
 def _step(
     model: nn.Module,
     args: Sequence[Any],
@@ -274,7 +271,7 @@ def run_training_step(
         if prefer_meta or weightless:
             counter = make_counter(model)
             try:
-                meta_args, meta_kwargs, meta_labels = tree_map(_to_meta, (tuple(args), dict(kwargs), labels))
+                meta_args, meta_kwargs, meta_labels = tree_map(to_meta, (tuple(args), dict(kwargs), labels))
                 with meta_tensors(model, keep_requires_grad=True), dynamo_import_deferred():
                     _step(model, meta_args, meta_kwargs, counter, loss=loss, optimizer=optimizer, labels=meta_labels)
                 return "meta", "", counter

@@ -35,8 +35,9 @@ class Built:
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes of every parameter and buffer, a tensor shared by several modules once."""
-    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    """Bytes of every parameter and buffer, a tensor shared by several modules once; a lazy module's (``nn.LazyLinear``)
+    count none, as their shapes are known only after the first forward."""
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers()) if not nn.parameter.is_lazy(t)}
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 

@@ -8,10 +8,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 from torch.utils._pytree import tree_leaves, tree_map
 
 from gflops_track.common.validation import device_problems
-from gflops_track.counting.counting_forward import on_meta
+from gflops_track.counting.counting_forward import eval_mode, on_meta, to_meta
 from gflops_track.machine.hardware import fingerprint
 from gflops_track.options.runtime import RuntimeOptions
 from gflops_track.pipeline.runtime import effective_settings, runtime_context
@@ -72,4 +73,18 @@ def place(
     args, kwargs = tree_map(lambda v: v.to(device) if isinstance(v, torch.Tensor) else v, (args, kwargs))
     if not input_shapes(args, kwargs):
         raise ValueError("inputs must contain at least one tensor")
+    initialize_lazy(model, args, kwargs)
     return args, kwargs
+
+
+def initialize_lazy(model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+    """Lazy modules (``nn.LazyLinear``, ``nn.LazyConv2d``, ...) learn their weights' shapes from their first forward,
+    and until then no step can size them: give them that forward, once, in eval mode and without grad (as torch's
+    docs say to: "call forward with a dummy batch"), on meta twins of the inputs for a model built on meta. The model
+    keeps its weights, as after any first call; a model with nothing lazy is left alone."""
+    if not any(is_lazy(tensor) for tensor in (*model.parameters(), *model.buffers())):
+        return
+    if on_meta(model):
+        args, kwargs = tree_map(to_meta, (tuple(args), dict(kwargs)))
+    with torch.no_grad(), eval_mode(model):
+        model(*args, **kwargs)
