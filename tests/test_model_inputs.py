@@ -12,13 +12,14 @@ from torch import nn
 from fixture_models import Conv1D, Conv1DStack, TinyLM, tiny_lm_macs, tiny_lm_params
 from gflops_track import count, count_training_step, measure, profile
 from gflops_track.counting.op_counter import count_cost
-from gflops_track.counting.thop_compare import NAMES_SHOWN, named, thop_count, thop_notes
+from gflops_track.counting.thop_compare import NAMES_SHOWN, named, thop_count, thop_distribution, thop_notes
 from gflops_track.models.construct import construct, weight_bytes
 from gflops_track.options.inputs import InputSpec, ModelInputs, input_spec
 from gflops_track.options.runtime import RuntimeOptions
 from gflops_track.options.timing import TimingOptions
 from gflops_track.pipeline.inputs import random_input, random_inputs
 from gflops_track.pipeline.runtime import convert_inputs
+from gflops_track.results.counting import ORIGINAL_THOP
 
 BATCH, SEQ, VOCAB = 2, 64, 1000
 
@@ -310,6 +311,73 @@ def test_thop_note_says_it_has_no_rule_for_a_module_type_and_counts_zero() -> No
     assert any(", ".join(f"layers.{i}" for i in range(layers)) + ")" in line for line in full)
     assert "bias add" not in " ".join(thop_notes(thop, ours.macs, ours.params))
     assert isinstance(model.layers[0], Conv1D)
+
+
+class TiedLM(nn.Module):
+    """An embedding tied to the output head (50 x 8 = 400 parameters, once), a position vector on the model itself
+    (8), a GroupNorm (thop has no rule: weight and bias, 2 x 8) and a block with a scale of its own (8) beside its
+    Linear(8, 8) (72)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.head = nn.Embedding(50, 8), nn.Linear(8, 50, bias=False)
+        self.head.weight = self.embed.weight
+        self.position = nn.Parameter(torch.zeros(8))
+        self.norm = nn.GroupNorm(2, 8)
+        self.block = ScaledBlock(8)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.norm((self.embed(ids) + self.position).transpose(1, 2)).transpose(1, 2)
+        return self.head(self.block(hidden))
+
+
+class ScaledBlock(nn.Module):
+    """A module with a parameter of its own (``scale``, width) beside a submodule: thop has no rule for it."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(width))
+        self.linear = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) * self.scale
+
+
+def param_notes(model: nn.Module, x: torch.Tensor) -> tuple[int, list[str]]:
+    ours = count_cost(model, (x,))
+    notes = thop_notes(thop_count(model, (x,), ours), ours.macs, ours.params)
+    return ours.params, notes[next(i for i, note in enumerate(notes) if note.startswith("thop reports")) :]
+
+
+def test_thop_params_differences_are_each_explained_by_formula() -> None:
+    """thop adds up the parameters of the modules it has a rule for, below the model: the model's own, a rule-less
+    module's own and (raw) a rule-less leaf's are never added; a tied tensor is added once per module holding it.
+    Each line's figure, and thop's own totals, by formula (no line says something is unaccounted for)."""
+    if thop_distribution()[0] != ORIGINAL_THOP:
+        pytest.skip("figures are thop 0.1.1's")
+    params, notes = param_notes(nn.Linear(16, 8), torch.randn(2, 16))
+    assert params == 16 * 8 + 8 and notes == [
+        "thop reports 0 params as the blog post runs it and 0 with our custom_ops; the true count (shared tensors "
+        "once) is 136. Why:",
+        "  - Linear (the model itself): -136 params; thop adds up its submodules' parameters, never the model's own",
+    ]
+    tied, position, norm, scale, block_linear = 50 * 8, 8, 2 * 8, 8, 8 * 8 + 8
+    params, notes = param_notes(TiedLM(), torch.randint(0, 50, (2, 5)))
+    assert params == tied + position + norm + scale + block_linear == 504
+    raw = params - position - norm - scale  # the head adds the tied weight; the embedding (no rule) adds nothing
+    patched = params - position - scale + tied  # with custom_ops the embedding adds the tied weight a second time
+    assert notes == [
+        f"thop reports {raw:,} params as the blog post runs it and {patched:,} with our custom_ops; the true count "
+        f"(shared tensors once) is {params:,}. Why:",
+        f"  - TiedLM (the model itself): {-position:+,} params; thop adds up its submodules' parameters, never the "
+        "model's own",
+        f"  - GroupNorm (norm): {-norm:+,} params; thop has no rule for GroupNorm and drops its parameters (our "
+        "custom_ops count them)",
+        f"  - ScaledBlock (block): {-scale:+,} params held by the module itself, not a submodule: thop adds such "
+        "parameters only through a rule",
+        f"  - with our custom_ops: {tied:+,} params: thop adds a tensor once for each module, and each name of a "
+        "module, that holds it (tied weights, shared modules)",
+    ]
 
 
 def test_a_note_names_a_few_modules_then_how_many_more() -> None:

@@ -188,7 +188,13 @@ def test_thop_notes_on_stride_two_group_block() -> None:
         f"({2 * thop_norm:+,} MACs)",
         "  - thop has no rule for GroupNorm (raw thop counts 0 MACs and drops their parameters)",
         f"thop reports {params - 3 * 2 * c_out:,} params as the blog post runs it and {params + 2 * c_out:,} with our "
-        f"custom_ops; the true count (shared tensors once) is {params:,}",
+        f"custom_ops; the true count (shared tensors once) is {params:,}. Why:",
+        # raw: the three norms' affine weight and bias (2 * c_out each) are dropped; with custom_ops they are added,
+        # norm3's twice (it is also downsample.1)
+        f"  - GroupNorm (norm1, norm2, norm3): {-3 * 2 * c_out:+,} params; thop has no rule for GroupNorm and drops "
+        "its parameters (our custom_ops count them)",
+        f"  - with our custom_ops: {2 * c_out:+,} params: thop adds a tensor once for each module, and each name of a "
+        "module, that holds it (tied weights, shared modules)",
     ]
 
 

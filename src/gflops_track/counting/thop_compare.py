@@ -28,7 +28,7 @@ import functools
 import importlib.metadata
 import importlib.util
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +268,116 @@ def explain_difference(
     return reasons
 
 
+def _thop_params_seen(
+    model: nn.Module, ruled: Callable[[type[nn.Module]], bool], wrapped: bool
+) -> tuple[dict[int, int], dict[int, int], dict[str, list[tuple[str, list[int]]]]]:
+    """The parameters as the original thop's ``dfs_count`` adds them up: it walks the children of the module it was
+    given; a child whose type has a rule (never a Sequential or ModuleList) adds all of its parameters, each tensor
+    once per such module; any other child is walked in turn. A walked module's own parameters (the model's itself,
+    or a rule-less module's not in a submodule) are not added by it. ``wrapped``: the model is the child of our
+    keyword wrapper. Returns each tensor's numel and how many times thop adds it (by id), and the walked modules
+    holding parameters of their own, per type: [(module name, their ids)]."""
+    numel: dict[int, int] = {}
+    times: dict[int, int] = {}
+    walked: dict[str, list[tuple[str, list[int]]]] = {}
+
+    def priced(module: nn.Module) -> bool:
+        return ruled(type(module)) and not isinstance(module, (nn.Sequential, nn.ModuleList))
+
+    def add(module: nn.Module) -> None:
+        for parameter in module.parameters():
+            numel[id(parameter)] = parameter.numel()
+            times[id(parameter)] = times.get(id(parameter), 0) + 1
+
+    def walk(module: nn.Module, name: str) -> None:
+        own = list(module.parameters(recurse=False))
+        numel.update((id(p), p.numel()) for p in own)
+        if own:
+            walked.setdefault(type(module).__name__, []).append((name or ROOT_LABEL, [id(p) for p in own]))
+        for child_name, child in module.named_children():
+            path = f"{name}.{child_name}" if name else child_name
+            if priced(child):
+                add(child)
+            else:
+                walk(child, path)
+
+    if wrapped and priced(model):
+        add(model)
+    else:
+        walk(model, "")
+    return numel, times, walked
+
+
+def _params_reasons(
+    model: nn.Module, ruled: Callable[[type[nn.Module]], bool], wrapped: bool, rule_less: set[str], shown: int | None
+) -> tuple[list[str], int]:
+    """The reasons thop's walk (``_thop_params_seen``) with rules for ``ruled`` types gives another figure than the
+    true count, each with its parameters (thop - true = each tensor's extra additions - the tensors it never adds),
+    and the figure the walk adds up. ``rule_less``: types thop has no rule for, that our custom_ops price."""
+    numel, times, walked = _thop_params_seen(model, ruled, wrapped)
+    reasons, never_added = [], set()
+    for kind, modules in walked.items():
+        lost_by_module = {}
+        for name, ids in modules:
+            ids = [key for key in ids if key not in times and key not in never_added]  # tied to an added tensor: kept
+            never_added.update(ids)
+            lost_by_module[name] = sum(numel[key] for key in ids)
+        lost, names = -sum(lost_by_module.values()), [name for name, count in lost_by_module.items() if count]
+        if not lost:
+            continue
+        if names == [ROOT_LABEL]:
+            why = "thop adds up its submodules' parameters, never the model's own"
+            reasons.append(f"{kind} (the model itself): {lost:+,} params; {why}")
+        elif kind in rule_less:
+            why = f"thop has no rule for {kind} and drops its parameters (our custom_ops count them)"
+            reasons.append(f"{kind} ({named(names, shown)}): {lost:+,} params; {why}")
+        else:
+            why = "held by the module itself, not a submodule: thop adds such parameters only through a rule"
+            reasons.append(f"{kind} ({named(names, shown)}): {lost:+,} params {why}")
+    repeats = sum(numel[key] * (count - 1) for key, count in times.items())
+    if repeats:
+        reasons.append(
+            f"{repeats:+,} params: thop adds a tensor once for each module, and each name of a module, that holds it "
+            "(tied weights, shared modules)"
+        )
+    return reasons, sum(numel[key] * count for key, count in times.items())
+
+
+def explain_params(
+    model: nn.Module,
+    wrapped: bool,
+    custom: Mapping[type[nn.Module], Any],
+    figures: tuple[int, int],
+    distribution: str = ORIGINAL_THOP,
+    shown: int | None = NAMES_SHOWN,
+) -> list[str]:
+    """One line per reason the original thop's parameter counts (``figures``: raw, as the blog post runs it, and
+    with our custom_ops) are not the true one, each with the parameters it accounts for, found by walking the model
+    as thop does; the custom_ops figure's own reasons are marked so; whatever the walk does not account for in
+    either figure has a line of its own, so no difference goes unsaid. ultralytics-thop counts its own way: one
+    line with its figures."""
+    raw, patched = figures
+    if distribution != ORIGINAL_THOP:
+        return [f"{distribution} counts parameters its own way ({raw:,} raw, {patched:,} with our custom_ops)"]
+    from thop.profile import register_hooks
+
+    def has_rule(kind: type[nn.Module]) -> bool:
+        return thop_has_rule(kind, register_hooks, distribution)
+
+    rule_less = {kind.__name__ for kind in custom}
+    reasons, raw_walked = _params_reasons(model, has_rule, wrapped, rule_less, shown)
+    patched_reasons, patched_walked = _params_reasons(
+        model, lambda kind: has_rule(kind) or kind in custom, wrapped, rule_less, shown
+    )
+    reasons += [f"with our custom_ops: {reason}" for reason in patched_reasons if reason not in reasons]
+    reasons += [
+        f"thop's {label} figure holds {figure - walked:+,} params that the lines above do not account for"
+        for label, figure, walked in (("raw", raw, raw_walked), ("custom_ops", patched, patched_walked))
+        if figure != walked
+    ]
+    return reasons
+
+
 def thop_count(
     model: nn.Module, args: Sequence[Any], ours: CostReport, kwargs: Mapping[str, Any] | None = None
 ) -> ThopCount:
@@ -297,6 +407,8 @@ def thop_count(
         reasons=explain_difference(ours, layers, macs, model, unruled, distribution),
         distribution=distribution,
         every_module=explain_difference(ours, layers, macs, model, unruled, distribution, shown=None),
+        params_reasons=explain_params(model, bool(kwargs), custom, (raw_params, params), distribution),
+        params_every_module=explain_params(model, bool(kwargs), custom, (raw_params, params), distribution, None),
     )
 
 
@@ -316,6 +428,8 @@ def thop_notes(thop: ThopCount, macs: int, params: int, every_module: bool = Fal
     if thop.raw_params != params or thop.params != params:
         notes.append(
             f"thop reports {thop.raw_params:,} params as the blog post runs it and {thop.params:,} with our "
-            f"custom_ops; the true count (shared tensors once) is {params:,}"
+            f"custom_ops; the true count (shared tensors once) is {params:,}. Why:"
         )
+        reasons = thop.params_every_module if every_module else thop.params_reasons
+        notes.extend(f"  - {reason}" for reason in reasons)
     return notes

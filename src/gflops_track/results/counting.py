@@ -44,6 +44,8 @@ class ThopCount:
     error: str = ""
     distribution: str = ORIGINAL_THOP  # which distribution provides ``thop`` (see ``thop_distribution``)
     every_module: list[str] = field(default_factory=list)  # the reasons naming every module (the run's artifact)
+    params_reasons: list[str] = field(default_factory=list)  # why thop's params are not ours, a few modules named
+    params_every_module: list[str] = field(default_factory=list)  # the same naming every module (the artifact)
 
 
 @dataclass(frozen=True)
