@@ -62,8 +62,9 @@ def where_it_runs(device: torch.device, runtime: RuntimeOptions) -> tuple[Finger
 def place(
     model: nn.Module, inputs: Inputs, kwargs: Mapping[str, Any] | None, device: torch.device, runtime: RuntimeOptions
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Model and inputs on ``device``, converted to the runtime's dtype and memory format (the model in place). A
-    model built on meta (no weights) stays there: counting needs none, and there are none to move."""
+    """Model and inputs on ``device``, converted to the runtime's dtype and memory format (the model in place), lazy
+    modules given their first forward (``initialize_lazy``). A model built on meta (no weights) stays there: counting
+    needs none, and there are none to move."""
     problems = runtime.problems()
     if problems:
         raise ValueError("; ".join(f"{name}{message}" for name, message in problems))
