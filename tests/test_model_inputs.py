@@ -11,6 +11,7 @@ from torch import nn
 
 from fixture_models import Conv1D, Conv1DStack, TinyLM, tiny_lm_macs, tiny_lm_params
 from gflops_track import count, count_training_step, measure, profile
+from gflops_track.counting.counting_forward import swapped_tensors
 from gflops_track.counting.op_counter import count_cost
 from gflops_track.counting.thop_compare import NAMES_SHOWN, named, thop_count, thop_distribution, thop_notes
 from gflops_track.models.construct import construct, weight_bytes
@@ -266,6 +267,52 @@ def test_lazy_modules_get_their_first_forward_then_are_counted_timed_and_trained
     assert timed.latency.median_ms > 0
     step = count_training_step(lazy_stack(), x, optimizer="sgd")
     assert step.cost.macs_by_phase["forward"] == LAZY_MACS
+
+
+class AuxHead(nn.Module):
+    """A lazy auxiliary head that only a train-mode forward reaches (unless ``always``), and a call counter the
+    forward bumps."""
+
+    def __init__(self, always: bool = False) -> None:
+        super().__init__()
+        self.body, self.aux, self.always = nn.LazyLinear(8), nn.LazyLinear(3), always
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        hidden = self.body(x)
+        return self.aux(hidden) if self.training or self.always else hidden
+
+
+def test_lazy_modules_in_another_dtype_and_out_of_reach() -> None:
+    """The first forward takes the lazy weights' dtype (a bf16 run converts the model afterwards; bf16 inputs into
+    fp32 lazy weights failed: 'Input type (BFloat16) and bias type (float)'); it puts back the buffers it changed; a
+    lazy module it does not reach is refused by name, and no weight is left on meta."""
+    bf16 = RuntimeOptions(dtype="bf16", dtype_mode="convert")
+    images = torch.randn(2, 3, 16, 16, dtype=torch.bfloat16)
+    assert count(nn.LazyConv2d(8, 3), images, runtime=bf16).macs == 2 * 8 * 14 * 14 * 3 * 3 * 3
+    assert count(nn.LazyLinear(4, dtype=torch.bfloat16), torch.randn(2, 3)).macs == 2 * 3 * 4
+    model = AuxHead().eval()
+    with pytest.raises(ValueError, match=r"^aux\.weight, aux\.bias belong to lazy modules .* did not reach"):
+        count_training_step(model.train(), torch.randn(2, 5), optimizer="sgd")
+    assert not any(p.is_meta for p in model.body.parameters()) and int(model.calls) == 0
+    reached = AuxHead(always=True)
+    assert count(reached, torch.randn(2, 5)).macs == 2 * (5 * 8 + 8 * 3) and int(reached.calls) == 0
+
+
+def test_a_swap_that_fails_part_way_puts_back_what_it_swapped() -> None:
+    """A stand-in that cannot be made for one tensor (here: the second) leaves every original in place."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    originals = [*model.parameters()]
+
+    def convert(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor is originals[1]:
+            raise RuntimeError("no stand-in")
+        return torch.empty_like(tensor, device="meta")
+
+    with pytest.raises(RuntimeError, match="no stand-in"), swapped_tensors(model, convert):
+        pass
+    assert [*model.parameters()] == originals and not any(p.is_meta for p in model.parameters())
 
 
 def test_a_lazy_model_built_on_meta_is_materialised_on_meta_and_counted() -> None:

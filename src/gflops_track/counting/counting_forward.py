@@ -67,7 +67,9 @@ def restored_buffers(model: nn.Module) -> Iterator[None]:
     of the buffers only (parameters are rarely written by a forward: ``nn.Embedding(max_norm=...)`` renormalises
     its rows in place, and is left so; the training step works on a copy of the model)."""
     # inference tensors (a model built under torch.inference_mode) keep no version and cannot be written outside it
-    buffers = {id(buffer): buffer for buffer in model.buffers() if not buffer.is_inference()}
+    # a lazy module's buffer has no value until its first forward makes one
+    kept = [buffer for buffer in model.buffers() if not nn.parameter.is_lazy(buffer)]
+    buffers = {id(buffer): buffer for buffer in kept if not buffer.is_inference()}
     saved = {key: (buffer._version, buffer.detach().clone()) for key, buffer in buffers.items()}
     try:
         yield
@@ -92,21 +94,21 @@ def swapped_tensors(
     ``keep_requires_grad`` (a counted training step): then each requires grad exactly where the original does."""
     originals: list[tuple[dict[str, Any], str, Any]] = []
     replacements: dict[int, Any] = {}
-    for module in model.modules():
-        for slots in (module._parameters, module._buffers):
-            for name, tensor in list(slots.items()):
-                if tensor is None:
-                    continue
-                if id(tensor) not in replacements:
-                    stand_in = convert(tensor)
-                    replacements[id(tensor)] = (
-                        nn.Parameter(stand_in, requires_grad=keep_requires_grad and tensor.requires_grad)
-                        if slots is module._parameters
-                        else stand_in
-                    )
-                originals.append((slots, name, tensor))
-                slots[name] = replacements[id(tensor)]
-    try:
+    try:  # a convert that fails part-way puts back what it had swapped
+        for module in model.modules():
+            for slots in (module._parameters, module._buffers):
+                for name, tensor in list(slots.items()):
+                    if tensor is None:
+                        continue
+                    if id(tensor) not in replacements:
+                        stand_in = convert(tensor)
+                        replacements[id(tensor)] = (
+                            nn.Parameter(stand_in, requires_grad=keep_requires_grad and tensor.requires_grad)
+                            if slots is module._parameters
+                            else stand_in
+                        )
+                    originals.append((slots, name, tensor))
+                    slots[name] = replacements[id(tensor)]
         yield
     finally:
         for slots, name, tensor in originals:

@@ -12,7 +12,7 @@ from torch.nn.parameter import is_lazy
 from torch.utils._pytree import tree_leaves, tree_map
 
 from gflops_track.common.validation import device_problems
-from gflops_track.counting.counting_forward import eval_mode, on_meta, to_meta
+from gflops_track.counting.counting_forward import eval_mode, on_meta, restored_buffers, to_meta
 from gflops_track.machine.hardware import fingerprint
 from gflops_track.options.runtime import RuntimeOptions
 from gflops_track.pipeline.runtime import effective_settings, runtime_context
@@ -80,12 +80,27 @@ def place(
 
 def initialize_lazy(model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
     """Lazy modules (``nn.LazyLinear``, ``nn.LazyConv2d``, ...) learn their weights' shapes from their first forward,
-    and until then no step can size them: give them that forward, once, in eval mode and without grad (as torch's
-    docs say to: "call forward with a dummy batch"), on meta twins of the inputs for a model built on meta. The model
-    keeps its weights, as after any first call; a model with nothing lazy is left alone."""
-    if not any(is_lazy(tensor) for tensor in (*model.parameters(), *model.buffers())):
+    and until then no step can size them: give them that forward, once, in eval mode, without grad and with the
+    buffers it changes put back (as torch's docs say to: "call forward with a dummy batch"); on meta twins of the
+    inputs for a model built on meta; floating inputs in the lazy weights' dtype (a bf16 run converts the model
+    after this). The model keeps its weights, as after any first call. A lazy module that forward does not reach
+    (a train-only branch) is refused by name; a model with nothing lazy is left alone."""
+    lazy = [tensor for tensor in (*model.parameters(), *model.buffers()) if is_lazy(tensor)]
+    if not lazy:
         return
+    floating = next((tensor.dtype for tensor in lazy if tensor.dtype.is_floating_point), None)
     if on_meta(model):
         args, kwargs = tree_map(to_meta, (tuple(args), dict(kwargs)))
-    with torch.no_grad(), eval_mode(model):
+    if floating is not None:
+        args, kwargs = tree_map(
+            lambda v: v.to(floating) if isinstance(v, torch.Tensor) and v.is_floating_point() else v, (args, kwargs)
+        )
+    with torch.no_grad(), eval_mode(model), restored_buffers(model):
         model(*args, **kwargs)
+    unreached = [name for name, tensor in (*model.named_parameters(), *model.named_buffers()) if is_lazy(tensor)]
+    if unreached:
+        raise ValueError(
+            f"{', '.join(unreached)} belong to lazy modules that the model's first forward in eval mode did not "
+            "reach, so their shapes are unknown: call the model once in the mode that reaches them (e.g. "
+            "model.train(); model(x)) before profiling it"
+        )
