@@ -418,13 +418,61 @@ def test_thop_params_differences_are_each_explained_by_formula() -> None:
         f"(shared tensors once) is {params:,}. Why:",
         f"  - TiedLM (the model itself): {-position:+,} params; thop adds up its submodules' parameters, never the "
         "model's own",
-        f"  - GroupNorm (norm): {-norm:+,} params; thop has no rule for GroupNorm and drops its parameters (our "
-        "custom_ops count them)",
-        f"  - ScaledBlock (block): {-scale:+,} params held by the module itself, not a submodule: thop adds such "
-        "parameters only through a rule",
-        f"  - with our custom_ops: {tied:+,} params: thop adds a tensor once for each module, and each name of a "
-        "module, that holds it (tied weights, shared modules)",
+        f"  - as the blog post runs it: GroupNorm (norm): {-norm:+,} params; thop has no rule for GroupNorm and never "
+        "adds the parameters it holds itself",
+        f"  - ScaledBlock (block): {-scale:+,} params; thop has no rule for ScaledBlock and never adds the parameters "
+        "it holds itself",
+        f"  - with our custom_ops: {tied:+,} params: thop adds a tensor again for each other module holding it, and "
+        "again each time it reaches a shared module (tied weights, shared modules)",
     ]
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.attention = nn.MultiheadAttention(width, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attention(x, x, x)[0]
+
+
+def test_thop_params_of_a_module_never_called_and_through_a_keyword_call() -> None:
+    """MultiheadAttention holds its packed in-projection itself (3w*w + 3w) and reads its out_proj's weights without
+    calling it (w*w + w): thop, whose parameter count is a hook on the call, adds neither; with custom_ops out_proj
+    has a rule, yet is still not called. Through a keyword call (our wrapper), a Linear model's own parameters are
+    walked as the wrapper's child: thop has no rule for a Linear subclass (it looks the exact type up), so raw thop
+    never adds its parameters; our custom_ops give it one."""
+    if thop_distribution()[0] != ORIGINAL_THOP:
+        pytest.skip("figures are thop 0.1.1's")
+    width = 16
+    in_projection, out_projection = 3 * width * width + 3 * width, width * width + width
+    params, notes = param_notes(SelfAttention(width), torch.randn(2, 5, width))
+    assert params == in_projection + out_projection == 1088 and notes == [
+        f"thop reports 0 params as the blog post runs it and 0 with our custom_ops; the true count (shared tensors "
+        f"once) is {params:,}. Why:",
+        f"  - MultiheadAttention (attention): {-in_projection:+,} params; thop has no rule for MultiheadAttention and "
+        "never adds the parameters it holds itself",
+        f"  - as the blog post runs it: NonDynamicallyQuantizableLinear (attention.out_proj): {-out_projection:+,} "
+        "params; thop has no rule for NonDynamicallyQuantizableLinear and never adds the parameters it holds itself",
+        f"  - with our custom_ops: NonDynamicallyQuantizableLinear (attention.out_proj): {-out_projection:+,} params; "
+        "thop adds a module's parameters when it is called, and these are not (their parent uses their weights "
+        "directly)",
+    ]
+    model, x = KeywordOnlyLinear(), torch.randn(2, 16)
+    ours = count_cost(model, (), {"x": x})
+    thop = thop_count(model, (), ours, kwargs={"x": x})
+    assert (thop.raw_params, thop.params, ours.params) == (0, 16 * 8 + 8, 16 * 8 + 8) and thop.params_reasons == [
+        "as the blog post runs it: KeywordOnlyLinear (the model itself): -136 params; thop has no rule for "
+        "KeywordOnlyLinear and never adds the parameters it holds itself"
+    ]
+
+
+class KeywordOnlyLinear(nn.Linear):
+    def __init__(self) -> None:
+        super().__init__(16, 8)
+
+    def forward(self, *, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(x)
 
 
 def test_a_note_names_a_few_modules_then_how_many_more() -> None:

@@ -191,10 +191,10 @@ def test_thop_notes_on_stride_two_group_block() -> None:
         f"custom_ops; the true count (shared tensors once) is {params:,}. Why:",
         # raw: the three norms' affine weight and bias (2 * c_out each) are dropped; with custom_ops they are added,
         # norm3's twice (it is also downsample.1)
-        f"  - GroupNorm (norm1, norm2, norm3): {-3 * 2 * c_out:+,} params; thop has no rule for GroupNorm and drops "
-        "its parameters (our custom_ops count them)",
-        f"  - with our custom_ops: {2 * c_out:+,} params: thop adds a tensor once for each module, and each name of a "
-        "module, that holds it (tied weights, shared modules)",
+        f"  - as the blog post runs it: GroupNorm (norm1, norm2, norm3): {-3 * 2 * c_out:+,} params; thop has no rule "
+        "for GroupNorm and never adds the parameters it holds itself",
+        f"  - with our custom_ops: {2 * c_out:+,} params: thop adds a tensor again for each other module holding it, "
+        "and again each time it reaches a shared module (tied weights, shared modules)",
     ]
 
 

@@ -29,10 +29,12 @@ import importlib.metadata
 import importlib.util
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
+from torch.nn.modules.module import register_module_forward_hook
 from torch.utils._pytree import tree_map
 
 from gflops_track.results.counting import ORIGINAL_THOP, ULTRALYTICS_THOP, ThopCount
@@ -138,11 +140,15 @@ class _KeywordCall(nn.Module):
         return self.model(*args, **self.kwargs)
 
 
+ThopRun = tuple[int, int, dict[str, float], frozenset[str]]  # MACs, params, MACs per module, modules called
+
+
 def _run_thop(
     model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any], custom_ops: dict[Any, Any], meta: bool
-) -> tuple[int, int, dict[str, float]]:
+) -> ThopRun:
     """thop on a deep copy of ``model``; with ``meta`` the copy holds meta tensors (copied without their data) and
-    the inputs are meta too: thop's rules read shapes only, so the figures are those of a real forward."""
+    the inputs are meta too: thop's rules read shapes only, so the figures are those of a real forward. Also the
+    names of the modules the forward called (thop's hooks, parameters included, see only those)."""
     from thop import profile as thop_profile
 
     if meta:
@@ -151,23 +157,29 @@ def _run_thop(
         args, kwargs = tree_map(to_meta, (tuple(args), dict(kwargs)))
     else:
         clone = copy.deepcopy(model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        macs, params, layer_info = thop_profile(
-            _KeywordCall(clone, kwargs) if kwargs else clone,
-            inputs=tuple(args),
-            custom_ops=custom_ops,
-            verbose=False,
-            ret_layer_info=True,
-        )
+    called: set[int] = set()
+    recording = register_module_forward_hook(lambda module, _inputs, _output: called.add(id(module)))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            macs, params, layer_info = thop_profile(
+                _KeywordCall(clone, kwargs) if kwargs else clone,
+                inputs=tuple(args),
+                custom_ops=custom_ops,
+                verbose=False,
+                ret_layer_info=True,
+            )
+    finally:
+        recording.remove()
     if kwargs:  # the model's own figures, without the wrapper's level
         layer_info = layer_info["model"][2]
-    return int(macs), int(params), _flatten(layer_info)
+    names = frozenset(name for name, module in clone.named_modules(remove_duplicate=False) if id(module) in called)
+    return int(macs), int(params), _flatten(layer_info), names
 
 
 def _run_thop_twice(
     model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any], custom_ops: dict[Any, Any], meta: bool
-) -> tuple[tuple[int, int, dict[str, float]], tuple[int, int, dict[str, float]]]:
+) -> tuple[ThopRun, ThopRun]:
     """thop raw and with ``custom_ops``; one run serves for both when there are no custom ops (the calls are equal)."""
     raw = _run_thop(model, args, kwargs, {}, meta)
     return raw, (_run_thop(model, args, kwargs, custom_ops, meta) if custom_ops else raw)
@@ -268,79 +280,93 @@ def explain_difference(
     return reasons
 
 
+@dataclass
+class _ParamsWalk:
+    """thop's parameter total taken apart: each tensor's size and how many times thop adds it (by id), and the
+    tensors it never adds, by why and module type: {(why, type): [(module name, ids)]}; why is 'root' (the model's
+    own), 'own' (a module thop has no rule for holds them itself) or 'uncalled' (a module with a rule never called)."""
+
+    numel: dict[int, int] = field(default_factory=dict)
+    times: dict[int, int] = field(default_factory=dict)
+    skipped: dict[tuple[str, str], list[tuple[str, list[int]]]] = field(default_factory=dict)
+
+    def skip(self, why: str, module: nn.Module, name: str, parameters: Sequence[nn.Parameter]) -> None:
+        self.numel.update((id(p), p.numel()) for p in parameters)
+        if parameters:
+            self.skipped.setdefault((why, type(module).__name__), []).append((name, [id(p) for p in parameters]))
+
+    def add(self, module: nn.Module) -> None:
+        for parameter in module.parameters():
+            self.numel[id(parameter)] = parameter.numel()
+            self.times[id(parameter)] = self.times.get(id(parameter), 0) + 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.numel[key] * count for key, count in self.times.items())
+
+
 def _thop_params_seen(
-    model: nn.Module, ruled: Callable[[type[nn.Module]], bool], wrapped: bool
-) -> tuple[dict[int, int], dict[int, int], dict[str, list[tuple[str, list[int]]]]]:
+    model: nn.Module, ruled: Callable[[type[nn.Module]], bool], wrapped: bool, called: frozenset[str]
+) -> _ParamsWalk:
     """The parameters as the original thop's ``dfs_count`` adds them up: it walks the children of the module it was
     given; a child whose type has a rule (never a Sequential or ModuleList) adds all of its parameters, each tensor
-    once per such module; any other child is walked in turn. A walked module's own parameters (the model's itself,
-    or a rule-less module's not in a submodule) are not added by it. ``wrapped``: the model is the child of our
-    keyword wrapper. Returns each tensor's numel and how many times thop adds it (by id), and the walked modules
-    holding parameters of their own, per type: [(module name, their ids)]."""
-    numel: dict[int, int] = {}
-    times: dict[int, int] = {}
-    walked: dict[str, list[tuple[str, list[int]]]] = {}
+    once per such module, if it was called (the hook that counts them runs on a call; ``called``: module names);
+    any other child is walked in turn. A walked module's own parameters (the model's itself, or a rule-less
+    module's not in a submodule) are not added by it. ``wrapped``: the model is the child of our keyword wrapper."""
+    seen = _ParamsWalk()
 
     def priced(module: nn.Module) -> bool:
         return ruled(type(module)) and not isinstance(module, (nn.Sequential, nn.ModuleList))
 
-    def add(module: nn.Module) -> None:
-        for parameter in module.parameters():
-            numel[id(parameter)] = parameter.numel()
-            times[id(parameter)] = times.get(id(parameter), 0) + 1
+    def visit(module: nn.Module, name: str) -> None:
+        if not priced(module):
+            seen.skip("own", module, name or ROOT_LABEL, list(module.parameters(recurse=False)))
+            walk(module, name)
+        elif name in called:
+            seen.add(module)
+        else:
+            seen.skip("uncalled", module, name, list(module.parameters()))
 
     def walk(module: nn.Module, name: str) -> None:
-        own = list(module.parameters(recurse=False))
-        numel.update((id(p), p.numel()) for p in own)
-        if own:
-            walked.setdefault(type(module).__name__, []).append((name or ROOT_LABEL, [id(p) for p in own]))
         for child_name, child in module.named_children():
-            path = f"{name}.{child_name}" if name else child_name
-            if priced(child):
-                add(child)
-            else:
-                walk(child, path)
+            visit(child, f"{name}.{child_name}" if name else child_name)
 
-    if wrapped and priced(model):
-        add(model)
+    if wrapped:
+        visit(model, "")
     else:
+        seen.skip("root", model, ROOT_LABEL, list(model.parameters(recurse=False)))
         walk(model, "")
-    return numel, times, walked
+    return seen
 
 
-def _params_reasons(
-    model: nn.Module, ruled: Callable[[type[nn.Module]], bool], wrapped: bool, rule_less: set[str], shown: int | None
-) -> tuple[list[str], int]:
-    """The reasons thop's walk (``_thop_params_seen``) with rules for ``ruled`` types gives another figure than the
-    true count, each with its parameters (thop - true = each tensor's extra additions - the tensors it never adds),
-    and the figure the walk adds up. ``rule_less``: types thop has no rule for, that our custom_ops price."""
-    numel, times, walked = _thop_params_seen(model, ruled, wrapped)
+def _params_reasons(seen: _ParamsWalk, shown: int | None) -> list[str]:
+    """Why a walk's total (``_thop_params_seen``) is not the true count, one line per reason with its parameters:
+    thop - true = each tensor's additions beyond the first - the tensors it never adds."""
     reasons, never_added = [], set()
-    for kind, modules in walked.items():
+    for (why, kind), modules in seen.skipped.items():
         lost_by_module = {}
         for name, ids in modules:
-            ids = [key for key in ids if key not in times and key not in never_added]  # tied to an added tensor: kept
+            ids = [key for key in ids if key not in seen.times and key not in never_added]  # tied to one added: kept
             never_added.update(ids)
-            lost_by_module[name] = sum(numel[key] for key in ids)
-        lost, names = -sum(lost_by_module.values()), [name for name, count in lost_by_module.items() if count]
+            lost_by_module[name] = sum(seen.numel[key] for key in ids)
+        lost = -sum(lost_by_module.values())
+        names = named([name for name, n in lost_by_module.items() if n], shown).replace(ROOT_LABEL, "the model itself")
         if not lost:
             continue
-        if names == [ROOT_LABEL]:
-            why = "thop adds up its submodules' parameters, never the model's own"
-            reasons.append(f"{kind} (the model itself): {lost:+,} params; {why}")
-        elif kind in rule_less:
-            why = f"thop has no rule for {kind} and drops its parameters (our custom_ops count them)"
-            reasons.append(f"{kind} ({named(names, shown)}): {lost:+,} params; {why}")
+        if why == "root":
+            reasons.append(f"{kind} (the model itself): {lost:+,} params; thop adds up its submodules' parameters, "
+                           "never the model's own")  # fmt: skip
+        elif why == "own":
+            reasons.append(f"{kind} ({names}): {lost:+,} params; thop has no rule for {kind} and never adds the "
+                           "parameters it holds itself")  # fmt: skip
         else:
-            why = "held by the module itself, not a submodule: thop adds such parameters only through a rule"
-            reasons.append(f"{kind} ({named(names, shown)}): {lost:+,} params {why}")
-    repeats = sum(numel[key] * (count - 1) for key, count in times.items())
+            reasons.append(f"{kind} ({names}): {lost:+,} params; thop adds a module's parameters when it is called, "
+                           "and these are not (their parent uses their weights directly)")  # fmt: skip
+    repeats = sum(seen.numel[key] * (count - 1) for key, count in seen.times.items())
     if repeats:
-        reasons.append(
-            f"{repeats:+,} params: thop adds a tensor once for each module, and each name of a module, that holds it "
-            "(tied weights, shared modules)"
-        )
-    return reasons, sum(numel[key] * count for key, count in times.items())
+        reasons.append(f"{repeats:+,} params: thop adds a tensor again for each other module holding it, and again "
+                       "each time it reaches a shared module (tied weights, shared modules)")  # fmt: skip
+    return reasons
 
 
 def explain_params(
@@ -348,14 +374,15 @@ def explain_params(
     wrapped: bool,
     custom: Mapping[type[nn.Module], Any],
     figures: tuple[int, int],
+    called: frozenset[str],
     distribution: str = ORIGINAL_THOP,
     shown: int | None = NAMES_SHOWN,
 ) -> list[str]:
     """One line per reason the original thop's parameter counts (``figures``: raw, as the blog post runs it, and
     with our custom_ops) are not the true one, each with the parameters it accounts for, found by walking the model
-    as thop does; the custom_ops figure's own reasons are marked so; whatever the walk does not account for in
-    either figure has a line of its own, so no difference goes unsaid. ultralytics-thop counts its own way: one
-    line with its figures."""
+    as thop does (``called``: the modules its forward called). A reason of one figure only says which; whatever the
+    walk does not account for in either figure has a line of its own, so no difference goes unsaid.
+    ultralytics-thop counts its own way: one line with its figures."""
     raw, patched = figures
     if distribution != ORIGINAL_THOP:
         return [f"{distribution} counts parameters its own way ({raw:,} raw, {patched:,} with our custom_ops)"]
@@ -364,15 +391,16 @@ def explain_params(
     def has_rule(kind: type[nn.Module]) -> bool:
         return thop_has_rule(kind, register_hooks, distribution)
 
-    rule_less = {kind.__name__ for kind in custom}
-    reasons, raw_walked = _params_reasons(model, has_rule, wrapped, rule_less, shown)
-    patched_reasons, patched_walked = _params_reasons(
-        model, lambda kind: has_rule(kind) or kind in custom, wrapped, rule_less, shown
-    )
-    reasons += [f"with our custom_ops: {reason}" for reason in patched_reasons if reason not in reasons]
+    raw_walk = _thop_params_seen(model, has_rule, wrapped, called)
+    patched_walk = _thop_params_seen(model, lambda kind: has_rule(kind) or kind in custom, wrapped, called)
+    raw_reasons, patched_reasons = _params_reasons(raw_walk, shown), _params_reasons(patched_walk, shown)
+    reasons = [
+        *(reason if reason in patched_reasons else f"as the blog post runs it: {reason}" for reason in raw_reasons),
+        *(f"with our custom_ops: {reason}" for reason in patched_reasons if reason not in raw_reasons),
+    ]
     reasons += [
         f"thop's {label} figure holds {figure - walked:+,} params that the lines above do not account for"
-        for label, figure, walked in (("raw", raw, raw_walked), ("custom_ops", patched, patched_walked))
+        for label, figure, walked in (("raw", raw, raw_walk.total), ("custom_ops", patched, patched_walk.total))
         if figure != walked
     ]
     return reasons
@@ -390,11 +418,13 @@ def thop_count(
         custom = _custom_ops(model, distribution)
         try:
             with dynamo_import_deferred():
-                (raw_macs, raw_params, _), (macs, params, layers) = _run_thop_twice(
+                (raw_macs, raw_params, _, called), (macs, params, layers, _) = _run_thop_twice(
                     model, args, kwargs, custom, meta=True
                 )
         except Exception:  # a model that cannot run on meta (data-dependent code, CPU tensors made inside): for real
-            (raw_macs, raw_params, _), (macs, params, layers) = _run_thop_twice(model, args, kwargs, custom, meta=False)
+            (raw_macs, raw_params, _, called), (macs, params, layers, _) = _run_thop_twice(
+                model, args, kwargs, custom, meta=False
+            )
     except Exception as error:  # thop is a reference figure: its failure must not cost the user's measurement
         return ThopCount(0, 0, 0, 0, error=f"thop failed: {type(error).__name__}: {error}", distribution=distribution)
     unruled = sorted({kind.__name__ for kind in custom})
@@ -407,8 +437,10 @@ def thop_count(
         reasons=explain_difference(ours, layers, macs, model, unruled, distribution),
         distribution=distribution,
         every_module=explain_difference(ours, layers, macs, model, unruled, distribution, shown=None),
-        params_reasons=explain_params(model, bool(kwargs), custom, (raw_params, params), distribution),
-        params_every_module=explain_params(model, bool(kwargs), custom, (raw_params, params), distribution, None),
+        params_reasons=explain_params(model, bool(kwargs), custom, (raw_params, params), called, distribution),
+        params_every_module=explain_params(
+            model, bool(kwargs), custom, (raw_params, params), called, distribution, shown=None
+        ),
     )
 
 
