@@ -332,17 +332,30 @@ def test_job_past_timeout_fails_and_the_sweep_goes_on(tmp_path: Path, store_uri:
         (["timing.max_tim_s=1"], "timing.max_tim_s is not a known key (did you mean timing.max_time_s?)"),
         (["timng.max_time_s=1"], "timng is not a known key (did you mean timing?)"),  # was OmegaConf's raw line
         (["tracking.bogus=1"], "tracking.bogus is not a known key (known keys: enabled, experiment, run_name, uri)"),
-        (["model.foo=1"], "model.foo is not in the config: a new key is added with +model.foo=1"),
-        # a free-form node names a close key it holds: a typo is likelier than a new argument
-        (["model.plane=64"], "model.plane is not in the config (did you mean model.planes?): a new key is added with "
-                             "+model.plane=64"),
-        # a sweep's override is given back whole, in one line (not one per job)
-        (["-m", "model.plane=64,32"], "model.plane is not in the config (did you mean model.planes?): a new key is "
-                                      "added with +model.plane=64,32"),
-        # a key inside a missing node: Hydra names the node; the line gives the whole key to add, with its value
-        (["model.config.n_layer=2"], "model.config is not in the config: a new key is added with "
-                                     "+model.config.n_layer=2"),
-        (["-m", "model=hf", "model.nme=gpt2"], "model.nme is not in the config (did you mean model.name?)"),
+        # an argument the model's constructor does not take: adding it with + would only move the refusal
+        (["model.foo=1"], "model.foo is not allowed: gflops_track.models.ResidualBlock takes in_planes, norm_fn, "
+                          "planes, stride"),
+        (["-m", "model.plane=64,32"], "model.plane is not allowed (did you mean model.planes?): "
+                                      "gflops_track.models.ResidualBlock takes"),
+        (["model.config.n_layer=2"], "model.config is not allowed: gflops_track.models.ResidualBlock takes"),
+        (["-m", "model=hf", "model.confg.n_layer=1,2"],
+         "model.confg is not allowed (did you mean model.config?): gflops_track.models.huggingface.build takes config, "
+         "name, task"),
+        # one it takes: the override given back whole with its +, a sweep's in one line (not one per job), a key
+        # inside a missing node named whole (Hydra names the node)
+        ([*TINY_MODEL, "model._target_=torch.nn.Linear", "model.in_features=4"],
+         "model.in_features is not in the config: a new key is added with +model.in_features=4"),
+        (["-m", "model=hf", "model.config.n_layer=1,2"], "model.config is not in the config: a new key is added with "
+                                                         "+model.config.n_layer=1,2"),
+        (["input.kwargs.mask=1"],
+         "input.kwargs.mask is not in the config: a new key is added with +input.kwargs.mask=1"),
+        # where the command sweeps the key's group, + is refused by the options that have the key: ++
+        (["-m", "model=custom,residual_block", "model._target_=gflops_track.models.ResidualBlock", "model.stride=1"],
+         "model.stride is not in the config: a new key is added with ++model.stride=1"),
+        # a key inside a plain value (Hydra would make the value a node)
+        (["model.planes.foo=1"], "model.planes.foo is not allowed: model.planes is a value (384), which holds no keys; "
+                                 "set model.planes itself"),
+        (["-m", "model=hf", "model.nme=gpt2"], "model.nme is not allowed (did you mean model.name?)"),
         # input.shape is the whole per-sample shape: a size it does not hold was ignored, the run named by it
         (
             [*TINY_MODEL, "model._target_=torch.nn.Identity", "-m", "batch.height=4,8"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,14 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from gflops_track.app.composition import compose_from_base, group_keys, group_source, searchpath_overrides
 from gflops_track.app.job import training_config_errors
 from gflops_track.app.meta_checks import weightless_errors
-from gflops_track.app.schema import AppConfig, ConfigError, register_schema, to_app_config, unknown_key_error
+from gflops_track.app.schema import (
+    AppConfig,
+    ConfigError,
+    model_argument_errors,
+    register_schema,
+    to_app_config,
+    unknown_key_error,
+)
 from gflops_track.tracking.store import (
     connect,
     launched_by_mlflow,
@@ -87,11 +94,15 @@ def _yaml_line(error: yaml.YAMLError) -> str:
     return f"{where} is not valid YAML: {problem}; fix the file (or name another config)"
 
 
-def _cause_line(error: BaseException, job: Sequence[str] = (), given: Sequence[str] = ()) -> str:
-    """One line for a composition error (of ``job``'s overrides, if given): a YAML file's, an unknown key's with the
-    known ones and the override that set it (from ``given``, the command's overrides, so a sweep's is named whole,
-    once), else the error's first line, with the next when the first only introduces it (Hydra's "... raised while
-    composing config:")."""
+def _cause_line(
+    error: BaseException,
+    job: Sequence[str] = (),
+    given: Sequence[str] = (),
+    composed_without: Callable[[str], DictConfig | None] | None = None,
+) -> str:
+    """One line for a composition error (of ``job``'s overrides, if given): a YAML file's, an unknown key's
+    (``_unknown_key_line``), else the error's first line, with the next when the first only introduces it (Hydra's
+    "... raised while composing config:")."""
     cause = error.__cause__ or error
     if isinstance(cause, yaml.YAMLError):
         return _yaml_line(cause)
@@ -101,14 +112,47 @@ def _cause_line(error: BaseException, job: Sequence[str] = (), given: Sequence[s
     key = getattr(cause, "full_key", None)
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key and not key.startswith("hydra."):
         parent = getattr(cause, "parent_node", None)  # the composed node the key was looked up in
-        present = list(parent.keys()) if OmegaConf.is_dict(parent) else []
-        # Hydra's own line names neither the known keys nor a close one, nor the override that set the key
-        unknown = unknown_key_error(key, present, _override_setting(key, given))
+        unknown = _unknown_key_line(key, parent, given, composed_without)
         if unknown:
             return unknown
     lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()] or [type(cause).__name__]
     first = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
     return f"{key}: {first}" if key else first
+
+
+def _unknown_key_line(
+    key: str, parent: Any, given: Sequence[str], composed_without: Callable[[str], DictConfig | None] | None
+) -> str | None:
+    """The line for a key the composed config lacks (Hydra's own names neither the known keys nor a close one, nor
+    the override that set it): a key inside a plain value (``model.planes.foo``: ``model.planes`` is 384, seen in the
+    job composed without that override, ``composed_without``); an argument the model's constructor does not take
+    (``parent``: the composed model node, with its ``_target_``); else the schema's line (``unknown_key_error``)
+    with the user's override (from ``given``, the command's overrides: a sweep's named whole, once) and its ``+``
+    (``++`` when the command sweeps the key's config group: where an option has the key, ``+`` is refused)."""
+    parts = key.split(".")
+    base = composed_without(key) if composed_without is not None else None
+    for depth in range(1, len(parts) if base is not None else 0):
+        above = ".".join(parts[:depth])
+        value = OmegaConf.select(base, above, default=None, throw_on_resolution_failure=False)
+        if value is not None and not OmegaConf.is_config(value):
+            return f"{key} is not allowed: {above} is a value ({value!r}), which holds no keys; set {above} itself"
+    if parts[0] == "model" and len(parts) > 1 and OmegaConf.is_dict(parent) and "_target_" in parent:
+        refused = model_argument_errors({"_target_": parent["_target_"], parts[1]: None})
+        if refused:
+            return refused[0]
+    present = list(parent.keys()) if OmegaConf.is_dict(parent) else []
+    plus = "++" if any(_sweeps(override, parts[0]) for override in given) else "+"
+    return unknown_key_error(key, present, _override_setting(key, given), plus)
+
+
+def _sweeps(override: str, key: str) -> bool:
+    """Whether ``override`` sweeps ``key`` (``model=hf,residual_block``)."""
+    name = override.partition("=")[0].lstrip("+~")
+    if name != key:
+        return False
+    with contextlib.suppress(HydraException):
+        return OverridesParser.create().parse_override(override).is_sweep_override()
+    return False
 
 
 def _override_setting(key: str, overrides: Sequence[str]) -> str:
@@ -171,9 +215,15 @@ def _group_choice_errors(overrides: list[str], source: Any) -> list[str]:
     return errors
 
 
-def _failure_line(error: BaseException, flags: dict[str, str], given: Sequence[str], job: Sequence[str] = ()) -> str:
+def _failure_line(
+    error: BaseException,
+    flags: dict[str, str],
+    given: Sequence[str],
+    job: Sequence[str] = (),
+    composed_without: Callable[[str], DictConfig | None] | None = None,
+) -> str:
     """``_cause_line`` of a composition error, with ``_relative_config_path_hint`` where it applies."""
-    line, hint = _cause_line(error, job, given), _relative_config_path_hint(flags, error)
+    line, hint = _cause_line(error, job, given, composed_without), _relative_config_path_hint(flags, error)
     return line.rstrip(".") + hint if hint else line
 
 
@@ -349,16 +399,26 @@ def _check_jobs(
         except (HydraException, OmegaConfBaseException, ValueError, yaml.YAMLError) as error:
             return [_failure_line(error, flags, checked)], configs
         bases: dict[tuple[str, ...], DictConfig] = {}  # one composition per choice of config groups
+
+        def compose_job(shaping: list[str]) -> DictConfig:
+            return compose(name, overrides=shaping)
+
         for job_overrides in jobs:
             try:
-                job, _parsed = compose_from_base(
-                    job_overrides, groups, bases, lambda shaping: compose(name, overrides=shaping)
-                )
+                job, _parsed = compose_from_base(job_overrides, groups, bases, compose_job)
                 configs.append(to_app_config(job))
             except ConfigError as error:
                 errors += [e for e in error.errors if e not in errors]
             except (HydraException, OmegaConfBaseException, yaml.YAMLError, UnicodeDecodeError) as error:
-                line = _failure_line(error, flags, checked, job_overrides)
+
+                def composed_without(key: str, job_overrides: list[str] = job_overrides) -> DictConfig | None:
+                    """The job composed without its overrides of ``key`` (None if that fails too)."""
+                    kept = [o for o in job_overrides if not _override_setting(key, [o.lstrip("+")])]
+                    with contextlib.suppress(Exception):
+                        return compose_from_base(kept, groups, bases, compose_job)[0]
+                    return None
+
+                line = _failure_line(error, flags, checked, job_overrides, composed_without)
                 errors += [line] if line not in errors else []
     built: dict[str, Any] = {}  # each model config's copy without weights, built once for every job that has it
     for config in configs:  # built without weights here: the inputs it takes (meta_checks); train: a step that runs

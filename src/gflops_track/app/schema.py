@@ -361,13 +361,14 @@ def not_a_known_key(dotted: str, known: Sequence[str]) -> str:
     return f"{dotted} is not a known key ({hint})"
 
 
-def unknown_key_error(dotted: str, present: Sequence[str] = (), override: str = "") -> str | None:
+def unknown_key_error(dotted: str, present: Sequence[str] = (), override: str = "", plus: str = "+") -> str | None:
     """The line for an override of a key the config does not have (Hydra's own says only "Key 'foo' not in
     'AppConfig'"): named with the close or known keys of the schema; a free-form node (``model``,
     ``input.kwargs``) takes new keys with ``+``, and a key close to one it holds (``present``: the composed node's
     keys) is named first, since a typo is likelier than a new argument. ``override``: the user's ``key=value`` that
     set ``dotted`` or a key inside it (``model.config.n_layer=2`` when ``model.config`` is missing), given back with
-    its ``+``. None when the schema does have the key."""
+    its ``plus`` (``++`` where some configs of a sweep have the key and ``+`` would be refused there). None when the
+    schema does have the key."""
     schema: Any = AppConfig
     parts = dotted.split(".")
     for depth, part in enumerate(parts):
@@ -375,7 +376,8 @@ def unknown_key_error(dotted: str, present: Sequence[str] = (), override: str = 
             close = difflib.get_close_matches(parts[-1], [str(key) for key in present], n=1)
             prefix = dotted.rpartition(".")[0]
             typo = f" (did you mean {prefix}.{close[0]}?)" if close else ""
-            return f"{dotted} is not in the config{typo}: a new key is added with +{override or f'{dotted}=<value>'}"
+            added = f"{plus}{override or f'{dotted}=<value>'}"
+            return f"{dotted} is not in the config{typo}: a new key is added with {added}"
         known = {f.name: f for f in fields(schema)}
         if part not in known:
             return not_a_known_key(".".join(parts[: depth + 1]), list(known))
@@ -394,12 +396,15 @@ def model_argument_errors(model: Mapping[str, Any]) -> list[str]:
     parameters = signature.parameters.values()
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
         return []
-    accepted = {p.name for p in parameters}
-    return [
-        f"model.{key} is not allowed: {target} takes {', '.join(sorted(accepted)) or 'no arguments'}"
-        for key in model
-        if not str(key).startswith("_") and key not in accepted and key not in OUR_MODEL_KEYS
-    ]
+    accepted = sorted(p.name for p in parameters)
+    takes = ", ".join(accepted) or "no arguments"
+    errors = []
+    for key in model:
+        if not str(key).startswith("_") and key not in accepted and key not in OUR_MODEL_KEYS:
+            close = difflib.get_close_matches(str(key), accepted, n=1)
+            typo = f" (did you mean model.{close[0]}?)" if close else ""
+            errors.append(f"model.{key} is not allowed{typo}: {target} takes {takes}")
+    return errors
 
 
 def to_app_config(config: Any) -> AppConfig:
