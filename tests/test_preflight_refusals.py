@@ -352,6 +352,10 @@ def test_job_past_timeout_fails_and_the_sweep_goes_on(tmp_path: Path, store_uri:
         # where the command sweeps the key's group, + is refused by the options that have the key: ++
         (["-m", "model=custom,residual_block", "model._target_=gflops_track.models.ResidualBlock", "model.stride=1"],
          "model.stride is not in the config: a new key is added with ++model.stride=1"),
+        # a sweep that makes no job launched none under a sweep run of its own, and exited 0
+        (["-m", "batch.size=range(5,1)"], "batch.size=range(5,1) sweeps no value, so the sweep has no job"),
+        (["-m", "model=glob(zz*)", "timing.enabled=false"], "model=glob(zz*) sweeps no value"),
+        (["-m", "model.foo=glob(*)"], "model.foo=glob(*) sweeps no value"),
         # a key inside a plain value (Hydra would make the value a node)
         (["model.planes.foo=1"], "model.planes.foo is not allowed: model.planes is a value (384), which holds no keys; "
                                  "set model.planes itself"),

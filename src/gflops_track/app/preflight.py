@@ -23,7 +23,7 @@ from hydra._internal.utils import compute_search_path_dir, create_config_search_
 from hydra.core.config_search_path import SearchPathQuery
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import QuotedString
+from hydra.core.override_parser.types import Override, QuotedString
 from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -186,6 +186,16 @@ def is_hydra_key(override: str) -> bool:
     ``hydrafoo=1`` is ours (and an unknown key)."""
     key = override.lstrip("+~").split("=", 1)[0].split("@", 1)[0]
     return key == "hydra" or key.startswith(("hydra.", "hydra/"))
+
+
+def _no_jobs_line(parsed: Sequence[Override]) -> str:
+    """The line for a sweep that makes no job: the sweeps that expand to no value (``range(5,1)``, a ``glob`` that
+    matches nothing), named."""
+    empty = [o.input_line for o in parsed if o.is_sweep_override() and not BasicSweeper.split_arguments([o], None)[0]]
+    return (
+        f"{', '.join(empty or [o.input_line for o in parsed if o.is_sweep_override()])} sweeps no value, so the "
+        "sweep has no job: give each sweep at least one (range(1,5) counts up; glob(...) matches a group's options)"
+    )
 
 
 def _parser() -> OverridesParser:
@@ -395,6 +405,8 @@ def _check_jobs(
                 return errors, configs
             parsed = _parser().parse_overrides(checked)
             jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+            if not jobs:  # Hydra would launch none, under a sweep run of its own
+                return [_no_jobs_line(parsed)], configs
             groups = group_keys(source, parsed, {})
         except (HydraException, OmegaConfBaseException, ValueError, yaml.YAMLError) as error:
             return [_failure_line(error, flags, checked)], configs
