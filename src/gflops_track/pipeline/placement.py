@@ -101,6 +101,6 @@ def initialize_lazy(model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, 
     if unreached:
         raise ValueError(
             f"{', '.join(unreached)} belong to lazy modules that the model's first forward in eval mode did not "
-            "reach, so their shapes are unknown: call the model once in the mode that reaches them (e.g. "
-            "model.train(); model(x)) before profiling it"
+            "reach, so their shapes are unknown: initialise them before profiling (call the model once in the mode "
+            "that reaches them, e.g. model.train(); model(x)), or build those layers with their input sizes"
         )
