@@ -251,3 +251,14 @@ class ThreadSpy(nn.Module):
 
             ThreadSpy.seen.append(sorted(t.name for t in threading.enumerate() if t is not threading.main_thread()))
         return self.linear(x)
+
+
+class StarredBlocks(nn.Module):
+    """Blocks passed positionally (``*blocks``) and a keyword width: only ``width`` can be set as ``model.width``."""
+
+    def __init__(self, *blocks: nn.Module, width: int = 8) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*blocks, nn.Linear(width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)

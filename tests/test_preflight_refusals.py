@@ -356,6 +356,21 @@ def test_job_past_timeout_fails_and_the_sweep_goes_on(tmp_path: Path, store_uri:
         (["-m", "batch.size=range(5,1)"], "batch.size=range(5,1) sweeps no value, so the sweep has no job"),
         (["-m", "model=glob(zz*)", "timing.enabled=false"], "model=glob(zz*) sweeps no value"),
         (["-m", "model.foo=glob(*)"], "model.foo=glob(*) sweeps no value"),
+        # a sweep of values without -m: Hydra refused it with a traceback after the store existed
+        (["batch.size=range(1,3)", "timing.enabled=false"], "batch.size=range(1,3) sweeps several values, which needs "
+                                                            "-m: python -m gflops_track -m batch.size=range(1,3) "
+                                                            "timing.enabled=false"),
+        # *args and positional-only parameters cannot be set by keyword: never named as what the model takes
+        ([*TINY_MODEL, "model._target_=fixture_models.StarredBlocks", "model.block=1"],
+         "model.block is not allowed: fixture_models.StarredBlocks takes width"),
+        # a _target_ that does not resolve: the line without the constructor's arguments (it crashed preflight)
+        (["model=custom", "model._target_=${oops}", "model.foo=1"],
+         "model.foo is not in the config: a new key is added with +model.foo=1"),
+        # inside a null value (an assertion in OmegaConf crashed preflight) and a typed one (OmegaConf's raw line)
+        (["input.shape.x=1"], "input.shape.x is not allowed: input.shape is a value (None), which holds no keys; "
+                              "set input.shape itself"),
+        (["batch.size.x=1"], "batch.size.x is not allowed: batch.size is a value (2), which holds no keys; set "
+                             "batch.size itself"),
         # a key inside a plain value (Hydra would make the value a node)
         (["model.planes.foo=1"], "model.planes.foo is not allowed: model.planes is a value (384), which holds no keys; "
                                  "set model.planes itself"),
@@ -373,8 +388,28 @@ def test_small_gaps_are_refused_by_name(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'p.db'}")
-    (error,) = preflight(argv, CONFIG_DIR).errors
-    assert error.startswith(expected), error
+    errors = preflight(argv, CONFIG_DIR).errors  # the first line is the case's; others may follow (every bad key)
+    assert errors[0].startswith(expected) and len(set(errors)) == len(errors), errors
+    assert not (tmp_path / "p.db").exists()
+
+
+def test_every_bad_key_of_a_job_is_named_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hydra stops at the first key it cannot set: the others were found one command at a time."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'p.db'}")
+    takes = "gflops_track.models.ResidualBlock takes in_planes, norm_fn, planes, stride"
+    assert preflight(["model.plane=3", "+model.foo=1", "batch.size.x=3", "model.bar=2"], CONFIG_DIR).errors == [
+        "batch.size.x is not allowed: batch.size is a value (2), which holds no keys; set batch.size itself",
+        f"model.plane is not allowed (did you mean model.planes?): {takes}",
+        f"model.bar is not allowed: {takes}",
+        f"model.foo is not allowed: {takes}",
+    ]
+    # a sweep's bad key is one line for all its jobs; a key left unset after a typo is named too
+    assert preflight(["-m", "model=hf", "model.nme=gpt2,bert"], CONFIG_DIR).errors == [
+        "model.nme is not allowed (did you mean model.name?): gflops_track.models.huggingface.build takes config, "
+        "name, task",
+        "model.name=??? is not allowed: this key must be set",
+    ]
     assert not (tmp_path / "p.db").exists()
 
 

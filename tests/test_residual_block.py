@@ -194,7 +194,7 @@ def test_thop_notes_on_stride_two_group_block() -> None:
         f"  - as the blog post runs it: GroupNorm (norm1, norm2, norm3): {-3 * 2 * c_out:+,} params; thop has no rule "
         "for GroupNorm and never adds the parameters it holds itself",
         f"  - with our custom_ops: {2 * c_out:+,} params: thop adds a tensor again for each other module holding it, "
-        "and again each time it reaches a shared module (tied weights, shared modules)",
+        "and a module again under each further parent (tied weights, shared modules)",
     ]
 
 

@@ -94,12 +94,7 @@ def _yaml_line(error: yaml.YAMLError) -> str:
     return f"{where} is not valid YAML: {problem}; fix the file (or name another config)"
 
 
-def _cause_line(
-    error: BaseException,
-    job: Sequence[str] = (),
-    given: Sequence[str] = (),
-    composed_without: Callable[[str], DictConfig | None] | None = None,
-) -> str:
+def _cause_line(error: BaseException, job: Sequence[str] = (), given: Sequence[str] = ()) -> str:
     """One line for a composition error (of ``job``'s overrides, if given): a YAML file's, an unknown key's
     (``_unknown_key_line``), else the error's first line, with the next when the first only introduces it (Hydra's
     "... raised while composing config:")."""
@@ -112,7 +107,7 @@ def _cause_line(
     key = getattr(cause, "full_key", None)
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key and not key.startswith("hydra."):
         parent = getattr(cause, "parent_node", None)  # the composed node the key was looked up in
-        unknown = _unknown_key_line(key, parent, given, composed_without)
+        unknown = _unknown_key_line(key, parent, given)
         if unknown:
             return unknown
     lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()] or [type(cause).__name__]
@@ -120,29 +115,85 @@ def _cause_line(
     return f"{key}: {first}" if key else first
 
 
-def _unknown_key_line(
-    key: str, parent: Any, given: Sequence[str], composed_without: Callable[[str], DictConfig | None] | None
-) -> str | None:
+def _unknown_key_line(key: str, parent: Any, given: Sequence[str]) -> str | None:
     """The line for a key the composed config lacks (Hydra's own names neither the known keys nor a close one, nor
-    the override that set it): a key inside a plain value (``model.planes.foo``: ``model.planes`` is 384, seen in the
-    job composed without that override, ``composed_without``); an argument the model's constructor does not take
-    (``parent``: the composed model node, with its ``_target_``); else the schema's line (``unknown_key_error``)
-    with the user's override (from ``given``, the command's overrides: a sweep's named whole, once) and its ``+``
-    (``++`` when the command sweeps the key's config group: where an option has the key, ``+`` is refused)."""
+    the override that set it): an argument the model's constructor does not take (``parent``: the composed model
+    node, with its ``_target_``); else the schema's line (``unknown_key_error``) with the user's override (from
+    ``given``, the command's overrides: a sweep's named whole, once) and its ``+`` (``++`` when the command sweeps
+    the key's config group: where an option has the key, ``+`` is refused)."""
     parts = key.split(".")
-    base = composed_without(key) if composed_without is not None else None
-    for depth in range(1, len(parts) if base is not None else 0):
-        above = ".".join(parts[:depth])
-        value = OmegaConf.select(base, above, default=None, throw_on_resolution_failure=False)
-        if value is not None and not OmegaConf.is_config(value):
-            return f"{key} is not allowed: {above} is a value ({value!r}), which holds no keys; set {above} itself"
-    if parts[0] == "model" and len(parts) > 1 and OmegaConf.is_dict(parent) and "_target_" in parent:
-        refused = model_argument_errors({"_target_": parent["_target_"], parts[1]: None})
+    if parts[0] == "model" and len(parts) > 1 and OmegaConf.is_dict(parent):
+        target = OmegaConf.select(parent, "_target_", default=None, throw_on_resolution_failure=False)
+        refused = model_argument_errors({"_target_": target, parts[1]: None}) if target else []
         if refused:
             return refused[0]
     present = list(parent.keys()) if OmegaConf.is_dict(parent) else []
     plus = "++" if any(_sweeps(override, parts[0]) for override in given) else "+"
     return unknown_key_error(key, present, _override_setting(key, given), plus)
+
+
+_COMPOSITION_ERRORS = (HydraException, OmegaConfBaseException, yaml.YAMLError, UnicodeDecodeError, AssertionError)
+
+
+def _composed_or_problems(
+    job: Sequence[str], compose_job: Callable[[list[str]], DictConfig], flags: dict[str, str], given: Sequence[str]
+) -> tuple[AppConfig | None, list[str]]:
+    """A job's checked config, or every problem with its overrides: Hydra stops at the first bad key, so the
+    overrides a composition error names are set aside and the rest composed again, until the job composes (its
+    schema problems join the list) or an error names no override. OmegaConf asserts when a key is set inside a
+    null value (``input.shape.x=1``: "Unexpected type for root")."""
+    remaining, problems = list(job), []
+    while True:
+        try:
+            config = to_app_config(compose_job(remaining))
+            return (None if problems else config), problems
+        except ConfigError as error:
+            return None, problems + list(error.errors)
+        except _COMPOSITION_ERRORS as error:
+            inside = _inside_value_lines(remaining, compose_job)
+            cause = error.__cause__ or error
+            unknown = isinstance(cause, (ConfigAttributeError, ConfigKeyError))
+            key = getattr(cause, "full_key", None) if unknown else None
+            named = [override for override, _ in inside] or [
+                override for override in remaining if key and _override_setting(key, [override.lstrip("+")])
+            ]
+            problems += [line for _, line in inside] or [_failure_line(error, flags, given, remaining)]
+            if not named:
+                return None, problems
+            remaining = [override for override in remaining if override not in named]
+
+
+def _inside_value_lines(job: Sequence[str], compose_job: Callable[[list[str]], DictConfig]) -> list[tuple[str, str]]:
+    """Overrides of a key inside a plain value (``model.planes.foo=1``: ``model.planes`` is 384; Hydra would make
+    the value a node, which fails as a type error, or an assertion for a null value), each with its line naming
+    that value, as the job's config groups and top-level choices compose it (else, the job composed without that
+    override). Empty when there are none, or those compositions fail."""
+    top_level = [o for o in job if "." not in o.partition("=")[0]]
+    try:
+        shared = compose_job(top_level)
+    except Exception:
+        shared = None
+    lines = []
+    for override in job:
+        key = override.partition("=")[0].lstrip("+~")
+        parts = key.split(".")
+        if len(parts) < 2:
+            continue
+        try:
+            base = shared if shared is not None else compose_job([o for o in job if o != override])
+        except Exception:
+            continue
+        for depth in range(1, len(parts)):
+            above = ".".join(parts[:depth])
+            value = OmegaConf.select(base, above, default=_ABSENT, throw_on_resolution_failure=False)
+            if value is not _ABSENT and not OmegaConf.is_config(value):
+                line = f"{key} is not allowed: {above} is a value ({value!r}), which holds no keys; set {above} itself"
+                lines.append((override, line))
+                break
+    return lines
+
+
+_ABSENT = object()  # OmegaConf.select's answer for a key the config does not hold (None is a value: null)
 
 
 def _sweeps(override: str, key: str) -> bool:
@@ -225,15 +276,9 @@ def _group_choice_errors(overrides: list[str], source: Any) -> list[str]:
     return errors
 
 
-def _failure_line(
-    error: BaseException,
-    flags: dict[str, str],
-    given: Sequence[str],
-    job: Sequence[str] = (),
-    composed_without: Callable[[str], DictConfig | None] | None = None,
-) -> str:
+def _failure_line(error: BaseException, flags: dict[str, str], given: Sequence[str], job: Sequence[str] = ()) -> str:
     """``_cause_line`` of a composition error, with ``_relative_config_path_hint`` where it applies."""
-    line, hint = _cause_line(error, job, given, composed_without), _relative_config_path_hint(flags, error)
+    line, hint = _cause_line(error, job, given), _relative_config_path_hint(flags, error)
     return line.rstrip(".") + hint if hint else line
 
 
@@ -289,7 +334,7 @@ def preflight(argv: Sequence[str], config_dir: str, config_name: str = "config")
         return Preflight()
     errors, configs = _check_jobs(split, config_dir, config_name)
     if not errors and configs:
-        errors = _output_dir_problems(split, config_dir, config_name)  # before anything is written anywhere
+        errors = _hydra_setting_problems(split, config_dir, config_name)  # before anything is written anywhere
     if errors or not configs or not configs[0].tracking.enabled:
         return Preflight(errors)
     tracking = configs[0].tracking
@@ -325,10 +370,11 @@ def unwritable(directory: Path) -> str | None:
     return None
 
 
-def _output_dir_problems(split: tuple[list[str], dict[str, str]], config_dir: str, config_name: str) -> list[str]:
-    """Hydra's output directory for this command (``hydra.sweep.dir`` in a sweep, else ``hydra.run.dir``, as the
-    first job resolves it) must be writable: Hydra makes it after the sweep's run exists, and fails with a
-    traceback when it cannot. Left to Hydra when it does not resolve here."""
+def _hydra_setting_problems(split: tuple[list[str], dict[str, str]], config_dir: str, config_name: str) -> list[str]:
+    """A sweep of values needs ``-m`` (Hydra refuses it after the store exists, with a traceback); Hydra's output
+    directory for this command (``hydra.sweep.dir`` in a sweep, else ``hydra.run.dir``, as the first job resolves
+    it) must be writable: Hydra makes it after the sweep's run exists, and fails with a traceback when it cannot.
+    Left to Hydra when the first job does not resolve here."""
     overrides, flags = split
     try:
         with _hydra_for(flags, config_dir):
@@ -340,6 +386,12 @@ def _output_dir_problems(split: tuple[list[str], dict[str, str]], config_dir: st
             directory = str(OmegaConf.select(config, key))
     except Exception:
         return []
+    sweeps = [override.input_line for override in parsed if override.is_sweep_override()]
+    if sweeps and not multirun:
+        return [
+            f"{', '.join(sweeps)} sweeps several values, which needs -m: python -m gflops_track -m "
+            f"{' '.join(overrides)}"
+        ]
     reason = unwritable(Path(directory))
     if reason is None:
         return []
@@ -416,22 +468,11 @@ def _check_jobs(
             return compose(name, overrides=shaping)
 
         for job_overrides in jobs:
-            try:
-                job, _parsed = compose_from_base(job_overrides, groups, bases, compose_job)
-                configs.append(to_app_config(job))
-            except ConfigError as error:
-                errors += [e for e in error.errors if e not in errors]
-            except (HydraException, OmegaConfBaseException, yaml.YAMLError, UnicodeDecodeError) as error:
-
-                def composed_without(key: str, job_overrides: list[str] = job_overrides) -> DictConfig | None:
-                    """The job composed without its overrides of ``key`` (None if that fails too)."""
-                    kept = [o for o in job_overrides if not _override_setting(key, [o.lstrip("+")])]
-                    with contextlib.suppress(Exception):
-                        return compose_from_base(kept, groups, bases, compose_job)[0]
-                    return None
-
-                line = _failure_line(error, flags, checked, job_overrides, composed_without)
-                errors += [line] if line not in errors else []
+            config, problems = _composed_or_problems(
+                job_overrides, lambda kept: compose_from_base(kept, groups, bases, compose_job)[0], flags, checked
+            )
+            configs += [config] if config is not None else []
+            errors += [problem for problem in problems if problem not in errors]
     built: dict[str, Any] = {}  # each model config's copy without weights, built once for every job that has it
     for config in configs:  # built without weights here: the inputs it takes (meta_checks); train: a step that runs
         errors += [e for e in weightless_errors(config, built) + training_config_errors(config) if e not in errors]

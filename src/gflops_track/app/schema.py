@@ -396,7 +396,8 @@ def model_argument_errors(model: Mapping[str, Any]) -> list[str]:
     parameters = signature.parameters.values()
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
         return []
-    accepted = sorted(p.name for p in parameters)
+    by_keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)  # what model.* can set
+    accepted = sorted(p.name for p in parameters if p.kind in by_keyword)
     takes = ", ".join(accepted) or "no arguments"
     errors = []
     for key in model:

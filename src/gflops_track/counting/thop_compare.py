@@ -361,11 +361,12 @@ def _params_reasons(seen: _ParamsWalk, shown: int | None) -> list[str]:
                            "parameters it holds itself")  # fmt: skip
         else:
             reasons.append(f"{kind} ({names}): {lost:+,} params; thop adds a module's parameters when it is called, "
-                           "and these are not (their parent uses their weights directly)")  # fmt: skip
+                           "and this forward never calls these (a parent may read their weights itself, as "
+                           "MultiheadAttention does its out_proj's)")  # fmt: skip
     repeats = sum(seen.numel[key] * (count - 1) for key, count in seen.times.items())
     if repeats:
-        reasons.append(f"{repeats:+,} params: thop adds a tensor again for each other module holding it, and again "
-                       "each time it reaches a shared module (tied weights, shared modules)")  # fmt: skip
+        reasons.append(f"{repeats:+,} params: thop adds a tensor again for each other module holding it, and a "
+                       "module again under each further parent (tied weights, shared modules)")  # fmt: skip
     return reasons
 
 

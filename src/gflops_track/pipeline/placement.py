@@ -81,22 +81,23 @@ def place(
 def initialize_lazy(model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
     """Lazy modules (``nn.LazyLinear``, ``nn.LazyConv2d``, ...) learn their weights' shapes from their first forward,
     and until then no step can size them: give them that forward, once, in eval mode, without grad and with the
-    buffers it changes put back (as torch's docs say to: "call forward with a dummy batch"); on meta twins of the
-    inputs for a model built on meta; floating inputs in the lazy weights' dtype (a bf16 run converts the model
-    after this). The model keeps its weights, as after any first call. A lazy module that forward does not reach
-    (a train-only branch) is refused by name; a model with nothing lazy is left alone."""
+    buffers it changes put back (as torch's docs say to: "call forward with a dummy batch"), on meta twins of the
+    inputs for a model built on meta. The inputs go as they are; if that forward fails, floating ones go again in
+    the lazy weights' dtype (a bf16 run's inputs into fp32 lazy weights: the run converts the model after this).
+    The model keeps its weights, as after any first call. A lazy module that forward does not reach (a train-only
+    branch) is refused by name; a model with nothing lazy is left alone."""
     lazy = [tensor for tensor in (*model.parameters(), *model.buffers()) if is_lazy(tensor)]
     if not lazy:
         return
-    floating = next((tensor.dtype for tensor in lazy if tensor.dtype.is_floating_point), None)
     if on_meta(model):
         args, kwargs = tree_map(to_meta, (tuple(args), dict(kwargs)))
-    if floating is not None:
-        args, kwargs = tree_map(
-            lambda v: v.to(floating) if isinstance(v, torch.Tensor) and v.is_floating_point() else v, (args, kwargs)
-        )
-    with torch.no_grad(), eval_mode(model), restored_buffers(model):
-        model(*args, **kwargs)
+    floating = next((tensor.dtype for tensor in lazy if tensor.dtype.is_floating_point), None)
+    try:
+        _first_forward(model, args, kwargs)
+    except Exception:
+        if floating is None:
+            raise
+        _first_forward(model, *tree_map(lambda v: _as_floating(v, floating), (tuple(args), dict(kwargs))))
     unreached = [name for name, tensor in (*model.named_parameters(), *model.named_buffers()) if is_lazy(tensor)]
     if unreached:
         raise ValueError(
@@ -104,3 +105,12 @@ def initialize_lazy(model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, 
             "reach, so their shapes are unknown: initialise them before profiling (call the model once in the mode "
             "that reaches them, e.g. model.train(); model(x)), or build those layers with their input sizes"
         )
+
+
+def _first_forward(model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+    with torch.no_grad(), eval_mode(model), restored_buffers(model):
+        model(*args, **kwargs)
+
+
+def _as_floating(value: Any, dtype: torch.dtype) -> Any:
+    return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
