@@ -132,6 +132,9 @@ def _unknown_key_line(key: str, parent: Any, given: Sequence[str]) -> str | None
     return unknown_key_error(key, present, _override_setting(key, given), plus)
 
 
+_ABSENT = object()  # OmegaConf.select's answer for a key the config does not hold (None is a value: null)
+
+
 _COMPOSITION_ERRORS = (HydraException, OmegaConfBaseException, yaml.YAMLError, UnicodeDecodeError, AssertionError)
 
 
@@ -191,9 +194,6 @@ def _inside_value_lines(job: Sequence[str], compose_job: Callable[[list[str]], D
                 lines.append((override, line))
                 break
     return lines
-
-
-_ABSENT = object()  # OmegaConf.select's answer for a key the config does not hold (None is a value: null)
 
 
 def _sweeps(override: str, key: str) -> bool:

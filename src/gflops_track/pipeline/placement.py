@@ -94,10 +94,13 @@ def initialize_lazy(model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, 
     floating = next((tensor.dtype for tensor in lazy if tensor.dtype.is_floating_point), None)
     try:
         _first_forward(model, args, kwargs)
-    except Exception:
+    except Exception as error:
         if floating is None:
             raise
-        _first_forward(model, *tree_map(lambda v: _as_floating(v, floating), (tuple(args), dict(kwargs))))
+        try:
+            _first_forward(model, *tree_map(lambda v: _as_floating(v, floating), (tuple(args), dict(kwargs))))
+        except Exception:
+            raise error from None  # the model's own failure, not the retry's
     unreached = [name for name, tensor in (*model.named_parameters(), *model.named_buffers()) if is_lazy(tensor)]
     if unreached:
         raise ValueError(
