@@ -10,7 +10,8 @@ thop's rules read shapes only), twice (once when there are no custom ops):
 * ``patched``: with our ``custom_ops`` for the module types it has no rule for (GroupNorm / RMSNorm priced by thop's
   own norm rule; any other parametrised module type gets its parameters counted).
 
-The explanation compares thop's per-module figure with our MACs for the same module and names the reason.
+The explanation compares thop's per-module figure with our MACs for the same module and names the reason; its
+parameter figure is explained by walking the model as thop adds parameters up (``explain_params``).
 
 Two distributions install the same ``thop`` module: the original ``thop`` (0.1.1) and the maintained
 ``ultralytics-thop`` (2.x). The latter looks rules up along the class hierarchy (``BatchNorm2d`` through
