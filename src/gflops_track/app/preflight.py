@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from gflops_track.app.composition import compose_from_base, group_keys, group_source, searchpath_overrides
-from gflops_track.app.job import training_config_errors
+from gflops_track.app.job import override_key, training_config_errors
 from gflops_track.app.meta_checks import weightless_errors
 from gflops_track.app.schema import (
     AppConfig,
@@ -158,7 +158,7 @@ def _composed_or_problems(
             unknown = isinstance(cause, (ConfigAttributeError, ConfigKeyError))
             key = getattr(cause, "full_key", None) if unknown else None
             named = [override for override, _ in inside] or [
-                override for override in remaining if key and _override_setting(key, [override.lstrip("+")])
+                override for override in remaining if key and _sets_key(override.lstrip("+"), key)
             ]
             problems += [line for _, line in inside] or [_failure_line(error, flags, given, remaining)]
             if not named:
@@ -178,7 +178,7 @@ def _inside_value_lines(job: Sequence[str], compose_job: Callable[[list[str]], D
         shared = None
     lines = []
     for override in job:
-        key = override.partition("=")[0].lstrip("+~")
+        key = override_key(override)
         parts = key.split(".")
         if len(parts) < 2:
             continue
@@ -198,22 +198,24 @@ def _inside_value_lines(job: Sequence[str], compose_job: Callable[[list[str]], D
 
 def _sweeps(override: str, key: str) -> bool:
     """Whether ``override`` sweeps ``key`` (``model=hf,residual_block``)."""
-    name = override.partition("=")[0].lstrip("+~")
-    if name != key:
+    if override_key(override) != key:
         return False
     with contextlib.suppress(HydraException):
         return OverridesParser.create().parse_override(override).is_sweep_override()
     return False
 
 
+def _sets_key(override: str, key: str) -> bool:
+    """Whether ``override``, as written (a ``+`` or ``~`` makes its key another one), sets ``key`` or a key inside
+    it."""
+    name, equals, _value = override.partition("=")
+    return bool(equals) and (name == key or name.startswith(f"{key}."))
+
+
 def _override_setting(key: str, overrides: Sequence[str]) -> str:
     """The plain override (``key=value``, no ``+``) that sets ``key`` or a key inside it, as the user wrote it (a
     sweep's values and all); empty when none does (the failure came from a config file)."""
-    for override in overrides:
-        name, equals, _value = override.partition("=")
-        if equals and (name == key or name.startswith(f"{key}.")):
-            return override
-    return ""
+    return next((override for override in overrides if _sets_key(override, key)), "")
 
 
 def _syntax_errors(overrides: list[str]) -> list[str]:
