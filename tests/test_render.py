@@ -20,6 +20,7 @@ from gflops_track.compare.charts import bars_figure, comparison_charts, flops_vs
 from gflops_track.compare.layers import RunLayers, layer_time_by_run_figure
 from gflops_track.compare.render import (
     ALL_COLUMNS,
+    ERROR_SHOWN,
     LEFT_OUT_NOTE,
     ComparisonTable,
     markdown_table,
@@ -169,6 +170,16 @@ def test_a_failed_row_says_why_at_80_columns() -> None:
     assert "status" in text and "FAILED:" in text, text
     shown = " ".join(text.split())
     assert all(word in shown for word in error.split()), text
+
+
+def test_a_long_error_is_cut_between_words_and_marked() -> None:
+    """An error longer than ERROR_SHOWN characters ended mid-word ('...that the model's first f'), read as if whole."""
+    error = "ValueError: " + " ".join(f"word{i}" for i in range(30))  # 12 + 30 words of 5-6 characters: over 80
+    failed = replace(make_row("layer"), status="FAILED", error=error, median_ms=None, gflops=None)
+    cell = ALL_COLUMNS["status"].cell(failed)
+    shown = cell.removeprefix("FAILED: ")
+    assert shown.endswith(" …") and len(shown) <= ERROR_SHOWN and error.startswith(shown.removesuffix(" …")), cell
+    assert shown.removesuffix(" …").split()[-1] in error.split()  # the last word shown is whole
 
 
 def test_piped_table_prints_every_column_whole_as_markdown() -> None:

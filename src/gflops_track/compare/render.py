@@ -6,6 +6,7 @@ import base64
 import csv
 import html
 import io
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -101,13 +102,21 @@ class Column:
     text: bool = False
 
 
+ERROR_SHOWN = 80  # characters of a failed run's error in its status cell (its `error` tag holds it whole)
+
+
+def _short(error: str) -> str:
+    """The error's first ``ERROR_SHOWN`` characters, cut between words and marked (a cut word read as the message)."""
+    return textwrap.shorten(error, ERROR_SHOWN, placeholder=" …")
+
+
 ALL_COLUMNS: dict[str, Column] = {
     column.key: column
     for column in (
         Column("hardware", "hardware", lambda r: r.hardware, text=True),
         Column("group", "model / input", lambda r: r.group, text=True),
         Column("variant", "variant", variant, text=True),
-        Column("status", "status", lambda r: r.status if not r.error else f"{r.status}: {r.error[:80]}", text=True),
+        Column("status", "status", lambda r: r.status if not r.error else f"{r.status}: {_short(r.error)}", text=True),
         Column("params", "params", lambda r: _fmt(r.params, ",.0f")),
         Column("gmacs", "GMACs", lambda r: _fmt(r.gmacs, ",.3f")),
         Column("gflops", "GFLOPs", lambda r: _fmt(r.gflops, ",.3f")),
